@@ -1,0 +1,416 @@
+"""One HTTP/1.1 server connection: an asyncio.Protocol around h11.
+
+Invariants:
+- Requests on a connection are answered strictly in order; while a response is
+  being written and the client is not reading it, no further request is parsed
+  (reading is paused), so a pipelining client cannot make us buffer without
+  bound.
+- Every failure of one connection ends in a small error response (when h11
+  still lets us send one) or a close. Nothing raised here reaches the loop, and
+  no traceback reaches a client.
+- Timeouts are deadlines on the connection, checked by the server's sweep; the
+  request path only assigns a float.
+- A request answered before its body was read either has its body drained
+  (bounded by DRAIN_LIMIT) or its connection closed: a body is never parsed as
+  the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+import h11
+
+from .responses import LocalResponse
+
+if TYPE_CHECKING:
+    from .server import ServerState
+
+log = logging.getLogger("edge.protocol")
+
+KIB = 1024
+# A request answered early (404 before its body was read) keeps its connection
+# only if at most this much body is left to throw away; beyond that, closing is
+# cheaper than reading. nginx discards unread bodies in the same spirit.
+DRAIN_LIMIT = 256 * KIB
+# After a response that closes the connection we half-close and keep reading
+# (discarding) for a moment, so the client receives our response rather than a
+# reset caused by its unread upload ("lingering close", RFC 9112 9.6).
+LINGER_TIMEOUT = 2.0  # seconds
+LINGER_LIMIT = 1024 * KIB
+
+# Connection phases: which deadline is armed.
+HEAD = 0  # waiting for a complete request head: header_timeout, from its first byte
+BODY = 1  # reading a request body: body_idle_timeout, reset by every byte
+IDLE = 2  # keep-alive, nothing received yet: keepalive_timeout
+BUSY = 3  # a response is in progress; the client owes us nothing
+LINGER = 4  # closing: discarding whatever the client still sends
+
+_EOM = h11.EndOfMessage()
+_SEND_OK = (h11.IDLE, h11.SEND_RESPONSE)
+
+
+def commit_local(conn: h11.Connection, head: h11.Response) -> None:
+    """Advance h11 as if `head` and its whole body had been sent.
+
+    The bytes themselves were serialised once (LocalResponse); h11's public
+    send() would validate and serialise the same headers again on every
+    request. The state machine is driven through the same internal entry point
+    that send() uses, so keep-alive and cycle bookkeeping stay h11's own.
+    """
+    conn._process_event(h11.SERVER, head)
+    conn._process_event(h11.SERVER, _EOM)
+
+
+class RequestInfo:
+    """What the access log needs about the request in progress."""
+
+    __slots__ = ("method", "host", "target", "status", "bytes_in", "bytes_out", "started")
+
+    def __init__(self, method: bytes, host: bytes, target: bytes, started: float) -> None:
+        self.method = method
+        self.host = host
+        self.target = target
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = started
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [v for k, v in headers if k == name]
+
+
+def _authority_of(target: bytes) -> tuple[bytes, bytes] | None:
+    """Split an absolute-form target into (authority, path-and-query)."""
+    lower = target[:8].lower()
+    if lower.startswith(b"http://"):
+        rest = target[7:]
+    elif lower.startswith(b"https://"):
+        rest = target[8:]
+    else:
+        return None
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+    path = rest[cut:] or b"/"
+    if path[:1] == b"?":
+        path = b"/" + path
+    return rest[:cut], path
+
+
+def _same_authority(a: bytes, b: bytes, secure: bool) -> bool:
+    default = b":443" if secure else b":80"
+    a, b = a.lower(), b.lower()
+    return a.removesuffix(default) == b.removesuffix(default)
+
+
+class HttpProtocol(asyncio.Protocol):
+    __slots__ = (
+        "state",
+        "conn",
+        "transport",
+        "client",
+        "phase",
+        "deadline",
+        "write_paused",
+        "closing",
+        "request",
+        "drained",
+        "early",
+        "lingered",
+        "since_head",
+        "limits",
+    )
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.limits = state.config.server
+
+    # -- asyncio callbacks ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        peer = transport.get_extra_info("peername")
+        self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
+        self.phase = HEAD
+        self.deadline = self.state.now + self.limits.header_timeout
+        self.write_paused = False
+        self.closing = False
+        self.request: RequestInfo | None = None
+        self.drained = 0
+        self.early = False
+        self.lingered = 0
+        self.since_head = 0
+        state = self.state
+        if len(state.connections) >= self.limits.max_connections or state.draining:
+            # Not registered, so not swept: answer and close at once.
+            self.closing = True
+            transport.write(state.responses.error(503).render(state.date, True, False))
+            transport.close()
+            return
+        state.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        self.closing = True
+        if self.request is not None:
+            self._log_request()
+
+    def data_received(self, data: bytes) -> None:
+        phase = self.phase
+        if phase == LINGER:
+            self.lingered += len(data)
+            if self.lingered > LINGER_LIMIT:
+                self.transport.abort()
+            return
+        if phase == BODY:
+            self.deadline = self.state.now + self.limits.body_idle_timeout
+        elif phase == IDLE:
+            self.phase = HEAD
+            self.deadline = self.state.now + self.limits.header_timeout
+        self.since_head += len(data)
+        self.conn.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        if self.phase == LINGER:
+            return False
+        self.conn.receive_data(b"")
+        self._process()
+        return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.closing:
+            self.transport.resume_reading()
+            self._process()
+
+    # -- the event loop of one connection -------------------------------------
+
+    def _process(self) -> None:
+        try:
+            self._next_events()
+        except h11.RemoteProtocolError as exc:
+            self._send_error(exc.error_status_hint)
+        except Exception:
+            log.exception("internal error on connection from %s", self.client)
+            self._send_error(500)
+
+    def _next_events(self) -> None:
+        conn = self.conn
+        while not self.closing and not self.write_paused:
+            event = conn.next_event()
+            kind = type(event)
+            if kind is h11.Request:
+                assert isinstance(event, h11.Request)
+                self._on_request(event)
+            elif kind is h11.Data:
+                assert isinstance(event, h11.Data)
+                self._on_data(len(event.data))
+            elif kind is h11.EndOfMessage:
+                self._on_request_end()
+            elif event is h11.NEED_DATA:
+                self._on_need_data()
+                return
+            elif event is h11.PAUSED:
+                self.transport.pause_reading()
+                return
+            else:  # ConnectionClosed
+                self._close()
+                return
+
+    def _on_need_data(self) -> None:
+        if self.conn.their_state is h11.IDLE and self.since_head > self.limits.max_target_bytes:
+            self._check_request_line()
+        if self.conn.their_state is h11.MUST_CLOSE or self.conn.our_state is h11.MUST_CLOSE:
+            self._close()
+
+    def _check_request_line(self) -> None:
+        """Refuse with 414 a request line longer than the target limit allows,
+        before the whole head arrives (h11 only reports complete heads)."""
+        buffered = self.conn.trailing_data[0]
+        end = buffered.find(b"\n")
+        line = len(buffered) if end < 0 else end
+        # "OPTIONS " + target + " HTTP/1.1\r": 20 bytes of framing at most.
+        if line > self.limits.max_target_bytes + 20:
+            self._send_error(414)
+        elif end >= 0:
+            self.since_head = 0  # the line is complete and fine; stop checking
+
+    def _on_request(self, event: h11.Request) -> None:
+        self.since_head = 0
+        info = RequestInfo(event.method, b"", event.target, time.time())
+        self.request = info
+        status = self._validate(event, info)
+        if status:
+            self._send_error(status)
+            return
+        length = _header(event.headers, b"content-length")
+        has_body = bool(length[0] != b"0") if length else bool(_header(event.headers, b"transfer-encoding"))
+        if has_body:
+            self.phase = BODY
+            self.deadline = self.state.now + self.limits.body_idle_timeout
+        else:
+            self.phase = BUSY
+        response = self.state.route(info.host, event.target)
+        close = False
+        if has_body:
+            # Answered before the body: keep the connection only if the rest
+            # of the body is small enough to drain (and the client is sending
+            # it at all: after an unanswered 100-continue it may not).
+            self.early = True
+            expects = self.conn.client_is_waiting_for_100_continue
+            close = expects or not length or int(length[0]) > DRAIN_LIMIT
+        self._respond(response, close, event.method == b"HEAD")
+
+    def _validate(self, event: h11.Request, info: RequestInfo) -> int:
+        """Strictness on top of h11; returns an error status, or 0."""
+        headers = event.headers
+        te = _header(headers, b"transfer-encoding")
+        cl = _header(headers, b"content-length")
+        if te and (cl or event.http_version != b"1.1"):
+            return 400  # request smuggling vectors (RFC 9112 6.1, 6.3)
+        if len(event.target) > self.limits.max_target_bytes:
+            return 414
+        if cl and int(cl[0]) > self.limits.max_body_bytes:
+            return 413
+        hosts = _header(headers, b"host")
+        host = hosts[0] if hosts else b""
+        target = event.target
+        if target[:1] != b"/":
+            split = _authority_of(target)
+            if split is not None:
+                if hosts and not _same_authority(split[0], host, target[4:5] in b"sS"):
+                    return 400
+                host = split[0]
+                info.target = split[1]
+            elif event.method == b"CONNECT":
+                return 405
+            elif not (target == b"*" and event.method == b"OPTIONS"):
+                return 400
+        info.host = host
+        return 0
+
+    def _on_data(self, size: int) -> None:
+        request = self.request
+        if request is None:
+            return
+        request.bytes_in += size
+        if request.bytes_in > self.limits.max_body_bytes:
+            self._send_error(413)
+        elif self.early:
+            self.drained += size
+            if self.drained > DRAIN_LIMIT:
+                self._close()
+
+    def _on_request_end(self) -> None:
+        if self.conn.our_state is h11.DONE:
+            self._finish_cycle()
+        else:
+            self.phase = BUSY
+
+    # -- responding ----------------------------------------------------------
+
+    def _respond(self, response: LocalResponse, close: bool, head_only: bool) -> None:
+        conn = self.conn
+        commit_local(conn, response.event)
+        close = close or self.closing or self.state.draining or conn.our_state is h11.MUST_CLOSE
+        data = response.render(self.state.date, close, head_only)
+        self.transport.write(data)
+        request = self.request
+        if request is not None:
+            request.status = response.status
+            request.bytes_out = len(data)
+        if close:
+            self._linger()
+        elif conn.their_state is h11.DONE:
+            self._finish_cycle()
+
+    def _finish_cycle(self) -> None:
+        self._log_request()
+        self.early = False
+        self.drained = 0
+        self.conn.start_next_cycle()
+        if self.state.draining:
+            self._close()
+            return
+        self.phase = IDLE
+        self.deadline = self.state.now + self.limits.keepalive_timeout
+
+    def _send_error(self, status: int) -> None:
+        """Answer with a small error response when the connection can still
+        carry one, then close; otherwise just close."""
+        if self.phase == LINGER or self.transport.is_closing():
+            return
+        if self.conn.our_state in _SEND_OK:
+            response = self.state.responses.error(status)
+            data = response.render(self.state.date, True, False)
+            self.transport.write(data)
+            request = self.request
+            if request is None and status != 503:
+                request = self.request = RequestInfo(b"-", b"", b"-", time.time())
+            if request is not None:
+                request.status = status
+                request.bytes_out = len(data)
+            self._linger()
+        else:
+            self._close()
+
+    def _linger(self) -> None:
+        """Half-close after the last response and discard what the client
+        still sends, so it reads our answer instead of a reset."""
+        self.closing = True
+        self.phase = LINGER
+        self.deadline = self.state.now + LINGER_TIMEOUT
+        transport = self.transport
+        if self.request is not None:
+            self._log_request()
+        if transport.can_write_eof():
+            transport.write_eof()
+            transport.resume_reading()
+        else:
+            transport.close()
+
+    def _close(self) -> None:
+        self.closing = True
+        if self.request is not None:
+            self._log_request()
+        self.transport.close()
+
+    def _log_request(self) -> None:
+        request = self.request
+        self.request = None
+        if request is None:
+            return
+        if not request.status:
+            request.status = 499  # the client went away before we answered
+        self.state.access(self.client, request)
+
+    # -- timeouts, called by the server's sweep ------------------------------
+
+    def expire(self) -> None:
+        phase = self.phase
+        if phase == LINGER:
+            self.transport.abort()
+        elif phase == IDLE:
+            self._close()
+        elif phase in (HEAD, BODY):
+            self._send_error(408)
+        # BUSY: waiting on our side; the upstream's own timeouts apply.
+
+    def shutdown(self) -> None:
+        """Server is draining: close now if idle, else after this response."""
+        untouched = self.phase == HEAD and self.since_head == 0 and self.request is None
+        if self.phase == IDLE or untouched:
+            self._close()

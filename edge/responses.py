@@ -1,0 +1,99 @@
+"""Local responses: serialised once, written many times.
+
+A `LocalResponse` holds its status line, headers and body as bytes. Per request
+only the cached ``date`` line and, when the connection is closing, a
+``connection: close`` line are spliced in. The matching h11 event is built once
+too, so the protocol can advance h11's state machine without re-validating and
+re-serialising the same headers on every request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from email.utils import formatdate
+from http import HTTPStatus
+
+import h11
+
+CRLF = b"\r\n"
+CLOSE_LINE = b"connection: close\r\n"
+HEALTH_PATH = b"/cdn-cgi/edge/health"
+
+Headers = Iterable[tuple[bytes, bytes]]
+
+
+def reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+def date_line(epoch_seconds: float) -> bytes:
+    """The ``date`` header line for a moment, in IMF-fixdate (RFC 9110 5.6.7)."""
+    return b"date: " + formatdate(epoch_seconds, usegmt=True).encode("ascii") + CRLF
+
+
+class LocalResponse:
+    """A complete response, prebuilt; `render` only splices date and close."""
+
+    __slots__ = ("status", "event", "status_line", "rest", "body")
+
+    def __init__(self, status: int, headers: Headers, body: bytes, server: bytes) -> None:
+        self.status = status
+        self.body = body
+        fields = [(k.lower(), v) for k, v in headers]
+        if server:
+            fields.append((b"server", server))
+        fields.append((b"content-length", str(len(body)).encode("ascii")))
+        # Validated once by h11 here; never again on the request path.
+        self.event = h11.Response(status_code=status, headers=fields, reason=reason(status))
+        self.status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
+        self.rest = b"".join(k + b": " + v + CRLF for k, v in fields)
+
+    def render(self, date: bytes, close: bool, head_only: bool) -> bytes:
+        end = CLOSE_LINE + CRLF if close else CRLF
+        body = b"" if head_only else self.body
+        return b"".join((self.status_line, date, self.rest, end, body))
+
+
+class Responses:
+    """The server's fixed local responses, built once per configuration."""
+
+    def __init__(self, server_header: str) -> None:
+        self.server = server_header.encode("ascii")
+        self.not_found = self.text(404, b"not found: no application here\n")
+        self.health = self.text(200, b"ok\n")
+        self.errors: dict[int, LocalResponse] = {}
+        for status, body in ERROR_BODIES.items():
+            self.errors[status] = self.text(status, body)
+
+    def text(self, status: int, body: bytes, headers: Headers = ()) -> LocalResponse:
+        fields = [(b"content-type", b"text/plain; charset=utf-8"), *headers]
+        return LocalResponse(status, fields, body, self.server)
+
+    def error(self, status: int) -> LocalResponse:
+        found = self.errors.get(status)
+        if found is None:
+            found = self.errors[400 if status < 500 else 500]
+        return found
+
+
+# Bodies of the error responses: short, plain, no internals. They say what the
+# client did wrong in words an operator can grep for in a client's logs.
+ERROR_BODIES: dict[int, bytes] = {
+    400: b"bad request\n",
+    405: b"method not allowed\n",
+    408: b"request timeout\n",
+    411: b"length required\n",
+    413: b"request body too large\n",
+    414: b"request target too long\n",
+    417: b"expectation failed\n",
+    431: b"request header fields too large\n",
+    500: b"internal error\n",
+    501: b"not implemented\n",
+    502: b"bad gateway\n",
+    503: b"service unavailable: too many connections\n",
+    504: b"gateway timeout\n",
+    505: b"http version not supported\n",
+}

@@ -1,0 +1,132 @@
+"""Shared fixtures: a real `edge serve` process on an ephemeral loopback port."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_RE = re.compile(r"(?:listening on|workers on) .*?:(\d+)")
+
+
+class EdgeProcess:
+    """`python -m edge serve -c CONFIG`, with its stderr collected."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "serve", "-c", str(config_path)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+        self.stdout: list[bytes] = []
+        self._ready = threading.Event()
+        self.port = 0
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        if not self._ready.wait(15):
+            self.stop()
+            raise RuntimeError("edge did not start:\n" + "\n".join(self.lines))
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            m = READY_RE.search(line)
+            if m and not self._ready.is_set():
+                self.port = int(m.group(1))
+                self._ready.set()
+        self._ready.set()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.stdout.append(raw)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def stderr_text(self) -> str:
+        return "\n".join(self.lines)
+
+    def connect(self, timeout: float = 5) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+
+def write_config(tmp: Path, server: str = "", extra: str = "") -> Path:
+    """A config listening on an ephemeral loopback port; `server` adds
+    lines to [server] (later keys override nothing: do not repeat listen)."""
+    path = tmp / "edge.toml"
+    lines = ["[server]"]
+    if "listen" not in server:
+        lines.append('listen = ["127.0.0.1:0"]')
+    if "access_log" not in server:
+        lines.append('access_log = "off"')
+    lines.append(server)
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+@pytest.fixture
+def edge_factory(tmp_path: Path) -> Iterator[object]:
+    started: list[EdgeProcess] = []
+
+    def start(server: str = "", extra: str = "", env: dict[str, str] | None = None) -> EdgeProcess:
+        sub = tmp_path / f"edge{len(started)}"
+        sub.mkdir()
+        proc = EdgeProcess(write_config(sub, server, extra), env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Read until the peer closes or `timeout` passes with nothing new."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return False
