@@ -28,6 +28,8 @@ class AccessRecord(msgspec.Struct, omit_defaults=False):
     duration_ms: float
     app: str | None = None
     decision: str | None = None
+    upstream_status: int | None = None
+    upstream_ms: float | None = None
 
 
 def iso_time(epoch: float) -> str:
@@ -51,7 +53,11 @@ class AccessLog:
             return None
         if target == "stdout":
             return cls(sys.stdout.buffer, owned=False)
-        return cls(open(target, "ab"), owned=True)  # closed in close()
+        try:
+            stream = open(target, "ab")  # noqa: SIM115 (closed in close())
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot open access log {target}: {exc.strerror or exc}") from None
+        return cls(stream, owned=True)
 
     def write(self, record: AccessRecord) -> None:
         self.encoder.encode_into(record, self.buffer, -1)

@@ -75,6 +75,13 @@ def _serve(config: Config) -> int:
     return EXIT_OK
 
 
+def _os_error_text(exc: OSError) -> str:
+    """ "[Errno 98] ..." reads like a crash; say what failed, plainly."""
+    if exc.strerror is None:
+        return str(exc)
+    return f"{exc.strerror}: {exc.filename}" if exc.filename is not None else exc.strerror
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .server import setup_logging
@@ -90,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as exc:
-        print(f"edge: {exc}", file=sys.stderr)
+        print(f"edge: {_os_error_text(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK

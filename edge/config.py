@@ -11,7 +11,9 @@ Invariants:
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,7 +36,10 @@ TargetBytes = Annotated[int, Meta(ge=64, le=1 * MIB)]
 BodyBytes = Annotated[int, Meta(ge=0, le=1 << 50)]
 Connections = Annotated[int, Meta(ge=1, le=1_000_000)]
 Workers = Annotated[int, Meta(ge=1, le=256)]
-ServerHeader = Annotated[str, Meta(max_length=256, pattern=r"^[\x21-\x7e]*( [\x21-\x7e]+)*$")]
+# Printable ASCII words separated by single spaces, or "" for no header: h11
+# refuses a value with leading or trailing whitespace (RFC 9110 5.5).
+SERVER_HEADER_PATTERN = r"^(?:[\x21-\x7e]+(?: [\x21-\x7e]+)*)?$"
+ServerHeader = Annotated[str, Meta(max_length=256, pattern=SERVER_HEADER_PATTERN)]
 
 # A key path prefix that __post_init__ checks put in front of their message so
 # the error names the exact field, not just the struct (msgspec reports the
@@ -58,7 +63,8 @@ class ListenAddress(Struct, frozen=True):
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-_LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]{1,5})$")
+# A host is an IPv4 address or a DNS name (resolved when binding); IPv6 needs [].
+_LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>[0-9]{1,5})$")
 
 
 def parse_listen(text: str) -> ListenAddress:
@@ -72,7 +78,7 @@ def parse_listen(text: str) -> ListenAddress:
     host = m["v6"] or m["host"]
     if m["v6"] is not None:
         try:
-            ipaddress.IPv6Address(host)
+            host = str(ipaddress.IPv6Address(host))  # one spelling, so duplicates show
         except ValueError:
             raise ValueError(f"Expected an IPv6 address inside [], got {host!r}") from None
     return ListenAddress(host=host, port=port)
@@ -81,8 +87,8 @@ def parse_listen(text: str) -> ListenAddress:
 class TLS(Struct, frozen=True, forbid_unknown_fields=True):
     """TLS for the listeners; TLS 1.2+ with the ssl module's modern defaults."""
 
-    cert: str
-    key: str
+    cert: Annotated[str, Meta(min_length=1)]  # PEM certificate chain
+    key: Annotated[str, Meta(min_length=1)]  # PEM private key
     min_version: str = "1.2"
 
     def __post_init__(self) -> None:
@@ -131,8 +137,28 @@ class Server(Struct, frozen=True, forbid_unknown_fields=True):
         return [parse_listen(item) for item in self.listen]
 
 
+class Proxy(Struct, frozen=True, forbid_unknown_fields=True):
+    """How the edge talks to upstreams (defaults for every upstream)."""
+
+    # Seconds to establish a connection (TCP and TLS); then 502.
+    connect_timeout: Timeout = 5 * SECONDS
+    # Seconds the upstream has to send a response head once the request is sent; then 504.
+    response_timeout: Timeout = 60 * SECONDS
+    # Seconds a response body may stall; then both connections are aborted.
+    idle_timeout: Timeout = 60 * SECONDS
+    # Idle keep-alive connections kept per upstream, and for how long.
+    max_idle: Annotated[int, Meta(ge=0, le=10_000)] = 32
+    pool_idle_timeout: Timeout = 30 * SECONDS
+    # Verify upstream TLS certificates (https:// upstreams); extra CA bundle, if any.
+    verify_tls: bool = True
+    ca_file: str = ""
+    # Until applications are configured: forward every request here ("" = off).
+    default_upstream: str = ""
+
+
 class Config(Struct, frozen=True, forbid_unknown_fields=True):
     server: Server = Server()
+    proxy: Proxy = Proxy()
 
 
 # -- loading ----------------------------------------------------------------
@@ -158,10 +184,59 @@ def _lookup(raw: Any, path: str) -> tuple[bool, Any]:
 def _show(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return "a table" if isinstance(value, dict) else "an array"
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # nan, inf, -inf: as TOML spells them (JSON would say null)
     try:
         return msgspec.json.encode(value).decode()
     except (TypeError, msgspec.EncodeError):
         return repr(value)
+
+
+# msgspec speaks JSON ("object", "field"); a config file is TOML ("table", "key").
+_UNKNOWN_RE = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`$")
+_MISSING_RE = re.compile(r"^Object missing required field `(?P<key>[^`]*)`$")
+_REGEX_RE = re.compile(r"^Expected `str` matching regex '(?P<pattern>.*)'$", re.S)
+_TYPE_WORDS = {"`object | null`": "a table", "`object`": "a table", "`array`": "an array"}
+_PATTERN_WORDS = {SERVER_HEADER_PATTERN: 'printable ASCII words separated by single spaces (or "" for none)'}
+
+
+def _known_keys(path: str) -> list[str]:
+    """The keys of the table at a key path like ``$.server.tls``."""
+    info: msgspec.inspect.Type = msgspec.inspect.type_info(Config)
+    for m in _PATH_PART_RE.finditer(path[1:]):
+        info = _struct_of(info) or info
+        if not isinstance(info, msgspec.inspect.StructType):
+            return []
+        fields = {f.encode_name: f.type for f in info.fields}
+        if m.group(1) not in fields:
+            return []
+        info = fields[m.group(1)]
+    struct = _struct_of(info)
+    return [] if struct is None else [f.encode_name for f in struct.fields]
+
+
+def _struct_of(info: msgspec.inspect.Type) -> msgspec.inspect.StructType | None:
+    if isinstance(info, msgspec.inspect.UnionType):
+        structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
+        return structs[0] if structs else None
+    return info if isinstance(info, msgspec.inspect.StructType) else None
+
+
+def _reword(path: str, message: str) -> str:
+    if m := _UNKNOWN_RE.match(message):
+        key, known = m["key"], _known_keys(path)
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            return f"unknown key {key!r} (did you mean {close[0]!r}?)"
+        return f"unknown key {key!r} (known keys: {', '.join(known)})" if known else f"unknown key {key!r}"
+    if m := _MISSING_RE.match(message):
+        return f"missing required key {m['key']!r}"
+    if m := _REGEX_RE.match(message):
+        words = _PATTERN_WORDS.get(m["pattern"].encode().decode("unicode_escape"))
+        return f"Expected {words}" if words else message
+    for word, toml_word in _TYPE_WORDS.items():
+        message = message.replace(word, toml_word)
+    return message
 
 
 def format_validation_error(source: str, raw: Any, exc: msgspec.ValidationError) -> str:
@@ -172,7 +247,7 @@ def format_validation_error(source: str, raw: Any, exc: msgspec.ValidationError)
         field, _, message = message[len(_FIELD_MARK) :].partition(_FIELD_MARK)
         path = f"{path}.{field}" if not field.startswith("[") else path + field
         return f"{source}: {path}: {message}"
-    message = message.replace("`", "")
+    message = _reword(path, message).replace("`", "")
     if ", got " not in message and message.startswith("Expected"):
         found, value = _lookup(raw, path)
         if found:

@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING, cast
 
 import h11
 
+from . import flow
+from .flow import ReadGate
+from .proxy import ProxyCycle
 from .responses import LocalResponse
 
 if TYPE_CHECKING:
@@ -49,6 +52,7 @@ BODY = 1  # reading a request body: body_idle_timeout, reset by every byte
 IDLE = 2  # keep-alive, nothing received yet: keepalive_timeout
 BUSY = 3  # a response is in progress; the client owes us nothing
 LINGER = 4  # closing: discarding whatever the client still sends
+TUNNEL = 5  # after a 101: raw bytes both ways; deadline = the token's expiry
 
 _EOM = h11.EndOfMessage()
 _SEND_OK = (h11.IDLE, h11.SEND_RESPONSE)
@@ -69,7 +73,19 @@ def commit_local(conn: h11.Connection, head: h11.Response) -> None:
 class RequestInfo:
     """What the access log needs about the request in progress."""
 
-    __slots__ = ("method", "host", "target", "status", "bytes_in", "bytes_out", "started")
+    __slots__ = (
+        "app",
+        "bytes_in",
+        "bytes_out",
+        "decision",
+        "host",
+        "method",
+        "started",
+        "status",
+        "target",
+        "upstream_ms",
+        "upstream_status",
+    )
 
     def __init__(self, method: bytes, host: bytes, target: bytes, started: float) -> None:
         self.method = method
@@ -79,6 +95,10 @@ class RequestInfo:
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = started
+        self.app: str | None = None
+        self.decision: str | None = None
+        self.upstream_status: int | None = None
+        self.upstream_ms: float | None = None
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
@@ -111,20 +131,24 @@ def _same_authority(a: bytes, b: bytes, secure: bool) -> bool:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
-        "state",
-        "conn",
-        "transport",
         "client",
-        "phase",
-        "deadline",
-        "write_paused",
+        "client_ip",
         "closing",
-        "request",
+        "conn",
+        "cycle",
+        "deadline",
         "drained",
         "early",
-        "lingered",
-        "since_head",
+        "gate",
+        "held",
         "limits",
+        "lingered",
+        "phase",
+        "request",
+        "since_head",
+        "state",
+        "transport",
+        "write_paused",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -136,14 +160,18 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport = cast(asyncio.Transport, transport)
+        self.gate = ReadGate(transport)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         peer = transport.get_extra_info("peername")
+        self.client_ip = str(peer[0]) if isinstance(peer, tuple) else "-"
         self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
         self.phase = HEAD
         self.deadline = self.state.now + self.limits.header_timeout
         self.write_paused = False
         self.closing = False
+        self.held = False
         self.request: RequestInfo | None = None
+        self.cycle: ProxyCycle | None = None
         self.drained = 0
         self.early = False
         self.lingered = 0
@@ -160,6 +188,9 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
         self.closing = True
+        cycle, self.cycle = self.cycle, None
+        if cycle is not None:
+            cycle.client_lost()
         if self.request is not None:
             self._log_request()
 
@@ -169,6 +200,10 @@ class HttpProtocol(asyncio.Protocol):
             self.lingered += len(data)
             if self.lingered > LINGER_LIMIT:
                 self.transport.abort()
+            return
+        if phase == TUNNEL:
+            if self.cycle is not None:
+                self.cycle.client_raw(data)
             return
         if phase == BODY:
             self.deadline = self.state.now + self.limits.body_idle_timeout
@@ -180,7 +215,7 @@ class HttpProtocol(asyncio.Protocol):
         self._process()
 
     def eof_received(self) -> bool | None:
-        if self.phase == LINGER:
+        if self.phase == LINGER or self.phase == TUNNEL:
             return False
         self.conn.receive_data(b"")
         self._process()
@@ -188,12 +223,16 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self.transport.pause_reading()
+        # A client that stops reading gets one idle period to start again.
+        self.deadline = min(self.deadline, self.state.now + self.limits.body_idle_timeout)
+        if self.cycle is not None:
+            self.cycle.client_write_paused(True)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.cycle is not None:
+            self.cycle.client_write_paused(False)
         if not self.closing:
-            self.transport.resume_reading()
             self._process()
 
     # -- the event loop of one connection -------------------------------------
@@ -209,7 +248,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _next_events(self) -> None:
         conn = self.conn
-        while not self.closing and not self.write_paused:
+        while not (self.closing or self.write_paused or self.held):
             event = conn.next_event()
             kind = type(event)
             if kind is h11.Request:
@@ -217,14 +256,14 @@ class HttpProtocol(asyncio.Protocol):
                 self._on_request(event)
             elif kind is h11.Data:
                 assert isinstance(event, h11.Data)
-                self._on_data(len(event.data))
+                self._on_data(event.data)
             elif kind is h11.EndOfMessage:
                 self._on_request_end()
             elif event is h11.NEED_DATA:
                 self._on_need_data()
                 return
             elif event is h11.PAUSED:
-                self.transport.pause_reading()
+                self.gate.block(flow.PIPELINE)
                 return
             else:  # ConnectionClosed
                 self._close()
@@ -263,7 +302,12 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline = self.state.now + self.limits.body_idle_timeout
         else:
             self.phase = BUSY
-        response = self.state.route(info.host, event.target)
+        action = self.state.dispatch(self, event, info)
+        if not isinstance(action, LocalResponse):
+            self.cycle = ProxyCycle(self, event, action)
+            info.app = action.app
+            self.cycle.start()
+            return
         close = False
         if has_body:
             # Answered before the body: keep the connection only if the rest
@@ -272,7 +316,7 @@ class HttpProtocol(asyncio.Protocol):
             self.early = True
             expects = self.conn.client_is_waiting_for_100_continue
             close = expects or not length or int(length[0]) > DRAIN_LIMIT
-        self._respond(response, close, event.method == b"HEAD")
+        self._respond(action, close, event.method == b"HEAD")
 
     def _validate(self, event: h11.Request, info: RequestInfo) -> int:
         """Strictness on top of h11; returns an error status, or 0."""
@@ -302,20 +346,27 @@ class HttpProtocol(asyncio.Protocol):
         info.host = host
         return 0
 
-    def _on_data(self, size: int) -> None:
+    def _on_data(self, data: bytes) -> None:
         request = self.request
         if request is None:
             return
+        size = len(data)
         request.bytes_in += size
         if request.bytes_in > self.limits.max_body_bytes:
             self._send_error(413)
+        elif self.cycle is not None:
+            self.cycle.client_data(data)
         elif self.early:
             self.drained += size
             if self.drained > DRAIN_LIMIT:
                 self._close()
 
     def _on_request_end(self) -> None:
-        if self.conn.our_state is h11.DONE:
+        cycle = self.cycle
+        if cycle is not None:
+            self.phase = BUSY
+            cycle.client_end()
+        elif self.conn.our_state is h11.DONE:
             self._finish_cycle()
         else:
             self.phase = BUSY
@@ -347,12 +398,16 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.phase = IDLE
         self.deadline = self.state.now + self.limits.keepalive_timeout
+        self.gate.unblock(flow.PIPELINE)
 
     def _send_error(self, status: int) -> None:
         """Answer with a small error response when the connection can still
         carry one, then close; otherwise just close."""
         if self.phase == LINGER or self.transport.is_closing():
             return
+        cycle, self.cycle = self.cycle, None
+        if cycle is not None:
+            cycle.client_lost()
         if self.conn.our_state in _SEND_OK:
             response = self.state.responses.error(status)
             data = response.render(self.state.date, True, False)
@@ -365,7 +420,7 @@ class HttpProtocol(asyncio.Protocol):
                 request.bytes_out = len(data)
             self._linger()
         else:
-            self._close()
+            self.abort()
 
     def _linger(self) -> None:
         """Half-close after the last response and discard what the client
@@ -378,7 +433,7 @@ class HttpProtocol(asyncio.Protocol):
             self._log_request()
         if transport.can_write_eof():
             transport.write_eof()
-            transport.resume_reading()
+            self.gate.reset()
         else:
             transport.close()
 
@@ -387,6 +442,14 @@ class HttpProtocol(asyncio.Protocol):
         if self.request is not None:
             self._log_request()
         self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once: used when a response cannot be
+        completed honestly (the upstream died mid-body)."""
+        self.closing = True
+        if self.request is not None:
+            self._log_request()
+        self.transport.abort()
 
     def _log_request(self) -> None:
         request = self.request
@@ -397,17 +460,120 @@ class HttpProtocol(asyncio.Protocol):
             request.status = 499  # the client went away before we answered
         self.state.access(self.client, request)
 
+    # -- the proxy cycle's side of the connection ------------------------------
+
+    def hold(self, held: bool) -> None:
+        """Stop (or restart) parsing client events while the upstream
+        connection is not ready; the bytes wait in the socket."""
+        self.held = held
+        if held:
+            self.gate.block(flow.WAITING)
+        else:
+            self.gate.unblock(flow.WAITING)
+            self.state.loop.call_soon(self._process)
+
+    def arm(self, timeout: float) -> None:
+        """Set the deadline the upstream must meet while we wait on it."""
+        if self.phase == BUSY:
+            self.deadline = self.state.now + timeout
+
+    def send(self, event: h11.Event) -> None:
+        data = self.conn.send(event)
+        if data:
+            self._write(data)
+        if type(event) is h11.Response:
+            assert isinstance(event, h11.Response)
+            if self.request is not None:
+                self.request.status = event.status_code
+
+    def send_body(self, data: bytes) -> None:
+        out = self.conn.send(h11.Data(data=data))
+        if out:
+            self._write(out)
+
+    def send_raw(self, data: bytes) -> None:
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
+            if self.request is not None:
+                self.request.bytes_out += len(data)
+
+    def proxy_done(self, cycle: ProxyCycle) -> None:
+        """The upstream's response is complete on the client side."""
+        self.cycle = None
+        if self.request is not None:
+            self.request.upstream_status = cycle.status
+            self.request.upstream_ms = round((cycle.head_at - cycle.started) * 1000, 3)
+        conn = self.conn
+        if conn.our_state is h11.MUST_CLOSE or self.closing or self.state.draining:
+            self._linger()
+        elif conn.their_state is h11.DONE:
+            self._finish_cycle()
+            self._process()
+        else:
+            # Answered before the client finished its body: drain or close.
+            self.early = True
+            self.phase = BODY
+            self.deadline = self.state.now + self.limits.body_idle_timeout
+
+    def proxy_failed(self, cycle: ProxyCycle, status: int) -> None:
+        """The upstream failed before any response byte: answer locally."""
+        self.cycle = None
+        self.held = False
+        self.gate.unblock(flow.WAITING)
+        if self.request is not None:
+            self.request.upstream_status = 0
+        complete = self.conn.their_state is h11.DONE
+        self._respond(self.state.responses.error(status), not complete, self.request_method == b"HEAD")
+        if complete and not self.closing:
+            self._process()
+
+    @property
+    def request_method(self) -> bytes:
+        return self.request.method if self.request is not None else b""
+
+    def start_tunnel(self, cycle: ProxyCycle, expires: float | None) -> None:
+        """After a 101: raw bytes both ways until either side closes or the
+        token that authorised the upgrade expires."""
+        self.phase = TUNNEL
+        self.held = False
+        self.gate.reset()
+        if expires is not None:
+            self.deadline = self.state.now + max(0.0, expires - time.time())
+        else:
+            self.deadline = float("inf")
+        leftover = self.conn.trailing_data[0]
+        if leftover:
+            cycle.client_raw(leftover)
+
+    def tunnel_closed(self) -> None:
+        self.cycle = None
+        self._close()
+
     # -- timeouts, called by the server's sweep ------------------------------
 
     def expire(self) -> None:
         phase = self.phase
         if phase == LINGER:
             self.transport.abort()
+        elif self.write_paused and phase != TUNNEL:
+            self.abort()  # the client stopped reading what we send it
         elif phase == IDLE:
             self._close()
+        elif phase == TUNNEL:
+            self._close_tunnel()
+        elif phase == BUSY and self.cycle is not None:
+            self.cycle.timeout()
         elif phase in (HEAD, BODY):
             self._send_error(408)
-        # BUSY: waiting on our side; the upstream's own timeouts apply.
+
+    def _close_tunnel(self) -> None:
+        cycle, self.cycle = self.cycle, None
+        if cycle is not None:
+            cycle.client_lost()
+        self._close()
 
     def shutdown(self) -> None:
         """Server is draining: close now if idle, else after this response."""

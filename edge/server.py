@@ -21,12 +21,17 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import h11
 
 from .accesslog import AccessLog, AccessRecord, iso_time
 from .config import TLS, Config, ConfigError, ListenAddress
+from .forwarding import RequestContext, TrustedProxies, request_headers
 from .protocol import HttpProtocol, RequestInfo
+from .proxy import ForwardPlan
 from .responses import HEALTH_PATH, LocalResponse, Responses, date_line
+from .upstream import Pool
 
 log = logging.getLogger("edge.server")
 
@@ -37,10 +42,20 @@ SWEEP_MIN_INTERVAL = 0.02  # seconds
 LISTEN_BACKLOG = 1024  # nginx's default on Linux is 511; bursts of wrk connections need more
 
 
+def _is_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    connection = b",".join(v for k, v in headers if k == b"connection").lower()
+    return b"upgrade" in connection and any(k == b"upgrade" for k, _ in headers)
+
+
 def sweep_interval(config: Config) -> float:
     s = config.server
     shortest = min(s.header_timeout, s.body_idle_timeout, s.keepalive_timeout)
     return max(SWEEP_MIN_INTERVAL, min(SWEEP_MAX_INTERVAL, shortest / 4))
+
+
+def listen_error(addr: ListenAddress, exc: OSError) -> OSError:
+    """The bind error, naming the address (the kernel's text does not)."""
+    return OSError(exc.errno, f"cannot listen on {addr.display()}: {exc.strerror or exc}")
 
 
 def make_ssl_context(tls: TLS) -> ssl.SSLContext:
@@ -67,12 +82,57 @@ class ServerState:
         self.date = date_line(time.time())
         self.draining = False
         self.access_log = AccessLog.open(config.server.access_log)
+        proxy = config.proxy
+        self.pool = Pool(loop, proxy.max_idle, proxy.pool_idle_timeout, proxy.connect_timeout)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.scheme = b"https" if config.server.tls is not None else b"http"
+        self.trusted = TrustedProxies()
 
-    def route(self, host: bytes, target: bytes) -> LocalResponse:
-        path = target.partition(b"?")[0]
+    def dispatch(
+        self, client: HttpProtocol, event: h11.Request, info: RequestInfo
+    ) -> LocalResponse | ForwardPlan:
+        """What to do with a request whose head is complete and valid."""
+        path = info.target.partition(b"?")[0]
         if path == HEALTH_PATH:
             return self.responses.health
-        return self.responses.not_found
+        upstream = self.config.proxy.default_upstream
+        if not upstream:
+            return self.responses.not_found
+        return self.forward_plan(client, event, info, upstream)
+
+    def forward_plan(
+        self,
+        client: HttpProtocol,
+        event: h11.Request,
+        info: RequestInfo,
+        upstream: str,
+        add: Sequence[tuple[bytes, bytes]] = (),
+        strip_auth_cookie: bool = True,
+        rewrite_host: bool = False,
+        vary_origin: bool = False,
+        expires: float | None = None,
+    ) -> ForwardPlan:
+        proxy = self.config.proxy
+        target = self.pool.target(upstream, proxy.ca_file or None, proxy.verify_tls)
+        headers = event.headers
+        upgrade = _is_upgrade(headers)
+        te = any(k == b"transfer-encoding" for k, _ in headers)
+        cl = any(k == b"content-length" for k, _ in headers)
+        ctx = RequestContext(
+            client_ip=client.client_ip,
+            scheme=self.scheme,
+            host=info.host,
+            upstream_host=target.host_header,
+            body="chunked" if te else "length" if cl else "none",
+            upgrade=upgrade,
+            trusted=self.trusted,
+        )
+        out = request_headers(
+            headers, ctx, add=add, strip_auth_cookie=strip_auth_cookie, rewrite_host=rewrite_host
+        )
+        return ForwardPlan(
+            target=target, headers=out, vary_origin=vary_origin, upgrade=upgrade, expires=expires
+        )
 
     def access(self, client: str, request: RequestInfo) -> None:
         sink = self.access_log
@@ -90,6 +150,10 @@ class ServerState:
                 bytes_in=request.bytes_in,
                 bytes_out=request.bytes_out,
                 duration_ms=round((now - request.started) * 1000, 3),
+                app=request.app,
+                decision=request.decision,
+                upstream_status=request.upstream_status,
+                upstream_ms=request.upstream_ms,
             )
         )
 
@@ -104,6 +168,7 @@ class ServerState:
         now = self.now = self.loop.time()
         for conn in [c for c in self.connections if c.deadline <= now]:
             conn.expire()
+        self.pool.sweep(now)
         if self.access_log is not None:
             self.access_log.flush()
 
@@ -167,9 +232,9 @@ async def _listen(
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     try:
         sock.bind((addr.host, addr.port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise listen_error(addr, exc) from None
     sock.setblocking(False)
     return await loop.create_server(
         lambda: HttpProtocol(state),
@@ -193,6 +258,7 @@ async def _drain(state: ServerState, servers: list[asyncio.Server], timeout: flo
         state.sweep()
     for conn in list(state.connections):
         conn.transport.abort()
+    state.pool.close()
     if state.connections:
         await asyncio.sleep(0)
     log.info("stopped")

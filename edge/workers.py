@@ -23,6 +23,7 @@ from types import FrameType
 
 import msgspec
 
+from .accesslog import AccessLog
 from .config import Config, ListenAddress
 
 log = logging.getLogger("edge.workers")
@@ -45,11 +46,13 @@ def reserve_ports(config: Config) -> tuple[Config, list[socket.socket]]:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
             sock.bind((addr.host, addr.port))
-        except OSError:
+        except OSError as exc:
             sock.close()
             for other in held:
                 other.close()
-            raise
+            from .server import listen_error
+
+            raise listen_error(addr, exc) from None
         held.append(sock)
         listen.append(ListenAddress(host=addr.host, port=sock.getsockname()[1]).display())
     server = msgspec.structs.replace(config.server, listen=listen)
@@ -63,6 +66,11 @@ class Supervisor:
         self.stopping = False
 
     def run(self) -> int:
+        # Fail here, once, on what would make every worker die at startup
+        # (and be restarted forever): an access log that cannot be opened.
+        access_log = AccessLog.open(self.config.server.access_log)
+        if access_log is not None:
+            access_log.close()
         config, held = reserve_ports(self.config)
         self.config = config
         log.info(

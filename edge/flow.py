@@ -1,0 +1,38 @@
+"""Flow control: the one object allowed to pause and resume a transport's reading.
+
+A transport's reading can be held for several reasons at once (the other
+side's write buffer is full, a pipelined request waits its turn, the
+upstream is still connecting). Each reason is a bit; reading is paused while
+any bit is set and resumed when the last one clears. Nothing else calls
+pause_reading/resume_reading, so no reason can undo another's pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+PEER_WRITE = 1  # the transport we forward to is above its high-water mark
+PIPELINE = 2  # a request is being answered; the next one waits (client side)
+WAITING = 4  # the upstream connection is not ready yet (client side)
+
+
+class ReadGate:
+    __slots__ = ("reasons", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.reasons = 0
+
+    def block(self, reason: int) -> None:
+        if not self.reasons and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.reasons |= reason
+
+    def unblock(self, reason: int) -> None:
+        if self.reasons & reason:
+            self.reasons &= ~reason
+            if not self.reasons and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def reset(self) -> None:
+        self.unblock(self.reasons)

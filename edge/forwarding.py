@@ -1,0 +1,190 @@
+"""What the upstream sees, and what the client gets back: pure header rewriting.
+
+Nothing here does I/O. The proxy calls `request_headers` once per forwarded
+request and `response_headers` once per upstream response head.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+HeaderList = list[tuple[bytes, bytes]]
+
+# Hop-by-hop fields (RFC 9110 section 7.6.1): they describe one connection,
+# never the message, so a proxy removes them along with every field the
+# Connection header names. Transfer-Encoding is re-framed by h11 on each side;
+# Upgrade survives only on an upgrade request and its 101 (tunnelling).
+# Proxy-Authorization/-Authenticate (RFC 9110 11.7) are meant for a proxy,
+# never for the origin; every other "proxy-*" field (Proxy-Connection, a
+# pre-standard Connection) is treated the same way.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# The identity headers the edge sets; a client's copies are always removed
+# first so they cannot be spoofed (BEHAVIOUR.md section 5).
+IDENTITY_HEADERS = frozenset({b"cf-access-jwt-assertion", b"cf-access-authenticated-user-email"})
+FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+AUTH_COOKIE = b"CF_Authorization"
+# Fields the edge handles itself rather than passing on: Expect (the edge
+# answers 100-continue after authorising), and the framing fields it sets.
+EDGE_HANDLED = frozenset({b"expect", b"content-length"})
+
+
+def _comma_tokens(values: Iterable[bytes]) -> set[bytes]:
+    return {t.strip().lower() for v in values for t in v.split(b",") if t.strip()}
+
+
+def hop_by_hop(headers: Sequence[tuple[bytes, bytes]], keep_upgrade: bool = False) -> frozenset[bytes]:
+    """Every field name to drop from a message before passing it on."""
+    named = _comma_tokens(v for k, v in headers if k == b"connection")
+    drop = set(HOP_BY_HOP) | named
+    if keep_upgrade:
+        drop.discard(b"upgrade")
+    return frozenset(drop)
+
+
+def is_hop(name: bytes, drop: frozenset[bytes]) -> bool:
+    return name in drop or name.startswith(b"proxy-")
+
+
+def strip_cookie(value: bytes, name: bytes = AUTH_COOKIE) -> bytes:
+    """Remove every `name=...` pair from a Cookie header value."""
+    kept = [p for p in (x.strip() for x in value.split(b";")) if p and p.partition(b"=")[0].strip() != name]
+    return b"; ".join(kept)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedProxies:
+    """Peers whose X-Forwarded-* headers are believed and appended to."""
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def trusts(self, ip: str) -> bool:
+        if not self.networks:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.networks)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    client_ip: str
+    scheme: bytes  # b"http" or b"https": how the client reached the edge
+    host: bytes  # the client's Host
+    upstream_host: bytes  # host[:port] of the upstream, for rewrite_host
+    body: str  # "none" | "length" | "chunked"
+    upgrade: bool = False
+    trusted: TrustedProxies = field(default_factory=TrustedProxies)
+
+
+def request_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    ctx: RequestContext,
+    add: Sequence[tuple[bytes, bytes]] = (),
+    strip: frozenset[bytes] = frozenset(),
+    strip_auth_cookie: bool = True,
+    rewrite_host: bool = False,
+) -> HeaderList:
+    """The head sent upstream: hop-by-hop and spoofable fields removed,
+    identity and X-Forwarded-* fields set, framing re-declared."""
+    drop = hop_by_hop(headers, keep_upgrade=ctx.upgrade) | IDENTITY_HEADERS | strip | EDGE_HANDLED
+    trusted = ctx.trusted.trusts(ctx.client_ip)
+    if not trusted:
+        drop |= FORWARDED_HEADERS
+    out: HeaderList = []
+    prior_for: list[bytes] = []
+    length = b""
+    for name, value in headers:
+        if name == b"content-length":
+            length = value
+        if is_hop(name, drop):
+            continue
+        if name == b"host":
+            value = ctx.upstream_host if rewrite_host else value
+        elif name == b"cookie" and strip_auth_cookie:
+            value = strip_cookie(value)
+            if not value:
+                continue
+        elif name == b"x-forwarded-for":
+            prior_for.append(value)
+            continue
+        elif name in (b"x-forwarded-proto", b"x-forwarded-host"):
+            continue  # re-added below, from what a trusted proxy said or from us
+        out.append((name, value))
+    _add_forwarded(out, headers, ctx, prior_for, trusted)
+    if ctx.upgrade:
+        out.append((b"connection", b"upgrade"))
+    if ctx.body == "length":
+        out.append((b"content-length", length))
+    elif ctx.body == "chunked":
+        out.append((b"transfer-encoding", b"chunked"))
+    out.extend(add)
+    return out
+
+
+def _first(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def _add_forwarded(
+    out: HeaderList,
+    headers: Sequence[tuple[bytes, bytes]],
+    ctx: RequestContext,
+    prior_for: list[bytes],
+    trusted: bool,
+) -> None:
+    peer = ctx.client_ip.encode("ascii", "replace")
+    chain = [*prior_for, peer] if trusted else [peer]
+    out.append((b"x-forwarded-for", b", ".join(chain)))
+    proto = _first(headers, b"x-forwarded-proto") if trusted else None
+    out.append((b"x-forwarded-proto", proto or ctx.scheme))
+    fwd_host = _first(headers, b"x-forwarded-host") if trusted else None
+    out.append((b"x-forwarded-host", fwd_host or ctx.host))
+
+
+def response_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    vary_origin: bool = False,
+    switching: bool = False,
+) -> HeaderList:
+    """The head sent to the client: hop-by-hop removed (h11 re-frames the
+    body), `Origin` merged into Vary when the app has CORS settings."""
+    drop = hop_by_hop(headers, keep_upgrade=switching)
+    out: HeaderList = []
+    vary: list[bytes] = []
+    for name, value in headers:
+        if is_hop(name, drop):
+            continue
+        if name == b"vary" and vary_origin:
+            vary.append(value)
+            continue
+        out.append((name, value))
+    if switching:
+        out.append((b"connection", b"upgrade"))
+    if vary_origin:
+        out.append((b"vary", merge_vary(vary, b"Origin")))
+    return out
+
+
+def merge_vary(values: Sequence[bytes], add: bytes) -> bytes:
+    tokens = [t.strip() for v in values for t in v.split(b",") if t.strip()]
+    if b"*" in tokens:
+        return b"*"
+    if add.lower() not in {t.lower() for t in tokens}:
+        tokens.append(add)
+    return b", ".join(tokens)

@@ -1,0 +1,254 @@
+"""One proxied request: the cycle between a client connection and an upstream.
+
+Invariants:
+- A cycle owns at most one upstream connection at a time and gives it back to
+  the pool only after a clean exchange; on any failure it is aborted.
+- Bodies flow as they arrive, never buffered whole: client Data events are
+  written to the upstream as they are parsed, upstream Data to the client.
+  Backpressure: a full upstream write buffer blocks client reading and a full
+  client write buffer blocks upstream reading, each through that side's
+  ReadGate.
+- Before the response head is sent to the client, an upstream failure becomes
+  a small 502/504; after it, the client connection is aborted (no fake
+  success).
+- A request that never reached the upstream on a reused pooled connection is
+  retried once on a fresh one, only when that is safe: idempotent method, no
+  request body sent, nothing of the response received.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import h11
+
+from . import flow
+from .forwarding import response_headers
+from .upstream import Target, UpstreamConnection, UpstreamError
+
+if TYPE_CHECKING:
+    from .protocol import HttpProtocol
+
+log = logging.getLogger("edge.proxy")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPlan:
+    """Everything the proxy needs to forward one request."""
+
+    target: Target
+    headers: list[tuple[bytes, bytes]]  # already rewritten (forwarding.request_headers)
+    vary_origin: bool = False
+    upgrade: bool = False
+    expires: float | None = None  # epoch seconds: the authorising token's exp (tunnels)
+    app: str | None = None
+    reason: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class ProxyCycle:
+    def __init__(self, client: HttpProtocol, request: h11.Request, plan: ForwardPlan) -> None:
+        self.client = client
+        self.request = request
+        self.plan = plan
+        self.pool = client.state.pool
+        self.up: UpstreamConnection | None = None
+        self.request_done = False  # the client's request was fully passed on
+        self.response_started = False
+        self.finished = False
+        self.body_sent = False
+        self.retried = False
+        self.status = 0
+        self.started = time.monotonic()
+        self.head_at = 0.0
+
+    # -- starting
+
+    def start(self) -> None:
+        conn = self.pool.take(self.plan.target)
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self._connect_later()
+
+    def _connect_later(self) -> None:
+        self.client.hold(True)
+        task = self.client.state.loop.create_task(self._connect())
+        self.client.state.tasks.add(task)
+        task.add_done_callback(self.client.state.tasks.discard)
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.pool.connect(self.plan.target)
+        except UpstreamError as exc:
+            if not self.finished:
+                self._fail(exc)
+            return
+        if self.finished:
+            conn.abort()
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.up = conn
+        conn.exchange = self
+        req = self.request
+        conn.send(h11.Request(method=req.method, target=req.target, headers=self.plan.headers))
+        client = self.client
+        if client.conn.client_is_waiting_for_100_continue:
+            # Only now, authorised and connected, may the client send its body.
+            client.send(h11.InformationalResponse(status_code=100, headers=[]))
+        client.hold(False)
+        if self.request_done:
+            self._request_sent()
+
+    # -- client side (called by the client protocol)
+
+    def client_data(self, data: bytes) -> None:
+        if self.up is not None and not self.up.closed:
+            self.body_sent = True
+            self.up.send(h11.Data(data=data))
+
+    def client_end(self) -> None:
+        self.request_done = True
+        if self.up is not None and self.up.conn.our_state is h11.SEND_BODY:
+            self.up.send(h11.EndOfMessage())
+            self._request_sent()
+
+    def _request_sent(self) -> None:
+        self.client.arm(self.client.state.config.proxy.response_timeout)
+
+    def client_write_paused(self, paused: bool) -> None:
+        up = self.up
+        if up is not None and up.gate is not None:
+            (up.gate.block if paused else up.gate.unblock)(flow.PEER_WRITE)
+
+    def client_lost(self) -> None:
+        """The client went away: nothing of this exchange is reusable."""
+        self.finished = True
+        if self.up is not None:
+            self.up.exchange = None
+            self.up.abort()
+
+    def client_raw(self, data: bytes) -> None:
+        if self.up is not None:
+            self.up.write_raw(data)
+
+    def timeout(self) -> None:
+        if self.response_started:
+            self._abort_both()
+        else:
+            self._fail(UpstreamError(504, "upstream did not answer in time"))
+
+    # -- upstream side (the Exchange protocol)
+
+    def upstream_event(self, event: h11.Event) -> None:
+        kind = type(event)
+        if kind is h11.Data:
+            assert isinstance(event, h11.Data)
+            self.client.send_body(event.data)
+            self.client.arm(self.client.state.config.proxy.idle_timeout)
+        elif kind is h11.Response:
+            assert isinstance(event, h11.Response)
+            self._on_response(event)
+        elif kind is h11.EndOfMessage:
+            self._on_response_end()
+        elif kind is h11.InformationalResponse:
+            assert isinstance(event, h11.InformationalResponse)
+            if event.status_code == 101:
+                self._on_switch(event)
+        # ConnectionClosed: upstream_lost follows from connection_lost.
+
+    def _on_response(self, event: h11.Response) -> None:
+        self.response_started = True
+        self.status = event.status_code
+        self.head_at = time.monotonic()
+        headers = response_headers(event.headers, vary_origin=self.plan.vary_origin)
+        self.client.send(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason))
+        self.client.arm(self.client.state.config.proxy.idle_timeout)
+
+    def _on_response_end(self) -> None:
+        self.finished = True
+        up = self.up
+        self.up = None
+        self.client.send(h11.EndOfMessage())
+        if up is not None:
+            up.exchange = None
+            if self.request_done:
+                self.pool.release(up, self.client.state.loop.time())
+            else:
+                up.abort()  # the upstream answered before the whole body: not reusable
+        self.client.proxy_done(self)
+
+    def _on_switch(self, event: h11.InformationalResponse) -> None:
+        up = self.up
+        if up is None or not self.plan.upgrade:
+            self._abort_both()
+            return
+        self.response_started = True
+        self.status = 101
+        headers = response_headers(event.headers, switching=True)
+        self.client.send(h11.InformationalResponse(status_code=101, headers=headers, reason=event.reason))
+        leftover = up.start_tunnel()
+        self.client.start_tunnel(self, self.plan.expires)
+        if leftover:
+            self.client.send_raw(leftover)
+
+    def upstream_raw(self, data: bytes) -> None:
+        self.client.send_raw(data)
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        gate = self.client.gate
+        (gate.block if paused else gate.unblock)(flow.PEER_WRITE)
+
+    def upstream_lost(self, error: UpstreamError) -> None:
+        if self.finished:
+            return
+        up = self.up
+        self.up = None
+        if up is not None and up.tunnel:
+            self.finished = True
+            self.client.tunnel_closed()
+            return
+        if self._can_retry(up):
+            self.retried = True
+            self._connect_later()
+            return
+        self._fail(error)
+
+    def _can_retry(self, up: UpstreamConnection | None) -> bool:
+        return (
+            up is not None
+            and up.reused
+            and not self.retried
+            and not self.response_started
+            and not self.body_sent
+            and self.request.method in IDEMPOTENT
+        )
+
+    # -- failures
+
+    def _fail(self, error: UpstreamError) -> None:
+        self.finished = True
+        if self.up is not None:
+            self.up.exchange = None
+            self.up.abort()
+            self.up = None
+        if self.response_started:
+            self.client.abort()
+            return
+        log.warning("%s %s: %s", self.request.method.decode(), self.plan.target.url, error)
+        self.status = error.status
+        self.client.proxy_failed(self, error.status)
+
+    def _abort_both(self) -> None:
+        self.finished = True
+        if self.up is not None:
+            self.up.exchange = None
+            self.up.abort()
+            self.up = None
+        self.client.abort()
