@@ -14,6 +14,7 @@ import asyncio
 PEER_WRITE = 1  # the transport we forward to is above its high-water mark
 PIPELINE = 2  # a request is being answered; the next one waits (client side)
 WAITING = 4  # the upstream connection is not ready yet (client side)
+OWN_WRITE = 8  # our writes to this same transport are backed up (it is not reading)
 
 
 class ReadGate:

@@ -225,11 +225,13 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = True
         # A client that stops reading gets one idle period to start again.
         self.deadline = min(self.deadline, self.state.now + self.limits.body_idle_timeout)
+        self.gate.block(flow.OWN_WRITE)
         if self.cycle is not None:
             self.cycle.client_write_paused(True)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.gate.unblock(flow.OWN_WRITE)
         if self.cycle is not None:
             self.cycle.client_write_paused(False)
         if not self.closing:
@@ -465,10 +467,14 @@ class HttpProtocol(asyncio.Protocol):
     def hold(self, held: bool) -> None:
         """Stop (or restart) parsing client events while the upstream
         connection is not ready; the bytes wait in the socket."""
-        self.held = held
         if held:
+            self.held = True
+            # The client cannot be late while we are not reading it.
+            wait = self.state.config.proxy.connect_timeout + self.limits.body_idle_timeout
+            self.deadline = max(self.deadline, self.state.now + wait)
             self.gate.block(flow.WAITING)
-        else:
+        elif self.held:
+            self.held = False
             self.gate.unblock(flow.WAITING)
             self.state.loop.call_soon(self._process)
 

@@ -70,6 +70,8 @@ class ProxyCycle:
     # -- starting
 
     def start(self) -> None:
+        proxy = self.client.state.config.proxy
+        self.client.arm(proxy.connect_timeout + proxy.response_timeout)
         conn = self.pool.take(self.plan.target)
         if conn is not None:
             self._attach(conn)
@@ -104,7 +106,8 @@ class ProxyCycle:
             # Only now, authorised and connected, may the client send its body.
             client.send(h11.InformationalResponse(status_code=100, headers=[]))
         client.hold(False)
-        if self.request_done:
+        if self.request_done:  # a retry: the client's request ended while we reconnected
+            conn.send(h11.EndOfMessage())
             self._request_sent()
 
     # -- client side (called by the client protocol)
