@@ -61,6 +61,8 @@ TARGET_VS_UVICORN = 1.5
 # Row names, also the keys for the ratio columns.
 EDGE = "edge"
 EDGE_LOG = "edge (access log to file)"
+CANDIDATE = "edge candidate"
+CANDIDATE_LOG = "edge candidate (access log to file)"
 FLOOR = "h11 floor"
 UVICORN = "uvicorn-h11"
 
@@ -101,6 +103,7 @@ class ServerSpec:
     name: str
     argv: Callable[[int, Path], list[str]]
     paths: tuple[tuple[str, int], ...]  # (path, expected status)
+    cwd: Path = ROOT  # `python -m edge` imports the edge package found here
 
 
 # -- the servers ----------------------------------------------------------------
@@ -138,12 +141,23 @@ def uvicorn_argv(port: int, scratch: Path) -> list[str]:
     ]  # fmt: skip
 
 
+EDGE_PATHS = ((HEALTH, 200), (MISSING, 404))
 SPECS: tuple[ServerSpec, ...] = (
-    ServerSpec(EDGE, edge_argv("off"), ((HEALTH, 200), (MISSING, 404))),
+    ServerSpec(EDGE, edge_argv("off"), EDGE_PATHS),
     ServerSpec(FLOOR, floor_argv, ((FLOOR_PATH, 200),)),
     ServerSpec(UVICORN, uvicorn_argv, ((FLOOR_PATH, 200),)),
-    ServerSpec(EDGE_LOG, edge_argv("file"), ((HEALTH, 200), (MISSING, 404))),
+    ServerSpec(EDGE_LOG, edge_argv("file"), EDGE_PATHS),
 )
+
+
+def candidate_specs(directory: Path) -> tuple[ServerSpec, ...]:
+    """A second edge (a worktree or scratch copy holding an `edge` package), for A/B in one run."""
+    if not (directory / "edge" / "__main__.py").is_file():
+        sys.exit(f"load.py: {directory} holds no edge package (edge/__main__.py)")
+    return (
+        ServerSpec(CANDIDATE, edge_argv("off"), EDGE_PATHS, cwd=directory),
+        ServerSpec(CANDIDATE_LOG, edge_argv("file"), EDGE_PATHS, cwd=directory),
+    )
 
 
 # -- processes --------------------------------------------------------------------
@@ -213,7 +227,7 @@ def running(spec: ServerSpec, core: str | None) -> Iterator[tuple[int, int]]:
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 pinned(core, spec.argv(port, scratch)),
-                cwd=ROOT,
+                cwd=spec.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -388,6 +402,18 @@ def verdict(rows: Sequence[Row]) -> str:
     )
 
 
+def candidate_line(rows: Sequence[Row]) -> str:
+    by = {(r.server, r.path): r.median("rps") for r in rows}
+    twins = ((EDGE, CANDIDATE), (EDGE_LOG, CANDIDATE_LOG))
+    pairs = [(base, cand, p) for base, cand in twins for p, _ in EDGE_PATHS]
+    parts = [
+        f"{c} `{p}` {by[(c, p)] / by[(b, p)]:.2f}x {b}"
+        for b, c, p in pairs
+        if by.get((b, p)) and by.get((c, p))
+    ]
+    return "candidate vs edge (req/s): " + "; ".join(parts) if parts else ""
+
+
 def raw_table(rows: Sequence[Row]) -> str:
     lines = [
         "| server | path | round | req/s | p50 | p90 | p99 | requests | non-2xx/3xx | socket errors"
@@ -432,7 +458,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def report(rows: Sequence[Row], cfg: Settings, started: dt.datetime, command: str) -> str:
+def report(
+    rows: Sequence[Row], cfg: Settings, started: dt.datetime, command: str, candidate: Path | None
+) -> str:
     pinning = (
         f"server on core {cfg.server_core}, wrk on core {cfg.client_core}"
         if cfg.server_core is not None
@@ -444,7 +472,8 @@ def report(rows: Sequence[Row], cfg: Settings, started: dt.datetime, command: st
             f"# edge load benchmark, {started:%Y-%m-%d %H:%M:%S} UTC",
             "",
             f"- command: `{command}`",
-            f"- edge revision: {git_revision()}",
+            f"- edge revision: {git_revision()}"
+            + (f"; candidate: {candidate.resolve()}" if candidate else ""),
             f"- {cfg.rounds} round(s) x {cfg.duration:g} s per row (after {cfg.warmup:g} s warm-up),"
             f" wrk -t1 -c{cfg.connections}, keep-alive; {pinning}",
             f"- machine: {os.cpu_count()} CPU(s), {cpu_model()}; {platform.platform()}",
@@ -456,6 +485,8 @@ def report(rows: Sequence[Row], cfg: Settings, started: dt.datetime, command: st
             summary_table(rows),
             "",
             verdict(rows),
+            "",
+            candidate_line(rows),
             "",
             "## Raw runs",
             "",
@@ -477,9 +508,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="whole seconds of warm-up per row (default 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round x 2 s, 1 s warm-up")
     parser.add_argument(
+        "--candidate",
+        type=Path,
+        metavar="DIR",
+        help="also measure the edge package in DIR (e.g. a scratch copy), interleaved, for A/B",
+    )
+    parser.add_argument(
         "--only",
         action="append",
-        choices=[s.name for s in SPECS],
+        choices=[*(s.name for s in SPECS), CANDIDATE, CANDIDATE_LOG],
         help="measure only this server (repeatable; ratios need the floor and uvicorn)",
     )
     args = parser.parse_args(argv)
@@ -504,11 +541,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_core=SERVER_CORE if two_cores else None,
         client_core=CLIENT_CORE if two_cores else None,
     )
-    specs = [s for s in SPECS if not args.only or s.name in args.only]
+    every = [*SPECS, *(candidate_specs(args.candidate.resolve()) if args.candidate else ())]
+    specs = [s for s in every if not args.only or s.name in args.only]
     started = dt.datetime.now(dt.UTC)
     command = " ".join(["python", "bench/load.py", *(argv if argv is not None else sys.argv[1:])])
     rows = run_rounds(specs, cfg)
-    text = report(rows, cfg, started, command)
+    text = report(rows, cfg, started, command, args.candidate)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"load-{started:%Y%m%d-%H%M%S}.md"
     out.write_text(text)
@@ -516,6 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary_table(rows))
     print()
     print(verdict(rows))
+    if args.candidate:
+        print(candidate_line(rows))
     print(f"\nwritten: {out.relative_to(ROOT)}")
     return 0
 

@@ -30,7 +30,59 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=config_help)
     check = sub.add_parser("check", help="validate the config and print a summary")
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=config_help)
+    _add_tool_parsers(sub, config_help)
     return parser
+
+
+def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], config_help: str) -> None:
+    explain = sub.add_parser("explain", help="show how a request would be decided")
+    explain.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=config_help)
+    explain.add_argument("method", help="request method, e.g. GET or OPTIONS")
+    explain.add_argument("url", help="full URL, e.g. https://app.example.com/api/x")
+    explain.add_argument("-H", "--header", action="append", default=[], help="'Name: value' (repeatable)")
+    explain.add_argument("--client-ip", default="127.0.0.1", help="the peer address (default 127.0.0.1)")
+    token = sub.add_parser("token", help="mint a signed user token (for trying the edge)")
+    token.add_argument("--key", required=True, help="private key PEM (from `edge keys generate`)")
+    token.add_argument("--kid", help="key id (default: the key's RFC 7638 thumbprint)")
+    token.add_argument("--iss", required=True, help="issuer, as in [[issuers]].iss")
+    token.add_argument("--aud", required=True, help="the application's aud tag (`edge check` shows it)")
+    token.add_argument("--email", required=True)
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until exp (default 3600)")
+    token.add_argument("--groups", default="", help="comma-separated groups claim")
+    keys = sub.add_parser("keys", help="signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    generate = keys_sub.add_parser("generate", help="write a private key PEM and add it to DIR/jwks.json")
+    generate.add_argument("--out", required=True, help="directory")
+    generate.add_argument("--alg", default="ES256", choices=["ES256", "RS256", "EdDSA"])
+
+
+def _run_tool(args: argparse.Namespace) -> int:
+    """explain, token, keys: commands that print and exit."""
+    try:
+        return _tool(args)
+    except ValueError as exc:  # a bad URL, header, key file: the user's input
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _tool(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import tools
+
+    if args.command == "token":
+        groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+        print(tools.mint_token(Path(args.key), args.kid, args.iss, args.aud, args.email, args.ttl, groups))
+        return EXIT_OK
+    if args.command == "keys":
+        print(tools.generate_keys(Path(args.out), args.alg))
+        return EXIT_OK
+    from .decide import compile_config
+
+    compiled = compile_config(load(args.config), args.config)
+    req = tools.build_request(args.method, args.url, args.header, args.client_ip)
+    print(tools.explain_text(compiled, req))
+    return EXIT_OK
 
 
 def _load_checked(path: str) -> Config:
@@ -64,6 +116,19 @@ def summary(path: str, config: Config) -> str:
     return "\n".join(lines)
 
 
+def _check(path: str, config: Config) -> int:
+    from .decide import compile_config
+    from .tools import apps_summary, warnings
+
+    compiled = compile_config(config, path)
+    print(summary(path, config))
+    if compiled.apps or config.issuers:
+        print(apps_summary(compiled))
+    for warning in warnings(compiled):
+        print(f"edge: warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _serve(config: Config) -> int:
     if config.server.workers > 1:
         from .workers import Supervisor
@@ -88,10 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()
     try:
+        if args.command in ("explain", "token", "keys"):
+            return _run_tool(args)
         config = _load_checked(args.config)
         if args.command == "check":
-            print(summary(args.config, config))
-            return EXIT_OK
+            return _check(args.config, config)
         return _serve(config)
     except ConfigError as exc:
         print(f"edge: {exc}", file=sys.stderr)

@@ -12,11 +12,14 @@ Invariants:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import math
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -113,8 +116,15 @@ class Server(Struct, frozen=True, forbid_unknown_fields=True):
     drain_timeout: Timeout = 30 * SECONDS
     # Access log: "off", "stdout", or a file path.
     access_log: Annotated[str, Meta(min_length=1)] = "stdout"
+    # Peers (CIDR) whose X-Forwarded-For is believed: the client IP that
+    # ip_ranges rules see, and the chain passed on upstream.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        for i, cidr in enumerate(self.trusted_proxies):
+            problem = _cidr_problem(cidr)
+            if problem is not None:
+                raise _field_error(f"trusted_proxies[{i}]", problem)
         if not self.listen:
             raise _field_error("listen", "Expected at least one address")
         seen: set[tuple[str, int]] = set()
@@ -156,9 +166,526 @@ class Proxy(Struct, frozen=True, forbid_unknown_fields=True):
     default_upstream: str = ""
 
 
+# -- applications, issuers, service tokens (BEHAVIOUR.md sections 1-4) --------
+#
+# Only syntax and cross-field rules live here; edge.decide.compile_config turns
+# these plain values into the runtime objects (tries, key sets, prebuilt
+# responses) and reads the JWKS files.
+
+ALGORITHMS = ("RS256", "ES256", "EdDSA", "HS256")
+ACTIONS = ("bypass", "service_auth", "allow", "deny")
+SELECTORS = (
+    "everyone",
+    "emails",
+    "email_domains",
+    "groups",
+    "ip_ranges",
+    "service_tokens",
+    "any_service_token",
+)
+# Selectors that need a verified user token, and those that need a service token.
+IDENTITY_SELECTORS = frozenset({"emails", "email_domains", "groups"})
+SERVICE_SELECTORS = frozenset({"service_tokens", "any_service_token"})
+# Where an unauthenticated navigation is sent. Relative: the login service on
+# the protected host itself (BEHAVIOUR.md section 6), like Cloudflare's
+# /cdn-cgi/access/login/<host>.
+DEFAULT_LOGIN_URL = "/cdn-cgi/access/login/{host}?kid={aud}&redirect_url={redirect_url}"
+LOGIN_PLACEHOLDERS = ("host", "aud", "redirect_url")
+# Cloudflare's own limits for Access-Control-Max-Age: -1 (no caching) to 24 h.
+MaxAge = Annotated[int, Meta(ge=-1, le=86400)]
+# Clock skew tolerated on exp/nbf/iat. 60 s covers NTP-synced hosts with room
+# to spare; more would keep a just-expired session alive longer than needed.
+DEFAULT_LEEWAY = 60
+Leeway = Annotated[int, Meta(ge=0, le=600)]
+# Session length of the CF_Authorization cookie: 1 minute to 30 days.
+SessionDuration = Annotated[int, Meta(ge=60, le=30 * 86400)]
+# PyJWT warns below 32 bytes for HS256 (RFC 7518 3.2: key >= hash size).
+MIN_HS256_SECRET = 32
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
+_AUD_RE = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 5.6.2 token
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_RE = re.compile(rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*$")
+_ORIGIN_RE = re.compile(
+    r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::(?P<port>[0-9]{1,5}))?$"
+)
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_name(field: str, value: str) -> None:
+    if not _NAME_RE.match(value):
+        raise _field_error(
+            field,
+            f"Expected letters, digits, ' ', '.', '_' or '-' (1-128, starting with a letter or digit), "
+            f"got {value!r}",
+        )
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise _field_error(field, f"Expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_unique(field: str, values: list[str], fold: bool = False) -> None:
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        key = value.lower() if fold else value
+        if key in seen:
+            raise _field_error(f"{field}[{i}]", f"{value!r} is listed twice")
+        seen.add(key)
+
+
+class DomainPattern(Struct, frozen=True):
+    """A parsed application domain: host (lower case, maybe ``*.`` + parent)
+    and path segments (``example.com/api/*`` -> ``("api",)``)."""
+
+    host: str
+    segments: tuple[str, ...]
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host.startswith("*.")
+
+    @property
+    def path(self) -> str:
+        return "/" + "/".join(self.segments)
+
+    def display(self) -> str:
+        return self.host + (self.path if self.segments else "")
+
+
+def parse_domain(text: str) -> DomainPattern:
+    """Parse ``host[/path][/*]``; raise ValueError with the reason."""
+    host, slash, path = text.strip().partition("/")
+    host = host.lower().removesuffix(".")
+    if ":" in host:
+        raise ValueError(f"Expected no port (ports are ignored when matching), got {text!r}")
+    if "*" in host and not (host.startswith("*.") and "*" not in host[2:]):
+        raise ValueError(f"Expected '*' only as a whole first label ('*.example.com'), got {text!r}")
+    if not _HOST_RE.match(host):
+        raise ValueError(f"Expected a host name like 'app.example.com' or '*.example.com', got {text!r}")
+    segments = [s for s in path.split("/") if s] if slash else []
+    if segments and segments[-1] == "*":
+        segments.pop()  # a path covers everything below it anyway
+    for seg in segments:
+        if "*" in seg:
+            raise ValueError(f"Expected '*' in a path only as a trailing '/*', got {text!r}")
+        if seg in (".", "..") or any(c in seg for c in "?#%\\"):
+            raise ValueError(f"Expected a plain path (no '.', '..', '?', '#', '%', '\\'), got {text!r}")
+        if not seg.isascii() or not seg.isprintable() or " " in seg:
+            raise ValueError(f"Expected a path of printable ASCII without spaces, got {text!r}")
+    return DomainPattern(host=host, segments=tuple(segments))
+
+
+def origin_problem(origin: str) -> str | None:
+    """Why `origin` can never equal a browser's serialised Origin, or None.
+
+    Browsers send ``scheme://host[:port]`` in lower case, punycode, with no
+    path and no default port (RFC 6454 6.1), or the literal ``null``; the edge
+    compares byte for byte, so anything else would silently never match.
+    """
+    if origin == "null":
+        return None
+    if "*" in origin:
+        return f"Expected an exact origin (use allow_all_origins for any), got {origin!r}"
+    if "://" not in origin:
+        return f"Expected scheme://host[:port], got {origin!r}"
+    if origin.endswith("/"):
+        return f"Expected an origin without a trailing slash ({origin.rstrip('/')!r}), got {origin!r}"
+    if "/" in origin.partition("://")[2] or "?" in origin or "#" in origin:
+        return f"Expected an origin without a path, got {origin!r}"
+    if not origin.isascii():
+        return f"Expected an ASCII origin (write the host in punycode, xn--...), got {origin!r}"
+    if origin != origin.lower():
+        return f"Expected lower case, as browsers send it ({origin.lower()!r}), got {origin!r}"
+    m = _ORIGIN_RE.match(origin)
+    if m is None:
+        return f"Expected scheme://host[:port], got {origin!r}"
+    if m["port"] is not None and _DEFAULT_PORTS.get(m["scheme"]) == m["port"]:
+        return f"Expected no default port (browsers omit it: {origin.rsplit(':', 1)[0]!r}), got {origin!r}"
+    return None
+
+
+def upstream_problem(url: str) -> str | None:
+    """Why `url` cannot be an upstream, or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"Expected an http:// or https:// URL, got {url!r} ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"Expected an http:// or https:// URL with a host, got {url!r}"
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return f"Expected no query, fragment or user info in an upstream URL, got {url!r}"
+    return None
+
+
+class Cors(Struct, frozen=True, forbid_unknown_fields=True):
+    """CORS settings of an application: its preflights are answered at the edge."""
+
+    allow_all_origins: bool = False
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    allow_all_methods: bool = False
+    allowed_methods: list[str] = msgspec.field(default_factory=list)
+    allow_all_headers: bool = False
+    allowed_headers: list[str] = msgspec.field(default_factory=list)
+    allow_credentials: bool = False
+    max_age: MaxAge | None = None
+    allow_private_network: bool = False
+    expose_headers: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.allow_credentials and self.allow_all_origins:
+            raise _field_error(
+                "allow_credentials",
+                "Expected false with allow_all_origins = true: any site could read your users' data "
+                "(list the origins in allowed_origins instead)",
+            )
+        for i, origin in enumerate(self.allowed_origins):
+            problem = origin_problem(origin)
+            if problem is not None:
+                raise _field_error(f"allowed_origins[{i}]", problem)
+            if origin == "null" and self.allow_credentials:
+                raise _field_error(
+                    f"allowed_origins[{i}]",
+                    "Expected no 'null' origin with allow_credentials = true: sandboxed and file: pages "
+                    "all send 'null', so it identifies no site",
+                )
+        _check_unique("allowed_origins", self.allowed_origins)
+        has_origins = self.allow_all_origins or bool(self.allowed_origins)
+        if has_origins and not (self.allow_all_methods or self.allowed_methods):
+            raise _field_error(
+                "allowed_methods",
+                "Expected at least one method (or allow_all_methods = true) when origins are allowed",
+            )
+        self._check_tokens("allowed_methods", self.allowed_methods, "allow_all_methods")
+        self._check_tokens("allowed_headers", self.allowed_headers, "allow_all_headers")
+        self._check_tokens("expose_headers", self.expose_headers, None)
+        _check_unique("allowed_methods", self.allowed_methods)
+        _check_unique("allowed_headers", self.allowed_headers, fold=True)
+        _check_unique("expose_headers", self.expose_headers, fold=True)
+
+    @staticmethod
+    def _check_tokens(field: str, values: list[str], all_switch: str | None) -> None:
+        for i, value in enumerate(values):
+            if value == "*" and all_switch is not None:
+                raise _field_error(f"{field}[{i}]", f"Expected a name; for any, set {all_switch} = true")
+            if not _TOKEN_RE.match(value) or value == "*":
+                raise _field_error(
+                    f"{field}[{i}]", f"Expected a method or header name (an HTTP token), got {value!r}"
+                )
+
+
+class Rule(Struct, frozen=True, forbid_unknown_fields=True):
+    """One selector: a table with exactly one key (``{ emails = [...] }``)."""
+
+    everyone: bool | None = None
+    emails: list[str] | None = None
+    email_domains: list[str] | None = None
+    groups: list[str] | None = None
+    ip_ranges: list[str] | None = None
+    service_tokens: list[str] | None = None
+    any_service_token: bool | None = None
+
+    @property
+    def selector(self) -> str:
+        return next(name for name in SELECTORS if getattr(self, name) is not None)
+
+    def __post_init__(self) -> None:
+        given = [name for name in SELECTORS if getattr(self, name) is not None]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(f"Expected exactly one selector ({', '.join(SELECTORS)}), got {found}")
+        name = given[0]
+        value = getattr(self, name)
+        if isinstance(value, bool):
+            if not value:
+                raise _field_error(name, "Expected true (leave the rule out instead of false)")
+            return
+        if not value:
+            raise _field_error(name, "Expected at least one value")
+        for i, item in enumerate(value):
+            problem = _RULE_CHECKS[name](item)
+            if problem is not None:
+                raise _field_error(f"{name}[{i}]", problem)
+        _check_unique(name, value, fold=name in ("emails", "email_domains"))
+
+
+def _email_problem(value: str) -> str | None:
+    local, at, domain = value.rpartition("@")
+    if not at or not local or not domain or any(c.isspace() for c in value):
+        return f"Expected an email address, got {value!r}"
+    return None
+
+
+def _domain_problem(value: str) -> str | None:
+    domain = value.removeprefix("@")
+    if not domain or "@" in domain or not _HOST_RE.match(domain.lower()) or domain.startswith("*"):
+        return f"Expected an email domain like 'example.com', got {value!r}"
+    return None
+
+
+def _cidr_problem(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        return f"Expected an IP network like '10.0.0.0/8' or '2001:db8::/32', got {value!r} ({exc})"
+    return None
+
+
+def _text_problem(value: str) -> str | None:
+    return None if value and value.isprintable() else f"Expected a non-empty printable string, got {value!r}"
+
+
+_RULE_CHECKS = {
+    "emails": _email_problem,
+    "email_domains": _domain_problem,
+    "groups": _text_problem,
+    "ip_ranges": _cidr_problem,
+    "service_tokens": _text_problem,
+}
+
+
+class Policy(Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    action: str
+    include: list[Rule]
+    require: list[Rule] = msgspec.field(default_factory=list)
+    exclude: list[Rule] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_name("name", self.name)
+        _check_choice("action", self.action, ACTIONS)
+        if not self.include:
+            raise _field_error("include", "Expected at least one rule")
+        for part in ("include", "require", "exclude"):
+            for i, rule in enumerate(getattr(self, part)):
+                self._check_rule(f"{part}[{i}]", rule.selector)
+
+    def _check_rule(self, field: str, selector: str) -> None:
+        if selector in IDENTITY_SELECTORS and self.action in ("bypass", "service_auth"):
+            raise _field_error(
+                f"{field}.{selector}",
+                f"Expected no identity selector in a {self.action} policy: it is decided without a user "
+                "token",
+            )
+        if selector in SERVICE_SELECTORS and self.action != "service_auth":
+            raise _field_error(
+                f"{field}.{selector}",
+                "Expected service token selectors only in service_auth policies (elsewhere a user login "
+                "is needed)",
+            )
+
+
+class App(Struct, frozen=True, forbid_unknown_fields=True):
+    """An application: domains it protects, policies, CORS and cookie settings."""
+
+    name: str
+    domains: list[str]
+    upstream: str
+    policies: list[Policy]
+    aud: str | None = None
+    cors: Cors | None = None
+    options_preflight_bypass: bool = False
+    unauthenticated: str = "auto"
+    same_site: str = "lax"
+    http_only: bool = True
+    path_scoped: bool = False
+    session_duration: SessionDuration = 86400
+    keep_auth_cookie: bool = False
+    rewrite_host: bool = False
+
+    def __post_init__(self) -> None:
+        _check_name("name", self.name)
+        if not self.domains:
+            raise _field_error("domains", "Expected at least one domain")
+        for i, text in enumerate(self.domains):
+            try:
+                parse_domain(text)
+            except ValueError as exc:
+                raise _field_error(f"domains[{i}]", str(exc)) from None
+        problem = upstream_problem(self.upstream)
+        if problem is not None:
+            raise _field_error("upstream", problem)
+        if not self.policies:
+            raise _field_error(
+                "policies", "Expected at least one policy (with none, every request is denied)"
+            )
+        _check_unique_attr("policies", [p.name for p in self.policies], "name")
+        if self.aud is not None and not _AUD_RE.match(self.aud):
+            raise _field_error("aud", f"Expected 1-128 characters of A-Z a-z 0-9 . _ ~ -, got {self.aud!r}")
+        if self.cors is not None and self.options_preflight_bypass:
+            raise _field_error(
+                "options_preflight_bypass",
+                "Expected false with cors settings: preflights are either answered at the edge (cors) "
+                "or forwarded to the upstream (options_preflight_bypass), not both",
+            )
+        _check_choice("unauthenticated", self.unauthenticated, ("auto", "redirect"))
+        _check_choice("same_site", self.same_site, ("lax", "strict", "none"))
+
+    @property
+    def tag(self) -> str:
+        """The audience tag tokens must carry: `aud`, or one derived from the
+        name (64 hex digits, like Cloudflare's application AUD tags)."""
+        return self.aud if self.aud is not None else hashlib.sha256(self.name.encode()).hexdigest()
+
+    @property
+    def patterns(self) -> list[DomainPattern]:
+        return [parse_domain(text) for text in self.domains]
+
+
+class Issuer(Struct, frozen=True, forbid_unknown_fields=True):
+    """Who signs user tokens, and with which keys and algorithms."""
+
+    iss: str
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    secret: str | None = None
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256"])
+    leeway: Leeway = DEFAULT_LEEWAY
+
+    def __post_init__(self) -> None:
+        if not self.iss or not self.iss.isprintable():
+            raise _field_error("iss", f"Expected a non-empty printable string, got {self.iss!r}")
+        given = [k for k in ("jwks_file", "jwks_url", "secret") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "Expected exactly one of jwks_file, jwks_url or secret, got "
+                + (" and ".join(given) or "none")
+            )
+        if self.jwks_url is not None and upstream_problem(self.jwks_url) is not None:
+            raise _field_error("jwks_url", f"Expected an http:// or https:// URL, got {self.jwks_url!r}")
+        if self.secret is not None and len(self.secret.encode()) < MIN_HS256_SECRET:
+            raise _field_error("secret", f"Expected at least {MIN_HS256_SECRET} bytes (RFC 7518 3.2)")
+        if not self.algorithms:
+            raise _field_error("algorithms", "Expected at least one algorithm")
+        _check_unique("algorithms", self.algorithms)
+        for i, alg in enumerate(self.algorithms):
+            _check_choice(f"algorithms[{i}]", alg, ALGORITHMS)
+            if (alg == "HS256") != (self.secret is not None):
+                message = (
+                    "Expected HS256 only with a secret (a public JWKS key must never serve as an HMAC key)"
+                    if alg == "HS256"
+                    else "Expected only HS256 with a secret"
+                )
+                raise _field_error(f"algorithms[{i}]", message)
+
+
+class ServiceToken(Struct, frozen=True, forbid_unknown_fields=True):
+    """A machine credential: CF-Access-Client-Id + CF-Access-Client-Secret."""
+
+    name: str
+    client_id: str
+    secret_sha256: str
+
+    def __post_init__(self) -> None:
+        _check_name("name", self.name)
+        if not _TOKEN_RE.match(self.client_id):
+            raise _field_error(
+                "client_id", f"Expected a header-safe token (no spaces), got {self.client_id!r}"
+            )
+        if not _HEX64_RE.match(self.secret_sha256):
+            raise _field_error("secret_sha256", "Expected 64 lower-case hex digits (sha256 of the secret)")
+
+
+class Login(Struct, frozen=True, forbid_unknown_fields=True):
+    """Where unauthenticated users are sent."""
+
+    url: str = DEFAULT_LOGIN_URL
+
+    def __post_init__(self) -> None:
+        if not (
+            self.url.startswith(("https://", "http://", "/"))
+            and self.url.isascii()
+            and self.url.isprintable()
+        ):
+            raise _field_error("url", f"Expected an http(s) URL or an absolute path, got {self.url!r}")
+        if " " in self.url:
+            raise _field_error("url", f"Expected no spaces, got {self.url!r}")
+        try:
+            names = [name for _, name, spec, conv in string.Formatter().parse(self.url) if name is not None]
+        except ValueError as exc:
+            raise _field_error(
+                "url", f"Expected a template with {{host}}, {{aud}}, {{redirect_url}}: {exc}"
+            ) from None
+        for name in names:
+            if name not in LOGIN_PLACEHOLDERS:
+                raise _field_error(
+                    "url", f"Expected placeholders among {{host}}, {{aud}}, {{redirect_url}}, got {{{name}}}"
+                )
+
+
+def _check_apps(config: Config) -> None:
+    """Rules across applications: names, audience tags and domains are unique."""
+    names: dict[str, int] = {}
+    tags: dict[str, int] = {}
+    patterns: dict[DomainPattern, tuple[int, int]] = {}
+    for i, app in enumerate(config.apps):
+        if app.name in names:
+            raise _field_error(
+                f"apps[{i}].name", f"{app.name!r} is already the name of $.apps[{names[app.name]}]"
+            )
+        names[app.name] = i
+        if app.tag in tags:
+            raise _field_error(f"apps[{i}].aud", f"{app.tag!r} is already the aud of $.apps[{tags[app.tag]}]")
+        tags[app.tag] = i
+        for k, pattern in enumerate(app.patterns):
+            if pattern in patterns:
+                a, b = patterns[pattern]
+                raise _field_error(
+                    f"apps[{i}].domains[{k}]",
+                    f"{app.domains[k]!r} is already covered by $.apps[{a}].domains[{b}] "
+                    f"({config.apps[a].name!r}); one pattern, one application",
+                )
+            patterns[pattern] = (i, k)
+
+
+def _check_references(config: Config) -> None:
+    """Service tokens named in policies exist; names, ids and issuers are unique."""
+    _check_unique_attr("service_tokens", [t.name for t in config.service_tokens], "name")
+    _check_unique_attr("service_tokens", [t.client_id for t in config.service_tokens], "client_id")
+    _check_unique_attr("issuers", [x.iss for x in config.issuers], "iss")
+    known = {t.name for t in config.service_tokens}
+    for i, app in enumerate(config.apps):
+        for j, policy in enumerate(app.policies):
+            for part in ("include", "require", "exclude"):
+                for k, rule in enumerate(getattr(policy, part)):
+                    for m, name in enumerate(rule.service_tokens or ()):
+                        if name not in known:
+                            raise _field_error(
+                                f"apps[{i}].policies[{j}].{part}[{k}].service_tokens[{m}]",
+                                f"Expected the name of a [[service_tokens]] entry, got {name!r}"
+                                + (
+                                    f" (known: {', '.join(sorted(known))})"
+                                    if known
+                                    else " (none are configured)"
+                                ),
+                            )
+
+
+def _check_unique_attr(table: str, values: list[str], key: str) -> None:
+    seen: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if value in seen:
+            raise _field_error(
+                f"{table}[{i}].{key}", f"{value!r} is already used by $.{table}[{seen[value]}]"
+            )
+        seen[value] = i
+
+
 class Config(Struct, frozen=True, forbid_unknown_fields=True):
     server: Server = Server()
     proxy: Proxy = Proxy()
+    apps: list[App] = msgspec.field(default_factory=list)
+    issuers: list[Issuer] = msgspec.field(default_factory=list)
+    service_tokens: list[ServiceToken] = msgspec.field(default_factory=list)
+    login: Login = Login()
+
+    def __post_init__(self) -> None:
+        _check_apps(self)
+        _check_references(self)
 
 
 # -- loading ----------------------------------------------------------------

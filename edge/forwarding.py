@@ -37,6 +37,9 @@ AUTH_COOKIE = b"CF_Authorization"
 # Fields the edge handles itself rather than passing on: Expect (the edge
 # answers 100-continue after authorising), and the framing fields it sets.
 EDGE_HANDLED = frozenset({b"expect", b"content-length"})
+# Never dropped because the Connection header names it: an HTTP/1.1 request
+# without Host is invalid (RFC 9112 3.2), and h11 refuses to send one.
+NEVER_HOP = frozenset({b"host"})
 
 
 def _comma_tokens(values: Iterable[bytes]) -> set[bytes]:
@@ -46,7 +49,7 @@ def _comma_tokens(values: Iterable[bytes]) -> set[bytes]:
 def hop_by_hop(headers: Sequence[tuple[bytes, bytes]], keep_upgrade: bool = False) -> frozenset[bytes]:
     """Every field name to drop from a message before passing it on."""
     named = _comma_tokens(v for k, v in headers if k == b"connection")
-    drop = set(HOP_BY_HOP) | named
+    drop = set(HOP_BY_HOP) | (named - NEVER_HOP)
     if keep_upgrade:
         drop.discard(b"upgrade")
     return frozenset(drop)
@@ -106,6 +109,9 @@ def request_headers(
     out: HeaderList = []
     prior_for: list[bytes] = []
     length = b""
+    if not any(name == b"host" for name, _ in headers):
+        # HTTP/1.0 allows a request without Host; the upstream gets HTTP/1.1.
+        out.append((b"host", ctx.upstream_host if rewrite_host or not ctx.host else ctx.host))
     for name, value in headers:
         if name == b"content-length":
             length = value
@@ -153,8 +159,9 @@ def _add_forwarded(
     out.append((b"x-forwarded-for", b", ".join(chain)))
     proto = _first(headers, b"x-forwarded-proto") if trusted else None
     out.append((b"x-forwarded-proto", proto or ctx.scheme))
-    fwd_host = _first(headers, b"x-forwarded-host") if trusted else None
-    out.append((b"x-forwarded-host", fwd_host or ctx.host))
+    fwd_host = (_first(headers, b"x-forwarded-host") if trusted else None) or ctx.host
+    if fwd_host:
+        out.append((b"x-forwarded-host", fwd_host))
 
 
 def response_headers(
@@ -165,6 +172,11 @@ def response_headers(
     """The head sent to the client: hop-by-hop removed (h11 re-frames the
     body), `Origin` merged into Vary when the app has CORS settings."""
     drop = hop_by_hop(headers, keep_upgrade=switching)
+    if any(name == b"transfer-encoding" for name, _ in headers):
+        # RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and an
+        # intermediary must remove the latter before forwarding; h11 decoded
+        # the chunks, so a kept length could disagree with the body we send.
+        drop |= {b"content-length"}
     out: HeaderList = []
     vary: list[bytes] = []
     for name, value in headers:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
@@ -53,6 +54,15 @@ IDLE = 2  # keep-alive, nothing received yet: keepalive_timeout
 BUSY = 3  # a response is in progress; the client owes us nothing
 LINGER = 4  # closing: discarding whatever the client still sends
 TUNNEL = 5  # after a 101: raw bytes both ways; deadline = the token's expiry
+
+# uri-host [ ":" port ] (RFC 3986 3.2.2): a reg-name, or an IP literal in
+# brackets; empty is allowed (RFC 9112 3.2). No userinfo, no spaces, no
+# obs-text: the host routes the request and is forwarded upstream.
+_HOST_RE = re.compile(rb"(?:\[[-0-9A-Za-z:._~%]+\]|[-0-9A-Za-z._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+# The end of a head (an empty line) or an obs-fold line (RFC 9112 5.2), which
+# h11 unfolds silently. A proxy refuses it, as nginx does: an upstream may
+# split the same bytes into different fields.
+_FOLD_OR_END = re.compile(rb"\n(?:[ \t]|\r?\n)")
 
 _EOM = h11.EndOfMessage()
 _SEND_OK = (h11.IDLE, h11.SEND_RESPONSE)
@@ -101,6 +111,16 @@ class RequestInfo:
         self.upstream_ms: float | None = None
 
 
+def _head_size(event: h11.Request) -> int:
+    """The size of a parsed head, less the whitespace h11 strips. h11 applies
+    its size limit only while a head is incomplete, so a head that arrives
+    whole in one read must be measured here."""
+    size = len(event.method) + len(event.target) + 13  # " ", " HTTP/1.1", CRLF, final CRLF
+    for name, value in event.headers:
+        size += len(name) + len(value) + 4  # ": " and CRLF
+    return size
+
+
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
     return [v for k, v in headers if k == name]
 
@@ -145,6 +165,7 @@ class HttpProtocol(asyncio.Protocol):
         "lingered",
         "phase",
         "request",
+        "scanned",
         "since_head",
         "state",
         "transport",
@@ -176,6 +197,7 @@ class HttpProtocol(asyncio.Protocol):
         self.early = False
         self.lingered = 0
         self.since_head = 0
+        self.scanned = 0
         state = self.state
         if len(state.connections) >= self.limits.max_connections or state.draining:
             # Not registered, so not swept: answer and close at once.
@@ -251,6 +273,9 @@ class HttpProtocol(asyncio.Protocol):
     def _next_events(self) -> None:
         conn = self.conn
         while not (self.closing or self.write_paused or self.held):
+            if conn.their_state is h11.IDLE and self._head_folded():
+                self._send_error(400)
+                return
             event = conn.next_event()
             kind = type(event)
             if kind is h11.Request:
@@ -274,6 +299,10 @@ class HttpProtocol(asyncio.Protocol):
     def _on_need_data(self) -> None:
         if self.conn.their_state is h11.IDLE and self.since_head > self.limits.max_target_bytes:
             self._check_request_line()
+        # A proxied response is still to come (Connection: close, HTTP/1.0):
+        # proxy_done closes once it has been sent.
+        if self.cycle is not None:
+            return
         if self.conn.their_state is h11.MUST_CLOSE or self.conn.our_state is h11.MUST_CLOSE:
             self._close()
 
@@ -289,8 +318,21 @@ class HttpProtocol(asyncio.Protocol):
         elif end >= 0:
             self.since_head = 0  # the line is complete and fine; stop checking
 
+    def _head_folded(self) -> bool:
+        """Whether the request head in h11's buffer has an obs-fold line.
+        Reads h11's buffer in place (pinned like commit_local) and resumes
+        where the last call stopped, so a trickled head is scanned once."""
+        data = self.conn._receive_buffer._data
+        found = _FOLD_OR_END.search(data, self.scanned)
+        if found is None:
+            self.scanned = max(0, len(data) - 2)
+            return False
+        self.scanned = found.start()
+        return found.group()[1:2] in b" \t"
+
     def _on_request(self, event: h11.Request) -> None:
         self.since_head = 0
+        self.scanned = 0
         info = RequestInfo(event.method, b"", event.target, time.time())
         self.request = info
         status = self._validate(event, info)
@@ -322,6 +364,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def _validate(self, event: h11.Request, info: RequestInfo) -> int:
         """Strictness on top of h11; returns an error status, or 0."""
+        if event.http_version[:1] != b"1":
+            return 505  # h11 takes any d.d; HTTP/2 and later never arrive as HTTP/1 text
+        if event.method == b"CONNECT":
+            return 405  # no tunnels, whatever the target's form
         headers = event.headers
         te = _header(headers, b"transfer-encoding")
         cl = _header(headers, b"content-length")
@@ -329,6 +375,8 @@ class HttpProtocol(asyncio.Protocol):
             return 400  # request smuggling vectors (RFC 9112 6.1, 6.3)
         if len(event.target) > self.limits.max_target_bytes:
             return 414
+        if _head_size(event) > self.limits.max_header_bytes:
+            return 431
         if cl and int(cl[0]) > self.limits.max_body_bytes:
             return 413
         hosts = _header(headers, b"host")
@@ -341,10 +389,10 @@ class HttpProtocol(asyncio.Protocol):
                     return 400
                 host = split[0]
                 info.target = split[1]
-            elif event.method == b"CONNECT":
-                return 405
             elif not (target == b"*" and event.method == b"OPTIONS"):
                 return 400
+        if _HOST_RE.fullmatch(host) is None:
+            return 400  # RFC 9112 3.2: a Host with an invalid value is a 400
         info.host = host
         return 0
 
@@ -476,6 +524,8 @@ class HttpProtocol(asyncio.Protocol):
         elif self.held:
             self.held = False
             self.gate.unblock(flow.WAITING)
+            if self.phase == BODY:  # reading again: the body's idle clock restarts now
+                self.deadline = self.state.now + self.limits.body_idle_timeout
             self.state.loop.call_soon(self._process)
 
     def arm(self, timeout: float) -> None:

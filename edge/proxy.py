@@ -139,6 +139,7 @@ class ProxyCycle:
             self.up.abort()
 
     def client_raw(self, data: bytes) -> None:
+        log.warning("client_raw %d up=%s closed=%s", len(data), self.up, self.up and self.up.closed)
         if self.up is not None:
             self.up.write_raw(data)
 
@@ -198,11 +199,13 @@ class ProxyCycle:
         headers = response_headers(event.headers, switching=True)
         self.client.send(h11.InformationalResponse(status_code=101, headers=headers, reason=event.reason))
         leftover = up.start_tunnel()
+        log.warning("switch leftover=%r client trailing=%r", leftover, self.client.conn.trailing_data)
         self.client.start_tunnel(self, self.plan.expires)
         if leftover:
             self.client.send_raw(leftover)
 
     def upstream_raw(self, data: bytes) -> None:
+        log.warning("upstream_raw %d", len(data))
         self.client.send_raw(data)
 
     def upstream_write_paused(self, paused: bool) -> None:

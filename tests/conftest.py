@@ -36,27 +36,35 @@ class EdgeProcess:
         self.stdout: list[bytes] = []
         self._ready = threading.Event()
         self.port = 0
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-        threading.Thread(target=self._read_stdout, daemon=True).start()
+        # Each reader closes its pipe at EOF; stop() waits for them, so no
+        # pipe is left for the garbage collector (a ResourceWarning).
+        self._readers = [
+            threading.Thread(target=self._read_stderr, daemon=True),
+            threading.Thread(target=self._read_stdout, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
         if not self._ready.wait(15):
             self.stop()
             raise RuntimeError("edge did not start:\n" + "\n".join(self.lines))
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.lines.append(line)
-            m = READY_RE.search(line)
-            if m and not self._ready.is_set():
-                self.port = int(m.group(1))
-                self._ready.set()
+        with self.proc.stderr:
+            for raw in self.proc.stderr:
+                line = raw.decode(errors="replace").rstrip()
+                self.lines.append(line)
+                m = READY_RE.search(line)
+                if m and not self._ready.is_set():
+                    self.port = int(m.group(1))
+                    self._ready.set()
         self._ready.set()
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.stdout.append(raw)
+        with self.proc.stdout:
+            for raw in self.proc.stdout:
+                self.stdout.append(raw)
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
@@ -65,10 +73,13 @@ class EdgeProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            code = self.proc.wait()
+        for reader in self._readers:
+            reader.join(5)
+        return code
 
     def stderr_text(self) -> str:
         return "\n".join(self.lines)

@@ -61,15 +61,19 @@ def test_default_config_loads() -> None:
     assert config.server.addresses == [ListenAddress("127.0.0.1", 8080)]
 
 
-def test_default_config_lists_every_server_field_with_its_default() -> None:
-    written = tomllib.loads(DEFAULT_CONFIG.read_text())["server"]
-    defaults = Server()
-    for name in Server.__struct_fields__:
-        if name == "tls":  # off by default: a TOML file cannot spell None
-            continue
-        assert name in written, f"conf/edge.toml does not list server.{name}"
-        assert written[name] == getattr(defaults, name), f"server.{name} differs from its default"
-    assert set(written) == set(Server.__struct_fields__) - {"tls"}
+@pytest.mark.parametrize("section", ["server", "proxy"])
+def test_default_config_lists_every_field_with_its_default(section: str) -> None:
+    """conf/edge.toml promises every option with its default value."""
+    tables = tomllib.loads(DEFAULT_CONFIG.read_text())
+    assert section in tables, f"conf/edge.toml has no [{section}] table"
+    written = tables[section]
+    defaults = getattr(Config(), section)
+    # Optional sub-tables (server.tls) are off by default: TOML cannot spell None.
+    expected = {name for name in defaults.__struct_fields__ if getattr(defaults, name) is not None}
+    for name in expected:
+        assert name in written, f"conf/edge.toml does not list {section}.{name}"
+        assert written[name] == getattr(defaults, name), f"{section}.{name} differs from its default"
+    assert set(written) == expected
 
 
 def test_default_config_documents_tls_keys() -> None:
@@ -113,7 +117,7 @@ def test_empty_file_means_defaults() -> None:
             "[server]\nheader_timout = 5",
             "$.server: unknown key 'header_timout' (did you mean 'header_timeout'?)",
         ),
-        ("colour = 1", "$: unknown key 'colour' (known keys: server)"),
+        ("colour = 1", f"$: unknown key 'colour' (known keys: {', '.join(Config.__struct_fields__)})"),
         (
             "[server.tls]\ncert = 'c'\nkey = 'k'\npassword = 'x'",
             "$.server.tls: unknown key 'password' (known keys: cert, key, min_version)",
@@ -403,3 +407,15 @@ def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(AttributeError):
         config.server.workers = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["connect_timeout", "response_timeout", "idle_timeout", "pool_idle_timeout"])
+def test_proxy_timeouts(name: str) -> None:
+    assert error_of(f"[proxy]\n{name} = 0\n") == f"{SOURCE}: $.proxy.{name}: Expected float >= 0.1, got 0"
+    assert getattr(loads(f"[proxy]\n{name} = 0.1\n").proxy, name) == 0.1
+
+
+def test_proxy_unknown_key() -> None:
+    assert error_of("[proxy]\nconnect_timout = 1\n") == (
+        f"{SOURCE}: $.proxy: unknown key 'connect_timout' (did you mean 'connect_timeout'?)"
+    )

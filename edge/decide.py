@@ -1,0 +1,591 @@
+"""The per-request decision: router, CORS, token and policies -> one Action.
+
+Invariants:
+- `compile_config` does all the work that does not depend on a request
+  (tries, origin sets, key sets, prebuilt responses) and is the only place
+  that reads files (JWKS). The result is swapped as one reference on reload.
+- `decide` is pure and synchronous: no I/O, no clock (the caller passes
+  `now`, epoch seconds). Its only side effects are on bounded caches (tokens,
+  per-origin deny responses) and the key sets' "refetch wanted" flag.
+- Every outcome is one of a few frozen types. Local ones carry a ready
+  `LocalResponse`; `Forward` carries what the proxy must add and strip. All
+  carry `app` and a `reason` for the access log.
+- A request never reaches an upstream unless an application covers it and a
+  policy allowed it (or a preflight bypass applies): no match is a 404,
+  no policy match is a 403 (deny by default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, quote_from_bytes
+
+import jwt
+import msgspec
+
+from .config import App, Config, ConfigError, Issuer
+from .cors import VARY_ORIGIN, CorsPolicy, is_preflight
+from .forwarding import IDENTITY_HEADERS, TrustedProxies
+from .policy import IPNetwork, Policies, ServiceTokens, Subject, Trace
+from .responses import LocalResponse, Responses
+from .router import Route, Router, normalize_host, path_segments
+from .tokens import (
+    Identity,
+    IssuerKeys,
+    JwksError,
+    KeySet,
+    Refusal,
+    Verifier,
+    extract_token,
+    parse_jwks,
+)
+
+Header = tuple[bytes, bytes]
+
+# The client's copies of the identity headers never reach an upstream, nor
+# does a service token's secret (the upstream has no use for it).
+STRIP_HEADERS = IDENTITY_HEADERS | frozenset({b"cf-access-client-secret"})
+ENDPOINT_SEGMENTS = (b"cdn-cgi", b"access")
+ENDPOINTS = frozenset({"login", "authorized", "logout", "get-identity", "certs"})
+# Edge endpoints must never be framed (clickjacking of the login page).
+NO_FRAMING: tuple[Header, ...] = (
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"cache-control", b"no-store"),
+)
+NO_STORE: Header = (b"cache-control", b"no-store")
+# Request headers decide() looks at; one pass over the head collects them.
+_WANTED = frozenset(
+    {
+        b"cookie",
+        b"cf-access-token",
+        b"authorization",
+        b"origin",
+        b"access-control-request-method",
+        b"access-control-request-headers",
+        b"access-control-request-private-network",
+        b"sec-fetch-mode",
+        b"accept",
+        b"x-requested-with",
+        b"cf-access-client-id",
+        b"cf-access-client-secret",
+        b"x-forwarded-for",
+    }
+)
+HeaderIndex = dict[bytes, list[bytes]]
+
+
+class Request(msgspec.Struct, frozen=True, gc=False):
+    """What decide() needs of a request, as h11 delivers it."""
+
+    method: bytes
+    host: bytes  # the Host header (may carry a port)
+    target: bytes  # origin-form: path[?query]
+    headers: Sequence[Header]  # lower-case names (h11 does this)
+    client_ip: str  # the peer's address, without port
+    scheme: str = "https"  # how the client reached the edge
+
+
+# -- actions -------------------------------------------------------------------
+
+
+class Preflight(msgspec.Struct, frozen=True, gc=False):
+    """A CORS preflight answered at the edge (200 or 403)."""
+
+    response: LocalResponse
+    app: str | None
+    reason: str
+
+
+class Redirect(msgspec.Struct, frozen=True, gc=False):
+    """302 to the login page."""
+
+    response: LocalResponse
+    app: str | None
+    reason: str
+    location: str = ""
+
+
+class Unauthorized(msgspec.Struct, frozen=True, gc=False):
+    """401 with a JSON body naming the login URL."""
+
+    response: LocalResponse
+    app: str | None
+    reason: str
+
+
+class Deny(msgspec.Struct, frozen=True, gc=False):
+    """403: denied by policy (or by default)."""
+
+    response: LocalResponse
+    app: str | None
+    reason: str
+
+
+class NotFound(msgspec.Struct, frozen=True, gc=False):
+    """404: no application covers the request."""
+
+    response: LocalResponse
+    app: str | None
+    reason: str
+
+
+class Reject(msgspec.Struct, frozen=True, gc=False):
+    """400: a request the edge will not interpret (ambiguous path or token)."""
+
+    response: LocalResponse
+    app: str | None
+    reason: str
+
+
+class Endpoint(msgspec.Struct, frozen=True, gc=False):
+    """An edge endpoint (/cdn-cgi/access/<name>); `response` is what to send
+    until the login service handles `name`."""
+
+    response: LocalResponse
+    app: str | None
+    reason: str
+    name: str = ""
+
+
+class Forward(msgspec.Struct, frozen=True, gc=False):
+    """Pass the request to `upstream`, rewriting headers as told."""
+
+    app: str
+    upstream: str
+    reason: str
+    add_headers: tuple[Header, ...] = ()
+    strip_headers: frozenset[bytes] = STRIP_HEADERS
+    strip_auth_cookie: bool = True
+    rewrite_host: bool = False
+    vary_origin: bool = False  # merge Origin into the response's Vary
+    exp: float | None = None  # the authorising token's exp: a tunnel closes then
+    identity: Identity | None = None
+    service_token: str | None = None
+
+
+Local = Preflight | Redirect | Unauthorized | Deny | NotFound | Reject | Endpoint
+Action = Local | Forward
+
+
+# -- compiled configuration ------------------------------------------------------
+
+
+class CompiledApp:
+    """One application, ready for decisions."""
+
+    __slots__ = (
+        "config",
+        "name",
+        "aud",
+        "upstream",
+        "policies",
+        "cors",
+        "preflight_bypass",
+        "always_redirect",
+        "strip_auth_cookie",
+        "rewrite_host",
+        "deny_plain",
+        "preflight_refused",
+        "_deny_by_origin",
+        "_responses",
+    )
+
+    def __init__(self, app: App, responses: Responses) -> None:
+        self.config = app
+        self.name = app.name
+        self.aud = app.tag
+        self.upstream = app.upstream
+        self.policies = Policies(app.policies)
+        self.cors = None if app.cors is None else CorsPolicy(app.cors, responses)
+        self.preflight_bypass = app.options_preflight_bypass
+        self.always_redirect = app.unauthenticated == "redirect"
+        self.strip_auth_cookie = not app.keep_auth_cookie
+        self.rewrite_host = app.rewrite_host
+        self._responses = responses
+        vary = [VARY_ORIGIN] if self.cors is not None else []
+        self.deny_plain = responses.text(403, DENIED_BODY, [NO_STORE, *vary])
+        # BEHAVIOUR.md section 4, first row: no cookie on a preflight, so
+        # Access blocks it, as Cloudflare does.
+        self.preflight_refused = responses.text(
+            403, b"forbidden: this application answers no CORS preflight\n"
+        )
+        # Bounded by the listed origins (plus "*"): filled on first use.
+        self._deny_by_origin: dict[bytes, LocalResponse] = {}
+
+    def deny_response(self, origin: bytes | None) -> LocalResponse:
+        cors = self.cors
+        if cors is None or origin is None or not cors.allows(origin):
+            return self.deny_plain
+        key = cors.allow_origin_value(origin)
+        found = self._deny_by_origin.get(key)
+        if found is None:
+            fields = [NO_STORE, *cors.courtesy(origin)]
+            found = self._deny_by_origin[key] = self._responses.text(403, DENIED_BODY, fields)
+        return found
+
+
+DENIED_BODY = b"forbidden: access denied by policy\n"
+
+
+class RemoteKeys(msgspec.Struct, frozen=True, gc=False):
+    """A key set the I/O shell keeps fresh from `url`."""
+
+    iss: str
+    url: str
+    keys: KeySet
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """The whole configuration, compiled. Swap it as one reference."""
+
+    config: Config
+    router: Router[CompiledApp]
+    apps: tuple[CompiledApp, ...]
+    verifier: Verifier
+    remote_keys: tuple[RemoteKeys, ...]
+    service_tokens: ServiceTokens
+    trusted: tuple[IPNetwork, ...]
+    trusted_proxies: TrustedProxies
+    login_url: str
+    responses: Responses
+    endpoint_refused: LocalResponse
+    endpoint_pending: LocalResponse
+    bad_path: LocalResponse
+    ambiguous_token: LocalResponse
+
+
+def compile_config(config: Config, source: str = "<config>") -> Compiled:
+    """Build the runtime objects; raises ConfigError (naming `source`) when a
+    JWKS file cannot be used."""
+    responses = Responses(config.server.server_header)
+    issuers, remote = _compile_issuers(config.issuers, source)
+    apps = tuple(CompiledApp(app, responses) for app in config.apps)
+    router = Router(Route(app, pattern) for app in apps for pattern in app.config.patterns)
+    trusted = tuple(ipaddress.ip_network(c) for c in config.server.trusted_proxies)
+    return Compiled(
+        config=config,
+        router=router,
+        apps=apps,
+        verifier=Verifier(issuers),
+        remote_keys=remote,
+        service_tokens=ServiceTokens(config.service_tokens),
+        trusted=trusted,
+        trusted_proxies=TrustedProxies(trusted),
+        login_url=config.login.url,
+        responses=responses,
+        endpoint_refused=responses.text(403, b"forbidden: no cross-site requests here\n", NO_FRAMING),
+        endpoint_pending=responses.text(
+            404, b"not found: the login service is not available yet\n", NO_FRAMING
+        ),
+        bad_path=responses.text(400, b"bad request: ambiguous path (escaped '/' or '\\')\n"),
+        ambiguous_token=responses.text(400, b"bad request: two different access tokens\n", [NO_STORE]),
+    )
+
+
+def _compile_issuers(
+    issuers: Sequence[Issuer], source: str
+) -> tuple[list[IssuerKeys], tuple[RemoteKeys, ...]]:
+    compiled: list[IssuerKeys] = []
+    remote: list[RemoteKeys] = []
+    for i, issuer in enumerate(issuers):
+        keys: KeySet | None = None
+        if issuer.jwks_file is not None:
+            keys = KeySet(issuer.jwks_file, _read_jwks(issuer, f"{source}: $.issuers[{i}].jwks_file"))
+        elif issuer.jwks_url is not None:
+            keys = KeySet(issuer.jwks_url, remote=True)
+            remote.append(RemoteKeys(issuer.iss, issuer.jwks_url, keys))
+        secret = None if issuer.secret is None else issuer.secret.encode()
+        compiled.append(IssuerKeys(issuer.iss, issuer.algorithms, issuer.leeway, keys, secret))
+    return compiled, tuple(remote)
+
+
+def _read_jwks(issuer: Issuer, where: str) -> dict[str, jwt.PyJWK]:
+    assert issuer.jwks_file is not None
+    try:
+        body = Path(issuer.jwks_file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {issuer.jwks_file!r}: {exc.strerror or exc}") from None
+    try:
+        keys, notes = parse_jwks(body)
+    except JwksError as exc:
+        raise ConfigError(f"{where}: {issuer.jwks_file}: {exc}") from None
+    if notes:
+        raise ConfigError(f"{where}: {issuer.jwks_file}: {notes[0]}")
+    usable = {kid: k for kid, k in keys.items() if k.algorithm_name in issuer.algorithms}
+    if not usable:
+        raise ConfigError(
+            f"{where}: {issuer.jwks_file}: no key for algorithms {', '.join(issuer.algorithms)}"
+            f" (found: {', '.join(sorted({k.algorithm_name for k in keys.values()})) or 'none'})"
+        )
+    return keys
+
+
+# -- the decision ----------------------------------------------------------------
+
+
+def decide(c: Compiled, req: Request, now: float, trace: Trace = None) -> Action:
+    """What to do with one request. Pure: see the module invariants."""
+    path = req.target.partition(b"?")[0]
+    if path[:1] != b"/":
+        return NotFound(c.responses.not_found, None, "not found: target is not a path")
+    segments = path_segments(path)
+    if segments is None:
+        return Reject(c.bad_path, None, "reject: ambiguous path (escaped '/' or '\\')")
+    host = normalize_host(req.host)
+    h = _index(req.headers)
+    if segments[:2] == [b"cdn-cgi", b"access"]:
+        return _endpoint(c, req, h, host, segments)
+    route = c.router.match(host, segments)
+    if route is None:
+        return NotFound(c.responses.not_found, None, "not found: no application")
+    app = route.app
+    if trace is not None:
+        trace.append(f'app "{app.name}" (pattern {route.pattern.display()}, aud {app.aud})')
+    if req.method == b"OPTIONS" and is_preflight(
+        req.method, _one(h, b"origin"), _one(h, b"access-control-request-method")
+    ):
+        return _preflight(c, app, req, h, trace)
+    return _authorize(c, app, req, h, now, trace)
+
+
+def explain(c: Compiled, req: Request, now: float) -> tuple[Action, list[str]]:
+    """decide() with the evaluation trace, for `edge explain`."""
+    trace: list[str] = []
+    return decide(c, req, now, trace), trace
+
+
+def _index(headers: Sequence[Header]) -> HeaderIndex:
+    found: HeaderIndex = {}
+    for name, value in headers:
+        if name in _WANTED:
+            values = found.get(name)
+            if values is None:
+                found[name] = [value]
+            else:
+                values.append(value)
+    return found
+
+
+def _one(h: HeaderIndex, name: bytes) -> bytes | None:
+    """The header's value; b"" when repeated (which no allow-list matches)."""
+    values = h.get(name)
+    if values is None:
+        return None
+    return values[0].strip() if len(values) == 1 else b""
+
+
+def _endpoint(c: Compiled, req: Request, h: HeaderIndex, host: bytes, segments: list[bytes]) -> Action:
+    if not c.router.knows(host):
+        return NotFound(c.responses.not_found, None, "not found: no application")
+    route = c.router.match(host, segments)
+    app = None if route is None else route.app.name
+    name = segments[2].decode("latin-1") if len(segments) > 2 else ""
+    if is_preflight(req.method, _one(h, b"origin"), _one(h, b"access-control-request-method")):
+        return Preflight(
+            c.endpoint_refused, app, f"preflight: edge endpoint {name!r} allows no cross-site requests"
+        )
+    if name not in ENDPOINTS:
+        return NotFound(c.responses.not_found, app, f"not found: no edge endpoint {name[:40]!r}")
+    return Endpoint(c.endpoint_pending, app, f"endpoint {name}: not available yet", name)
+
+
+# -- preflights --------------------------------------------------------------------
+
+
+def _preflight(c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, trace: Trace) -> Action:
+    """BEHAVIOUR.md section 4: answered at the edge, forwarded, or refused."""
+    if app.cors is not None:
+        origin = _one(h, b"origin") or b""
+        method = _one(h, b"access-control-request-method") or b""
+        pna = _one(h, b"access-control-request-private-network") == b"true"
+        response, reason = app.cors.preflight(
+            origin, method, _joined(h, b"access-control-request-headers"), pna
+        )
+        return Preflight(response, app.name, reason)
+    if app.preflight_bypass:
+        return _forward(app, "preflight: forwarded (options_preflight_bypass)")
+    # A public path (a matching bypass policy) is not Access's to answer.
+    subject = Subject(req.client_ip, h.get(b"x-forwarded-for", ()), c.trusted)
+    policy = app.policies.first_phase(subject, trace)
+    if policy is not None:
+        return _forward(app, f"{policy.reason} (preflight)")
+    return Preflight(app.preflight_refused, app.name, "preflight: no CORS settings")
+
+
+def _joined(h: HeaderIndex, name: bytes) -> bytes | None:
+    values = h.get(name)
+    return None if values is None else b", ".join(values)
+
+
+# -- authorization -----------------------------------------------------------------
+
+
+def _authorize(
+    c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, now: float, trace: Trace
+) -> Action:
+    subject = Subject(req.client_ip, h.get(b"x-forwarded-for", ()), c.trusted)
+    policies = app.policies
+    if policies.needs_service_token:
+        subject.service_token = _service_token(c, h, trace)
+    policy = policies.first_phase(subject, trace)
+    if policy is not None:
+        token = subject.service_token if policy.action == "service_auth" else None
+        return _forward(app, policy.reason, service_token=token)
+    if not policies.second:
+        return _deny(app, h, "deny: no policy matched")
+    ident = _identity(c, app, h, now, trace)
+    if isinstance(ident, Refusal):
+        if ident.ambiguous:
+            return Reject(c.ambiguous_token, app.name, f"reject: {ident.reason}")
+        return _unauthenticated(c, app, req, h, ident)
+    subject.identity = ident
+    return _second_phase(app, policies, subject, h, ident, trace)
+
+
+def _second_phase(
+    app: CompiledApp, policies: Policies, subject: Subject, h: HeaderIndex, ident: Identity, trace: Trace
+) -> Action:
+    policy, first_miss = policies.second_phase(subject, trace)
+    if policy is None:
+        detail = f" ({first_miss})" if first_miss else ""
+        return _deny(app, h, f"deny: no policy matched{detail}")
+    if policy.action == "deny":
+        return _deny(app, h, policy.reason)
+    return _forward(app, policy.reason, ident)
+
+
+def _service_token(c: Compiled, h: HeaderIndex, trace: Trace) -> str | None:
+    name, reason = c.service_tokens.check(
+        _one(h, b"cf-access-client-id"), _one(h, b"cf-access-client-secret")
+    )
+    if trace is not None:
+        trace.append(f"service token: {reason}")
+    return name
+
+
+def _identity(c: Compiled, app: CompiledApp, h: HeaderIndex, now: float, trace: Trace) -> Identity | Refusal:
+    token = extract_token(h.get(b"cookie", ()), h.get(b"cf-access-token", ()), h.get(b"authorization", ()))
+    result = token if isinstance(token, Refusal) else c.verifier.verify(token, now)
+    if isinstance(result, Identity) and app.aud not in result.aud:
+        result = Refusal("token is for another application (aud)")
+    if trace is not None:
+        trace.append(
+            f"token: refused: {result.reason}"
+            if isinstance(result, Refusal)
+            else f"token: valid for {result.email or result.sub or '(no email)'} until exp {result.exp:.0f}"
+        )
+    return result
+
+
+def _forward(
+    app: CompiledApp, reason: str, ident: Identity | None = None, service_token: str | None = None
+) -> Forward:
+    return Forward(
+        app=app.name,
+        upstream=app.upstream,
+        reason=reason,
+        add_headers=() if ident is None else ident.add_headers,
+        strip_auth_cookie=app.strip_auth_cookie,
+        rewrite_host=app.rewrite_host,
+        vary_origin=app.cors is not None,
+        exp=None if ident is None else ident.exp,
+        identity=ident,
+        service_token=service_token,
+    )
+
+
+def _deny(app: CompiledApp, h: HeaderIndex, reason: str) -> Deny:
+    return Deny(app.deny_response(_one(h, b"origin")), app.name, reason)
+
+
+# -- unauthenticated ---------------------------------------------------------------
+
+
+def _unauthenticated(c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, why: Refusal) -> Action:
+    """302 to the login page for a navigation, else 401 a page can read."""
+    login = login_url(c.login_url, app.aud, req)
+    if app.always_redirect or is_navigation(h):
+        fields = [(b"location", login.encode("ascii")), NO_STORE]
+        response = c.responses.text(302, b"login required\n", fields)
+        return Redirect(response, app.name, f"redirect: login ({why.reason})", login)
+    body = msgspec.json.encode({"error": _public_error(why), "login_url": login})
+    fields = [
+        (b"content-type", b"application/json"),
+        NO_STORE,
+        (b"www-authenticate", b'Bearer realm="' + normalize_host(req.host) + b'"'),
+    ]
+    if app.cors is not None:
+        fields.extend(app.cors.courtesy(_one(h, b"origin")))
+    response = LocalResponse(401, fields, body, c.responses.server)
+    return Unauthorized(response, app.name, f"unauthenticated: {why.reason}")
+
+
+def _public_error(why: Refusal) -> str:
+    """What a client is told: enough to act on, no verification details."""
+    if why.reason == "no token":
+        return "login required"
+    if why.reason == "expired":
+        return "session expired"
+    return "invalid token"
+
+
+def login_url(template: str, aud: str, req: Request) -> str:
+    """The login URL for a request, absolute (a page reading a 401 resolves
+    relative URLs against its own origin, not ours)."""
+    host = normalize_host(req.host)
+    authority = req.host if _is_host_port(req.host, host) else host
+    base = f"{req.scheme}://{authority.decode('ascii')}"
+    original = base.encode("ascii") + req.target
+    url = template.format(
+        host=quote(host.decode("ascii"), safe="[]:"),
+        aud=quote(aud, safe=""),
+        redirect_url=quote_from_bytes(original, safe=""),
+    )
+    return base + url if url.startswith("/") else url
+
+
+def _is_host_port(raw: bytes, host: bytes) -> bool:
+    """Whether the Host header is exactly host[:digits] (safe to repeat)."""
+    rest = raw.lower().removeprefix(host)
+    return len(rest) < len(raw) and (rest == b"" or (rest[:1] == b":" and rest[1:].isdigit()))
+
+
+def is_navigation(h: HeaderIndex) -> bool:
+    """A top-level navigation (BEHAVIOUR.md section 4): Sec-Fetch-Mode says
+    so; without it, no XMLHttpRequest marker and Accept prefers HTML."""
+    mode = _one(h, b"sec-fetch-mode")
+    if mode is not None:
+        return mode.lower() == b"navigate"
+    if (_one(h, b"x-requested-with") or b"").lower() == b"xmlhttprequest":
+        return False
+    accept = _joined(h, b"accept")
+    return accept is not None and prefers_html(accept)
+
+
+def prefers_html(accept: bytes) -> bool:
+    html = json = 0.0
+    for item in accept.split(b","):
+        media, _, params = item.partition(b";")
+        media = media.strip().lower()
+        q = _quality(params)
+        if media in (b"text/html", b"application/xhtml+xml"):
+            html = max(html, q)
+        elif media == b"application/json" or media.endswith(b"+json"):
+            json = max(json, q)
+    return html > 0 and html >= json
+
+
+def _quality(params: bytes) -> float:
+    for param in params.split(b";"):
+        name, _, value = param.partition(b"=")
+        if name.strip().lower() == b"q":
+            try:
+                return min(1.0, max(0.0, float(value.strip())))
+            except ValueError:
+                return 0.0
+    return 1.0
