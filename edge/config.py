@@ -513,7 +513,7 @@ class App(Struct, frozen=True, forbid_unknown_fields=True):
             raise _field_error(
                 "policies", "Expected at least one policy (with none, every request is denied)"
             )
-        _check_unique_attr("policies", [p.name for p in self.policies], "name")
+        _check_unique_attr("policies", [p.name for p in self.policies], "name", scope="")
         if self.aud is not None and not _AUD_RE.match(self.aud):
             raise _field_error("aud", f"Expected 1-128 characters of A-Z a-z 0-9 . _ ~ -, got {self.aud!r}")
         if self.cors is not None and self.options_preflight_bypass:
@@ -665,13 +665,14 @@ def _check_references(config: Config) -> None:
                             )
 
 
-def _check_unique_attr(table: str, values: list[str], key: str) -> None:
+def _check_unique_attr(table: str, values: list[str], key: str, scope: str = "$.") -> None:
+    """`scope` prefixes the earlier entry's path in the message: "$." from
+    Config, "" from a nested table (which does not know its own path)."""
     seen: dict[str, int] = {}
     for i, value in enumerate(values):
         if value in seen:
-            raise _field_error(
-                f"{table}[{i}].{key}", f"{value!r} is already used by $.{table}[{seen[value]}]"
-            )
+            message = f"{value!r} is already used by {scope}{table}[{seen[value]}]"
+            raise _field_error(f"{table}[{i}].{key}", message)
         seen[value] = i
 
 
@@ -731,6 +732,11 @@ def _known_keys(path: str) -> list[str]:
     """The keys of the table at a key path like ``$.server.tls``."""
     info: msgspec.inspect.Type = msgspec.inspect.type_info(Config)
     for m in _PATH_PART_RE.finditer(path[1:]):
+        if m.group(2) is not None:  # [n]: a table inside an array of tables
+            if not isinstance(info, msgspec.inspect.ListType):
+                return []
+            info = info.item_type
+            continue
         info = _struct_of(info) or info
         if not isinstance(info, msgspec.inspect.StructType):
             return []

@@ -64,7 +64,7 @@ class CorsPolicy:
         "refused",
     )
 
-    def __init__(self, cors: Cors, responses: Responses) -> None:
+    def __init__(self, cors: Cors, responses: Responses, refused: LocalResponse | None = None) -> None:
         self.all_origins = cors.allow_all_origins
         self.origins = frozenset(o.encode("ascii") for o in cors.allowed_origins)
         self.credentials = cors.allow_credentials
@@ -75,7 +75,8 @@ class CorsPolicy:
         self.private_network = cors.allow_private_network
         self.expose = b", ".join([ALWAYS_EXPOSED, *(h.encode("ascii") for h in cors.expose_headers)])
         self.server = responses.server
-        self.refused = responses.text(403, b"forbidden: origin not allowed by CORS\n", [PREFLIGHT_VARY])
+        # The same for every application: pass one in to share it.
+        self.refused = refused or refused_preflight(responses)
         # Keyed by origin (b"*" stands for every origin when all are allowed).
         self._ok: dict[bytes, LocalResponse] = {}
         self._ok_pna: dict[bytes, LocalResponse] = {}
@@ -89,7 +90,8 @@ class CorsPolicy:
     def allows(self, origin: bytes) -> bool:
         if origin in self.origins:
             return True
-        return self.all_origins and origin != b"null"
+        # "null" only when listed; b"" stands for repeated Origin headers.
+        return self.all_origins and origin != b"null" and origin != b""
 
     def allow_origin_value(self, origin: bytes) -> bytes:
         """ACAO for an allowed origin: ``*`` when every origin is allowed
@@ -151,6 +153,11 @@ class CorsPolicy:
         if self.private_network:
             parts.append("private network")
         return "; ".join(parts)
+
+
+def refused_preflight(responses: Responses) -> LocalResponse:
+    """403 for a preflight from an origin that is not allowed."""
+    return responses.text(403, b"forbidden: origin not allowed by CORS\n", [PREFLIGHT_VARY])
 
 
 def _echo(value: bytes | None, shape: re.Pattern[bytes]) -> bytes | None:

@@ -27,7 +27,7 @@ import jwt
 import msgspec
 
 from .config import App, Config, ConfigError, Issuer
-from .cors import VARY_ORIGIN, CorsPolicy, is_preflight
+from .cors import VARY_ORIGIN, CorsPolicy, is_preflight, refused_preflight
 from .forwarding import IDENTITY_HEADERS, TrustedProxies
 from .policy import IPNetwork, Policies, ServiceTokens, Subject, Trace
 from .responses import LocalResponse, Responses
@@ -174,6 +174,24 @@ Action = Local | Forward
 # -- compiled configuration ------------------------------------------------------
 
 
+class Shared:
+    """Responses every application would build identically, built once per
+    configuration (10 000 applications need not mean 40 000 responses)."""
+
+    __slots__ = ("responses", "deny_plain", "deny_vary", "preflight_refused", "cors_refused")
+
+    def __init__(self, responses: Responses) -> None:
+        self.responses = responses
+        self.deny_plain = responses.text(403, DENIED_BODY, [NO_STORE])
+        self.deny_vary = responses.text(403, DENIED_BODY, [NO_STORE, VARY_ORIGIN])
+        # BEHAVIOUR.md section 4, first row: no cookie on a preflight, so
+        # Access blocks it, as Cloudflare does.
+        self.preflight_refused = responses.text(
+            403, b"forbidden: this application answers no CORS preflight\n"
+        )
+        self.cors_refused = refused_preflight(responses)
+
+
 class CompiledApp:
     """One application, ready for decisions."""
 
@@ -194,25 +212,21 @@ class CompiledApp:
         "_responses",
     )
 
-    def __init__(self, app: App, responses: Responses) -> None:
+    def __init__(self, app: App, shared: Shared) -> None:
         self.config = app
         self.name = app.name
         self.aud = app.tag
         self.upstream = app.upstream
         self.policies = Policies(app.policies)
-        self.cors = None if app.cors is None else CorsPolicy(app.cors, responses)
+        responses = shared.responses
+        self.cors = None if app.cors is None else CorsPolicy(app.cors, responses, shared.cors_refused)
         self.preflight_bypass = app.options_preflight_bypass
         self.always_redirect = app.unauthenticated == "redirect"
         self.strip_auth_cookie = not app.keep_auth_cookie
         self.rewrite_host = app.rewrite_host
         self._responses = responses
-        vary = [VARY_ORIGIN] if self.cors is not None else []
-        self.deny_plain = responses.text(403, DENIED_BODY, [NO_STORE, *vary])
-        # BEHAVIOUR.md section 4, first row: no cookie on a preflight, so
-        # Access blocks it, as Cloudflare does.
-        self.preflight_refused = responses.text(
-            403, b"forbidden: this application answers no CORS preflight\n"
-        )
+        self.deny_plain = shared.deny_plain if self.cors is None else shared.deny_vary
+        self.preflight_refused = shared.preflight_refused
         # Bounded by the listed origins (plus "*"): filled on first use.
         self._deny_by_origin: dict[bytes, LocalResponse] = {}
 
@@ -264,7 +278,8 @@ def compile_config(config: Config, source: str = "<config>") -> Compiled:
     JWKS file cannot be used."""
     responses = Responses(config.server.server_header)
     issuers, remote = _compile_issuers(config.issuers, source)
-    apps = tuple(CompiledApp(app, responses) for app in config.apps)
+    shared = Shared(responses)
+    apps = tuple(CompiledApp(app, shared) for app in config.apps)
     router = Router(Route(app, pattern) for app in apps for pattern in app.config.patterns)
     trusted = tuple(ipaddress.ip_network(c) for c in config.server.trusted_proxies)
     return Compiled(

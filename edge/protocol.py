@@ -290,7 +290,10 @@ class HttpProtocol(asyncio.Protocol):
                 self._on_need_data()
                 return
             elif event is h11.PAUSED:
-                self.gate.block(flow.PIPELINE)
+                # After a 101 h11 stays PAUSED for good, and the tunnel reads
+                # raw bytes: only a waiting pipelined request pauses reading.
+                if self.phase != TUNNEL:
+                    self.gate.block(flow.PIPELINE)
                 return
             else:  # ConnectionClosed
                 self._close()
@@ -368,10 +371,14 @@ class HttpProtocol(asyncio.Protocol):
             return 505  # h11 takes any d.d; HTTP/2 and later never arrive as HTTP/1 text
         if event.method == b"CONNECT":
             return 405  # no tunnels, whatever the target's form
+        if not event.method.isupper():
+            # Methods are case-sensitive (RFC 9110 9.1); an upstream that
+            # folds case would see "get" as GET while our rules did not.
+            return 400
         headers = event.headers
         te = _header(headers, b"transfer-encoding")
         cl = _header(headers, b"content-length")
-        if te and (cl or event.http_version != b"1.1"):
+        if te and (cl or event.http_version == b"1.0"):
             return 400  # request smuggling vectors (RFC 9112 6.1, 6.3)
         if len(event.target) > self.limits.max_target_bytes:
             return 414
@@ -534,13 +541,17 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline = self.state.now + timeout
 
     def send(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
-        if data:
-            self._write(data)
         if type(event) is h11.Response:
             assert isinstance(event, h11.Response)
             if self.request is not None:
                 self.request.status = event.status_code
+            if self.state.draining or self.closing:
+                # Tell the client this connection ends with this response.
+                headers = [*event.headers.raw_items(), (b"connection", b"close")]
+                event = h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
+        data = self.conn.send(event)
+        if data:
+            self._write(data)
 
     def send_body(self, data: bytes) -> None:
         out = self.conn.send(h11.Data(data=data))
@@ -622,6 +633,8 @@ class HttpProtocol(asyncio.Protocol):
             self._close_tunnel()
         elif phase == BUSY and self.cycle is not None:
             self.cycle.timeout()
+        elif phase == HEAD and self.request is None and not self.conn.trailing_data[0]:
+            self._close()  # nothing was sent at all (a preconnect): no 408 to read
         elif phase in (HEAD, BODY):
             self._send_error(408)
 

@@ -43,12 +43,21 @@ class ForwardPlan:
 
     target: Target
     headers: list[tuple[bytes, bytes]]  # already rewritten (forwarding.request_headers)
+    # The request target to send: origin-form (RFC 9112 3.2.1) even when the
+    # client used absolute-form, which only proxies are required to accept.
+    path: bytes = b""
     vary_origin: bool = False
     upgrade: bool = False
     expires: float | None = None  # epoch seconds: the authorising token's exp (tunnels)
     app: str | None = None
     reason: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a forwarded head declares a request body (framing re-declared
+    by forwarding.request_headers: one content-length or transfer-encoding)."""
+    return any(k == b"transfer-encoding" or (k == b"content-length" and v != b"0") for k, v in headers)
 
 
 class ProxyCycle:
@@ -63,6 +72,7 @@ class ProxyCycle:
         self.finished = False
         self.body_sent = False
         self.retried = False
+        self.switch: h11.InformationalResponse | None = None  # a 101 that came before the request's end
         self.status = 0
         self.started = time.monotonic()
         self.head_at = 0.0
@@ -100,15 +110,20 @@ class ProxyCycle:
         self.up = conn
         conn.exchange = self
         req = self.request
-        conn.send(h11.Request(method=req.method, target=req.target, headers=self.plan.headers))
+        target = self.plan.path or req.target
+        conn.send(h11.Request(method=req.method, target=target, headers=self.plan.headers))
+        # A request without a body is complete upstream with its head: the
+        # upstream may answer before the client's end-of-message is parsed
+        # here (parsing resumes only after `hold(False)`), and the exchange
+        # must then still be clean and poolable. A retry ends the same way.
+        if self.request_done or not _has_body(self.plan.headers):
+            conn.send(h11.EndOfMessage())
+            self._request_sent()
         client = self.client
         if client.conn.client_is_waiting_for_100_continue:
             # Only now, authorised and connected, may the client send its body.
             client.send(h11.InformationalResponse(status_code=100, headers=[]))
         client.hold(False)
-        if self.request_done:  # a retry: the client's request ended while we reconnected
-            conn.send(h11.EndOfMessage())
-            self._request_sent()
 
     # -- client side (called by the client protocol)
 
@@ -122,9 +137,12 @@ class ProxyCycle:
         if self.up is not None and self.up.conn.our_state is h11.SEND_BODY:
             self.up.send(h11.EndOfMessage())
             self._request_sent()
+        if self.switch is not None:
+            self._on_switch(self.switch)
 
     def _request_sent(self) -> None:
-        self.client.arm(self.client.state.config.proxy.response_timeout)
+        if not self.response_started:  # else idle_timeout, armed by the response, applies
+            self.client.arm(self.client.state.config.proxy.response_timeout)
 
     def client_write_paused(self, paused: bool) -> None:
         up = self.up
@@ -139,7 +157,6 @@ class ProxyCycle:
             self.up.abort()
 
     def client_raw(self, data: bytes) -> None:
-        log.warning("client_raw %d up=%s closed=%s", len(data), self.up, self.up and self.up.closed)
         if self.up is not None:
             self.up.write_raw(data)
 
@@ -183,7 +200,7 @@ class ProxyCycle:
         self.client.send(h11.EndOfMessage())
         if up is not None:
             up.exchange = None
-            if self.request_done:
+            if up.conn.our_state is h11.DONE:
                 self.pool.release(up, self.client.state.loop.time())
             else:
                 up.abort()  # the upstream answered before the whole body: not reusable
@@ -194,18 +211,22 @@ class ProxyCycle:
         if up is None or not self.plan.upgrade:
             self._abort_both()
             return
+        if not self.request_done:
+            # The upstream may answer as soon as it has the head; the client
+            # side switches only once its request is complete (client_end).
+            self.switch = event
+            return
+        self.switch = None
         self.response_started = True
         self.status = 101
         headers = response_headers(event.headers, switching=True)
         self.client.send(h11.InformationalResponse(status_code=101, headers=headers, reason=event.reason))
         leftover = up.start_tunnel()
-        log.warning("switch leftover=%r client trailing=%r", leftover, self.client.conn.trailing_data)
         self.client.start_tunnel(self, self.plan.expires)
         if leftover:
             self.client.send_raw(leftover)
 
     def upstream_raw(self, data: bytes) -> None:
-        log.warning("upstream_raw %d", len(data))
         self.client.send_raw(data)
 
     def upstream_write_paused(self, paused: bool) -> None:

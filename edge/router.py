@@ -74,7 +74,9 @@ def path_segments(path: bytes) -> list[bytes] | None:
     elif b"\\" in path:
         return None
     if b"/." not in path:
-        return [s for s in path.split(b"/") if s]
+        if b"//" in path or path[-1:] == b"/":
+            return [s for s in path.split(b"/") if s]
+        return path[1:].split(b"/") if len(path) > 1 else []  # the common shape: /a/b/c
     out: list[bytes] = []
     for seg in path.split(b"/"):
         if seg == b"..":

@@ -131,7 +131,12 @@ class ServerState:
             headers, ctx, add=add, strip_auth_cookie=strip_auth_cookie, rewrite_host=rewrite_host
         )
         return ForwardPlan(
-            target=target, headers=out, vary_origin=vary_origin, upgrade=upgrade, expires=expires
+            target=target,
+            headers=out,
+            path=info.target,  # origin-form, even when the client sent absolute-form
+            vary_origin=vary_origin,
+            upgrade=upgrade,
+            expires=expires,
         )
 
     def access(self, client: str, request: RequestInfo) -> None:

@@ -29,6 +29,9 @@ from jwt.types import Options
 
 COOKIE_NAME = b"CF_Authorization"
 _COOKIE_PREFIX = COOKIE_NAME + b"="
+_PREFIX_LENGTH = len(_COOKIE_PREFIX)
+# A value starting or ending with one of these needs trimming (rare).
+_UNUSUAL = frozenset({b" ", b"\t", b'"'})
 _OWS = b" \t"
 _SEMICOLON = ord(";")
 # The largest token considered: a request head is at most 16 KiB by default
@@ -107,10 +110,12 @@ def cookie_tokens(cookie_headers: Sequence[bytes]) -> list[bytes]:
     for header in cookie_headers:
         at = header.find(_COOKIE_PREFIX)
         while at >= 0:
-            if _starts_pair(header, at):
-                end = header.find(b";", at)
-                value = header[at + len(_COOKIE_PREFIX) : end if end >= 0 else len(header)]
-                value = value.strip().strip(b'"')
+            if at == 0 or _starts_pair(header, at):
+                start = at + _PREFIX_LENGTH
+                end = header.find(b";", start)
+                value = header[start:end] if end >= 0 else header[start:]
+                if value[:1] in _UNUSUAL or value[-1:] in _UNUSUAL:
+                    value = value.strip().strip(b'"')
                 if value:
                     found.append(value)
             at = header.find(_COOKIE_PREFIX, at + 1)

@@ -68,7 +68,9 @@ HOP_CASES = [
         [],
         id="named-in-two-connection-headers",
     ),
-    pytest.param([(b"accept", b"*/*"), (b"x-proxy", b"1")], [(b"accept", b"*/*"), (b"x-proxy", b"1")], id="kept"),
+    pytest.param(
+        [(b"accept", b"*/*"), (b"x-proxy", b"1")], [(b"accept", b"*/*"), (b"x-proxy", b"1")], id="kept"
+    ),
 ]
 
 
@@ -101,7 +103,10 @@ def test_connection_naming_host_still_sends_a_host() -> None:
 
 # -- identity headers -----------------------------------------------------
 
-IDENTITY = [(b"cf-access-jwt-assertion", b"tok.en.sig"), (b"cf-access-authenticated-user-email", b"me@x.test")]
+IDENTITY = [
+    (b"cf-access-jwt-assertion", b"tok.en.sig"),
+    (b"cf-access-authenticated-user-email", b"me@x.test"),
+]
 
 
 @pytest.mark.parametrize(
@@ -142,8 +147,12 @@ SPOOF = [
     ("client_ip", "given", "scheme", "expected"),
     [
         pytest.param("203.0.113.7", [], b"http", [b"203.0.113.7", b"http", b"app"], id="untrusted-none"),
-        pytest.param("203.0.113.7", SPOOF, b"http", [b"203.0.113.7", b"http", b"app"], id="untrusted-replaced"),
-        pytest.param("203.0.113.7", SPOOF, b"https", [b"203.0.113.7", b"https", b"app"], id="untrusted-https"),
+        pytest.param(
+            "203.0.113.7", SPOOF, b"http", [b"203.0.113.7", b"http", b"app"], id="untrusted-replaced"
+        ),
+        pytest.param(
+            "203.0.113.7", SPOOF, b"https", [b"203.0.113.7", b"https", b"app"], id="untrusted-https"
+        ),
         pytest.param("10.1.2.3", [], b"https", [b"10.1.2.3", b"https", b"app"], id="trusted-none"),
         pytest.param(
             "10.1.2.3", SPOOF, b"http", [b"1.1.1.1, 10.1.2.3", b"https", b"evil.test"], id="trusted-appended"
@@ -189,7 +198,10 @@ def test_no_trusted_proxies_trusts_nobody() -> None:
         (b"a=1;CF_Authorization=abc;b=2", b"a=1; b=2"),
         (b"CF_Authorization=a; CF_Authorization=b", None),
         (b"CF_Authorization=", None),
-        (b"cf_authorization=kept; CF_Authorization_x=kept", b"cf_authorization=kept; CF_Authorization_x=kept"),
+        (
+            b"cf_authorization=kept; CF_Authorization_x=kept",
+            b"cf_authorization=kept; CF_Authorization_x=kept",
+        ),
         (b"x=CF_Authorization=1", b"x=CF_Authorization=1"),
         (b"a=b=c; CF_Authorization=abc", b"a=b=c"),
         (b"theme=dark", b"theme=dark"),
@@ -202,7 +214,9 @@ def test_auth_cookie_removed(cookie: bytes, expected: bytes | None) -> None:
 
 
 def test_auth_cookie_in_each_cookie_header() -> None:
-    out = fwd([(b"host", b"app"), (b"cookie", b"CF_Authorization=x"), (b"cookie", b"a=1; CF_Authorization=y")])
+    out = fwd(
+        [(b"host", b"app"), (b"cookie", b"CF_Authorization=x"), (b"cookie", b"a=1; CF_Authorization=y")]
+    )
     assert [v for k, v in out if k == b"cookie"] == [b"a=1"]
 
 
@@ -218,11 +232,11 @@ def test_strip_cookie_other_name() -> None:
 # -- Host ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("rewrite", "expected"), [(False, b"app.example.com"), (True, b"127.0.0.1:9000")]
-)
+@pytest.mark.parametrize(("rewrite", "expected"), [(False, b"app.example.com"), (True, b"127.0.0.1:9000")])
 def test_host(rewrite: bool, expected: bytes) -> None:
-    out = fwd([(b"host", b"app.example.com"), (b"accept", b"*/*")], rewrite_host=rewrite, host=b"app.example.com")
+    out = fwd(
+        [(b"host", b"app.example.com"), (b"accept", b"*/*")], rewrite_host=rewrite, host=b"app.example.com"
+    )
     assert out[0] == (b"host", expected)
     assert [v for k, v in out if k == b"host"] == [expected]
     assert (b"x-forwarded-host", b"app.example.com") in out
@@ -310,9 +324,7 @@ def test_response_upgrade_only_when_switching() -> None:
         pytest.param(
             [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")], [], id="length-and-chunked"
         ),
-        pytest.param(
-            [(b"transfer-encoding", b"chunked"), (b"trailer", b"x-sum")], [], id="trailer-dropped"
-        ),
+        pytest.param([(b"transfer-encoding", b"chunked"), (b"trailer", b"x-sum")], [], id="trailer-dropped"),
     ],
 )
 def test_response_framing(given: H, expected: H) -> None:

@@ -16,7 +16,9 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,11 @@ TIMEOUT = 10.0  # seconds, on every client socket
 BIG = 100 * MIB
 RSS_BUDGET = 64 * MIB
 Headers = list[tuple[bytes, bytes]]
-XFF = [(b"x-forwarded-for", b"127.0.0.1"), (b"x-forwarded-proto", b"http"), (b"x-forwarded-host", b"app.test")]
+XFF = [
+    (b"x-forwarded-for", b"127.0.0.1"),
+    (b"x-forwarded-proto", b"http"),
+    (b"x-forwarded-host", b"app.test"),
+]
 
 
 # -- helpers -------------------------------------------------------------------
@@ -43,8 +49,15 @@ def proxy_toml(upstream: str, **settings: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(method: str, target: str, headers: list[tuple[str, str]] = (), body: bytes = b"", host: str = "app.test",
-          version: str = "1.1") -> bytes:  # fmt: skip
+def build(
+    method: str,
+    target: str,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+    host: str = "app.test",
+    version: str = "1.1",
+) -> bytes:
+    """A raw request; `host=""` sends none."""
     lines = [f"{method} {target} HTTP/{version}"]
     if host:
         lines.append(f"Host: {host}")
@@ -265,8 +278,14 @@ SPOOFING = [
     ("X-Forwarded-Host", "evil.test"),
     ("Cookie", "theme=dark; CF_Authorization=stolen.jwt.value; lang=en"),
 ]
-CLEAN = [(b"host", b"app.test"), (b"user-agent", b"edge-test"), (b"accept", b"*/*"),
-         (b"cookie", b"theme=dark; lang=en"), *XFF]  # fmt: skip
+# What the upstream gets for SPOOFING (Host: app.test, peer 127.0.0.1).
+CLEAN = [
+    (b"host", b"app.test"),
+    (b"user-agent", b"edge-test"),
+    (b"accept", b"*/*"),
+    (b"cookie", b"theme=dark; lang=en"),
+    *XFF,
+]
 
 
 def test_get_forwarded_head_exact(edge: Edge) -> None:
@@ -281,7 +300,12 @@ def test_get_forwarded_head_exact(edge: Edge) -> None:
 
 def test_post_content_length_forwarded(edge: Edge) -> None:
     data = bytes(range(256)) * 40
-    r = fetch(edge.port, build("POST", "/echo", [*SPOOFING, ("Content-Type", "x/y"), ("Content-Length", str(len(data)))], data))
+    r = fetch(
+        edge.port,
+        build(
+            "POST", "/echo", [*SPOOFING, ("Content-Type", "x/y"), ("Content-Length", str(len(data)))], data
+        ),
+    )
     req, body = forwarded(r.body)
     assert req.method == b"POST"
     assert list(req.headers) == [*CLEAN[:4], (b"content-type", b"x/y"), *XFF, (b"content-length", b"10240")]
@@ -410,7 +434,14 @@ def test_response_hop_by_hop_removed(edge: Edge) -> None:
     with Client(edge.port) as c:
         r = c.exchange(build("GET", "/hop"))
         assert (r.status, r.body, r.header(b"x-kept")) == (200, b"hop\n", b"yes")
-        assert not r.names() & {b"connection", b"x-hop", b"keep-alive", b"proxy-thing", b"upgrade", b"trailer"}
+        assert not r.names() & {
+            b"connection",
+            b"x-hop",
+            b"keep-alive",
+            b"proxy-thing",
+            b"upgrade",
+            b"trailer",
+        }
         # The upstream's Connection: close ended its own connection, not ours.
         assert c.exchange(build("GET", "/status/200")).status == 200
 
@@ -428,14 +459,14 @@ def test_response_with_length_and_chunked(edge: Edge) -> None:
 
 def test_stale_pooled_connection_is_retried_once(own_edge: Callable[..., Edge], upstream: Upstream) -> None:
     e = own_edge(upstream.url)
-    before = upstream.accepted
+    before, mark = upstream.accepted, upstream.mark()
     with Client(e.port) as c:
         first = c.exchange(build("GET", "/echo/first"))
         # The pooled connection is dropped by the upstream as the request
         # arrives: the edge must retry the GET on a fresh connection.
         r = c.exchange(build("GET", "/drop-if-reused"))
         assert (r.status, r.body) == (200, b"fresh\n")
-        assert upstream.wait_event("dropped") == int(first.header(b"x-conn") or 0)
+        assert upstream.wait_event("dropped", mark) == int(first.header(b"x-conn") or 0)
         again = c.exchange(build("GET", "/echo/again"))
     # ... and the retried exchange left its connection reusable.
     assert again.header(b"x-conn") == r.header(b"x-conn")
@@ -471,7 +502,9 @@ def test_upload_100_mib(own_edge: Callable[..., Edge], upstream: Upstream, frami
     hwm = vm_kib(pid, "VmHWM")
     digest = hashlib.sha256()
     with Client(e.port) as c:
-        framing_header = ("Content-Length", str(BIG)) if framing == "length" else ("Transfer-Encoding", "chunked")
+        framing_header = (
+            ("Content-Length", str(BIG)) if framing == "length" else ("Transfer-Encoding", "chunked")
+        )
         c.send(build("POST", "/sink", [framing_header]))
         for piece in payload(BIG, 1 * MIB):
             digest.update(piece)
@@ -556,11 +589,12 @@ def test_upstream_broken_before_head_is_502(edge: Edge, mode: str) -> None:
 
 def test_upstream_stall_before_head_is_504(own_edge: Callable[..., Edge], upstream: Upstream) -> None:
     e = own_edge(upstream.url, response_timeout=0.5)
+    mark = upstream.mark()
     with Client(e.port) as c:
         r = c.exchange(build("GET", "/stall-head?t=20"))
         assert r.status == 504
         assert c.exchange(build("GET", "/status/200")).status == 200
-    upstream.wait_event("stall-closed")  # the edge gave up on the upstream connection too
+    upstream.wait_event("stall-closed", mark)  # the edge gave up on the upstream connection too
 
 
 def test_connect_timeout_is_502(own_edge: Callable[..., Edge]) -> None:
@@ -616,22 +650,108 @@ def test_upstream_dies_mid_body_aborts_client(edge: Edge, upstream: Upstream, mo
 
 def test_upstream_stall_mid_body_aborts_client(own_edge: Callable[..., Edge], upstream: Upstream) -> None:
     e = own_edge(upstream.url, idle_timeout=0.5)
+    mark = upstream.mark()
     with Client(e.port) as c:
         c.send(build("GET", "/stall-body?t=20"))
         with pytest.raises((h11.RemoteProtocolError, ConnectionResetError)):
             c.response()
-    upstream.wait_event("stall-closed")
+    upstream.wait_event("stall-closed", mark)
     assert_serving(e.port)
 
 
 def test_client_abort_mid_upload(edge: Edge, upstream: Upstream) -> None:
+    mark = upstream.mark()
     c = Client(edge.port)
     c.send(build("POST", "/sink", [("Content-Length", str(10 * MIB))]))
     c.send(b"u" * MIB)
     c.close()
-    assert 0 <= int(upstream.wait_event("sink-closed")) < 10 * MIB  # type: ignore[call-overload]
+    assert 0 <= int(upstream.wait_event("sink-closed", mark)) < 10 * MIB  # type: ignore[call-overload]
     assert_serving(edge.port)
     assert fetch(edge.port, build("GET", "/status/200")).status == 200
+
+
+def test_upstream_reset_before_reading_upload_is_502(edge: Edge) -> None:
+    data = b"r" * (64 * 1024)
+    with Client(edge.port) as c:
+        c.send(build("POST", "/reset-early", [("Content-Length", str(len(data)))], data))
+        try:
+            r = c.response(b"POST")
+        except ConnectionResetError:
+            pass  # the edge closed while the client still sent: allowed, never a fake 200
+        else:
+            assert r.status == 502
+    assert_serving(edge.port)
+
+
+def test_upstream_answers_before_the_upload_ends(own_edge: Callable[..., Edge], upstream: Upstream) -> None:
+    # The upstream stops reading (the edge's write buffer towards it fills and
+    # client reading pauses), then answers 413 without reading the rest. The
+    # client gets the 413, and the edge, no longer forwarding, reads the rest
+    # of the body again (and closes: far more than it would drain).
+    e = own_edge(upstream.url)
+    total = 64 * MIB
+    sent = [0]
+    mark = upstream.mark()
+    with Client(e.port) as c:
+        c.send(build("POST", f"/early?after={MIB}&wait=early-1", [("Content-Length", str(total))]))
+
+        def send_body() -> None:
+            with contextlib.suppress(OSError):
+                for piece in payload(total, 64 * 1024):
+                    c.sock.sendall(piece)
+                    sent[0] += len(piece)
+
+        sender = threading.Thread(target=send_body)
+        sender.start()
+        try:
+            # Wait until the upload is stuck (everything in between is full).
+            last = -1
+            for _ in range(50):
+                if sent[0] == last and sent[0] > MIB:
+                    break
+                last = sent[0]
+                time.sleep(0.2)
+            upstream.signal("early-1")
+            r = c.response(b"POST")
+            assert (r.status, r.body) == (413, b"too big\n")
+            assert c.closed_by_peer()
+        finally:
+            c.sock.shutdown(socket.SHUT_RDWR)
+            sender.join(TIMEOUT)
+    assert sent[0] < total
+    upstream.wait_event("early-closed", mark)
+    assert_serving(e.port)
+
+
+def test_pool_idle_timeout_closes_idle_connections(own_edge: Callable[..., Edge], upstream: Upstream) -> None:
+    e = own_edge(upstream.url, pool_idle_timeout=0.2)
+    mark = upstream.mark()
+    with Client(e.port) as c:
+        first = c.exchange(build("GET", "/echo/1")).header(b"x-conn")
+        assert first is not None
+        upstream.wait_event("conn-closed", mark, value=int(first))
+        second = c.exchange(build("GET", "/echo/2")).header(b"x-conn")
+    assert second != first
+
+
+def test_slow_upstream_does_not_block_other_clients(edge: Edge, upstream: Upstream) -> None:
+    mark = upstream.mark()
+    with Client(edge.port) as slow:
+        slow.send(build("GET", "/sse?wait=sse-other"))
+        slow.sock.settimeout(TIMEOUT)
+        assert slow.sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        for i in range(5):
+            r = fetch(edge.port, build("GET", f"/echo/other-{i}"))
+            assert r.status == 200
+        upstream.signal("sse-other")
+        slow.response()  # the rest of the stream: complete
+    assert not [v for k, v in upstream.events[mark:] if k == "sse-error"]
+
+
+def test_options_asterisk_forwarded(edge: Edge) -> None:
+    r = fetch(edge.port, build("OPTIONS", "*"))
+    assert r.status == 404  # the test upstream has no mode "*": what matters is that it got it
+    assert r.body == b"no such mode\n"
 
 
 # -- WebSocket, SSE, access log --------------------------------------------------------------
@@ -640,14 +760,19 @@ def test_client_abort_mid_upload(edge: Edge, upstream: Upstream) -> None:
 def test_websocket_echo(edge: Edge, upstream: Upstream) -> None:
     from websockets.sync.client import connect
 
-    with connect(f"ws://127.0.0.1:{edge.port}/ws", open_timeout=TIMEOUT, close_timeout=TIMEOUT) as ws:
+    mark = upstream.mark()
+    with connect(
+        f"ws://127.0.0.1:{edge.port}/ws", open_timeout=TIMEOUT, close_timeout=TIMEOUT, max_size=None
+    ) as ws:
         ws.send("hello through the edge")
         assert ws.recv(timeout=TIMEOUT) == "hello through the edge"
-        big = bytes(range(256)) * 1000
-        ws.send(big)
-        assert ws.recv(timeout=TIMEOUT) == big
+        # Big enough to fill socket buffers both ways (pause/resume in the tunnel).
+        for i in range(4):
+            big = bytes([i]) * (2 * MIB)
+            ws.send(big)
+            assert ws.recv(timeout=TIMEOUT) == big
         ws.ping(b"p").wait(TIMEOUT)
-    upstream.wait_event("ws-closed")
+    upstream.wait_event("ws-closed", mark)
     assert_serving(edge.port)
 
 
@@ -712,6 +837,7 @@ http {{
         listen 127.0.0.1:{port};
         root {d}/www;
         location = /hello {{ return 200 "hello from nginx"; }}
+        location /dav/ {{ dav_methods PUT; create_full_put_path on; }}
     }}
 }}
 """
@@ -788,23 +914,32 @@ def test_nginx_get_and_head(nginx_edge: Edge) -> None:
         assert c.exchange(build("GET", "/missing")).status == 404
 
 
-def test_nginx_post_and_reuse(nginx_edge: Edge, nginx: Nginx) -> None:
-    data = b"n" * (3 * MIB + 17)
+def test_nginx_upload_and_reuse(nginx_edge: Edge, nginx: Nginx) -> None:
+    # nginx's WebDAV PUT stores the body as a file: what nginx received,
+    # byte for byte, is then read back through the edge.
+    data = bytes(range(251)) * (3 * MIB // 251) + b"tail"
     with Client(nginx_edge.port) as c:
-        r = c.exchange(build("POST", "/hello", [("Content-Length", str(len(data)))], data))
+        r = c.exchange(build("PUT", "/dav/length.bin", [("Content-Length", str(len(data)))], data))
+        assert r.status == 201
+        body = chunked([data[:MIB], data[MIB : 2 * MIB], data[2 * MIB :]])
+        r = c.exchange(build("PUT", "/dav/chunked.bin", [("Transfer-Encoding", "chunked")], body))
+        assert r.status in (201, 204)
+        for name in ("length", "chunked"):
+            r = c.exchange(
+                build("GET", f"/dav/{name}.bin", [("Connection", "keep-alive, X-Hop"), ("X-Hop", "1")])
+            )
+            assert (r.status, len(r.body)) == (200, len(data))
+            assert r.body == data
+        r = c.exchange(build("POST", "/hello", [("Content-Length", "5")], b"hello"))
         assert (r.status, r.body) == (200, b"hello from nginx")
-        r = c.exchange(build("POST", "/hello", [("Transfer-Encoding", "chunked")], chunked([data[:MIB], data[MIB:]])))
-        assert (r.status, r.body) == (200, b"hello from nginx")
-        r = c.exchange(build("GET", "/hello", [("Connection", "keep-alive, X-Hop"), ("X-Hop", "1")]))
-        assert r.status == 200
+    assert (nginx.directory / "www" / "dav" / "length.bin").read_bytes() == data
 
     def lines() -> list[list[str]]:
-        return [line for line in nginx.log() if line[3] == "/hello"][-3:]
+        return [line for line in nginx.log() if line[3].startswith(("/dav/", "/hello"))][-5:]
 
-    assert wait_for(lambda: len(lines()) == 3)
+    assert wait_for(lambda: len(lines()) == 5)
     got = lines()
-    assert [line[2] for line in got] == ["POST", "POST", "GET"]
-    assert int(got[0][5]) > len(data) and int(got[1][5]) > len(data)  # the whole body reached nginx
+    assert [line[2] for line in got] == ["PUT", "PUT", "GET", "GET", "POST"]
     assert all(line[6:8] == ['"127.0.0.1"', '"app.test"'] for line in got)
     assert all(line[8] == '"-"' for line in got)  # no Connection header forwarded
     assert len({line[0] for line in got}) == 1  # one nginx connection: pooled

@@ -21,9 +21,11 @@ The behaviour is chosen by the request path (query string for parameters):
   /close-after        a normal keep-alive response, then closes the connection
                       (no Connection: close): what a pooled connection goes stale by
   /drop-if-reused     on a connection that has served before: close without answering
+  /early?after=&wait= reads `after` body bytes, waits for signal(NAME), answers 413 unread
+  /reset-early        TCP reset as soon as the head is parsed (the body unread)
 
 `accepted` counts TCP connections; `events` records notable happenings
-(("sink-closed", n), ("stall-closed", conn), ("dropped", conn), ...).
+(("sink-closed", n), ("stall-closed", conn), ("dropped", conn), ("conn-closed", conn), ...).
 """
 
 from __future__ import annotations
@@ -118,14 +120,20 @@ class Upstream:
     def signal(self, name: str) -> None:
         self._loop.call_soon_threadsafe(self._signals.add, name)
 
-    def wait_event(self, kind: str, timeout: float = 10.0) -> object:
+    def mark(self) -> int:
+        """A position in `events`: pass it to wait_event as `since`."""
+        return len(self.events)
+
+    def wait_event(self, kind: str, since: int = 0, value: object = None, timeout: float = 10.0) -> object:
+        """The value of the first `kind` event recorded at or after `since`
+        (and equal to `value`, when given)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for k, v in list(self.events):
-                if k == kind:
+            for k, v in self.events[since:]:
+                if k == kind and (value is None or v == value):
                     return v
             time.sleep(0.02)
-        raise AssertionError(f"upstream never recorded {kind!r}; events: {self.events}")
+        raise AssertionError(f"upstream never recorded {kind!r}; events: {self.events[since:]}")
 
     # -- the server (loop thread)
 
@@ -143,16 +151,18 @@ class Upstream:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        ident = self.accepted
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         try:
-            await Conn(self, self.accepted, reader, writer).run()
+            await Conn(self, ident, reader, writer).run()
         except (Close, ConnectionError, h11.RemoteProtocolError, asyncio.CancelledError):
             pass
         except BaseException as exc:  # surfaced by the tests through `errors`
             self.errors.append(exc)
         finally:
+            self.events.append(("conn-closed", ident))
             self._tasks.discard(task)
             if not writer.transport.is_closing():
                 writer.close()
@@ -225,7 +235,9 @@ class Conn:
 
     async def respond(self, status: int, body: bytes, headers: list[tuple[str, str]] | None = None) -> None:
         fields = [("content-length", str(len(body))), *(headers or [])]
-        await self.send(h11.Response(status_code=status, headers=fields), h11.Data(data=body), h11.EndOfMessage())
+        await self.send(
+            h11.Response(status_code=status, headers=fields), h11.Data(data=body), h11.EndOfMessage()
+        )
 
     async def write_raw(self, data: bytes) -> None:
         self.writer.write(data)
@@ -394,6 +406,28 @@ class Conn:
             raise Close
         await self.respond(200, b"fresh\n", [("x-conn", str(self.ident))])
 
+    async def do_early(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
+        """Reads `after` body bytes, stops reading until signal(wait), then
+        answers 413 without reading the rest (as an upload limit would)."""
+        self.recording = False
+        self.raw.clear()
+        got, after = 0, int(q.get("after", "0"))
+        while got < after:
+            event = await self.next_event()
+            if type(event) is h11.Data:
+                got += len(event.data)  # type: ignore[union-attr]
+            elif type(event) is not h11.EndOfMessage:
+                raise Close
+            else:
+                break
+        await self.up.wait_signal(q.get("wait", "early"))
+        await self.respond(413, b"too big\n")
+        await self._hold(10, "early-closed")
+
+    async def do_reset_early(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
+        reset(self.writer)  # before reading any of the body
+        raise Close
+
     # -- WebSocket echo (RFC 6455, server side; frames echoed as they come)
 
     async def do_ws(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
@@ -407,7 +441,11 @@ class Conn:
         await self.send(
             h11.InformationalResponse(
                 status_code=101,
-                headers=[("upgrade", "websocket"), ("connection", "Upgrade"), ("sec-websocket-accept", accept)],
+                headers=[
+                    ("upgrade", "websocket"),
+                    ("connection", "Upgrade"),
+                    ("sec-websocket-accept", accept),
+                ],
             )
         )
         self.up.events.append(("ws-open", self.ident))

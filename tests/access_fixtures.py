@@ -72,13 +72,20 @@ def claims(**overrides: Any) -> dict[str, Any]:
 DROP = object()  # claims(exp=DROP) leaves the claim out
 
 
-def mint(alg: str = "ES256", kid: str | None = None, key: Any = None, header: dict[str, Any] | None = None, **over: Any) -> bytes:
+def mint(
+    alg: str = "ES256",
+    kid: str | None = None,
+    key: Any = None,
+    header: dict[str, Any] | None = None,
+    **over: Any,
+) -> bytes:
     if alg == "HS256":
         signing: Any = key or HS_SECRET.encode()
     else:
         signing = key or KEYS[alg]
     headers: dict[str, Any] = {"kid": kid or KIDS.get(alg, "none")}
     headers.update(header or {})
+    headers = {k: v for k, v in headers.items() if v is not DROP}
     return jwt.encode(claims(**over), signing, algorithm=alg, headers=headers).encode()
 
 
@@ -91,7 +98,9 @@ def unsigned(payload: dict[str, Any], header: dict[str, Any]) -> bytes:
     return b64(json.dumps(header).encode()) + b"." + b64(json.dumps(payload).encode()) + b"."
 
 
-def config_text(jwks_path: Path, apps: str, extra: str = "", algorithms: str = '["RS256", "ES256", "EdDSA"]') -> str:
+def config_text(
+    jwks_path: Path, apps: str, extra: str = "", algorithms: str = '["RS256", "ES256", "EdDSA"]'
+) -> str:
     return f"""
 [server]
 server_header = "edge"
@@ -138,7 +147,9 @@ def request(
     host, slash, target = rest.partition("/")
     items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     fields = [(b"host", host.encode())] + [(k.lower().encode(), v.encode()) for k, v in items]
-    return Request(method.encode(), host.encode(), (slash + target).encode() or b"/", fields, client_ip, scheme)
+    return Request(
+        method.encode(), host.encode(), (slash + target).encode() or b"/", fields, client_ip, scheme
+    )
 
 
 def cookie(token: bytes) -> dict[str, str]:
