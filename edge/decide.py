@@ -48,7 +48,6 @@ Header = tuple[bytes, bytes]
 # The client's copies of the identity headers never reach an upstream, nor
 # does a service token's secret (the upstream has no use for it).
 STRIP_HEADERS = IDENTITY_HEADERS | frozenset({b"cf-access-client-secret"})
-ENDPOINT_SEGMENTS = (b"cdn-cgi", b"access")
 ENDPOINTS = frozenset({"login", "authorized", "logout", "get-identity", "certs"})
 # Edge endpoints must never be framed (clickjacking of the login page).
 NO_FRAMING: tuple[Header, ...] = (
@@ -353,7 +352,7 @@ def decide(c: Compiled, req: Request, now: float, trace: Trace = None) -> Action
         return Reject(c.bad_path, None, "reject: ambiguous path (escaped '/' or '\\')")
     host = normalize_host(req.host)
     h = _index(req.headers)
-    if segments[:2] == [b"cdn-cgi", b"access"]:
+    if segments and segments[0] == b"cdn-cgi" and segments[1:2] == [b"access"]:
         return _endpoint(c, req, h, host, segments)
     route = c.router.match(host, segments)
     if route is None:

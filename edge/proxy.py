@@ -204,7 +204,14 @@ class ProxyCycle:
                 self.pool.release(up, self.client.state.loop.time())
             else:
                 up.abort()  # the upstream answered before the whole body: not reusable
+        self._unblock_client()
         self.client.proxy_done(self)
+
+    def _unblock_client(self) -> None:
+        """Letting go of the upstream: its full write buffer no longer holds
+        client reading (an aborted transport never calls resume_writing; the
+        rest of an early-answered body must be drained or refused)."""
+        self.client.gate.unblock(flow.PEER_WRITE)
 
     def _on_switch(self, event: h11.InformationalResponse) -> None:
         up = self.up
@@ -244,6 +251,7 @@ class ProxyCycle:
             return
         if self._can_retry(up):
             self.retried = True
+            self._unblock_client()
             self._connect_later()
             return
         self._fail(error)
@@ -266,6 +274,7 @@ class ProxyCycle:
             self.up.exchange = None
             self.up.abort()
             self.up = None
+        self._unblock_client()
         if self.response_started:
             self.client.abort()
             return

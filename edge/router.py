@@ -31,6 +31,7 @@ _ESCAPE_RE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _LABEL_RE = re.compile(rb"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 # Escapes that would change the segment structure if an upstream decoded them.
 _AMBIGUOUS = (b"%2f", b"%5c", b"\\")
+_PERCENT, _BACKSLASH, _DOT = ord("%"), ord("\\"), ord(".")
 
 
 class Route(Generic[T]):
@@ -66,19 +67,26 @@ def _unescape(match: re.Match[bytes]) -> bytes:
 def path_segments(path: bytes) -> list[bytes] | None:
     """The normalised segments of an origin-form path (no query), or None
     when the path is ambiguous (see the module invariants)."""
-    if b"%" in path:
+    # Single bytes are tested as ints: `int in bytes` is a plain scan, while
+    # `bytes in bytes` costs a buffer-protocol round trip (CPython 3.11).
+    if _PERCENT in path:
         lower = path.lower()
-        if any(a in lower for a in _AMBIGUOUS):
+        if any(lower.find(a) >= 0 for a in _AMBIGUOUS):
             return None
         path = _ESCAPE_RE.sub(_unescape, path)
-    elif b"\\" in path:
+    elif _BACKSLASH in path:
         return None
-    if b"/." not in path:
-        if b"//" in path or path[-1:] == b"/":
-            return [s for s in path.split(b"/") if s]
-        return path[1:].split(b"/") if len(path) > 1 else []  # the common shape: /a/b/c
+    parts = path.split(b"/")
+    if _DOT in path:
+        return _resolve_dots(parts)
+    del parts[0]  # before the leading "/"
+    return [s for s in parts if s] if b"" in parts else parts
+
+
+def _resolve_dots(parts: list[bytes]) -> list[bytes]:
+    """RFC 3986 5.2.4, on segments: "." vanishes, ".." removes its parent."""
     out: list[bytes] = []
-    for seg in path.split(b"/"):
+    for seg in parts:
         if seg == b"..":
             if out:
                 out.pop()

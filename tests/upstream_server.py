@@ -23,6 +23,8 @@ The behaviour is chosen by the request path (query string for parameters):
   /drop-if-reused     on a connection that has served before: close without answering
   /early?after=&wait= reads `after` body bytes, waits for signal(NAME), answers 413 unread
   /reset-early        TCP reset as soon as the head is parsed (the body unread)
+  /extra              a response, then at once a second one nobody asked for (desync)
+  /informational      103 Early Hints, then 200
 
 `accepted` counts TCP connections; `events` records notable happenings
 (("sink-closed", n), ("stall-closed", conn), ("dropped", conn), ("conn-closed", conn), ...).
@@ -36,6 +38,7 @@ import contextlib
 import hashlib
 import json
 import socket
+import ssl as ssl_module
 import struct
 import threading
 import time
@@ -81,7 +84,8 @@ class Close(Exception):
 
 
 class Upstream:
-    def __init__(self) -> None:
+    def __init__(self, ssl: ssl_module.SSLContext | None = None) -> None:
+        self.ssl = ssl
         self.accepted = 0
         self.events: list[tuple[str, object]] = []
         self.errors: list[BaseException] = []
@@ -115,7 +119,7 @@ class Upstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
 
     def signal(self, name: str) -> None:
         self._loop.call_soon_threadsafe(self._signals.add, name)
@@ -138,7 +142,7 @@ class Upstream:
     # -- the server (loop thread)
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=self.ssl)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _shutdown(self) -> None:
@@ -405,6 +409,24 @@ class Conn:
             self.up.events.append(("dropped", self.ident))
             raise Close
         await self.respond(200, b"fresh\n", [("x-conn", str(self.ident))])
+
+    async def do_extra(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
+        """A keep-alive response followed at once by a second, unrequested one
+        (a desync): whoever sends the next request on this connection must not
+        get it."""
+        await self.body()
+        await self.write_raw(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nx-smuggled: 1\r\n\r\nsmuggled\n"
+        )
+        await self._hold(10, "extra-closed")
+
+    async def do_informational(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
+        await self.body()
+        await self.send(
+            h11.InformationalResponse(status_code=103, headers=[("link", "</a.css>; rel=preload")])
+        )
+        await self.respond(200, b"after 103\n")
 
     async def do_early(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
         """Reads `after` body bytes, stops reading until signal(wait), then
