@@ -95,6 +95,9 @@ def _load_checked(path: str) -> Config:
             make_ssl_context(config.server.tls)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+    from .decide import compile_config
+
+    compile_config(config, path)  # key files: fail here, with exit code 2
     return config
 
 
@@ -129,14 +132,14 @@ def _check(path: str, config: Config) -> int:
     return EXIT_OK
 
 
-def _serve(config: Config) -> int:
+def _serve(path: str, config: Config) -> int:
     if config.server.workers > 1:
         from .workers import Supervisor
 
-        return Supervisor(config).run()
+        return Supervisor(config, path).run()
     from .server import run
 
-    run(config)
+    run(config, source=path)
     return EXIT_OK
 
 
@@ -158,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load_checked(args.config)
         if args.command == "check":
             return _check(args.config, config)
-        return _serve(config)
+        return _serve(args.config, config)
     except ConfigError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return EXIT_CONFIG

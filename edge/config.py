@@ -162,8 +162,6 @@ class Proxy(Struct, frozen=True, forbid_unknown_fields=True):
     # Verify upstream TLS certificates (https:// upstreams); extra CA bundle, if any.
     verify_tls: bool = True
     ca_file: str = ""
-    # Until applications are configured: forward every request here ("" = off).
-    default_upstream: str = ""
 
 
 # -- applications, issuers, service tokens (BEHAVIOUR.md sections 1-4) --------

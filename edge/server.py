@@ -24,13 +24,17 @@ import time
 from collections.abc import Callable, Sequence
 
 import h11
+import msgspec
 
 from .accesslog import AccessLog, AccessRecord, iso_time
-from .config import TLS, Config, ConfigError, ListenAddress
-from .forwarding import RequestContext, TrustedProxies, request_headers
+from .config import TLS, Config, ConfigError, ListenAddress, load
+from .decide import Compiled, Forward, RemoteKeys, Request, compile_config, decide
+from .fetch import FetchError, fetch
+from .forwarding import RequestContext, request_headers
 from .protocol import HttpProtocol, RequestInfo
 from .proxy import ForwardPlan
-from .responses import HEALTH_PATH, LocalResponse, Responses, date_line
+from .responses import HEALTH_PATH, LocalResponse, date_line
+from .tokens import JwksError
 from .upstream import Pool
 
 log = logging.getLogger("edge.server")
@@ -39,6 +43,9 @@ log = logging.getLogger("edge.server")
 # it runs often enough to honour them within a quarter of their length.
 SWEEP_MAX_INTERVAL = 0.5  # seconds
 SWEEP_MIN_INTERVAL = 0.02  # seconds
+# Server settings a reload cannot change in a running worker.
+RESTART_KEYS = ("listen", "workers", "tls", "access_log", "max_connections")
+KEY_POLL_INTERVAL = 1.0  # seconds between checks of whether a JWKS wants fetching
 LISTEN_BACKLOG = 1024  # nginx's default on Linux is 511; bursts of wrk connections need more
 
 
@@ -73,10 +80,15 @@ def make_ssl_context(tls: TLS) -> ssl.SSLContext:
 class ServerState:
     """What every connection of this worker shares."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
-        self.config = config
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        compiled: Compiled | None = None,
+        source: str = "<config>",
+    ) -> None:
+        self.source = source
         self.loop = loop
-        self.responses = Responses(config.server.server_header)
         self.connections: set[HttpProtocol] = set()
         self.now = loop.time()
         self.date = date_line(time.time())
@@ -86,19 +98,65 @@ class ServerState:
         self.pool = Pool(loop, proxy.max_idle, proxy.pool_idle_timeout, proxy.connect_timeout)
         self.tasks: set[asyncio.Task[None]] = set()
         self.scheme = b"https" if config.server.tls is not None else b"http"
-        self.trusted = TrustedProxies()
+        self._install(config, compiled or compile_config(config, source))
+
+    def _install(self, config: Config, compiled: Compiled) -> None:
+        """Swap in a configuration. Connections read these attributes per
+        request, so one assignment each switches every later request."""
+        self.config = config
+        self.compiled = compiled
+        self.responses = compiled.responses
+        self.trusted = compiled.trusted_proxies
+        self.pool.configure(
+            config.proxy.max_idle, config.proxy.pool_idle_timeout, config.proxy.connect_timeout
+        )
+
+    def reload(self) -> bool:
+        """SIGHUP: load and compile the config file again; keep the old one
+        (and say why) if the new one is invalid."""
+        try:
+            config = load(self.source)
+            compiled = compile_config(config, self.source)
+        except ConfigError as exc:
+            log.error("reload refused, still serving the previous configuration: %s", exc)
+            return False
+        fixed = [k for k in RESTART_KEYS if getattr(config.server, k) != getattr(self.config.server, k)]
+        if fixed:
+            log.warning("reload: server.%s take effect only after a restart", ", server.".join(fixed))
+            config = msgspec.structs.replace(config, server=self.config.server)
+        self._install(config, compiled)
+        log.info("reloaded %s: %d application(s)", self.source, len(compiled.apps))
+        return True
 
     def dispatch(
         self, client: HttpProtocol, event: h11.Request, info: RequestInfo
     ) -> LocalResponse | ForwardPlan:
         """What to do with a request whose head is complete and valid."""
-        path = info.target.partition(b"?")[0]
-        if path == HEALTH_PATH:
+        if info.target.partition(b"?")[0] == HEALTH_PATH:
             return self.responses.health
-        upstream = self.config.proxy.default_upstream
-        if not upstream:
-            return self.responses.not_found
-        return self.forward_plan(client, event, info, upstream)
+        req = Request(event.method, info.host, info.target, event.headers, client.client_ip, self.scheme_name)
+        action = decide(self.compiled, req, time.time())
+        info.app = action.app
+        info.decision = action.reason
+        if not isinstance(action, Forward):
+            return action.response
+        plan = self.forward_plan(
+            client,
+            event,
+            info,
+            action.upstream,
+            add=action.add_headers,
+            strip=action.strip_headers,
+            strip_auth_cookie=action.strip_auth_cookie,
+            rewrite_host=action.rewrite_host,
+            vary_origin=action.vary_origin,
+            expires=action.exp,
+        )
+        return plan
+
+    @property
+    def scheme_name(self) -> str:
+        return "https" if self.scheme == b"https" else "http"
 
     def forward_plan(
         self,
@@ -107,6 +165,7 @@ class ServerState:
         info: RequestInfo,
         upstream: str,
         add: Sequence[tuple[bytes, bytes]] = (),
+        strip: frozenset[bytes] = frozenset(),
         strip_auth_cookie: bool = True,
         rewrite_host: bool = False,
         vary_origin: bool = False,
@@ -128,7 +187,7 @@ class ServerState:
             trusted=self.trusted,
         )
         out = request_headers(
-            headers, ctx, add=add, strip_auth_cookie=strip_auth_cookie, rewrite_host=rewrite_host
+            headers, ctx, add=add, strip=strip, strip_auth_cookie=strip_auth_cookie, rewrite_host=rewrite_host
         )
         return ForwardPlan(
             target=target,
@@ -184,15 +243,42 @@ async def _sweeper(state: ServerState, interval: float) -> None:
         state.sweep()
 
 
+async def _key_refresher(state: ServerState) -> None:
+    """Keep JWKS fetched from URLs fresh, off the request path: the key sets
+    say when they want a fetch (empty, unknown kid seen, periodic refresh)."""
+    while True:
+        now = time.time()
+        for remote in state.compiled.remote_keys:
+            if remote.keys.claim_fetch(now):
+                task = state.loop.create_task(_refresh(remote))
+                state.tasks.add(task)
+                task.add_done_callback(state.tasks.discard)
+        await asyncio.sleep(KEY_POLL_INTERVAL)
+
+
+async def _refresh(remote: RemoteKeys) -> None:
+    try:
+        body = await fetch(remote.url)
+        notes = remote.keys.update(body, time.time())
+    except (FetchError, JwksError) as exc:
+        remote.keys.fetch_failed(time.time(), str(exc))
+        log.warning("keys for %s: %s (keeping the keys already held)", remote.iss, exc)
+        return
+    for note in notes:
+        log.info("keys for %s: %s", remote.iss, note)
+
+
 async def serve(
     config: Config,
     *,
+    source: str = "<config>",
     reuse_port: bool = False,
     on_ready: Callable[[list[str]], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain. Raises OSError if a listen fails."""
+    """Serve until SIGTERM/SIGINT, then drain; SIGHUP reloads `source`.
+    Raises OSError if a listen fails, ConfigError if a key file is unusable."""
     loop = asyncio.get_running_loop()
-    state = ServerState(config, loop)
+    state = ServerState(config, loop, source=source)
     s = config.server
     ctx = make_ssl_context(s.tls) if s.tls is not None else None
     servers: list[asyncio.Server] = []
@@ -206,8 +292,10 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, state.reload)
     state.tick_date()
     sweeper = asyncio.ensure_future(_sweeper(state, sweep_interval(config)))
+    refresher = asyncio.ensure_future(_key_refresher(state))
     scheme = "https" if ctx else "http"
     log.info("listening on %s", ", ".join(f"{scheme}://{b}" for b in bound))
     if on_ready is not None:
@@ -217,6 +305,7 @@ async def serve(
         await _drain(state, servers, s.drain_timeout)
     finally:
         sweeper.cancel()
+        refresher.cancel()
         if state.access_log is not None:
             state.access_log.close()
 
@@ -269,11 +358,11 @@ async def _drain(state: ServerState, servers: list[asyncio.Server], timeout: flo
     log.info("stopped")
 
 
-def run(config: Config, *, reuse_port: bool = False) -> None:
+def run(config: Config, *, source: str = "<config>", reuse_port: bool = False) -> None:
     """Run one worker on uvloop until it is told to stop."""
     import uvloop
 
-    uvloop.run(serve(config, reuse_port=reuse_port))
+    uvloop.run(serve(config, source=source, reuse_port=reuse_port))
 
 
 def setup_logging() -> None:

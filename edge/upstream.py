@@ -4,8 +4,8 @@ Invariants:
 - An `UpstreamConnection` serves one exchange at a time for one `Exchange`
   listener (the proxy cycle); between exchanges it sits idle in the pool.
 - A connection goes back to the pool only when its exchange finished cleanly
-  on both sides (h11 CLIENT and SERVER states DONE, keep-alive); anything else
-  closes it.
+  on both sides (h11 CLIENT and SERVER states DONE, keep-alive) and nothing
+  arrived beyond the response; anything else closes it.
 - The pool holds at most `max_idle` idle connections per upstream, each for at
   most `idle_timeout` seconds (expired by the server's sweep).
 - Reading from an upstream is paused only through its `gate` (ReadGate).
@@ -161,7 +161,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def reusable(self) -> bool:
         c = self.conn
-        return not self.closed and c.our_state is h11.DONE and c.their_state is h11.DONE
+        # Bytes already received past the response belong to no request of
+        # ours: pooled, they would answer the next request (a desync).
+        return (
+            not self.closed
+            and c.our_state is h11.DONE
+            and c.their_state is h11.DONE
+            and not c.trailing_data[0]
+        )
 
     def abort(self) -> None:
         self.closed = True
@@ -185,6 +192,11 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.idle: dict[str, list[UpstreamConnection]] = {}
         self.targets: dict[str, Target] = {}
+
+    def configure(self, max_idle: int, idle_timeout: float, connect_timeout: float) -> None:
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
 
     def target(self, url: str, ca_file: str | None = None, verify: bool = True) -> Target:
         found = self.targets.get(url)

@@ -60,8 +60,9 @@ def reserve_ports(config: Config) -> tuple[Config, list[socket.socket]]:
 
 
 class Supervisor:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, source: str = "<config>") -> None:
         self.config = config
+        self.source = source
         self.children: dict[int, float] = {}  # pid -> start time
         self.stopping = False
 
@@ -101,7 +102,7 @@ class Supervisor:
                     signal.signal(sig, signal.SIG_DFL)
                 from .server import run
 
-                run(self.config, reuse_port=True)
+                run(self.config, source=self.source, reuse_port=True)
                 code = 0
             except BaseException:
                 log.exception("worker %d failed", os.getpid())

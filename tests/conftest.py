@@ -183,3 +183,16 @@ def self_signed_cert(directory: Path, host: str = "localhost") -> tuple[Path, Pa
         )
     )
     return cert_path, key_path
+
+
+OPEN_DOMAINS = ("a", "app.test", "localhost", "127.0.0.1")
+
+
+def open_app_toml(upstream: str, domains: tuple[str, ...] = OPEN_DOMAINS, name: str = "open") -> str:
+    """An application that lets everyone through to `upstream` (a bypass
+    policy): for tests of the server and proxy rather than of the decision."""
+    listed = ", ".join(f'"{d}"' for d in domains)
+    return (
+        f'[[apps]]\nname = "{name}"\ndomains = [{listed}]\nupstream = "{upstream}"\n'
+        '[[apps.policies]]\nname = "public"\naction = "bypass"\ninclude = [{ everyone = true }]\n'
+    )

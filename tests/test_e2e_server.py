@@ -22,7 +22,7 @@ from pathlib import Path
 
 import h11
 import pytest
-from conftest import EdgeProcess, self_signed_cert, wait_for
+from conftest import EdgeProcess, open_app_toml, self_signed_cert, wait_for
 
 from edge.accesslog import AccessRecord
 
@@ -184,7 +184,7 @@ def upstream() -> Iterator[Upstream]:
 
 
 def proxy_to(up: Upstream) -> str:
-    return f'[proxy]\ndefault_upstream = "{up.url}"\n'
+    return open_app_toml(up.url)
 
 
 # -- keep-alive, pipelining, basics ----------------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import h11
 import pytest
-from conftest import EdgeProcess, write_config
+from conftest import EdgeProcess, open_app_toml, write_config
 
 LIMITS = """
 max_header_bytes = 4096
@@ -290,7 +290,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, origin: Origin) -> Iterato
     root = tmp_path_factory.mktemp("malformed")
     started = {"local": _start(root / "local")}
     try:
-        proxy = f'[proxy]\ndefault_upstream = "http://127.0.0.1:{origin.port}"\n'
+        proxy = open_app_toml(f"http://127.0.0.1:{origin.port}")
         started["proxy"] = _start(root / "proxy", proxy)
         yield started
     finally:

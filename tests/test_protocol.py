@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import h11
 import pytest
+from conftest import open_app_toml
 
 from edge.config import loads
 from edge.protocol import BODY, DRAIN_LIMIT, IDLE, LINGER, HttpProtocol
@@ -342,7 +343,7 @@ def test_body_timeout_after_early_answer_sends_nothing_more(connect: Connect) ->
 
 
 def test_body_timeout_while_forwarding_answers_408() -> None:
-    state, loop = make_state(CONFIG + '[proxy]\ndefault_upstream = "http://127.0.0.1:9"\n')
+    state, loop = make_state(CONFIG + open_app_toml("http://127.0.0.1:9", domains=("example.test",)))
     try:
         target = state.pool.target("http://127.0.0.1:9")
         upstream = UpstreamConnection(target, lambda conn: None)

@@ -26,7 +26,7 @@ from typing import Any
 
 import h11
 import pytest
-from conftest import EdgeProcess, self_signed_cert, wait_for, write_config
+from conftest import EdgeProcess, open_app_toml, self_signed_cert, wait_for, write_config
 from upstream_server import MIB, Upstream, payload, payload_sha256
 
 NGINX = "/usr/sbin/nginx"
@@ -45,9 +45,9 @@ XFF = [
 
 
 def proxy_toml(upstream: str, **settings: float | str) -> str:
-    lines = ["[proxy]", f'default_upstream = "{upstream}"']
+    lines = ["[proxy]"]
     lines += [f"{k} = {v}" for k, v in settings.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + open_app_toml(upstream)
 
 
 def build(
@@ -368,18 +368,12 @@ def test_keep_alive_reuses_upstream_connection(edge: Edge, upstream: Upstream) -
     assert served == sorted(served) and len(set(served)) == 10
 
 
-def test_http10_request_without_host(edge: Edge, upstream: Upstream) -> None:
+def test_http10_request_without_host_matches_no_application(edge: Edge, upstream: Upstream) -> None:
+    """No Host, no application: refused locally, never forwarded by accident."""
     with Client(edge.port) as c:
         r = c.exchange(build("GET", "/echo/old", [("Accept", "*/*")], host="", version="1.0"))
         assert c.closed_by_peer()
-    req, _ = forwarded(r.body)
-    assert req.http_version == b"1.1"
-    assert list(req.headers) == [
-        (b"host", f"127.0.0.1:{upstream.port}".encode()),
-        (b"accept", b"*/*"),
-        (b"x-forwarded-for", b"127.0.0.1"),
-        (b"x-forwarded-proto", b"http"),
-    ]
+    assert r.status == 404
 
 
 def test_connection_naming_host_keeps_host(edge: Edge) -> None:
@@ -629,6 +623,12 @@ def test_upstream_refused_is_502(own_edge: Callable[..., Edge]) -> None:
     assert fetch(e.port, build("GET", "/")).status == 502
     r = fetch(e.port, build("POST", "/", [("Content-Length", "4")], b"body"))
     assert r.status == 502
+    # A client waiting for 100 Continue gets the 502 instead, and is not
+    # asked for its body.
+    with Client(e.port) as c:
+        r = c.exchange(build("PUT", "/", [("Content-Length", "4"), ("Expect", "100-continue")]))
+        assert (r.status, r.informational) == (502, [])
+        assert c.closed_by_peer()
     assert_serving(e.port)
 
 
@@ -723,6 +723,15 @@ def test_client_abort_mid_upload(edge: Edge, upstream: Upstream) -> None:
     assert fetch(edge.port, build("GET", "/status/200")).status == 200
 
 
+def test_client_gone_while_waiting_closes_upstream(edge: Edge, upstream: Upstream) -> None:
+    mark = upstream.mark()
+    with Client(edge.port) as c:
+        c.send(build("GET", "/stall-head?t=20"))
+        conn = upstream.wait_event("stall-start", mark)
+    upstream.wait_event("stall-closed", mark, value=conn)
+    assert_serving(edge.port)
+
+
 def test_upstream_reset_before_reading_upload_is_502(edge: Edge) -> None:
     data = b"r" * (64 * 1024)
     with Client(edge.port) as c:
@@ -801,10 +810,11 @@ def test_slow_upstream_does_not_block_other_clients(edge: Edge, upstream: Upstre
     assert r.body.endswith(b"data: last\n\n")
 
 
-def test_options_asterisk_forwarded(edge: Edge) -> None:
+def test_options_asterisk_answered_locally(edge: Edge) -> None:
+    """`OPTIONS *` names no path, so no application: the edge answers it."""
     r = fetch(edge.port, build("OPTIONS", "*"))
-    assert r.status == 404  # the test upstream has no mode "*": what matters is that it got it
-    assert r.body == b"no such mode\n"
+    assert r.status == 404
+    assert r.body == b"not found: no application here\n"
 
 
 # -- WebSocket, SSE, access log --------------------------------------------------------------

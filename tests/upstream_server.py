@@ -359,6 +359,7 @@ class Conn:
 
     async def do_stall_head(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
         await self.body()
+        self.up.events.append(("stall-start", self.ident))
         await self._hold(float(q.get("t", "10")), "stall-closed")
 
     async def do_stall_body(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
