@@ -352,7 +352,6 @@ class HttpProtocol(asyncio.Protocol):
         action = self.state.dispatch(self, event, info)
         if not isinstance(action, LocalResponse):
             self.cycle = ProxyCycle(self, event, action)
-            info.app = action.app
             self.cycle.start()
             return
         close = False

@@ -492,25 +492,15 @@ def test_parse_domain(text: str, host: str, segments: tuple[str, ...]) -> None:
 # -- the shipped example -----------------------------------------------------------------
 
 
-def uncommented_example() -> str:
-    """conf/edge.toml with its application example switched on."""
-    text = (ROOT / "conf" / "edge.toml").read_text()
-    head, marker, example = text.partition("# -- Applications: an example")
-    assert marker, "conf/edge.toml lost its example"
-    body = example[example.index("# # Who signs") :]
-    lines = [line[2:] if line.startswith("# ") else "" for line in body.splitlines()]
-    return head + "\n".join(lines) + "\n"
-
-
-def test_default_config_still_loads_with_no_apps() -> None:
+def test_default_config_runs_the_example_apps() -> None:
     config = load(ROOT / "conf" / "edge.toml")
-    assert config.apps == [] and config.issuers == [] and config.service_tokens == []
-    assert config == Config()
+    assert [a.name for a in config.apps] == ["api", "api-public", "api-internal"]
+    assert config.server == Config().server and config.proxy == Config().proxy
 
 
 def test_the_example_runs_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # jwks_file is relative to the working directory, like tls.cert
-    config = loads(uncommented_example(), "conf/edge.toml")
+    config = load(ROOT / "conf" / "edge.toml")
     compiled = compile_config(config, "conf/edge.toml")
     assert [a.name for a in compiled.apps] == ["api", "api-public", "api-internal"]
     assert hashlib.sha256(b"demo-secret-change-me").hexdigest() == config.service_tokens[0].secret_sha256
