@@ -839,6 +839,26 @@ def test_websocket_echo(edge: Edge, upstream: Upstream) -> None:
     assert_serving(edge.port)
 
 
+def test_upgrade_declined_by_upstream(edge: Edge) -> None:
+    ws = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ]
+    with Client(edge.port) as c:
+        r = c.exchange(build("GET", "/echo/no-ws", ws))
+        assert r.status == 200
+        assert list(forwarded(r.body)[0].headers) == [
+            (b"host", b"app.test"),
+            (b"upgrade", b"websocket"),
+            (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+            *XFF,
+            (b"connection", b"upgrade"),
+        ]
+        # No switch happened: the connection carries the next request as usual.
+        assert forwarded(c.exchange(build("GET", "/echo/next")).body)[0].target == b"/echo/next"
+
+
 def test_sse_first_event_arrives_before_the_stream_ends(edge: Edge, upstream: Upstream) -> None:
     received = bytearray()
 
