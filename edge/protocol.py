@@ -606,6 +606,10 @@ class HttpProtocol(asyncio.Protocol):
         self.phase = TUNNEL
         self.held = False
         self.gate.reset()
+        if self.request is not None:
+            # The request's answer was the 101 (send() only records final
+            # responses): log it as such, not as 499 when the tunnel ends.
+            self.request.status = self.request.upstream_status = 101
         if expires is not None:
             self.deadline = self.state.now + max(0.0, expires - time.time())
         else:

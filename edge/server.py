@@ -192,7 +192,9 @@ class ServerState:
         return ForwardPlan(
             target=target,
             headers=out,
-            path=info.target,  # origin-form, even when the client sent absolute-form
+            # Origin-form even when the client sent absolute-form; an upstream
+            # URL's path (http://host/prefix) is put in front of it.
+            path=target.base_path + info.target if info.target[:1] == b"/" else info.target,
             vary_origin=vary_origin,
             upgrade=upgrade,
             expires=expires,

@@ -1035,3 +1035,11 @@ def test_nginx_gzip_streamed_chunked(nginx_edge: Edge) -> None:
     assert r.header(b"content-encoding") == b"gzip"
     assert r.header(b"transfer-encoding") == b"chunked"
     assert hashlib.sha256(gzip.decompress(r.body)).hexdigest() == payload_sha256(NGINX_FILE)
+
+
+def test_upstream_url_path_is_a_prefix(edge_factory: Any, upstream: Upstream) -> None:
+    """upstream = "http://host:port/echo" sends /x?q as /echo/x?q."""
+    proc = edge_factory(extra=open_app_toml(f"http://127.0.0.1:{upstream.port}/echo"))
+    r = fetch(proc.port, build("GET", "/prefixed?q=1"))
+    req, _ = forwarded(r.body)
+    assert req.target == b"/echo/prefixed?q=1"
