@@ -124,6 +124,11 @@ class ServerState:
         if fixed:
             log.warning("reload: server.%s take effect only after a restart", ", server.".join(fixed))
             config = msgspec.structs.replace(config, server=self.config.server)
+        held = {(r.iss, r.url): r.keys for r in self.compiled.remote_keys}
+        for remote in compiled.remote_keys:
+            old = held.get((remote.iss, remote.url))
+            if old is not None:
+                remote.keys.inherit(old)  # BEHAVIOUR.md 3: the keys already held keep working
         self._install(config, compiled)
         log.info("reloaded %s: %d application(s)", self.source, len(compiled.apps))
         return True

@@ -282,6 +282,15 @@ class KeySet:
         self.last_attempt = now
         self.last_error = error
 
+    def inherit(self, old: KeySet) -> None:
+        """After a reload: start from the keys `old` fetched from the same
+        URL. A fetch is still wanted at once, but until one succeeds tokens
+        keep verifying: a JWKS URL that is down (or slow) must not log
+        everyone out on SIGHUP."""
+        if self.remote and not self.keys and old.remote and old.source == self.source and old.keys:
+            self.keys = dict(old.keys)
+            self.last_success = old.last_success
+
 
 # -- verification -------------------------------------------------------------
 

@@ -383,7 +383,8 @@ class Edge:
 
         def look() -> bool:
             if self.log.exists():
-                records = [json.loads(line) for line in self.log.read_text().splitlines() if line]
+                # Only whole lines: a flush may be under way.
+                records = [json.loads(line) for line in self.log.read_text().split("\n")[:-1] if line]
                 found[:] = [r for r in records if r["path"] == path]
             return bool(found)
 
@@ -551,6 +552,10 @@ def test_preflight_with_bypass_is_forwarded_unauthenticated(edge: Edge) -> None:
         "preflight: forwarded (options_preflight_bypass)",
         200,
     )
+    # Only preflights bypass Access: anything else still needs a token.
+    assert edge.local("GET", "/echo/hooks-get", "hooks.test", FETCH).status == 401
+    r = edge.call("POST", "/echo/hooks-post", "hooks.test", [cookie(token(aud="hooks-aud"))])
+    assert r.status == 200
 
 
 def test_plain_options_is_not_a_preflight(edge: Edge) -> None:
@@ -590,6 +595,15 @@ def test_unauthenticated_navigation_redirects_to_login(edge: Edge) -> None:
     assert r.cors() == {}
     rec = edge.logged("/echo/nav?x=1&y=a%20b")
     assert (rec["status"], rec["app"], rec["decision"]) == (302, "api", "redirect: login (no token)")
+
+
+def test_login_url_keeps_the_port_of_the_host_header(edge: Edge) -> None:
+    r = edge.local("GET", "/echo/nav-port", "api.test:8443", NAVIGATE)
+    assert r.status == 302
+    assert r.header("location") == (
+        "http://api.test:8443/cdn-cgi/access/login/api.test?kid=api-aud"
+        "&redirect_url=http%3A%2F%2Fapi.test%3A8443%2Fecho%2Fnav-port"
+    )
 
 
 def test_navigation_without_sec_fetch_mode_uses_accept(edge: Edge) -> None:
@@ -742,7 +756,7 @@ def test_no_vary_added_for_an_app_without_cors(edge: Edge) -> None:
     ("email", "reason"),
     [
         ("eve@example.com", 'deny: policy "blocked"'),
-        ("mallory@example.com", 'deny: no policy matched (policy "staff" exclude: matched emails)'),
+        ("mallory@example.com", 'deny: no policy matched (policy "staff" exclude emails: matched)'),
         ("alice@elsewhere.test", 'deny: no policy matched (policy "staff" include: no rule matched)'),
     ],
 )
@@ -756,7 +770,7 @@ def test_policy_deny_is_403_with_courtesy_headers(edge: Edge, email: str, reason
     assert r.header("cache-control") == "no-store"
     rec = edge.logged(path)
     assert (rec["status"], rec["app"]) == (403, "api")
-    assert rec["decision"].startswith(reason.split(" (")[0]), rec["decision"]
+    assert rec["decision"] == reason
 
 
 def test_policy_deny_for_a_disallowed_origin_has_no_cors(edge: Edge) -> None:
@@ -982,6 +996,7 @@ def test_sighup_reload(upstream: Upstream, tiny: Tiny, tmp_path: Path) -> None:
             r = kept.request("GET", "/echo/extra", "extra.test")
             assert r.status == 200
             assert forwarded(r.body)[0].target == b"/echo/extra"
+            assert r.header("connection") is None  # and the connection stays open
 
             # An invalid configuration is refused; the previous one keeps serving.
             bad = extra.replace('name = "extra"', 'name = "extra"\nunauthenticated = "sometimes"')

@@ -56,7 +56,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,7 @@ FETCH_TIMEOUT_MS = 5000
 EMAIL = "alice@example.com"
 IDENTITY_HEADER = "cf-access-authenticated-user-email"
 ADMIN_AUD = "admin-aud"
+ANY_AUD = "any-aud"
 PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
 PAGE = """<!doctype html>
@@ -230,32 +231,55 @@ class Tab:
     tools: DevTools
     session: str
     origin: str
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    responses: list[dict[str, Any]] = field(default_factory=list)
+    mark: int = 0  # where the events of the last fetch start
 
     def fetch(self, url: str, **init: Any) -> dict[str, Any]:
-        mark = len(self.tools.events)
+        """Run the page's probe(url, init) and return what it resolved to."""
+        self.mark = len(self.tools.events)
         expression = f"probe({json.dumps(url)}, {json.dumps(init)})"
         reply = self.tools.call(
             "Runtime.evaluate", self.session, expression=expression, awaitPromise=True, returnByValue=True
         )
         if "exceptionDetails" in reply:
             raise AssertionError(f"the page threw: {reply['exceptionDetails']}")
-        events = [e for e in self.tools.events[mark:] if e.get("sessionId") == self.session]
-        self.failures = [e["params"] for e in events if e["method"] == "Network.loadingFailed"]
-        # Raw response heads as received (preflights included), in order.
-        self.responses = [e["params"] for e in events if e["method"] == "Network.responseReceivedExtraInfo"]
         result: dict[str, Any] = reply["result"]["value"]
         return result
 
-    def preflight_answers(self) -> list[dict[str, str]]:
-        """The headers of the preflight responses the browser got (lower-case names)."""
-        heads = [{k.lower(): v for k, v in r["headers"].items()} for r in self.responses]
-        return [h for h in heads if h.get("vary", "").startswith("Origin, Access-Control-Request-Method")]
+    def events(self, method: str, count: int = 1) -> list[dict[str, Any]]:
+        """The last fetch's `method` events, waiting (briefly) for `count`: the
+        network events may trail the promise's settling."""
+
+        def found() -> list[dict[str, Any]]:
+            return [
+                e["params"]
+                for e in self.tools.events[self.mark :]
+                if e.get("sessionId") == self.session and e["method"] == method
+            ]
+
+        deadline = time.monotonic() + 3
+        while len(found()) < count and time.monotonic() < deadline:
+            self.tools.call("Runtime.evaluate", self.session, expression="0")  # collects what came meanwhile
+            time.sleep(0.02)
+        return found()
+
+    def responses(self, count: int = 1) -> list[dict[str, str]]:
+        """Response heads as received (preflights included), in order: status
+        under ":status", header names in lower case."""
+        return [
+            {":status": str(r["statusCode"]), **{k.lower(): v for k, v in r["headers"].items()}}
+            for r in self.events("Network.responseReceivedExtraInfo", count)
+        ]
+
+    def preflight_answer(self, responses: int) -> dict[str, str]:
+        """The one preflight answer among the last fetch's `responses` responses."""
+        heads = self.responses(responses)
+        found = [h for h in heads if h.get("vary") == PREFLIGHT_VARY]
+        assert len(found) == 1, f"expected one preflight answer among {heads}"
+        return found[0]
 
     def cors_errors(self) -> list[dict[str, Any]]:
         """What the browser blamed, per failed load (`corsErrorStatus`)."""
-        return [f["corsErrorStatus"] for f in self.failures if "corsErrorStatus" in f]
+        return [f["corsErrorStatus"] for f in self.events("Network.loadingFailed") if "corsErrorStatus" in f]
 
 
 class Browser:
@@ -368,14 +392,15 @@ class World:
     def upstream_saw(self, path: str) -> list[Seen]:
         return [s for s in self.upstream.seen if s.path == path]
 
-    def edge_log(self, path: str, count: int) -> list[dict[str, Any]]:
-        """The edge's access records for `path`, once there are `count` (flushed by its sweep)."""
+    def edge_log(self, path: str | None, count: int) -> list[dict[str, Any]]:
+        """The edge's access records for `path` (None: all), once there are
+        `count` (the edge flushes its log every sweep)."""
 
         def records() -> list[dict[str, Any]]:
             if not self.access_log.exists():
                 return []
             rows = [json.loads(line) for line in self.access_log.read_text().splitlines() if line]
-            return [r for r in rows if r["path"] == path]
+            return [r for r in rows if path is None or r["path"] == path]
 
         wait_for(lambda: len(records()) >= count, timeout=5)
         return records()
@@ -419,6 +444,21 @@ action = "allow"
 include = [{{ emails = ["root@example.com"] }}]
 
 [[apps]]
+name = "any"
+domains = ["localhost/any"]
+upstream = "{upstream}"
+aud = "{ANY_AUD}"
+[apps.cors]
+allowed_origins = ["{allowed_origin}"]
+allow_all_methods = true
+allow_all_headers = true
+allow_credentials = true
+[[apps.policies]]
+name = "staff"
+action = "allow"
+include = [{{ email_domains = ["example.com"] }}]
+
+[[apps]]
 name = "plain"
 domains = ["localhost/plain"]
 upstream = "{upstream}"
@@ -454,7 +494,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         browser = Browser(binary, tmp / "profile")
         assert browser.tools is not None
         now = int(time.time())
-        token = mint("ES256", aud=[AUD, ADMIN_AUD], email=EMAIL, iat=now - 10, nbf=now - 10, exp=now + 600)
+        token = mint(
+            "ES256", aud=[AUD, ADMIN_AUD, ANY_AUD], email=EMAIL, iat=now - 10, nbf=now - 10, exp=now + 600
+        )
         stored = browser.tools.call(
             "Storage.setCookies",
             cookies=[
@@ -513,14 +555,15 @@ def test_allowed_origin_credentialed_put_passes_the_edge_preflight(world: World)
     assert records[1]["upstream_status"] == 200
     # What the browser got: the preflight answer, then the upstream's answer
     # with Origin merged into its Vary by the edge.
-    [answer] = world.allowed.preflight_answers()
+    answer = world.allowed.preflight_answer(responses=2)
+    assert answer[":status"] == "200"
     assert answer["access-control-allow-origin"] == world.allowed.origin
     assert answer["access-control-allow-credentials"] == "true"
     assert answer["access-control-allow-methods"] == "GET, POST, PUT"
     assert answer["access-control-allow-headers"] == "Content-Type, X-Custom"
     assert answer["access-control-max-age"] == "600"
     assert answer["vary"] == PREFLIGHT_VARY
-    final = {k.lower(): v for k, v in world.allowed.responses[-1]["headers"].items()}
+    final = world.allowed.responses(2)[-1]
     assert final["access-control-allow-origin"] == world.allowed.origin
     assert "Origin" in [v.strip() for v in final["vary"].split(",")]
 
@@ -536,6 +579,27 @@ def test_preflight_is_cached_for_max_age(world: World) -> None:
     assert [s.method for s in world.upstream_saw("/v1/cached")] == ["PUT", "PUT"]
 
 
+def test_allow_all_echoes_method_and_headers_even_authorization(world: World) -> None:
+    """With credentials a literal ``*`` would not do, and never covers
+    Authorization: the edge echoes what the browser asked for."""
+    result = world.allowed.fetch(
+        world.api + "/any/thing",
+        method="DELETE",
+        credentials="include",
+        headers={"Authorization": "Bearer the-app-s-own", "X-Trace": "t1"},
+    )
+    assert (result["ok"], result["status"]) == (True, 200), result
+    echoed = json.loads(result["body"])
+    assert echoed["method"] == "DELETE"
+    assert echoed["headers"]["authorization"] == "Bearer the-app-s-own"
+    assert echoed["headers"][IDENTITY_HEADER] == EMAIL
+    answer = world.allowed.preflight_answer(responses=2)
+    assert answer["access-control-allow-methods"] == "DELETE"
+    assert answer["access-control-allow-headers"] == "authorization,x-trace"
+    assert answer["access-control-allow-origin"] == world.allowed.origin
+    assert [s.method for s in world.upstream_saw("/any/thing")] == ["DELETE"]
+
+
 def test_disallowed_origin_is_blocked_by_the_browser(world: World) -> None:
     result = world.other.fetch(
         world.api + "/v1/other",
@@ -547,8 +611,10 @@ def test_disallowed_origin_is_blocked_by_the_browser(world: World) -> None:
     assert not result["ok"], result
     assert result["error"].startswith("TypeError"), result
     assert [e["corsError"] for e in world.other.cors_errors()] == ["PreflightMissingAllowOriginHeader"]
-    assert world.other.responses[0]["statusCode"] == 403
-    assert not [k for k in world.other.responses[0]["headers"] if k.lower().startswith("access-control-")]
+    [answer] = world.other.responses()
+    assert answer[":status"] == "403"
+    assert answer["vary"] == PREFLIGHT_VARY
+    assert not [k for k in answer if k.startswith("access-control-")]
     assert world.upstream_saw("/v1/other") == []
     records = world.edge_log("/v1/other", 1)
     assert [(r["method"], r["status"], r["decision"]) for r in records] == [
@@ -564,6 +630,9 @@ def test_disallowed_method_is_blocked_by_the_browser(world: World) -> None:
     assert [(e["corsError"], e["failedParameter"]) for e in errors] == [
         ("MethodDisallowedByPreflightResponse", "PATCH")
     ]
+    # Still 200, with the configured lists: the browser names what failed.
+    [answer] = world.allowed.responses()
+    assert (answer[":status"], answer["access-control-allow-methods"]) == ("200", "GET, POST, PUT")
     assert world.upstream_saw("/v1/patch") == []
     records = world.edge_log("/v1/patch", 1)
     assert [(r["method"], r["status"]) for r in records] == [("OPTIONS", 200)]
@@ -579,6 +648,8 @@ def test_disallowed_header_is_blocked_by_the_browser(world: World) -> None:
     assert [(e["corsError"], e["failedParameter"].lower()) for e in errors] == [
         ("HeaderDisallowedByPreflightResponse", "x-forbidden")
     ]
+    [answer] = world.allowed.responses()
+    assert (answer[":status"], answer["access-control-allow-headers"]) == ("200", "Content-Type, X-Custom")
     assert world.upstream_saw("/v1/header") == []
     records = world.edge_log("/v1/header", 1)
     assert [(r["method"], r["status"]) for r in records] == [("OPTIONS", 200)]
@@ -595,7 +666,9 @@ def test_app_without_cors_settings_fails_the_preflight(world: World) -> None:
     assert not result["ok"], result
     assert result["error"].startswith("TypeError"), result
     assert [e["corsError"] for e in world.allowed.cors_errors()] == ["PreflightMissingAllowOriginHeader"]
-    assert world.allowed.responses[0]["statusCode"] == 403
+    [answer] = world.allowed.responses()
+    assert answer[":status"] == "403"
+    assert not [k for k in answer if k.startswith("access-control-")]
     assert world.upstream_saw("/plain/thing") == []
     records = world.edge_log("/plain/thing", 1)
     assert [(r["method"], r["status"], r["app"], r["decision"]) for r in records] == [
@@ -612,6 +685,9 @@ def test_unauthenticated_fetch_reads_the_401(world: World) -> None:
     assert "/cdn-cgi/access/login/localhost" in body["login_url"]
     assert body["login_url"].startswith(world.api)
     assert result["headers"]["www-authenticate"].startswith("Bearer")  # exposed to the page
+    [head] = world.allowed.responses()
+    assert head["access-control-allow-origin"] == world.allowed.origin
+    assert head["access-control-allow-credentials"] == "true"
     assert world.upstream_saw("/v1/anonymous") == []
 
 
@@ -620,6 +696,7 @@ def test_denied_by_policy_reads_the_403(world: World) -> None:
     assert result["ok"], result
     assert result["status"] == 403
     assert "denied by policy" in result["body"]
+    assert world.allowed.responses()[0]["access-control-allow-origin"] == world.allowed.origin
     assert world.upstream_saw("/admin/users") == []
     records = world.edge_log("/admin/users", 1)
     assert [(r["method"], r["status"], r["app"]) for r in records] == [("GET", 403, "admin")]
@@ -640,5 +717,15 @@ def test_simple_get_with_the_cookie_reaches_the_upstream(world: World) -> None:
 
 
 def test_no_preflight_ever_reached_the_upstream(world: World) -> None:
+    """Across every case of the module (this one runs last), and this one."""
+    result = world.allowed.fetch(world.api + "/v1/last", method="POST", headers={"X-Custom": "1"})
+    assert (result["ok"], result["status"]) == (True, 401), result  # no cookie without credentials
+    assert [(r["method"], r["status"]) for r in world.edge_log("/v1/last", 2)] == [
+        ("OPTIONS", 200),
+        ("POST", 401),
+    ]
     assert world.upstream.seen, "no request reached the upstream at all"
     assert [s for s in world.upstream.seen if s.method == "OPTIONS"] == []
+    preflights = [r for r in world.edge_log(None, 0) if r["method"] == "OPTIONS"]
+    assert len(preflights) >= 1
+    assert all(r["upstream_status"] is None for r in preflights), preflights
