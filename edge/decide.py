@@ -507,7 +507,8 @@ def _forward(
         strip_auth_cookie=app.strip_auth_cookie,
         rewrite_host=app.rewrite_host,
         vary_origin=app.cors is not None,
-        exp=None if ident is None else ident.exp,
+        # A tunnel lives exactly as long as the token would be accepted.
+        exp=None if ident is None else ident.valid_until,
         identity=ident,
         service_token=service_token,
     )

@@ -81,6 +81,7 @@ class Identity(msgspec.Struct, frozen=True):
     aud: frozenset[str]
     exp: float
     iat: float
+    valid_until: float = 0.0  # exp + the issuer's leeway: accepted until then
     email: str = ""
     sub: str = ""
     groups: frozenset[str] = frozenset()
@@ -486,7 +487,7 @@ def identity_from_claims(
         if isinstance(value, Refusal):
             return value
         texts[name] = value
-    return _identity(token, aud, times, groups, texts)
+    return _identity(token, aud, times, groups, texts, leeway)
 
 
 def _identity(
@@ -495,6 +496,7 @@ def _identity(
     times: tuple[float, float],
     groups: frozenset[str],
     texts: dict[str, str],
+    leeway: float,
 ) -> Identity:
     email = texts["email"]
     headers = [(b"cf-access-jwt-assertion", token)]
@@ -506,6 +508,7 @@ def _identity(
         aud=aud,
         exp=times[0],
         iat=times[1],
+        valid_until=times[0] + leeway,
         email=email,
         sub=texts["sub"],
         groups=groups,
