@@ -265,7 +265,7 @@ def test_valid_token_is_forwarded_with_identity_headers(c: Compiled) -> None:
     )
     assert action.strip_auth_cookie and not action.rewrite_host
     assert action.vary_origin  # the app has CORS settings
-    assert action.exp == NOW + 3600 + 60  # exp + the issuer's leeway: a tunnel lives as long as the token is accepted
+    assert action.exp == NOW + 3600 + 60  # exp + leeway
     assert action.reason == 'allow: policy "staff"'
     assert action.identity is not None and action.identity.email == "alice@example.com"
 
