@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, quote_from_bytes
 
@@ -270,6 +270,9 @@ class Compiled:
     endpoint_pending: LocalResponse
     bad_path: LocalResponse
     ambiguous_token: LocalResponse
+    # Preflights answered at the edge depend only on the key below, so a hot
+    # preflight costs a dict lookup (bounded; see PREFLIGHT_CACHE_SIZE).
+    preflights: dict[PreflightKey, Preflight] = field(default_factory=dict)
 
 
 def compile_config(config: Config, source: str = "<config>") -> Compiled:
@@ -342,6 +345,12 @@ def _read_jwks(issuer: Issuer, where: str) -> dict[str, jwt.PyJWK]:
 # -- the decision ----------------------------------------------------------------
 
 
+PREFLIGHT_CACHE_SIZE = 10_000  # entries; a flood of distinct preflights only evicts
+# Everything an edge-answered preflight depends on: Host, path, and the
+# request's Origin and Access-Control-Request-* fields (see _preflight).
+PreflightKey = tuple[bytes | None, ...]
+
+
 def decide(c: Compiled, req: Request, now: float, trace: Trace = None) -> Action:
     """What to do with one request. Pure: see the module invariants."""
     path = req.target.partition(b"?")[0]
@@ -350,8 +359,21 @@ def decide(c: Compiled, req: Request, now: float, trace: Trace = None) -> Action
     segments = path_segments(path)
     if segments is None:
         return Reject(c.bad_path, None, "reject: ambiguous path (escaped '/' or '\\')")
-    host = normalize_host(req.host)
     h = _index(req.headers)
+    key: PreflightKey | None = None
+    if req.method == b"OPTIONS" and trace is None:
+        key = (
+            req.host,
+            path,
+            _one(h, b"origin"),
+            _one(h, b"access-control-request-method"),
+            _joined(h, b"access-control-request-headers"),
+            _one(h, b"access-control-request-private-network"),
+        )
+        hit = c.preflights.get(key)
+        if hit is not None:
+            return hit
+    host = normalize_host(req.host)
     if segments and segments[0] == b"cdn-cgi" and segments[1:2] == [b"access"]:
         return _endpoint(c, req, h, host, segments)
     route = c.router.match(host, segments)
@@ -363,7 +385,12 @@ def decide(c: Compiled, req: Request, now: float, trace: Trace = None) -> Action
     if req.method == b"OPTIONS" and is_preflight(
         req.method, _one(h, b"origin"), _one(h, b"access-control-request-method")
     ):
-        return _preflight(c, app, req, h, trace)
+        action = _preflight(c, app, req, h, trace)
+        if key is not None and isinstance(action, Preflight) and app.cors is not None:
+            if len(c.preflights) >= PREFLIGHT_CACHE_SIZE:
+                del c.preflights[next(iter(c.preflights))]  # the oldest entry
+            c.preflights[key] = action
+        return action
     return _authorize(c, app, req, h, now, trace)
 
 

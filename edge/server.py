@@ -139,7 +139,7 @@ class ServerState:
         """What to do with a request whose head is complete and valid."""
         if info.target.partition(b"?")[0] == HEALTH_PATH:
             return self.responses.health
-        req = Request(event.method, info.host, info.target, event.headers, client.client_ip, self.scheme_name)
+        req = Request(event.method, info.host, info.target, info.headers, client.client_ip, self.scheme_name)
         action = decide(self.compiled, req, time.time())
         info.app = action.app
         info.decision = action.reason

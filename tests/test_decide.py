@@ -25,6 +25,7 @@ from access_fixtures import (
 
 from edge.config import ConfigError, loads
 from edge.decide import (
+    PREFLIGHT_CACHE_SIZE,
     STRIP_HEADERS,
     Compiled,
     Deny,
@@ -690,3 +691,43 @@ def test_compiled_aud_is_derived_from_the_name(tmp_path: Path) -> None:
 
     assert c.apps[0].aud == hashlib.sha256(b"a").hexdigest()
     assert AUD == "api-aud"
+
+
+def test_hot_preflights_are_answered_from_the_cache(tmp_path: Path) -> None:
+    c = compiled(tmp_path, APPS)  # a fresh cache
+    first = run(c, "OPTIONS", "https://api.example.com/v1/things", PREFLIGHT)
+    assert run(c, "OPTIONS", "https://api.example.com/v1/things", PREFLIGHT) is first
+    foreign = run(
+        c, "OPTIONS", "https://api.example.com/v1/things", {**PREFLIGHT, "Origin": "https://evil.example"}
+    )
+    assert foreign.response.status == 403
+    # Echoed values are part of the key: different requested headers, different answers.
+    url = "https://a.tenants.example.com/"
+    one = run(c, "OPTIONS", url, {**PREFLIGHT, "Access-Control-Request-Headers": "x-one"})
+    two = run(c, "OPTIONS", url, {**PREFLIGHT, "Access-Control-Request-Headers": "x-two"})
+    assert fields(one.response)["access-control-allow-headers"] == "x-one"
+    assert fields(two.response)["access-control-allow-headers"] == "x-two"
+    repeated = [("Origin", WEB), ("Access-Control-Request-Method", "PUT")]
+    three = run(
+        c,
+        "OPTIONS",
+        url,
+        [*repeated, ("Access-Control-Request-Headers", "a"), ("Access-Control-Request-Headers", "b")],
+    )
+    four = run(
+        c,
+        "OPTIONS",
+        url,
+        [*repeated, ("Access-Control-Request-Headers", "c"), ("Access-Control-Request-Headers", "d")],
+    )
+    assert (
+        fields(three.response)["access-control-allow-headers"]
+        != fields(four.response)["access-control-allow-headers"]
+    )
+
+
+def test_preflight_cache_is_bounded(tmp_path: Path) -> None:
+    c = compiled(tmp_path, APPS)
+    for i in range(PREFLIGHT_CACHE_SIZE + 50):
+        run(c, "OPTIONS", f"https://api.example.com/p{i}", PREFLIGHT)
+    assert len(c.preflights) == PREFLIGHT_CACHE_SIZE
