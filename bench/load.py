@@ -243,9 +243,10 @@ def running(spec: ServerSpec, core: str | None) -> Iterator[tuple[int, int]]:
 # -- one request by hand: check the server answers what we think ---------------------
 
 
-def fetch(port: int, path: str) -> tuple[int, int]:
-    """GET `path` once; return (status, total response bytes)."""
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+def fetch(port: int, path: str, headers: Sequence[str] = ()) -> tuple[int, int]:
+    """GET `path` once, with extra `headers` ("Name: value"); return (status, total response bytes)."""
+    extra = "".join(f"{h}\r\n" for h in headers)
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}\r\n".encode()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(request)
         data = b""
@@ -306,12 +307,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(port: int, path: str, seconds: int, connections: int, core: str | None, pid: int = 0) -> Sample:
+def wrk(
+    port: int,
+    path: str,
+    seconds: int,
+    connections: int,
+    core: str | None,
+    pid: int = 0,
+    headers: Sequence[str] = (),
+) -> Sample:
     cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
-    argv = pinned(
-        core,
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}{path}"],
-    )
+    url = f"http://127.0.0.1:{port}{path}"
+    extra = [arg for h in headers for arg in ("-H", h)]
+    argv = pinned(core, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url])
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + WRK_SLACK, check=False)
     cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
     if done.returncode != 0:

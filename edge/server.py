@@ -65,6 +65,25 @@ def listen_error(addr: ListenAddress, exc: OSError) -> OSError:
     return OSError(exc.errno, f"cannot listen on {addr.display()}: {exc.strerror or exc}")
 
 
+def bind_socket(addr: ListenAddress, reuse_port: bool) -> socket.socket:
+    """A bound (not yet listening) TCP socket; IPv6 sockets are v6-only so
+    "[::]:p" and "0.0.0.0:p" can both be listed. Raises the bind error,
+    naming the address."""
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((addr.host, addr.port))
+    except OSError as exc:
+        sock.close()
+        raise listen_error(addr, exc) from None
+    return sock
+
+
 def make_ssl_context(tls: TLS) -> ssl.SSLContext:
     """A server context with the ssl module's modern defaults; raises ConfigError."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -324,18 +343,7 @@ async def _listen(
     ctx: ssl.SSLContext | None,
     reuse_port: bool,
 ) -> asyncio.Server:
-    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    try:
-        sock.bind((addr.host, addr.port))
-    except OSError as exc:
-        sock.close()
-        raise listen_error(addr, exc) from None
+    sock = bind_socket(addr, reuse_port)
     sock.setblocking(False)
     return await loop.create_server(
         lambda: HttpProtocol(state),

@@ -38,21 +38,14 @@ def reserve_ports(config: Config) -> tuple[Config, list[socket.socket]]:
     held: list[socket.socket] = []
     listen: list[str] = []
     for addr in config.server.addresses:
-        family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        from .server import bind_socket
+
         try:
-            sock.bind((addr.host, addr.port))
-        except OSError as exc:
-            sock.close()
+            sock = bind_socket(addr, reuse_port=True)
+        except OSError:
             for other in held:
                 other.close()
-            from .server import listen_error
-
-            raise listen_error(addr, exc) from None
+            raise
         held.append(sock)
         listen.append(ListenAddress(host=addr.host, port=sock.getsockname()[1]).display())
     server = msgspec.structs.replace(config.server, listen=listen)
