@@ -14,6 +14,26 @@ from typing import IO
 import msgspec
 
 FLUSH_BYTES = 64 * 1024
+# Workers share stdout: a pipe write of at most PIPE_BUF bytes is atomic
+# (POSIX), so each write carries whole lines and never more than that, and
+# lines from different workers never interleave mid-line. (A file opened
+# with O_APPEND gets whole writes appended atomically anyway.)
+PIPE_BUF = 4096
+
+
+def _line_chunks(buffer: bytearray, limit: int) -> list[bytes]:
+    """Split into whole-line chunks of at most `limit` bytes (a longer line
+    is a chunk of its own)."""
+    chunks: list[bytes] = []
+    view = bytes(buffer)
+    start = 0
+    while start < len(view):
+        end = view.rfind(b"\n", start, start + limit) + 1
+        if end <= start:  # one line longer than the limit
+            end = view.find(b"\n", start) + 1 or len(view)
+        chunks.append(view[start:end])
+        start = end
+    return chunks
 
 
 class AccessRecord(msgspec.Struct, omit_defaults=False):
@@ -68,8 +88,9 @@ class AccessLog:
     def flush(self) -> None:
         if self.buffer:
             try:
-                self.stream.write(self.buffer)
-                self.stream.flush()
+                for chunk in _line_chunks(self.buffer, PIPE_BUF):
+                    self.stream.write(chunk)
+                    self.stream.flush()
             except (OSError, ValueError):
                 pass  # a full disk or closed stdout must not stop the edge
             self.buffer.clear()
