@@ -7,6 +7,7 @@ never a write system call.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import IO
@@ -52,10 +53,16 @@ class AccessRecord(msgspec.Struct, omit_defaults=False):
     upstream_ms: float | None = None
 
 
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    # strftime was 5% of a logged request's CPU; the text changes once a second.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
 def iso_time(epoch: float) -> str:
     whole = int(epoch)
     millis = int((epoch - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    return f"{_second(whole)}.{millis:03d}Z"
 
 
 class AccessLog:

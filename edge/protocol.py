@@ -344,6 +344,8 @@ class HttpProtocol(asyncio.Protocol):
         Reads h11's buffer in place (pinned like commit_local) and resumes
         where the last call stopped, so a trickled head is scanned once."""
         data = self.conn._receive_buffer._data
+        if b"\n " not in data and b"\n\t" not in data:
+            return False  # no fold anywhere in the buffer: the common case, two C scans
         found = _FOLD_OR_END.search(data, self.scanned)
         if found is None:
             self.scanned = max(0, len(data) - 2)
