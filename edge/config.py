@@ -317,6 +317,10 @@ def upstream_problem(url: str) -> str | None:
         return f"Expected an http:// or https:// URL with a host, got {url!r}"
     if parts.query or parts.fragment or parts.username or parts.password:
         return f"Expected no query, fragment or user info in an upstream URL, got {url!r}"
+    if not re.fullmatch(r"[!-~]*", parts.path):
+        # The path prefixes every forwarded target, written as is: no spaces,
+        # no controls, no non-ASCII (percent-encode them).
+        return f"Expected a path of visible ASCII characters (percent-encoded), got {parts.path!r}"
     return None
 
 

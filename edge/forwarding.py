@@ -48,7 +48,10 @@ def _comma_tokens(values: Iterable[bytes]) -> set[bytes]:
 
 def hop_by_hop(headers: Sequence[tuple[bytes, bytes]], keep_upgrade: bool = False) -> frozenset[bytes]:
     """Every field name to drop from a message before passing it on."""
-    named = _comma_tokens(v for k, v in headers if k == b"connection")
+    values = [v for k, v in headers if k == b"connection"]
+    if not values and not keep_upgrade:
+        return HOP_BY_HOP
+    named = _comma_tokens(values)
     drop = set(HOP_BY_HOP) | (named - NEVER_HOP)
     if keep_upgrade:
         drop.discard(b"upgrade")

@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 import h11
+from h11._readers import ContentLengthReader
 
 from . import flow
 from .flow import ReadGate
@@ -173,6 +174,7 @@ class HttpProtocol(asyncio.Protocol):
         "client_ip",
         "closing",
         "conn",
+        "corked",
         "cycle",
         "deadline",
         "drained",
@@ -211,6 +213,7 @@ class HttpProtocol(asyncio.Protocol):
         self.held = False
         self.request: RequestInfo | None = None
         self.cycle: ProxyCycle | None = None
+        self.corked: list[bytes] | None = None
         self.drained = 0
         self.early = False
         self.lingered = 0
@@ -250,8 +253,21 @@ class HttpProtocol(asyncio.Protocol):
         elif phase == IDLE:
             self.phase = HEAD
             self.deadline = self.state.now + self.limits.header_timeout
+        if phase == BODY and self.cycle is not None and not self.held:
+            reader = self.conn._reader
+            if type(reader) is ContentLengthReader and reader._remaining and not self.conn._receive_buffer:
+                # A Content-Length body with nothing buffered: straight to
+                # the upstream, without h11's receive buffer (three copies).
+                take = reader._remaining
+                chunk = data if len(data) <= take else data[:take]
+                reader._remaining -= len(chunk)
+                self._on_data(chunk)
+                if reader._remaining:
+                    return
+                data = data[take:]
         self.since_head += len(data)
-        self.conn.receive_data(data)
+        if data:  # b"" would tell h11 the peer closed
+            self.conn.receive_data(data)
         self._process()
 
     def eof_received(self) -> bool | None:
@@ -449,6 +465,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- responding ----------------------------------------------------------
 
     def _respond(self, response: LocalResponse, close: bool, head_only: bool) -> None:
+        self.uncork()
         conn = self.conn
         commit_local(conn, response.event)
         close = close or self.closing or self.state.draining or conn.our_state is h11.MUST_CLOSE
@@ -500,6 +517,7 @@ class HttpProtocol(asyncio.Protocol):
     def _linger(self) -> None:
         """Half-close after the last response and discard what the client
         still sends, so it reads our answer instead of a reset."""
+        self.uncork()
         self.closing = True
         self.phase = LINGER
         self.deadline = self.state.now + LINGER_TIMEOUT
@@ -513,6 +531,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
 
     def _close(self) -> None:
+        self.uncork()
         self.closing = True
         if self.request is not None:
             self._log_request()
@@ -581,9 +600,21 @@ class HttpProtocol(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         if not self.transport.is_closing():
-            self.transport.write(data)
+            if self.corked is not None:
+                self.corked.append(data)
+            else:
+                self.transport.write(data)
             if self.request is not None:
                 self.request.bytes_out += len(data)
+
+    def cork(self) -> None:
+        if self.corked is None:
+            self.corked = []
+
+    def uncork(self) -> None:
+        parts, self.corked = self.corked, None
+        if parts and not self.transport.is_closing():
+            self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def proxy_done(self, cycle: ProxyCycle) -> None:
         """The upstream's response is complete on the client side."""

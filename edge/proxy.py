@@ -111,7 +111,7 @@ class ProxyCycle:
         conn.exchange = self
         req = self.request
         target = self.plan.path or req.target
-        conn.send(h11.Request(method=req.method, target=target, headers=self.plan.headers))
+        conn.send(h11.Request(method=req.method, target=target, headers=self.plan.headers, _parsed=True))
         # A request without a body is complete upstream with its head: the
         # upstream may answer before the client's end-of-message is parsed
         # here (parsing resumes only after `hold(False)`), and the exchange
@@ -189,8 +189,11 @@ class ProxyCycle:
         self.response_started = True
         self.status = event.status_code
         self.head_at = time.monotonic()
-        headers = response_headers(event.headers, vary_origin=self.plan.vary_origin)
-        self.client.send(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason))
+        pairs = [(n, v) for _, n, v in event.headers._full_items]
+        headers = response_headers(pairs, vary_origin=self.plan.vary_origin)
+        self.client.send(
+            h11.Response(status_code=event.status_code, headers=headers, reason=event.reason, _parsed=True)
+        )
         self.client.arm(self.client.state.config.proxy.idle_timeout)
 
     def _on_response_end(self) -> None:
@@ -232,6 +235,10 @@ class ProxyCycle:
         self.client.start_tunnel(self, self.plan.expires)
         if leftover:
             self.client.send_raw(leftover)
+
+    def upstream_batch(self, start: bool) -> None:
+        """Writes to the client made while one upstream read is processed go out as one."""
+        (self.client.cork if start else self.client.uncork)()
 
     def upstream_raw(self, data: bytes) -> None:
         self.client.send_raw(data)

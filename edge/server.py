@@ -197,10 +197,10 @@ class ServerState:
     ) -> ForwardPlan:
         proxy = self.config.proxy
         target = self.pool.target(upstream, proxy.ca_file or None, proxy.verify_tls)
-        headers = event.headers
+        headers = info.headers
         upgrade = _is_upgrade(headers)
-        te = any(k == b"transfer-encoding" for k, _ in headers)
-        cl = any(k == b"content-length" for k, _ in headers)
+        te = info.chunked
+        cl = info.length is not None
         ctx = RequestContext(
             client_ip=client.client_ip,
             scheme=self.scheme,

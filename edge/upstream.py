@@ -20,6 +20,7 @@ from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import h11
+from h11._readers import ContentLengthReader
 
 from .flow import ReadGate
 
@@ -39,6 +40,7 @@ class Exchange(Protocol):
     def upstream_lost(self, error: UpstreamError) -> None: ...
     def upstream_write_paused(self, paused: bool) -> None: ...
     def upstream_raw(self, data: bytes) -> None: ...
+    def upstream_batch(self, start: bool) -> None: ...
 
 
 class Target:
@@ -106,8 +108,24 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             exchange.upstream_raw(data)
             return
-        self.conn.receive_data(data)
-        self._pump(exchange)
+        reader = self.conn._reader
+        if type(reader) is ContentLengthReader and reader._remaining and not self.conn._receive_buffer:
+            # Body bytes of a Content-Length response with nothing buffered:
+            # straight through, without h11's receive buffer (three copies).
+            take = reader._remaining
+            chunk = data if len(data) <= take else data[:take]
+            reader._remaining -= len(chunk)
+            exchange.upstream_event(h11.Data(data=chunk))
+            if reader._remaining or self.exchange is not exchange:
+                return
+            data = data[take:]
+        if data:  # b"" would tell h11 the peer closed
+            self.conn.receive_data(data)
+        exchange.upstream_batch(True)
+        try:
+            self._pump(exchange)
+        finally:
+            exchange.upstream_batch(False)
 
     def eof_received(self) -> bool | None:
         if self.tunnel:

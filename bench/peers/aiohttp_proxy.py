@@ -74,8 +74,7 @@ class Verifier:
                 return hit[1]
             del self.cache[token]
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
-            key = self.keys[kid]
+            key = self.keys[str(jwt.get_unverified_header(token).get("kid"))]
             claims = jwt.decode(
                 token,
                 key,
@@ -150,9 +149,15 @@ def upstream_headers(request: web.Request, token: str, email: str) -> CIMultiDic
         lower = name.lower()
         if lower not in DROP_REQUEST and lower not in named:
             out.add(name, value)
-    others = [f"{k}={m.coded_value}" for k, m in request.cookies.items() if k != COOKIE]
-    if others:
-        out["Cookie"] = "; ".join(others)
+    # Every cookie but the token, as sent (edge/forwarding.py strip_cookie).
+    kept = [
+        pair
+        for value in request.headers.getall("Cookie", [])
+        for pair in (p.strip() for p in value.split(";"))
+        if pair and pair.partition("=")[0].strip() != COOKIE
+    ]
+    if kept:
+        out["Cookie"] = "; ".join(kept)
     out["X-Forwarded-For"] = request.remote or ""
     out["X-Forwarded-Proto"] = request.scheme
     out["X-Forwarded-Host"] = request.host
