@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from .config import Policy, Rule, ServiceToken
@@ -119,7 +120,7 @@ class Subject:
 # -- rules ---------------------------------------------------------------------
 
 
-class CompiledRule:
+class CompiledRule(ABC):
     """One selector. `match(subject, unknown)` returns `unknown` when the
     subject lacks what the selector looks at."""
 
@@ -132,8 +133,9 @@ class CompiledRule:
         self.require_miss = f"require {label}: not matched"
         self.exclude_miss = f"exclude {label}: matched"
 
+    @abstractmethod
     def match(self, s: Subject, unknown: bool) -> bool:
-        raise NotImplementedError
+        """Whether the subject matches; `unknown` when it cannot be told."""
 
 
 class Everyone(CompiledRule):
