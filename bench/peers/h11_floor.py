@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import cast
 
@@ -48,13 +49,16 @@ def build_response(epoch_seconds: float) -> h11.Response:
 class Canned:
     """The response event, refreshed once a second for its Date header."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, build: Callable[[float], h11.Response] = build_response
+    ) -> None:
         self.loop = loop
-        self.response = build_response(time.time())
+        self.build = build
+        self.response = build(time.time())
 
     def tick(self) -> None:
         now = time.time()
-        self.response = build_response(now)
+        self.response = self.build(now)
         self.loop.call_later(1.0 - (now % 1.0) + 0.001, self.tick)
 
 
@@ -104,25 +108,35 @@ class FloorProtocol(asyncio.Protocol):
             transport.close()
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(
+    host: str,
+    port: int,
+    build: Callable[[float], h11.Response] = build_response,
+    protocol: type[FloorProtocol] | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
-    canned = Canned(loop)
+    canned = Canned(loop, build)
     canned.tick()
-    server = await loop.create_server(lambda: FloorProtocol(canned), host, port, backlog=1024)
+    factory = protocol or FloorProtocol
+    server = await loop.create_server(lambda: factory(canned), host, port, backlog=1024)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"h11 floor listening on http://{host}:{port}", flush=True)
+    print(f"{factory.__name__} listening on http://{host}:{port}", flush=True)
     await stop.wait()
     server.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Minimal uvloop + h11 server: the floor for edge.")
+def main(
+    description: str = "Minimal uvloop + h11 server: the floor for edge.",
+    build: Callable[[float], h11.Response] = build_response,
+    protocol: type[FloorProtocol] | None = None,
+) -> None:
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port))
+    uvloop.run(serve(args.host, args.port, build, protocol))
 
 
 if __name__ == "__main__":

@@ -8,15 +8,10 @@ wire. Run: python bench/peers/preflight_floor.py --port 8081
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import signal
-import time
 from email.utils import formatdate
 
 import h11
-import uvloop
-from h11_floor import FloorProtocol
+from h11_floor import FloorProtocol, main
 
 ORIGIN = b"http://app.localhost:8080"
 HEADERS = [
@@ -31,20 +26,9 @@ HEADERS = [
 ]
 
 
-class Canned:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.response = self.build(time.time())
-
-    @staticmethod
-    def build(now: float) -> h11.Response:
-        date = (b"date", formatdate(now, usegmt=True).encode("ascii"))
-        return h11.Response(status_code=200, headers=[date, *HEADERS], reason=b"OK")
-
-    def tick(self) -> None:
-        now = time.time()
-        self.response = self.build(now)
-        self.loop.call_later(1.0 - (now % 1.0) + 0.001, self.tick)
+def build_preflight(now: float) -> h11.Response:
+    date = (b"date", formatdate(now, usegmt=True).encode("ascii"))
+    return h11.Response(status_code=200, headers=[date, *HEADERS], reason=b"OK")
 
 
 class PreflightFloor(FloorProtocol):
@@ -74,26 +58,5 @@ class PreflightFloor(FloorProtocol):
             transport.close()
 
 
-async def serve(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    canned = Canned(loop)
-    canned.tick()
-    server = await loop.create_server(lambda: PreflightFloor(canned), host, port, backlog=1024)  # type: ignore[arg-type]
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"preflight floor listening on http://{host}:{port}", flush=True)
-    await stop.wait()
-    server.close()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="h11 floor answering a canned preflight.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8081)
-    args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port))
-
-
 if __name__ == "__main__":
-    main()
+    main("h11 floor answering a canned preflight.", build_preflight, PreflightFloor)
