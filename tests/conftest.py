@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h11
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,3 +198,69 @@ def open_app_toml(upstream: str, domains: tuple[str, ...] = OPEN_DOMAINS, name: 
         f'[[apps]]\nname = "{name}"\ndomains = [{listed}]\nupstream = "{upstream}"\n'
         '[[apps.policies]]\nname = "public"\naction = "bypass"\ninclude = [{ everyone = true }]\n'
     )
+
+
+class BodyCountingUpstream:
+    """An HTTP/1.1 origin in threads, so request bodies are really read: reads
+    each body whole, then answers 200 ``got N bytes``; a path starting /slow
+    waits SLOW s first. Counts requests."""
+
+    SLOW = 1.0
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.started = threading.Event()  # set when a /slow request arrives
+        self.requests = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        for sock in [self.sock, *self.conns]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(sock)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        conn = h11.Connection(h11.SERVER)
+        target, size = b"", 0
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(sock.recv(65536))
+                elif isinstance(event, h11.Request):
+                    target, size = event.target, 0
+                    self.requests += 1
+                    if target.startswith(b"/slow"):
+                        self.started.set()
+                elif isinstance(event, h11.Data):
+                    size += len(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    if target.startswith(b"/slow"):
+                        time.sleep(self.SLOW)
+                    body = b"got %d bytes\n" % size
+                    head = h11.Response(status_code=200, headers=[("content-length", str(len(body)))])
+                    sock.sendall(
+                        conn.send(head) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+                    )
+                    if conn.our_state is not h11.DONE:
+                        return
+                    conn.start_next_cycle()
+                else:
+                    return
+        except (OSError, h11.ProtocolError):
+            return

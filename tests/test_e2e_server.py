@@ -14,14 +14,13 @@ import re
 import signal
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import h11
 import pytest
+from conftest import BodyCountingUpstream as Upstream
 from conftest import EdgeProcess, open_app_toml, self_signed_cert, wait_for
 
 from edge.accesslog import AccessRecord
@@ -111,69 +110,6 @@ class Client:
 
 
 # -- a tiny upstream, so request bodies are actually read --------------------------
-
-
-class Upstream:
-    """An HTTP/1.1 origin in threads: reads each request body whole, then
-    answers 200 ``got N bytes``; a path starting /slow waits SLOW s first."""
-
-    SLOW = 1.0
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.started = threading.Event()  # set when a /slow request arrives
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        for sock in [self.sock, *self.conns]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(sock)
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
-
-    def _serve(self, sock: socket.socket) -> None:
-        conn = h11.Connection(h11.SERVER)
-        target, size = b"", 0
-        try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(sock.recv(65536))
-                elif isinstance(event, h11.Request):
-                    target, size = event.target, 0
-                    if target.startswith(b"/slow"):
-                        self.started.set()
-                elif isinstance(event, h11.Data):
-                    size += len(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    if target.startswith(b"/slow"):
-                        time.sleep(self.SLOW)
-                    body = b"got %d bytes\n" % size
-                    head = h11.Response(status_code=200, headers=[("content-length", str(len(body)))])
-                    sock.sendall(
-                        conn.send(head) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-                    )
-                    if conn.our_state is not h11.DONE:
-                        return
-                    conn.start_next_cycle()
-                else:
-                    return
-        except (OSError, h11.ProtocolError):
-            return
 
 
 @pytest.fixture

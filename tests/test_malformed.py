@@ -19,7 +19,6 @@ import contextlib
 import random
 import re
 import socket
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import h11
 import pytest
+from conftest import BodyCountingUpstream as Origin
 from conftest import EdgeProcess, open_app_toml, write_config
 
 LIMITS = """
@@ -217,60 +217,6 @@ def health_ok(port: int) -> bool:
 
 
 # -- servers --------------------------------------------------------------------------
-
-
-class Origin:
-    """An HTTP/1.1 origin in threads: reads each request body whole, then
-    answers 200 ``got N bytes``."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.requests = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        for sock in [self.sock, *self.conns]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(sock)
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
-
-    def _serve(self, sock: socket.socket) -> None:
-        conn = h11.Connection(h11.SERVER)
-        size = 0
-        try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(sock.recv(65536))
-                elif isinstance(event, h11.Request):
-                    size = 0
-                    self.requests += 1
-                elif isinstance(event, h11.Data):
-                    size += len(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    body = b"got %d bytes\n" % size
-                    head = h11.Response(status_code=200, headers=[("content-length", str(len(body)))])
-                    sock.sendall(
-                        conn.send(head) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-                    )
-                    if conn.our_state is not h11.DONE:
-                        return
-                    conn.start_next_cycle()
-                else:
-                    return
-        except (OSError, h11.ProtocolError):
-            return
 
 
 @pytest.fixture(scope="module")
