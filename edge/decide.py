@@ -91,62 +91,45 @@ class Request(msgspec.Struct, frozen=True, gc=False):
 # -- actions -------------------------------------------------------------------
 
 
-class Preflight(msgspec.Struct, frozen=True, gc=False):
+class LocalAction(msgspec.Struct, frozen=True, gc=False):
+    """An action answered at the edge: a ready response, plus the application
+    (if any) and the reason for the access log."""
+
+    response: LocalResponse
+    app: str | None
+    reason: str
+
+
+class Preflight(LocalAction, frozen=True, gc=False):
     """A CORS preflight answered at the edge (200 or 403)."""
 
-    response: LocalResponse
-    app: str | None
-    reason: str
 
-
-class Redirect(msgspec.Struct, frozen=True, gc=False):
+class Redirect(LocalAction, frozen=True, gc=False):
     """302 to the login page."""
 
-    response: LocalResponse
-    app: str | None
-    reason: str
     location: str = ""
 
 
-class Unauthorized(msgspec.Struct, frozen=True, gc=False):
+class Unauthorized(LocalAction, frozen=True, gc=False):
     """401 with a JSON body naming the login URL."""
 
-    response: LocalResponse
-    app: str | None
-    reason: str
 
-
-class Deny(msgspec.Struct, frozen=True, gc=False):
+class Deny(LocalAction, frozen=True, gc=False):
     """403: denied by policy (or by default)."""
 
-    response: LocalResponse
-    app: str | None
-    reason: str
 
-
-class NotFound(msgspec.Struct, frozen=True, gc=False):
+class NotFound(LocalAction, frozen=True, gc=False):
     """404: no application covers the request."""
 
-    response: LocalResponse
-    app: str | None
-    reason: str
 
-
-class Reject(msgspec.Struct, frozen=True, gc=False):
+class Reject(LocalAction, frozen=True, gc=False):
     """400: a request the edge will not interpret (ambiguous path or token)."""
 
-    response: LocalResponse
-    app: str | None
-    reason: str
 
-
-class Endpoint(msgspec.Struct, frozen=True, gc=False):
+class Endpoint(LocalAction, frozen=True, gc=False):
     """An edge endpoint (/cdn-cgi/access/<name>); `response` is what to send
     until the login service handles `name`."""
 
-    response: LocalResponse
-    app: str | None
-    reason: str
     name: str = ""
 
 

@@ -173,7 +173,7 @@ class ServerState:
         if info.target.partition(b"?")[0] == HEALTH_PATH:
             return self.responses.health
         req = Request(event.method, info.host, info.target, info.headers, client.client_ip, self.scheme_name)
-        action = decide(self.compiled, req, time.time())
+        action = decide(self.compiled, req, info.started)
         info.app = action.app
         info.decision = action.reason
         if not isinstance(action, Forward):
