@@ -11,9 +11,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Config, ConfigError, load
+
+if TYPE_CHECKING:
+    from .keydir import KeyRing
 
 DEFAULT_CONFIG = os.environ.get("EDGE_CONFIG", "conf/edge.toml")
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -54,6 +58,10 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], 
     generate = keys_sub.add_parser("generate", help="write a private key PEM and add it to DIR/jwks.json")
     generate.add_argument("--out", required=True, help="directory")
     generate.add_argument("--alg", default="ES256", choices=["ES256", "RS256", "EdDSA"])
+    rotate = keys_sub.add_parser(
+        "rotate", help="make a new current signing key for the built-in issuer ([team].key_dir)"
+    )
+    rotate.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=config_help)
 
 
 def _run_tool(args: argparse.Namespace) -> int:
@@ -75,6 +83,8 @@ def _tool(args: argparse.Namespace) -> int:
         print(tools.mint_token(Path(args.key), args.kid, args.iss, args.aud, args.email, args.ttl, groups))
         return EXIT_OK
     if args.command == "keys":
+        if args.keys_command == "rotate":
+            return _rotate_keys(args.config)
         print(tools.generate_keys(Path(args.out), args.alg))
         return EXIT_OK
     from .decide import compile_config
@@ -83,6 +93,46 @@ def _tool(args: argparse.Namespace) -> int:
     req = tools.build_request(args.method, args.url, args.header, args.client_ip)
     print(tools.explain_text(compiled, req))
     return EXIT_OK
+
+
+def _rotate_keys(path: str) -> int:
+    """`edge keys rotate`: a new current key in [team].key_dir. Running workers
+    notice the new manifest on their own; no process is signalled."""
+    import time
+
+    from . import keydir
+
+    team = load(path).team
+    if team is None:
+        print(f"edge: {path}: no [team] table, so no key directory to rotate", file=sys.stderr)
+        return EXIT_CONFIG
+    now = time.time()
+    try:
+        first = keydir.fingerprint(team.key_dir) is None  # nothing to rotate yet: make the first key
+        if first:
+            keydir.ensure(team.key_dir, team.algorithm, now)
+        else:
+            keydir.rotate(team.key_dir, team.algorithm, team.key_overlap, now)
+        ring = keydir.load(team.key_dir, team.key_overlap, now)
+    except keydir.KeyDirError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(_rotation_text(ring, team.key_overlap, created=team.key_dir if first else None))
+    return EXIT_OK
+
+
+def _rotation_text(ring: KeyRing, overlap: float, created: str | None) -> str:
+    from datetime import UTC, datetime
+
+    current = ring.current
+    lines = [f"created {created}"] if created else []
+    lines.append(f"kid:      {current.kid} ({current.alg}), signing from now on")
+    for key in ring.keys[1:]:
+        until = datetime.fromtimestamp((key.retired or 0) + overlap, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        lines.append(f"previous: {key.kid} ({key.alg}) still verifies until {until}")
+    if not created and len(ring.keys) == 1:
+        lines.append("previous: none kept (key_overlap = 0): tokens it signed no longer verify")
+    return "\n".join(lines)
 
 
 def _load_checked(path: str) -> Config:

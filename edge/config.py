@@ -595,9 +595,13 @@ class ServiceToken(Struct, frozen=True, forbid_unknown_fields=True):
 class Login(Struct, frozen=True, forbid_unknown_fields=True):
     """Where unauthenticated users are sent."""
 
-    url: str = DEFAULT_LOGIN_URL
+    # None: the team host's login page when [team] is set, else
+    # DEFAULT_LOGIN_URL (the protected host's own /cdn-cgi/access/login).
+    url: str | None = None
 
     def __post_init__(self) -> None:
+        if self.url is None:
+            return
         if not (
             self.url.startswith(("https://", "http://", "/"))
             and self.url.isascii()
@@ -616,6 +620,167 @@ class Login(Struct, frozen=True, forbid_unknown_fields=True):
             if name not in LOGIN_PLACEHOLDERS:
                 raise _field_error(
                     "url", f"Expected placeholders among {{host}}, {{aud}}, {{redirect_url}}, got {{{name}}}"
+                )
+
+
+# -- the login service: team host, identity providers, built-in issuer -----------
+
+# A password hash as `edge password` writes it: scrypt$<log2 n>$<r>$<p>$<salt>$<hash>
+# (salt and hash base64url without padding).
+_SCRYPT_RE = re.compile(r"^scrypt\$(\d{1,2})\$(\d{1,2})\$(\d{1,2})\$[A-Za-z0-9_-]{16,}\$[A-Za-z0-9_-]{32,}$")
+_PROVIDER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+SIGNING_ALGORITHMS = ("ES256", "RS256")
+STORES = ("memory", "redis")
+# How long a rotated-out signing key keeps verifying: 0 (at once) to 30 days.
+KeyOverlap = Annotated[float, Meta(ge=0, le=30 * 86400)]
+
+
+class DevUser(Struct, frozen=True, forbid_unknown_fields=True):
+    """A user of the development provider."""
+
+    email: str
+    password: str  # an scrypt hash from `edge password`, never the password itself
+    groups: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        problem = _email_problem(self.email)
+        if problem is not None:
+            raise _field_error("email", problem)
+        if not _SCRYPT_RE.match(self.password):
+            raise _field_error(
+                "password", "Expected an scrypt hash made by `edge password` (scrypt$15$8$1$<salt>$<hash>)"
+            )
+        for i, group in enumerate(self.groups):
+            problem = _text_problem(group)
+            if problem is not None:
+                raise _field_error(f"groups[{i}]", problem)
+
+
+class DevProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="dev", tag_field="type"):
+    """Sign-in with users listed here. For trying the edge out, not for
+    production: `edge check` warns when it is enabled on a listener that is
+    not loopback."""
+
+    users: list[DevUser]
+    id: str = "dev"
+    name: str = "Development sign-in (not for production)"
+
+    def __post_init__(self) -> None:
+        _check_provider(self.id, self.name)
+        if not self.users:
+            raise _field_error("users", "Expected at least one user")
+        _check_unique("users", [u.email for u in self.users], fold=True)
+
+
+class OidcProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="oidc", tag_field="type"):
+    """An OpenID Connect provider: discovery from `issuer`, code flow with PKCE."""
+
+    id: str
+    issuer: str
+    client_id: str
+    client_secret: str
+    name: str = ""
+    scopes: list[str] = msgspec.field(default_factory=lambda: ["openid", "email", "profile"])
+    email_claim: str = "email"
+    groups_claim: str = "groups"
+    verify_tls: bool = True
+    ca_file: str = ""
+
+    def __post_init__(self) -> None:
+        _check_provider(self.id, self.name or self.id)
+        if upstream_problem(self.issuer) is not None or "?" in self.issuer or "#" in self.issuer:
+            raise _field_error("issuer", f"Expected an http:// or https:// URL, got {self.issuer!r}")
+        if not self.client_id or not self.client_id.isprintable():
+            raise _field_error("client_id", "Expected a non-empty printable string")
+        if "openid" not in self.scopes:
+            raise _field_error("scopes", "Expected 'openid' among the scopes (OpenID Connect needs it)")
+
+
+def _check_provider(ident: str, name: str) -> None:
+    if not _PROVIDER_ID_RE.match(ident):
+        raise _field_error("id", f"Expected 1-32 of a-z 0-9 _ - (starting with a letter or digit), got {ident!r}")
+    if not name.isprintable() or len(name) > 100:
+        raise _field_error("name", "Expected up to 100 printable characters")
+
+
+Provider = DevProvider | OidcProvider
+
+
+class Team(Struct, frozen=True, forbid_unknown_fields=True):
+    """The team host: the edge's own login service and token issuer."""
+
+    host: str
+    providers: list[Provider]
+    # How browsers reach the team host, scheme://host[:port] ("" = from the
+    # first listener: http(s)://<host>:<port>). Also the `iss` of its tokens.
+    url: str = ""
+    key_dir: str = "var/keys"
+    algorithm: str = "ES256"
+    key_overlap: KeyOverlap = 86400.0
+    session_duration: SessionDuration = 86400
+    store: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9:._-]{0,64}$")] = "edge:"
+
+    def __post_init__(self) -> None:
+        try:
+            pattern = parse_domain(self.host)
+        except ValueError as exc:
+            raise _field_error("host", str(exc)) from None
+        if pattern.segments or pattern.wildcard:
+            raise _field_error("host", f"Expected a plain host name (no path, no wildcard), got {self.host!r}")
+        if self.url:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or (parts.hostname or "") != pattern.host or (
+                parts.path not in ("", "/") or parts.query or parts.fragment
+            ):
+                raise _field_error(
+                    "url", f"Expected http(s)://{pattern.host}[:port] (the team host), got {self.url!r}"
+                )
+        if not self.providers:
+            raise _field_error("providers", "Expected at least one identity provider")
+        _check_unique_attr("providers", [p.id for p in self.providers], "id", scope="")
+        _check_choice("algorithm", self.algorithm, SIGNING_ALGORITHMS)
+        _check_choice("store", self.store, STORES)
+        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise _field_error("redis_url", f"Expected redis://host:port/db, got {self.redis_url!r}")
+
+    @property
+    def hostname(self) -> str:
+        return parse_domain(self.host).host
+
+
+class Demo(Struct, frozen=True, forbid_unknown_fields=True):
+    """The built-in demo origin (`edge serve` starts it when this table is present)."""
+
+    listen: str = "127.0.0.1:9000"  # the demo apps' upstream
+    web_listen: str = "127.0.0.1:9001"  # a second origin whose page calls the API with fetch()
+
+    def __post_init__(self) -> None:
+        for key in ("listen", "web_listen"):
+            try:
+                parse_listen(getattr(self, key))
+            except ValueError as exc:
+                raise _field_error(key, str(exc)) from None
+
+
+def _check_team(config: Config) -> None:
+    team = config.team
+    if team is None:
+        return
+    if team.store == "memory" and config.server.workers > 1:
+        raise _field_error(
+            "team.store",
+            f"Expected \"redis\" with server.workers = {config.server.workers}: logouts and one-time "
+            "codes must be shared by every worker (\"memory\" serves one worker only)",
+        )
+    host = team.hostname
+    for i, app in enumerate(config.apps):
+        for k, pattern in enumerate(app.patterns):
+            if pattern.host == host or (pattern.host.startswith("*.") and host.endswith(pattern.host[1:])):
+                raise _field_error(
+                    f"apps[{i}].domains[{k}]",
+                    f"{app.domains[k]!r} covers the team host {host!r}, which the edge serves itself",
                 )
 
 
@@ -685,10 +850,13 @@ class Config(Struct, frozen=True, forbid_unknown_fields=True):
     issuers: list[Issuer] = msgspec.field(default_factory=list)
     service_tokens: list[ServiceToken] = msgspec.field(default_factory=list)
     login: Login = Login()
+    team: Team | None = None
+    demo: Demo | None = None
 
     def __post_init__(self) -> None:
         _check_apps(self)
         _check_references(self)
+        _check_team(self)
 
 
 # -- loading ----------------------------------------------------------------
@@ -766,6 +934,8 @@ def _reword(path: str, message: str) -> str:
         return f"unknown key {key!r} (known keys: {', '.join(known)})" if known else f"unknown key {key!r}"
     if m := _MISSING_RE.match(message):
         return f"missing required key {m['key']!r}"
+    if path.endswith(".type") and message.startswith("Invalid value"):
+        return f"Expected one of dev, oidc, got {message.removeprefix('Invalid value ')}"
     if m := _REGEX_RE.match(message):
         words = _PATTERN_WORDS.get(m["pattern"].encode().decode("unicode_escape"))
         return f"Expected {words}" if words else message

@@ -18,7 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, quote_from_bytes
@@ -26,11 +26,12 @@ from urllib.parse import quote, quote_from_bytes
 import jwt
 import msgspec
 
-from .config import App, Config, ConfigError, Issuer
+from .config import DEFAULT_LEEWAY, DEFAULT_LOGIN_URL, SIGNING_ALGORITHMS, App, Config, ConfigError, Issuer
 from .cors import VARY_ORIGIN, CorsPolicy, is_preflight, refused_preflight
 from .forwarding import IDENTITY_HEADERS, TrustedProxies
 from .policy import IPNetwork, Policies, ServiceTokens, Subject, Trace
 from .responses import LocalResponse, Responses
+from .revocation import Revocations
 from .router import Route, Router, normalize_host, path_segments
 from .tokens import (
     Identity,
@@ -48,7 +49,11 @@ Header = tuple[bytes, bytes]
 # The client's copies of the identity headers never reach an upstream, nor
 # does a service token's secret (the upstream has no use for it).
 STRIP_HEADERS = IDENTITY_HEADERS | frozenset({b"cf-access-client-secret"})
+TEAM_LOGIN = "/cdn-cgi/access/login/{host}?kid={aud}&redirect_url={redirect_url}"
 ENDPOINTS = frozenset({"login", "authorized", "logout", "get-identity", "certs"})
+# The team host serves the login service itself: its pages and the identity
+# provider's callback.
+TEAM_ENDPOINTS = frozenset({"login", "callback", "logout", "get-identity", "certs"})
 # Edge endpoints must never be framed (clickjacking of the login page).
 NO_FRAMING: tuple[Header, ...] = (
     (b"x-frame-options", b"DENY"),
@@ -127,10 +132,13 @@ class Reject(LocalAction, frozen=True, gc=False):
 
 
 class Endpoint(LocalAction, frozen=True, gc=False):
-    """An edge endpoint (/cdn-cgi/access/<name>); `response` is what to send
-    until the login service handles `name`."""
+    """An edge endpoint (/cdn-cgi/access/<name>[/<rest>]), answered by the
+    login service; `response` is what to send when there is none."""
 
     name: str = ""
+    team: bool = False  # on the team host (else on a protected host)
+    target: CompiledApp | None = None  # the application covering the path, if any
+    rest: str = ""  # what follows the name: the app host of /login/<host>
 
 
 class Forward(msgspec.Struct, frozen=True, gc=False):
@@ -253,16 +261,34 @@ class Compiled:
     endpoint_pending: LocalResponse
     bad_path: LocalResponse
     ambiguous_token: LocalResponse
+    revoked: Revocations
+    apps_by_aud: dict[str, CompiledApp]
+    team_host: bytes | None = None  # the login service's own host, if configured
+    team_url: str = ""  # how browsers reach it; the iss of the tokens it issues
+    builtin: IssuerKeys | None = None  # the team's own keys (from the key directory)
     # Preflights answered at the edge depend only on the key below, so a hot
     # preflight costs a dict lookup (bounded; see PREFLIGHT_CACHE_SIZE).
     preflights: dict[PreflightKey, Preflight] = field(default_factory=dict)
 
 
-def compile_config(config: Config, source: str = "<config>") -> Compiled:
+def compile_config(
+    config: Config,
+    source: str = "<config>",
+    *,
+    team_keys: Mapping[str, jwt.PyJWK] | None = None,
+    revoked: Revocations | None = None,
+) -> Compiled:
     """Build the runtime objects; raises ConfigError (naming `source`) when a
-    JWKS file cannot be used."""
+    JWKS file cannot be used. `team_keys` are the built-in issuer's current
+    verification keys (the I/O shell reads the key directory and keeps them
+    fresh); `revoked` is the worker's revocation view, kept across reloads."""
     responses = Responses(config.server.server_header)
     issuers, remote = _compile_issuers(config.issuers, source)
+    team_url = builtin = None
+    if config.team is not None:
+        team_url = team_base_url(config)
+        builtin = IssuerKeys(team_url, SIGNING_ALGORITHMS, DEFAULT_LEEWAY, KeySet("key directory", team_keys), None)
+        issuers.append(builtin)
     shared = Shared(responses)
     apps = tuple(CompiledApp(app, shared) for app in config.apps)
     router = Router(Route(app, pattern) for app in apps for pattern in app.config.patterns)
@@ -276,7 +302,7 @@ def compile_config(config: Config, source: str = "<config>") -> Compiled:
         service_tokens=ServiceTokens(config.service_tokens),
         trusted=trusted,
         trusted_proxies=TrustedProxies(trusted),
-        login_url=config.login.url,
+        login_url=config.login.url or (team_url + TEAM_LOGIN if team_url else DEFAULT_LOGIN_URL),
         responses=responses,
         endpoint_refused=responses.text(403, b"forbidden: no cross-site requests here\n", NO_FRAMING),
         endpoint_pending=responses.text(
@@ -284,7 +310,24 @@ def compile_config(config: Config, source: str = "<config>") -> Compiled:
         ),
         bad_path=responses.text(400, b"bad request: ambiguous path (escaped '/' or '\\')\n"),
         ambiguous_token=responses.text(400, b"bad request: two different access tokens\n", [NO_STORE]),
+        revoked=revoked if revoked is not None else Revocations(),
+        apps_by_aud={app.aud: app for app in apps},
+        team_host=None if config.team is None else config.team.hostname.encode(),
+        team_url=team_url or "",
+        builtin=builtin,
     )
+
+
+def team_base_url(config: Config) -> str:
+    """How browsers reach the team host: `team.url`, or the first listener's
+    scheme and port with the team host's name."""
+    assert config.team is not None
+    if config.team.url:
+        return config.team.url.rstrip("/")
+    scheme = "https" if config.server.tls is not None else "http"
+    port = config.server.addresses[0].port
+    default = 443 if scheme == "https" else 80
+    return f"{scheme}://{config.team.hostname}" + ("" if port == default else f":{port}")
 
 
 def _compile_issuers(
@@ -357,6 +400,8 @@ def decide(c: Compiled, req: Request, now: float, trace: Trace = None) -> Action
         if hit is not None:
             return hit
     host = normalize_host(req.host)
+    if host == c.team_host:
+        return _team(c, req, h, segments)
     if segments and segments[0] == b"cdn-cgi" and segments[1:2] == [b"access"]:
         return _endpoint(c, req, h, host, segments)
     route = c.router.match(host, segments)
@@ -415,7 +460,24 @@ def _endpoint(c: Compiled, req: Request, h: HeaderIndex, host: bytes, segments: 
         )
     if name not in ENDPOINTS:
         return NotFound(c.responses.not_found, app, f"not found: no edge endpoint {name[:40]!r}")
-    return Endpoint(c.endpoint_pending, app, f"endpoint {name}: not available yet", name)
+    rest = b"/".join(segments[3:]).decode("latin-1")
+    target = None if route is None else route.app
+    return Endpoint(c.endpoint_pending, app, f"endpoint {name}", name, False, target, rest)
+
+
+def _team(c: Compiled, req: Request, h: HeaderIndex, segments: list[bytes]) -> Action:
+    """The team host: the login service's pages; nothing is forwarded."""
+    if is_preflight(req.method, _one(h, b"origin"), _one(h, b"access-control-request-method")):
+        return Preflight(c.endpoint_refused, None, "preflight: the team host allows no cross-site requests")
+    if not segments or segments == [b""]:
+        name, rest = "login", ""
+    elif segments[0] == b"cdn-cgi" and segments[1:2] == [b"access"] and len(segments) > 2:
+        name, rest = segments[2].decode("latin-1"), b"/".join(segments[3:]).decode("latin-1")
+    else:
+        return NotFound(c.responses.not_found, None, "not found: team host")
+    if name not in TEAM_ENDPOINTS:
+        return NotFound(c.responses.not_found, None, f"not found: no team endpoint {name[:40]!r}")
+    return Endpoint(c.endpoint_pending, None, f"team {name}", name, True, None, rest)
 
 
 # -- preflights --------------------------------------------------------------------
@@ -494,7 +556,7 @@ def _service_token(c: Compiled, h: HeaderIndex, trace: Trace) -> str | None:
 
 def _identity(c: Compiled, app: CompiledApp, h: HeaderIndex, now: float, trace: Trace) -> Identity | Refusal:
     token = extract_token(h.get(b"cookie", ()), h.get(b"cf-access-token", ()), h.get(b"authorization", ()))
-    result = token if isinstance(token, Refusal) else c.verifier.verify(token, now)
+    result = verify_token(c, token, now)
     if isinstance(result, Identity) and app.aud not in result.aud:
         result = Refusal("token is for another application (aud)")
     if trace is not None:
@@ -503,6 +565,20 @@ def _identity(c: Compiled, app: CompiledApp, h: HeaderIndex, now: float, trace: 
             if isinstance(result, Refusal)
             else f"token: valid for {result.email or result.sub or '(no email)'} until exp {result.exp:.0f}"
         )
+    return result
+
+
+REVOKED = Refusal("session revoked (signed out)")
+
+
+def verify_token(c: Compiled, token: bytes | Refusal, now: float) -> Identity | Refusal:
+    """A token's identity, unless it is invalid or its session was revoked
+    (a cached token is checked against the revocations every time)."""
+    if isinstance(token, Refusal):
+        return token
+    result = c.verifier.verify(token, now)
+    if isinstance(result, Identity) and result.identity_nonce and c.revoked.is_revoked(result.identity_nonce, now):
+        return REVOKED
     return result
 
 

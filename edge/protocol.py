@@ -27,6 +27,7 @@ import h11
 from h11._readers import ContentLengthReader
 
 from . import flow
+from .endpoints import EndpointCall, EndpointCycle
 from .flow import ReadGate
 from .proxy import ProxyCycle
 from .responses import LocalResponse
@@ -212,7 +213,7 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = False
         self.held = False
         self.request: RequestInfo | None = None
-        self.cycle: ProxyCycle | None = None
+        self.cycle: ProxyCycle | EndpointCycle | None = None
         self.corked: list[bytes] | None = None
         self.drained = 0
         self.early = False
@@ -386,6 +387,10 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.phase = BUSY
         action = self.state.dispatch(self, event, info)
+        if isinstance(action, EndpointCall):
+            self.cycle = EndpointCycle(self, action)
+            self.cycle.start()
+            return
         if not isinstance(action, LocalResponse):
             self.cycle = ProxyCycle(self, event, action)
             self.cycle.start()
@@ -636,13 +641,18 @@ class HttpProtocol(asyncio.Protocol):
 
     def proxy_failed(self, cycle: ProxyCycle, status: int) -> None:
         """The upstream failed before any response byte: answer locally."""
+        if self.request is not None:
+            self.request.upstream_status = 0
+        self.answer(cycle, self.state.responses.error(status))
+
+    def answer(self, cycle: ProxyCycle | EndpointCycle, response: LocalResponse) -> None:
+        """The cycle's answer is a local response (an endpoint's page, or an
+        error before any upstream byte); close unless the request is complete."""
         self.cycle = None
         self.held = False
         self.gate.unblock(flow.WAITING)
-        if self.request is not None:
-            self.request.upstream_status = 0
         complete = self.conn.their_state is h11.DONE
-        self._respond(self.state.responses.error(status), not complete, self.request_method == b"HEAD")
+        self._respond(response, not complete, self.request_method == b"HEAD")
         if complete and not self.closing:
             self._process()
 

@@ -29,9 +29,12 @@ import msgspec
 
 from .accesslog import AccessLog, AccessRecord, iso_time
 from .config import TLS, Config, ConfigError, ListenAddress, load
-from .decide import Compiled, Forward, RemoteKeys, Request, compile_config, decide
+from . import keydir
+from .decide import Compiled, Endpoint, Forward, RemoteKeys, Request, compile_config, decide
+from .endpoints import EndpointCall
 from .fetch import FetchError, fetch
 from .forwarding import RequestContext, request_headers
+from .login import LoginService, ensure_keys, make_call, make_store
 from .protocol import HttpProtocol, RequestInfo
 from .proxy import ForwardPlan
 from .responses import HEALTH_PATH, LocalResponse, date_line
@@ -130,7 +133,18 @@ class ServerState:
         self.pool = Pool(loop, proxy.max_idle, proxy.pool_idle_timeout, proxy.connect_timeout)
         self.tasks: set[asyncio.Task[None]] = set()
         self.scheme = b"https" if config.server.tls is not None else b"http"
-        self._install(config, compiled or compile_config(config, source))
+        self.store = make_store(config)
+        try:
+            ensure_keys(config)
+            self.login = LoginService(config, self.store, config.server.server_header.encode("ascii"))
+        except keydir.KeyDirError as exc:
+            raise ConfigError(f"{source}: $.team.key_dir: {exc}") from None
+        self._install(config, compiled or self._compile(config))
+
+    def _compile(self, config: Config) -> Compiled:
+        return compile_config(
+            config, self.source, team_keys=self.login.verify_keys(), revoked=self.store.revocations
+        )
 
     def _install(self, config: Config, compiled: Compiled) -> None:
         """Swap in a configuration. Connections read these attributes per
@@ -148,7 +162,16 @@ class ServerState:
         (and say why) if the new one is invalid."""
         try:
             config = load(self.source)
-            compiled = compile_config(config, self.source)
+            if config.team is not None and self.config.team is not None:
+                if config.team.store != self.config.team.store or config.team.redis_url != self.config.team.redis_url:
+                    log.warning("reload: team.store and team.redis_url take effect only after a restart")
+            ensure_keys(config)
+            self.login.configure(config)
+            compiled = self._compile(config)
+        except keydir.KeyDirError as exc:
+            log.error("reload refused, still serving the previous configuration: %s: %s", self.source, exc)
+            self.login.configure(self.config)
+            return False
         except ConfigError as exc:
             log.error("reload refused, still serving the previous configuration: %s", exc)
             return False
@@ -168,7 +191,7 @@ class ServerState:
 
     def dispatch(
         self, client: HttpProtocol, event: h11.Request, info: RequestInfo
-    ) -> LocalResponse | ForwardPlan:
+    ) -> LocalResponse | ForwardPlan | EndpointCall:
         """What to do with a request whose head is complete and valid."""
         if info.target.partition(b"?")[0] == HEALTH_PATH:
             return self.responses.health
@@ -176,6 +199,9 @@ class ServerState:
         action = decide(self.compiled, req, info.started)
         info.app = action.app
         info.decision = action.reason
+        if isinstance(action, Endpoint):
+            call = make_call(event.method, info.host, info.target, info.headers, client.client_ip)
+            return self.login.endpoint(self.compiled, action, call)
         if not isinstance(action, Forward):
             return action.response
         plan = self.forward_plan(
@@ -296,6 +322,22 @@ async def _key_refresher(state: ServerState) -> None:
         await asyncio.sleep(KEY_POLL_INTERVAL)
 
 
+async def _login_keeper(state: ServerState) -> None:
+    """Pick up key rotations (every worker, without restart) and drop
+    revocations that have expired."""
+    while True:
+        await asyncio.sleep(KEY_POLL_INTERVAL)
+        now = time.time()
+        try:
+            builtin = state.compiled.builtin
+            if state.login.refresh_keys(now) and builtin is not None and builtin.keys is not None:
+                notes = builtin.keys.update(state.login.ring_jwks(), now)
+                log.info("signing keys reloaded: %s", ", ".join(notes) or "current key " + state.login.current_kid())
+        except (keydir.KeyDirError, JwksError) as exc:
+            log.error("signing keys: %s (keeping the keys already loaded)", exc)
+        state.store.revocations.sweep(now)
+
+
 async def _refresh(remote: RemoteKeys) -> None:
     try:
         body = await fetch(remote.url)
@@ -337,6 +379,8 @@ async def serve(
     freeze_heap()
     sweeper = asyncio.ensure_future(_sweeper(state, sweep_interval(config)))
     refresher = asyncio.ensure_future(_key_refresher(state))
+    keeper = asyncio.ensure_future(_login_keeper(state))
+    await state.store.start()
     scheme = "https" if ctx else "http"
     log.info("listening on %s", ", ".join(f"{scheme}://{b}" for b in bound))
     if on_ready is not None:
@@ -347,6 +391,8 @@ async def serve(
     finally:
         sweeper.cancel()
         refresher.cancel()
+        keeper.cancel()
+        await state.store.close()
         if state.access_log is not None:
             state.access_log.close()
 

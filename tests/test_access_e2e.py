@@ -844,7 +844,7 @@ def test_login_path_never_sends_cors_headers(edge: Edge) -> None:
     r = edge.local("GET", path, headers=[*FETCH, cookie(token())])
     assert r.cors() == {}
     assert r.header("x-frame-options") == "DENY"
-    assert r.header("content-security-policy") == "frame-ancestors 'none'"
+    assert "frame-ancestors 'none'" in r.header("content-security-policy")
     r = edge.local(
         "OPTIONS", path + "&pre=1", headers=[("Origin", ORIGIN), ("Access-Control-Request-Method", "POST")]
     )

@@ -1,0 +1,658 @@
+"""The login service: the team host's pages and every host's /cdn-cgi/access/*.
+
+The flow (BEHAVIOUR.md section 6):
+
+1. An unauthenticated navigation to an application is sent to the team host:
+   ``/cdn-cgi/access/login/<app host>?kid=<aud>&redirect_url=<url>``.
+2. A user already signed in there (the team's own ``CF_Authorization``
+   cookie, an ``org`` token) goes straight on to step 4. Otherwise the page
+   offers the identity providers: the dev provider's form, or a button per
+   OpenID Connect provider (code flow with PKCE, state and nonce; the flow
+   travels in a sealed cookie and comes back to ``/cdn-cgi/access/callback``).
+3. Signed in: the team cookie is set; its token's ``identity_nonce`` names the
+   session.
+4. The application's policies are checked for that identity; if they deny,
+   the page says so. If they allow, the browser is sent to the application's
+   host, ``/cdn-cgi/access/authorized?code=<one-time code>``; the code is
+   sealed, lives a minute, is bound to that host and that redirect, and is
+   claimed once in the store. The edge sets the application's cookie and
+   redirects to ``redirect_url``.
+
+Logout revokes the session's nonce in the store: every worker and instance
+refuses every token of that sign-in (team and application tokens alike).
+
+Invariants:
+- Handlers never raise for bad input: every outcome is a page, a redirect or
+  a small JSON document; the endpoint cycle turns a bug into a bare 500.
+- Nothing a browser sends is trusted unverified: the team cookie is verified
+  like any token (and checked against revocations), sealed values are
+  authenticated, redirects stay on the application's host, forms carry a CSRF
+  token bound to a cookie by a MAC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import jwt
+import msgspec
+
+from . import keydir, pages
+from .config import DEFAULT_LEEWAY, Config, DevProvider, DevUser, OidcProvider, Team
+from .decide import Compiled, CompiledApp, Endpoint, team_base_url, verify_token
+from .endpoints import EndpointCall
+from .fetch import client_ssl_context
+from .oidc import Flow, OidcClient, OidcError
+from .passwords import DUMMY_HASH, verify_password
+from .policy import Subject
+from .responses import LocalResponse
+from .router import normalize_host, path_segments
+from .session import (
+    AUTH_COOKIE,
+    CSRF_COOKIE,
+    ENDPOINT_PATH,
+    FLOW_COOKIE,
+    FLOW_TTL,
+    HANDOFF_TTL,
+    Sealer,
+    SealError,
+    clear_cookie,
+    cookie_value,
+    origin_of,
+    person,
+    random_token,
+    same_host_url,
+    set_cookie,
+    token_claims,
+)
+from .store import MemoryStore, RedisStore, Store, StoreUnavailable
+from .tokens import Identity, Refusal, extract_token, parse_jwks
+
+log = logging.getLogger("edge.login")
+
+Header = tuple[bytes, bytes]
+HTML_HEADERS: tuple[Header, ...] = (
+    (b"content-type", b"text/html; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"content-security-policy", pages.CSP),
+    (b"x-frame-options", b"DENY"),
+    # The login URL carries redirect_url; no page of ours tells another site.
+    (b"referrer-policy", b"no-referrer"),
+)
+JSON_HEADERS: tuple[Header, ...] = ((b"content-type", b"application/json"), (b"cache-control", b"no-store"))
+CALLBACK = f"{ENDPOINT_PATH}/callback"
+# Failed password checks allowed per client address in a window, then 429.
+MAX_FAILURES = 10
+FAILURE_WINDOW = 300.0  # seconds
+CSRF_TTL = 3600  # seconds the login form's CSRF cookie lives
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a handler needs of the request."""
+
+    method: bytes
+    host: str  # normalised, no port
+    target: str  # path?query as sent
+    query: dict[str, str]
+    cookies: tuple[bytes, ...]
+    access_tokens: tuple[bytes, ...]
+    authorizations: tuple[bytes, ...]
+    forwarded_for: tuple[bytes, ...]
+    content_type: bytes
+    client_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a login is for: an application, its host, where to return."""
+
+    app: CompiledApp
+    host: str
+    redirect_url: str
+
+
+def make_call(method: bytes, host: bytes, target: bytes, headers: Sequence[Header], client_ip: str) -> Call:
+    by_name: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        by_name.setdefault(name, []).append(value)
+    text = target.decode("latin-1")
+    query = {k: v[0] for k, v in parse_qs(urlsplit(text).query, max_num_fields=20).items()}
+    return Call(
+        method=method,
+        host=normalize_host(host).decode("ascii", "replace"),
+        target=text,
+        query=query,
+        cookies=tuple(by_name.get(b"cookie", ())),
+        access_tokens=tuple(by_name.get(b"cf-access-token", ())),
+        authorizations=tuple(by_name.get(b"authorization", ())),
+        forwarded_for=tuple(by_name.get(b"x-forwarded-for", ())),
+        content_type=b";".join(by_name.get(b"content-type", ())).split(b";")[0].strip().lower(),
+        client_ip=client_ip,
+    )
+
+
+class LoginService:
+    """One per worker. `ring` and `sealer` exist when a team is configured."""
+
+    def __init__(self, config: Config, store: Store, server_header: bytes) -> None:
+        self.store = store
+        self.server = server_header
+        self.ring: keydir.KeyRing | None = None
+        self.sealer: Sealer | None = None
+        self.key_dir = ""
+        self.failures: dict[str, tuple[int, float]] = {}
+        self.configure(config)
+
+    # -- configuration and keys --------------------------------------------------
+
+    def configure(self, config: Config) -> None:
+        """(Re)read what the login service needs from the config; raises
+        keydir.KeyDirError if the key directory cannot be used."""
+        self.config = config
+        self.team: Team | None = config.team
+        self.team_url = team_base_url(config) if config.team is not None else ""
+        durations = [app.session_duration for app in config.apps]
+        if config.team is not None:
+            durations.append(config.team.session_duration)
+        self.revoke_for = max(durations, default=0) + DEFAULT_LEEWAY
+        self.dev_users: dict[str, DevUser] = {}
+        self.oidc: dict[str, tuple[OidcProvider, OidcClient]] = {}
+        self.providers: dict[str, DevProvider | OidcProvider] = {}
+        if config.team is None:
+            return
+        for provider in config.team.providers:
+            self.providers[provider.id] = provider
+            if isinstance(provider, DevProvider):
+                self.dev_users.update({u.email.lower(): u for u in provider.users})
+            else:
+                self.oidc[provider.id] = (provider, _oidc_client(provider))
+        if config.team.key_dir != self.key_dir:
+            self.key_dir = config.team.key_dir
+            self.ring = None
+            self.refresh_keys(time.time())
+
+    def refresh_keys(self, now: float) -> bool:
+        """Reload the key ring if the directory changed (a rotation) or a
+        previous key's overlap ended; True if it did."""
+        team = self.team
+        if team is None:
+            return False
+        ring = self.ring
+        if (
+            ring is not None
+            and keydir.fingerprint(self.key_dir) == ring.fingerprint
+            and (ring.expires is None or now < ring.expires)
+        ):
+            return False
+        self.ring = keydir.load(self.key_dir, team.key_overlap, now)
+        if self.sealer is None:
+            self.sealer = Sealer(keydir.secret(self.key_dir))
+        return True
+
+    def ring_jwks(self) -> bytes:
+        assert self.ring is not None
+        return self.ring.jwks()
+
+    def current_kid(self) -> str:
+        return "" if self.ring is None else self.ring.current.kid
+
+    def verify_keys(self) -> dict[str, jwt.PyJWK]:
+        """The ring's public keys, as the built-in issuer's key set holds them."""
+        if self.ring is None:
+            return {}
+        keys, _ = parse_jwks(self.ring.jwks())
+        return keys
+
+    # -- dispatch --------------------------------------------------------------------
+
+    def endpoint(self, c: Compiled, action: Endpoint, call: Call) -> EndpointCall:
+        async def handler(body: bytes) -> LocalResponse:
+            return await self.handle(c, action, call, body)
+
+        return EndpointCall(handler)
+
+    async def handle(self, c: Compiled, action: Endpoint, call: Call, body: bytes) -> LocalResponse:
+        now = time.time()
+        name = action.name
+        if name == "certs":
+            return self._certs()
+        if name == "get-identity":
+            return self._get_identity(c, action, call, now)
+        if name == "logout":
+            return await self._logout(c, action, call, now)
+        if action.team:
+            if name == "callback":
+                return await self._callback(c, call, now)
+            if call.method == b"POST":
+                return await self._login_post(c, action, call, body, now)
+            return self._login_get(c, action, call, now)
+        if name == "authorized":
+            return await self._authorized(c, call, now)
+        return self._app_login(action, call)
+
+    # -- responses -----------------------------------------------------------------
+
+    def _html(self, status: int, page: bytes, extra: Sequence[Header] = ()) -> LocalResponse:
+        return LocalResponse(status, [*HTML_HEADERS, *extra], page, self.server)
+
+    def _message(self, status: int, title: str, text: str, link: tuple[str, str] | None = None) -> LocalResponse:
+        return self._html(status, pages.message_page(title, text, link=link))
+
+    def _json(self, status: int, doc: Any, extra: Sequence[Header] = ()) -> LocalResponse:
+        return LocalResponse(status, [*JSON_HEADERS, *extra], msgspec.json.encode(doc), self.server)
+
+    def _redirect(self, location: str, extra: Sequence[Header] = ()) -> LocalResponse:
+        fields = [(b"location", location.encode("ascii")), (b"cache-control", b"no-store"), *extra]
+        return LocalResponse(302, [(b"content-type", b"text/plain; charset=utf-8"), *fields], b"", self.server)
+
+    def _no_login_service(self) -> LocalResponse:
+        return self._message(404, "No login service", "This edge has no login service configured ([team]).")
+
+    # -- every host ------------------------------------------------------------------
+
+    def _certs(self) -> LocalResponse:
+        if self.ring is None:
+            return self._json(404, {"error": "this edge issues no tokens (no [team] configured)"})
+        return LocalResponse(
+            200,
+            [(b"content-type", b"application/json"), (b"cache-control", b"public, max-age=60")],
+            self.ring.certs(),
+            self.server,
+        )
+
+    def _identity(self, c: Compiled, call: Call, now: float) -> Identity | Refusal:
+        token = extract_token(call.cookies, call.access_tokens, call.authorizations)
+        return verify_token(c, token, now)
+
+    def _get_identity(self, c: Compiled, action: Endpoint, call: Call, now: float) -> LocalResponse:
+        ident = self._team_identity(c, call, now) if action.team else self._identity(c, call, now)
+        if isinstance(ident, Identity) and action.target is not None and action.target.aud not in ident.aud:
+            ident = Refusal("token is for another application")
+        if not isinstance(ident, Identity):
+            return self._json(401, {"error": "not signed in"})
+        return self._json(200, identity_document(ident))
+
+    async def _logout(self, c: Compiled, action: Endpoint, call: Call, now: float) -> LocalResponse:
+        ident = self._team_identity(c, call, now) if action.team else self._identity(c, call, now)
+        if isinstance(ident, Identity) and ident.identity_nonce:
+            await self.store.revoke(ident.identity_nonce, now + self.revoke_for)
+            log.info("signed out %s (session %s…)", ident.email or ident.sub, ident.identity_nonce[:6])
+        clear = [clear_cookie(AUTH_COOKIE)]
+        app = action.target
+        if app is not None and app.config.path_scoped:
+            clear.extend(clear_cookie(AUTH_COOKIE, path) for path in _scoped_paths(app, call.host))
+        if not action.team and self.team is not None:
+            # The team session ends too: its cookie is cleared on its own host.
+            return self._redirect(f"{self.team_url}{ENDPOINT_PATH}/logout", clear)
+        return self._html(200, pages.message_page("Signed out", "You are signed out."), clear)
+
+    # -- the protected host's side -----------------------------------------------------
+
+    def _app_login(self, action: Endpoint, call: Call) -> LocalResponse:
+        """/cdn-cgi/access/login/<host> on a protected host: the team's page."""
+        if action.name != "login" or self.team is None:
+            return self._no_login_service()
+        query = urlsplit(call.target).query
+        return self._redirect(f"{self.team_url}{ENDPOINT_PATH}/login/{quote(action.rest)}?{query}")
+
+    async def _authorized(self, c: Compiled, call: Call, now: float) -> LocalResponse:
+        """Exchange a one-time code for the application's cookie."""
+        if self.sealer is None or self.ring is None:
+            return self._no_login_service()
+        if call.method not in (b"GET", b"HEAD"):
+            return self._message(405, "Not allowed", "Use the sign-in link as it was given.")
+        try:
+            code = self.sealer.open("handoff", call.query.get("code", ""), now)
+        except SealError as exc:
+            log.info("handoff refused: %s", exc)
+            return self._message(400, "Sign-in link not valid", "This sign-in link is not valid or has expired.")
+        app = c.apps_by_aud.get(str(code.get("a")))
+        url = same_host_url(str(code.get("r")), call.host)
+        if code.get("h") != call.host or app is None or url is None or url != code.get("r"):
+            log.warning("handoff refused: code for %r used on %r", code.get("h"), call.host)
+            return self._message(400, "Sign-in link not valid", "This sign-in link is for another site.")
+        try:
+            first = await self.store.claim_once(f"code:{code['j']}", float(code["exp"]))
+        except StoreUnavailable:
+            return self._message(503, "Try again", "Sign-in is briefly unavailable; please try again.")
+        if not first:
+            log.warning("handoff refused: code replayed on %s", call.host)
+            return self._message(400, "Sign-in link already used", "This sign-in link was already used.")
+        return self._set_app_cookie(c, app, code["p"], url, call.host, now)
+
+    def _set_app_cookie(
+        self, c: Compiled, app: CompiledApp, who: dict[str, Any], url: str, host: str, now: float
+    ) -> LocalResponse:
+        assert self.ring is not None
+        duration = app.config.session_duration
+        claims = token_claims(iss=self.team_url, aud=app.aud, kind="app", person=who, now=now, lifetime=duration)
+        token = self.ring.sign(claims)
+        cookie = set_cookie(
+            AUTH_COOKIE,
+            token,
+            max_age=duration,
+            path=_cookie_path(c, app, host, url),
+            http_only=app.config.http_only,
+            same_site=app.config.same_site,
+        )
+        log.info("signed in %s to %s", who["email"], app.name)
+        return self._redirect(url, [cookie])
+
+    # -- the team host ---------------------------------------------------------------
+
+    def _team_identity(self, c: Compiled, call: Call, now: float) -> Identity | Refusal:
+        token = extract_token(call.cookies, (), ())
+        ident = verify_token(c, token, now)
+        if isinstance(ident, Identity) and (ident.iss != self.team_url or ident.type != "org"):
+            return Refusal("not a team session token")
+        return ident
+
+    def _target(self, c: Compiled, host: str, call: Call) -> Target | None | str:
+        """The login's destination: None for a login to the team itself, a
+        message if the link is not valid."""
+        if not host:
+            return None
+        app = c.apps_by_aud.get(call.query.get("kid", ""))
+        url = same_host_url(call.query.get("redirect_url", ""), host.lower())
+        if app is None or url is None:
+            return "This sign-in link is not valid (unknown application, or a return address on another site)."
+        segments = path_segments(urlsplit(url).path.encode("latin-1"))
+        route = None if segments is None else c.router.match(host.lower().encode(), segments)
+        if route is None or route.app is not app:
+            return "This sign-in link is not valid (the return address is not part of the application)."
+        return Target(app, host.lower(), url)
+
+    def _login_get(self, c: Compiled, action: Endpoint, call: Call, now: float) -> LocalResponse:
+        if action.name != "login":
+            return self._message(405, "Not allowed", "Nothing to see here.")
+        target = self._target(c, action.rest, call)
+        if isinstance(target, str):
+            return self._message(400, "Sign-in link not valid", target)
+        ident = self._team_identity(c, call, now)
+        if isinstance(ident, Identity):
+            if target is None:
+                return self._signed_in(ident)
+            return self._handoff(c, ident, _person_of(ident), target, call, now)
+        return self._login_page(200, call, target)
+
+    def _login_page(self, status: int, call: Call, target: Target | None, error: str = "", email: str = "") -> LocalResponse:
+        assert self.sealer is not None
+        csrf = cookie_value(call.cookies, CSRF_COOKIE)
+        extra = []
+        if not csrf or len(csrf) > 64:
+            csrf = random_token()
+            extra.append(set_cookie(CSRF_COOKIE, csrf, max_age=CSRF_TTL, path=ENDPOINT_PATH, same_site="strict"))
+        choices = [
+            pages.Choice(p.id, p.name or p.id, "dev" if isinstance(p, DevProvider) else "oidc")
+            for p in self.providers.values()
+        ]
+        page = pages.login_page(
+            app_name=None if target is None else target.app.name,
+            action=call.target,
+            csrf=self.sealer.csrf_token(csrf),
+            providers=choices,
+            error=error,
+            email=email,
+        )
+        return self._html(status, page, extra)
+
+    def _signed_in(self, ident: Identity) -> LocalResponse:
+        return self._message(
+            200, "Signed in", f"You are signed in as {ident.email}.", link=(f"{ENDPOINT_PATH}/logout", "Sign out")
+        )
+
+    async def _login_post(self, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float) -> LocalResponse:
+        assert self.sealer is not None
+        if action.name != "login":
+            return self._message(405, "Not allowed", "Nothing to see here.")
+        form = _form(call, body)
+        if form is None:
+            return self._message(400, "Bad request", "Expected a sign-in form.")
+        target = self._target(c, action.rest, call)
+        if isinstance(target, str):
+            return self._message(400, "Sign-in link not valid", target)
+        if not self.sealer.csrf_ok(cookie_value(call.cookies, CSRF_COOKIE), form.get("csrf")):
+            return self._login_page(403, call, target, "The form expired; please sign in again.")
+        provider = self.providers.get(form.get("provider", ""))
+        if isinstance(provider, OidcProvider):
+            return await self._oidc_begin(provider, target, now)
+        if provider is None:
+            return self._login_page(400, call, target, "Choose a way to sign in.")
+        return await self._dev_login(c, provider, form, call, target, now)
+
+    async def _dev_login(
+        self, c: Compiled, provider: DevProvider, form: dict[str, str], call: Call, target: Target | None, now: float
+    ) -> LocalResponse:
+        email = form.get("email", "").strip()
+        if self._throttled(call.client_ip, now):
+            return self._login_page(429, call, target, "Too many failed attempts; wait a few minutes.", email)
+        user = self.dev_users.get(email.lower())
+        if user is not None and user not in provider.users:
+            user = None
+        encoded = user.password if user is not None else DUMMY_HASH
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(None, verify_password, form.get("password", ""), encoded)
+        if not ok or user is None:
+            self._failed(call.client_ip, now)
+            log.info("dev sign-in failed for %r from %s", email[:100], call.client_ip)
+            return self._login_page(401, call, target, "Wrong email or password.", email)
+        return self._session(c, person(user.email, user.groups, provider.id), target, call, now)
+
+    def _throttled(self, ip: str, now: float) -> bool:
+        count, since = self.failures.get(ip, (0, now))
+        if now - since > FAILURE_WINDOW:
+            self.failures.pop(ip, None)
+            return False
+        return count >= MAX_FAILURES
+
+    def _failed(self, ip: str, now: float) -> None:
+        if len(self.failures) > 10_000:
+            self.failures = {k: v for k, v in self.failures.items() if now - v[1] <= FAILURE_WINDOW}
+        count, since = self.failures.get(ip, (0, now))
+        self.failures[ip] = (count + 1, since if now - since <= FAILURE_WINDOW else now)
+
+    async def _oidc_begin(self, provider: OidcProvider, target: Target | None, now: float) -> LocalResponse:
+        assert self.sealer is not None
+        client = self.oidc[provider.id][1]
+        try:
+            url, flow = await client.begin(self.team_url + CALLBACK)
+        except OidcError as exc:
+            log.warning("oidc %s: %s", provider.id, exc)
+            return self._message(502, "Sign-in unavailable", exc.public)
+        state = {
+            "i": provider.id,
+            "s": flow.state,
+            "n": flow.nonce,
+            "v": flow.verifier,
+            "t": None if target is None else [target.host, target.app.aud, target.redirect_url],
+        }
+        sealed = self.sealer.seal("flow", state, now + FLOW_TTL)
+        cookie = set_cookie(FLOW_COOKIE, sealed, max_age=int(FLOW_TTL), path=ENDPOINT_PATH)
+        return self._redirect(url, [cookie])
+
+    async def _callback(self, c: Compiled, call: Call, now: float) -> LocalResponse:
+        assert self.sealer is not None
+        clear = [clear_cookie(FLOW_COOKIE, ENDPOINT_PATH)]
+        try:
+            state = self.sealer.open("flow", cookie_value(call.cookies, FLOW_COOKIE) or "", now)
+            entry = self.oidc[str(state["i"])]
+        except (SealError, KeyError):
+            return self._html(400, _start_again(self.team_url), clear)
+        provider, client = entry
+        if "error" in call.query:
+            log.info("oidc %s: the provider refused: %s", provider.id, call.query["error"][:100])
+            return self._html(403, _refused(self.team_url), clear)
+        flow = Flow(state=str(state["s"]), nonce=str(state["n"]), verifier=str(state["v"]))
+        try:
+            claims = await client.finish(
+                call.query.get("code", ""), call.query.get("state", ""), flow, self.team_url + CALLBACK, now
+            )
+        except OidcError as exc:
+            log.warning("oidc %s: %s", provider.id, exc)
+            page = pages.message_page("Sign-in failed", exc.public, link=(f"{ENDPOINT_PATH}/login", "Start again"))
+            return self._html(400, page, clear)
+        target = self._saved_target(c, state.get("t"))
+        who = person(claims.email, claims.groups, provider.id, sub=f"{provider.id}:{claims.sub}")
+        response = self._session(c, who, target, call, now, clear)
+        return response
+
+    def _saved_target(self, c: Compiled, saved: Any) -> Target | None:
+        if not isinstance(saved, list) or len(saved) != 3:
+            return None
+        app = c.apps_by_aud.get(str(saved[1]))
+        url = same_host_url(str(saved[2]), str(saved[0]))
+        return None if app is None or url is None else Target(app, str(saved[0]), url)
+
+    def _session(
+        self, c: Compiled, who: dict[str, Any], target: Target | None, call: Call, now: float, extra: Sequence[Header] = ()
+    ) -> LocalResponse:
+        """A new team session for `who`; then on to the application."""
+        assert self.ring is not None and self.team is not None
+        duration = self.team.session_duration
+        claims = token_claims(
+            iss=self.team_url, aud=self.team.hostname, kind="org", person=who, now=now, lifetime=duration
+        )
+        token = self.ring.sign(claims)
+        cookie = set_cookie(AUTH_COOKIE, token, max_age=duration)
+        ident = verify_token(c, token.encode(), now)
+        if not isinstance(ident, Identity):  # our own fresh token: only a key problem gets here
+            log.error("a token just issued does not verify: %s", ident.reason)
+            return self._message(500, "Sign-in failed", "Please try again.")
+        if target is None:
+            return self._signed_in_with(ident, [cookie, *extra])
+        return self._handoff(c, ident, who, target, call, now, [cookie, *extra])
+
+    def _signed_in_with(self, ident: Identity, extra: Sequence[Header]) -> LocalResponse:
+        page = pages.message_page(
+            "Signed in", f"You are signed in as {ident.email}.", link=(f"{ENDPOINT_PATH}/logout", "Sign out")
+        )
+        return self._html(200, page, extra)
+
+    def _handoff(
+        self,
+        c: Compiled,
+        ident: Identity,
+        who: dict[str, Any],
+        target: Target,
+        call: Call,
+        now: float,
+        extra: Sequence[Header] = (),
+    ) -> LocalResponse:
+        """Policies allow: a one-time code to the application's host."""
+        assert self.sealer is not None
+        subject = Subject(call.client_ip, call.forwarded_for, c.trusted, identity=ident)
+        policy, _ = target.app.policies.second_phase(subject, None)
+        if policy is None or policy.action == "deny":
+            log.info("login: %s has no access to %s", ident.email, target.app.name)
+            page = pages.denied_page(ident.email, target.app.name, f"{ENDPOINT_PATH}/logout")
+            return self._html(403, page, extra)
+        payload = {"h": target.host, "a": target.app.aud, "r": target.redirect_url, "p": who, "j": random_token(16)}
+        code = self.sealer.seal("handoff", payload, now + HANDOFF_TTL)
+        location = f"{origin_of(target.redirect_url)}{ENDPOINT_PATH}/authorized?code={code}"
+        return self._redirect(location, extra)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _oidc_client(provider: OidcProvider) -> OidcClient:
+    return OidcClient(
+        provider.issuer,
+        provider.client_id,
+        provider.client_secret,
+        scopes=provider.scopes,
+        email_claim=provider.email_claim,
+        groups_claim=provider.groups_claim,
+        ssl_context=client_ssl_context(provider.verify_tls, provider.ca_file),
+    )
+
+
+def _person_of(ident: Identity) -> dict[str, Any]:
+    """The same session, carried on to an application (same nonce)."""
+    return {
+        "email": ident.email,
+        "groups": sorted(ident.groups),
+        "idp": "",
+        "sub": ident.sub,
+        "nonce": ident.identity_nonce,
+    }
+
+
+def _form(call: Call, body: bytes) -> dict[str, str] | None:
+    if call.content_type != b"application/x-www-form-urlencoded":
+        return None
+    try:
+        parsed = parse_qs(body.decode("utf-8"), max_num_fields=20, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return {k: v[0] for k, v in parsed.items()}
+
+
+def _cookie_path(c: Compiled, app: CompiledApp, host: str, url: str) -> str:
+    """Path=/ unless the application scopes its cookie to the matched path."""
+    if not app.config.path_scoped:
+        return "/"
+    segments = path_segments(urlsplit(url).path.encode("latin-1")) or []
+    route = c.router.match(host.encode(), segments)
+    if route is None or route.app is not app or not route.pattern.segments:
+        return "/"
+    return route.pattern.path
+
+
+def _scoped_paths(app: CompiledApp, host: str) -> list[str]:
+    return sorted({p.path for p in app.config.patterns if p.segments and p.host in (host, "*")})
+
+
+def identity_document(ident: Identity) -> dict[str, Any]:
+    """What /cdn-cgi/access/get-identity shows."""
+    return {
+        "email": ident.email,
+        "sub": ident.sub,
+        "groups": sorted(ident.groups),
+        "iss": ident.iss,
+        "aud": sorted(ident.aud),
+        "type": ident.type,
+        "identity_nonce": ident.identity_nonce,
+        "iat": int(ident.iat),
+        "exp": int(ident.exp),
+    }
+
+
+def _start_again(team_url: str) -> bytes:
+    return pages.message_page(
+        "Sign-in expired",
+        "This sign-in took too long or was started elsewhere; please start again.",
+        link=(f"{team_url}{ENDPOINT_PATH}/login", "Start again"),
+    )
+
+
+def _refused(team_url: str) -> bytes:
+    return pages.message_page(
+        "Sign-in refused",
+        "The identity provider refused the sign-in.",
+        link=(f"{team_url}{ENDPOINT_PATH}/login", "Try again"),
+    )
+
+
+def ensure_keys(config: Config) -> bool:
+    """Create the key directory with a first key if missing (before workers
+    start); True if anything was created."""
+    if config.team is None:
+        return False
+    return keydir.ensure(Path(config.team.key_dir), config.team.algorithm, time.time())
+
+
+def make_store(config: Config) -> Store:
+    """The worker's store: Redis when the team shares one, else in-process."""
+    team = config.team
+    if team is not None and team.store == "redis":
+        return RedisStore(team.redis_url, prefix=team.redis_prefix, log=logging.getLogger("edge.store"))
+    return MemoryStore()

@@ -1,0 +1,105 @@
+"""Revoked sessions and one-time claims: in-memory key sets with expiry.
+
+Every key carries an absolute expiry `until` in seconds since the epoch. It is
+wall-clock time, not a monotonic clock, because the values travel between
+processes and hosts (see edge/store.py); every caller passes `now` itself.
+
+Invariants:
+- A key is held (revoked, claimed) while `now < until`; from `until` on it is
+  free again, whether or not it has been swept yet.
+- `_until` maps each key to its latest expiry; `_heap` holds an `(until, key)`
+  entry for every expiry set and not yet swept. Sweeping pops only expired
+  entries, each once: O(log n) per entry, amortised over the inserts. An entry
+  whose `until` no longer matches `_until[key]` is stale (the key was
+  extended) and is dropped without touching the dict.
+- Every dict value has its heap entry, so after `sweep(now)` every key left in
+  the dict is unexpired.
+- Lookups are one dict access. Nothing here does I/O, sleeps or reads a clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+_NEVER = -math.inf  # the expiry of a key that is not held: not after any `now`
+
+
+class _ExpiringKeys:
+    __slots__ = ("_heap", "_until")
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def sweep(self, now: float) -> None:
+        """Forget every key whose expiry is not after `now`."""
+        heap, until_of = self._heap, self._until
+        while heap and heap[0][0] <= now:
+            until, key = heapq.heappop(heap)
+            if until_of.get(key) == until:
+                del until_of[key]
+
+    def __len__(self) -> int:
+        """Keys held, counting expired ones not swept yet."""
+        return len(self._until)
+
+    def _hold(self, key: str, until: float) -> bool:
+        """Hold `key` until `until`; False (and nothing changes) if it is
+        already held at least that long."""
+        if self._until.get(key, _NEVER) >= until:
+            return False
+        self._until[key] = until
+        heapq.heappush(self._heap, (until, key))
+        return True
+
+
+class Revocations(_ExpiringKeys):
+    """Revoked session keys with their expiry; read on the request path (a dict lookup)."""
+
+    __slots__ = ()
+
+    def revoke(self, key: str, until: float) -> bool:
+        """True if `key` is newly revoked or its revocation now lasts longer."""
+        return self._hold(key, until)
+
+    def is_revoked(self, key: str, now: float) -> bool:
+        return self._until.get(key, _NEVER) > now
+
+    def items(self, now: float) -> list[tuple[str, float]]:
+        """The unexpired revocations as `(key, until)`, to publish them again."""
+        return [(key, until) for key, until in self._until.items() if until > now]
+
+
+class OnceClaims(_ExpiringKeys):
+    """One-time claims in this process: each key can be claimed once until it expires.
+
+    Memory stays bounded by the unexpired claims: every claim sweeps first.
+    """
+
+    __slots__ = ()
+
+    def claim(self, key: str, until: float, now: float) -> bool:
+        """True for the first claim of `key`; False while that claim is
+        unexpired, and for a claim that has already expired (`until <= now`)."""
+        self.sweep(now)
+        if until <= now or key in self._until:
+            return False
+        return self._hold(key, until)
+
+
+def format_message(key: str, until: float) -> str:
+    """A revocation as published to the other workers: "<until> <key>"."""
+    return f"{until!r} {key}"
+
+
+def parse_message(data: str) -> tuple[str, float] | None:
+    """`(key, until)` from a published revocation, or None if it is malformed."""
+    text, _, key = data.partition(" ")
+    try:
+        until = float(text)
+    except ValueError:
+        return None
+    if not key or not math.isfinite(until):
+        return None
+    return key, until

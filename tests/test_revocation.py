@@ -1,0 +1,89 @@
+"""edge/revocation.py: pure, no event loop, explicit `now`."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.revocation import OnceClaims, Revocations, format_message, parse_message
+
+
+def test_revoked_until_expiry() -> None:
+    revoked = Revocations()
+    assert revoked.revoke("s1", until=100.0)
+    assert revoked.is_revoked("s1", now=99.9)
+    assert not revoked.is_revoked("s1", now=100.0)  # expiry is exclusive: free from `until` on
+    assert not revoked.is_revoked("other", now=0.0)
+
+
+def test_revoke_again_only_extends() -> None:
+    revoked = Revocations()
+    assert revoked.revoke("s1", 100.0)
+    assert not revoked.revoke("s1", 100.0)
+    assert not revoked.revoke("s1", 50.0)  # never shortened
+    assert revoked.is_revoked("s1", 99.0)
+    assert revoked.revoke("s1", 200.0)
+    assert revoked.is_revoked("s1", 150.0)
+
+
+def test_sweep_drops_expired_only() -> None:
+    revoked = Revocations()
+    revoked.revoke("old", 10.0)
+    revoked.revoke("new", 30.0)
+    assert len(revoked) == 2
+    revoked.sweep(now=20.0)
+    assert len(revoked) == 1
+    assert revoked.is_revoked("new", 20.0)
+    revoked.sweep(now=30.0)
+    assert len(revoked) == 0
+
+
+def test_sweep_keeps_an_extended_key() -> None:
+    # The stale heap entry (until 10) is popped; the key stays until 30.
+    revoked = Revocations()
+    revoked.revoke("s1", 10.0)
+    revoked.revoke("s1", 30.0)
+    revoked.sweep(now=20.0)
+    assert revoked.is_revoked("s1", 20.0)
+    assert revoked.items(20.0) == [("s1", 30.0)]
+    revoked.sweep(now=31.0)
+    assert len(revoked) == 0
+
+
+def test_items_are_the_unexpired_entries() -> None:
+    revoked = Revocations()
+    revoked.revoke("a", 10.0)
+    revoked.revoke("b", 30.0)
+    assert sorted(revoked.items(now=5.0)) == [("a", 10.0), ("b", 30.0)]
+    assert revoked.items(now=10.0) == [("b", 30.0)]  # expired but not swept: still left out
+
+
+def test_claim_is_single_use_until_expiry() -> None:
+    claims = OnceClaims()
+    assert claims.claim("code", until=60.0, now=0.0)
+    assert not claims.claim("code", until=60.0, now=1.0)
+    assert not claims.claim("code", until=120.0, now=59.9)
+    assert claims.claim("other", until=60.0, now=1.0)
+    assert claims.claim("code", until=120.0, now=60.0)  # the first claim expired
+
+
+def test_claim_that_already_expired_is_refused() -> None:
+    claims = OnceClaims()
+    assert not claims.claim("code", until=10.0, now=10.0)
+    assert len(claims) == 0
+
+
+def test_claims_memory_is_bounded_by_unexpired_claims() -> None:
+    claims = OnceClaims()
+    for i in range(1000):
+        assert claims.claim(f"code{i}", until=i + 10.0, now=float(i))
+    assert len(claims) == 10  # each claim swept those that expired before it
+
+
+@pytest.mark.parametrize("key", ["s1", "with space", "ünïcode", "a:b:c"])
+def test_message_round_trip(key: str) -> None:
+    assert parse_message(format_message(key, 1732500000.123456)) == (key, 1732500000.123456)
+
+
+@pytest.mark.parametrize("data", ["", "123", "123 ", "abc key", "nan key", "inf key", " key"])
+def test_malformed_messages(data: str) -> None:
+    assert parse_message(data) is None
