@@ -62,6 +62,10 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], 
         "rotate", help="make a new current signing key for the built-in issuer ([team].key_dir)"
     )
     rotate.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=config_help)
+    sub.add_parser(
+        "password",
+        help="hash a password for a [[team.providers]] dev user (reads it from stdin, or asks)",
+    )
 
 
 def _run_tool(args: argparse.Namespace) -> int:
@@ -78,6 +82,9 @@ def _tool(args: argparse.Namespace) -> int:
 
     from . import tools
 
+    if args.command == "password":
+        print(_password_hash())
+        return EXIT_OK
     if args.command == "token":
         groups = [g.strip() for g in args.groups.split(",") if g.strip()]
         print(tools.mint_token(Path(args.key), args.kid, args.iss, args.aud, args.email, args.ttl, groups))
@@ -183,6 +190,16 @@ def _check(path: str, config: Config) -> int:
 
 
 def _serve(path: str, config: Config) -> int:
+    from .keydir import KeyDirError
+    from .login import ensure_keys
+
+    try:
+        if ensure_keys(config):  # before any worker starts, so all share one first key
+            log.info("created the signing key directory %s", config.team.key_dir if config.team else "")
+    except KeyDirError as exc:
+        raise ConfigError(f"{path}: $.team.key_dir: {exc}") from None
+    if config.demo is not None:
+        _start_demo(config)
     if config.server.workers > 1:
         from .workers import Supervisor
 
@@ -191,6 +208,35 @@ def _serve(path: str, config: Config) -> int:
 
     run(config, source=path)
     return EXIT_OK
+
+
+def _password_hash() -> str:
+    import getpass
+
+    from .passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise ValueError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 4:
+        raise ValueError("expected a password of at least 4 characters")
+    return hash_password(password)
+
+
+def _start_demo(config: Config) -> None:
+    """The demo origin, in a child process of its own (it exits with us)."""
+    import multiprocessing
+
+    from . import demo
+
+    child = multiprocessing.get_context("fork").Process(
+        target=demo.run, args=(config,), daemon=True, name="demo"
+    )
+    child.start()
+    print(demo.banner(config), file=sys.stderr, flush=True)
 
 
 def _os_error_text(exc: OSError) -> str:
@@ -206,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()
     try:
-        if args.command in ("explain", "token", "keys"):
+        if args.command in ("explain", "token", "keys", "password"):
             return _run_tool(args)
         config = _load_checked(args.config)
         if args.command == "check":

@@ -698,7 +698,9 @@ class OidcProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="oidc", 
 
 def _check_provider(ident: str, name: str) -> None:
     if not _PROVIDER_ID_RE.match(ident):
-        raise _field_error("id", f"Expected 1-32 of a-z 0-9 _ - (starting with a letter or digit), got {ident!r}")
+        raise _field_error(
+            "id", f"Expected 1-32 of a-z 0-9 _ - (starting with a letter or digit), got {ident!r}"
+        )
     if not name.isprintable() or len(name) > 100:
         raise _field_error("name", "Expected up to 100 printable characters")
 
@@ -728,11 +730,15 @@ class Team(Struct, frozen=True, forbid_unknown_fields=True):
         except ValueError as exc:
             raise _field_error("host", str(exc)) from None
         if pattern.segments or pattern.wildcard:
-            raise _field_error("host", f"Expected a plain host name (no path, no wildcard), got {self.host!r}")
+            raise _field_error(
+                "host", f"Expected a plain host name (no path, no wildcard), got {self.host!r}"
+            )
         if self.url:
             parts = urlsplit(self.url)
-            if parts.scheme not in ("http", "https") or (parts.hostname or "") != pattern.host or (
-                parts.path not in ("", "/") or parts.query or parts.fragment
+            if (
+                parts.scheme not in ("http", "https")
+                or (parts.hostname or "") != pattern.host
+                or (parts.path not in ("", "/") or parts.query or parts.fragment)
             ):
                 raise _field_error(
                     "url", f"Expected http(s)://{pattern.host}[:port] (the team host), got {self.url!r}"
@@ -755,6 +761,7 @@ class Demo(Struct, frozen=True, forbid_unknown_fields=True):
 
     listen: str = "127.0.0.1:9000"  # the demo apps' upstream
     web_listen: str = "127.0.0.1:9001"  # a second origin whose page calls the API with fetch()
+    hint: str = "a user of the dev provider"  # who to sign in as, for the startup banner
 
     def __post_init__(self) -> None:
         for key in ("listen", "web_listen"):
@@ -771,8 +778,8 @@ def _check_team(config: Config) -> None:
     if team.store == "memory" and config.server.workers > 1:
         raise _field_error(
             "team.store",
-            f"Expected \"redis\" with server.workers = {config.server.workers}: logouts and one-time "
-            "codes must be shared by every worker (\"memory\" serves one worker only)",
+            f'Expected "redis" with server.workers = {config.server.workers}: logouts and one-time '
+            'codes must be shared by every worker ("memory" serves one worker only)',
         )
     host = team.hostname
     for i, app in enumerate(config.apps):

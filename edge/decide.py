@@ -287,7 +287,9 @@ def compile_config(
     team_url = builtin = None
     if config.team is not None:
         team_url = team_base_url(config)
-        builtin = IssuerKeys(team_url, SIGNING_ALGORITHMS, DEFAULT_LEEWAY, KeySet("key directory", team_keys), None)
+        builtin = IssuerKeys(
+            team_url, SIGNING_ALGORITHMS, DEFAULT_LEEWAY, KeySet("key directory", team_keys), None
+        )
         issuers.append(builtin)
     shared = Shared(responses)
     apps = tuple(CompiledApp(app, shared) for app in config.apps)
@@ -577,7 +579,11 @@ def verify_token(c: Compiled, token: bytes | Refusal, now: float) -> Identity | 
     if isinstance(token, Refusal):
         return token
     result = c.verifier.verify(token, now)
-    if isinstance(result, Identity) and result.identity_nonce and c.revoked.is_revoked(result.identity_nonce, now):
+    if (
+        isinstance(result, Identity)
+        and result.identity_nonce
+        and c.revoked.is_revoked(result.identity_nonce, now)
+    ):
         return REVOKED
     return result
 

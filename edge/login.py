@@ -243,7 +243,9 @@ class LoginService:
     def _html(self, status: int, page: bytes, extra: Sequence[Header] = ()) -> LocalResponse:
         return LocalResponse(status, [*HTML_HEADERS, *extra], page, self.server)
 
-    def _message(self, status: int, title: str, text: str, link: tuple[str, str] | None = None) -> LocalResponse:
+    def _message(
+        self, status: int, title: str, text: str, link: tuple[str, str] | None = None
+    ) -> LocalResponse:
         return self._html(status, pages.message_page(title, text, link=link))
 
     def _json(self, status: int, doc: Any, extra: Sequence[Header] = ()) -> LocalResponse:
@@ -251,7 +253,9 @@ class LoginService:
 
     def _redirect(self, location: str, extra: Sequence[Header] = ()) -> LocalResponse:
         fields = [(b"location", location.encode("ascii")), (b"cache-control", b"no-store"), *extra]
-        return LocalResponse(302, [(b"content-type", b"text/plain; charset=utf-8"), *fields], b"", self.server)
+        return LocalResponse(
+            302, [(b"content-type", b"text/plain; charset=utf-8"), *fields], b"", self.server
+        )
 
     def _no_login_service(self) -> LocalResponse:
         return self._message(404, "No login service", "This edge has no login service configured ([team]).")
@@ -313,7 +317,9 @@ class LoginService:
             code = self.sealer.open("handoff", call.query.get("code", ""), now)
         except SealError as exc:
             log.info("handoff refused: %s", exc)
-            return self._message(400, "Sign-in link not valid", "This sign-in link is not valid or has expired.")
+            return self._message(
+                400, "Sign-in link not valid", "This sign-in link is not valid or has expired."
+            )
         app = c.apps_by_aud.get(str(code.get("a")))
         url = same_host_url(str(code.get("r")), call.host)
         if code.get("h") != call.host or app is None or url is None or url != code.get("r"):
@@ -333,7 +339,9 @@ class LoginService:
     ) -> LocalResponse:
         assert self.ring is not None
         duration = app.config.session_duration
-        claims = token_claims(iss=self.team_url, aud=app.aud, kind="app", person=who, now=now, lifetime=duration)
+        claims = token_claims(
+            iss=self.team_url, aud=app.aud, kind="app", person=who, now=now, lifetime=duration
+        )
         token = self.ring.sign(claims)
         cookie = set_cookie(
             AUTH_COOKIE,
@@ -355,7 +363,7 @@ class LoginService:
             return Refusal("not a team session token")
         return ident
 
-    def _target(self, c: Compiled, host: str, call: Call) -> Target | None | str:
+    def _target(self, c: Compiled, host: str, call: Call) -> Target | str | None:
         """The login's destination: None for a login to the team itself, a
         message if the link is not valid."""
         if not host:
@@ -363,7 +371,9 @@ class LoginService:
         app = c.apps_by_aud.get(call.query.get("kid", ""))
         url = same_host_url(call.query.get("redirect_url", ""), host.lower())
         if app is None or url is None:
-            return "This sign-in link is not valid (unknown application, or a return address on another site)."
+            return (
+                "This sign-in link is not valid (unknown application, or a return address on another site)."
+            )
         segments = path_segments(urlsplit(url).path.encode("latin-1"))
         route = None if segments is None else c.router.match(host.lower().encode(), segments)
         if route is None or route.app is not app:
@@ -383,13 +393,17 @@ class LoginService:
             return self._handoff(c, ident, _person_of(ident), target, call, now)
         return self._login_page(200, call, target)
 
-    def _login_page(self, status: int, call: Call, target: Target | None, error: str = "", email: str = "") -> LocalResponse:
+    def _login_page(
+        self, status: int, call: Call, target: Target | None, error: str = "", email: str = ""
+    ) -> LocalResponse:
         assert self.sealer is not None
         csrf = cookie_value(call.cookies, CSRF_COOKIE)
         extra = []
         if not csrf or len(csrf) > 64:
             csrf = random_token()
-            extra.append(set_cookie(CSRF_COOKIE, csrf, max_age=CSRF_TTL, path=ENDPOINT_PATH, same_site="strict"))
+            extra.append(
+                set_cookie(CSRF_COOKIE, csrf, max_age=CSRF_TTL, path=ENDPOINT_PATH, same_site="strict")
+            )
         choices = [
             pages.Choice(p.id, p.name or p.id, "dev" if isinstance(p, DevProvider) else "oidc")
             for p in self.providers.values()
@@ -406,10 +420,15 @@ class LoginService:
 
     def _signed_in(self, ident: Identity) -> LocalResponse:
         return self._message(
-            200, "Signed in", f"You are signed in as {ident.email}.", link=(f"{ENDPOINT_PATH}/logout", "Sign out")
+            200,
+            "Signed in",
+            f"You are signed in as {ident.email}.",
+            link=(f"{ENDPOINT_PATH}/logout", "Sign out"),
         )
 
-    async def _login_post(self, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float) -> LocalResponse:
+    async def _login_post(
+        self, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ) -> LocalResponse:
         assert self.sealer is not None
         if action.name != "login":
             return self._message(405, "Not allowed", "Nothing to see here.")
@@ -429,7 +448,13 @@ class LoginService:
         return await self._dev_login(c, provider, form, call, target, now)
 
     async def _dev_login(
-        self, c: Compiled, provider: DevProvider, form: dict[str, str], call: Call, target: Target | None, now: float
+        self,
+        c: Compiled,
+        provider: DevProvider,
+        form: dict[str, str],
+        call: Call,
+        target: Target | None,
+        now: float,
     ) -> LocalResponse:
         email = form.get("email", "").strip()
         if self._throttled(call.client_ip, now):
@@ -497,7 +522,9 @@ class LoginService:
             )
         except OidcError as exc:
             log.warning("oidc %s: %s", provider.id, exc)
-            page = pages.message_page("Sign-in failed", exc.public, link=(f"{ENDPOINT_PATH}/login", "Start again"))
+            page = pages.message_page(
+                "Sign-in failed", exc.public, link=(f"{ENDPOINT_PATH}/login", "Start again")
+            )
             return self._html(400, page, clear)
         target = self._saved_target(c, state.get("t"))
         who = person(claims.email, claims.groups, provider.id, sub=f"{provider.id}:{claims.sub}")
@@ -512,7 +539,13 @@ class LoginService:
         return None if app is None or url is None else Target(app, str(saved[0]), url)
 
     def _session(
-        self, c: Compiled, who: dict[str, Any], target: Target | None, call: Call, now: float, extra: Sequence[Header] = ()
+        self,
+        c: Compiled,
+        who: dict[str, Any],
+        target: Target | None,
+        call: Call,
+        now: float,
+        extra: Sequence[Header] = (),
     ) -> LocalResponse:
         """A new team session for `who`; then on to the application."""
         assert self.ring is not None and self.team is not None
@@ -554,7 +587,13 @@ class LoginService:
             log.info("login: %s has no access to %s", ident.email, target.app.name)
             page = pages.denied_page(ident.email, target.app.name, f"{ENDPOINT_PATH}/logout")
             return self._html(403, page, extra)
-        payload = {"h": target.host, "a": target.app.aud, "r": target.redirect_url, "p": who, "j": random_token(16)}
+        payload = {
+            "h": target.host,
+            "a": target.app.aud,
+            "r": target.redirect_url,
+            "p": who,
+            "j": random_token(16),
+        }
         code = self.sealer.seal("handoff", payload, now + HANDOFF_TTL)
         location = f"{origin_of(target.redirect_url)}{ENDPOINT_PATH}/authorized?code={code}"
         return self._redirect(location, extra)

@@ -251,6 +251,8 @@ class OidcClient:
         """
         if not hmac.compare_digest(returned_state.encode(), flow.state.encode()):
             raise OidcError("the callback's state does not match the sign-in flow", STALE)
+        if not code:
+            raise OidcError("the callback has no code", STALE)
         d = await self.discovery()
         id_token = await self._redeem(d, code, flow.verifier, redirect_uri)
         claims = await self._verify(d, id_token, flow.nonce, now)

@@ -38,7 +38,7 @@ class Choice:
 
 def _page(title: str, body: str) -> bytes:
     return (
-        "<!doctype html>\n<html lang=\"en\">\n<meta charset=\"utf-8\">\n"
+        '<!doctype html>\n<html lang="en">\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{escape(title)}</title>\n<style>{_STYLE}</style>\n"
         f"<main>\n{body}\n</main>\n"
@@ -73,7 +73,7 @@ def _provider_form(choice: Choice, action: str, csrf: str, email: str) -> str:
     if choice.kind == "oidc":
         return (
             f'{head}<form method="post" action="{escape(action)}">{hidden}'
-            f"<button type=\"submit\">Continue with {escape(choice.name)}</button></form></section>"
+            f'<button type="submit">Continue with {escape(choice.name)}</button></form></section>'
         )
     return (
         f'{head}<form method="post" action="{escape(action)}">{hidden}'

@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 import h11
 import msgspec
 
+from . import keydir
 from .accesslog import AccessLog, AccessRecord, iso_time
 from .config import TLS, Config, ConfigError, ListenAddress, load
-from . import keydir
 from .decide import Compiled, Endpoint, Forward, RemoteKeys, Request, compile_config, decide
 from .endpoints import EndpointCall
 from .fetch import FetchError, fetch
@@ -163,7 +163,10 @@ class ServerState:
         try:
             config = load(self.source)
             if config.team is not None and self.config.team is not None:
-                if config.team.store != self.config.team.store or config.team.redis_url != self.config.team.redis_url:
+                if (
+                    config.team.store != self.config.team.store
+                    or config.team.redis_url != self.config.team.redis_url
+                ):
                     log.warning("reload: team.store and team.redis_url take effect only after a restart")
             ensure_keys(config)
             self.login.configure(config)
@@ -332,7 +335,10 @@ async def _login_keeper(state: ServerState) -> None:
             builtin = state.compiled.builtin
             if state.login.refresh_keys(now) and builtin is not None and builtin.keys is not None:
                 notes = builtin.keys.update(state.login.ring_jwks(), now)
-                log.info("signing keys reloaded: %s", ", ".join(notes) or "current key " + state.login.current_kid())
+                log.info(
+                    "signing keys reloaded: %s",
+                    ", ".join(notes) or "current key " + state.login.current_kid(),
+                )
         except (keydir.KeyDirError, JwksError) as exc:
             log.error("signing keys: %s (keeping the keys already loaded)", exc)
         state.store.revocations.sweep(now)

@@ -196,12 +196,14 @@ def test_key_rotation_refetches_the_jwks_once(provider: OidcProvider) -> None:
 # -- refusals ---------------------------------------------------------------------
 
 
-def test_bad_state_is_refused_before_the_code_is_spent(provider: OidcProvider) -> None:
+def test_bad_state_or_no_code_is_refused_before_the_provider_is_asked(provider: OidcProvider) -> None:
     client = client_for(provider)
     code, _, flow = begin(client)
     with pytest.raises(OidcError) as caught:
         run(client.finish(code, "forged-state", flow, REDIRECT_URI, time.time()))
     assert caught.value.public == oidc.STALE
+    with pytest.raises(OidcError, match="no code"):
+        run(client.finish("", flow.state, flow, REDIRECT_URI, time.time()))
     assert "/token" not in provider.requests
 
 
