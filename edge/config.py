@@ -690,6 +690,13 @@ class OidcProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="oidc", 
         _check_provider(self.id, self.name or self.id)
         if upstream_problem(self.issuer) is not None or "?" in self.issuer or "#" in self.issuer:
             raise _field_error("issuer", f"Expected an http:// or https:// URL, got {self.issuer!r}")
+        host = urlsplit(self.issuer).hostname or ""
+        loopback = host in ("localhost", "::1") or host.endswith(".localhost") or host.startswith("127.")
+        if self.issuer.startswith("http://") and not loopback:
+            raise _field_error(
+                "issuer",
+                f"Expected https:// (plain http only for an issuer on loopback), got {self.issuer!r}",
+            )
         if not self.client_id or not self.client_id.isprintable():
             raise _field_error("client_id", "Expected a non-empty printable string")
         if "openid" not in self.scopes:

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge.login")
 
 MAX_FORM_BYTES = 16 * 1024  # a login form is a few hundred bytes
-ENDPOINT_TIMEOUT = 20.0  # seconds: covers an identity provider's token exchange (fetch timeout 5 s x 3)
+# Seconds: covers a sign-in through an identity provider (discovery, token,
+# JWKS and one refetch: 4 calls of at most 5 s each).
+ENDPOINT_TIMEOUT = 25.0
 
 Handler = Callable[[bytes], Coroutine[None, None, "LocalResponse"]]
 

@@ -45,10 +45,10 @@ import jwt
 import msgspec
 
 from . import keydir, pages
-from .config import DEFAULT_LEEWAY, Config, DevProvider, DevUser, OidcProvider, Team
+from .config import DEFAULT_LEEWAY, Config, ConfigError, DevProvider, DevUser, OidcProvider, Team
 from .decide import Compiled, CompiledApp, Endpoint, team_base_url, verify_token
 from .endpoints import EndpointCall
-from .fetch import client_ssl_context
+from .fetch import FetchError, client_ssl_context
 from .oidc import Flow, OidcClient, OidcError
 from .passwords import DUMMY_HASH, verify_password
 from .policy import Subject
@@ -168,12 +168,15 @@ class LoginService:
         self.providers: dict[str, DevProvider | OidcProvider] = {}
         if config.team is None:
             return
-        for provider in config.team.providers:
+        for i, provider in enumerate(config.team.providers):
             self.providers[provider.id] = provider
             if isinstance(provider, DevProvider):
                 self.dev_users.update({u.email.lower(): u for u in provider.users})
-            else:
+                continue
+            try:
                 self.oidc[provider.id] = (provider, _oidc_client(provider))
+            except (ValueError, FetchError) as exc:
+                raise ConfigError(f"$.team.providers[{i}]: {exc}") from None
         if config.team.key_dir != self.key_dir:
             self.key_dir = config.team.key_dir
             self.ring = None

@@ -69,7 +69,8 @@ def _provider_form(choice: Choice, action: str, csrf: str, email: str) -> str:
         f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
         f'<input type="hidden" name="provider" value="{escape(choice.id)}">'
     )
-    head = f'<section aria-labelledby="p-{escape(choice.id)}"><h2 id="p-{escape(choice.id)}">{escape(choice.name)}</h2>'
+    ident = escape(choice.id)
+    head = f'<section aria-labelledby="p-{ident}"><h2 id="p-{ident}">{escape(choice.name)}</h2>'
     if choice.kind == "oidc":
         return (
             f'{head}<form method="post" action="{escape(action)}">{hidden}'

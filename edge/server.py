@@ -58,6 +58,11 @@ def _is_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     return b"upgrade" in connection and any(k == b"upgrade" for k, _ in headers)
 
 
+def _store_of(config: Config) -> tuple[str, str] | None:
+    team = config.team
+    return None if team is None else (team.store, team.redis_url)
+
+
 def sweep_interval(config: Config) -> float:
     s = config.server
     shortest = min(s.header_timeout, s.body_idle_timeout, s.keepalive_timeout)
@@ -139,6 +144,8 @@ class ServerState:
             self.login = LoginService(config, self.store, config.server.server_header.encode("ascii"))
         except keydir.KeyDirError as exc:
             raise ConfigError(f"{source}: $.team.key_dir: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         self._install(config, compiled or self._compile(config))
 
     def _compile(self, config: Config) -> Compiled:
@@ -162,22 +169,15 @@ class ServerState:
         (and say why) if the new one is invalid."""
         try:
             config = load(self.source)
-            if config.team is not None and self.config.team is not None:
-                if (
-                    config.team.store != self.config.team.store
-                    or config.team.redis_url != self.config.team.redis_url
-                ):
-                    log.warning("reload: team.store and team.redis_url take effect only after a restart")
             ensure_keys(config)
             self.login.configure(config)
             compiled = self._compile(config)
-        except keydir.KeyDirError as exc:
-            log.error("reload refused, still serving the previous configuration: %s: %s", self.source, exc)
+        except (keydir.KeyDirError, ConfigError) as exc:
+            log.error("reload refused, still serving the previous configuration: %s", exc)
             self.login.configure(self.config)
             return False
-        except ConfigError as exc:
-            log.error("reload refused, still serving the previous configuration: %s", exc)
-            return False
+        if _store_of(config) != _store_of(self.config):
+            log.warning("reload: team.store and team.redis_url take effect only after a restart")
         fixed = [k for k in RESTART_KEYS if getattr(config.server, k) != getattr(self.config.server, k)]
         if fixed:
             log.warning("reload: server.%s take effect only after a restart", ", server.".join(fixed))

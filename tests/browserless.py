@@ -45,7 +45,8 @@ class Browser:
     beyond prefix matching), sends Sec-Fetch-Mode: navigate like a browser."""
 
     port: int  # where the edge listens; every *.localhost URL goes there
-    cookies: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)  # host -> name -> (value, path)
+    # host -> cookie name -> (value, path)
+    cookies: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
     set_cookies: list[tuple[str, str]] = field(default_factory=list)  # (host, raw Set-Cookie)
     ports: dict[int, int] = field(default_factory=dict)  # URL port -> real port (other servers)
 
