@@ -31,6 +31,7 @@ from .endpoints import EndpointCall, EndpointCycle
 from .flow import ReadGate
 from .proxy import ProxyCycle
 from .responses import LocalResponse
+from .wire import ResponseHead, commit_head
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -582,7 +583,13 @@ class HttpProtocol(asyncio.Protocol):
         if self.phase == BUSY:
             self.deadline = self.state.now + timeout
 
-    def send(self, event: h11.Event) -> None:
+    def send(self, event: h11.Event | ResponseHead) -> None:
+        if isinstance(event, ResponseHead):
+            # A proxied head: framed by hand, h11's state advanced to match.
+            if self.request is not None:
+                self.request.status = event.status
+            self._write(commit_head(self.conn, event, self.state.draining or self.closing))
+            return
         if type(event) is h11.Response:
             assert isinstance(event, h11.Response)
             if self.request is not None:

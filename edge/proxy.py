@@ -28,6 +28,7 @@ import h11
 from . import flow
 from .forwarding import response_headers
 from .upstream import Target, UpstreamConnection, UpstreamError
+from .wire import ResponseHead
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge.proxy")
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_EOM = h11.EndOfMessage()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ class ProxyCycle:
         self.finished = False
         self.body_sent = False
         self.retried = False
-        self.switch: h11.InformationalResponse | None = None  # a 101 that came before the request's end
+        self.switch: ResponseHead | None = None  # a 101 that came before the request's end
         self.status = 0
         self.started = time.monotonic()
         self.head_at = 0.0
@@ -109,15 +111,14 @@ class ProxyCycle:
     def _attach(self, conn: UpstreamConnection) -> None:
         self.up = conn
         conn.exchange = self
-        req = self.request
-        target = self.plan.path or req.target
-        conn.send(h11.Request(method=req.method, target=target, headers=self.plan.headers, _parsed=True))
+        plan = self.plan
+        conn.send_request(self.request.method, plan.path or self.request.target, plan.headers, plan.upgrade)
         # A request without a body is complete upstream with its head: the
         # upstream may answer before the client's end-of-message is parsed
         # here (parsing resumes only after `hold(False)`), and the exchange
         # must then still be clean and poolable. A retry ends the same way.
-        if self.request_done or not _has_body(self.plan.headers):
-            conn.send(h11.EndOfMessage())
+        if self.request_done or not _has_body(plan.headers):
+            conn.end_request()
             self._request_sent()
         client = self.client
         if client.conn.client_is_waiting_for_100_continue:
@@ -130,15 +131,15 @@ class ProxyCycle:
     def client_data(self, data: bytes) -> None:
         if self.up is not None and not self.up.closed:
             self.body_sent = True
-            self.up.send(h11.Data(data=data))
+            self.up.send_body(data)
 
     def client_end(self) -> None:
         self.request_done = True
-        if self.up is not None and self.up.conn.our_state is h11.SEND_BODY:
-            self.up.send(h11.EndOfMessage())
+        if self.up is not None and self.up.body_open:
+            self.up.end_request()
             self._request_sent()
         if self.switch is not None:
-            self._on_switch(self.switch)
+            self.upstream_switch(self.switch)
 
     def _request_sent(self) -> None:
         if not self.response_started:  # else idle_timeout, armed by the response, applies
@@ -168,42 +169,26 @@ class ProxyCycle:
 
     # -- upstream side (the Exchange protocol)
 
-    def upstream_event(self, event: h11.Event) -> None:
-        kind = type(event)
-        if kind is h11.Data:
-            assert isinstance(event, h11.Data)
-            self.client.send_body(event.data)
-            self.client.arm(self.client.state.config.proxy.idle_timeout)
-        elif kind is h11.Response:
-            assert isinstance(event, h11.Response)
-            self._on_response(event)
-        elif kind is h11.EndOfMessage:
-            self._on_response_end()
-        elif kind is h11.InformationalResponse:
-            assert isinstance(event, h11.InformationalResponse)
-            if event.status_code == 101:
-                self._on_switch(event)
-        # ConnectionClosed: upstream_lost follows from connection_lost.
-
-    def _on_response(self, event: h11.Response) -> None:
-        self.response_started = True
-        self.status = event.status_code
-        self.head_at = time.monotonic()
-        pairs = [(n, v) for _, n, v in event.headers._full_items]
-        headers = response_headers(pairs, vary_origin=self.plan.vary_origin)
-        self.client.send(
-            h11.Response(status_code=event.status_code, headers=headers, reason=event.reason, _parsed=True)
-        )
+    def upstream_data(self, data: bytes) -> None:
+        self.client.send_body(data)
         self.client.arm(self.client.state.config.proxy.idle_timeout)
 
-    def _on_response_end(self) -> None:
+    def upstream_head(self, head: ResponseHead) -> None:
+        self.response_started = True
+        self.status = head.status
+        self.head_at = time.monotonic()
+        headers = response_headers(head.headers, vary_origin=self.plan.vary_origin)
+        self.client.send(ResponseHead(head.status, head.reason, headers))
+        self.client.arm(self.client.state.config.proxy.idle_timeout)
+
+    def upstream_end(self) -> None:
         self.finished = True
         up = self.up
         self.up = None
-        self.client.send(h11.EndOfMessage())
+        self.client.send(_EOM)
         if up is not None:
             up.exchange = None
-            if up.conn.our_state is h11.DONE:
+            if up.request_sent:
                 self.pool.release(up, self.client.state.loop.time())
             else:
                 up.abort()  # the upstream answered before the whole body: not reusable
@@ -216,7 +201,7 @@ class ProxyCycle:
         rest of an early-answered body must be drained or refused)."""
         self.client.gate.unblock(flow.PEER_WRITE)
 
-    def _on_switch(self, event: h11.InformationalResponse) -> None:
+    def upstream_switch(self, head: ResponseHead) -> None:
         up = self.up
         if up is None or not self.plan.upgrade:
             self._abort_both()
@@ -224,13 +209,13 @@ class ProxyCycle:
         if not self.request_done:
             # The upstream may answer as soon as it has the head; the client
             # side switches only once its request is complete (client_end).
-            self.switch = event
+            self.switch = head
             return
         self.switch = None
         self.response_started = True
         self.status = 101
-        headers = response_headers(event.headers, switching=True)
-        self.client.send(h11.InformationalResponse(status_code=101, headers=headers, reason=event.reason))
+        headers = response_headers(head.headers, switching=True)
+        self.client.send(h11.InformationalResponse(status_code=101, headers=headers, reason=head.reason))
         leftover = up.start_tunnel()
         self.client.start_tunnel(self, self.plan.expires)
         if leftover:

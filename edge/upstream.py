@@ -1,11 +1,14 @@
-"""Connections to upstreams: h11 clients and a keep-alive pool.
+"""Connections to upstreams: HTTP/1.1 clients written for the proxy, and a keep-alive pool.
 
 Invariants:
 - An `UpstreamConnection` serves one exchange at a time for one `Exchange`
   listener (the proxy cycle); between exchanges it sits idle in the pool.
+- Request heads are written by hand from an already validated header list
+  and responses are parsed strictly (wire.py); a response the parser refuses
+  ends the exchange with a 502 and the connection.
 - A connection goes back to the pool only when its exchange finished cleanly
-  on both sides (h11 CLIENT and SERVER states DONE, keep-alive) and nothing
-  arrived beyond the response; anything else closes it.
+  on both sides (the whole request sent, the whole response read, keep-alive)
+  and nothing arrived beyond the response; anything else closes it.
 - The pool holds at most `max_idle` idle connections per upstream, each for at
   most `idle_timeout` seconds (expired by the server's sweep).
 - Reading from an upstream is paused only through its `gate` (ReadGate).
@@ -19,10 +22,8 @@ from collections.abc import Callable
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
-import h11
-from h11._readers import ContentLengthReader
-
 from .flow import ReadGate
+from .wire import END, LAST_CHUNK, Headers, ProtocolError, ResponseHead, ResponseParser, chunk, request_head
 
 
 class UpstreamError(Exception):
@@ -36,7 +37,10 @@ class UpstreamError(Exception):
 class Exchange(Protocol):
     """What an upstream connection reports to the proxy cycle using it."""
 
-    def upstream_event(self, event: h11.Event) -> None: ...
+    def upstream_head(self, head: ResponseHead) -> None: ...
+    def upstream_data(self, data: bytes) -> None: ...
+    def upstream_end(self) -> None: ...
+    def upstream_switch(self, head: ResponseHead) -> None: ...
     def upstream_lost(self, error: UpstreamError) -> None: ...
     def upstream_write_paused(self, paused: bool) -> None: ...
     def upstream_raw(self, data: bytes) -> None: ...
@@ -75,7 +79,7 @@ class Target:
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, target: Target, on_idle_close: Callable[[UpstreamConnection], None]) -> None:
         self.target = target
-        self.conn = h11.Connection(h11.CLIENT)
+        self.parser = ResponseParser()  # replaced by each request
         self.exchange: Exchange | None = None
         self.transport: asyncio.Transport | None = None
         self.gate: ReadGate | None = None
@@ -83,6 +87,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.deadline = 0.0  # loop time; when idle in the pool
         self.reused = False
+        self.chunked = False  # the request body goes out in chunks
+        self.body_open = False  # the request head is sent, its body (or end) not yet
+        self.request_sent = False  # the whole request is sent
         self._on_idle_close = on_idle_close
 
     # -- asyncio callbacks
@@ -108,29 +115,13 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             exchange.upstream_raw(data)
             return
-        reader = self.conn._reader
-        if type(reader) is ContentLengthReader and reader._remaining and not self.conn._receive_buffer:
-            # Body bytes of a Content-Length response with nothing buffered:
-            # straight through, without h11's receive buffer (three copies).
-            take = reader._remaining
-            chunk = data if len(data) <= take else data[:take]
-            reader._remaining -= len(chunk)
-            exchange.upstream_event(h11.Data(data=chunk))
-            if reader._remaining or self.exchange is not exchange:
-                return
-            data = data[take:]
-        if data:  # b"" would tell h11 the peer closed
-            self.conn.receive_data(data)
-        exchange.upstream_batch(True)
-        try:
-            self._pump(exchange)
-        finally:
-            exchange.upstream_batch(False)
+        self.parser.feed(data)
+        self._pump(exchange)
 
     def eof_received(self) -> bool | None:
         if self.tunnel:
             return False
-        self.conn.receive_data(b"")
+        self.parser.feed_eof()
         if self.exchange is not None:
             self._pump(self.exchange)
         return False
@@ -143,29 +134,67 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.upstream_write_paused(False)
 
-    # -- driving h11
+    # -- the response
 
     def _pump(self, exchange: Exchange) -> None:
-        conn = self.conn
-        while self.exchange is exchange:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                self.exchange = None
-                self.abort()
-                exchange.upstream_lost(UpstreamError(502, f"upstream sent an invalid response: {exc}"))
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            assert isinstance(event, h11.Event)
-            exchange.upstream_event(event)
-            if type(event) is h11.ConnectionClosed:
-                return
+        """Hand the parser's events to the exchange; its writes to the client
+        made meanwhile go out as one."""
+        exchange.upstream_batch(True)
+        try:
+            while self.exchange is exchange and self._next(exchange):
+                pass
+        finally:
+            exchange.upstream_batch(False)
 
-    def send(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
-        if data and self.transport is not None:
+    def _next(self, exchange: Exchange) -> bool:
+        """Deliver one event; False when the parser needs more bytes or failed."""
+        try:
+            event = self.parser.next_event()
+        except ProtocolError as exc:
+            self.exchange = None
+            self.abort()
+            exchange.upstream_lost(UpstreamError(502, f"upstream sent an invalid response: {exc}"))
+            return False
+        if event is None:
+            return False
+        if type(event) is bytes:
+            exchange.upstream_data(event)
+        elif event is END:
+            exchange.upstream_end()
+        elif type(event) is ResponseHead:
+            if event.status >= 200:
+                exchange.upstream_head(event)
+            elif event.status == 101:
+                exchange.upstream_switch(event)
+            # Other 1xx (100, 103) are consumed: the edge answers
+            # 100-continue itself, and early hints are not relayed.
+        return True
+
+    # -- the request
+
+    def send_request(self, method: bytes, target: bytes, headers: Headers, upgrade: bool) -> None:
+        """Write a request head; its body follows through send_body, then end_request.
+        `headers` declare the body's framing: chunked, a Content-Length, or none."""
+        self.parser = ResponseParser(head_only=method == b"HEAD", upgrade=upgrade)
+        self.chunked = any(name == b"transfer-encoding" for name, _ in headers)
+        self.body_open = True
+        self.request_sent = False
+        self.write_raw(request_head(method, target, headers))
+
+    def send_body(self, data: bytes) -> None:
+        if not data or not self.body_open or self.transport is None:
+            return
+        if self.chunked:
+            # One writev, no copy of a (possibly large) piece.
+            self.transport.writelines(chunk(data))
+        else:
             self.transport.write(data)
+
+    def end_request(self) -> None:
+        if self.chunked:
+            self.write_raw(LAST_CHUNK)
+        self.body_open = False
+        self.request_sent = True
 
     def write_raw(self, data: bytes) -> None:
         if self.transport is not None:
@@ -175,18 +204,12 @@ class UpstreamConnection(asyncio.Protocol):
         """After a 101: hand over raw bytes both ways; returns bytes that
         arrived after the 101 head."""
         self.tunnel = True
-        return self.conn.trailing_data[0]
+        return self.parser.trailing
 
     def reusable(self) -> bool:
-        c = self.conn
         # Bytes already received past the response belong to no request of
         # ours: pooled, they would answer the next request (a desync).
-        return (
-            not self.closed
-            and c.our_state is h11.DONE
-            and c.their_state is h11.DONE
-            and not c.trailing_data[0]
-        )
+        return not self.closed and self.request_sent and self.parser.reusable()
 
     def abort(self) -> None:
         self.closed = True
@@ -258,7 +281,6 @@ class Pool:
         if len(idle) >= self.max_idle:
             conn.abort()
             return
-        conn.conn.start_next_cycle()
         conn.deadline = now + self.idle_timeout
         if conn.gate is not None:
             conn.gate.reset()

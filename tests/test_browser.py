@@ -47,12 +47,7 @@ them.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -63,24 +58,9 @@ from typing import Any
 
 import pytest
 from access_fixtures import AUD, ISS, default_jwks, mint
+from chromium import CALL_TIMEOUT, Browser, DevTools, chromium_binary
 from conftest import EdgeProcess, wait_for, write_config
-from websockets.sync.client import ClientConnection, connect
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-    "--remote-debugging-address=127.0.0.1",
-    "--remote-debugging-port=0",
-]
-BROWSER_LIMIT = 60.0  # seconds the browser may live, whatever happens
-CALL_TIMEOUT = 15.0  # seconds for one DevTools call (a fetch aborts after FETCH_TIMEOUT_MS)
 FETCH_TIMEOUT_MS = 5000
 EMAIL = "alice@example.com"
 IDENTITY_HEADER = "cf-access-authenticated-user-email"
@@ -184,46 +164,6 @@ class RecordingServer(ThreadingHTTPServer):
         self._thread.join(5)
 
 
-# -- a minimal DevTools client ------------------------------------------------------------
-
-
-class DevTools:
-    """Commands over the browser's WebSocket; events are kept in `events`."""
-
-    def __init__(self, ws_url: str) -> None:
-        # Entered as a context manager: websockets >= 17.1 warns otherwise.
-        self._stack = contextlib.ExitStack()
-        self.ws: ClientConnection = self._stack.enter_context(
-            connect(ws_url, max_size=16 * 1024 * 1024, open_timeout=10)
-        )
-        self.next_id = 0
-        self.events: list[dict[str, Any]] = []
-
-    def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
-        self.next_id += 1
-        ident = self.next_id
-        message: dict[str, Any] = {"id": ident, "method": method, "params": params}
-        if session is not None:
-            message["sessionId"] = session
-        self.ws.send(json.dumps(message))
-        deadline = time.monotonic() + CALL_TIMEOUT
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"DevTools call {method} got no answer in {CALL_TIMEOUT} s")
-            reply = json.loads(self.ws.recv(timeout=left))
-            if reply.get("id") == ident:
-                if "error" in reply:
-                    raise AssertionError(f"DevTools {method} failed: {reply['error']}")
-                result: dict[str, Any] = reply.get("result", {})
-                return result
-            if "method" in reply:
-                self.events.append(reply)
-
-    def close(self) -> None:
-        self._stack.close()
-
-
 @dataclass
 class Tab:
     """A page of one origin, attached through a flat DevTools session."""
@@ -282,32 +222,8 @@ class Tab:
         return [f["corsErrorStatus"] for f in self.events("Network.loadingFailed") if "corsErrorStatus" in f]
 
 
-class Browser:
-    def __init__(self, binary: str, profile: Path) -> None:
-        profile.mkdir()
-        self.log = (profile.parent / "chromium.log").open("wb")
-        self.proc = subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: killed as one
-        )
-        self.watchdog = threading.Timer(BROWSER_LIMIT, self.kill)
-        self.watchdog.daemon = True
-        self.watchdog.start()
-        self.tools: DevTools | None = None
-        try:
-            active = profile / "DevToolsActivePort"
-            if not wait_for(lambda: len(_lines(active)) >= 2 or self.proc.poll() is not None, timeout=30):
-                raise AssertionError("chromium wrote no DevToolsActivePort in 30 s")
-            if self.proc.poll() is not None:
-                raise AssertionError(f"chromium exited with {self.proc.returncode}")
-            port, path = _lines(active)[:2]
-            self.tools = DevTools(f"ws://127.0.0.1:{port}{path}")
-        except BaseException:
-            self.kill()
-            raise
+class ProbeBrowser(Browser):
+    """Opens pages that define probe() (PAGE above)."""
 
     def open(self, url: str) -> Tab:
         assert self.tools is not None
@@ -328,48 +244,6 @@ class Browser:
             time.sleep(0.05)
         raise AssertionError(f"page {url} did not load: {state!r}")
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-
-    def close(self) -> None:
-        self.watchdog.cancel()
-        if self.tools is not None:
-            with contextlib.suppress(Exception):
-                self.tools.close()
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        else:
-            # Helpers (zygote, renderers) may outlive a crashed browser.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text().split()
-    except OSError:
-        return []
-
-
-def chromium_binary() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        message = "chromium is not installed (bin/test installs Debian's chromium package)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI is set, so this is a failure, not a skip", pytrace=False)
-        pytest.skip(message)
-    return found
-
 
 # -- the world: pages, upstream, edge, browser ---------------------------------------------
 
@@ -381,7 +255,7 @@ class World:
     upstream: RecordingServer
     edge: EdgeProcess
     access_log: Path
-    browser: Browser
+    browser: ProbeBrowser
     allowed: Tab
     other: Tab
 
@@ -476,7 +350,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("browser")
     servers: list[RecordingServer] = []
     edge: EdgeProcess | None = None
-    browser: Browser | None = None
+    browser: ProbeBrowser | None = None
     try:
         page_a = RecordingServer(PageHandler)
         servers.append(page_a)
@@ -491,7 +365,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         access_log = tmp / "access.log"
         config = edge_config(jwks, f"http://127.0.0.1:{upstream.port}", origin_a)
         edge = EdgeProcess(write_config(tmp, f'access_log = "{access_log}"', config))
-        browser = Browser(binary, tmp / "profile")
+        browser = ProbeBrowser(binary, tmp / "profile")
         assert browser.tools is not None
         now = int(time.time())
         token = mint(

@@ -1,0 +1,150 @@
+"""Headless Chromium (Debian's `chromium`) driven over the DevTools protocol.
+
+Shared by the browser tests. The browser is started with
+``--remote-debugging-port=0`` and a fresh ``--user-data-dir``; the test talks
+the Chrome DevTools Protocol to it over a WebSocket (``websockets``' sync
+client). Every call has a deadline, a watchdog kills the whole browser process
+group after BROWSER_LIMIT seconds whatever happens, and `close` kills it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from websockets.sync.client import ClientConnection, connect
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
+]
+BROWSER_LIMIT = 60.0  # seconds the browser may live, whatever happens
+CALL_TIMEOUT = 15.0  # seconds for one DevTools call (a page's fetch aborts sooner)
+
+# -- a minimal DevTools client ------------------------------------------------------------
+
+
+class DevTools:
+    """Commands over the browser's WebSocket; events are kept in `events`."""
+
+    def __init__(self, ws_url: str) -> None:
+        # Entered as a context manager: websockets >= 17.1 warns otherwise.
+        self._stack = contextlib.ExitStack()
+        self.ws: ClientConnection = self._stack.enter_context(
+            connect(ws_url, max_size=16 * 1024 * 1024, open_timeout=10)
+        )
+        self.next_id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        ident = self.next_id
+        message: dict[str, Any] = {"id": ident, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        self.ws.send(json.dumps(message))
+        deadline = time.monotonic() + CALL_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"DevTools call {method} got no answer in {CALL_TIMEOUT} s")
+            reply = json.loads(self.ws.recv(timeout=left))
+            if reply.get("id") == ident:
+                if "error" in reply:
+                    raise AssertionError(f"DevTools {method} failed: {reply['error']}")
+                result: dict[str, Any] = reply.get("result", {})
+                return result
+            if "method" in reply:
+                self.events.append(reply)
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class Browser:
+    def __init__(self, binary: str, profile: Path) -> None:
+        profile.mkdir()
+        self.log = (profile.parent / "chromium.log").open("wb")
+        self.proc = subprocess.Popen(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killed as one
+        )
+        self.watchdog = threading.Timer(BROWSER_LIMIT, self.kill)
+        self.watchdog.daemon = True
+        self.watchdog.start()
+        self.tools: DevTools | None = None
+        try:
+            active = profile / "DevToolsActivePort"
+            if not wait_for(lambda: len(_lines(active)) >= 2 or self.proc.poll() is not None, timeout=30):
+                raise AssertionError("chromium wrote no DevToolsActivePort in 30 s")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"chromium exited with {self.proc.returncode}")
+            port, path = _lines(active)[:2]
+            self.tools = DevTools(f"ws://127.0.0.1:{port}{path}")
+        except BaseException:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        self.watchdog.cancel()
+        if self.tools is not None:
+            with contextlib.suppress(Exception):
+                self.tools.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        else:
+            # Helpers (zygote, renderers) may outlive a crashed browser.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
+
+
+def chromium_binary() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        message = "chromium is not installed (bin/test installs Debian's chromium package)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI is set, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(message)
+    return found
