@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import keys as keylib
+from .config import Config, DevProvider
 from .decide import Action, Compiled, Forward, Request, explain
 from .responses import date_line
 
@@ -37,6 +39,18 @@ def apps_summary(compiled: Compiled) -> str:
         lines.append(f"  issuer {issuer.iss}: {', '.join(issuer.algorithms)} via {source}")
     if config.service_tokens:
         lines.append(f"  service tokens: {', '.join(t.name for t in config.service_tokens)}")
+    team = config.team
+    if team is not None:
+        providers = ", ".join(
+            f"{p.id} ({'dev' if isinstance(p, DevProvider) else 'oidc'})" for p in team.providers
+        )
+        lines.append(
+            f"  team {team.hostname}: issuer {compiled.team_url}, {team.algorithm} keys in {team.key_dir}"
+        )
+        lines.append(f"    providers: {providers}")
+        lines.append(
+            f"    store:     {team.store}" + (f" ({team.redis_url})" if team.store == "redis" else "")
+        )
     return "\n".join(lines)
 
 
@@ -60,10 +74,42 @@ def warnings(compiled: Compiled) -> list[str]:
                 f"{where}: same_site = 'none' needs a Secure cookie, which browsers keep only over "
                 "https; the edge listens on plain http (no [server.tls], no trusted_proxies)"
             )
-        if any(p.action in ("allow", "deny") for p in app.policies) and not config.issuers:
+        if any(p.action in ("allow", "deny") for p in app.policies) and not (config.issuers or config.team):
             out.append(
-                f"{where}: no [[issuers]]: no user token can be verified, so allow policies never match"
+                f"{where}: no [[issuers]] and no [team]: no user token can be verified, "
+                "so allow policies never match"
             )
+    return out + _team_warnings(config, plain_http)
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host in ("localhost", "::1") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _team_warnings(config: Config, plain_http: bool) -> list[str]:
+    team = config.team
+    if team is None:
+        return []
+    out: list[str] = []
+    exposed = [a.display() for a in config.server.addresses if not _is_loopback_host(a.host)]
+    if exposed and any(isinstance(p, DevProvider) for p in team.providers):
+        out.append(
+            f"$.team.providers: the dev provider is enabled and the edge listens on {', '.join(exposed)} "
+            "(not loopback): it is for trying the edge out, not for production"
+        )
+    hosts = [team.hostname, *(p.host for a in config.apps for p in a.patterns)]
+    remote = sorted({h for h in hosts if not _is_loopback_host(h.removeprefix("*."))})
+    if plain_http and remote:
+        out.append(
+            "$.team: the edge's cookies are Secure, and browsers keep Secure cookies over plain http only "
+            f"for localhost names; {', '.join(remote[:3])} need https ([server.tls], or a TLS proxy "
+            "listed in trusted_proxies)"
+        )
     return out
 
 
