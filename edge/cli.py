@@ -95,8 +95,10 @@ def _tool(args: argparse.Namespace) -> int:
         print(tools.generate_keys(Path(args.out), args.alg))
         return EXIT_OK
     from .decide import compile_config
+    from .login import existing_team_keys
 
-    compiled = compile_config(load(args.config), args.config)
+    config = load(args.config)
+    compiled = compile_config(config, args.config, team_keys=existing_team_keys(config, args.config))
     req = tools.build_request(args.method, args.url, args.header, args.client_ip)
     print(tools.explain_text(compiled, req))
     return EXIT_OK
@@ -153,8 +155,9 @@ def _load_checked(path: str) -> Config:
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     from .decide import compile_config
+    from .login import existing_team_keys
 
-    compile_config(config, path)  # key files: fail here, with exit code 2
+    compile_config(config, path, team_keys=existing_team_keys(config, path))  # key files: exit 2 here
     return config
 
 

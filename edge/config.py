@@ -788,6 +788,12 @@ def _check_team(config: Config) -> None:
             f'Expected "redis" with server.workers = {config.server.workers}: logouts and one-time '
             'codes must be shared by every worker ("memory" serves one worker only)',
         )
+    if not team.url and config.server.addresses[0].port == 0:
+        raise _field_error(
+            "team.url",
+            "Expected a URL here: the first listener's port is 0 (chosen at start), so the "
+            "team host's address cannot be derived from it",
+        )
     host = team.hostname
     for i, app in enumerate(config.apps):
         for k, pattern in enumerate(app.patterns):

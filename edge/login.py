@@ -124,7 +124,10 @@ def make_call(method: bytes, host: bytes, target: bytes, headers: Sequence[Heade
     for name, value in headers:
         by_name.setdefault(name, []).append(value)
     text = target.decode("latin-1")
-    query = {k: v[0] for k, v in parse_qs(urlsplit(text).query, max_num_fields=20).items()}
+    try:
+        query = {k: v[0] for k, v in parse_qs(urlsplit(text).query, max_num_fields=20).items()}
+    except ValueError:  # more fields than any link of ours has: treated as none
+        query = {}
     return Call(
         method=method,
         host=normalize_host(host).decode("ascii", "replace"),
@@ -293,9 +296,12 @@ class LoginService:
             await self.store.revoke(ident.identity_nonce, now + self.revoke_for)
             log.info("signed out %s (session %s…)", ident.email or ident.sub, ident.identity_nonce[:6])
         clear = [clear_cookie(AUTH_COOKIE)]
-        app = action.target
-        if app is not None and app.config.path_scoped:
-            clear.extend(clear_cookie(AUTH_COOKIE, path) for path in _scoped_paths(app, call.host))
+        if not action.team:
+            # A path-scoped cookie (Path=/area) is never sent to /cdn-cgi/access,
+            # so which app it belongs to cannot be told here: clear every
+            # scoped path on this host (its session ends with the team's).
+            paths = {p for app in c.apps if app.config.path_scoped for p in _scoped_paths(app, call.host)}
+            clear.extend(clear_cookie(AUTH_COOKIE, path) for path in sorted(paths))
         if not action.team and self.team is not None:
             # The team session ends too: its cookie is cleared on its own host.
             return self._redirect(f"{self.team_url}{ENDPOINT_PATH}/logout", clear)
@@ -411,9 +417,13 @@ class LoginService:
             pages.Choice(p.id, p.name or p.id, "dev" if isinstance(p, DevProvider) else "oidc")
             for p in self.providers.values()
         ]
+        # The form posts where the CSRF cookie (Path=/cdn-cgi/access) is sent:
+        # the team host's "/" shows this page too, but a post to "/" would
+        # arrive without the cookie and always fail.
+        action = call.target if call.target.startswith(f"{ENDPOINT_PATH}/") else f"{ENDPOINT_PATH}/login"
         page = pages.login_page(
             app_name=None if target is None else target.app.name,
-            action=call.target,
+            action=action,
             csrf=self.sealer.csrf_token(csrf),
             providers=choices,
             error=error,
@@ -650,7 +660,14 @@ def _cookie_path(c: Compiled, app: CompiledApp, host: str, url: str) -> str:
 
 
 def _scoped_paths(app: CompiledApp, host: str) -> list[str]:
-    return sorted({p.path for p in app.config.patterns if p.segments and p.host in (host, "*")})
+    """The cookie paths a path-scoped `app` may have set on `host`."""
+    return sorted(
+        {
+            p.path
+            for p in app.config.patterns
+            if p.segments and (p.host == host or (p.wildcard and host.endswith(p.host[1:])))
+        }
+    )
 
 
 def identity_document(ident: Identity) -> dict[str, Any]:
@@ -690,6 +707,20 @@ def ensure_keys(config: Config) -> bool:
     if config.team is None:
         return False
     return keydir.ensure(Path(config.team.key_dir), config.team.algorithm, time.time())
+
+
+def existing_team_keys(config: Config, source: str) -> dict[str, jwt.PyJWK] | None:
+    """The built-in issuer's keys if its key directory exists (for `edge
+    check` and `edge explain`, which never create it); ConfigError if it is
+    unusable."""
+    team = config.team
+    if team is None or keydir.fingerprint(team.key_dir) is None:
+        return None
+    try:
+        ring = keydir.load(team.key_dir, team.key_overlap, time.time())
+    except keydir.KeyDirError as exc:
+        raise ConfigError(f"{source}: $.team.key_dir: {exc}") from None
+    return parse_jwks(ring.jwks())[0]
 
 
 def make_store(config: Config) -> Store:
