@@ -38,8 +38,7 @@ def test_a_team_with_both_providers() -> None:
             "$.team.providers[0].type: Expected one of dev, oidc, got 'ldap'",
         ),
         (
-            TEAM
-            + '[[team.providers]]\ntype = "dev"\nusers = [{ email = "a@example.com", password = "hunter2" }]\n',
+            TEAM + DEV.replace(HASH, "hunter2"),
             "$.team.providers[0].users[0].password: Expected an scrypt hash made by `edge password`",
         ),
         (TEAM + DEV + DEV, "$.team.providers[1].id: 'dev' is already used by providers[0]"),
