@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import jwt
 import msgspec
@@ -49,9 +49,11 @@ from .config import DEFAULT_LEEWAY, Config, ConfigError, DevProvider, DevUser, O
 from .decide import Compiled, CompiledApp, Endpoint, team_base_url, verify_token
 from .endpoints import EndpointCall
 from .fetch import FetchError, client_ssl_context
-from .oidc import Flow, OidcClient, OidcError
+from .oidc import REFUSED as OIDC_REFUSED
+from .oidc import UNAVAILABLE as OIDC_UNAVAILABLE
+from .oidc import Flow, OidcClient, OidcError, callback_params
 from .passwords import DUMMY_HASH, verify_password
-from .policy import Subject
+from .policy import Subject, client_ip
 from .responses import LocalResponse
 from .router import normalize_host, path_segments
 from .session import (
@@ -92,6 +94,9 @@ CALLBACK = f"{ENDPOINT_PATH}/callback"
 MAX_FAILURES = 10
 FAILURE_WINDOW = 300.0  # seconds
 CSRF_TTL = 3600  # seconds the login form's CSRF cookie lives
+# Bytes of a sealed OIDC flow cookie value: browsers keep a cookie's name and
+# value up to 4096 bytes, and Sealer.open takes no more than that either.
+FLOW_COOKIE_LIMIT = 4000
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,10 +342,22 @@ class LoginService:
         try:
             first = await self.store.claim_once(f"code:{code['j']}", float(code["exp"]))
         except StoreUnavailable:
-            return self._message(503, "Try again", "Sign-in is briefly unavailable; please try again.")
+            # The claim may still land later: offer a fresh start (a new
+            # code), never this link again.
+            log.warning(
+                "handoff for %s on %s: the store is unreachable (503)", code["p"].get("email"), call.host
+            )
+            return self._message(
+                503, "Try again", "Sign-in is briefly unavailable; please try again.", link=(url, "Try again")
+            )
         if not first:
             log.warning("handoff refused: code replayed on %s", call.host)
-            return self._message(400, "Sign-in link already used", "This sign-in link was already used.")
+            return self._message(
+                400,
+                "Sign-in link already used",
+                "This sign-in link was already used.",
+                link=(url, "Continue"),
+            )
         return self._set_app_cookie(c, app, code["p"], url, call.host, now)
 
     def _set_app_cookie(
@@ -470,7 +487,11 @@ class LoginService:
         now: float,
     ) -> LocalResponse:
         email = form.get("email", "").strip()
-        if self._throttled(call.client_ip, now):
+        # Throttled per client; behind a trusted proxy, per the address it
+        # forwards for (by the proxy's own, one guesser would lock out everyone).
+        ip = client_ip(call.client_ip, call.forwarded_for, c.trusted)
+        client = call.client_ip if ip is None else str(ip)
+        if self._throttled(client, now):
             return self._login_page(429, call, target, "Too many failed attempts; wait a few minutes.", email)
         user = self.dev_users.get(email.lower())
         if user is not None and user not in provider.users:
@@ -479,8 +500,8 @@ class LoginService:
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(None, verify_password, form.get("password", ""), encoded)
         if not ok or user is None:
-            self._failed(call.client_ip, now)
-            log.info("dev sign-in failed for %r from %s", email[:100], call.client_ip)
+            self._failed(client, now)
+            log.info("dev sign-in failed for %r from %s", email[:100], client)
             return self._login_page(401, call, target, "Wrong email or password.", email)
         return self._session(c, person(user.email, user.groups, provider.id), target, call, now)
 
@@ -513,6 +534,17 @@ class LoginService:
             "t": None if target is None else [target.host, target.app.aud, target.redirect_url],
         }
         sealed = self.sealer.seal("flow", state, now + FLOW_TTL)
+        if len(sealed) > FLOW_COOKIE_LIMIT and target is not None:
+            # A long return address (a big query) would make a cookie browsers
+            # drop and Sealer.open refuses: after a round trip to the provider
+            # the sign-in could only fail. Come back to the page without its query.
+            short = urlunsplit(urlsplit(target.redirect_url)._replace(query="", fragment=""))
+            state["t"] = [target.host, target.app.aud, short]
+            sealed = self.sealer.seal("flow", state, now + FLOW_TTL)
+        if len(sealed) > FLOW_COOKIE_LIMIT:
+            return self._message(
+                414, "Address too long", "This address is too long to sign in from; open a shorter one."
+            )
         cookie = set_cookie(FLOW_COOKIE, sealed, max_age=int(FLOW_TTL), path=ENDPOINT_PATH)
         return self._redirect(url, [cookie])
 
@@ -526,8 +558,17 @@ class LoginService:
             return self._html(400, _start_again(self.team_url), clear)
         provider, client = entry
         if "error" in call.query:
-            log.info("oidc %s: the provider refused: %s", provider.id, call.query["error"][:100])
-            return self._html(403, _refused(self.team_url), clear)
+            try:
+                callback_params(urlsplit(call.target).query)
+            except OidcError as exc:
+                log.info("oidc %s: %s", provider.id, exc)
+                status = 403 if exc.public == OIDC_REFUSED else 502
+                page = pages.message_page(
+                    "Sign-in refused" if status == 403 else "Sign-in failed",
+                    exc.public,
+                    link=(f"{self.team_url}{ENDPOINT_PATH}/login", "Try again"),
+                )
+                return self._html(status, page, clear)
         flow = Flow(state=str(state["s"]), nonce=str(state["n"]), verifier=str(state["v"]))
         try:
             claims = await client.finish(
@@ -538,7 +579,8 @@ class LoginService:
             page = pages.message_page(
                 "Sign-in failed", exc.public, link=(f"{ENDPOINT_PATH}/login", "Start again")
             )
-            return self._html(400, page, clear)
+            # The provider down or failing is a gateway error (as in _oidc_begin), not the browser's.
+            return self._html(502 if exc.public == OIDC_UNAVAILABLE else 400, page, clear)
         target = self._saved_target(c, state.get("t"))
         who = person(claims.email, claims.groups, provider.id, sub=f"{provider.id}:{claims.sub}")
         response = self._session(c, who, target, call, now, clear)
@@ -690,14 +732,6 @@ def _start_again(team_url: str) -> bytes:
         "Sign-in expired",
         "This sign-in took too long or was started elsewhere; please start again.",
         link=(f"{team_url}{ENDPOINT_PATH}/login", "Start again"),
-    )
-
-
-def _refused(team_url: str) -> bytes:
-    return pages.message_page(
-        "Sign-in refused",
-        "The identity provider refused the sign-in.",
-        link=(f"{team_url}{ENDPOINT_PATH}/login", "Try again"),
     )
 
 

@@ -21,6 +21,9 @@ P = 1
 SALT_BYTES = 16
 HASH_BYTES = 32
 MAX_LOG2_N = 20  # refuse hashes that would cost seconds and a GiB per check
+# 128·r·N·p: the bytes one check uses (times p, which multiplies its time).
+# At most what N = 2^20, r = 8, p = 1 costs: a GiB, a few seconds.
+MAX_COST = 1 << 30
 MAX_PASSWORD_BYTES = 1024
 
 
@@ -34,7 +37,10 @@ def _unb64(text: str) -> bytes:
 
 def _scrypt(password: bytes, salt: bytes, log2_n: int, r: int, p: int, size: int) -> bytes:
     n = 1 << log2_n
-    return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=256 * r * n * p + (1 << 20), dklen=size)
+    # What OpenSSL allocates (128·r·(N+2) + 128·r·p) plus slack; it must stay
+    # below 2^31 or hashlib raises, so the cost is bounded before we get here.
+    maxmem = 128 * r * (n + p + 2) + (1 << 20)
+    return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=size)
 
 
 def hash_password(password: str, log2_n: int = LOG2_N) -> str:
@@ -54,6 +60,8 @@ def verify_password(password: str, encoded: str) -> bool:
     except ValueError:
         return False
     if not (1 <= log2_n <= MAX_LOG2_N and 1 <= r <= 32 and 1 <= p <= 16 and expected):
+        return False
+    if 128 * r * p * (1 << log2_n) > MAX_COST:
         return False
     digest = _scrypt(password.encode(), salt, log2_n, r, p, len(expected))
     return hmac.compare_digest(digest, expected)

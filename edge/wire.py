@@ -58,13 +58,17 @@ MAX_LENGTH_DIGITS = 20
 Headers = list[tuple[bytes, bytes]]
 
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
-_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([1-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
-# A block of field lines, each ending in CRLF: validated whole by one match,
-# then split by the second pattern (which then cannot skip anything).
-_FIELD_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[^\x00\r\n]*\r\n)*")
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00\r\n]*?)[ \t]*\r\n")
+_STATUS = rb"HTTP/1\.([0-9]) ([1-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*+))?"
+_FIELD_LINE = _TOKEN + rb":[^\x00\r\n]*+\r\n"
+# A whole head in one match: status line, field lines (captured as one block,
+# split in Python), empty line. Possessive quantifiers: no backtracking.
+_HEAD_RE = re.compile(_STATUS + rb"\r\n((?:" + _FIELD_LINE + rb")*+)\r\n")
+_STATUS_RE = re.compile(_STATUS)
+_FIELD_RE = re.compile(_FIELD_LINE)
+_FIELDS_RE = re.compile(rb"(?:" + _FIELD_LINE + rb")*+")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,%d})[ \t]*(?:;[^\x00\r\n]*)?" % MAX_CHUNK_DIGITS)
 _DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_LENGTH_DIGITS)
+_OWS = b" \t"
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
@@ -162,21 +166,20 @@ class ResponseParser:
 
     def _head(self) -> ResponseHead | None:
         buf, pos = self._buf, self._pos
-        end = buf.find(b"\r\n\r\n", pos)
-        if end < 0:
+        end = buf.find(b"\r\n\r\n", pos) + 4
+        if end < 4:
             self._check_partial("response head")
             return None
-        if end + 4 - pos > MAX_HEAD:
+        if end - pos > MAX_HEAD:
             raise ProtocolError("response head too large")
-        line_end = buf.find(b"\r\n", pos)
-        status_line = _STATUS_LINE.fullmatch(buf, pos, line_end)
-        if status_line is None:
-            raise ProtocolError(f"invalid status line {buf[pos:line_end][:80]!r}")
-        fields = _fields(buf, line_end + 2, end + 2)
-        self._pos = end + 4
-        version, code, reason = status_line.groups()
-        head = ResponseHead(int(code), reason or b"", [(name.lower(), value) for name, value in fields])
-        self._start_body(head, version != b"0")
+        match = _HEAD_RE.fullmatch(buf, pos, end)
+        if match is None:
+            raise _invalid_head(buf[pos:end])
+        self._pos = end
+        minor, code, reason, block = match.groups()
+        headers, framing = _split_fields(block)
+        head = ResponseHead(int(code), reason or b"", headers)
+        self._start_body(head.status, minor != b"0", framing)
         return head
 
     def _check_partial(self, what: str) -> None:
@@ -187,14 +190,13 @@ class ResponseParser:
             raise ProtocolError(f"{what} too large")
         if self._state == _HEAD and not b"HTTP/1.".startswith(buf[pos : pos + 7]):
             raise ProtocolError(f"invalid status line {buf[pos:][:80]!r}")
-        if buf.count(b"\n", pos) != buf.count(b"\r\n", pos):
+        if _bare_lf(buf, pos):
             raise ProtocolError(f"bare LF in the {what}")
         if self._eof:
             raise ProtocolError(f"connection closed within the {what}")
 
-    def _start_body(self, head: ResponseHead, http11: bool) -> None:
-        length, chunked, close = _framing(head.headers, http11)
-        status = head.status
+    def _start_body(self, status: int, http11: bool, framing: Headers) -> None:
+        length, chunked, close = _framing(framing, http11)
         if status < 200:
             if status == 101:
                 if not self._upgrade:
@@ -252,7 +254,8 @@ class ResponseParser:
             return None
         line = _CHUNK_LINE.fullmatch(buf, pos, line_end)
         if line is None:
-            raise ProtocolError(f"invalid chunk size line {buf[pos:line_end][:80]!r}")
+            fault = "bare LF in the" if _bare_lf(buf, pos, line_end) else "invalid"
+            raise ProtocolError(f"{fault} chunk size line {buf[pos:line_end][:80]!r}")
         self._pos = line_end + 2
         size = int(line[1], 16)
         if not size:
@@ -296,33 +299,53 @@ class ResponseParser:
                 return None
             if end + 4 - pos > MAX_HEAD:
                 raise ProtocolError("trailer section too large")
-            _fields(buf, pos, end + 2)  # checked like header fields, then dropped
+            if _FIELDS_RE.fullmatch(buf, pos, end + 2) is None:  # checked like header fields, then dropped
+                fault = "bare LF in the" if _bare_lf(buf, pos, end) else "invalid"
+                raise ProtocolError(f"{fault} trailer section {buf[pos:end][:80]!r}")
         self._pos = end + 4
         self._state = _DONE
         return END
 
 
-def _fields(buf: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
-    """The (name, value) pairs of the field lines in buf[start:end]."""
-    if start >= end:
-        return []
-    if _FIELD_BLOCK.fullmatch(buf, start, end) is None:
-        bad = next(
-            (line for line in buf[start:end].split(b"\r\n") if _FIELD.fullmatch(line + b"\r\n") is None),
-            b"",
-        )
-        raise ProtocolError(f"invalid field line {bad[:80]!r}")
-    return _FIELD.findall(buf, start, end)
+def _split_fields(block: bytes) -> tuple[Headers, Headers]:
+    """The (lower-cased name, value) pairs of validated field lines, and
+    those of them that frame the message."""
+    headers: Headers = []
+    framing: Headers = []
+    if block:
+        for line in block[:-2].split(b"\r\n"):
+            name, _, value = line.partition(b":")  # a token holds no colon
+            name = name.lower()
+            headers.append((name, value.strip(_OWS)))
+            if name in _FRAMING:
+                framing.append(headers[-1])
+    return headers, framing
 
 
-def _framing(headers: Headers, http11: bool) -> tuple[bytes | None, bool, bool]:
-    """(Content-Length value, chunked, Connection: close) of a head; raises
-    on framing a recipient cannot trust."""
+def _bare_lf(buf: bytes, start: int, end: int | None = None) -> bool:
+    """Whether buf[start:end] has an LF without its CR (RFC 9112 2.2 lets a
+    recipient accept one; a proxy that did would read lines another reader
+    might not)."""
+    return buf.count(b"\n", start, end) != buf.count(b"\r\n", start, end)
+
+
+def _invalid_head(head: bytes) -> ProtocolError:
+    """Name the first offending line of a head the whole-head match refused."""
+    if _bare_lf(head, 0):
+        return ProtocolError("bare LF in the response head")
+    lines = head.split(b"\r\n")
+    if _STATUS_RE.fullmatch(lines[0]) is None:
+        return ProtocolError(f"invalid status line {lines[0][:80]!r}")
+    bad = next((line for line in lines[1:-2] if _FIELD_RE.fullmatch(line + b"\r\n") is None), b"")
+    return ProtocolError(f"invalid field line {bad[:80]!r}")
+
+
+def _framing(fields: Headers, http11: bool) -> tuple[bytes | None, bool, bool]:
+    """(Content-Length value, chunked, Connection: close) from a head's
+    framing fields; raises on framing a recipient cannot trust."""
     length: bytes | None = None
     chunked = close = False
-    for name, value in headers:
-        if name not in _FRAMING:
-            continue
+    for name, value in fields:
         if name == b"connection":
             close = close or b"close" in [t.strip() for t in value.lower().split(b",")]
         elif name == b"content-length":
