@@ -103,6 +103,12 @@ class ProxyCycle:
             if not self.finished:
                 self._fail(exc)
             return
+        except Exception:
+            # A bug must not leave the client waiting for its deadline.
+            log.exception("internal error connecting to %s", self.plan.target.host_header.decode("latin-1"))
+            if not self.finished:
+                self._fail(UpstreamError(502, "internal error while connecting"))
+            return
         if self.finished:
             conn.abort()
             return
