@@ -325,7 +325,7 @@ class LoginService:
         """Exchange a one-time code for the application's cookie."""
         if self.sealer is None or self.ring is None:
             return self._no_login_service()
-        if call.method not in (b"GET", b"HEAD"):
+        if call.method != b"GET":  # a HEAD (a link previewer) must not use the code up
             return self._message(405, "Not allowed", "Use the sign-in link as it was given.")
         try:
             code = self.sealer.open("handoff", call.query.get("code", ""), now)

@@ -508,7 +508,7 @@ def parsed(request: bytes, raw: bytes) -> tuple[int, bytes, list[tuple[bytes, by
     assert isinstance(response, h11.Response)
     body = b""
     while type(event := client.next_event()) is h11.Data:
-        body += event.data  # type: ignore[union-attr]
+        body += event.data
     assert type(event) is h11.EndOfMessage
     return response.status_code, response.reason, sorted(response.headers), body
 
