@@ -33,6 +33,7 @@ from .policy import IPNetwork, Policies, ServiceTokens, Subject, Trace
 from .responses import LocalResponse, Responses
 from .revocation import Revocations
 from .router import Route, Router, normalize_host, path_segments
+from .session import new_binding
 from .tokens import (
     Identity,
     IssuerKeys,
@@ -266,6 +267,7 @@ class Compiled:
     team_host: bytes | None = None  # the login service's own host, if configured
     team_url: str = ""  # how browsers reach it; the iss of the tokens it issues
     builtin: IssuerKeys | None = None  # the team's own keys (from the key directory)
+    binds_logins: bool = False  # logins go to the team's own page, which binds them to the browser
     # Preflights answered at the edge depend only on the key below, so a hot
     # preflight costs a dict lookup (bounded; see PREFLIGHT_CACHE_SIZE).
     preflights: dict[PreflightKey, Preflight] = field(default_factory=dict)
@@ -317,6 +319,7 @@ def compile_config(
         team_host=None if config.team is None else config.team.hostname.encode(),
         team_url=team_url or "",
         builtin=builtin,
+        binds_logins=builtin is not None and config.login.url is None,
     )
 
 
@@ -616,8 +619,15 @@ def _deny(app: CompiledApp, h: HeaderIndex, reason: str) -> Deny:
 def _unauthenticated(c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, why: Refusal) -> Action:
     """302 to the login page for a navigation, else 401 a page can read."""
     login = login_url(c.login_url, app.aud, req)
+    cookies: list[Header] = []
+    if c.binds_logins:
+        # The one exception to "no randomness here": each login is bound to
+        # the browser that starts it (see edge.session.BINDING_COOKIE).
+        binding, cookie = new_binding()
+        login += "&b=" + binding
+        cookies.append(cookie)
     if app.always_redirect or is_navigation(h):
-        fields = [(b"location", login.encode("ascii")), NO_STORE]
+        fields = [(b"location", login.encode("ascii")), NO_STORE, *cookies]
         response = c.responses.text(302, b"login required\n", fields)
         return Redirect(response, app.name, f"redirect: login ({why.reason})", login)
     body = msgspec.json.encode({"error": _public_error(why), "login_url": login})
@@ -625,6 +635,7 @@ def _unauthenticated(c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex
         (b"content-type", b"application/json"),
         NO_STORE,
         (b"www-authenticate", b'Bearer realm="' + normalize_host(req.host) + b'"'),
+        *cookies,
     ]
     if app.cors is not None:
         fields.extend(app.cors.courtesy(_one(h, b"origin")))

@@ -33,6 +33,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Sequence
@@ -58,6 +59,8 @@ from .responses import LocalResponse
 from .router import normalize_host, path_segments
 from .session import (
     AUTH_COOKIE,
+    BINDING_COOKIE,
+    BINDING_PATH,
     CSRF_COOKIE,
     ENDPOINT_PATH,
     FLOW_COOKIE,
@@ -73,6 +76,7 @@ from .session import (
     same_host_url,
     set_cookie,
     token_claims,
+    valid_binding,
 )
 from .store import MemoryStore, RedisStore, Store, StoreUnavailable
 from .tokens import Identity, Refusal, extract_token, parse_jwks
@@ -122,6 +126,7 @@ class Target:
     app: CompiledApp
     host: str
     redirect_url: str
+    binding: str = ""  # the value of the login binding cookie on the app host
 
 
 def make_call(method: bytes, host: bytes, target: bytes, headers: Sequence[Header], client_ip: str) -> Call:
@@ -339,6 +344,9 @@ class LoginService:
         if code.get("h") != call.host or app is None or url is None or url != code.get("r"):
             log.warning("handoff refused: code for %r used on %r", code.get("h"), call.host)
             return self._message(400, "Sign-in link not valid", "This sign-in link is for another site.")
+        unbound = self._unbound(c, code, call, url)
+        if unbound is not None:
+            return unbound
         try:
             first = await self.store.claim_once(f"code:{code['j']}", float(code["exp"]))
         except StoreUnavailable:
@@ -360,6 +368,26 @@ class LoginService:
             )
         return self._set_app_cookie(c, app, code["p"], url, call.host, now)
 
+    def _unbound(self, c: Compiled, code: dict[str, Any], call: Call, url: str) -> LocalResponse | None:
+        """None if the code belongs to this browser's login; else start the
+        login again (the code is left unused: it was meant for someone else,
+        or for an older login of this browser)."""
+        if not c.binds_logins:
+            return None
+        held = cookie_value(call.cookies, BINDING_COOKIE)
+        bound = str(code.get("b") or "")
+        if bound and held is not None and hmac.compare_digest(held.encode(), bound.encode()):
+            return None
+        log.info("handoff on %s: not the browser that started this login; starting again", call.host)
+        if held is None and bound:
+            return self._message(
+                400,
+                "Sign-in not started here",
+                "This sign-in link was started in another browser, or this browser blocks cookies.",
+                link=(url, "Sign in here"),
+            )
+        return self._redirect(url)
+
     def _set_app_cookie(
         self, c: Compiled, app: CompiledApp, who: dict[str, Any], url: str, host: str, now: float
     ) -> LocalResponse:
@@ -378,7 +406,7 @@ class LoginService:
             same_site=app.config.same_site,
         )
         log.info("signed in %s to %s", who["email"], app.name)
-        return self._redirect(url, [cookie])
+        return self._redirect(url, [cookie, clear_cookie(BINDING_COOKIE, BINDING_PATH)])
 
     # -- the team host ---------------------------------------------------------------
 
@@ -404,7 +432,7 @@ class LoginService:
         route = None if segments is None else c.router.match(host.lower().encode(), segments)
         if route is None or route.app is not app:
             return "This sign-in link is not valid (the return address is not part of the application)."
-        return Target(app, host.lower(), url)
+        return Target(app, host.lower(), url, valid_binding(call.query.get("b")))
 
     def _login_get(self, c: Compiled, action: Endpoint, call: Call, now: float) -> LocalResponse:
         if action.name != "login":
@@ -531,7 +559,9 @@ class LoginService:
             "s": flow.state,
             "n": flow.nonce,
             "v": flow.verifier,
-            "t": None if target is None else [target.host, target.app.aud, target.redirect_url],
+            "t": None
+            if target is None
+            else [target.host, target.app.aud, target.redirect_url, target.binding],
         }
         sealed = self.sealer.seal("flow", state, now + FLOW_TTL)
         if len(sealed) > FLOW_COOKIE_LIMIT and target is not None:
@@ -539,14 +569,14 @@ class LoginService:
             # drop and Sealer.open refuses: after a round trip to the provider
             # the sign-in could only fail. Come back to the page without its query.
             short = urlunsplit(urlsplit(target.redirect_url)._replace(query="", fragment=""))
-            state["t"] = [target.host, target.app.aud, short]
+            state["t"] = [target.host, target.app.aud, short, target.binding]
             sealed = self.sealer.seal("flow", state, now + FLOW_TTL)
         if len(sealed) > FLOW_COOKIE_LIMIT:
             return self._message(
                 414, "Address too long", "This address is too long to sign in from; open a shorter one."
             )
         cookie = set_cookie(FLOW_COOKIE, sealed, max_age=int(FLOW_TTL), path=ENDPOINT_PATH)
-        return self._redirect(url, [cookie])
+        return self._redirect(url, [cookie, clear_cookie(BINDING_COOKIE, BINDING_PATH)])
 
     async def _callback(self, c: Compiled, call: Call, now: float) -> LocalResponse:
         assert self.sealer is not None
@@ -587,11 +617,13 @@ class LoginService:
         return response
 
     def _saved_target(self, c: Compiled, saved: Any) -> Target | None:
-        if not isinstance(saved, list) or len(saved) != 3:
+        if not isinstance(saved, list) or len(saved) != 4:
             return None
         app = c.apps_by_aud.get(str(saved[1]))
         url = same_host_url(str(saved[2]), str(saved[0]))
-        return None if app is None or url is None else Target(app, str(saved[0]), url)
+        if app is None or url is None:
+            return None
+        return Target(app, str(saved[0]), url, valid_binding(str(saved[3])))
 
     def _session(
         self,
@@ -643,6 +675,7 @@ class LoginService:
             page = pages.denied_page(ident.email, target.app.name, f"{ENDPOINT_PATH}/logout")
             return self._html(403, page, extra)
         payload = {
+            "b": target.binding,
             "h": target.host,
             "a": target.app.aud,
             "r": target.redirect_url,

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,6 +32,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 AUTH_COOKIE = "CF_Authorization"
 FLOW_COOKIE = "edge_flow"  # the OIDC flow in progress (team host)
 CSRF_COOKIE = "edge_csrf"  # double-submit base for the login forms (team host)
+# Set on the application's host when a login starts; the one-time code names
+# its value, so a code only works in the browser that started that login (a
+# code sent to someone else cannot sign them in as its owner).
+BINDING_COOKIE = "edge_login"
+BINDING_PATH = "/cdn-cgi/access/authorized"
+BINDING_TTL = 900  # seconds a user has to finish a login
+_BINDING_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 ENDPOINT_PATH = "/cdn-cgi/access"
 HANDOFF_TTL = 60.0  # seconds a one-time code is good for ("about a minute")
 FLOW_TTL = 600.0  # seconds a user has at the identity provider
@@ -86,6 +94,16 @@ class Sealer:
 
 def random_token(nbytes: int = 24) -> str:
     return secrets.token_urlsafe(nbytes)
+
+
+def new_binding() -> tuple[str, tuple[bytes, bytes]]:
+    """A login binding: its value (for the login URL) and its cookie."""
+    value = random_token(18)
+    return value, set_cookie(BINDING_COOKIE, value, max_age=BINDING_TTL, path=BINDING_PATH)
+
+
+def valid_binding(value: str | None) -> str:
+    return value if value is not None and _BINDING_RE.match(value) else ""
 
 
 # -- cookies ----------------------------------------------------------------------

@@ -47,7 +47,7 @@ from upstream_server import Upstream
 
 from edge import keydir
 from edge.passwords import hash_password
-from edge.session import HANDOFF_TTL, Sealer, person, random_token
+from edge.session import BINDING_COOKIE, HANDOFF_TTL, Sealer, person, random_token
 
 TIMEOUT = 10.0  # seconds, on every socket and every poll
 PASSWORD = "correct horse battery"
@@ -354,7 +354,10 @@ def test_full_dev_sign_in(team: Team) -> None:
     # 1. The application sends the unauthenticated navigation to the team.
     first = b.get(url, follow=False)
     assert first.status == 302
-    assert first.header("location") == team.login_link("app.localhost", "app-aud", url)
+    # ...bound to this browser: the link names the cookie set with it.
+    binding = (first.header("location") or "").partition("&b=")[2]
+    assert first.header("location") == team.login_link("app.localhost", "app-aud", url) + "&b=" + binding
+    assert b.cookie("app.localhost", BINDING_COOKIE) == binding
 
     # 2. The team's login page: a form with the dev provider.
     page = b.get(first.header("location") or "", follow=False)
@@ -482,11 +485,31 @@ def test_policy_denial_at_login(team: Team, host: str, email: str, app: str) -> 
 def test_replayed_code_is_refused(team: Team) -> None:
     b = team.browser()
     code_url = handoff(b, team.url("app.localhost"))
+    binding = b.cookie("app.localhost", BINDING_COOKIE)
     assert b.get(code_url, follow=False).status == 302
-    for replayer in (b, team.browser()):  # the same browser, or one that stole the link
-        again = replayer.get(code_url, follow=False)
-        assert again.status == 400 and "already used" in again.text
-        assert auth_cookies(again) == [] and again.header("location") is None
+    # Replayed with the binding it was made for (a copy of the browser's cookies):
+    target = code_url.partition(f":{team.port}")[2]
+    again = team.call("GET", "app.localhost", target, [("Cookie", f"{BINDING_COOKIE}={binding}")])
+    assert again.status == 400 and "already used" in again.text
+    assert auth_cookies(again) == [] and again.header("location") is None
+    # A browser that stole the link did not start that login: no session for it.
+    thief = team.browser().get(code_url, follow=False)
+    assert thief.status == 400 and "started in another browser" in thief.text
+    assert auth_cookies(thief) == [] and thief.header("location") is None
+
+
+def test_a_code_sent_to_someone_else_does_not_sign_them_in(team: Team) -> None:
+    """Login CSRF: an attacker's fresh code, opened by a victim who is in the
+    middle of a login of their own, starts the victim's own login again."""
+    attacker = team.browser()
+    code_url = handoff(attacker, team.url("app.localhost"))
+    victim = team.browser()
+    assert victim.get(team.url("app.localhost"), follow=False).status == 302  # the victim's binding
+    r = victim.get(code_url, follow=False)
+    assert r.status == 302 and r.header("location") == team.url("app.localhost")
+    assert auth_cookies(r) == []
+    # The code was not used up: it still works for the browser it belongs to.
+    assert len(auth_cookies(attacker.get(code_url, follow=False))) == 1
 
 
 def test_code_on_another_host_is_refused(team: Team) -> None:
@@ -498,6 +521,9 @@ def test_code_on_another_host_is_refused(team: Team) -> None:
     assert auth_cookies(elsewhere) == []
 
 
+BINDING = "b" * 24  # the login binding of hand-made codes (sent as its cookie)
+
+
 def sealed_code(team: Team, exp: float, host: str = "app.localhost") -> str:
     """A handoff code made as the edge makes one: sealed under the key dir's secret."""
     sealer = Sealer(keydir.secret(team.key_dir))
@@ -507,6 +533,7 @@ def sealed_code(team: Team, exp: float, host: str = "app.localhost") -> str:
         "r": team.url(host),
         "p": person(ALICE, ["staff"], "dev"),
         "j": random_token(16),
+        "b": BINDING,
     }
     return sealer.seal("handoff", payload, exp)
 
@@ -514,11 +541,12 @@ def sealed_code(team: Team, exp: float, host: str = "app.localhost") -> str:
 def test_expired_code_is_refused(team: Team) -> None:
     # The control: a code built this way, still fresh, is honoured...
     fresh = sealed_code(team, time.time() + HANDOFF_TTL)
-    ok = team.call("GET", "app.localhost", f"{ENDPOINTS}/authorized?code={fresh}")
+    bound = [("Cookie", f"{BINDING_COOKIE}={BINDING}")]
+    ok = team.call("GET", "app.localhost", f"{ENDPOINTS}/authorized?code={fresh}", bound)
     assert ok.status == 302 and len(auth_cookies(ok)) == 1
     # ...so the only thing wrong with this one is its age.
     expired = sealed_code(team, time.time() - 1)
-    refused = team.call("GET", "app.localhost", f"{ENDPOINTS}/authorized?code={expired}")
+    refused = team.call("GET", "app.localhost", f"{ENDPOINTS}/authorized?code={expired}", bound)
     assert refused.status == 400 and "not valid or has expired" in refused.text
     assert auth_cookies(refused) == []
 
