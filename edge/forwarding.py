@@ -14,8 +14,8 @@ HeaderList = list[tuple[bytes, bytes]]
 
 # Hop-by-hop fields (RFC 9110 section 7.6.1): they describe one connection,
 # never the message, so a proxy removes them along with every field the
-# Connection header names. Transfer-Encoding is re-framed by h11 on each side;
-# Upgrade survives only on an upgrade request and its 101 (tunnelling).
+# Connection header names. Transfer-Encoding is re-framed by the edge on each
+# side; Upgrade survives only on an upgrade request and its 101 (tunnelling).
 # Proxy-Authorization/-Authenticate (RFC 9110 11.7) are meant for a proxy,
 # never for the origin; every other "proxy-*" field (Proxy-Connection, a
 # pre-standard Connection) is treated the same way.
@@ -38,7 +38,7 @@ AUTH_COOKIE = b"CF_Authorization"
 # answers 100-continue after authorising), and the framing fields it sets.
 EDGE_HANDLED = frozenset({b"expect", b"content-length"})
 # Never dropped because the Connection header names it: an HTTP/1.1 request
-# without Host is invalid (RFC 9112 3.2), and h11 refuses to send one.
+# without Host is invalid (RFC 9112 3.2): upstreams answer it with a 400.
 NEVER_HOP = frozenset({b"host"})
 
 
@@ -51,15 +51,19 @@ def hop_by_hop(headers: Sequence[tuple[bytes, bytes]], keep_upgrade: bool = Fals
     values = [v for k, v in headers if k == b"connection"]
     if not values and not keep_upgrade:
         return HOP_BY_HOP
-    named = _comma_tokens(values)
-    drop = set(HOP_BY_HOP) | (named - NEVER_HOP)
+    named = _comma_tokens(values) - NEVER_HOP
+    if named <= HOP_BY_HOP and not keep_upgrade:
+        return HOP_BY_HOP  # "Connection: keep-alive" (or close): the usual case
+    drop = set(HOP_BY_HOP) | named
     if keep_upgrade:
         drop.discard(b"upgrade")
     return frozenset(drop)
 
 
 def is_hop(name: bytes, drop: frozenset[bytes]) -> bool:
-    return name in drop or name.startswith(b"proxy-")
+    # request_headers and response_headers inline this test: it runs once
+    # per field of every proxied message.
+    return name in drop or name[:6] == b"proxy-"
 
 
 def strip_cookie(value: bytes, name: bytes = AUTH_COOKIE) -> bytes:
@@ -118,7 +122,7 @@ def request_headers(
     for name, value in headers:
         if name == b"content-length":
             length = value
-        if is_hop(name, drop):
+        if name in drop or name[:6] == b"proxy-":  # is_hop
             continue
         if name == b"host":
             value = ctx.upstream_host if rewrite_host else value
@@ -172,18 +176,19 @@ def response_headers(
     vary_origin: bool = False,
     switching: bool = False,
 ) -> HeaderList:
-    """The head sent to the client: hop-by-hop removed (h11 re-frames the
-    body), `Origin` merged into Vary when the app has CORS settings."""
+    """The head sent to the client: hop-by-hop removed (the edge re-frames
+    the body), `Origin` merged into Vary when the app has CORS settings."""
     drop = hop_by_hop(headers, keep_upgrade=switching)
-    if any(name == b"transfer-encoding" for name, _ in headers):
+    if b"transfer-encoding" in [name for name, _ in headers]:
         # RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and an
-        # intermediary must remove the latter before forwarding; h11 decoded
-        # the chunks, so a kept length could disagree with the body we send.
+        # intermediary must remove the latter before forwarding; the edge
+        # decoded the chunks, so a kept length could disagree with the body
+        # it sends.
         drop |= {b"content-length"}
     out: HeaderList = []
     vary: list[bytes] = []
     for name, value in headers:
-        if is_hop(name, drop):
+        if name in drop or name[:6] == b"proxy-":  # is_hop
             continue
         if name == b"vary" and vary_origin:
             vary.append(value)

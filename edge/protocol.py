@@ -31,7 +31,7 @@ from .endpoints import EndpointCall, EndpointCycle
 from .flow import ReadGate
 from .proxy import ProxyCycle
 from .responses import LocalResponse
-from .wire import ResponseHead, commit_head
+from .wire import ResponseHead, commit_head, send_body
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -603,9 +603,7 @@ class HttpProtocol(asyncio.Protocol):
             self._write(data)
 
     def send_body(self, data: bytes) -> None:
-        out = self.conn.send(h11.Data(data=data))
-        if out:
-            self._write(out)
+        send_body(self.conn, data, self._write)
 
     def send_raw(self, data: bytes) -> None:
         self._write(data)
@@ -639,7 +637,8 @@ class HttpProtocol(asyncio.Protocol):
             self._linger()
         elif conn.their_state is h11.DONE:
             self._finish_cycle()
-            self._process()
+            if conn.trailing_data != (b"", False):
+                self._process()  # a pipelined request (or the client's EOF) is waiting
         else:
             # Answered before the client finished its body: drain or close.
             self.early = True

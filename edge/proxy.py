@@ -56,10 +56,16 @@ class ForwardPlan:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a forwarded head declares a request body (framing re-declared
-    by forwarding.request_headers: one content-length or transfer-encoding)."""
-    return any(k == b"transfer-encoding" or (k == b"content-length" and v != b"0") for k, v in headers)
+def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool]:
+    """(whether a body follows, whether it is chunked) for a forwarded head,
+    whose framing forwarding.request_headers re-declared: one content-length
+    or transfer-encoding, or neither."""
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return True, True
+        if name == b"content-length":
+            return value != b"0", False
+    return False, False
 
 
 class ProxyCycle:
@@ -118,12 +124,15 @@ class ProxyCycle:
         self.up = conn
         conn.exchange = self
         plan = self.plan
-        conn.send_request(self.request.method, plan.path or self.request.target, plan.headers, plan.upgrade)
+        has_body, chunked = _body_framing(plan.headers)
+        conn.send_request(
+            self.request.method, plan.path or self.request.target, plan.headers, chunked, plan.upgrade
+        )
         # A request without a body is complete upstream with its head: the
         # upstream may answer before the client's end-of-message is parsed
         # here (parsing resumes only after `hold(False)`), and the exchange
         # must then still be clean and poolable. A retry ends the same way.
-        if self.request_done or not _has_body(plan.headers):
+        if self.request_done or not has_body:
             conn.end_request()
             self._request_sent()
         client = self.client

@@ -172,11 +172,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the request
 
-    def send_request(self, method: bytes, target: bytes, headers: Headers, upgrade: bool) -> None:
-        """Write a request head; its body follows through send_body, then end_request.
-        `headers` declare the body's framing: chunked, a Content-Length, or none."""
+    def send_request(
+        self, method: bytes, target: bytes, headers: Headers, chunked: bool, upgrade: bool
+    ) -> None:
+        """Write a request head; its body follows through send_body, then
+        end_request. `headers` declare the body's framing (`chunked`, a
+        Content-Length, or none); `upgrade`: they ask for a protocol switch."""
         self.parser = ResponseParser(head_only=method == b"HEAD", upgrade=upgrade)
-        self.chunked = any(name == b"transfer-encoding" for name, _ in headers)
+        self.chunked = chunked
         self.body_open = True
         self.request_sent = False
         self.write_raw(request_head(method, target, headers))

@@ -5,7 +5,9 @@ ProtocolError naming the fault) out. Every case is fed whole, byte by byte
 and in lines, and must give the same result each way (body pieces are
 compared joined, since where they split depends on how bytes arrive).
 Request heads and the client-side framing are checked byte for byte, and
-the client-side framing against what h11's own send() produces.
+the client-side framing against what h11's own send() produces. Last, an
+UpstreamConnection over a fake transport: what it writes, what it reports to
+its exchange, and when it may be reused.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 import h11
 import pytest
 
+from edge.upstream import Target, UpstreamConnection, UpstreamError
 from edge.wire import (
     END,
     MAX_HEAD,
@@ -545,3 +548,160 @@ def test_commit_head_keeps_h11_counting_the_length() -> None:
     commit_head(conn, head(200, b"OK", length_of(2)), close=False)
     with pytest.raises(h11.LocalProtocolError):
         conn.send(h11.Data(data=b"abc"))
+
+
+# -- an upstream connection driven by hand ---------------------------------------------
+
+
+class Transport:
+    """Just enough of asyncio.Transport for UpstreamConnection."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def writelines(self, pieces: tuple[bytes, ...]) -> None:
+        for piece in pieces:
+            self.written += piece
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Recorder:
+    """An Exchange that writes down what the connection reports."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def upstream_head(self, head: ResponseHead) -> None:
+        self.calls.append(("head", head.status))
+
+    def upstream_data(self, data: bytes) -> None:
+        self.calls.append(("data", data))
+
+    def upstream_end(self) -> None:
+        self.calls.append(("end", None))
+
+    def upstream_switch(self, head: ResponseHead) -> None:
+        self.calls.append(("switch", head.status))
+
+    def upstream_lost(self, error: UpstreamError) -> None:
+        self.calls.append(("lost", (error.status, str(error))))
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        self.calls.append(("paused", paused))
+
+    def upstream_raw(self, data: bytes) -> None:
+        self.calls.append(("raw", data))
+
+    def upstream_batch(self, start: bool) -> None:
+        pass
+
+
+def connection() -> tuple[UpstreamConnection, Transport, Recorder]:
+    conn = UpstreamConnection(Target("http://127.0.0.1:9"), lambda _: None)
+    transport = Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    exchange = Recorder()
+    conn.exchange = exchange
+    return conn, transport, exchange
+
+
+HOST: Headers = [(b"host", b"app.test")]
+
+
+def test_connection_get_is_complete_with_its_head_and_reusable() -> None:
+    conn, transport, exchange = connection()
+    conn.send_request(b"GET", b"/x", HOST, chunked=False, upgrade=False)
+    conn.end_request()
+    assert transport.written == b"GET /x HTTP/1.1\r\nhost: app.test\r\n\r\n"
+    conn.data_received(OK + b"Content-Length: 2\r\n\r\nok")
+    assert exchange.calls == [("head", 200), ("data", b"ok"), ("end", None)]
+    assert conn.reusable()
+
+
+def test_connection_chunked_request_body() -> None:
+    conn, transport, _ = connection()
+    conn.send_request(b"PUT", b"/", [*HOST, CHUNKED], chunked=True, upgrade=False)
+    conn.send_body(b"hello")
+    conn.send_body(b"")  # nothing, not a last chunk
+    conn.end_request()
+    conn.send_body(b"late")  # after the end: never written
+    assert transport.written.endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+
+
+def test_connection_not_reusable_before_the_request_is_sent() -> None:
+    conn, _, exchange = connection()
+    conn.send_request(b"POST", b"/", [*HOST, length_of(10)], chunked=False, upgrade=False)
+    conn.data_received(b"HTTP/1.1 413 Too Big\r\nContent-Length: 0\r\n\r\n")
+    assert exchange.calls == [("head", 413), ("end", None)]
+    assert not conn.reusable()  # the upstream answered early: the body is still owed
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        OK + b"Connection: close\r\nContent-Length: 0\r\n\r\n",
+        OK + b"Content-Length: 0\r\n\r\nX",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+def test_connection_not_reusable_after_an_unclean_exchange(response: bytes) -> None:
+    conn, _, _ = connection()
+    conn.send_request(b"GET", b"/", HOST, chunked=False, upgrade=False)
+    conn.end_request()
+    conn.data_received(response)
+    assert not conn.reusable()
+
+
+def test_connection_invalid_response_is_a_502_and_aborts() -> None:
+    conn, transport, exchange = connection()
+    conn.send_request(b"GET", b"/", HOST, chunked=False, upgrade=False)
+    conn.end_request()
+    conn.data_received(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n two\r\n\r\n")
+    assert exchange.calls == [
+        ("lost", (502, "upstream sent an invalid response: invalid field line b' two'"))
+    ]
+    assert transport.aborted and conn.exchange is None
+
+
+def test_connection_eof_before_the_head_is_a_502() -> None:
+    conn, transport, exchange = connection()
+    conn.send_request(b"GET", b"/", HOST, chunked=False, upgrade=False)
+    conn.end_request()
+    conn.eof_received()
+    assert exchange.calls == [
+        ("lost", (502, "upstream sent an invalid response: connection closed within the response head"))
+    ]
+    assert transport.aborted
+
+
+def test_connection_informational_consumed_and_switch_reported() -> None:
+    conn, _, exchange = connection()
+    conn.send_request(b"GET", b"/ws", HOST, chunked=False, upgrade=True)
+    conn.end_request()
+    conn.data_received(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\nfirst")
+    assert exchange.calls == [("switch", 101)]
+    assert conn.start_tunnel() == b"first"
+    conn.data_received(b"more")
+    assert exchange.calls[-1] == ("raw", b"more")
+
+
+def test_connection_bytes_while_idle_abort_it() -> None:
+    conn, transport, _ = connection()
+    conn.exchange = None
+    conn.data_received(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert transport.aborted
