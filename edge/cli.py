@@ -185,7 +185,7 @@ def _check(path: str, config: Config) -> int:
 
     compiled = compile_config(config, path)
     print(summary(path, config))
-    if compiled.apps or config.issuers:
+    if compiled.apps or config.issuers or config.team:
         print(apps_summary(compiled))
     for warning in warnings(compiled):
         print(f"edge: warning: {warning}", file=sys.stderr)

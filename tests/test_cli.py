@@ -184,3 +184,66 @@ def test_check_tls_ok(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "listen:     https://127.0.0.1:8443" in result.stdout
     assert "tls:        min TLS 1.3" in result.stdout
+
+
+# -- the login service's commands and checks ----------------------------------------
+
+
+def test_password_hashes_what_stdin_gives() -> None:
+    from edge.passwords import verify_password
+
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "password"],
+        cwd=ROOT,
+        input="correct horse\n",
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    encoded = result.stdout.strip()
+    assert encoded.startswith("scrypt$15$8$1$")
+    assert verify_password("correct horse", encoded) and not verify_password("correct", encoded)
+
+
+def test_password_refuses_a_too_short_one() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "password"],
+        cwd=ROOT,
+        input="abc\n",
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 1
+    assert one_error_line(result) == "edge: expected a password of at least 4 characters"
+
+
+def _team_config(tmp_path: Path, listen: str, host: str = "auth.localhost") -> Path:
+    from edge.passwords import hash_password
+
+    path = tmp_path / "team.toml"
+    path.write_text(
+        f'[server]\nlisten = ["{listen}"]\naccess_log = "off"\n'
+        f'[team]\nhost = "{host}"\nkey_dir = "{tmp_path / "keys"}"\n'
+        '[[team.providers]]\ntype = "dev"\n'
+        f'users = [{{ email = "a@example.com", password = "{hash_password("pw", 4)}" }}]\n'
+    )
+    return path
+
+
+def test_check_summarises_the_team_without_creating_keys(tmp_path: Path) -> None:
+    result = run_edge("check", "-c", str(_team_config(tmp_path, "127.0.0.1:8443")))
+    assert result.returncode == 0, result.stderr
+    assert "team auth.localhost: issuer http://auth.localhost:8443, ES256 keys in" in result.stdout
+    assert "providers: dev (dev)" in result.stdout and "store:     memory" in result.stdout
+    assert result.stderr == ""
+    assert not (tmp_path / "keys").exists()  # check never creates the key directory
+
+
+def test_check_warns_about_the_dev_provider_off_loopback(tmp_path: Path) -> None:
+    result = run_edge("check", "-c", str(_team_config(tmp_path, "0.0.0.0:8443", "auth.example.com")))
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.splitlines()
+    assert any("the dev provider is enabled and the edge listens on 0.0.0.0:8443" in w for w in warnings)
+    assert any("auth.example.com need https" in w for w in warnings), warnings
