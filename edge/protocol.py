@@ -13,6 +13,11 @@ Invariants:
 - A request answered before its body was read either has its body drained
   (bounded by DRAIN_LIMIT) or its connection closed: a body is never parsed as
   the next request.
+- h11's server state machine is the one record of where each side of the
+  connection is. A request head that arrives whole on an idle connection is
+  parsed by wire.fast_request (it takes only heads h11 would parse into the
+  same event) and committed to that state machine by hand (wire.commit_*);
+  any other bytes are parsed by h11, so its refusals stay the reference.
 """
 
 from __future__ import annotations
@@ -31,7 +36,17 @@ from .endpoints import EndpointCall, EndpointCycle
 from .flow import ReadGate
 from .proxy import ProxyCycle
 from .responses import LocalResponse
-from .wire import ResponseHead, commit_head, send_body
+from .wire import (
+    FastRequest,
+    ResponseHead,
+    commit_end,
+    commit_head,
+    commit_request,
+    commit_request_end,
+    fast_request,
+    next_cycle,
+    send_body,
+)
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -267,9 +282,19 @@ class HttpProtocol(asyncio.Protocol):
                 if reader._remaining:
                     return
                 data = data[take:]
+        conn = self.conn
+        idle = conn.their_state is h11.IDLE and not conn._receive_buffer
+        if idle and not (self.closing or self.write_paused or self.held):
+            # A new request head arriving whole (the keep-alive common case):
+            # parsed by wire.fast_request, which leaves any head it does not
+            # take to h11's parser below, as it arrived.
+            parsed = fast_request(data)
+            if parsed is not None:
+                self._process(parsed, data[parsed.end :])
+                return
         self.since_head += len(data)
         if data:  # b"" would tell h11 the peer closed
-            self.conn.receive_data(data)
+            conn.receive_data(data)
         self._process()
 
     def eof_received(self) -> bool | None:
@@ -297,14 +322,34 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- the event loop of one connection -------------------------------------
 
-    def _process(self) -> None:
+    def _process(self, request: FastRequest | None = None, rest: bytes = b"") -> None:
+        """Handle what h11 has buffered; first `request` (a head parsed by
+        wire.fast_request, followed by `rest`) when given."""
         try:
-            self._next_events()
+            if request is None or not self._fast_request(request, rest):
+                self._next_events()
         except h11.RemoteProtocolError as exc:
             self._send_error(exc.error_status_hint)
         except Exception:
             log.exception("internal error on connection from %s", self.client)
             self._send_error(500)
+
+    def _fast_request(self, request: FastRequest, rest: bytes) -> bool:
+        """What _next_events would do with this head as h11's next event,
+        without h11's parser; True when that leaves nothing for _next_events."""
+        conn = self.conn
+        commit_request(conn, request)
+        if rest:
+            conn.receive_data(rest)
+        self._on_request(request.event)
+        # A request without a body ends with its head: what the next turn of
+        # _next_events would find.
+        if self.closing or self.write_paused or self.held or not commit_request_end(conn):
+            return False
+        self._on_request_end()
+        # With a cycle running and nothing buffered, _next_events would only
+        # find NEED_DATA, which it then ignores.
+        return self.cycle is not None and conn.their_state is h11.DONE and not conn._receive_buffer
 
     def _next_events(self) -> None:
         conn = self.conn
@@ -490,7 +535,7 @@ class HttpProtocol(asyncio.Protocol):
         self._log_request()
         self.early = False
         self.drained = 0
-        self.conn.start_next_cycle()
+        next_cycle(self.conn)
         if self.state.draining:
             self._close()
             return
@@ -598,7 +643,11 @@ class HttpProtocol(asyncio.Protocol):
                 # Tell the client this connection ends with this response.
                 headers = [*event.headers.raw_items(), (b"connection", b"close")]
                 event = h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
-        data = self.conn.send(event)
+        data: bytes | None
+        if type(event) is h11.EndOfMessage and not event.headers:
+            data = commit_end(self.conn)
+        else:
+            data = self.conn.send(event)
         if data:
             self._write(data)
 
@@ -637,7 +686,7 @@ class HttpProtocol(asyncio.Protocol):
             self._linger()
         elif conn.their_state is h11.DONE:
             self._finish_cycle()
-            if conn.trailing_data != (b"", False):
+            if conn._receive_buffer or conn._receive_buffer_closed:  # trailing_data, without its copy
                 self._process()  # a pipelined request (or the client's EOF) is waiting
         else:
             # Answered before the client finished its body: drain or close.

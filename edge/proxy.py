@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import h11
+import msgspec
 
 from . import flow
 from .forwarding import response_headers
@@ -39,9 +39,10 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 _EOM = h11.EndOfMessage()
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardPlan:
-    """Everything the proxy needs to forward one request."""
+class ForwardPlan(msgspec.Struct, frozen=True, gc=False):
+    """Everything the proxy needs to forward one request. A Struct, like
+    decide's actions: built once per request, it costs a tenth of a frozen
+    dataclass."""
 
     target: Target
     headers: list[tuple[bytes, bytes]]  # already rewritten (forwarding.request_headers)
@@ -53,7 +54,6 @@ class ForwardPlan:
     expires: float | None = None  # epoch seconds: the authorising token's exp (tunnels)
     app: str | None = None
     reason: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool]:
