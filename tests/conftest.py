@@ -200,6 +200,20 @@ def open_app_toml(upstream: str, domains: tuple[str, ...] = OPEN_DOMAINS, name: 
     )
 
 
+def allow_app_toml(
+    name: str,
+    domain: str,
+    upstream: str,
+    include: str = '{ email_domains = ["example.com"] }',
+    policy: str = "staff",
+) -> str:
+    """An application with one allow policy (`include` is a TOML inline table)."""
+    return (
+        f'\n[[apps]]\nname = "{name}"\ndomains = ["{domain}"]\nupstream = "{upstream}"\n'
+        f'[[apps.policies]]\nname = "{policy}"\naction = "allow"\ninclude = [{include}]\n'
+    )
+
+
 class BodyCountingUpstream:
     """An HTTP/1.1 origin in threads, so request bodies are really read: reads
     each body whole, then answers 200 ``got N bytes``; a path starting /slow

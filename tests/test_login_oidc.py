@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import jwt
 import pytest
 from browserless import Browser, Reply
-from conftest import EdgeProcess, write_config
+from conftest import EdgeProcess, allow_app_toml, write_config
 from oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider
 from redis_fixture import free_port
 from upstream_server import Upstream
@@ -95,25 +95,13 @@ client_id = "{client_id}"
 client_secret = "{client_secret}"
 """
 
-APPS = """
-[[apps]]
-name = "app"
-domains = ["app.localhost"]
-upstream = "{up}"
-[[apps.policies]]
-name = "staff"
-action = "allow"
-include = [{{ email_domains = ["example.com"] }}]
 
-[[apps]]
-name = "admin"
-domains = ["admin.localhost"]
-upstream = "{up}"
-[[apps.policies]]
-name = "admins"
-action = "allow"
-include = [{{ groups = ["admins"] }}]
-"""
+def apps_toml(upstream: str) -> str:
+    """One app for any example.com address, one for the group "admins" only."""
+    admins = '{ groups = ["admins"] }'
+    return allow_app_toml("app", "app.localhost", upstream) + allow_app_toml(
+        "admin", "admin.localhost", upstream, admins, "admins"
+    )
 
 
 @dataclass
@@ -170,7 +158,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         + provider_toml("flaky", flaky.issuer)
         + provider_toml("late", f"http://127.0.0.1:{late_port}")
         + provider_toml("hung", f"http://127.0.0.1:{hung.port}")
-        + APPS.format(up=upstream.url)
+        + apps_toml(upstream.url)
     )
     edge = EdgeProcess(write_config(tmp, f'listen = ["127.0.0.1:{port}"]', extra))
     try:

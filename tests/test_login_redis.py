@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 from browserless import Browser
-from conftest import EdgeProcess, wait_for, write_config
+from conftest import EdgeProcess, allow_app_toml, wait_for, write_config
 from redis_fixture import RedisServer, free_port, redis_server  # noqa: F401
 from upstream_server import Upstream
 
@@ -68,23 +68,6 @@ type = "dev"
 id = "dev"
 users = [{users}]
 
-[[apps]]
-name = "app"
-domains = ["app.localhost"]
-upstream = "{up}"
-[[apps.policies]]
-name = "staff"
-action = "allow"
-include = [{{ email_domains = ["example.com"] }}]
-
-[[apps]]
-name = "other"
-domains = ["other.localhost"]
-upstream = "{up}"
-[[apps.policies]]
-name = "staff"
-action = "allow"
-include = [{{ email_domains = ["example.com"] }}]
 """
 
 
@@ -177,8 +160,7 @@ def start_edge(
         key_dir=directory.parent / "keys",
         redis_url=redis.url,
         users=users,
-        up=upstream.url,
-    )
+    ) + "".join(allow_app_toml(name, f"{name}.localhost", upstream.url) for name in ("app", "other"))
     server = f'listen = ["127.0.0.1:{port}"]\nworkers = {workers}'
     proc = EdgeProcess(write_config(directory, server, extra))
     # Ready means every worker listens (the supervisor's line comes first).
