@@ -161,7 +161,6 @@ class LoginService:
         self.ring: keydir.KeyRing | None = None
         self.sealer: Sealer | None = None
         self.key_dir = ""
-        self.failures: dict[str, tuple[int, float]] = {}
         self.configure(config)
 
     # -- configuration and keys --------------------------------------------------
@@ -519,7 +518,7 @@ class LoginService:
         # forwards for (by the proxy's own, one guesser would lock out everyone).
         ip = client_ip(call.client_ip, call.forwarded_for, c.trusted)
         client = call.client_ip if ip is None else str(ip)
-        if self._throttled(client, now):
+        if await self.store.count(f"signin:{client}", FAILURE_WINDOW) >= MAX_FAILURES:
             return self._login_page(429, call, target, "Too many failed attempts; wait a few minutes.", email)
         user = self.dev_users.get(email.lower())
         if user is not None and user not in provider.users:
@@ -528,23 +527,10 @@ class LoginService:
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(None, verify_password, form.get("password", ""), encoded)
         if not ok or user is None:
-            self._failed(client, now)
+            await self.store.add(f"signin:{client}", FAILURE_WINDOW)
             log.info("dev sign-in failed for %r from %s", email[:100], client)
             return self._login_page(401, call, target, "Wrong email or password.", email)
         return self._session(c, person(user.email, user.groups, provider.id), target, call, now)
-
-    def _throttled(self, ip: str, now: float) -> bool:
-        count, since = self.failures.get(ip, (0, now))
-        if now - since > FAILURE_WINDOW:
-            self.failures.pop(ip, None)
-            return False
-        return count >= MAX_FAILURES
-
-    def _failed(self, ip: str, now: float) -> None:
-        if len(self.failures) > 10_000:
-            self.failures = {k: v for k, v in self.failures.items() if now - v[1] <= FAILURE_WINDOW}
-        count, since = self.failures.get(ip, (0, now))
-        self.failures[ip] = (count + 1, since if now - since <= FAILURE_WINDOW else now)
 
     async def _oidc_begin(self, provider: OidcProvider, target: Target | None, now: float) -> LocalResponse:
         assert self.sealer is not None

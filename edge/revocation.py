@@ -103,3 +103,30 @@ def parse_message(data: str) -> tuple[str, float] | None:
     if not key or not math.isfinite(until):
         return None
     return key, until
+
+
+class Counters:
+    """Events per key (failed sign-ins) in a fixed window that starts with the
+    key's first event; bounded: past `limit` keys, expired windows go first,
+    then the oldest."""
+
+    __slots__ = ("_counts", "_limit")
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._counts: dict[str, tuple[int, float]] = {}  # key -> (count, window end)
+        self._limit = limit
+
+    def get(self, key: str, now: float) -> int:
+        count, end = self._counts.get(key, (0, _NEVER))
+        return count if now < end else 0
+
+    def add(self, key: str, now: float, window: float) -> int:
+        count, end = self._counts.get(key, (0, _NEVER))
+        if now >= end:
+            count, end = 0, now + window
+        if key not in self._counts and len(self._counts) >= self._limit:
+            self._counts = {k: v for k, v in self._counts.items() if now < v[1]}
+            while len(self._counts) >= self._limit:
+                del self._counts[next(iter(self._counts))]
+        self._counts[key] = (count + 1, end)
+        return count + 1

@@ -2,7 +2,7 @@
 
 One Store per worker process. The request path reads `store.revocations`
 synchronously (a dict lookup, never Redis); only the login endpoints await the
-store (`revoke`, `claim_once`), and every Redis call they make is bounded by
+store (`revoke`, `claim_once`, `count`, `add`), and every Redis call they make is bounded by
 REDIS_TIMEOUT.
 
 Invariants (RedisStore):
@@ -25,6 +25,10 @@ Invariants (RedisStore):
   cannot answer, the claim fails with StoreUnavailable rather than fall back to
   a local guess the other instances would not share. A Redis without
   persistence forgets its claims when it restarts.
+- Counters (failed sign-ins per address) are kept locally and in Redis
+  (`{prefix}count:<key>`, SET NX PX then INCR: the window starts with the
+  first event); a worker reports the larger of the two, so an outage only
+  falls back to per-worker limits.
 - `until` is wall-clock time (time.time()) on every host: clocks must agree.
 """
 
@@ -47,7 +51,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .revocation import OnceClaims, Revocations, format_message, parse_message
+from .revocation import Counters, OnceClaims, Revocations, format_message, parse_message
 
 logger = logging.getLogger("edge.store")
 
@@ -91,6 +95,16 @@ class Store(abc.ABC):
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.revocations = Revocations()
         self._clock = clock
+        self._counters = Counters()
+
+    async def count(self, key: str, window: float) -> int:
+        """Events of `key` in its current window (failed sign-ins from one
+        address), as every worker sees them when possible; never raises."""
+        return self._counters.get(key, self._clock())
+
+    async def add(self, key: str, window: float) -> int:
+        """One more event of `key`; the count after it. Never raises."""
+        return self._counters.add(key, self._clock(), window)
 
     async def start(self) -> None:  # noqa: B027 - a store without background work needs nothing
         """Begin background work in the running loop; never raises for Redis trouble."""
@@ -143,6 +157,7 @@ class RedisStore(Store):
         super().__init__()
         self._where = redact(url)
         self._zset, self._channel, self._once = f"{prefix}revoked", f"{prefix}revocations", f"{prefix}once:"
+        self._count = f"{prefix}count:"
         self._log = log or logger
         self._retry = retry
         # Raises ValueError for a malformed URL here, before any connection.
@@ -196,6 +211,26 @@ class RedisStore(Store):
         except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis at {self._where} unreachable: single use not guaranteed") from exc
         return bool(claimed)
+
+    async def count(self, key: str, window: float) -> int:
+        local = await super().count(key, window)
+        try:
+            shared = await self._client.get(self._count + key)
+        except REDIS_ERRORS:
+            return local  # Redis down: this worker's own count still limits
+        return max(local, int(shared or 0))
+
+    async def add(self, key: str, window: float) -> int:
+        local = await super().add(key, window)
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                # The window starts with the first event (SET NX keeps its expiry).
+                pipe.set(self._count + key, 0, nx=True, px=max(1, math.ceil(window * 1000)))
+                pipe.incr(self._count + key)
+                shared = (await pipe.execute())[1]
+        except REDIS_ERRORS:
+            return local
+        return max(local, int(shared))
 
     async def _run(self) -> None:
         """Connect, sync and listen; after a failure, retry with a capped backoff. Runs until cancelled."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.revocation import OnceClaims, Revocations, format_message, parse_message
+from edge.revocation import Counters, OnceClaims, Revocations, format_message, parse_message
 
 
 def test_revoked_until_expiry() -> None:
@@ -87,3 +87,23 @@ def test_message_round_trip(key: str) -> None:
 @pytest.mark.parametrize("data", ["", "123", "123 ", "abc key", "nan key", "inf key", " key"])
 def test_malformed_messages(data: str) -> None:
     assert parse_message(data) is None
+
+
+def test_counters_window_starts_with_the_first_event() -> None:
+    c = Counters()
+    assert c.get("k", 0.0) == 0
+    assert [c.add("k", t, 10.0) for t in (0.0, 1.0, 9.0)] == [1, 2, 3]
+    assert c.get("k", 9.9) == 3
+    assert c.get("k", 10.0) == 0  # the window ended at 0 + 10
+    assert c.add("k", 10.0, 10.0) == 1  # a new window
+
+
+def test_counters_stay_bounded() -> None:
+    c = Counters(limit=3)
+    for i, key in enumerate("abc"):
+        c.add(key, float(i), 1.0)  # a ends at 1, b at 2, c at 3
+    c.add("d", 2.5, 1.0)  # a and b have expired: they go first
+    assert (c.get("c", 2.5), c.get("d", 2.5)) == (1, 1)
+    c.add("e", 2.6, 100.0)
+    c.add("f", 2.7, 100.0)  # nothing expired: the oldest (c) goes
+    assert (c.get("c", 2.7), c.get("d", 2.7), c.get("e", 2.7), c.get("f", 2.7)) == (0, 1, 1, 1)

@@ -196,6 +196,37 @@ def test_claim_once_is_single_use_across_stores(redis_server: RedisServer) -> No
     run_uvloop(main())
 
 
+def test_failure_counts_are_shared_across_stores(redis_server: RedisServer) -> None:  # noqa: F811
+    """Failed sign-ins from one address count in every worker, so N workers
+    do not give a password guesser N times the attempts."""
+    a, b = store(redis_server), store(redis_server)
+
+    async def main() -> None:
+        async with started(a, b):
+            assert await a.count("ip", HOUR) == 0
+            assert [await s.add("ip", HOUR) for s in (a, b, a)] == [1, 2, 3]
+            assert await b.count("ip", HOUR) == 3 and await a.count("other", HOUR) == 0
+            # The window starts with the first failure; then the count starts over.
+            assert await a.add("brief", 0.2) == 1
+            assert await eventually_async(lambda: _is_zero(b.count("brief", 0.2)))
+
+    run_uvloop(main())
+
+
+async def _is_zero(count: Awaitable[int]) -> bool:
+    return await count == 0
+
+
+def test_memory_store_counts() -> None:
+    s = MemoryStore()
+
+    async def main() -> None:
+        assert [await s.add("ip", HOUR) for _ in range(3)] == [1, 2, 3]
+        assert await s.count("ip", HOUR) == 3 and await s.count("other", HOUR) == 0
+
+    run_uvloop(main())
+
+
 # --- RedisStore, Redis down --------------------------------------------------
 
 
@@ -260,6 +291,9 @@ def test_unreachable_at_start(caplog: pytest.LogCaptureFixture) -> None:
             assert nowhere.revocations.is_revoked("s1", time.time())
             with pytest.raises(StoreUnavailable):
                 await nowhere.claim_once("code", time.time() + HOUR)
+            # Counting goes on in this worker alone.
+            assert [await nowhere.add("ip", HOUR) for _ in range(2)] == [1, 2]
+            assert await nowhere.count("ip", HOUR) == 2
             await asyncio.sleep(0.5)
 
     run_uvloop(main())
