@@ -690,9 +690,7 @@ class OidcProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="oidc", 
         _check_provider(self.id, self.name or self.id)
         if upstream_problem(self.issuer) is not None or "?" in self.issuer or "#" in self.issuer:
             raise _field_error("issuer", f"Expected an http:// or https:// URL, got {self.issuer!r}")
-        host = urlsplit(self.issuer).hostname or ""
-        loopback = host in ("localhost", "::1") or host.endswith(".localhost") or host.startswith("127.")
-        if self.issuer.startswith("http://") and not loopback:
+        if self.issuer.startswith("http://") and not is_loopback_host(urlsplit(self.issuer).hostname or ""):
             raise _field_error(
                 "issuer",
                 f"Expected https:// (plain http only for an issuer on loopback), got {self.issuer!r}",
@@ -701,6 +699,17 @@ class OidcProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="oidc", 
             raise _field_error("client_id", "Expected a non-empty printable string")
         if "openid" not in self.scopes:
             raise _field_error("scopes", "Expected 'openid' among the scopes (OpenID Connect needs it)")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine: localhost and
+    *.localhost (RFC 6761: browsers resolve them to loopback), 127/8, ::1."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_provider(ident: str, name: str) -> None:

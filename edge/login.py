@@ -475,13 +475,11 @@ class LoginService:
         )
         return self._html(status, page, extra)
 
-    def _signed_in(self, ident: Identity) -> LocalResponse:
-        return self._message(
-            200,
-            "Signed in",
-            f"You are signed in as {ident.email}.",
-            link=(f"{ENDPOINT_PATH}/logout", "Sign out"),
+    def _signed_in(self, ident: Identity, extra: Sequence[Header] = ()) -> LocalResponse:
+        page = pages.message_page(
+            "Signed in", f"You are signed in as {ident.email}.", link=(f"{ENDPOINT_PATH}/logout", "Sign out")
         )
+        return self._html(200, page, extra)
 
     async def _login_post(
         self, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
@@ -633,14 +631,8 @@ class LoginService:
             log.error("a token just issued does not verify: %s", ident.reason)
             return self._message(500, "Sign-in failed", "Please try again.")
         if target is None:
-            return self._signed_in_with(ident, [cookie, *extra])
+            return self._signed_in(ident, [cookie, *extra])
         return self._handoff(c, ident, who, target, call, now, [cookie, *extra])
-
-    def _signed_in_with(self, ident: Identity, extra: Sequence[Header]) -> LocalResponse:
-        page = pages.message_page(
-            "Signed in", f"You are signed in as {ident.email}.", link=(f"{ENDPOINT_PATH}/logout", "Sign out")
-        )
-        return self._html(200, page, extra)
 
     def _handoff(
         self,

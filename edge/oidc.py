@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import secrets
 import ssl
@@ -43,6 +42,7 @@ import jwt
 import msgspec
 from jwt.types import Options
 
+from .config import is_loopback_host
 from .fetch import FETCH_TIMEOUT, FetchError, Response, request
 from .tokens import JwksError, parse_jwks
 
@@ -54,7 +54,6 @@ JWKS_MAX_AGE = 3600.0  # seconds; a key the provider withdrew stops being truste
 SIGNING_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-_LOOPBACK_NAMES = frozenset({"localhost"})
 _TEXT_CLIP = 200  # characters of provider-sent text quoted in a log message
 
 # Short texts safe to show a user; the log gets the details.
@@ -457,15 +456,6 @@ def _check_endpoint(name: str, url: str, error: type[Exception] = ValueError) ->
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
         return
     raise error(f"{name} {_clip(url)}: must be an https URL (http only for a loopback host)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import keys as keylib
-from .config import Config, DevProvider
+from .config import Config, DevProvider, is_loopback_host
 from .decide import Action, Compiled, Forward, Request, explain
 from .responses import date_line
 
@@ -82,28 +81,19 @@ def warnings(compiled: Compiled) -> list[str]:
     return out + _team_warnings(config, plain_http)
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host in ("localhost", "::1") or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _team_warnings(config: Config, plain_http: bool) -> list[str]:
     team = config.team
     if team is None:
         return []
     out: list[str] = []
-    exposed = [a.display() for a in config.server.addresses if not _is_loopback_host(a.host)]
+    exposed = [a.display() for a in config.server.addresses if not is_loopback_host(a.host)]
     if exposed and any(isinstance(p, DevProvider) for p in team.providers):
         out.append(
             f"$.team.providers: the dev provider is enabled and the edge listens on {', '.join(exposed)} "
             "(not loopback): it is for trying the edge out, not for production"
         )
     hosts = [team.hostname, *(p.host for a in config.apps for p in a.patterns)]
-    remote = sorted({h for h in hosts if not _is_loopback_host(h.removeprefix("*."))})
+    remote = sorted({h for h in hosts if not is_loopback_host(h.removeprefix("*."))})
     if plain_http and remote:
         out.append(
             "$.team: the edge's cookies are Secure, and browsers keep Secure cookies over plain http only "

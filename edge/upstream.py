@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
+from .fetch import client_ssl_context
 from .flow import ReadGate
 from .wire import END, LAST_CHUNK, Headers, ProtocolError, ResponseHead, ResponseParser, chunk, request_head
 
@@ -68,10 +69,7 @@ class Target:
         self.base_path = parts.path.rstrip("/").encode("ascii")
         self.ssl: ssl.SSLContext | None = None
         if self.scheme == "https":
-            ctx = ssl.create_default_context(cafile=ca_file)
-            if not verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
+            ctx = client_ssl_context(verify, ca_file or "")
             ctx.set_alpn_protocols(["http/1.1"])
             self.ssl = ctx
 

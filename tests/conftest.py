@@ -120,6 +120,25 @@ def edge_factory(tmp_path: Path) -> Iterator[object]:
         proc.stop()
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports free right now (all held until all are chosen),
+    for a server whose address must be known before it starts (a team URL, a
+    demo origin). Another process could take one in between; that server then
+    fails to start, loudly, rather than a test passing wrongly."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
 def read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
     """Read until the peer closes or `timeout` passes with nothing new."""
     sock.settimeout(timeout)

@@ -19,16 +19,10 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from conftest import free_port
 
 START_TIMEOUT = 10.0  # seconds for a new server to answer PING
 STOP_TIMEOUT = 5.0  # seconds after SIGTERM before SIGKILL
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def ping(port: int, timeout: float = 0.5) -> bool:

@@ -27,22 +27,10 @@ from typing import Any
 import pytest
 from browserless import Browser as Client
 from chromium import CALL_TIMEOUT, Browser, chromium_binary
-from conftest import ROOT, EdgeProcess, wait_for
+from conftest import ROOT, EdgeProcess, free_ports, wait_for
 
 EMAIL = "alice@example.com"
 PASSWORD = "demo"
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all held until all are chosen)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @dataclass

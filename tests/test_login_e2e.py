@@ -41,7 +41,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 import jwt
 import pytest
 from browserless import Browser, Reply
-from conftest import ROOT, EdgeProcess, wait_for, write_config
+from conftest import ROOT, EdgeProcess, free_port, wait_for, write_config
 from cryptography import x509
 from upstream_server import Upstream
 
@@ -125,16 +125,6 @@ name = "root only"
 action = "allow"
 include = [{{ emails = ["root@example.com"] }}]
 """
-
-
-def free_port() -> int:
-    """A loopback port free right now, for the edge to listen on (and the
-    team URL to name). Another process could take it in between; the edge
-    would then fail to start, loudly, rather than a test passing wrongly."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

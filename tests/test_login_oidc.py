@@ -37,9 +37,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import jwt
 import pytest
 from browserless import Browser, Reply
-from conftest import EdgeProcess, allow_app_toml, write_config
+from conftest import EdgeProcess, allow_app_toml, free_port, write_config
 from oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider
-from redis_fixture import free_port
 from upstream_server import Upstream
 
 from edge import keydir

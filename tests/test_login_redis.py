@@ -38,8 +38,8 @@ from pathlib import Path
 
 import pytest
 from browserless import Browser
-from conftest import EdgeProcess, allow_app_toml, wait_for, write_config
-from redis_fixture import RedisServer, free_port, redis_server  # noqa: F401
+from conftest import EdgeProcess, allow_app_toml, free_port, wait_for, write_config
+from redis_fixture import RedisServer, redis_server  # noqa: F401
 from upstream_server import Upstream
 
 from edge.passwords import hash_password

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import http.client
 import json
-import socket
 import ssl
 import time
 from collections.abc import Coroutine, Iterator
@@ -22,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
-from conftest import self_signed_cert
+from conftest import free_port, self_signed_cert
 from oidc_provider import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, OidcProvider
 
 from edge import oidc
@@ -84,15 +83,6 @@ def refused(client: OidcClient, login_hint: str = "") -> OidcError:
     with pytest.raises(OidcError) as caught:
         sign_in(client, login_hint)
     return caught.value
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# -- discovery and the authorization URL ------------------------------------
 
 
 def test_discovery_is_fetched_once(provider: OidcProvider) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import redis.asyncio
 import uvloop
-from redis_fixture import RedisServer, free_port, redis_server  # noqa: F401
+from conftest import free_port
+from redis_fixture import RedisServer, redis_server  # noqa: F401
 
 from edge.store import MemoryStore, RedisStore, StoreUnavailable, redact
 
