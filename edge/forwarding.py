@@ -35,6 +35,14 @@ HOP_BY_HOP = frozenset(
 # first so they cannot be spoofed (BEHAVIOUR.md section 5).
 IDENTITY_HEADERS = frozenset({b"cf-access-jwt-assertion", b"cf-access-authenticated-user-email"})
 FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# WSGI/CGI, PHP and Rack turn `Cf_Access_Jwt_Assertion` and
+# `Cf-Access-Jwt-Assertion` into the same variable, so a client field whose
+# name has `_` could pass for one the edge sets. Such fields are dropped
+# (nginx's `underscores_in_headers off`, Envoy's
+# `headers_with_underscores_action`) unless [server] underscores_in_headers
+# keeps them; even then a name that reads, `_` as `-`, as one of the edge's
+# own families is dropped. The edge's request-id header belongs here too.
+EDGE_OWNED_PREFIXES = (b"cf-access-", b"x-forwarded-")
 AUTH_COOKIE = b"CF_Authorization"
 # Fields the edge handles itself rather than passing on: Expect (the edge
 # answers 100-continue after authorising), and the framing fields it sets.
@@ -86,6 +94,12 @@ def is_hop(name: bytes, drop: frozenset[bytes]) -> bool:
     return name in drop or name[:6] == b"proxy-"
 
 
+def reads_as_edge_owned(name: bytes) -> bool:
+    """Whether an upstream that maps `_` to `-` reads `name` as a field of
+    the edge's own (EDGE_OWNED_PREFIXES)."""
+    return name.lower().replace(b"_", b"-").startswith(EDGE_OWNED_PREFIXES)
+
+
 def strip_cookie(value: bytes, name: bytes = AUTH_COOKIE) -> bytes:
     """Remove every `name=...` pair from a Cookie header value."""
     kept = [p for p in (x.strip() for x in value.split(b";")) if p and p.partition(b"=")[0].strip() != name]
@@ -129,9 +143,12 @@ def request_headers(
     strip: frozenset[bytes] = frozenset(),
     strip_auth_cookie: bool = True,
     rewrite_host: bool = False,
+    keep_underscores: bool = False,
 ) -> HeaderList:
     """The head sent upstream: hop-by-hop and spoofable fields removed,
-    identity and X-Forwarded-* fields set, framing re-declared."""
+    identity and X-Forwarded-* fields set, framing re-declared. Names with
+    `_` are dropped, or with `keep_underscores` only those an upstream could
+    read as the edge's own."""
     trusted = ctx.trusted.trusts(ctx.client_ip)
     drop = _drop_set(hop_by_hop(headers, keep_upgrade=ctx.upgrade), strip, trusted)
     out: HeaderList = []
@@ -145,6 +162,8 @@ def request_headers(
             host = True
         if name in drop or name[:6] == b"proxy-":  # is_hop
             continue
+        if b"_" in name and (not keep_underscores or reads_as_edge_owned(name)):
+            continue  # EDGE_OWNED_PREFIXES: one spelling per name upstream
         if name == b"host":
             value = ctx.upstream_host if rewrite_host else value
         elif name == b"cookie" and strip_auth_cookie:

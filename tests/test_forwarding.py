@@ -6,7 +6,10 @@ import ipaddress
 
 import h11
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from edge.decide import STRIP_HEADERS
 from edge.forwarding import (
     RequestContext,
     TrustedProxies,
@@ -132,6 +135,109 @@ def test_identity_headers_stripped_without_identity() -> None:
 def test_extra_strip() -> None:
     out = fwd([(b"host", b"app"), (b"x-secret", b"1"), (b"accept", b"*/*")], strip=frozenset({b"x-secret"}))
     assert out == [(b"host", b"app"), (b"accept", b"*/*"), *XFF]
+
+
+# -- names with underscores -------------------------------------------------------
+# WSGI/CGI, PHP and Rack read `Cf_Access_Authenticated_User_Email` and
+# `Cf-Access-Authenticated-User-Email` as one variable (HTTP_CF_ACCESS_...).
+
+SPOOFED_SPELLINGS = [
+    b"cf_access_authenticated_user_email",
+    b"cf-access_authenticated-user_email",
+    b"cf_access_jwt_assertion",
+    b"cf_access_client_id",
+    b"cf_access_client_secret",
+    b"cf_access_token",
+    b"cf-access-anything_new",
+    b"x_forwarded_for",
+    b"x-forwarded_host",
+    b"x_forwarded_proto",
+    b"x_forwarded_port",
+]
+INNOCENT_SPELLINGS = [b"x_custom_thing", b"accept_language", b"_", b"my_app-trace"]
+
+
+@pytest.mark.parametrize("name", SPOOFED_SPELLINGS + INNOCENT_SPELLINGS)
+def test_underscore_names_dropped_by_default(name: bytes) -> None:
+    out = fwd([(b"host", b"app"), (name, b"mallory"), (b"accept", b"*/*")], add=IDENTITY)
+    assert out == [(b"host", b"app"), (b"accept", b"*/*"), *XFF, *IDENTITY]
+
+
+@pytest.mark.parametrize("name", SPOOFED_SPELLINGS)
+def test_underscore_spoof_dropped_even_when_kept(name: bytes) -> None:
+    out = fwd(
+        [(b"host", b"app"), (name, b"mallory"), (b"accept", b"*/*")], add=IDENTITY, keep_underscores=True
+    )
+    assert out == [(b"host", b"app"), (b"accept", b"*/*"), *XFF, *IDENTITY]
+
+
+@pytest.mark.parametrize("name", INNOCENT_SPELLINGS)
+def test_underscore_innocent_kept_when_asked(name: bytes) -> None:
+    out = fwd([(b"host", b"app"), (name, b"fine")], add=IDENTITY, keep_underscores=True)
+    assert out == [(b"host", b"app"), (name, b"fine"), *XFF, *IDENTITY]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_hyphen_names_unaffected(keep: bool) -> None:
+    # Only the spelling with `_` is in question: a service token's id in its
+    # own spelling passes as before (its secret never does: STRIP_HEADERS).
+    given = [(b"host", b"app"), (b"x-custom-thing", b"1"), (b"cf-access-client-id", b"ci")]
+    out = fwd([*given, (b"cf-access-client-secret", b"s")], strip=STRIP_HEADERS, keep_underscores=keep)
+    assert out == [*given, *XFF]
+
+
+# Names the edge sets itself (or strips), spelled as a client might; the
+# upstream must never see a client's value under any of them.
+PROTECTED = sorted(
+    {
+        b"cf-access-jwt-assertion",
+        b"cf-access-authenticated-user-email",
+        b"cf-access-client-secret",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    }
+)
+
+
+def _normal(name: bytes) -> bytes:
+    return name.lower().replace(b"_", b"-")
+
+
+@st.composite
+def spellings(draw: st.DrawFn) -> bytes:
+    """A protected name with each `-` maybe an `_` and each letter maybe
+    upper-case, lower-cased again as h11 delivers names."""
+    name = draw(st.sampled_from(PROTECTED))
+    out = bytearray()
+    for byte in name:
+        ch = bytes([byte])
+        if ch == b"-" and draw(st.booleans()):
+            ch = b"_"
+        elif ch.isalpha() and draw(st.booleans()):
+            ch = ch.upper()
+        out += ch
+    return bytes(out).lower()
+
+
+OTHER_NAMES = st.sampled_from([b"accept", b"x_custom_thing", b"cookie", b"x-trace", b"cf-access-client-id"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.lists(st.one_of(spellings(), OTHER_NAMES), min_size=1, max_size=8),
+    keep=st.booleans(),
+    identity=st.booleans(),
+)
+def test_protected_names_only_carry_edge_values(fields: list[bytes], keep: bool, identity: bool) -> None:
+    head = [(b"host", b"app"), *((name, b"spoofed-" + name) for name in fields)]
+    add = IDENTITY if identity else []
+    out = fwd(head, add=add, strip=STRIP_HEADERS, keep_underscores=keep)
+    for name, value in out:
+        if _normal(name) in PROTECTED:
+            assert not value.startswith(b"spoofed-"), (name, value)
+            assert name == _normal(name)  # only the edge's own spelling
+    assert [f for f in out if f[0].startswith(b"cf-access-") and f[0] != b"cf-access-client-id"] == add
 
 
 # -- X-Forwarded-* ----------------------------------------------------------
