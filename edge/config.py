@@ -119,6 +119,11 @@ class Server(Struct, frozen=True, forbid_unknown_fields=True):
     # Peers (CIDR) whose X-Forwarded-For is believed: the client IP that
     # ip_ranges rules see, and the chain passed on upstream.
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    # Forward client header fields whose name has `_` (nginx's option of the
+    # same name). Off: an upstream on WSGI/CGI, PHP or Rack reads `X_A` and
+    # `X-A` as one variable. On, a name that reads as Cf-Access-* or
+    # X-Forwarded-* is still dropped (forwarding.EDGE_OWNED_PREFIXES).
+    underscores_in_headers: bool = False
 
     def __post_init__(self) -> None:
         for i, cidr in enumerate(self.trusted_proxies):

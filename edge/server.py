@@ -160,6 +160,7 @@ class ServerState:
         self.compiled = compiled
         self.responses = compiled.responses
         self.trusted = compiled.trusted_proxies
+        self.keep_underscores = config.server.underscores_in_headers
         self.pool.configure(
             config.proxy.max_idle, config.proxy.pool_idle_timeout, config.proxy.connect_timeout
         )
@@ -254,7 +255,13 @@ class ServerState:
             trusted=self.trusted,
         )
         out = request_headers(
-            headers, ctx, add=add, strip=strip, strip_auth_cookie=strip_auth_cookie, rewrite_host=rewrite_host
+            headers,
+            ctx,
+            add=add,
+            strip=strip,
+            strip_auth_cookie=strip_auth_cookie,
+            rewrite_host=rewrite_host,
+            keep_underscores=self.keep_underscores,
         )
         return ForwardPlan(
             target=target,

@@ -331,6 +331,19 @@ def test_access_log_wrong_type() -> None:
     assert error_of(server(access_log=False)) == f"{SOURCE}: $.server.access_log: Expected str, got bool"
 
 
+@pytest.mark.parametrize("value", [False, True])
+def test_underscores_in_headers(value: bool) -> None:
+    assert Server().underscores_in_headers is False  # dropped unless asked: the safe side
+    assert loads(server(underscores_in_headers=value)).server.underscores_in_headers is value
+
+
+def test_underscores_in_headers_wrong_type() -> None:
+    assert (
+        error_of(server(underscores_in_headers="on"))
+        == f"{SOURCE}: $.server.underscores_in_headers: Expected bool, got str"
+    )
+
+
 # -- TLS ---------------------------------------------------------------------
 
 
