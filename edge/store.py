@@ -263,7 +263,7 @@ class RedisStore(Store):
             await self._sync()
             await self._listen(pubsub)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
     async def _sync(self) -> None:
         """Write back what this worker knows, then load what the others know."""
