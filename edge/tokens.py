@@ -49,6 +49,11 @@ REFRESH_INTERVAL = 300.0  # seconds
 # only for alg "none" (refused later, with a clear reason).
 _JWS_RE = re.compile(rb"^[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]*={0,2}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# The time claims are epoch seconds within 1970-01-01 .. 9999-12-31T23:59:59Z
+# (what datetime can represent): outside it a value is no time any issuer
+# means, and from some size on it cannot even be made a float.
+MAX_TIME = 253_402_300_799  # seconds
 
 # PyJWT checks the signature, the issuer and the presence of the required
 # claims; the time claims are checked here against the caller's clock.
@@ -371,7 +376,7 @@ class Verifier:
                 token, Refusal(f"unknown issuer {str(claims.get('iss'))[:100]!r}", permanent=True)
             )
         alg = header.get("alg")
-        if alg not in issuer.algorithms:
+        if not isinstance(alg, str) or alg not in issuer.algorithms:
             return self._fail(
                 token, Refusal(f"alg {str(alg)[:20]!r} not allowed for this issuer", permanent=True)
             )
@@ -424,8 +429,12 @@ def _number(claims: Mapping[str, Any], name: str) -> float | Refusal | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return Refusal(f"{name} is not a number", permanent=True)
+    # Compared before any conversion: an int of hundreds of digits has no
+    # float, and NaN fails every comparison, so both land here.
+    if not 0 <= value <= MAX_TIME:
+        return Refusal(f"{name} is out of range", permanent=True)
     return float(value)
 
 
@@ -435,6 +444,8 @@ def _text(claims: Mapping[str, Any], name: str) -> str | Refusal:
         return Refusal(f"{name} is not a string", permanent=True)
     if _CONTROL_RE.search(value):
         return Refusal(f"{name} contains control characters", permanent=True)
+    if not _encodable(value):
+        return Refusal(f"{name} is not valid Unicode", permanent=True)
     return value
 
 
@@ -446,7 +457,15 @@ def _strings(claims: Mapping[str, Any], name: str) -> frozenset[str] | Refusal:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return Refusal(f"{name} is not a string or a list of strings", permanent=True)
+    if not all(_encodable(v) for v in value):
+        return Refusal(f"{name} is not valid Unicode", permanent=True)
     return frozenset(value)
+
+
+def _encodable(value: str) -> bool:
+    """Whether `value` has a UTF-8 form: JSON's \\u escapes can spell lone
+    surrogates, which no header, log line or JSON answer can carry."""
+    return value.isascii() or _SURROGATE_RE.search(value) is None
 
 
 def _times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[float, float] | Refusal:
