@@ -17,10 +17,11 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jwt
@@ -138,30 +139,67 @@ def _starts_pair(header: bytes, at: int) -> bool:
 
 
 def extract_token(
-    cookies: Sequence[bytes], access_tokens: Sequence[bytes], authorizations: Sequence[bytes]
+    cookies: Sequence[bytes],
+    access_tokens: Sequence[bytes],
+    authorizations: Sequence[bytes],
+    trusted: Callable[[bytes], bool] | None = None,
 ) -> bytes | Refusal:
     """The one token of a request: CF_Authorization cookie, then the
     cf-access-token header, then ``Authorization: Bearer``.
 
     Two different values among the cookies and cf-access-token headers are
-    refused as ambiguous. ``Authorization`` is only a fallback and never
-    conflicts: applications often use it for their own credentials.
+    refused as ambiguous, and so is a bearer value that differs from the
+    token chosen when `trusted` (`Verifier.trusts`) calls it one of ours:
+    the upstream would see a second identity. Any other ``Authorization``
+    is the application's own credential and never conflicts.
     """
     candidates = cookie_tokens(cookies) if cookies else []
     for value in access_tokens:
         value = value.strip()
         if value:
             candidates.append(value)
-    if candidates:
-        first = candidates[0]
-        if len(candidates) > 1 and candidates.count(first) != len(candidates):
-            return AMBIGUOUS
-        return first
+    bearers = _bearers(authorizations) if authorizations else []
+    if not candidates:
+        if not bearers:
+            return NO_TOKEN
+        candidates = bearers[:1]
+    first = candidates[0]
+    if len(candidates) > 1 and candidates.count(first) != len(candidates):
+        return AMBIGUOUS
+    if trusted is not None and any(b != first and trusted(b) for b in bearers):
+        return AMBIGUOUS
+    return first
+
+
+def _bearers(authorizations: Sequence[bytes]) -> list[bytes]:
+    found: list[bytes] = []
     for value in authorizations:
         scheme, _, rest = value.strip().partition(b" ")
-        if scheme.lower() == b"bearer" and rest.strip():
-            return rest.strip()
-    return NO_TOKEN
+        rest = rest.strip()
+        if scheme.lower() == b"bearer" and rest:
+            found.append(rest)
+    return found
+
+
+class _PeekHeader(msgspec.Struct, gc=False):
+    kid: str | None = None
+
+
+class _PeekClaims(msgspec.Struct, gc=False):
+    iss: str | None = None
+
+
+_PEEK_HEADER = msgspec.json.Decoder(_PeekHeader)
+_PEEK_CLAIMS = msgspec.json.Decoder(_PeekClaims)
+
+
+def _peek(segment: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
+    """One unverified JWS segment decoded, or None for anything that is not
+    a JSON object of the expected shape (never raises)."""
+    try:
+        return decoder.decode(base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4)))
+    except (ValueError, RecursionError):  # binascii.Error and msgspec.DecodeError are ValueErrors
+        return None
 
 
 # -- key sets ---------------------------------------------------------------
@@ -350,6 +388,22 @@ class Verifier:
         self.cache: dict[bytes, _Entry] = {}
         self.failures: dict[bytes, Refusal] = {}
         self.limit = limit
+
+    def trusts(self, value: bytes) -> bool:
+        """Whether `value` claims to be a token of ours, unverified: a
+        compact JWS whose header names a kid some trusted key set holds, or
+        whose payload names a trusted iss. Cheap (two small decodes, no
+        signature check) and total: garbage is simply not ours."""
+        if len(value) > MAX_TOKEN_BYTES or _JWS_RE.match(value) is None:
+            return False
+        head, payload, _ = value.split(b".")
+        header: _PeekHeader | None = _peek(head, _PEEK_HEADER)
+        if header is not None and header.kid is not None:
+            for issuer in self.issuers.values():
+                if issuer.keys is not None and header.kid in issuer.keys.keys:
+                    return True
+        claims: _PeekClaims | None = _peek(payload, _PEEK_CLAIMS)
+        return claims is not None and claims.iss in self.issuers
 
     def verify(self, token: bytes, now: float) -> Identity | Refusal:
         entry = self.cache.get(token)

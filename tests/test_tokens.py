@@ -19,6 +19,7 @@ from access_fixtures import (
     NOW,
     OTHER_EC_KEY,
     RSA_KEY,
+    b64,
     claims,
     default_jwks,
     jwks,
@@ -155,8 +156,6 @@ def _hs_confusion() -> bytes:
     the signature is computed by hand."""
     import hashlib
     import hmac
-
-    from access_fixtures import b64
 
     header = b64(json.dumps({"alg": "HS256", "kid": KIDS["RS256"], "typ": "JWT"}).encode())
     payload = b64(json.dumps(claims()).encode())
@@ -338,6 +337,83 @@ def test_any_claim_value_is_accepted_or_refused_never_an_exception(overrides: di
 def test_any_header_value_is_accepted_or_refused_never_an_exception(header: dict[str, Any]) -> None:
     token = unsigned(claims(), {"alg": "ES256", "kid": "ec-1", **header})
     assert isinstance(verifier().verify(token, NOW), Refusal)  # unsigned: never valid
+
+
+# -- two tokens, one request ------------------------------------------------------
+
+# A second token in Authorization: refused when the verifier would call it
+# ours (a trusted iss, or a kid of a trusted key set), else the application's.
+OURS, OURS_TOO = mint(), mint(sub="u-bob")
+FOREIGN = mint(kid="app-key", key=OTHER_EC_KEY, iss="https://app.internal")
+
+
+@pytest.mark.parametrize(
+    ("cookies", "access", "authorization", "expected"),
+    [
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer " + OURS_TOO], AMBIGUOUS),
+        ([], [OURS], [b"Bearer " + OURS_TOO], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"bearer  " + OURS_TOO + b" "], AMBIGUOUS),
+        ([], [], [b"Bearer " + OURS, b"Bearer " + OURS_TOO], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer " + OURS], OURS),
+        ([], [], [b"Bearer " + OURS, b"Bearer " + OURS], OURS),
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer app-secret"], OURS),
+        ([b"CF_Authorization=" + OURS], [], [b"Basic " + OURS_TOO], OURS),  # not a bearer token
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer " + FOREIGN], OURS),
+        ([], [], [b"Bearer " + FOREIGN], FOREIGN),  # the only token: verification refuses it
+    ],
+)
+def test_a_second_token_in_authorization(
+    cookies: list[bytes], access: list[bytes], authorization: list[bytes], expected: bytes | Refusal
+) -> None:
+    assert extract_token(cookies, access, authorization, verifier().trusts) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "trusted"),
+    [
+        (OURS, True),
+        (mint(exp=NOW - 3600), True),  # expired, still ours: a second token all the same
+        (mint(key=OTHER_EC_KEY), True),  # a forgery naming our iss
+        (mint(kid="unknown"), True),
+        (mint(iss="https://app.internal"), True),  # another iss, but one of our kids
+        (unsigned({"iss": ISS}, {"alg": "none"}), True),
+        (FOREIGN, False),
+        (unsigned({"iss": 7}, {"alg": "none", "kid": ["ec-1"]}), False),
+        (unsigned({"iss": "https://app.internal"}, {"alg": "none", "kid": {"a": 1}}), False),
+        (b"app-secret", False),
+        (b"a.b.c", False),
+        (b"e30.e30.", False),
+        (b"W10.W10.", False),  # arrays, not objects
+        (b"\xff\xfe.\x00.", False),
+    ],
+)
+def test_which_authorization_values_are_ours(value: bytes, trusted: bool) -> None:
+    assert verifier().trusts(value) is trusted
+
+
+def test_deeply_nested_authorization_is_not_ours() -> None:
+    nested = b64(b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    assert verifier().trusts(nested + b"." + nested + b".") is False
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.binary(max_size=200)
+        | st.builds(lambda h, p: b"Bearer " + b64(h) + b"." + b64(p) + b".", st.binary(), st.binary())
+        | st.builds(
+            lambda h, p: b"Bearer " + b64(json.dumps(h).encode()) + b"." + b64(json.dumps(p).encode()) + b".",
+            st.dictionaries(st.sampled_from(["alg", "kid"]), st.text() | st.integers() | st.none()),
+            st.dictionaries(st.sampled_from(["iss", "aud"]), st.text() | st.integers() | st.none()),
+        ),
+        max_size=3,
+    )
+)
+def test_any_authorization_value_never_raises(authorizations: list[bytes]) -> None:
+    v = _PROPERTY_VERIFIER
+    result = extract_token([b"CF_Authorization=" + OURS], [], authorizations, v.trusts)
+    assert result == OURS or result is AMBIGUOUS
+    assert isinstance(extract_token([], [], authorizations, v.trusts), (bytes, Refusal))
 
 
 # -- caches --------------------------------------------------------------------------
