@@ -562,6 +562,53 @@ def test_401_for_another_origin_has_no_cors_headers(c: Compiled) -> None:
     assert fields(action.response)["vary"] == "Origin"
 
 
+NULL_ORIGIN = {"Origin": "null", "Sec-Fetch-Mode": "cors"}
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "kind", "status", "acao"),
+    [
+        # allow_all_origins, no credentials: "*", readable by a sandboxed page.
+        ("GET", "https://t1.tenants.example.com/", NULL_ORIGIN, Unauthorized, 401, "*"),
+        (
+            "OPTIONS",
+            "https://t1.tenants.example.com/",
+            {"Origin": "null", "Access-Control-Request-Method": "PUT"},
+            Preflight,
+            200,
+            "*",
+        ),
+        # Listed origins with credentials, null not listed: nothing to read.
+        ("GET", "https://api.example.com/", NULL_ORIGIN, Unauthorized, 401, None),
+        (
+            "OPTIONS",
+            "https://api.example.com/",
+            {"Origin": "null", "Access-Control-Request-Method": "GET"},
+            Preflight,
+            403,
+            None,
+        ),
+        (
+            "GET",
+            "https://api.example.com/",
+            {**NULL_ORIGIN, **cookie(mint(email="eve@example.com"))},
+            Deny,
+            403,
+            None,
+        ),
+    ],
+)
+def test_null_origin(
+    c: Compiled, method: str, url: str, headers: dict[str, str], kind: type, status: int, acao: str | None
+) -> None:
+    action = run(c, method, url, headers)
+    assert isinstance(action, kind)
+    assert action.response.status == status
+    found = acao_headers(action.response)
+    assert found.get("access-control-allow-origin") == acao
+    assert "access-control-allow-credentials" not in found
+
+
 def test_redirect_mode_always_redirects(c: Compiled) -> None:
     action = run(c, "GET", "https://plain.example.com/x", {"Sec-Fetch-Mode": "cors"})
     assert isinstance(action, Redirect)
