@@ -14,7 +14,12 @@ page calling a loopback server stays in one address space):
 - ``http://127.0.0.1:<B>``: another site's page, not listed;
 - ``http://localhost:<edge>``: the API behind the edge. Application ``api``
   (domain ``localhost``) has CORS settings; application ``plain`` (domain
-  ``localhost/plain``) has none. Ports are ignored when matching domains.
+  ``localhost/plain``) has none; application ``open`` (domain
+  ``localhost/open``) allows all origins, without credentials. Ports are
+  ignored when matching domains;
+- ``null``: a frame of the first page, sandboxed without
+  ``allow-same-origin`` (an opaque origin), where ``probeSandboxed`` runs
+  the same ``fetch()``.
 
 The page and the API are different *origins* (ports differ: every CORS rule
 applies, each non-simple request is preflighted) but the same *site*, as in a
