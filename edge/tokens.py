@@ -9,8 +9,13 @@ Invariants:
   CACHE_ENTRIES (oldest evicted first). An entry stays valid only while the
   key that verified it is still the one its key set holds under that kid, so
   a key removed from the JWKS revokes its tokens at once.
-- Permanent failures (bad signature, malformed, wrong issuer...) are cached
-  too, so a flood of the same forged token costs one signature check.
+- Permanent failures (bad signature, malformed, wrong issuer, a claim value
+  the edge cannot use...) are cached too, so a flood of the same forged
+  token costs one signature check. Nothing a token carries raises: every
+  value is either usable or a Refusal.
+- `Verifier.trusts` only peeks (no signature check, no cache): it tells
+  whether a second value claims to be one of our tokens, so that a request
+  carrying two identities is refused rather than half-forwarded.
 - A `KeySet` is only mutated by `update`/`fetch_failed`, called by the I/O
   shell; a failed or empty fetch keeps the keys already held.
 """
