@@ -7,7 +7,8 @@ Invariants:
   methods/headers", which echo the request, build a response per request.
 - Origins are compared byte for byte with what the browser sent (config
   validation guarantees the listed ones are in the serialised form browsers
-  use). ``null`` matches only when listed, and never with credentials.
+  use). ``null`` is allowed when listed (never with credentials), or under
+  "all origins" (no credentials), where every answer says ``*``.
 - No response here ever carries ``Access-Control-Allow-Headers: *``: with
   credentials a literal ``*`` is not a wildcard, and even without them it
   never covers ``Authorization`` (Fetch standard, CORS protocol). Requested
@@ -90,8 +91,10 @@ class CorsPolicy:
     def allows(self, origin: bytes) -> bool:
         if origin in self.origins:
             return True
-        # "null" only when listed; b"" stands for repeated Origin headers.
-        return self.all_origins and origin != b"null" and origin != b""
+        # All origins means credentials are off (config validation), so the
+        # answer is "*", which Fetch accepts for an opaque "null" origin as
+        # for any other. b"" stands for repeated Origin headers.
+        return self.all_origins and origin != b""
 
     def allow_origin_value(self, origin: bytes) -> bytes:
         """ACAO for an allowed origin: ``*`` when every origin is allowed

@@ -560,7 +560,9 @@ def _service_token(c: Compiled, h: HeaderIndex, trace: Trace) -> str | None:
 
 
 def _identity(c: Compiled, app: CompiledApp, h: HeaderIndex, now: float, trace: Trace) -> Identity | Refusal:
-    token = extract_token(h.get(b"cookie", ()), h.get(b"cf-access-token", ()), h.get(b"authorization", ()))
+    token = extract_token(
+        h.get(b"cookie", ()), h.get(b"cf-access-token", ()), h.get(b"authorization", ()), c.verifier.trusts
+    )
     result = verify_token(c, token, now)
     if isinstance(result, Identity) and app.aud not in result.aud:
         result = Refusal("token is for another application (aud)")

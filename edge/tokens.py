@@ -9,18 +9,24 @@ Invariants:
   CACHE_ENTRIES (oldest evicted first). An entry stays valid only while the
   key that verified it is still the one its key set holds under that kid, so
   a key removed from the JWKS revokes its tokens at once.
-- Permanent failures (bad signature, malformed, wrong issuer...) are cached
-  too, so a flood of the same forged token costs one signature check.
+- Permanent failures (bad signature, malformed, wrong issuer, a claim value
+  the edge cannot use...) are cached too, so a flood of the same forged
+  token costs one signature check. Nothing a token carries raises: every
+  value is either usable or a Refusal.
+- `Verifier.trusts` only peeks (no signature check, no cache): it tells
+  whether a second value claims to be one of our tokens, so that a request
+  carrying two identities is refused rather than half-forwarded.
 - A `KeySet` is only mutated by `update`/`fetch_failed`, called by the I/O
   shell; a failed or empty fetch keeps the keys already held.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jwt
@@ -49,6 +55,11 @@ REFRESH_INTERVAL = 300.0  # seconds
 # only for alg "none" (refused later, with a clear reason).
 _JWS_RE = re.compile(rb"^[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]*={0,2}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# The time claims are epoch seconds within 1970-01-01 .. 9999-12-31T23:59:59Z
+# (what datetime can represent): outside it a value is no time any issuer
+# means, and from some size on it cannot even be made a float.
+MAX_TIME = 253_402_300_799  # seconds
 
 # PyJWT checks the signature, the issuer and the presence of the required
 # claims; the time claims are checked here against the caller's clock.
@@ -133,30 +144,67 @@ def _starts_pair(header: bytes, at: int) -> bool:
 
 
 def extract_token(
-    cookies: Sequence[bytes], access_tokens: Sequence[bytes], authorizations: Sequence[bytes]
+    cookies: Sequence[bytes],
+    access_tokens: Sequence[bytes],
+    authorizations: Sequence[bytes],
+    trusted: Callable[[bytes], bool] | None = None,
 ) -> bytes | Refusal:
     """The one token of a request: CF_Authorization cookie, then the
     cf-access-token header, then ``Authorization: Bearer``.
 
     Two different values among the cookies and cf-access-token headers are
-    refused as ambiguous. ``Authorization`` is only a fallback and never
-    conflicts: applications often use it for their own credentials.
+    refused as ambiguous, and so is a bearer value that differs from the
+    token chosen when `trusted` (`Verifier.trusts`) calls it one of ours:
+    the upstream would see a second identity. Any other ``Authorization``
+    is the application's own credential and never conflicts.
     """
     candidates = cookie_tokens(cookies) if cookies else []
     for value in access_tokens:
         value = value.strip()
         if value:
             candidates.append(value)
-    if candidates:
-        first = candidates[0]
-        if len(candidates) > 1 and candidates.count(first) != len(candidates):
-            return AMBIGUOUS
-        return first
+    bearers = _bearers(authorizations) if authorizations else []
+    if not candidates:
+        if not bearers:
+            return NO_TOKEN
+        candidates = bearers[:1]
+    first = candidates[0]
+    if len(candidates) > 1 and candidates.count(first) != len(candidates):
+        return AMBIGUOUS
+    if trusted is not None and any(b != first and trusted(b) for b in bearers):
+        return AMBIGUOUS
+    return first
+
+
+def _bearers(authorizations: Sequence[bytes]) -> list[bytes]:
+    found: list[bytes] = []
     for value in authorizations:
         scheme, _, rest = value.strip().partition(b" ")
-        if scheme.lower() == b"bearer" and rest.strip():
-            return rest.strip()
-    return NO_TOKEN
+        rest = rest.strip()
+        if scheme.lower() == b"bearer" and rest:
+            found.append(rest)
+    return found
+
+
+class _PeekHeader(msgspec.Struct, gc=False):
+    kid: str | None = None
+
+
+class _PeekClaims(msgspec.Struct, gc=False):
+    iss: str | None = None
+
+
+_PEEK_HEADER = msgspec.json.Decoder(_PeekHeader)
+_PEEK_CLAIMS = msgspec.json.Decoder(_PeekClaims)
+
+
+def _peek(segment: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
+    """One unverified JWS segment decoded, or None for anything that is not
+    a JSON object of the expected shape (never raises)."""
+    try:
+        return decoder.decode(base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4)))
+    except (ValueError, RecursionError):  # binascii.Error and msgspec.DecodeError are ValueErrors
+        return None
 
 
 # -- key sets ---------------------------------------------------------------
@@ -346,6 +394,22 @@ class Verifier:
         self.failures: dict[bytes, Refusal] = {}
         self.limit = limit
 
+    def trusts(self, value: bytes) -> bool:
+        """Whether `value` claims to be a token of ours, unverified: a
+        compact JWS whose header names a kid some trusted key set holds, or
+        whose payload names a trusted iss. Cheap (two small decodes, no
+        signature check) and total: garbage is simply not ours."""
+        if len(value) > MAX_TOKEN_BYTES or _JWS_RE.match(value) is None:
+            return False
+        head, payload, _ = value.split(b".")
+        header: _PeekHeader | None = _peek(head, _PEEK_HEADER)
+        if header is not None and header.kid is not None:
+            for issuer in self.issuers.values():
+                if issuer.keys is not None and header.kid in issuer.keys.keys:
+                    return True
+        claims: _PeekClaims | None = _peek(payload, _PEEK_CLAIMS)
+        return claims is not None and claims.iss in self.issuers
+
     def verify(self, token: bytes, now: float) -> Identity | Refusal:
         entry = self.cache.get(token)
         if entry is not None:
@@ -371,7 +435,7 @@ class Verifier:
                 token, Refusal(f"unknown issuer {str(claims.get('iss'))[:100]!r}", permanent=True)
             )
         alg = header.get("alg")
-        if alg not in issuer.algorithms:
+        if not isinstance(alg, str) or alg not in issuer.algorithms:
             return self._fail(
                 token, Refusal(f"alg {str(alg)[:20]!r} not allowed for this issuer", permanent=True)
             )
@@ -424,8 +488,12 @@ def _number(claims: Mapping[str, Any], name: str) -> float | Refusal | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return Refusal(f"{name} is not a number", permanent=True)
+    # Compared before any conversion: an int of hundreds of digits has no
+    # float, and NaN fails every comparison, so both land here.
+    if not 0 <= value <= MAX_TIME:
+        return Refusal(f"{name} is out of range", permanent=True)
     return float(value)
 
 
@@ -435,6 +503,8 @@ def _text(claims: Mapping[str, Any], name: str) -> str | Refusal:
         return Refusal(f"{name} is not a string", permanent=True)
     if _CONTROL_RE.search(value):
         return Refusal(f"{name} contains control characters", permanent=True)
+    if not _encodable(value):
+        return Refusal(f"{name} is not valid Unicode", permanent=True)
     return value
 
 
@@ -446,7 +516,15 @@ def _strings(claims: Mapping[str, Any], name: str) -> frozenset[str] | Refusal:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return Refusal(f"{name} is not a string or a list of strings", permanent=True)
+    if not all(_encodable(v) for v in value):
+        return Refusal(f"{name} is not valid Unicode", permanent=True)
     return frozenset(value)
+
+
+def _encodable(value: str) -> bool:
+    """Whether `value` has a UTF-8 form: JSON's \\u escapes can spell lone
+    surrogates, which no header, log line or JSON answer can carry."""
+    return value.isascii() or _SURROGATE_RE.search(value) is None
 
 
 def _times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[float, float] | Refusal:

@@ -697,6 +697,54 @@ def test_two_different_tokens_are_refused(edge: Edge) -> None:
     assert (rec["app"], rec["decision"]) == ("api", "reject: ambiguous: two different tokens")
 
 
+@pytest.mark.parametrize(
+    ("case", "bearer"),
+    [
+        ("other-user", lambda: token(email="bob@example.com")),  # another user's, from our issuer
+        ("our-kid", lambda: token(key=OTHER, iss="https://evil.test")),  # a foreign iss, our kid
+        ("our-iss", lambda: token(kid="nobody")),  # our iss, a kid we do not hold
+    ],
+)
+def test_a_second_token_in_authorization_is_refused(edge: Edge, case: str, bearer: Any) -> None:
+    path = f"/echo/second-token-{case}"
+    r = edge.local("GET", path, headers=[cookie(token()), ("Authorization", f"Bearer {bearer()}")])
+    assert r.status == 400
+    assert r.body == b"bad request: two different access tokens\n"
+    assert edge.logged(path)["decision"] == "reject: ambiguous: two different tokens"
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        "Bearer app-secret-123",
+        "Basic YWxpY2U6c2VjcmV0",
+        "Bearer " + mint("ES256", kid="app-key", key=OTHER, iss="https://app.internal", aud=["app"]).decode(),
+    ],
+    ids=["opaque-bearer", "basic", "foreign-jwt"],
+)
+def test_the_applications_own_authorization_passes_untouched(edge: Edge, credential: str) -> None:
+    tok = token()
+    r = edge.call("GET", "/echo/app-credential", headers=[cookie(tok), ("Authorization", credential)])
+    assert r.status == 200
+    _, headers = forwarded(r.body)
+    assert values(headers, b"authorization") == [credential.encode()]
+    assert values(headers, b"cf-access-jwt-assertion") == [tok.encode()]
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_absurd_claim_values_are_401_not_500(edge: Edge, claim: str) -> None:
+    now = time.time()
+    good = {"exp": now + 3600, "nbf": now - 5, "iat": now - 5}
+    tok = mint("ES256", kid=KID, key=KEY, aud=["api-aud"], **{**good, claim: 10**400}).decode()
+    for attempt in range(2):  # the repeat is answered from the failure cache
+        path = f"/echo/absurd-{claim}-{attempt}"
+        r = edge.local("GET", path, headers=[*FETCH, cookie(tok)])
+        assert r.status == 401
+        assert r.json()["error"] == "invalid token"
+        assert edge.logged(path)["decision"] == f"unauthenticated: {claim} is out of range"
+    assert not [line for line in edge.proc.lines if "Traceback" in line], edge.proc.lines
+
+
 # -- authenticated ------------------------------------------------------------------------------
 
 

@@ -14,7 +14,12 @@ page calling a loopback server stays in one address space):
 - ``http://127.0.0.1:<B>``: another site's page, not listed;
 - ``http://localhost:<edge>``: the API behind the edge. Application ``api``
   (domain ``localhost``) has CORS settings; application ``plain`` (domain
-  ``localhost/plain``) has none. Ports are ignored when matching domains.
+  ``localhost/plain``) has none; application ``open`` (domain
+  ``localhost/open``) allows all origins, without credentials. Ports are
+  ignored when matching domains;
+- ``null``: a frame of the first page, sandboxed without
+  ``allow-same-origin`` (an opaque origin), where ``probeSandboxed`` runs
+  the same ``fetch()``.
 
 The page and the API are different *origins* (ports differ: every CORS rule
 applies, each non-simple request is preflighted) but the same *site*, as in a
@@ -66,6 +71,7 @@ EMAIL = "alice@example.com"
 IDENTITY_HEADER = "cf-access-authenticated-user-email"
 ADMIN_AUD = "admin-aud"
 ANY_AUD = "any-aud"
+OPEN_AUD = "open-aud"
 PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
 PAGE = """<!doctype html>
@@ -85,6 +91,55 @@ async function probe(url, init) {
   }
   document.getElementById("out").textContent += JSON.stringify(result) + "\\n";
   return result;
+}
+
+// probeSandboxed(url, init): the same fetch, run by a frame of this page
+// sandboxed without allow-same-origin, so its origin is opaque and its
+// requests say "Origin: null". Page and frame talk by postMessage.
+function sandboxMain(timeout) {
+  addEventListener("message", async (e) => {
+    let result;
+    try {
+      const r = await fetch(e.data.url, { ...e.data.init, signal: AbortSignal.timeout(timeout) });
+      const headers = {};
+      r.headers.forEach((value, name) => { headers[name] = value; });
+      result = { ok: true, status: r.status, body: await r.text(), headers };
+    } catch (err) {
+      result = { ok: false, error: err.name + ": " + err.message };
+    }
+    parent.postMessage({ id: e.data.id, origin: self.origin, result }, "*");
+  });
+  parent.postMessage({ ready: true }, "*");
+}
+let sandbox = null;
+function sandboxed() {
+  sandbox ??= new Promise((resolve) => {
+    const frame = document.createElement("iframe");
+    frame.sandbox = "allow-scripts";
+    frame.srcdoc = "<script>(" + sandboxMain + ")(@TIMEOUT@)<\\/script>";
+    addEventListener("message", function ready(e) {
+      if (e.source === frame.contentWindow && e.data.ready) {
+        removeEventListener("message", ready);
+        resolve(frame);
+      }
+    });
+    document.body.appendChild(frame);
+  });
+  return sandbox;
+}
+let asked = 0;
+async function probeSandboxed(url, init) {
+  const frame = await sandboxed();
+  const id = ++asked;
+  return new Promise((resolve) => {
+    addEventListener("message", function answer(e) {
+      if (e.source === frame.contentWindow && e.data.id === id) {
+        removeEventListener("message", answer);
+        resolve({ origin: e.data.origin, ...e.data.result });
+      }
+    });
+    frame.contentWindow.postMessage({ id, url, init }, "*");
+  });
 }
 </script>
 """.replace("@TIMEOUT@", str(FETCH_TIMEOUT_MS))
@@ -177,6 +232,18 @@ class Tab:
         """Run the page's probe(url, init) and return what it resolved to."""
         self.mark = len(self.tools.events)
         expression = f"probe({json.dumps(url)}, {json.dumps(init)})"
+        reply = self.tools.call(
+            "Runtime.evaluate", self.session, expression=expression, awaitPromise=True, returnByValue=True
+        )
+        if "exceptionDetails" in reply:
+            raise AssertionError(f"the page threw: {reply['exceptionDetails']}")
+        result: dict[str, Any] = reply["result"]["value"]
+        return result
+
+    def fetch_sandboxed(self, url: str, **init: Any) -> dict[str, Any]:
+        """probeSandboxed(url, init): fetch() from an opaque origin."""
+        self.mark = len(self.tools.events)
+        expression = f"probeSandboxed({json.dumps(url)}, {json.dumps(init)})"
         reply = self.tools.call(
             "Runtime.evaluate", self.session, expression=expression, awaitPromise=True, returnByValue=True
         )
@@ -327,6 +394,20 @@ allowed_origins = ["{allowed_origin}"]
 allow_all_methods = true
 allow_all_headers = true
 allow_credentials = true
+[[apps.policies]]
+name = "staff"
+action = "allow"
+include = [{{ email_domains = ["example.com"] }}]
+
+[[apps]]
+name = "open"
+domains = ["localhost/open"]
+upstream = "{upstream}"
+aud = "{OPEN_AUD}"
+[apps.cors]
+allow_all_origins = true
+allowed_methods = ["GET", "PUT"]
+allowed_headers = ["Content-Type"]
 [[apps.policies]]
 name = "staff"
 action = "allow"
@@ -588,6 +669,42 @@ def test_simple_get_with_the_cookie_reaches_the_upstream(world: World) -> None:
     assert [s.method for s in world.upstream_saw("/v1/me")] == ["GET"]
     records = world.edge_log("/v1/me", 1)
     assert [(r["method"], r["status"]) for r in records] == [("GET", 200)]
+
+
+def test_sandboxed_page_reads_the_401_of_an_all_origins_app(world: World) -> None:
+    """Origin: null under allow_all_origins (no credentials): the edge's own
+    answers say ``*``, which Fetch accepts for an opaque origin."""
+    result = world.allowed.fetch_sandboxed(world.api + "/open/anonymous")
+    assert result["origin"] == "null"
+    assert result["ok"], result
+    assert result["status"] == 401
+    assert json.loads(result["body"])["error"] == "login required"
+    assert result["headers"]["www-authenticate"].startswith("Bearer")  # exposed
+    assert world.upstream_saw("/open/anonymous") == []
+    records = world.edge_log("/open/anonymous", 1)
+    assert [(r["method"], r["status"], r["app"]) for r in records] == [("GET", 401, "open")]
+
+
+def test_sandboxed_page_passes_the_preflight_of_an_all_origins_app(world: World) -> None:
+    result = world.allowed.fetch_sandboxed(
+        world.api + "/open/items", method="PUT", headers={"Content-Type": "application/json"}, body="{}"
+    )
+    assert result["ok"], result
+    assert result["status"] == 401  # no cookie from an opaque origin: the edge's 401, readable
+    records = world.edge_log("/open/items", 2)
+    assert [(r["method"], r["status"]) for r in records] == [("OPTIONS", 200), ("PUT", 401)]
+    assert world.upstream_saw("/open/items") == []
+
+
+def test_sandboxed_page_cannot_read_an_app_with_listed_origins(world: World) -> None:
+    """null is not listed for "api" (and could not be, with credentials)."""
+    result = world.allowed.fetch_sandboxed(world.api + "/v1/from-a-sandbox")
+    assert result["origin"] == "null"
+    assert not result["ok"], result
+    assert result["error"].startswith("TypeError"), result
+    records = world.edge_log("/v1/from-a-sandbox", 1)
+    assert [(r["method"], r["status"]) for r in records] == [("GET", 401)]
+    assert world.upstream_saw("/v1/from-a-sandbox") == []
 
 
 def test_no_preflight_ever_reached_the_upstream(world: World) -> None:

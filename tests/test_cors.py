@@ -176,11 +176,11 @@ ROWS: list[
         [(b"access-control-allow-origin", b"null"), (b"access-control-allow-methods", b"GET"), VARY],
     ),
     (
-        "null with all origins: not allowed",
+        "null with all origins, no credentials: * (Fetch accepts it for an opaque origin)",
         {"allow_all_origins": True, "allowed_methods": ["GET"]},
         (b"null", b"GET", None, False),
-        403,
-        [(b"content-type", b"text/plain; charset=utf-8"), VARY],
+        200,
+        [(b"access-control-allow-origin", b"*"), (b"access-control-allow-methods", b"GET"), VARY],
     ),
     (
         "origin compared byte for byte",
@@ -274,3 +274,41 @@ def test_courtesy_headers(
 def test_summary() -> None:
     text = policy(**LISTED, allow_credentials=True, max_age=5, allow_private_network=True).summary()
     assert text == "1 origin(s); GET, POST; no extra headers; credentials; max-age 5; private network"
+
+
+# Origin: null (sandboxed frames, file: pages, some redirects). Under
+# allow_all_origins without credentials Fetch accepts "*" for it like for any
+# origin; otherwise it is a distinct origin that matches only when listed
+# (and config validation never lets it be listed with credentials).
+NULL_ROWS: list[tuple[str, dict[str, Any], bool, bytes | None]] = [
+    ("all origins", {"allow_all_origins": True, "allowed_methods": ["GET"]}, True, b"*"),
+    (
+        "all origins and all methods",
+        {"allow_all_origins": True, "allow_all_methods": True},
+        True,
+        b"*",
+    ),
+    ("listed origins without null", LISTED, False, None),
+    ("listed origins with credentials", {**LISTED, "allow_credentials": True}, False, None),
+    ("null listed", {"allowed_origins": ["null"], "allowed_methods": ["GET"]}, True, b"null"),
+    (
+        "null listed beside others",
+        {"allowed_origins": ["https://web.example.com", "null"], "allowed_methods": ["GET"]},
+        True,
+        b"null",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "allowed", "acao"), [r[1:] for r in NULL_ROWS], ids=[r[0] for r in NULL_ROWS]
+)
+def test_null_origin(settings: dict[str, Any], allowed: bool, acao: bytes | None) -> None:
+    p = policy(**settings)
+    assert p.allows(b"null") is allowed
+    response, _ = p.preflight(b"null", b"GET", None, False)
+    assert response.status == (200 if allowed else 403)
+    assert dict(head(response)).get(b"access-control-allow-origin") == acao
+    courtesy = dict(p.courtesy(b"null"))
+    assert courtesy.get(b"access-control-allow-origin") == acao
+    assert b"access-control-allow-credentials" not in courtesy

@@ -13,6 +13,7 @@ from access_fixtures import (
     EC_KEY,
     ISS,
     NOW,
+    OTHER_EC_KEY,
     compiled,
     config_text,
     cookie,
@@ -22,6 +23,8 @@ from access_fixtures import (
     public_jwk,
     request,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.config import ConfigError, loads
 from edge.decide import (
@@ -291,6 +294,78 @@ def test_two_different_tokens_are_refused(c: Compiled) -> None:
     assert action.reason == "reject: ambiguous: two different tokens"
 
 
+GOOD = mint()
+# Bearer values near the boundary of "ours", for the property below to splice.
+AUTHORIZATIONS = [
+    b"Bearer " + GOOD,
+    b"Bearer " + mint(sub="u-bob"),
+    b"Bearer " + mint(kid="app-key", key=OTHER_EC_KEY, iss="https://app.internal"),
+    b"Bearer e30.e30.",
+    b"Bearer ",
+    b"bearer\t" + GOOD,
+]
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [cookie, lambda t: {"cf-access-token": t.decode()}],
+    ids=["cookie", "cf-access-token"],
+)
+@pytest.mark.parametrize(
+    "bearer",
+    [
+        lambda: mint(sub="u-bob", email="bob@example.com"),  # another user, our issuer
+        lambda: mint(exp=NOW - 3600),  # ours, expired
+        lambda: mint(key=OTHER_EC_KEY, iss="https://app.internal"),  # a foreign iss, our kid
+        lambda: mint(kid="unknown", key=OTHER_EC_KEY),  # our iss, an unknown kid
+    ],
+    ids=["other-user", "expired", "our-kid", "our-iss"],
+)
+def test_a_second_token_of_ours_in_authorization_is_refused(c: Compiled, carrier: Any, bearer: Any) -> None:
+    headers = {**carrier(mint()), "Authorization": "Bearer " + bearer().decode()}
+    action = run(c, "GET", "https://api.example.com/", headers)
+    assert isinstance(action, Reject)
+    assert action.response.status == 400
+    assert action.reason == "reject: ambiguous: two different tokens"
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        "Bearer app-secret-123",
+        "Basic YWxpY2U6c2VjcmV0",
+        "Bearer " + mint(kid="app-key", key=OTHER_EC_KEY, iss="https://app.internal").decode(),
+    ],
+    ids=["opaque-bearer", "basic", "foreign-jwt"],
+)
+def test_the_applications_own_authorization_is_not_a_second_token(c: Compiled, credential: str) -> None:
+    token = mint()
+    action = run(c, "GET", "https://api.example.com/", {**cookie(token), "Authorization": credential})
+    assert isinstance(action, Forward)
+    assert action.identity is not None and action.identity.token == token
+    assert b"authorization" not in action.strip_headers  # forwarded as sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=300) | st.sampled_from(AUTHORIZATIONS), max_size=3), st.booleans())
+def test_any_authorization_is_decided_never_an_exception(
+    c: Compiled, authorizations: list[bytes], with_cookie: bool
+) -> None:
+    fields = [(b"authorization", value) for value in authorizations]
+    if with_cookie:
+        fields.append((b"cookie", b"CF_Authorization=" + GOOD))
+    action = decide(c, Request(b"GET", b"api.example.com", b"/", fields, "192.0.2.1"), NOW)
+    assert isinstance(action, (Forward, Reject, Unauthorized, Redirect))
+
+
+def test_the_same_token_in_cookie_and_authorization_is_one_token(c: Compiled) -> None:
+    token = mint()
+    action = run(
+        c, "GET", "https://api.example.com/", {**cookie(token), "Authorization": f"Bearer {token.decode()}"}
+    )
+    assert isinstance(action, Forward)
+
+
 def test_token_for_another_application_is_not_accepted(c: Compiled) -> None:
     action = run(c, "GET", "https://api.example.com/", {**cookie(mint(aud=["plain-aud"])), "Accept": "*/*"})
     assert isinstance(action, Unauthorized)
@@ -485,6 +560,53 @@ def test_401_for_another_origin_has_no_cors_headers(c: Compiled) -> None:
     )
     assert acao_headers(action.response) == {}
     assert fields(action.response)["vary"] == "Origin"
+
+
+NULL_ORIGIN = {"Origin": "null", "Sec-Fetch-Mode": "cors"}
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "kind", "status", "acao"),
+    [
+        # allow_all_origins, no credentials: "*", readable by a sandboxed page.
+        ("GET", "https://t1.tenants.example.com/", NULL_ORIGIN, Unauthorized, 401, "*"),
+        (
+            "OPTIONS",
+            "https://t1.tenants.example.com/",
+            {"Origin": "null", "Access-Control-Request-Method": "PUT"},
+            Preflight,
+            200,
+            "*",
+        ),
+        # Listed origins with credentials, null not listed: nothing to read.
+        ("GET", "https://api.example.com/", NULL_ORIGIN, Unauthorized, 401, None),
+        (
+            "OPTIONS",
+            "https://api.example.com/",
+            {"Origin": "null", "Access-Control-Request-Method": "GET"},
+            Preflight,
+            403,
+            None,
+        ),
+        (
+            "GET",
+            "https://api.example.com/",
+            {**NULL_ORIGIN, **cookie(mint(email="eve@example.com"))},
+            Deny,
+            403,
+            None,
+        ),
+    ],
+)
+def test_null_origin(
+    c: Compiled, method: str, url: str, headers: dict[str, str], kind: type, status: int, acao: str | None
+) -> None:
+    action = run(c, method, url, headers)
+    assert isinstance(action, kind)
+    assert action.response.status == status
+    found = acao_headers(action.response)
+    assert found.get("access-control-allow-origin") == acao
+    assert "access-control-allow-credentials" not in found
 
 
 def test_redirect_mode_always_redirects(c: Compiled) -> None:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import jwt
+import msgspec
 import pytest
 from access_fixtures import (
     DROP,
@@ -18,6 +19,8 @@ from access_fixtures import (
     NOW,
     OTHER_EC_KEY,
     RSA_KEY,
+    b64,
+    claims,
     default_jwks,
     jwks,
     mint,
@@ -26,6 +29,8 @@ from access_fixtures import (
 )
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge.tokens import (
     AMBIGUOUS,
@@ -152,8 +157,6 @@ def _hs_confusion() -> bytes:
     import hashlib
     import hmac
 
-    from access_fixtures import b64, claims
-
     header = b64(json.dumps({"alg": "HS256", "kid": KIDS["RS256"], "typ": "JWT"}).encode())
     payload = b64(json.dumps(claims()).encode())
     sig = hmac.new(_rsa_public_pem(), header + b"." + payload, hashlib.sha256).digest()
@@ -205,6 +208,23 @@ FAILURES: list[tuple[str, Any, str]] = [
     ("bad base64", lambda: b"e30.e30.!!!", "malformed token"),
     ("header not JSON", lambda: b"bm90anNvbg.e30.", "malformed token"),
     ("huge", lambda: b"a" * 20000 + b".b.c", "malformed token"),
+    # Values no clock can be compared with: refused, never an exception.
+    ("exp hundreds of digits", lambda: mint(exp=10**400), "exp is out of range"),
+    ("nbf hundreds of digits", lambda: mint(nbf=10**400), "nbf is out of range"),
+    ("iat hundreds of digits", lambda: mint(iat=10**400), "iat is out of range"),
+    ("exp hugely negative", lambda: mint(exp=-(10**400)), "exp is out of range"),
+    ("iat hugely negative", lambda: mint(iat=-1e308), "iat is out of range"),
+    ("exp near the float limit", lambda: mint(exp=1e308), "exp is out of range"),
+    ("exp infinite", lambda: mint(exp=float("inf")), "exp is out of range"),
+    ("exp NaN", lambda: mint(exp=float("nan")), "exp is out of range"),
+    ("email with a lone surrogate", lambda: mint(email="\ud800@example.com"), "email is not valid Unicode"),
+    ("sub with a lone surrogate", lambda: mint(sub="u-\udfff"), "sub is not valid Unicode"),
+    ("groups with a lone surrogate", lambda: mint(groups=["\ud800"]), "groups is not valid Unicode"),
+    (
+        "alg not a string",
+        lambda: unsigned({"iss": ISS, "aud": ["api-aud"], "exp": NOW + 60, "iat": NOW}, {"alg": ["ES256"]}),
+        "not allowed for this issuer",
+    ),
 ]
 
 
@@ -214,6 +234,16 @@ def test_refused(token: Any, reason: str) -> None:
     result = v.verify(token(), NOW)
     assert isinstance(result, Refusal), result
     assert reason in result.reason
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+def test_absurd_claims_are_remembered_like_other_failures(name: str) -> None:
+    v = verifier()
+    token = mint(**{name: 10**400})
+    first = v.verify(token, NOW)
+    assert isinstance(first, Refusal) and first.permanent
+    assert token in v.failures
+    assert v.verify(token, NOW) is first  # the repeat costs no signature check
 
 
 def test_hs256_issuer_refuses_asymmetric_tokens() -> None:
@@ -237,6 +267,153 @@ def test_exp_leeway(offset: float, valid: bool) -> None:
 def test_nbf_leeway(offset: float, valid: bool) -> None:
     result = verifier().verify(mint(nbf=NOW + offset), NOW)
     assert isinstance(result, Identity) is valid
+
+
+# Any JSON value a signer could put in a claim, with the edge cases that break
+# naive code: integers of hundreds of digits, floats past any clock (JSON has
+# no NaN or Infinity, but Python's json module, PyJWT's, reads them), lone
+# surrogates (valid \\u escapes, unencodable as UTF-8), deep nesting.
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=10**300, max_value=10**400)
+    | st.integers(min_value=-(10**400), max_value=-(10**300))
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([NOW, NOW + 3600, NOW - 10, 0, -1, 1e308, -1e308, 253402300800])
+    | st.text(st.characters(exclude_categories=()), max_size=20)
+    | st.sampled_from(["", "api-aud", ISS, "alice@example.com", "\ud800", "a\r\nb", "\x00"])
+)
+JSON_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+CLAIM_NAMES = [
+    "exp",
+    "nbf",
+    "iat",
+    "iss",
+    "aud",
+    "email",
+    "groups",
+    "identity_nonce",
+    "type",
+    "sub",
+    "country",
+]
+_PROPERTY_VERIFIER = verifier()
+
+
+def sign_claims(payload: dict[str, Any]) -> bytes:
+    """A correctly signed token with exactly these claims: PyJWS signs the
+    bytes, so PyJWT's own checks on claim types at encoding cannot interfere."""
+    body = json.dumps(payload).encode()
+    return jwt.api_jws.encode(body, EC_KEY, algorithm="ES256", headers={"kid": KIDS["ES256"]}).encode()
+
+
+def _usable(ident: Identity) -> None:
+    """What the edge does with an identity must work: compare its times,
+    send its headers, encode it as JSON (get-identity, the access log)."""
+    assert ident.iat >= 0 and ident.exp <= ident.valid_until < float("inf")
+    for name, value in ident.add_headers:
+        assert isinstance(name, bytes) and isinstance(value, bytes)
+    msgspec.json.encode(ident)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(CLAIM_NAMES), JSON_VALUES, max_size=4))
+def test_any_claim_value_is_accepted_or_refused_never_an_exception(overrides: dict[str, Any]) -> None:
+    token = sign_claims(claims(**overrides))
+    for _ in range(2):  # the repeat may come from a cache: it must not raise either
+        result = _PROPERTY_VERIFIER.verify(token, NOW)
+        assert isinstance(result, (Identity, Refusal))
+        if isinstance(result, Identity):
+            _usable(result)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["alg", "kid", "typ", "crit", "b64", "jku"]), JSON_VALUES, max_size=3))
+def test_any_header_value_is_accepted_or_refused_never_an_exception(header: dict[str, Any]) -> None:
+    token = unsigned(claims(), {"alg": "ES256", "kid": "ec-1", **header})
+    assert isinstance(verifier().verify(token, NOW), Refusal)  # unsigned: never valid
+
+
+# -- two tokens, one request ------------------------------------------------------
+
+# A second token in Authorization: refused when the verifier would call it
+# ours (a trusted iss, or a kid of a trusted key set), else the application's.
+OURS, OURS_TOO = mint(), mint(sub="u-bob")
+FOREIGN = mint(kid="app-key", key=OTHER_EC_KEY, iss="https://app.internal")
+
+
+@pytest.mark.parametrize(
+    ("cookies", "access", "authorization", "expected"),
+    [
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer " + OURS_TOO], AMBIGUOUS),
+        ([], [OURS], [b"Bearer " + OURS_TOO], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"bearer  " + OURS_TOO + b" "], AMBIGUOUS),
+        ([], [], [b"Bearer " + OURS, b"Bearer " + OURS_TOO], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer " + OURS], OURS),
+        ([], [], [b"Bearer " + OURS, b"Bearer " + OURS], OURS),
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer app-secret"], OURS),
+        ([b"CF_Authorization=" + OURS], [], [b"Basic " + OURS_TOO], OURS),  # not a bearer token
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer " + FOREIGN], OURS),
+        ([], [], [b"Bearer " + FOREIGN], FOREIGN),  # the only token: verification refuses it
+    ],
+)
+def test_a_second_token_in_authorization(
+    cookies: list[bytes], access: list[bytes], authorization: list[bytes], expected: bytes | Refusal
+) -> None:
+    assert extract_token(cookies, access, authorization, verifier().trusts) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "trusted"),
+    [
+        (OURS, True),
+        (mint(exp=NOW - 3600), True),  # expired, still ours: a second token all the same
+        (mint(key=OTHER_EC_KEY), True),  # a forgery naming our iss
+        (mint(kid="unknown"), True),
+        (mint(iss="https://app.internal"), True),  # another iss, but one of our kids
+        (unsigned({"iss": ISS}, {"alg": "none"}), True),
+        (FOREIGN, False),
+        (unsigned({"iss": 7}, {"alg": "none", "kid": ["ec-1"]}), False),
+        (unsigned({"iss": "https://app.internal"}, {"alg": "none", "kid": {"a": 1}}), False),
+        (b"app-secret", False),
+        (b"a.b.c", False),
+        (b"e30.e30.", False),
+        (b"W10.W10.", False),  # arrays, not objects
+        (b"\xff\xfe.\x00.", False),
+    ],
+)
+def test_which_authorization_values_are_ours(value: bytes, trusted: bool) -> None:
+    assert verifier().trusts(value) is trusted
+
+
+def test_deeply_nested_authorization_is_not_ours() -> None:
+    nested = b64(b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    assert verifier().trusts(nested + b"." + nested + b".") is False
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.binary(max_size=200)
+        | st.builds(lambda h, p: b"Bearer " + b64(h) + b"." + b64(p) + b".", st.binary(), st.binary())
+        | st.builds(
+            lambda h, p: b"Bearer " + b64(json.dumps(h).encode()) + b"." + b64(json.dumps(p).encode()) + b".",
+            st.dictionaries(st.sampled_from(["alg", "kid"]), st.text() | st.integers() | st.none()),
+            st.dictionaries(st.sampled_from(["iss", "aud"]), st.text() | st.integers() | st.none()),
+        ),
+        max_size=3,
+    )
+)
+def test_any_authorization_value_never_raises(authorizations: list[bytes]) -> None:
+    v = _PROPERTY_VERIFIER
+    result = extract_token([b"CF_Authorization=" + OURS], [], authorizations, v.trusts)
+    assert result == OURS or result is AMBIGUOUS
+    assert isinstance(extract_token([], [], authorizations, v.trusts), (bytes, Refusal))
 
 
 # -- caches --------------------------------------------------------------------------
