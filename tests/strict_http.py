@@ -8,7 +8,7 @@ that the edge promises to write:
 
 - every line ends in CRLF; no CR or LF anywhere else in a head;
 - request line ``method SP target SP HTTP/1.1``: a token method (any case,
-  kept as written), a target of visible ASCII;
+  kept as written), a target of visible ASCII without a fragment (``#``);
 - field lines ``token ":" OWS value OWS``: no space before the colon, no
   obs-fold, no control characters but HTAB in a value (obs-text is allowed);
 - exactly one Host;
@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-TARGET = re.compile(rb"[\x21-\x7e]+")
+TARGET = re.compile(rb"[\x21-\x22\x24-\x7e]+")  # visible ASCII but "#": a fragment is no part of it
 FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 CANONICAL_DECIMAL = re.compile(rb"0|[1-9][0-9]*")
 CANONICAL_HEX = re.compile(rb"0|[1-9A-Fa-f][0-9A-Fa-f]*")
@@ -124,7 +124,7 @@ def _request_line(line: bytes, at: int) -> tuple[bytes, bytes]:
     if TOKEN.fullmatch(method) is None:
         raise Violation(f"method at {at} is not a token: {method!r}")
     if TARGET.fullmatch(target) is None:
-        raise Violation(f"target at {at} is not visible ASCII: {target!r}")
+        raise Violation(f"target at {at} is not visible ASCII without '#': {target!r}")
     if version != b"HTTP/1.1":
         raise Violation(f"version at {at} is not HTTP/1.1: {version!r}")
     return method, target

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import h11
 import pytest
+import strict_http
 from conftest import EdgeProcess, allow_app_toml, open_app_toml, wait_for, write_config
 from upstream_server import RecordingUpstream as Origin
 
@@ -254,6 +255,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, origin: Origin) -> Iterato
     started = {"local": _start(root / "local")}
     try:
         apps = open_app_toml(origin.url) + allow_app_toml("locked", LOCKED, origin.url)
+        apps += allow_app_toml("admin", "a/admin", origin.url)
         started["proxy"] = _start(root / "proxy", apps)
         yield started
     finally:
@@ -276,6 +278,8 @@ def post(*headers: str) -> bytes:
 
 CHUNKED = "Transfer-Encoding: chunked"
 LOCKED = "locked.test"  # on `proxy`: an allow policy no token can meet, so 401 or 302 before any body
+# On `proxy`, host a is open but its /admin is locked the same way: a request
+# the edge routes to the open app must mean a path outside /admin to the origin too.
 NAV = "Accept: text/html"  # a browser navigation: 302 to the login page rather than 401
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"  # never to reach the origin as a request
 AFTER = b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n"  # the client's real next request
@@ -294,6 +298,7 @@ def early(host: str, body: bytes, *headers: str) -> bytes:
 
 WIRE = "issue 9: fixed on branch wire"
 UNDERSCORE = "issue 9: fixed on branch underscore"
+BUG_FRAGMENT = "issue 9: BUG a target with '#' is routed without it but forwarded with it"
 BUG_CHUNK_SIZE = "issue 9: BUG a chunk size over max_body_bytes is waited for (408), not refused (413)"
 
 
@@ -609,7 +614,7 @@ CASES = [
         "proxy",
     ),
     Case(
-        "chunk extension forwarded as data?",
+        "chunk extensions dropped",
         chunked_post(b"5;a=b;c\r\nhello\r\n0;z\r\n\r\n"),
         200,
         "proxy",
@@ -814,6 +819,36 @@ CASES = [
     Case("bare cr in the target", b"GET /a\rb HTTP/1.1\r\nHost: a\r\n\r\n", 400, "proxy", forwarded=()),
     Case("nul in the target", b"GET /a\x00b HTTP/1.1\r\nHost: a\r\n\r\n", 400, "proxy", forwarded=()),
     Case("request line folded", b"GET / HTTP/1.1\r\n Host: a\r\nHost: a\r\n\r\n", 400, "proxy", forwarded=()),
+    # -- paths: what the edge routes by is what the origin serves --
+    Case("locked path", req("Host: a", target="/admin/x"), 401, "proxy", forwarded=()),
+    Case("locked path, escaped", req("Host: a", target="/%61dmin"), 401, "proxy", forwarded=()),
+    Case("locked path, dot segments", req("Host: a", target="/x/../admin"), 401, "proxy", forwarded=()),
+    Case("locked path, empty segments", req("Host: a", target="//admin//x"), 401, "proxy", forwarded=()),
+    Case("locked path, absolute form", req("Host: a", target="http://a/admin"), 401, "proxy", forwarded=()),
+    Case(
+        "locked path, escaped slash",
+        req("Host: a", target="/x%2f..%2fadmin"),
+        400,
+        "proxy",
+        closes=False,
+        forwarded=(),
+    ),
+    Case(
+        "locked path behind a fragment",
+        req("Host: a", target="/admin#x"),
+        400,
+        "proxy",
+        forwarded=(),
+        xfail=BUG_FRAGMENT,
+    ),
+    Case(
+        "fragment in an absolute form",
+        req("Host: a", target="http://a/admin#x"),
+        400,
+        "proxy",
+        forwarded=(),
+        xfail=BUG_FRAGMENT,
+    ),
     # -- ends and timeouts --
     Case("silent client that hangs up", b"", CLOSE, half_close=True),
     Case("head cut by eof", b"GET / HTTP/1.1\r\nHost: a\r\n", 400, half_close=True),
@@ -875,6 +910,47 @@ def assert_upstream_view(origin: Origin, mark: tuple[int, int], out: Outcome, ca
         assert not request.values(b"cf-access-authenticated-user-email"), f"{where}; origin saw {request}"
     if case.forwarded is not None:
         assert [r.line for _, r in seen] == list(case.forwarded), where
+
+
+# The strict parser itself: it must refuse what the upstream view exists to catch.
+GOOD = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+CHUNKED_GOOD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+STRICT_REFUSES = [
+    GOOD.replace(b"1\r\nHost", b"1\nHost"),
+    GOOD.replace(b"Host: a", b"Host: a\rb"),
+    GOOD.replace(b"Host: a", b"Host: a\x01"),
+    GOOD.replace(b"Host: a", b"Host : a"),
+    GOOD.replace(b"Host: a", b"Host: a\r\n b"),
+    GOOD.replace(b"Host: a", b"Host: a\r\nHost: a"),
+    GOOD.replace(b"Host: a\r\n", b""),
+    GOOD.replace(b": 2", b": 02"),
+    GOOD.replace(b": 2", b": 2, 2"),
+    GOOD.replace(b"Content-Length: 2", b"Content-Length: 2\r\nContent-Length: 2"),
+    GOOD.replace(b"Content-Length: 2", b"Content-Length: 2\r\nTransfer-Encoding: chunked"),
+    GOOD.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    GOOD.replace(b"POST /", b"POST /#x"),
+    GOOD.replace(b"POST /", b"POST  /"),
+    CHUNKED_GOOD.replace(b"chunked", b"xchunked"),
+    CHUNKED_GOOD.replace(b"2\r\nhi", b"02\r\nhi"),
+    CHUNKED_GOOD.replace(b"2\r\nhi", b"2;x=y\r\nhi"),
+    CHUNKED_GOOD.replace(b"hi\r\n", b"hi\n"),
+    CHUNKED_GOOD.replace(b"0\r\n\r\n", b"0\r\nX: y\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize("data", STRICT_REFUSES)
+def test_strict_parser_refuses(data: bytes) -> None:
+    with pytest.raises(strict_http.Violation):
+        strict_http.parse_requests(data)
+
+
+def test_strict_parser_reads_requests_and_stops_at_an_incomplete_one() -> None:
+    requests, end = strict_http.parse_requests(GOOD + CHUNKED_GOOD + GOOD[:-1])
+    assert [(r.line, r.body, r.chunked) for r in requests] == [
+        ("POST /", b"hi", False),
+        ("POST /", b"hi", True),
+    ]
+    assert end == len(GOOD + CHUNKED_GOOD)
 
 
 def test_corpus_is_large_enough() -> None:

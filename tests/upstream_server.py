@@ -26,6 +26,10 @@ The behaviour is chosen by the request path (query string for parameters):
   /extra              a response, then at once a second one nobody asked for (desync)
   /informational      103 Early Hints, then 200
 
+RecordingUpstream, at the end, is another origin: raw sockets, every byte
+kept and read by the strict parser of strict_http.py, each request answered
+with a small 200 (for the malformed-request corpus's view from upstream).
+
 `accepted` counts TCP connections; `events` records notable happenings
 (("sink-closed", n), ("stall-closed", conn), ("dropped", conn), ("conn-closed", conn), ...).
 """
