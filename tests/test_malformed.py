@@ -255,6 +255,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory, origin: Origin) -> Iterato
     started = {"local": _start(root / "local")}
     try:
         apps = open_app_toml(origin.url) + allow_app_toml("locked", LOCKED, origin.url)
+        # Host a is open but its /admin is locked like LOCKED: whatever the edge
+        # routes to the open app must mean a path outside /admin to the origin too.
         apps += allow_app_toml("admin", "a/admin", origin.url)
         started["proxy"] = _start(root / "proxy", apps)
         yield started
@@ -278,8 +280,6 @@ def post(*headers: str) -> bytes:
 
 CHUNKED = "Transfer-Encoding: chunked"
 LOCKED = "locked.test"  # on `proxy`: an allow policy no token can meet, so 401 or 302 before any body
-# On `proxy`, host a is open but its /admin is locked the same way: a request
-# the edge routes to the open app must mean a path outside /admin to the origin too.
 NAV = "Accept: text/html"  # a browser navigation: 302 to the login page rather than 401
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"  # never to reach the origin as a request
 AFTER = b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n"  # the client's real next request
@@ -708,6 +708,14 @@ CASES = [
         401,
         "proxy",
         closes=True,  # a chunked body of unknown length is not drained
+        forwarded=(),
+    ),
+    Case(
+        "401 to an expect: 100-continue with its body sent anyway",
+        early(LOCKED, SMUGGLED, "Expect: 100-continue"),
+        401,
+        "proxy",
+        closes=True,
         forwarded=(),
     ),
     # -- pipelines and closes --
