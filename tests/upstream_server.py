@@ -26,6 +26,10 @@ The behaviour is chosen by the request path (query string for parameters):
   /extra              a response, then at once a second one nobody asked for (desync)
   /informational      103 Early Hints, then 200
 
+RecordingUpstream, at the end, is another origin: raw sockets, every byte
+kept and read by the strict parser of strict_http.py, each request answered
+with a small 200 (for the malformed-request corpus's view from upstream).
+
 `accepted` counts TCP connections; `events` records notable happenings
 (("sink-closed", n), ("stall-closed", conn), ("dropped", conn), ("conn-closed", conn), ...).
 """
@@ -43,9 +47,11 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import h11
+import strict_http
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -509,3 +515,95 @@ class Conn:
             if opcode == 0x8:  # close: echoed, then the TCP connection ends
                 self.up.events.append(("ws-closed", self.ident))
                 return
+
+
+# -- a recording upstream: every byte, re-parsed strictly --------------------------------
+
+
+class RecordingUpstream:
+    """An origin that keeps every byte it receives, per connection, and reads
+    them with the strict parser of strict_http (never h11, which would
+    forgive what a less careful upstream misreads). Each request it parses is
+    answered ``200 got N bytes`` with ``x-origin-request: <seq>`` (its place in
+    `requests`), so a client can tell proxied answers from the edge's own. At
+    the first Violation the connection is recorded in `violations` and closed.
+
+    Threads, one per connection: answers go out as soon as a request is
+    complete, whatever the edge does next."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[Recording] = []
+        self.requests: list[tuple[int, strict_http.Request]] = []  # (connection, request), in arrival order
+        self.violations: list[tuple[int, str, bytes]] = []  # (connection, what, every byte it received)
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True, name="recording-upstream").start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def mark(self) -> tuple[int, int]:
+        return len(self.requests), len(self.violations)
+
+    def settled(self) -> bool:
+        """No connection holds part of a request: what the edge sent so far
+        has been read (a closed connection may end in a cut request)."""
+        return all(rec.closed or rec.parsed == len(rec.data) for rec in list(self.conns))
+
+    def close(self) -> None:
+        for sock in [self.sock, *(rec.sock for rec in self.conns)]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except OSError:
+                return
+            rec = Recording(len(self.conns) + 1, sock)
+            self.conns.append(rec)
+            threading.Thread(target=self._serve, args=(rec,), daemon=True).start()
+
+    def _serve(self, rec: Recording) -> None:
+        try:
+            while True:
+                data = rec.sock.recv(65536)
+                if not data:
+                    break
+                rec.data += data
+                try:
+                    requests, end = strict_http.parse_requests(bytes(rec.data))
+                except strict_http.Violation as exc:
+                    self.violations.append((rec.ident, str(exc), bytes(rec.data)))
+                    break
+                for request in requests[rec.answered :]:
+                    self._answer(rec, request)
+                rec.answered, rec.parsed = len(requests), end
+        except OSError:
+            pass
+        finally:
+            rec.closed = True
+            with contextlib.suppress(OSError):
+                rec.sock.shutdown(socket.SHUT_RDWR)
+
+    def _answer(self, rec: Recording, request: strict_http.Request) -> None:
+        with self._lock:
+            seq = len(self.requests)
+            self.requests.append((rec.ident, request))
+        body = b"got %d bytes\n" % len(request.body)
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nx-origin-request: %d\r\n\r\n" % (len(body), seq)
+        rec.sock.sendall(head if request.method == b"HEAD" else head + body)
+
+
+@dataclass
+class Recording:
+    ident: int
+    sock: socket.socket
+    data: bytearray = field(default_factory=bytearray)
+    answered: int = 0  # requests parsed and answered
+    parsed: int = 0  # bytes they took
+    closed: bool = False
