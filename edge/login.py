@@ -46,7 +46,7 @@ import jwt
 import msgspec
 
 from . import keydir, pages
-from .config import DEFAULT_LEEWAY, Config, ConfigError, DevProvider, DevUser, OidcProvider, Team
+from .config import Config, ConfigError, DevProvider, DevUser, OidcProvider, Team
 from .decide import Compiled, CompiledApp, Endpoint, team_base_url, verify_token
 from .endpoints import EndpointCall
 from .fetch import FetchError, client_ssl_context
@@ -56,6 +56,7 @@ from .oidc import Flow, OidcClient, OidcError, callback_params
 from .passwords import DUMMY_HASH, verify_password
 from .policy import Subject, client_ip
 from .responses import LocalResponse
+from .revocation import revoked_until
 from .router import normalize_host, path_segments
 from .session import (
     AUTH_COOKIE,
@@ -171,10 +172,6 @@ class LoginService:
         self.config = config
         self.team: Team | None = config.team
         self.team_url = team_base_url(config) if config.team is not None else ""
-        durations = [app.session_duration for app in config.apps]
-        if config.team is not None:
-            durations.append(config.team.session_duration)
-        self.revoke_for = max(durations, default=0) + DEFAULT_LEEWAY
         self.dev_users: dict[str, DevUser] = {}
         self.oidc: dict[str, tuple[OidcProvider, OidcClient]] = {}
         self.providers: dict[str, DevProvider | OidcProvider] = {}
@@ -230,12 +227,13 @@ class LoginService:
 
     def endpoint(self, c: Compiled, action: Endpoint, call: Call) -> EndpointCall:
         async def handler(body: bytes) -> LocalResponse:
-            return await self.handle(c, action, call, body)
+            return await self.handle(c, action, call, body, time.time())
 
         return EndpointCall(handler)
 
-    async def handle(self, c: Compiled, action: Endpoint, call: Call, body: bytes) -> LocalResponse:
-        now = time.time()
+    async def handle(
+        self, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ) -> LocalResponse:
         name = action.name
         if name == "certs":
             return self._certs()
@@ -301,8 +299,8 @@ class LoginService:
 
     async def _logout(self, c: Compiled, action: Endpoint, call: Call, now: float) -> LocalResponse:
         ident = self._team_identity(c, call, now) if action.team else self._identity(c, call, now)
-        if isinstance(ident, Identity) and ident.identity_nonce:
-            await self.store.revoke(ident.identity_nonce, now + self.revoke_for)
+        if isinstance(ident, Identity) and ident.session:
+            await self.store.revoke(ident.session, _revoked_until(c, ident, now))
             log.info("signed out %s (session %s…)", ident.email or ident.sub, ident.identity_nonce[:6])
         clear = [clear_cookie(AUTH_COOKIE)]
         if not action.team:
@@ -666,6 +664,12 @@ class LoginService:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _revoked_until(c: Compiled, ident: Identity, now: float) -> float:
+    """Until when a logout refuses `ident`'s sign-in (see revoked_until)."""
+    issuer = c.verifier.issuers[ident.iss]  # it verified the token
+    return revoked_until(now, ident.valid_until, issuer.max_lifetime, issuer.leeway)
 
 
 def _oidc_client(provider: OidcProvider) -> OidcClient:
