@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ from .session import (
     SealError,
     clear_cookie,
     cookie_value,
+    cross_site,
     origin_of,
     person,
     random_token,
@@ -118,6 +120,10 @@ class Call:
     forwarded_for: tuple[bytes, ...]
     content_type: bytes
     client_ip: str
+    # Where the request comes from, as the browser tells (see session.cross_site).
+    fetch_site: tuple[bytes, ...] = ()
+    origin: tuple[bytes, ...] = ()
+    referer: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +156,9 @@ def make_call(method: bytes, host: bytes, target: bytes, headers: Sequence[Heade
         forwarded_for=tuple(by_name.get(b"x-forwarded-for", ())),
         content_type=b";".join(by_name.get(b"content-type", ())).split(b";")[0].strip().lower(),
         client_ip=client_ip,
+        fetch_site=tuple(by_name.get(b"sec-fetch-site", ())),
+        origin=tuple(by_name.get(b"origin", ())),
+        referer=tuple(by_name.get(b"referer", ())),
     )
 
 
@@ -161,6 +170,10 @@ class LoginService:
         self.server = server_header
         self.ring: keydir.KeyRing | None = None
         self.sealer: Sealer | None = None
+        # Without a [team] there is no shared secret: the logout confirmation's
+        # CSRF token is bound to this process (one worker; elsewhere the form
+        # is shown again).
+        self._own_sealer = Sealer(os.urandom(32))
         self.key_dir = ""
         self.configure(config)
 
@@ -240,7 +253,7 @@ class LoginService:
         if name == "get-identity":
             return self._get_identity(c, action, call, now)
         if name == "logout":
-            return await self._logout(c, action, call, now)
+            return await self._logout(c, action, call, body, now)
         if action.team:
             if name == "callback":
                 return await self._callback(c, call, now)
@@ -297,8 +310,37 @@ class LoginService:
             return self._json(401, {"error": "not signed in"})
         return self._json(200, identity_document(ident))
 
-    async def _logout(self, c: Compiled, action: Endpoint, call: Call, now: float) -> LocalResponse:
+    async def _logout(
+        self, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ) -> LocalResponse:
+        """Sign out at once, unless another site sent the browser here while
+        its session is live: then ask first (a form posting back with the CSRF
+        token). A dead or absent session has nothing to protect, so the team's
+        leg of an app logout (cross-site when the team is another site) just
+        clears its cookie."""
         ident = self._team_identity(c, call, now) if action.team else self._identity(c, call, now)
+        if call.method == b"POST":
+            form = _form(call, body) or {}
+            if not self._csrf_sealer().csrf_ok(cookie_value(call.cookies, CSRF_COOKIE), form.get("csrf")):
+                error = "This sign-out form expired; confirm again."
+                return self._confirm_logout(403, call, ident, error)
+        elif isinstance(ident, Identity) and cross_site(
+            call.host, call.fetch_site, call.origin, call.referer
+        ):
+            return self._confirm_logout(200, call, ident)
+        return await self._sign_out(c, action, call, ident, now)
+
+    def _confirm_logout(
+        self, status: int, call: Call, ident: Identity | Refusal, error: str = ""
+    ) -> LocalResponse:
+        csrf, extra = self._csrf_field(call)
+        who = (ident.email or ident.sub) if isinstance(ident, Identity) else None
+        page = pages.logout_page(action=f"{ENDPOINT_PATH}/logout", csrf=csrf, who=who, error=error)
+        return self._html(status, page, extra)
+
+    async def _sign_out(
+        self, c: Compiled, action: Endpoint, call: Call, ident: Identity | Refusal, now: float
+    ) -> LocalResponse:
         if isinstance(ident, Identity) and ident.session:
             await self.store.revoke(ident.session, _revoked_until(c, ident, now))
             log.info("signed out %s (session %s…)", ident.email or ident.sub, ident.identity_nonce[:6])
@@ -444,10 +486,13 @@ class LoginService:
             return self._handoff(c, ident, _person_of(ident), target, call, now)
         return self._login_page(200, call, target)
 
-    def _login_page(
-        self, status: int, call: Call, target: Target | None, error: str = "", email: str = ""
-    ) -> LocalResponse:
-        assert self.sealer is not None
+    def _csrf_sealer(self) -> Sealer:
+        return self.sealer if self.sealer is not None else self._own_sealer
+
+    def _csrf_field(self, call: Call) -> tuple[str, list[Header]]:
+        """A form's CSRF field (a MAC of the CSRF cookie), and the cookie if
+        the browser has none yet (an existing one is kept: a form open in
+        another tab stays valid)."""
         csrf = cookie_value(call.cookies, CSRF_COOKIE)
         extra = []
         if not csrf or len(csrf) > 64:
@@ -455,6 +500,12 @@ class LoginService:
             extra.append(
                 set_cookie(CSRF_COOKIE, csrf, max_age=CSRF_TTL, path=ENDPOINT_PATH, same_site="strict")
             )
+        return self._csrf_sealer().csrf_token(csrf), extra
+
+    def _login_page(
+        self, status: int, call: Call, target: Target | None, error: str = "", email: str = ""
+    ) -> LocalResponse:
+        csrf, extra = self._csrf_field(call)
         choices = [
             pages.Choice(p.id, p.name or p.id, "dev" if isinstance(p, DevProvider) else "oidc")
             for p in self.providers.values()
@@ -466,7 +517,7 @@ class LoginService:
         page = pages.login_page(
             app_name=None if target is None else target.app.name,
             action=action,
-            csrf=self.sealer.csrf_token(csrf),
+            csrf=csrf,
             providers=choices,
             error=error,
             email=email,
