@@ -18,8 +18,11 @@ The flow (BEHAVIOUR.md section 6):
    claimed once in the store. The edge sets the application's cookie and
    redirects to ``redirect_url``.
 
-Logout revokes the session's nonce in the store: every worker and instance
-refuses every token of that sign-in (team and application tokens alike).
+Logout revokes the sign-in in the store (keyed by issuer and nonce, kept
+until its last token is past: revocation.revoked_until): every worker and
+instance refuses every token of it (team and application tokens alike). A
+logout that another site sent a signed-in browser to asks first: a page whose
+button posts back with the CSRF token.
 
 Invariants:
 - Handlers never raise for bad input: every outcome is a page, a redirect or
@@ -28,6 +31,8 @@ Invariants:
   like any token (and checked against revocations), sealed values are
   authenticated, redirects stay on the application's host, forms carry a CSRF
   token bound to a cookie by a MAC.
+- Another site cannot end a live session: a cross-site logout only shows the
+  confirmation page, and a POST logout without a valid CSRF token changes nothing.
 """
 
 from __future__ import annotations
