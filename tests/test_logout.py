@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 from access_fixtures import ISS, NOW, default_jwks, mint
 from redis_fixture import RedisServer, redis_server  # noqa: F401
 
@@ -193,6 +194,33 @@ def test_issuer_scoped_revocations_travel_through_redis(
         finally:
             await a.close()
             await b.close()
+
+    asyncio.run(main())
+
+
+def test_bare_nonce_entries_already_in_redis_are_still_enforced(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """An entry an older edge wrote (the bare nonce) keeps its sessions
+    refused after the upgrade, until it expires; then they are accepted."""
+
+    async def main() -> None:
+        raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            await raw.zadd("edge:revoked", {"old-nonce": NOW + 600})
+        finally:
+            await raw.aclose()
+        worker = RedisStore(redis_server.url, clock=lambda: NOW)
+        _, c = setup(tmp_path, worker)
+        await worker.start()
+        try:
+            for iss in (ISS, ISS2):
+                assert verify_token(c, token(iss, "old-nonce", DAY), NOW) is REVOKED
+                assert accepted(c, token(iss, "old-nonce", DAY), NOW + 600)
+            assert accepted(c, token(ISS, "new-nonce", DAY), NOW)
+        finally:
+            await worker.close()
 
     asyncio.run(main())
 
