@@ -543,6 +543,13 @@ class App(Struct, frozen=True, forbid_unknown_fields=True):
         return [parse_domain(text) for text in self.domains]
 
 
+# The longest lifetime (exp - iat, seconds) an issuer's tokens may claim; longer
+# ones are refused. A logout keeps its session refused this long (plus leeway),
+# so no token of it can outlive the revocation. A day, like the default
+# session_duration; an issuer that grants longer sessions must say so.
+DEFAULT_MAX_TOKEN_LIFETIME = 86400
+
+
 class Issuer(Struct, frozen=True, forbid_unknown_fields=True):
     """Who signs user tokens, and with which keys and algorithms."""
 
@@ -552,6 +559,7 @@ class Issuer(Struct, frozen=True, forbid_unknown_fields=True):
     secret: str | None = None
     algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256"])
     leeway: Leeway = DEFAULT_LEEWAY
+    max_token_lifetime: SessionDuration = DEFAULT_MAX_TOKEN_LIFETIME
 
     def __post_init__(self) -> None:
         if not self.iss or not self.iss.isprintable():

@@ -290,7 +290,12 @@ def compile_config(
     if config.team is not None:
         team_url = team_base_url(config)
         builtin = IssuerKeys(
-            team_url, SIGNING_ALGORITHMS, DEFAULT_LEEWAY, KeySet("key directory", team_keys), None
+            team_url,
+            SIGNING_ALGORITHMS,
+            DEFAULT_LEEWAY,
+            KeySet("key directory", team_keys),
+            None,
+            _longest_session(config),
         )
         issuers.append(builtin)
     shared = Shared(responses)
@@ -323,6 +328,12 @@ def compile_config(
     )
 
 
+def _longest_session(config: Config) -> int:
+    """The longest lifetime the built-in issuer grants: the team's or an app's session."""
+    assert config.team is not None
+    return max([config.team.session_duration, *(app.session_duration for app in config.apps)])
+
+
 def team_base_url(config: Config) -> str:
     """How browsers reach the team host: `team.url`, or the first listener's
     scheme and port with the team host's name."""
@@ -348,7 +359,9 @@ def _compile_issuers(
             keys = KeySet(issuer.jwks_url, remote=True)
             remote.append(RemoteKeys(issuer.iss, issuer.jwks_url, keys))
         secret = None if issuer.secret is None else issuer.secret.encode()
-        compiled.append(IssuerKeys(issuer.iss, issuer.algorithms, issuer.leeway, keys, secret))
+        compiled.append(
+            IssuerKeys(issuer.iss, issuer.algorithms, issuer.leeway, keys, secret, issuer.max_token_lifetime)
+        )
     return compiled, tuple(remote)
 
 
@@ -586,8 +599,8 @@ def verify_token(c: Compiled, token: bytes | Refusal, now: float) -> Identity | 
     result = c.verifier.verify(token, now)
     if (
         isinstance(result, Identity)
-        and result.identity_nonce
-        and c.revoked.is_revoked(result.identity_nonce, now)
+        and result.session
+        and c.revoked.session_revoked(result.session, result.identity_nonce, now)
     ):
         return REVOKED
     return result

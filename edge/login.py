@@ -18,8 +18,11 @@ The flow (BEHAVIOUR.md section 6):
    claimed once in the store. The edge sets the application's cookie and
    redirects to ``redirect_url``.
 
-Logout revokes the session's nonce in the store: every worker and instance
-refuses every token of that sign-in (team and application tokens alike).
+Logout revokes the sign-in in the store (keyed by issuer and nonce, kept
+until its last token is past: revocation.revoked_until): every worker and
+instance refuses every token of it (team and application tokens alike). A
+logout that another site sent a signed-in browser to asks first: a page whose
+button posts back with the CSRF token.
 
 Invariants:
 - Handlers never raise for bad input: every outcome is a page, a redirect or
@@ -28,6 +31,8 @@ Invariants:
   like any token (and checked against revocations), sealed values are
   authenticated, redirects stay on the application's host, forms carry a CSRF
   token bound to a cookie by a MAC.
+- Another site cannot end a live session: a cross-site logout only shows the
+  confirmation page, and a POST logout without a valid CSRF token changes nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +52,7 @@ import jwt
 import msgspec
 
 from . import keydir, pages
-from .config import DEFAULT_LEEWAY, Config, ConfigError, DevProvider, DevUser, OidcProvider, Team
+from .config import Config, ConfigError, DevProvider, DevUser, OidcProvider, Team
 from .decide import Compiled, CompiledApp, Endpoint, team_base_url, verify_token
 from .endpoints import EndpointCall
 from .fetch import FetchError, client_ssl_context
@@ -56,6 +62,7 @@ from .oidc import Flow, OidcClient, OidcError, callback_params
 from .passwords import DUMMY_HASH, verify_password
 from .policy import Subject, client_ip
 from .responses import LocalResponse
+from .revocation import revoked_until
 from .router import normalize_host, path_segments
 from .session import (
     AUTH_COOKIE,
@@ -70,6 +77,7 @@ from .session import (
     SealError,
     clear_cookie,
     cookie_value,
+    cross_site,
     origin_of,
     person,
     random_token,
@@ -117,6 +125,10 @@ class Call:
     forwarded_for: tuple[bytes, ...]
     content_type: bytes
     client_ip: str
+    # Where the request comes from, as the browser tells (see session.cross_site).
+    fetch_site: tuple[bytes, ...] = ()
+    origin: tuple[bytes, ...] = ()
+    referer: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +161,9 @@ def make_call(method: bytes, host: bytes, target: bytes, headers: Sequence[Heade
         forwarded_for=tuple(by_name.get(b"x-forwarded-for", ())),
         content_type=b";".join(by_name.get(b"content-type", ())).split(b";")[0].strip().lower(),
         client_ip=client_ip,
+        fetch_site=tuple(by_name.get(b"sec-fetch-site", ())),
+        origin=tuple(by_name.get(b"origin", ())),
+        referer=tuple(by_name.get(b"referer", ())),
     )
 
 
@@ -160,6 +175,10 @@ class LoginService:
         self.server = server_header
         self.ring: keydir.KeyRing | None = None
         self.sealer: Sealer | None = None
+        # Without a [team] there is no shared secret: the logout confirmation's
+        # CSRF token is bound to this process (one worker; elsewhere the form
+        # is shown again).
+        self._own_sealer = Sealer(os.urandom(32))
         self.key_dir = ""
         self.configure(config)
 
@@ -171,10 +190,6 @@ class LoginService:
         self.config = config
         self.team: Team | None = config.team
         self.team_url = team_base_url(config) if config.team is not None else ""
-        durations = [app.session_duration for app in config.apps]
-        if config.team is not None:
-            durations.append(config.team.session_duration)
-        self.revoke_for = max(durations, default=0) + DEFAULT_LEEWAY
         self.dev_users: dict[str, DevUser] = {}
         self.oidc: dict[str, tuple[OidcProvider, OidcClient]] = {}
         self.providers: dict[str, DevProvider | OidcProvider] = {}
@@ -230,19 +245,20 @@ class LoginService:
 
     def endpoint(self, c: Compiled, action: Endpoint, call: Call) -> EndpointCall:
         async def handler(body: bytes) -> LocalResponse:
-            return await self.handle(c, action, call, body)
+            return await self.handle(c, action, call, body, time.time())
 
         return EndpointCall(handler)
 
-    async def handle(self, c: Compiled, action: Endpoint, call: Call, body: bytes) -> LocalResponse:
-        now = time.time()
+    async def handle(
+        self, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ) -> LocalResponse:
         name = action.name
         if name == "certs":
             return self._certs()
         if name == "get-identity":
             return self._get_identity(c, action, call, now)
         if name == "logout":
-            return await self._logout(c, action, call, now)
+            return await self._logout(c, action, call, body, now)
         if action.team:
             if name == "callback":
                 return await self._callback(c, call, now)
@@ -299,10 +315,39 @@ class LoginService:
             return self._json(401, {"error": "not signed in"})
         return self._json(200, identity_document(ident))
 
-    async def _logout(self, c: Compiled, action: Endpoint, call: Call, now: float) -> LocalResponse:
+    async def _logout(
+        self, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ) -> LocalResponse:
+        """Sign out at once, unless another site sent the browser here while
+        its session is live: then ask first (a form posting back with the CSRF
+        token). A dead or absent session has nothing to protect, so the team's
+        leg of an app logout (cross-site when the team is another site) just
+        clears its cookie."""
         ident = self._team_identity(c, call, now) if action.team else self._identity(c, call, now)
-        if isinstance(ident, Identity) and ident.identity_nonce:
-            await self.store.revoke(ident.identity_nonce, now + self.revoke_for)
+        if call.method == b"POST":
+            form = _form(call, body) or {}
+            if not self._csrf_sealer().csrf_ok(cookie_value(call.cookies, CSRF_COOKIE), form.get("csrf")):
+                error = "This sign-out form expired; confirm again."
+                return self._confirm_logout(403, call, ident, error)
+        elif isinstance(ident, Identity) and cross_site(
+            call.host, call.fetch_site, call.origin, call.referer
+        ):
+            return self._confirm_logout(200, call, ident)
+        return await self._sign_out(c, action, call, ident, now)
+
+    def _confirm_logout(
+        self, status: int, call: Call, ident: Identity | Refusal, error: str = ""
+    ) -> LocalResponse:
+        csrf, extra = self._csrf_field(call)
+        who = (ident.email or ident.sub) if isinstance(ident, Identity) else None
+        page = pages.logout_page(action=f"{ENDPOINT_PATH}/logout", csrf=csrf, who=who, error=error)
+        return self._html(status, page, extra)
+
+    async def _sign_out(
+        self, c: Compiled, action: Endpoint, call: Call, ident: Identity | Refusal, now: float
+    ) -> LocalResponse:
+        if isinstance(ident, Identity) and ident.session:
+            await self.store.revoke(ident.session, _revoked_until(c, ident, now))
             log.info("signed out %s (session %s…)", ident.email or ident.sub, ident.identity_nonce[:6])
         clear = [clear_cookie(AUTH_COOKIE)]
         if not action.team:
@@ -446,10 +491,13 @@ class LoginService:
             return self._handoff(c, ident, _person_of(ident), target, call, now)
         return self._login_page(200, call, target)
 
-    def _login_page(
-        self, status: int, call: Call, target: Target | None, error: str = "", email: str = ""
-    ) -> LocalResponse:
-        assert self.sealer is not None
+    def _csrf_sealer(self) -> Sealer:
+        return self.sealer if self.sealer is not None else self._own_sealer
+
+    def _csrf_field(self, call: Call) -> tuple[str, list[Header]]:
+        """A form's CSRF field (a MAC of the CSRF cookie), and the cookie if
+        the browser has none yet (an existing one is kept: a form open in
+        another tab stays valid)."""
         csrf = cookie_value(call.cookies, CSRF_COOKIE)
         extra = []
         if not csrf or len(csrf) > 64:
@@ -457,6 +505,12 @@ class LoginService:
             extra.append(
                 set_cookie(CSRF_COOKIE, csrf, max_age=CSRF_TTL, path=ENDPOINT_PATH, same_site="strict")
             )
+        return self._csrf_sealer().csrf_token(csrf), extra
+
+    def _login_page(
+        self, status: int, call: Call, target: Target | None, error: str = "", email: str = ""
+    ) -> LocalResponse:
+        csrf, extra = self._csrf_field(call)
         choices = [
             pages.Choice(p.id, p.name or p.id, "dev" if isinstance(p, DevProvider) else "oidc")
             for p in self.providers.values()
@@ -468,7 +522,7 @@ class LoginService:
         page = pages.login_page(
             app_name=None if target is None else target.app.name,
             action=action,
-            csrf=self.sealer.csrf_token(csrf),
+            csrf=csrf,
             providers=choices,
             error=error,
             email=email,
@@ -666,6 +720,12 @@ class LoginService:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _revoked_until(c: Compiled, ident: Identity, now: float) -> float:
+    """Until when a logout refuses `ident`'s sign-in (see revoked_until)."""
+    issuer = c.verifier.issuers[ident.iss]  # it verified the token
+    return revoked_until(now, ident.valid_until, issuer.max_lifetime, issuer.leeway)
 
 
 def _oidc_client(provider: OidcProvider) -> OidcClient:

@@ -90,6 +90,23 @@ def _provider_form(choice: Choice, action: str, csrf: str, email: str) -> str:
     )
 
 
+def logout_page(*, action: str, csrf: str, who: str | None, error: str = "") -> bytes:
+    """Asks before signing out, when another site sent the user here: one
+    button that posts back (with the CSRF token) to `action`."""
+    parts = ["<h1>Sign out?</h1>"]
+    if error:
+        parts.append(f'<p class="error" role="alert">{escape(error)}</p>')
+    signed_in = f"You are signed in as {escape(who)}. " if who else ""
+    parts.append(
+        f"<p>{signed_in}A page on another site may have sent you here to sign out; "
+        "nothing happens unless you confirm.</p>"
+        f'<form method="post" action="{escape(action)}">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        '<button type="submit">Sign out</button></form>'
+    )
+    return _page("Sign out?", "\n".join(parts))
+
+
 def message_page(title: str, message: str, *, link: tuple[str, str] | None = None) -> bytes:
     """A page that says one thing (signed out, denied, link expired...)."""
     body = f'<h1>{escape(title)}</h1>\n<p role="status">{escape(message)}</p>'

@@ -15,14 +15,45 @@ Invariants:
 - Every dict value has its heap entry, so after `sweep(now)` every key left in
   the dict is unexpired.
 - Lookups are one dict access. Nothing here does I/O, sleeps or reads a clock.
+- A revoked sign-in is keyed by `session_key(iss, identity_nonce)`: an
+  issuer's session can neither revoke nor be revoked by another issuer's
+  session that happens to use the same nonce value. Keys without the
+  SESSION_PREFIX are bare nonces written by older edges; while one is held
+  (`legacy`), a bare nonce is refused for every issuer, as those edges did,
+  rather than reopen their sessions at an upgrade.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import heapq
 import math
 
 _NEVER = -math.inf  # the expiry of a key that is not held: not after any `now`
+SESSION_PREFIX = "s:"
+# 18 bytes (144 bits) of SHA-256: no one finds another (issuer, nonce) with
+# the key of a given session, and a key stays 26 characters in Redis however
+# long the nonce an issuer chose.
+_SESSION_DIGEST_BYTES = 18
+
+
+def session_key(iss: str, nonce: str) -> str:
+    """The revocation key of one issuer's sign-in. Token claims hold no
+    control characters, so the NUL between the two is unambiguous."""
+    raw = f"{iss}\x00{nonce}".encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(raw).digest()[:_SESSION_DIGEST_BYTES]
+    return SESSION_PREFIX + base64.urlsafe_b64encode(digest).decode("ascii")
+
+
+def revoked_until(now: float, valid_until: float, max_lifetime: float, leeway: float) -> float:
+    """How long a logout at `now` must refuse a sign-in: until the last of its
+    tokens is past. The token presented is accepted until `valid_until`; its
+    siblings (other applications, the team session) are not known here, but
+    the issuer grants none a lifetime (exp - iat) above `max_lifetime` and
+    none issued by now carries an iat beyond now + leeway, so each is past
+    by now + max_lifetime + 2 * leeway."""
+    return max(valid_until, now + max_lifetime + 2 * leeway)
 
 
 class _ExpiringKeys:
@@ -57,14 +88,27 @@ class _ExpiringKeys:
 class Revocations(_ExpiringKeys):
     """Revoked session keys with their expiry; read on the request path (a dict lookup)."""
 
-    __slots__ = ()
+    __slots__ = ("legacy",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.legacy = False  # a bare-nonce key of an older edge has been held
 
     def revoke(self, key: str, until: float) -> bool:
         """True if `key` is newly revoked or its revocation now lasts longer."""
+        if not key.startswith(SESSION_PREFIX):
+            self.legacy = True
         return self._hold(key, until)
 
     def is_revoked(self, key: str, now: float) -> bool:
         return self._until.get(key, _NEVER) > now
+
+    def session_revoked(self, session: str, nonce: str, now: float) -> bool:
+        """Whether the sign-in with key `session` (and `nonce`) is revoked."""
+        until = self._until
+        if until.get(session, _NEVER) > now:
+            return True
+        return self.legacy and until.get(nonce, _NEVER) > now
 
     def items(self, now: float) -> list[tuple[str, float]]:
         """The unexpired revocations as `(key, until)`, to publish them again."""

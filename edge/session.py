@@ -10,6 +10,8 @@ Invariants:
   Single use (handoff codes) is the store's job, keyed by the value's `jti`.
 - A redirect after login only ever goes to the host the login was for
   (`same_host_url`): never an open redirect.
+- A request counts as cross-site (`cross_site`) unless the browser says it
+  is not; what cannot be read as our own site counts as another.
 - No I/O and no clock: callers pass `now`.
 """
 
@@ -28,6 +30,8 @@ from urllib.parse import urlsplit
 import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .router import normalize_host
 
 AUTH_COOKIE = "CF_Authorization"
 FLOW_COOKIE = "edge_flow"  # the OIDC flow in progress (team host)
@@ -170,6 +174,45 @@ def same_host_url(url: str, host: str) -> str | None:
 def origin_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+# -- where a request comes from --------------------------------------------------------
+
+# Sec-Fetch-Site values (Fetch Metadata) of requests a page on another site
+# did not make: one of this site's own pages, or the user (a typed or
+# bookmarked URL, a link opened from another application). Any other value,
+# a new one included, is treated as cross-site.
+OWN_SITE = frozenset({b"same-origin", b"same-site", b"none"})
+
+
+def cross_site(
+    host: str, fetch_site: Sequence[bytes], origin: Sequence[bytes], referer: Sequence[bytes]
+) -> bool:
+    """Whether a request to `host` (normalised) came from another site.
+
+    Sec-Fetch-Site decides when the browser sends it (every current one does;
+    a page cannot forge it). From an older browser, the Origin, else the
+    Referer, must name `host` itself (any scheme or port): without a public
+    suffix list a sibling host cannot be told from another site, so it counts
+    as one. With none of the three, the user opened the URL directly.
+    """
+    if fetch_site:
+        return len(fetch_site) != 1 or fetch_site[0].strip().lower() not in OWN_SITE
+    for values in (origin, referer):
+        if values:
+            return len(values) != 1 or _url_host(values[0]) != host
+    return False
+
+
+def _url_host(url: bytes) -> str | None:
+    """The normalised host of an absolute http(s) URL (or origin), else None."""
+    try:
+        parts = urlsplit(url.strip().decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return normalize_host(parts.netloc.rpartition("@")[2].encode()).decode()
 
 
 # -- claims -----------------------------------------------------------------------------

@@ -152,9 +152,14 @@ class RedisStore(Store):
     """Revocations and claims shared by every worker and instance through one Redis."""
 
     def __init__(
-        self, url: str, prefix: str = "edge:", log: logging.Logger | None = None, retry: float = 1.0
+        self,
+        url: str,
+        prefix: str = "edge:",
+        log: logging.Logger | None = None,
+        retry: float = 1.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__()
+        super().__init__(clock)
         self._where = redact(url)
         self._zset, self._channel, self._once = f"{prefix}revoked", f"{prefix}revocations", f"{prefix}once:"
         self._count = f"{prefix}count:"

@@ -33,6 +33,8 @@ import jwt
 import msgspec
 from jwt.types import Options
 
+from .revocation import session_key
+
 COOKIE_NAME = b"CF_Authorization"
 _COOKIE_PREFIX = COOKIE_NAME + b"="
 _PREFIX_LENGTH = len(_COOKIE_PREFIX)
@@ -99,7 +101,8 @@ class Identity(msgspec.Struct, frozen=True):
     type: str = ""
     country: str = ""
     identity_nonce: str = ""
-    # Derived once per token, so policies and forwarding only look them up.
+    # Derived once per token, so policies, forwarding and revocation only look them up.
+    session: str = ""  # the sign-in's revocation key (issuer + identity_nonce); "" without a nonce
     email_lower: str = ""
     email_domain: str = ""
     add_headers: tuple[tuple[bytes, bytes], ...] = ()
@@ -345,18 +348,26 @@ class KeySet:
 
 
 class IssuerKeys:
-    """One configured issuer: pinned algorithms, leeway, and its keys."""
+    """One configured issuer: pinned algorithms, leeway, the longest token
+    lifetime (exp - iat) it may grant, and its keys."""
 
-    __slots__ = ("iss", "algorithms", "leeway", "keys", "secret")
+    __slots__ = ("iss", "algorithms", "leeway", "keys", "secret", "max_lifetime")
 
     def __init__(
-        self, iss: str, algorithms: Sequence[str], leeway: float, keys: KeySet | None, secret: bytes | None
+        self,
+        iss: str,
+        algorithms: Sequence[str],
+        leeway: float,
+        keys: KeySet | None,
+        secret: bytes | None,
+        max_lifetime: float = math.inf,
     ) -> None:
         self.iss = iss
         self.algorithms = frozenset(algorithms)
         self.leeway = leeway
         self.keys = keys
         self.secret = secret
+        self.max_lifetime = max_lifetime
 
     def key_for(self, alg: str, kid: Any) -> jwt.PyJWK | bytes | Refusal:
         if self.secret is not None:
@@ -462,6 +473,13 @@ class Verifier:
         result = identity_from_claims(token, claims, now, issuer.leeway)
         if isinstance(result, Refusal):
             return self._fail(token, result)
+        if result.exp - result.iat > issuer.max_lifetime:
+            # It could outlive a logout's revocation (edge/revocation.py, revoked_until).
+            lifetime = f"{result.exp - result.iat:.0f} s"
+            return self._fail(
+                token,
+                Refusal(f"lifetime {lifetime} beyond the issuer's max_token_lifetime", permanent=True),
+            )
         entry = _Entry(
             result, result.exp + issuer.leeway, issuer.keys, kid if isinstance(kid, str) else "", key
         )
@@ -593,6 +611,7 @@ def _identity(
         type=texts["type"],
         country=texts["country"],
         identity_nonce=texts["identity_nonce"],
+        session=session_key(texts["iss"], texts["identity_nonce"]) if texts["identity_nonce"] else "",
         email_lower=email.lower(),
         email_domain=email.rpartition("@")[2].lower(),
         add_headers=tuple(headers),

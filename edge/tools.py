@@ -36,6 +36,10 @@ def apps_summary(compiled: Compiled) -> str:
     for issuer in config.issuers:
         source = issuer.jwks_file or issuer.jwks_url or "shared secret"
         lines.append(f"  issuer {issuer.iss}: {', '.join(issuer.algorithms)} via {source}")
+        lines.append(
+            f"    tokens:   up to {issuer.max_token_lifetime} s (max_token_lifetime); "
+            "a logout is kept that long"
+        )
     if config.service_tokens:
         lines.append(f"  service tokens: {', '.join(t.name for t in config.service_tokens)}")
     team = config.team
@@ -47,6 +51,11 @@ def apps_summary(compiled: Compiled) -> str:
             f"  team {team.hostname}: issuer {compiled.team_url}, {team.algorithm} keys in {team.key_dir}"
         )
         lines.append(f"    providers: {providers}")
+        if compiled.builtin is not None:
+            lines.append(
+                f"    tokens:    up to {compiled.builtin.max_lifetime:.0f} s (the longest session_duration); "
+                "a logout is kept that long"
+            )
         lines.append(
             f"    store:     {team.store}" + (f" ({team.redis_url})" if team.store == "redis" else "")
         )

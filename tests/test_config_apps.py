@@ -390,6 +390,18 @@ ISSUER_ERRORS = [
         "$.issuers[0].algorithms: Expected at least one algorithm",
     ),
     ('iss = "i"\njwks_file = "a"\nleeway = 601', "$.issuers[0].leeway: Expected int <= 600, got 601"),
+    (
+        'iss = "i"\njwks_file = "a"\nmax_token_lifetime = 59',
+        "$.issuers[0].max_token_lifetime: Expected int >= 60, got 59",
+    ),
+    (
+        'iss = "i"\njwks_file = "a"\nmax_token_lifetime = 2592001',
+        "$.issuers[0].max_token_lifetime: Expected int <= 2592000, got 2592001",
+    ),
+    (
+        'iss = "i"\njwks_file = "a"\nmax_token_lifetime = 1.5',
+        "$.issuers[0].max_token_lifetime: Expected int, got float",
+    ),
     ('iss = ""\njwks_file = "a"', "$.issuers[0].iss: Expected a non-empty printable string, got ''"),
     (
         'iss = "i"\njwks_url = "file:///etc/jwks"',

@@ -775,6 +775,172 @@ def test_logout_clears_a_path_scoped_cookie(team: Team) -> None:
     assert navigate(team, "scoped.localhost", token, "/echo/x").status == 302
 
 
+# -- logout is not a cross-site request ---------------------------------------------------------
+
+LOGOUT = f"{ENDPOINTS}/logout"
+EVIL = "http://evil.localhost:8080/page"
+
+
+def fresh_session(team: Team) -> dict[str, str]:
+    """A new sign-in: its token per host (the app's and the team's)."""
+    b = sign_in(team, team.url("app.localhost"))
+    tokens = {
+        "app.localhost": b.cookie("app.localhost") or "",
+        "auth.localhost": b.cookie("auth.localhost") or "",
+    }
+    assert all(tokens.values())
+    return tokens
+
+
+def alive(team: Team, host: str, token: str) -> bool:
+    cookie = [("Cookie", f"CF_Authorization={token}")]
+    return team.call("GET", host, f"{ENDPOINTS}/get-identity", cookie).status == 200
+
+
+def open_logout(team: Team, host: str, token: str, headers: Sequence[tuple[str, str]]) -> Reply:
+    """A navigation to `host`'s logout with `token` and `headers` as given."""
+    sent = [("Cookie", f"CF_Authorization={token}"), ("Sec-Fetch-Mode", "navigate"), *headers]
+    return team.call("GET", host, LOGOUT, sent)
+
+
+def signed_out_at_once(team: Team, host: str, reply: Reply) -> bool:
+    if host == "app.localhost":
+        done = reply.status == 302 and reply.header("location") == f"{team.team_url}{LOGOUT}"
+    else:
+        done = reply.status == 200 and "You are signed out." in reply.text
+    return done and len(auth_cookies(reply)) == 1 and parse_set_cookie(auth_cookies(reply)[0])[1] == ""
+
+
+def is_confirmation(reply: Reply) -> bool:
+    return (
+        reply.status == 200
+        and "Sign out?" in reply.text
+        and f'action="{LOGOUT}"' in reply.text
+        and not auth_cookies(reply)
+    )
+
+
+CROSS_SITE: list[list[tuple[str, str]]] = [
+    [("Sec-Fetch-Site", "cross-site")],
+    [("Sec-Fetch-Site", "cross-site"), ("Referer", "http://app.localhost/")],  # the browser's word wins
+    [("Sec-Fetch-Site", "CROSS-SITE")],
+    [("Sec-Fetch-Site", "something-new")],  # an unknown value: not trusted to be ours
+    [("Sec-Fetch-Site", "same-origin"), ("Sec-Fetch-Site", "cross-site")],
+    # Browsers without Fetch Metadata: Origin, else Referer, names the site.
+    [("Referer", EVIL)],
+    [("Referer", "http://app.localhost.evil.example/")],
+    [("Referer", "http://localhost/")],
+    [("Referer", "not a url")],
+    [("Origin", "http://evil.localhost:8080")],
+    [("Origin", "null")],
+    [("Origin", "http://evil.localhost"), ("Referer", "http://{host}/")],
+]
+
+AT_ONCE: list[list[tuple[str, str]]] = [
+    [("Sec-Fetch-Site", "same-origin")],
+    [("Sec-Fetch-Site", "same-site")],
+    [("Sec-Fetch-Site", "none")],  # typed, bookmarked, opened from another application
+    [("Sec-Fetch-Site", "none"), ("Referer", EVIL)],
+    [],  # no Fetch Metadata and no Referer: a direct navigation
+    [("Referer", "http://{host}:8080/some/page")],
+    [("Referer", "https://{host}/")],
+    [("Origin", "http://{host}:8080")],
+]
+
+
+def _for(host: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v.format(host=host)) for k, v in headers]
+
+
+@pytest.mark.parametrize("host", ["app.localhost", "auth.localhost"])
+@pytest.mark.parametrize("headers", CROSS_SITE)
+def test_cross_site_logout_asks_first(team: Team, host: str, headers: list[tuple[str, str]]) -> None:
+    tokens = fresh_session(team)
+    reply = open_logout(team, host, tokens[host], _for(host, headers))
+    assert is_confirmation(reply), (reply.status, reply.headers, reply.text[:300])
+    assert alive(team, "app.localhost", tokens["app.localhost"])
+    assert alive(team, "auth.localhost", tokens["auth.localhost"])
+
+
+@pytest.mark.parametrize("host", ["app.localhost", "auth.localhost"])
+@pytest.mark.parametrize("headers", AT_ONCE)
+def test_own_site_and_direct_logout_at_once(team: Team, host: str, headers: list[tuple[str, str]]) -> None:
+    tokens = fresh_session(team)
+    reply = open_logout(team, host, tokens[host], _for(host, headers))
+    assert signed_out_at_once(team, host, reply), (reply.status, reply.headers, reply.text[:300])
+    assert not alive(team, host, tokens[host])
+
+
+def test_cross_site_logout_without_a_live_session_just_clears(team: Team) -> None:
+    """Nothing to protect: e.g. the team's leg of an app logout (the browser
+    calls it cross-site when the team host is another site), whose session the
+    app host has just revoked."""
+    tokens = fresh_session(team)
+    first = open_logout(team, "app.localhost", tokens["app.localhost"], [("Sec-Fetch-Site", "same-origin")])
+    assert signed_out_at_once(team, "app.localhost", first)
+    second = open_logout(team, "auth.localhost", tokens["auth.localhost"], [("Sec-Fetch-Site", "cross-site")])
+    assert signed_out_at_once(team, "auth.localhost", second)
+    nobody = team.call("GET", "app.localhost", LOGOUT, [("Sec-Fetch-Site", "cross-site")])
+    assert nobody.status == 302 and len(auth_cookies(nobody)) == 1
+
+
+@pytest.mark.parametrize("host", ["app.localhost", "auth.localhost"])
+def test_confirmation_page_is_a_guarded_page(team: Team, host: str) -> None:
+    tokens = fresh_session(team)
+    reply = open_logout(team, host, tokens[host], [("Sec-Fetch-Site", "cross-site"), ("Origin", EVIL)])
+    assert is_confirmation(reply)
+    assert not [k for k, _ in reply.headers if k.lower().startswith("access-control-")]
+    assert "frame-ancestors 'none'" in (reply.header("content-security-policy") or "")
+    assert reply.header("x-frame-options") == "DENY" and reply.header("cache-control") == "no-store"
+    [csrf] = [c for c in reply.all("set-cookie") if c.startswith("edge_csrf=")]
+    _, value, attrs = parse_set_cookie(csrf)
+    assert attrs["samesite"] == "Strict" and attrs["path"] == ENDPOINTS and "httponly" in attrs
+    assert reply.form_field("csrf") and reply.form_field("csrf") != value  # a MAC of it, not the value
+    # An existing CSRF cookie is kept (a login form in another tab stays valid).
+    again = open_logout(
+        team, host, tokens[host], [("Sec-Fetch-Site", "cross-site"), ("Cookie", f"edge_csrf={value}")]
+    )
+    assert is_confirmation(again) and not again.all("set-cookie")
+    assert again.form_field("csrf") == reply.form_field("csrf")
+
+
+def post_logout(team: Team, host: str, token: str, csrf_cookie: str | None, field: str | None) -> Reply:
+    cookies = f"CF_Authorization={token}" + ("" if csrf_cookie is None else f"; edge_csrf={csrf_cookie}")
+    body = "" if field is None else urlencode({"csrf": field})
+    headers = [
+        ("Cookie", cookies),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Sec-Fetch-Site", "same-origin"),
+        ("Origin", f"http://{host}:{team.port}"),
+    ]
+    return team.call("POST", host, LOGOUT, headers, body.encode())
+
+
+@pytest.mark.parametrize("host", ["app.localhost", "auth.localhost"])
+def test_confirmed_logout_needs_the_csrf_token(team: Team, host: str) -> None:
+    tokens = fresh_session(team)
+    page = open_logout(team, host, tokens[host], [("Sec-Fetch-Site", "cross-site")])
+    cookie = parse_set_cookie(next(c for c in page.all("set-cookie") if c.startswith("edge_csrf=")))[1]
+    field = page.form_field("csrf")
+    other = Sealer(b"not this edge's secret" * 2).csrf_token(cookie)
+    for csrf_cookie, sent in [
+        (None, None),  # no token at all
+        (cookie, None),  # the cookie without the field
+        (None, field),  # the field without its cookie
+        (cookie, "x" + field[1:]),  # a wrong field
+        (cookie, other),  # a MAC under another key
+        ("another-cookie-value", field),  # a field for another cookie
+    ]:
+        refused = post_logout(team, host, tokens[host], csrf_cookie, sent)
+        assert refused.status == 403 and not auth_cookies(refused), (csrf_cookie, sent, refused.status)
+        assert "Sign out?" in refused.text
+        assert alive(team, host, tokens[host]), (csrf_cookie, sent)
+    done = post_logout(team, host, tokens[host], cookie, field)
+    assert signed_out_at_once(team, host, done), (done.status, done.text[:300])
+    assert not alive(team, host, tokens[host])
+    assert not alive(team, "auth.localhost", tokens["auth.localhost"])  # the whole sign-in
+
+
 # -- get-identity and certs ----------------------------------------------------------------
 
 

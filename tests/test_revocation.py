@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from edge.revocation import Counters, OnceClaims, Revocations, format_message, parse_message
+from edge.revocation import (
+    SESSION_PREFIX,
+    Counters,
+    OnceClaims,
+    Revocations,
+    format_message,
+    parse_message,
+    revoked_until,
+    session_key,
+)
 
 
 def test_revoked_until_expiry() -> None:
@@ -107,3 +116,50 @@ def test_counters_stay_bounded() -> None:
     c.add("e", 2.6, 100.0)
     c.add("f", 2.7, 100.0)  # nothing expired: the oldest (c) goes
     assert (c.get("c", 2.7), c.get("d", 2.7), c.get("e", 2.7), c.get("f", 2.7)) == (0, 1, 1, 1)
+
+
+# -- sessions: keys and how long a logout lasts --------------------------------------------
+
+
+def test_session_keys_are_per_issuer() -> None:
+    a, b = session_key("https://a.example", "n1"), session_key("https://b.example", "n1")
+    assert a != b and a == session_key("https://a.example", "n1")
+    assert session_key("https://a.example", "n2") != a
+    # Fixed size whatever the nonce, and safe in Redis and in a published message.
+    for key in (a, session_key("i", "x" * 10_000), session_key("i", "with space \ud800")):
+        assert key.startswith(SESSION_PREFIX) and len(key) == len(a) and key.isascii() and " " not in key
+        assert parse_message(format_message(key, 1.0)) == (key, 1.0)
+
+
+def test_session_revoked_by_its_key_only() -> None:
+    revoked = Revocations()
+    mine, theirs = session_key("https://a.example", "n"), session_key("https://b.example", "n")
+    revoked.revoke(mine, 100.0)
+    assert revoked.session_revoked(mine, "n", 99.0)
+    assert not revoked.session_revoked(theirs, "n", 99.0)
+    assert not revoked.session_revoked(mine, "n", 100.0)
+    assert not revoked.legacy
+
+
+def test_bare_nonce_entries_of_older_edges_are_still_enforced() -> None:
+    """Before revocations were scoped by issuer, logout stored the bare nonce;
+    such entries (in Redis while older edges run) keep refusing that nonce,
+    for any issuer, until they expire, rather than reopen sessions at the upgrade."""
+    revoked = Revocations()
+    session = session_key("https://a.example", "old-nonce")
+    revoked.revoke("old-nonce", 100.0)
+    assert revoked.legacy
+    assert revoked.session_revoked(session, "old-nonce", 99.0)
+    assert not revoked.session_revoked(session, "old-nonce", 100.0)
+    assert not revoked.session_revoked(session_key("https://a.example", "other"), "other", 99.0)
+
+
+@pytest.mark.parametrize(
+    ("valid_until", "expected"),
+    [
+        (1_000.0 + 600 + 60, 1_000.0 + 3600 + 120),  # a short token: its siblings may live the bound
+        (1_000.0 + 5000.0, 1_000.0 + 5000.0),  # longer than the bound (refused from now on anyway)
+    ],
+)
+def test_revoked_until_covers_the_longest_token_of_the_session(valid_until: float, expected: float) -> None:
+    assert revoked_until(1_000.0, valid_until, max_lifetime=3600.0, leeway=60.0) == expected

@@ -34,6 +34,7 @@ from edge.session import (
     SealError,
     clear_cookie,
     cookie_value,
+    cross_site,
     origin_of,
     person,
     random_token,
@@ -358,6 +359,63 @@ def test_message_and_denied_pages_escape() -> None:
     denied = pages.denied_page("a@example.com", NASTY, "/cdn-cgi/access/logout").decode()
     assert f"That account (a@example.com) does not have access to {NASTY_ESCAPED}." in denied
     assert '<a href="/cdn-cgi/access/logout">' in denied
+
+
+def test_logout_page_escapes_and_posts_back() -> None:
+    page = pages.logout_page(action='/x?a=1&b="', csrf='"><script>', who=NASTY, error=NASTY).decode()
+    assert "<script" not in page
+    assert f"You are signed in as {NASTY_ESCAPED}." in page
+    assert f'<p class="error" role="alert">{NASTY_ESCAPED}</p>' in page
+    assert '<form method="post" action="/x?a=1&amp;b=&quot;">' in page
+    assert 'name="csrf" value="&quot;&gt;&lt;script&gt;"' in page
+    quiet = pages.logout_page(action="/cdn-cgi/access/logout", csrf="t", who=None).decode()
+    assert "signed in as" not in quiet and 'role="alert"' not in quiet
+    assert not re.search(r"<script|<img|<link|<iframe|src=", quiet)
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "referer", "expected"),
+    [
+        ("app.example.com", [], [], False),  # typed or bookmarked
+        ("app.example.com", [b"https://app.example.com"], [], False),
+        ("app.example.com", [], [b"http://APP.example.com.:8443/a?b#c"], False),
+        ("app.example.com", [], [b"https://user:pw@app.example.com/"], False),
+        ("[::1]", [b"http://[::1]:8080"], [], False),
+        ("[::1]", [b"http://[::2]:8080"], [], True),
+        ("app.example.com", [b"https://api.example.com"], [], True),  # a sibling: no suffix list here
+        ("app.example.com", [b"https://app.example.com.evil.test"], [], True),
+        ("app.example.com", [b"https://evil.test@app.example.com"], [], False),  # userinfo is not the host
+        ("app.example.com", [b"https://app.example.com@evil.test"], [], True),
+        ("app.example.com", [b"null"], [b"https://app.example.com/"], True),  # Origin first
+        ("app.example.com", [b"ftp://app.example.com"], [], True),
+        ("app.example.com", [b"https://app.example.com\xff"], [], True),
+        ("app.example.com", [b"https://[bad"], [], True),
+        ("app.example.com", [b"https://app.example.com"] * 2, [], True),
+        ("app.example.com", [], [b"https://app.example.com/", b"https://app.example.com/"], True),
+    ],
+)
+def test_cross_site_without_fetch_metadata(
+    host: str, origin: list[bytes], referer: list[bytes], expected: bool
+) -> None:
+    assert cross_site(host, (), origin, referer) is expected
+
+
+@pytest.mark.parametrize(
+    ("fetch_site", "expected"),
+    [
+        ([b"same-origin"], False),
+        ([b"same-site"], False),
+        ([b" None "], False),
+        ([b"cross-site"], True),
+        ([b"unknown-future-value"], True),
+        ([b""], True),
+        ([b"same-origin", b"same-origin"], True),
+    ],
+)
+def test_cross_site_by_fetch_metadata(fetch_site: list[bytes], expected: bool) -> None:
+    # The browser's own header decides: Origin and Referer are not consulted.
+    assert cross_site("a.example", fetch_site, [b"https://a.example"], [b"https://evil.test/"]) is expected
+    assert cross_site("a.example", fetch_site, [b"https://evil.test"], []) is expected
 
 
 def test_csp() -> None:

@@ -66,6 +66,8 @@ def test_check_lists_apps_and_warns(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "    aud:      api-aud" in out
     assert "    cors:     1 origin(s); GET; any header; credentials" in out
     assert f"  issuer {ISS}: ES256, RS256, EdDSA via {tmp_path / 'jwks.json'}" in out
+    # The bound a logout's revocation relies on (the default: a day).
+    assert "    tokens:   up to 86400 s (max_token_lifetime); a logout is kept that long" in out
     assert "Authorization is allowed only implicitly" in err
     assert "same_site = 'none' needs a Secure cookie" in err
 
