@@ -297,7 +297,6 @@ def early(host: str, body: bytes, *headers: str) -> bytes:
 
 
 WIRE = "issue 9: fixed on branch wire"
-UNDERSCORE = "issue 9: fixed on branch underscore"
 BUG_FRAGMENT = "issue 9: BUG a target with '#' is routed without it but forwarded with it"
 BUG_CHUNK_SIZE = "issue 9: BUG a chunk size over max_body_bytes is waited for (408), not refused (413)"
 
@@ -771,7 +770,6 @@ CASES = [
         200,
         "proxy",
         forwarded=("GET /",),
-        xfail=UNDERSCORE,
     ),
     Case(
         "identity header spelt with underscores",
@@ -779,7 +777,6 @@ CASES = [
         200,
         "proxy",
         forwarded=("GET /",),
-        xfail=UNDERSCORE,
     ),
     Case(
         "identity header from the client",
