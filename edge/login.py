@@ -304,7 +304,7 @@ class LoginService:
         )
 
     def _identity(self, c: Compiled, call: Call, now: float) -> Identity | Refusal:
-        token = extract_token(call.cookies, call.access_tokens, call.authorizations)
+        token = extract_token(call.cookies, call.access_tokens, call.authorizations, c.verifier.trusts)
         return verify_token(c, token, now)
 
     def _get_identity(self, c: Compiled, action: Endpoint, call: Call, now: float) -> LocalResponse:
@@ -455,7 +455,7 @@ class LoginService:
     # -- the team host ---------------------------------------------------------------
 
     def _team_identity(self, c: Compiled, call: Call, now: float) -> Identity | Refusal:
-        token = extract_token(call.cookies, (), ())
+        token = extract_token(call.cookies, (), (), c.verifier.trusts)
         ident = verify_token(c, token, now)
         if isinstance(ident, Identity) and (ident.iss != self.team_url or ident.type != "org"):
             return Refusal("not a team session token")

@@ -150,7 +150,7 @@ def extract_token(
     cookies: Sequence[bytes],
     access_tokens: Sequence[bytes],
     authorizations: Sequence[bytes],
-    trusted: Callable[[bytes], bool] | None = None,
+    trusted: Callable[[bytes], bool],
 ) -> bytes | Refusal:
     """The one token of a request: CF_Authorization cookie, then the
     cf-access-token header, then ``Authorization: Bearer``.
@@ -174,7 +174,7 @@ def extract_token(
     first = candidates[0]
     if len(candidates) > 1 and candidates.count(first) != len(candidates):
         return AMBIGUOUS
-    if trusted is not None and any(b != first and trusted(b) for b in bearers):
+    if any(b != first and trusted(b) for b in bearers):
         return AMBIGUOUS
     return first
 

@@ -75,7 +75,7 @@ T1, T2 = b"aaa.bbb.ccc", b"ddd.eee.fff"
         ([], [], [b"bearer   " + T1], T1),
         ([], [], [b"Basic dXNlcjpwdw=="], NO_TOKEN),
         ([], [], [b"Bearer"], NO_TOKEN),
-        # Authorization belongs to the application when an Access token is present.
+        # Authorization belongs to the application when it is not a token of ours.
         ([b"CF_Authorization=" + T1], [], [b"Bearer " + T2], T1),
         ([], [T1], [b"Bearer " + T2], T1),
         ([], [], [], NO_TOKEN),
@@ -84,7 +84,7 @@ T1, T2 = b"aaa.bbb.ccc", b"ddd.eee.fff"
 def test_extract_token(
     cookies: list[bytes], access: list[bytes], authorization: list[bytes], expected: bytes | Refusal
 ) -> None:
-    assert extract_token(cookies, access, authorization) == expected
+    assert extract_token(cookies, access, authorization, lambda value: False) == expected
 
 
 def test_cookie_tokens_finds_every_occurrence() -> None:
