@@ -54,8 +54,25 @@ LISTEN_BACKLOG = 1024  # nginx's default on Linux is 511; bursts of wrk connecti
 
 
 def _is_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether the request asks to switch protocols in a way the edge tunnels.
+
+    HTTP/2 cleartext (`h2c`) never is: after a 101 the upstream would take any
+    number of requests, for any path, inside a tunnel the edge authorised once
+    for this one. Such a request is forwarded as a plain one, its Upgrade and
+    HTTP2-Settings dropped as hop-by-hop."""
     connection = b",".join(v for k, v in headers if k == b"connection").lower()
-    return b"upgrade" in connection and any(k == b"upgrade" for k, _ in headers)
+    if b"upgrade" not in connection:
+        return False
+    offers = [v for k, v in headers if k == b"upgrade"]
+    return bool(offers) and H2C not in _protocol_names(offers)
+
+
+H2C = b"h2c"
+
+
+def _protocol_names(offers: Sequence[bytes]) -> set[bytes]:
+    # Upgrade = #protocol, protocol = name ["/" version] (RFC 9110 7.8)
+    return {t.partition(b"/")[0].strip().lower() for v in offers for t in v.split(b",")}
 
 
 def _store_of(config: Config) -> tuple[str, str] | None:

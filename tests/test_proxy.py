@@ -299,6 +299,22 @@ def test_get_forwarded_head_exact(edge: Edge) -> None:
     assert r.body.endswith(b"\r\n\r\n")
 
 
+@pytest.mark.parametrize("upgrade", ["h2c", "H2C", "websocket, h2c", "h2c/1"])
+def test_h2c_upgrade_is_never_offered_upstream(edge: Edge, upgrade: str) -> None:
+    # An upstream that switched to HTTP/2 cleartext would take any number of
+    # requests, for any path, inside a tunnel authorised once for this one
+    # ("h2c smuggling"): the edge forwards the request as a plain one.
+    head = [
+        ("Connection", "Upgrade, HTTP2-Settings"),
+        ("Upgrade", upgrade),
+        ("HTTP2-Settings", "AAMAAABkAAQAAP__"),
+    ]
+    r = fetch(edge.port, build("GET", "/echo", head))
+    assert r.status == 200
+    req, _ = forwarded(r.body)
+    assert list(req.headers) == [(b"host", b"app.test"), *XFF]
+
+
 def test_post_content_length_forwarded(edge: Edge) -> None:
     data = bytes(range(256)) * 40
     r = fetch(
