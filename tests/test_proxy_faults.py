@@ -1,0 +1,149 @@
+"""Failing upstreams, slow clients and the logs they cause: real sockets, a real
+`edge serve` process, fault upstreams of the test's own on 127.0.0.1.
+
+Every test is bounded in count (a few hundred connections at most) and in
+time (each client's own deadline, far below the edge's timeouts); none
+asserts a timing beyond "answered before that deadline".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import EdgeProcess, write_config
+from test_proxy import build, proxy_toml
+
+CLIENTS = 200  # concurrent requests per fault
+DEADLINE = 5.0  # seconds each client waits: far below the edge's 60 s timeouts
+# What the stderr of an edge must never show: an error nobody handled.
+UNHANDLED = ("Task exception was never retrieved", "Traceback", "Exception in callback")
+
+
+# -- a fault upstream ----------------------------------------------------------------
+
+
+class FaultUpstream:
+    """A listener that misbehaves on every connection it accepts, in one of
+    three ways (`mode`):
+
+    reset        accept, then close at once with a TCP reset (SO_LINGER 0)
+    close        accept, then close at once cleanly (FIN)
+    partial      read the first bytes of the request head, then close
+    """
+
+    BACKLOG = 1024  # the test's bursts must not overflow the accept queue (a hang, not a fault)
+    PARTIAL = 10  # bytes of the head read before closing
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=self.BACKLOG)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(5)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                self._misbehave(conn)
+
+    def _misbehave(self, conn: socket.socket) -> None:
+        if self.mode == "reset":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif self.mode == "partial":
+            conn.settimeout(DEADLINE)
+            with contextlib.suppress(OSError):
+                conn.recv(self.PARTIAL)
+
+
+@pytest.fixture
+def fault_upstream() -> Iterator[Callable[[str], FaultUpstream]]:
+    made: list[FaultUpstream] = []
+
+    def make(mode: str) -> FaultUpstream:
+        up = FaultUpstream(mode)
+        made.append(up)
+        return up
+
+    yield make
+    for up in made:
+        up.close()
+
+
+def start_edge(tmp_path: Path, upstream: str, server: str = "", **proxy: float | str) -> EdgeProcess:
+    return EdgeProcess(write_config(tmp_path, server=server, extra=proxy_toml(upstream, **proxy)))
+
+
+# -- concurrent clients --------------------------------------------------------------
+
+
+async def _status_of(port: int, request: bytes) -> int | str:
+    """The status of the one response on a fresh connection, or what went
+    wrong instead (a reset, an empty close, the test's own deadline)."""
+    try:
+        async with asyncio.timeout(DEADLINE):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(request)
+                line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+    except TimeoutError:
+        return "no answer within the deadline"
+    except ConnectionError as exc:
+        return type(exc).__name__
+    parts = line.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else f"bad status line {line!r}"
+
+
+def statuses(port: int, request: bytes, count: int = CLIENTS) -> list[int | str]:
+    async def run() -> list[int | str]:
+        return list(await asyncio.gather(*(_status_of(port, request) for _ in range(count))))
+
+    return asyncio.run(run())
+
+
+# -- 1. an upstream that fails right after accepting ---------------------------------
+
+
+@pytest.mark.parametrize("mode", ["reset", "close", "partial"])
+def test_upstream_failing_at_accept_is_502_at_once(
+    tmp_path: Path, fault_upstream: Callable[[str], FaultUpstream], mode: str
+) -> None:
+    up = fault_upstream(mode)
+    edge = start_edge(tmp_path, up.url)
+    try:
+        got = statuses(edge.port, build("GET", "/"))
+        wrong = [s for s in got if s != 502]
+        assert not wrong, f"{len(wrong)} of {len(got)} clients got no 502: {sorted(set(map(str, wrong)))}"
+        # A POST whose body must wait for the upstream connection: the same.
+        post = build("POST", "/", [("Content-Length", "4")], b"body")
+        assert statuses(edge.port, post, 20) == [502] * 20
+    finally:
+        edge.stop()
+    text = edge.stderr_text()
+    assert not [marker for marker in UNHANDLED if marker in text], text[-3000:]
