@@ -103,26 +103,30 @@ class ProxyCycle:
         task.add_done_callback(self.client.state.tasks.discard)
 
     async def _connect(self) -> None:
+        # Nobody awaits this task: every outcome, a bug included, must answer
+        # the client now (not at its deadline) and leave no exception in it.
         try:
             conn = await self.pool.connect(self.plan.target)
+            if self.finished:
+                conn.abort()
+                return
+            self._attach(conn)
         except UpstreamError as exc:
             if not self.finished:
                 self._fail(exc)
-            return
         except Exception:
-            # A bug must not leave the client waiting for its deadline.
-            log.exception("internal error connecting to %s", self.plan.target.host_header.decode("latin-1"))
+            log.exception("internal error forwarding to %s", self.plan.target.url)
             if not self.finished:
-                self._fail(UpstreamError(502, "internal error while connecting"))
-            return
-        if self.finished:
-            conn.abort()
-            return
-        self._attach(conn)
+                self._fail(UpstreamError(502, "internal error while forwarding"))
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.up = conn
-        conn.exchange = self
+        lost = conn.attach(self)
+        if lost is not None:
+            # Lost between connecting (or pooling) and now: its
+            # connection_lost found no exchange to tell.
+            self.upstream_lost(lost)
+            return
         plan = self.plan
         has_body, chunked = _body_framing(plan.headers)
         conn.send_request(

@@ -12,6 +12,11 @@ Invariants:
 - The pool holds at most `max_idle` idle connections per upstream, each for at
   most `idle_timeout` seconds (expired by the server's sweep).
 - Reading from an upstream is paused only through its `gate` (ReadGate).
+- A connection can be lost at any moment, even before its first exchange is
+  attached (an upstream that closes right after accepting): `attach` refuses
+  a lost connection, so the exchange hears of every loss exactly once, from
+  `connection_lost` or from `attach`. Nothing is written to a transport that
+  is closing.
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.chunked = False  # the request body goes out in chunks
         self.body_open = False  # the request head is sent, its body (or end) not yet
         self.request_sent = False  # the whole request is sent
+        self.lost: UpstreamError | None = None  # why the connection ended, once it has
         self._on_idle_close = on_idle_close
 
     # -- asyncio callbacks
@@ -98,9 +104,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.lost = _loss(exc)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
-            exchange.upstream_lost(UpstreamError(502, "upstream closed the connection"))
+            exchange.upstream_lost(self.lost)
         else:
             self._on_idle_close(self)
 
@@ -170,6 +177,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the request
 
+    def attach(self, exchange: Exchange) -> UpstreamError | None:
+        """Start an exchange on this connection; or, when the connection was
+        already lost, return why: connection_lost has come and gone, and only
+        the caller can tell the exchange."""
+        if self.closed:
+            return self.lost or UpstreamError(502, "upstream connection closed")
+        self.exchange = exchange
+        return None
+
     def send_request(
         self, method: bytes, target: bytes, headers: Headers, chunked: bool, upgrade: bool
     ) -> None:
@@ -183,13 +199,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.write_raw(request_head(method, target, headers))
 
     def send_body(self, data: bytes) -> None:
-        if not data or not self.body_open or self.transport is None:
+        transport = self.transport
+        if not data or not self.body_open or transport is None or transport.is_closing():
             return
         if self.chunked:
             # One writev, no copy of a (possibly large) piece.
-            self.transport.writelines(chunk(data))
+            transport.writelines(chunk(data))
         else:
-            self.transport.write(data)
+            transport.write(data)
 
     def end_request(self) -> None:
         if self.chunked:
@@ -198,8 +215,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.request_sent = True
 
     def write_raw(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        # A closing transport: its connection_lost is on its way (uvloop
+        # raises on a write after it, and warns on writes before it).
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def start_tunnel(self) -> bytes:
         """After a 101: hand over raw bytes both ways; returns bytes that
@@ -216,6 +236,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+
+def _loss(exc: Exception | None) -> UpstreamError:
+    """What a lost connection means for the exchange on it."""
+    if exc is None:
+        return UpstreamError(502, "upstream closed the connection")
+    if isinstance(exc, ConnectionResetError):
+        return UpstreamError(502, "upstream reset the connection")
+    return UpstreamError(502, f"upstream connection failed: {exc}")
 
 
 class Pool:
@@ -250,7 +279,7 @@ class Pool:
         idle = self.idle.get(target.url)
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 conn.reused = True
                 return conn
         return None

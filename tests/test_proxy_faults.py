@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import EdgeProcess, write_config
 from test_proxy import build, proxy_toml
+from test_upstream import HOST, Recorder, Transport
+
+from edge.upstream import Target, UpstreamConnection
 
 CLIENTS = 200  # concurrent requests per fault
 DEADLINE = 5.0  # seconds each client waits: far below the edge's 60 s timeouts
@@ -94,6 +97,43 @@ def fault_upstream() -> Iterator[Callable[[str], FaultUpstream]]:
 
 def start_edge(tmp_path: Path, upstream: str, server: str = "", **proxy: float | str) -> EdgeProcess:
     return EdgeProcess(write_config(tmp_path, server=server, extra=proxy_toml(upstream, **proxy)))
+
+
+# -- the race, driven by hand ---------------------------------------------------------
+
+
+class ClosedTransport(Transport):
+    """As uvloop's transport behaves once its handle is closed: a write raises."""
+
+    def write(self, data: bytes) -> None:
+        if self.aborted:
+            raise RuntimeError("unable to perform operation: the handler is closed")
+        super().write(data)
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (None, "upstream closed the connection"),
+        (ConnectionResetError(104, "Connection reset by peer"), "upstream reset the connection"),
+    ],
+)
+def test_connection_lost_before_its_exchange_is_attached(exc: Exception | None, message: str) -> None:
+    """An upstream that closes right after accepting: connection_lost can
+    come before the connecting task attaches its exchange. The exchange must
+    still hear of it, and nothing may be written to the dead transport."""
+    conn = UpstreamConnection(Target("http://127.0.0.1:9"), lambda _: None)
+    transport = ClosedTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.eof_received()
+    transport.aborted = True
+    conn.connection_lost(exc)
+    lost = conn.attach(Recorder())
+    assert lost is not None and (lost.status, str(lost)) == (502, message)
+    assert conn.exchange is None
+    conn.send_request(b"GET", b"/", HOST, chunked=False, upgrade=False)  # does not raise
+    conn.send_body(b"late")
+    assert transport.written == b""
 
 
 # -- concurrent clients --------------------------------------------------------------
