@@ -218,6 +218,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=flow.WRITE_HIGH_WATER)  # bounds a slow reader (flow.py)
         self.gate = ReadGate(transport)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         peer = transport.get_extra_info("peername")

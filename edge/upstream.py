@@ -11,7 +11,9 @@ Invariants:
   and nothing arrived beyond the response; anything else closes it.
 - The pool holds at most `max_idle` idle connections per upstream, each for at
   most `idle_timeout` seconds (expired by the server's sweep).
-- Reading from an upstream is paused only through its `gate` (ReadGate).
+- Reading from an upstream is paused only through its `gate` (ReadGate), and
+  each read takes at most flow.READ_SIZE bytes, into the pool's one read
+  buffer: it is copied out before the read returns, so no two reads share it.
 - A connection can be lost at any moment, even before its first exchange is
   attached (an upstream that closes right after accepting): `attach` refuses
   a lost connection, so the exchange hears of every loss exactly once, from
@@ -28,7 +30,7 @@ from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 from .fetch import client_ssl_context
-from .flow import ReadGate
+from .flow import READ_SIZE, WRITE_HIGH_WATER, ReadGate
 from .wire import END, LAST_CHUNK, Headers, ProtocolError, ResponseHead, ResponseParser, chunk, request_head
 
 
@@ -79,9 +81,19 @@ class Target:
             self.ssl = ctx
 
 
-class UpstreamConnection(asyncio.Protocol):
-    def __init__(self, target: Target, on_idle_close: Callable[[UpstreamConnection], None]) -> None:
+class UpstreamConnection(asyncio.BufferedProtocol):
+    """A buffered protocol only to choose the read size (uvloop's is 250 KB,
+    all of which a slow client would have to buffer); every read is handed
+    on as bytes, as data_received."""
+
+    def __init__(
+        self,
+        target: Target,
+        on_idle_close: Callable[[UpstreamConnection], None],
+        read_buffer: memoryview,
+    ) -> None:
         self.target = target
+        self.read_buffer = read_buffer
         self.parser = ResponseParser()  # replaced by each request
         self.exchange: Exchange | None = None
         self.transport: asyncio.Transport | None = None
@@ -100,6 +112,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # A TLS transport keeps reading the socket into its own buffer while
+        # we are paused, up to 256 KiB by default: hold it to one read.
+        set_read_limits = getattr(transport, "set_read_buffer_limits", None)
+        if set_read_limits is not None:
+            set_read_limits(high=READ_SIZE)
         self.gate = ReadGate(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -110,6 +128,14 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.upstream_lost(self.lost)
         else:
             self._on_idle_close(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # The one copy uvloop makes for data_received too; the buffer is
+        # free again once this returns.
+        self.data_received(bytes(self.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -263,6 +289,8 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.idle: dict[str, list[UpstreamConnection]] = {}
         self.targets: dict[str, Target] = {}
+        # Shared by every connection of this loop (see the invariants).
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
 
     def configure(self, max_idle: int, idle_timeout: float, connect_timeout: float) -> None:
         self.max_idle = max_idle
@@ -288,7 +316,7 @@ class Pool:
         try:
             _, proto = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: UpstreamConnection(target, self._forget),
+                    lambda: UpstreamConnection(target, self._forget, self.read_buffer),
                     target.host,
                     target.port,
                     ssl=target.ssl,

@@ -13,14 +13,17 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import EdgeProcess, write_config
-from test_proxy import build, proxy_toml
+from test_proxy import build, proxy_toml, vm_kib
 from test_upstream import HOST, Recorder, Transport
+from upstream_server import KIB, MIB, Upstream
 
+from edge.flow import READ_SIZE
 from edge.upstream import Target, UpstreamConnection
 
 CLIENTS = 200  # concurrent requests per fault
@@ -122,7 +125,7 @@ def test_connection_lost_before_its_exchange_is_attached(exc: Exception | None, 
     """An upstream that closes right after accepting: connection_lost can
     come before the connecting task attaches its exchange. The exchange must
     still hear of it, and nothing may be written to the dead transport."""
-    conn = UpstreamConnection(Target("http://127.0.0.1:9"), lambda _: None)
+    conn = UpstreamConnection(Target("http://127.0.0.1:9"), lambda _: None, memoryview(bytearray(READ_SIZE)))
     transport = ClosedTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     conn.eof_received()
@@ -187,3 +190,57 @@ def test_upstream_failing_at_accept_is_502_at_once(
         edge.stop()
     text = edge.stderr_text()
     assert not [marker for marker in UNHANDLED if marker in text], text[-3000:]
+
+
+# -- 2. memory per slow-reading client -------------------------------------------------
+
+SLOW_CLIENTS = 200
+DOWNLOAD = 16 * MIB  # per client: far more than any buffer, so only flow control bounds memory
+SMALL_RCVBUF = 4 * KIB  # bytes: the client's kernel takes little, so the edge must hold back
+HOLD = 4.0  # seconds the slow readers are held open (bounded; well below the edge's timeouts)
+SLOW_READ = 1 * KIB  # bytes a slow reader takes per turn
+RSS_LIMIT = 40 * MIB  # growth of the edge's peak RSS for all the slow readers together
+
+
+def test_slow_readers_cost_bounded_memory(tmp_path: Path) -> None:
+    """200 clients with a tiny receive buffer ask for 16 MiB each; half read
+    a little now and then, half not at all. The edge may hold about one
+    read plus the write high-water mark per client, not the upstream's
+    whole burst: its peak RSS grows by less than 40 MiB for all of them."""
+    with Upstream() as upstream:
+        edge = start_edge(tmp_path, upstream.url, server=f"max_connections = {4 * SLOW_CLIENTS}")
+        pid = edge.proc.pid
+        socks: list[socket.socket] = []
+        try:
+            assert statuses(edge.port, build("GET", "/download?size=100000"), 20) == [200] * 20  # warm up
+            before = vm_kib(pid, "VmHWM") * KIB
+            request = build("GET", f"/download?size={DOWNLOAD}")
+            for _ in range(SLOW_CLIENTS):
+                sock = socket.socket()
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF
+                )  # before connect: it sets the window
+                sock.settimeout(DEADLINE)
+                sock.connect(("127.0.0.1", edge.port))
+                sock.sendall(request)
+                socks.append(sock)
+            first = [sock.recv(SLOW_READ) for sock in socks]  # every response has started
+            assert all(data.startswith(b"HTTP/1.1 200 ") for data in first)
+            for sock in socks:
+                sock.setblocking(False)
+            got = 0
+            end = time.monotonic() + HOLD
+            while time.monotonic() < end:
+                for sock in socks[::2]:
+                    with contextlib.suppress(BlockingIOError):
+                        got += len(sock.recv(SLOW_READ))
+                time.sleep(0.05)
+            growth = vm_kib(pid, "VmHWM") * KIB - before
+            assert got > 0  # the slow half did move
+            assert growth < RSS_LIMIT, (
+                f"edge peak RSS grew by {growth / MIB:.1f} MiB for {SLOW_CLIENTS} slow readers"
+            )
+        finally:
+            for sock in socks:
+                sock.close()
+            edge.stop()
