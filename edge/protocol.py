@@ -240,6 +240,10 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         if len(state.connections) >= self.limits.max_connections or state.draining:
             # Not registered, so not swept: answer and close at once.
+            if not state.draining:
+                state.faults.shed(
+                    transport.get_extra_info("sockname"), self.limits.max_connections, state.now
+                )
             self.closing = True
             transport.write(state.responses.error(503).render(state.date, True, False))
             transport.close()

@@ -35,11 +35,13 @@ from .wire import END, LAST_CHUNK, Headers, ProtocolError, ResponseHead, Respons
 
 
 class UpstreamError(Exception):
-    """An upstream failure, with the status the client should get."""
+    """An upstream failure, with the status the client should get and its
+    kind: a few words the fault log counts by ("connect refused", "reset")."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, kind: str) -> None:
         super().__init__(message)
         self.status = status
+        self.kind = kind
 
 
 class Exchange(Protocol):
@@ -106,6 +108,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.body_open = False  # the request head is sent, its body (or end) not yet
         self.request_sent = False  # the whole request is sent
         self.lost: UpstreamError | None = None  # why the connection ended, once it has
+        self.at_eof = False  # the upstream has closed its side
         self._on_idle_close = on_idle_close
 
     # -- asyncio callbacks
@@ -150,6 +153,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._pump(exchange)
 
     def eof_received(self) -> bool | None:
+        self.at_eof = True
         if self.tunnel:
             return False
         self.parser.feed_eof()
@@ -184,7 +188,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         except ProtocolError as exc:
             self.exchange = None
             self.abort()
-            exchange.upstream_lost(UpstreamError(502, f"upstream sent an invalid response: {exc}"))
+            # A response cut short by the upstream's close is not a garbled one.
+            kind = "closed" if self.at_eof else "invalid response"
+            exchange.upstream_lost(UpstreamError(502, f"upstream sent an invalid response: {exc}", kind))
             return False
         if event is None:
             return False
@@ -208,7 +214,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         already lost, return why: connection_lost has come and gone, and only
         the caller can tell the exchange."""
         if self.closed:
-            return self.lost or UpstreamError(502, "upstream connection closed")
+            return self.lost or UpstreamError(502, "upstream connection closed", "closed")
         self.exchange = exchange
         return None
 
@@ -264,13 +270,21 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.transport.abort()
 
 
+def _connect_kind(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connect refused"
+    return "connect failed"
+
+
 def _loss(exc: Exception | None) -> UpstreamError:
     """What a lost connection means for the exchange on it."""
     if exc is None:
-        return UpstreamError(502, "upstream closed the connection")
+        return UpstreamError(502, "upstream closed the connection", "closed")
     if isinstance(exc, ConnectionResetError):
-        return UpstreamError(502, "upstream reset the connection")
-    return UpstreamError(502, f"upstream connection failed: {exc}")
+        return UpstreamError(502, "upstream reset the connection", "reset")
+    return UpstreamError(502, f"upstream connection failed: {exc}", "connection error")
 
 
 class Pool:
@@ -325,9 +339,9 @@ class Pool:
                 self.connect_timeout,
             )
         except TimeoutError:
-            raise UpstreamError(502, f"connect to {target.url} timed out") from None
+            raise UpstreamError(502, f"connect to {target.url} timed out", "connect timeout") from None
         except (OSError, ssl.SSLError) as exc:
-            raise UpstreamError(502, f"cannot connect to {target.url}: {exc}") from None
+            raise UpstreamError(502, f"cannot connect to {target.url}: {exc}", _connect_kind(exc)) from None
         return proto
 
     def release(self, conn: UpstreamConnection, now: float) -> None:

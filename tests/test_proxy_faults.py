@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import struct
 import threading
@@ -18,8 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EdgeProcess, write_config
-from test_proxy import build, proxy_toml, vm_kib
+from conftest import EdgeProcess, read_all, wait_for, write_config
+from test_proxy import build, closed_port, proxy_toml, vm_kib
 from test_upstream import HOST, Recorder, Transport
 from upstream_server import KIB, MIB, Upstream
 
@@ -244,3 +245,89 @@ def test_slow_readers_cost_bounded_memory(tmp_path: Path) -> None:
             for sock in socks:
                 sock.close()
             edge.stop()
+
+
+# -- 3. logs under faults -------------------------------------------------------------------
+
+FAILURES = 60  # requests driven into a failing upstream
+SUMMARY_RE = re.compile(
+    r"(upstream|listener) (\S+): (\d+) (?:requests failed|connections shed) in the last \d+ s \((.*)\)$"
+)
+
+
+def fault_lines(edge: EdgeProcess, subject: str) -> list[str]:
+    return [line for line in edge.lines if f" edge.faults: {subject}: " in line]
+
+
+def summed(lines: list[str]) -> dict[str, int]:
+    """The counts of every summary line, added up by kind."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        m = SUMMARY_RE.search(line)
+        if m is None:
+            continue
+        total = 0
+        for part in m.group(4).split(", "):
+            kind, _, n = part.rpartition(": ")
+            counts[kind] = counts.get(kind, 0) + int(n)
+            total += int(n)
+        assert total == int(m.group(3)), line
+    return counts
+
+
+def test_upstream_failures_are_logged_once_then_counted(tmp_path: Path) -> None:
+    port = closed_port()
+    subject = f"upstream http://127.0.0.1:{port}"
+    edge = start_edge(tmp_path, f"http://127.0.0.1:{port}")
+    try:
+        assert statuses(edge.port, build("GET", "/"), FAILURES) == [502] * FAILURES
+        # The first failure is in the log at once, not at the end of its interval.
+        assert wait_for(lambda: fault_lines(edge, subject), DEADLINE)
+        first = fault_lines(edge, subject)[0]
+        assert "cannot connect" in first and "answered 502" in first, first
+    finally:
+        edge.stop()
+    lines = fault_lines(edge, subject)
+    # One line at once, then a few summaries (one per 10 s): never one per request.
+    assert 2 <= len(lines) < FAILURES // 10, "\n".join(lines)
+    assert summed(lines) == {"connect refused": FAILURES}
+    assert not [line for line in edge.lines if "edge.proxy" in line], "a line per request is still logged"
+
+
+def test_failures_of_one_upstream_are_counted_by_kind(tmp_path: Path) -> None:
+    with Upstream() as upstream:
+        subject = f"upstream {upstream.url}"
+        edge = start_edge(tmp_path, upstream.url)
+        try:
+            assert statuses(edge.port, build("GET", "/reset-head"), 10) == [502] * 10
+            assert statuses(edge.port, build("GET", "/garbage"), 5) == [502] * 5
+        finally:
+            edge.stop()
+    lines = fault_lines(edge, subject)
+    assert len(lines) < 5, "\n".join(lines)
+    assert summed(lines) == {"reset": 10, "invalid response": 5}
+
+
+def test_shedding_at_max_connections_is_logged(tmp_path: Path) -> None:
+    limit, shed = 4, 12
+    edge = start_edge(tmp_path, "http://127.0.0.1:9", server=f"max_connections = {limit}")
+    subject = f"listener 127.0.0.1:{edge.port}"
+    held = [edge.connect() for _ in range(limit)]
+    try:
+        for sock in held:  # each is registered before the next connection is accepted
+            sock.sendall(b"GET /cdn-cgi/edge/health HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+        refused = []
+        for _ in range(shed):
+            with edge.connect() as sock:
+                refused.append(read_all(sock, DEADLINE)[:12])
+        assert refused == [b"HTTP/1.1 503"] * shed
+        assert wait_for(lambda: fault_lines(edge, subject), DEADLINE)
+        assert f"{limit} connections open (max_connections)" in fault_lines(edge, subject)[0]
+    finally:
+        for sock in held:
+            sock.close()
+        edge.stop()
+    lines = fault_lines(edge, subject)
+    assert len(lines) < 5, "\n".join(lines)
+    assert summed(lines) == {"max_connections": shed}
