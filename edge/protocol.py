@@ -218,6 +218,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=flow.WRITE_HIGH_WATER)  # bounds a slow reader (flow.py)
         self.gate = ReadGate(transport)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         peer = transport.get_extra_info("peername")
@@ -239,6 +240,10 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         if len(state.connections) >= self.limits.max_connections or state.draining:
             # Not registered, so not swept: answer and close at once.
+            if not state.draining:
+                state.faults.shed(
+                    transport.get_extra_info("sockname"), self.limits.max_connections, state.now
+                )
             self.closing = True
             transport.write(state.responses.error(503).render(state.date, True, False))
             transport.close()

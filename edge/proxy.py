@@ -10,7 +10,8 @@ Invariants:
   ReadGate.
 - Before the response head is sent to the client, an upstream failure becomes
   a small 502/504; after it, the client connection is aborted (no fake
-  success).
+  success). Either way it goes to the worker's fault log (faults.py), which
+  logs the first of a burst and counts the rest.
 - A request that never reached the upstream on a reused pooled connection is
   retried once on a fresh one, only when that is safe: idempotent method, no
   request body sent, nothing of the response received.
@@ -103,26 +104,30 @@ class ProxyCycle:
         task.add_done_callback(self.client.state.tasks.discard)
 
     async def _connect(self) -> None:
+        # Nobody awaits this task: every outcome, a bug included, must answer
+        # the client now (not at its deadline) and leave no exception in it.
         try:
             conn = await self.pool.connect(self.plan.target)
+            if self.finished:
+                conn.abort()
+                return
+            self._attach(conn)
         except UpstreamError as exc:
             if not self.finished:
                 self._fail(exc)
-            return
         except Exception:
-            # A bug must not leave the client waiting for its deadline.
-            log.exception("internal error connecting to %s", self.plan.target.host_header.decode("latin-1"))
+            log.exception("internal error forwarding to %s", self.plan.target.url)
             if not self.finished:
-                self._fail(UpstreamError(502, "internal error while connecting"))
-            return
-        if self.finished:
-            conn.abort()
-            return
-        self._attach(conn)
+                self._fail(UpstreamError(502, "internal error while forwarding", "internal error"))
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.up = conn
-        conn.exchange = self
+        lost = conn.attach(self)
+        if lost is not None:
+            # Lost between connecting (or pooling) and now: its
+            # connection_lost found no exchange to tell.
+            self.upstream_lost(lost)
+            return
         plan = self.plan
         has_body, chunked = _body_framing(plan.headers)
         conn.send_request(
@@ -178,9 +183,9 @@ class ProxyCycle:
 
     def timeout(self) -> None:
         if self.response_started:
-            self._abort_both()
+            self._fail(UpstreamError(504, "upstream stalled within the response body", "timeout"))
         else:
-            self._fail(UpstreamError(504, "upstream did not answer in time"))
+            self._fail(UpstreamError(504, "upstream did not answer in time", "timeout"))
 
     # -- upstream side (the Exchange protocol)
 
@@ -282,10 +287,15 @@ class ProxyCycle:
             self.up.abort()
             self.up = None
         self._unblock_client()
+        state = self.client.state
+        method = self.request.method.decode("latin-1")
         if self.response_started:
+            detail = f"{method}: {error}, after the response head: client connection aborted"
+            state.faults.upstream_failed(self.plan.target.url, error.kind, state.now, detail)
             self.client.abort()
             return
-        log.warning("%s %s: %s", self.request.method.decode(), self.plan.target.url, error)
+        detail = f"{method}: {error}: answered {error.status}"
+        state.faults.upstream_failed(self.plan.target.url, error.kind, state.now, detail)
         self.status = error.status
         self.client.proxy_failed(self, error.status)
 

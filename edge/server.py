@@ -32,6 +32,7 @@ from .accesslog import AccessLog, AccessRecord, iso_time
 from .config import TLS, Config, ConfigError, ListenAddress, load
 from .decide import Compiled, Endpoint, Forward, RemoteKeys, Request, compile_config, decide
 from .endpoints import EndpointCall
+from .faults import FaultLog
 from .fetch import FetchError, fetch
 from .forwarding import RequestContext, request_headers
 from .login import LoginService, ensure_keys, make_call, make_store
@@ -154,6 +155,7 @@ class ServerState:
         proxy = config.proxy
         self.pool = Pool(loop, proxy.max_idle, proxy.pool_idle_timeout, proxy.connect_timeout)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.faults = FaultLog()  # upstream failures and shed connections, rate-limited
         self.scheme = b"https" if config.server.tls is not None else b"http"
         self.store = make_store(config)
         try:
@@ -326,6 +328,7 @@ class ServerState:
         for conn in [c for c in self.connections if c.deadline <= now]:
             conn.expire()
         self.pool.sweep(now)
+        self.faults.flush(now)
         if self.access_log is not None:
             self.access_log.flush()
 
@@ -461,6 +464,7 @@ async def _drain(state: ServerState, servers: list[asyncio.Server], timeout: flo
     state.pool.close()
     if state.connections:
         await asyncio.sleep(0)
+    state.faults.flush(state.loop.time(), final=True)
     log.info("stopped")
 
 

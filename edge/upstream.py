@@ -11,7 +11,14 @@ Invariants:
   and nothing arrived beyond the response; anything else closes it.
 - The pool holds at most `max_idle` idle connections per upstream, each for at
   most `idle_timeout` seconds (expired by the server's sweep).
-- Reading from an upstream is paused only through its `gate` (ReadGate).
+- Reading from an upstream is paused only through its `gate` (ReadGate), and
+  each read takes at most flow.READ_SIZE bytes, into the pool's one read
+  buffer: it is copied out before the read returns, so no two reads share it.
+- A connection can be lost at any moment, even before its first exchange is
+  attached (an upstream that closes right after accepting): `attach` refuses
+  a lost connection, so the exchange hears of every loss exactly once, from
+  `connection_lost` or from `attach`. Nothing is written to a transport that
+  is closing.
 """
 
 from __future__ import annotations
@@ -23,16 +30,18 @@ from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 from .fetch import client_ssl_context
-from .flow import ReadGate
+from .flow import READ_SIZE, WRITE_HIGH_WATER, ReadGate
 from .wire import END, LAST_CHUNK, Headers, ProtocolError, ResponseHead, ResponseParser, chunk, request_head
 
 
 class UpstreamError(Exception):
-    """An upstream failure, with the status the client should get."""
+    """An upstream failure, with the status the client should get and its
+    kind: a few words the fault log counts by ("connect refused", "reset")."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, kind: str) -> None:
         super().__init__(message)
         self.status = status
+        self.kind = kind
 
 
 class Exchange(Protocol):
@@ -74,9 +83,19 @@ class Target:
             self.ssl = ctx
 
 
-class UpstreamConnection(asyncio.Protocol):
-    def __init__(self, target: Target, on_idle_close: Callable[[UpstreamConnection], None]) -> None:
+class UpstreamConnection(asyncio.BufferedProtocol):
+    """A buffered protocol only to choose the read size (uvloop's is 250 KB,
+    all of which a slow client would have to buffer); every read is handed
+    on as bytes, as data_received."""
+
+    def __init__(
+        self,
+        target: Target,
+        on_idle_close: Callable[[UpstreamConnection], None],
+        read_buffer: memoryview,
+    ) -> None:
         self.target = target
+        self.read_buffer = read_buffer
         self.parser = ResponseParser()  # replaced by each request
         self.exchange: Exchange | None = None
         self.transport: asyncio.Transport | None = None
@@ -88,21 +107,38 @@ class UpstreamConnection(asyncio.Protocol):
         self.chunked = False  # the request body goes out in chunks
         self.body_open = False  # the request head is sent, its body (or end) not yet
         self.request_sent = False  # the whole request is sent
+        self.lost: UpstreamError | None = None  # why the connection ended, once it has
+        self.at_eof = False  # the upstream has closed its side
         self._on_idle_close = on_idle_close
 
     # -- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # A TLS transport keeps reading the socket into its own buffer while
+        # we are paused, up to 256 KiB by default: hold it to one read.
+        set_read_limits = getattr(transport, "set_read_buffer_limits", None)
+        if set_read_limits is not None:
+            set_read_limits(high=READ_SIZE)
         self.gate = ReadGate(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.lost = _loss(exc)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
-            exchange.upstream_lost(UpstreamError(502, "upstream closed the connection"))
+            exchange.upstream_lost(self.lost)
         else:
             self._on_idle_close(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # The one copy uvloop makes for data_received too; the buffer is
+        # free again once this returns.
+        self.data_received(bytes(self.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -117,6 +153,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._pump(exchange)
 
     def eof_received(self) -> bool | None:
+        self.at_eof = True
         if self.tunnel:
             return False
         self.parser.feed_eof()
@@ -151,7 +188,9 @@ class UpstreamConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self.exchange = None
             self.abort()
-            exchange.upstream_lost(UpstreamError(502, f"upstream sent an invalid response: {exc}"))
+            # A response cut short by the upstream's close is not a garbled one.
+            kind = "closed" if self.at_eof else "invalid response"
+            exchange.upstream_lost(UpstreamError(502, f"upstream sent an invalid response: {exc}", kind))
             return False
         if event is None:
             return False
@@ -170,6 +209,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the request
 
+    def attach(self, exchange: Exchange) -> UpstreamError | None:
+        """Start an exchange on this connection; or, when the connection was
+        already lost, return why: connection_lost has come and gone, and only
+        the caller can tell the exchange."""
+        if self.closed:
+            return self.lost or UpstreamError(502, "upstream connection closed", "closed")
+        self.exchange = exchange
+        return None
+
     def send_request(
         self, method: bytes, target: bytes, headers: Headers, chunked: bool, upgrade: bool
     ) -> None:
@@ -183,13 +231,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.write_raw(request_head(method, target, headers))
 
     def send_body(self, data: bytes) -> None:
-        if not data or not self.body_open or self.transport is None:
+        transport = self.transport
+        if not data or not self.body_open or transport is None or transport.is_closing():
             return
         if self.chunked:
             # One writev, no copy of a (possibly large) piece.
-            self.transport.writelines(chunk(data))
+            transport.writelines(chunk(data))
         else:
-            self.transport.write(data)
+            transport.write(data)
 
     def end_request(self) -> None:
         if self.chunked:
@@ -198,8 +247,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.request_sent = True
 
     def write_raw(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        # A closing transport: its connection_lost is on its way (uvloop
+        # raises on a write after it, and warns on writes before it).
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def start_tunnel(self) -> bytes:
         """After a 101: hand over raw bytes both ways; returns bytes that
@@ -218,6 +270,23 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _connect_kind(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connect refused"
+    return "connect failed"
+
+
+def _loss(exc: Exception | None) -> UpstreamError:
+    """What a lost connection means for the exchange on it."""
+    if exc is None:
+        return UpstreamError(502, "upstream closed the connection", "closed")
+    if isinstance(exc, ConnectionResetError):
+        return UpstreamError(502, "upstream reset the connection", "reset")
+    return UpstreamError(502, f"upstream connection failed: {exc}", "connection error")
+
+
 class Pool:
     """Idle keep-alive connections per upstream target."""
 
@@ -234,6 +303,8 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.idle: dict[str, list[UpstreamConnection]] = {}
         self.targets: dict[str, Target] = {}
+        # Shared by every connection of this loop (see the invariants).
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
 
     def configure(self, max_idle: int, idle_timeout: float, connect_timeout: float) -> None:
         self.max_idle = max_idle
@@ -250,7 +321,7 @@ class Pool:
         idle = self.idle.get(target.url)
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 conn.reused = True
                 return conn
         return None
@@ -259,7 +330,7 @@ class Pool:
         try:
             _, proto = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: UpstreamConnection(target, self._forget),
+                    lambda: UpstreamConnection(target, self._forget, self.read_buffer),
                     target.host,
                     target.port,
                     ssl=target.ssl,
@@ -268,9 +339,9 @@ class Pool:
                 self.connect_timeout,
             )
         except TimeoutError:
-            raise UpstreamError(502, f"connect to {target.url} timed out") from None
+            raise UpstreamError(502, f"connect to {target.url} timed out", "connect timeout") from None
         except (OSError, ssl.SSLError) as exc:
-            raise UpstreamError(502, f"cannot connect to {target.url}: {exc}") from None
+            raise UpstreamError(502, f"cannot connect to {target.url}: {exc}", _connect_kind(exc)) from None
         return proto
 
     def release(self, conn: UpstreamConnection, now: float) -> None:

@@ -96,6 +96,9 @@ class FakeTransport:
     def can_write_eof(self) -> bool:
         return True
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high_water = high
+
     def is_closing(self) -> bool:
         return self.closing
 
@@ -346,7 +349,7 @@ def test_body_timeout_while_forwarding_answers_408() -> None:
     state, loop = make_state(CONFIG + open_app_toml("http://127.0.0.1:9", domains=("example.test",)))
     try:
         target = state.pool.target("http://127.0.0.1:9")
-        upstream = UpstreamConnection(target, lambda conn: None)
+        upstream = UpstreamConnection(target, lambda conn: None, state.pool.read_buffer)
         up_transport = FakeTransport()
         upstream.connection_made(up_transport)  # type: ignore[arg-type]
         state.pool.idle[target.url] = [upstream]

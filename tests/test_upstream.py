@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.flow import READ_SIZE
 from edge.upstream import Target, UpstreamConnection, UpstreamError
 from edge.wire import (
     END,
@@ -797,6 +798,9 @@ class Transport:
     def is_closing(self) -> bool:
         return self.aborted
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
     def pause_reading(self) -> None:
         pass
 
@@ -836,7 +840,7 @@ class Recorder:
 
 
 def connection() -> tuple[UpstreamConnection, Transport, Recorder]:
-    conn = UpstreamConnection(Target("http://127.0.0.1:9"), lambda _: None)
+    conn = UpstreamConnection(Target("http://127.0.0.1:9"), lambda _: None, memoryview(bytearray(READ_SIZE)))
     transport = Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     exchange = Recorder()
