@@ -125,7 +125,8 @@ def test_restarted_worker_after_a_refused_reload_and_restart_only_keys(
     access_log = tmp_path / "access.log"
     directory = edge.config_path.parent
     write_config(directory, f'workers = 2\nserver_header = "edge-new"\naccess_log = "{access_log}"', app)
-    hup(edge, "take effect only after a restart", times=2)
+    hup(edge, "reloaded", times=2)
+    assert any("server.access_log take effect only after a restart" in line for line in edge.lines)
     assert wait_for(lambda: ask(edge.port, path=HEALTH) == (200, "edge-new"), WAIT), "server_header was not reloaded"
 
     write_config(directory, 'workers = 2\nserver_header = "edge-bad"\nnot_a_key = 1', app)
