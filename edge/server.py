@@ -13,9 +13,9 @@ Invariants:
 - The settings a running worker cannot change (`RESTART_KEYS`, the team store)
   come from `boot`, the configuration the edge started with, for every worker
   and every reload; a worker a supervisor forks later is set up like the first.
-- Listening sockets are bound without SO_REUSEPORT, so the kernel refuses a
-  second edge on an address this one serves; with several workers they are
-  made once, by the supervisor, and shared.
+- One worker alone binds without SO_REUSEPORT, so the kernel refuses a
+  second edge on its addresses; with several workers the supervisor makes
+  the sockets (edge.workers says how it keeps them to itself).
 """
 
 from __future__ import annotations
@@ -103,15 +103,19 @@ def listen_error(addr: ListenAddress, exc: OSError) -> OSError:
     return OSError(exc.errno, f"cannot listen on {addr.display()}: {exc.strerror or exc}")
 
 
-def listen_socket(addr: ListenAddress) -> socket.socket:
+def listen_socket(addr: ListenAddress, *, share: bool = False) -> socket.socket:
     """A listening TCP socket; IPv6 sockets are v6-only so "[::]:p" and
     "0.0.0.0:p" can both be listed. SO_REUSEADDR, so the TIME_WAIT sockets
-    of an edge just stopped do not block its restart; never SO_REUSEPORT,
-    with which a second edge on the port would silently take half the
-    connections. Raises the bind error, naming the address."""
+    of an edge just stopped do not block its restart. `share` sets
+    SO_REUSEPORT, with which any process of the same user could join and
+    silently take part of the connections: only for the supervisor, which
+    checks first that nobody serves the address. Raises the bind error,
+    naming the address."""
     family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if share:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     try:
@@ -126,9 +130,9 @@ def listen_socket(addr: ListenAddress) -> socket.socket:
 
 @dataclass(frozen=True)
 class Listeners:
-    """The listening sockets and TLS context, made once before any worker
-    starts: every worker, restarted ones too, accepts on these same sockets
-    with this same certificate."""
+    """A worker's listening sockets (one per address) and TLS context. With
+    a supervisor they are made before any worker starts, and a restarted
+    worker gets those of the one it replaces, with the same certificate."""
 
     sockets: tuple[socket.socket, ...]
     ssl: ssl.SSLContext | None
@@ -145,8 +149,7 @@ class Listeners:
 
 def open_listeners(config: Config) -> Listeners:
     """Raises ConfigError (TLS files), OSError naming the address (a listen)."""
-    tls = config.server.tls
-    ctx = make_ssl_context(tls) if tls is not None else None
+    ctx = server_ssl(config)
     sockets: list[socket.socket] = []
     try:
         for addr in config.server.addresses:
@@ -168,6 +171,11 @@ def make_ssl_context(tls: TLS) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"$.server.tls: cannot load cert {tls.cert!r} / key {tls.key!r}: {exc}") from None
     return ctx
+
+
+def server_ssl(config: Config) -> ssl.SSLContext | None:
+    tls = config.server.tls
+    return None if tls is None else make_ssl_context(tls)
 
 
 def freeze_heap() -> None:

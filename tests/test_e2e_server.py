@@ -6,7 +6,6 @@ a second; every wait is bounded, and no test asserts how long anything took.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import json
 import os

@@ -47,7 +47,11 @@ def hup(edge: EdgeProcess, word: str, times: int) -> None:
     """SIGHUP the edge, then wait until `word` has been logged `times` more times."""
     seen = sum(word in line for line in edge.lines)
     edge.signal(signal.SIGHUP)
-    assert wait_for(lambda: sum(word in line for line in edge.lines) >= seen + times, WAIT), edge.stderr_text()
+
+    def logged() -> bool:
+        return sum(word in line for line in edge.lines) >= seen + times
+
+    assert wait_for(logged, WAIT), edge.stderr_text()
 
 
 def restart_one_worker(edge: EdgeProcess) -> int:
@@ -127,7 +131,7 @@ def test_restarted_worker_after_a_refused_reload_and_restart_only_keys(
     write_config(directory, f'workers = 2\nserver_header = "edge-new"\naccess_log = "{access_log}"', app)
     hup(edge, "reloaded", times=2)
     assert any("server.access_log take effect only after a restart" in line for line in edge.lines)
-    assert wait_for(lambda: ask(edge.port, path=HEALTH) == (200, "edge-new"), WAIT), "server_header was not reloaded"
+    assert ask(edge.port, path=HEALTH) == (200, "edge-new"), "server_header was not reloaded"
 
     write_config(directory, 'workers = 2\nserver_header = "edge-bad"\nnot_a_key = 1', app)
     hup(edge, "reload refused", times=1)
