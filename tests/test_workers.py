@@ -8,6 +8,7 @@ import http.client
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -185,6 +186,35 @@ def test_second_edge_on_a_served_port_exits_1(edge_factory: Factory, first: int,
     assert all(alive(pid) for pid in serving)
     assert edge.proc.poll() is None
     assert edge.stop() == 0
+
+
+def test_two_edges_starting_at_once_on_one_port(tmp_path: Path) -> None:
+    """Neither has its sockets yet when the other checks the port: one serves,
+    the other exits 1 (never both serving)."""
+    port = free_port()
+    configs = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        configs.append(write_config(tmp_path / name, f'listen = ["127.0.0.1:{port}"]\nworkers = 2'))
+    started: list[EdgeProcess] = []
+    threads = [threading.Thread(target=lambda c=c: started.append(EdgeProcess(c))) for c in configs]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        assert len(started) == 2
+        assert wait_for(lambda: any(e.proc.poll() is not None for e in started), WAIT)
+        (loser,) = [e for e in started if e.proc.poll() is not None]
+        (winner,) = [e for e in started if e is not loser]
+        assert loser.proc.returncode == 1, loser.stderr_text()
+        assert loser.lines[-1] == f"edge: cannot listen on 127.0.0.1:{port}: Address already in use"
+        assert wait_for(lambda: len(serving_pids(winner.lines)) == 2, WAIT)
+        assert all(ask(port, path=HEALTH)[0] == 200 for _ in range(20))
+        assert winner.stop() == 0
+    finally:
+        for edge in started:
+            edge.stop()
 
 
 def test_restart_on_the_same_port_despite_time_wait(edge_factory: Factory) -> None:
