@@ -467,7 +467,7 @@ async def serve(
         on_ready(bound)
     try:
         await stop.wait()
-        await _drain(state, servers, config.server.drain_timeout)
+        await _drain(state, servers, state.config.server.drain_timeout)  # as last reloaded
     finally:
         sweeper.cancel()
         refresher.cancel()

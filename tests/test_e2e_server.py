@@ -605,8 +605,8 @@ def test_workers(edge_factory: Factory) -> None:
     assert wait_for(lambda: len(serving_pids(edge.lines)) == 2, timeout=WAIT)
     workers = children(supervisor)
     assert workers == serving_pids(edge.lines)
-    # The supervisor made the one listening socket (it never accepts); each
-    # worker accepts on it.
+    # The supervisor holds every worker's listening socket (it never accepts
+    # on them); each worker accepts on its own, all on the one port.
     for pid in (supervisor, *workers):
         assert listening_ports(pid) == {edge.port}
     for _ in range(20):
