@@ -147,17 +147,14 @@ def _rotation_text(ring: KeyRing, overlap: float, created: str | None) -> str:
 def _load_checked(path: str) -> Config:
     """Load the config and everything it points at (TLS files)."""
     config = load(path)
-    if config.server.tls is not None:
-        from .server import make_ssl_context
+    from .server import check_config, make_ssl_context
 
+    if config.server.tls is not None:
         try:
             make_ssl_context(config.server.tls)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    from .decide import compile_config
-    from .login import existing_team_keys
-
-    compile_config(config, path, team_keys=existing_team_keys(config, path))  # key files: exit 2 here
+    check_config(config, path)  # key files: exit 2 here
     return config
 
 

@@ -10,6 +10,12 @@ Invariants:
   connections whose deadline has passed and flushes the access log.
 - On SIGTERM/SIGINT: stop accepting, close idle connections, let requests in
   flight finish until `drain_timeout`, abort what remains, return.
+- The settings a running worker cannot change (`RESTART_KEYS`, the team store)
+  come from `boot`, the configuration the edge started with, for every worker
+  and every reload; a worker a supervisor forks later is set up like the first.
+- One worker alone binds without SO_REUSEPORT, so the kernel refuses a
+  second edge on its addresses; with several workers the supervisor makes
+  the sockets (edge.workers says how it keeps them to itself).
 """
 
 from __future__ import annotations
@@ -23,19 +29,20 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import h11
 import msgspec
 
-from . import keydir
+from . import keydir, snapshots
 from .accesslog import AccessLog, AccessRecord, iso_time
-from .config import TLS, Config, ConfigError, ListenAddress, load
+from .config import TLS, Config, ConfigError, ListenAddress, load, loads
 from .decide import Compiled, Endpoint, Forward, RemoteKeys, Request, compile_config, decide
 from .endpoints import EndpointCall
 from .faults import FaultLog
 from .fetch import FetchError, fetch
 from .forwarding import RequestContext, request_headers
-from .login import LoginService, ensure_keys, make_call, make_store
+from .login import LoginService, ensure_keys, existing_team_keys, make_call, make_store
 from .protocol import HttpProtocol, RequestInfo
 from .proxy import ForwardPlan
 from .responses import HEALTH_PATH, LocalResponse, date_line
@@ -50,6 +57,8 @@ SWEEP_MAX_INTERVAL = 0.5  # seconds
 SWEEP_MIN_INTERVAL = 0.02  # seconds
 # Server settings a reload cannot change in a running worker.
 RESTART_KEYS = ("listen", "workers", "tls", "access_log", "max_connections")
+# The team store is made once per worker (its connections, its memory).
+STORE_KEYS = ("store", "redis_url", "redis_prefix")
 KEY_POLL_INTERVAL = 1.0  # seconds between checks of whether a JWKS wants fetching
 LISTEN_BACKLOG = 1024  # nginx's default on Linux is 511; bursts of wrk connections need more
 
@@ -76,9 +85,29 @@ def _protocol_names(offers: Sequence[bytes]) -> set[bytes]:
     return {t.partition(b"/")[0].strip().lower() for v in offers for t in v.split(b",")}
 
 
-def _store_of(config: Config) -> tuple[str, str] | None:
+def _store_of(config: Config) -> tuple[str, ...] | None:
     team = config.team
-    return None if team is None else (team.store, team.redis_url)
+    return None if team is None else tuple(getattr(team, k) for k in STORE_KEYS)
+
+
+def keep_restart_settings(boot: Config, new: Config) -> tuple[Config, list[str]]:
+    """`new` with the [server] keys a running worker cannot change taken from
+    `boot`, and the names of the settings that stay as they were (the team
+    store among them: workers make it from `boot`)."""
+    fixed = [k for k in RESTART_KEYS if getattr(new.server, k) != getattr(boot.server, k)]
+    kept = [f"server.{k}" for k in fixed]
+    if _store_of(new) != _store_of(boot):
+        kept.append("team." + "/".join(STORE_KEYS))
+    if not fixed:
+        return new, kept
+    server = msgspec.structs.replace(new.server, **{k: getattr(boot.server, k) for k in fixed})
+    return msgspec.structs.replace(new, server=server), kept
+
+
+def check_config(config: Config, source: str) -> None:
+    """Compile `config` as a worker would, reading the files it names (JWKS,
+    an existing key directory) but creating none; raises ConfigError."""
+    compile_config(config, source, team_keys=existing_team_keys(config, source))
 
 
 def sweep_interval(config: Config) -> float:
@@ -92,23 +121,62 @@ def listen_error(addr: ListenAddress, exc: OSError) -> OSError:
     return OSError(exc.errno, f"cannot listen on {addr.display()}: {exc.strerror or exc}")
 
 
-def bind_socket(addr: ListenAddress, reuse_port: bool) -> socket.socket:
-    """A bound (not yet listening) TCP socket; IPv6 sockets are v6-only so
-    "[::]:p" and "0.0.0.0:p" can both be listed. Raises the bind error,
+def listen_socket(addr: ListenAddress, *, share: bool = False) -> socket.socket:
+    """A listening TCP socket; IPv6 sockets are v6-only so "[::]:p" and
+    "0.0.0.0:p" can both be listed. SO_REUSEADDR, so the TIME_WAIT sockets
+    of an edge just stopped do not block its restart. `share` sets
+    SO_REUSEPORT, with which any process of the same user could join and
+    silently take part of the connections: only for the supervisor, which
+    checks first that nobody serves the address. Raises the bind error,
     naming the address."""
     family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
+    if share:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     try:
         sock.bind((addr.host, addr.port))
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         raise listen_error(addr, exc) from None
+    sock.setblocking(False)
     return sock
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """A worker's listening sockets (one per address) and TLS context. With
+    a supervisor they are made before any worker starts, and a restarted
+    worker gets those of the one it replaces, with the same certificate."""
+
+    sockets: tuple[socket.socket, ...]
+    ssl: ssl.SSLContext | None
+
+    @property
+    def bound(self) -> list[str]:
+        """The addresses as bound (port 0 resolved)."""
+        return [ListenAddress(*s.getsockname()[:2]).display() for s in self.sockets]
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def open_listeners(config: Config) -> Listeners:
+    """Raises ConfigError (TLS files), OSError naming the address (a listen)."""
+    ctx = server_ssl(config)
+    sockets: list[socket.socket] = []
+    try:
+        for addr in config.server.addresses:
+            sockets.append(listen_socket(addr))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return Listeners(tuple(sockets), ctx)
 
 
 def make_ssl_context(tls: TLS) -> ssl.SSLContext:
@@ -121,6 +189,11 @@ def make_ssl_context(tls: TLS) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"$.server.tls: cannot load cert {tls.cert!r} / key {tls.key!r}: {exc}") from None
     return ctx
+
+
+def server_ssl(config: Config) -> ssl.SSLContext | None:
+    tls = config.server.tls
+    return None if tls is None else make_ssl_context(tls)
 
 
 def freeze_heap() -> None:
@@ -144,8 +217,10 @@ class ServerState:
         loop: asyncio.AbstractEventLoop,
         compiled: Compiled | None = None,
         source: str = "<config>",
+        boot: Config | None = None,
     ) -> None:
         self.source = source
+        self.boot = config if boot is None else boot
         self.loop = loop
         self.connections: set[HttpProtocol] = set()
         self.now = loop.time()
@@ -157,7 +232,7 @@ class ServerState:
         self.tasks: set[asyncio.Task[None]] = set()
         self.faults = FaultLog()  # upstream failures and shed connections, rate-limited
         self.scheme = b"https" if config.server.tls is not None else b"http"
-        self.store = make_store(config)
+        self.store = make_store(self.boot)
         try:
             ensure_keys(config)
             self.login = LoginService(config, self.store, config.server.server_header.encode("ascii"))
@@ -184,11 +259,13 @@ class ServerState:
             config.proxy.max_idle, config.proxy.pool_idle_timeout, config.proxy.connect_timeout
         )
 
-    def reload(self) -> bool:
-        """SIGHUP: load and compile the config file again; keep the old one
-        (and say why) if the new one is invalid."""
+    def reload(self, text: bytes | None = None) -> bool:
+        """SIGHUP: load and compile the config file again (or `text`, the
+        supervisor's checked snapshot of it); keep the old one (and say why)
+        if the new one is invalid."""
         try:
-            config = load(self.source)
+            config = load(self.source) if text is None else loads(text, self.source)
+            config, kept = keep_restart_settings(self.boot, config)
             ensure_keys(config)
             self.login.configure(config)
             compiled = self._compile(config)
@@ -196,12 +273,8 @@ class ServerState:
             log.error("reload refused, still serving the previous configuration: %s", exc)
             self.login.configure(self.config)
             return False
-        if _store_of(config) != _store_of(self.config):
-            log.warning("reload: team.store and team.redis_url take effect only after a restart")
-        fixed = [k for k in RESTART_KEYS if getattr(config.server, k) != getattr(self.config.server, k)]
-        if fixed:
-            log.warning("reload: server.%s take effect only after a restart", ", server.".join(fixed))
-            config = msgspec.structs.replace(config, server=self.config.server)
+        if kept and text is None:  # a supervisor has said so already
+            log.warning("reload: %s take effect only after a restart", ", ".join(kept))
         held = {(r.iss, r.url): r.keys for r in self.compiled.remote_keys}
         for remote in compiled.remote_keys:
             old = held.get((remote.iss, remote.url))
@@ -387,40 +460,41 @@ async def serve(
     config: Config,
     *,
     source: str = "<config>",
-    reuse_port: bool = False,
+    listeners: Listeners | None = None,
+    boot: Config | None = None,
+    channel: socket.socket | None = None,
     on_ready: Callable[[list[str]], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain; SIGHUP reloads `source`.
-    Raises OSError if a listen fails, ConfigError if a key file is unusable."""
+    """Serve until SIGTERM/SIGINT, then drain. On its own, it opens its
+    listeners and SIGHUP reloads `source`; a supervisor's worker is handed the
+    `listeners`, the `boot` configuration and the `channel` its reloads come
+    on. Raises OSError if a listen fails, ConfigError if a key file is unusable."""
     loop = asyncio.get_running_loop()
-    state = ServerState(config, loop, source=source)
-    s = config.server
-    ctx = make_ssl_context(s.tls) if s.tls is not None else None
-    servers: list[asyncio.Server] = []
-    bound: list[str] = []
-    for addr in s.addresses:
-        server = await _listen(loop, state, addr, ctx, reuse_port)
-        servers.append(server)
-        for sock in server.sockets:
-            host, port = sock.getsockname()[:2]
-            bound.append(ListenAddress(host=host, port=port).display())
+    state = ServerState(config, loop, source=source, boot=boot)
+    if listeners is None:
+        listeners = open_listeners(config)
+    bound = listeners.bound
+    servers = [await _serve_on(loop, state, sock, listeners.ssl) for sock in listeners.sockets]
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, state.reload)
+    if channel is None:
+        loop.add_signal_handler(signal.SIGHUP, state.reload)
+    else:
+        loop.add_reader(channel.fileno(), _take_snapshots, state, channel, stop)
     state.tick_date()
     freeze_heap()
     sweeper = asyncio.ensure_future(_sweeper(state, sweep_interval(config)))
     refresher = asyncio.ensure_future(_key_refresher(state))
     keeper = asyncio.ensure_future(_login_keeper(state))
     await state.store.start()
-    scheme = "https" if ctx else "http"
+    scheme = "https" if listeners.ssl else "http"
     log.info("listening on %s", ", ".join(f"{scheme}://{b}" for b in bound))
     if on_ready is not None:
         on_ready(bound)
     try:
         await stop.wait()
-        await _drain(state, servers, s.drain_timeout)
+        await _drain(state, servers, state.config.server.drain_timeout)  # as last reloaded
     finally:
         sweeper.cancel()
         refresher.cancel()
@@ -430,15 +504,25 @@ async def serve(
             state.access_log.close()
 
 
-async def _listen(
+def _take_snapshots(state: ServerState, channel: socket.socket, stop: asyncio.Event) -> None:
+    """Apply the supervisor's reloads. Its end closing means it is gone: with
+    nobody to restart or reload it, the worker drains and exits rather than
+    hold the port against the next edge."""
+    try:
+        while (text := snapshots.receive(channel)) is not None:
+            state.reload(text)
+    except snapshots.Closed:
+        state.loop.remove_reader(channel.fileno())
+        log.warning("the supervisor is gone; stopping")
+        stop.set()
+
+
+async def _serve_on(
     loop: asyncio.AbstractEventLoop,
     state: ServerState,
-    addr: ListenAddress,
+    sock: socket.socket,
     ctx: ssl.SSLContext | None,
-    reuse_port: bool,
 ) -> asyncio.Server:
-    sock = bind_socket(addr, reuse_port)
-    sock.setblocking(False)
     return await loop.create_server(
         lambda: HttpProtocol(state),
         sock=sock,
@@ -468,11 +552,18 @@ async def _drain(state: ServerState, servers: list[asyncio.Server], timeout: flo
     log.info("stopped")
 
 
-def run(config: Config, *, source: str = "<config>", reuse_port: bool = False) -> None:
-    """Run one worker on uvloop until it is told to stop."""
+def run(
+    config: Config,
+    *,
+    source: str = "<config>",
+    listeners: Listeners | None = None,
+    boot: Config | None = None,
+    channel: socket.socket | None = None,
+) -> None:
+    """Run one worker on uvloop until it is told to stop (see `serve`)."""
     import uvloop
 
-    uvloop.run(serve(config, source=source, reuse_port=reuse_port))
+    uvloop.run(serve(config, source=source, listeners=listeners, boot=boot, channel=channel))
 
 
 def setup_logging() -> None:

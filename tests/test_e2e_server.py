@@ -6,7 +6,6 @@ a second; every wait is bounded, and no test asserts how long anything took.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import json
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import BodyCountingUpstream as Upstream
 from conftest import EdgeProcess, open_app_toml, self_signed_cert, wait_for
+from procs import alive, children, listening_ports, serving_pids
 
 from edge.accesslog import AccessRecord
 
@@ -599,70 +599,33 @@ def test_sigint_also_drains(edge_factory: Factory) -> None:
 # -- workers ------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found.update(int(p) for p in (task / "children").read_text().split())
-    return found
-
-
-def _listening_ports(pid: int) -> set[int]:
-    """TCP ports on which process `pid` holds a listening socket."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def _listening_pids(edge: EdgeProcess) -> set[int]:
-    return {int(line.split()[2]) for line in edge.lines if "listening on" in line}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
-
-
 def test_workers(edge_factory: Factory) -> None:
     edge = edge_factory("workers = 2\ndrain_timeout = 2.0")
     supervisor = edge.proc.pid
-    assert wait_for(lambda: len(_listening_pids(edge)) == 2, timeout=WAIT)
-    workers = _children(supervisor)
-    assert workers == _listening_pids(edge)
-    for pid in workers:  # each worker accepts on the one port
-        assert _listening_ports(pid) == {edge.port}
-    assert edge.port not in _listening_ports(supervisor)  # it only reserves the port
+    assert wait_for(lambda: len(serving_pids(edge.lines)) == 2, timeout=WAIT)
+    workers = children(supervisor)
+    assert workers == serving_pids(edge.lines)
+    # The supervisor holds every worker's listening socket (it never accepts
+    # on them); each worker accepts on its own, all on the one port.
+    for pid in (supervisor, *workers):
+        assert listening_ports(pid) == {edge.port}
     for _ in range(20):
         assert _health_ok(edge.port)
 
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
-    assert wait_for(lambda: len(_children(supervisor) - {victim}) == 2, timeout=3 * WAIT)
-    replacement = (_children(supervisor) - workers).pop()
-    assert wait_for(lambda: replacement in _listening_pids(edge), timeout=WAIT)
-    assert _listening_ports(replacement) == {edge.port}
+    assert wait_for(lambda: len(children(supervisor) - {victim}) == 2, timeout=3 * WAIT)
+    replacement = (children(supervisor) - workers).pop()
+    assert wait_for(lambda: replacement in serving_pids(edge.lines), timeout=WAIT)
+    assert listening_ports(replacement) == {edge.port}
     assert any(f"worker {victim} died (signal SIGKILL)" in line for line in edge.lines)
     for _ in range(20):
         assert _health_ok(edge.port)
 
-    running = _children(supervisor)
+    running = children(supervisor)
     edge.signal(signal.SIGTERM)
     assert edge.proc.wait(3 * WAIT) == 0
-    assert wait_for(lambda: not any(_alive(pid) for pid in running), timeout=WAIT)
+    assert wait_for(lambda: not any(alive(pid) for pid in running), timeout=WAIT)
     assert "Traceback" not in edge.stderr_text()
 
 
@@ -672,7 +635,7 @@ def test_workers_fixed_port(edge_factory: Factory) -> None:
         port = probe.getsockname()[1]
     edge = edge_factory(f'listen = ["127.0.0.1:{port}"]\nworkers = 2')
     assert edge.port == port
-    assert wait_for(lambda: len(_listening_pids(edge)) == 2, timeout=WAIT)
+    assert wait_for(lambda: len(serving_pids(edge.lines)) == 2, timeout=WAIT)
     with Client.to(port) as c:
         for _ in range(5):
             assert c.get(HEALTH).status == 200
