@@ -379,14 +379,16 @@ def _framing(fields: Headers, http11: bool) -> tuple[bytes | None, bool, bool]:
 
 # -- the client's request head: the common case without h11's parser --------------
 
-# The request heads `fast_request` accepts: HTTP/1.1, an upper-case method, a
-# target of visible ASCII, field lines ending in CRLF whose names are tokens
-# and whose values hold only visible characters, SP and HTAB. Each part is a
+# The request heads `fast_request` accepts: HTTP/1.1, a method (any token, as
+# written: methods are case-sensitive, RFC 9110 9.1), a target of visible
+# ASCII, field lines ending in CRLF whose names are tokens and whose values
+# hold only visible characters, SP and HTAB (no other control character,
+# which the client protocol refuses on h11's path too). Each part is a
 # strict subset of what h11 accepts (pinned 0.16: tokens, `[^\x00\s]` value
 # characters), so whatever matches here is a head h11 would parse into the
 # same event; everything else (bare LF, obs-fold, other versions, odd
 # bytes) does not match and is left to h11, whose errors stay the reference.
-_METHOD = rb"[A-Z]+"
+_METHOD = _TOKEN
 _TARGET = rb"[\x21-\x7e]+"
 _REQUEST_FIELD = _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*+\r\n"
 _REQUEST_HEAD_RE = re.compile(

@@ -27,7 +27,8 @@ The behaviour is chosen by the request path (query string for parameters):
   /informational      103 Early Hints, then 200
 
 `accepted` counts TCP connections; `events` records notable happenings
-(("sink-closed", n), ("stall-closed", conn), ("dropped", conn), ("conn-closed", conn), ...).
+(("request", (method, target)) for every request head received,
+("sink-closed", n), ("stall-closed", conn), ("dropped", conn), ("conn-closed", conn), ...).
 """
 
 from __future__ import annotations
@@ -248,6 +249,7 @@ class Conn:
         await self.writer.drain()
 
     async def dispatch(self, req: h11.Request) -> None:
+        self.up.events.append(("request", (bytes(req.method), bytes(req.target))))
         url = urlsplit(req.target.decode())
         path = url.path
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
