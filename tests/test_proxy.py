@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -27,6 +28,8 @@ from typing import Any
 import h11
 import pytest
 from conftest import EdgeProcess, open_app_toml, self_signed_cert, wait_for, write_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from upstream_server import MIB, Upstream, payload, payload_sha256
 
 NGINX = "/usr/sbin/nginx"
@@ -1176,3 +1179,75 @@ def test_error_after_a_proxied_request_comes_after_its_answer(edge: Edge, upstre
         assert c.closed_by_peer()
     assert (first.status, forwarded(first.body)[0].target) == (200, b"/echo/first")
     assert second.status == 400
+
+
+# One pipelined connection, requests of every kind, bytes split anywhere: the
+# answers come back in request order, one per request up to the first error,
+# which ends the connection; the upstream gets exactly the proxied requests
+# before that error.
+PIPELINE_INVALID = {
+    b"BAD\r\n\r\n": 400,
+    build("GET", "/echo/fold", [("X-A", "a\r\n b")]): 400,
+    build("GET", "/echo/ctl", [("X-A", "a\x7fb")]): 400,
+    build("POST", "/echo/twice", [("Content-Length", "1"), ("Content-Length", "1")], b"x"): 400,
+    build("POST", "/echo/list", [("Content-Length", "1, 1")], b"x"): 400,
+    build("GET", "/echo/host", host="a b"): 400,
+    build("GET", "/echo/version", version="1.2"): 505,
+    b"GET /echo/simple\r\n": 505,
+    build("CONNECT", "app.test:443", host="app.test:443"): 405,
+}
+Step = tuple[str, int]  # (kind, variant)
+STEPS = st.one_of(
+    st.tuples(st.just("proxied"), st.integers(0, 2)),
+    st.tuples(st.just("local"), st.integers(0, 1)),
+    st.tuples(st.just("invalid"), st.integers(0, len(PIPELINE_INVALID) - 1)),
+)
+_pipelines = iter(range(1 << 30))
+
+
+def pipeline_request(kind: str, variant: int, target: str) -> tuple[bytes, int]:
+    """A request's bytes and the status its answer must have."""
+    if kind == "proxied":
+        method, body = [("GET", b""), ("POST", b"hello"), ("patch", b"")][variant]
+        return build(method, target, [("Content-Length", str(len(body)))] if body else [], body), 200
+    if kind == "local":
+        return [
+            (build("GET", "/nowhere", host="nowhere.test"), 404),
+            (build("GET", "/cdn-cgi/edge/health"), 200),
+        ][variant]
+    return list(PIPELINE_INVALID.items())[variant]
+
+
+@pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(STEPS, min_size=1, max_size=6), cuts=st.lists(st.integers(0, 1 << 16), max_size=5))
+def test_pipelined_answers_keep_request_order(
+    edge: Edge, upstream: Upstream, steps: list[Step], cuts: list[int]
+) -> None:
+    tag = f"/echo/pipeline/{next(_pipelines)}"
+    requests = [pipeline_request(kind, variant, f"{tag}/{i}") for i, (kind, variant) in enumerate(steps)]
+    first_error = next((i for i, (kind, _) in enumerate(steps) if kind == "invalid"), len(steps))
+    answered = steps[: first_error + 1]
+    data = b"".join(raw for raw, _ in requests)
+    points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
+    mark = upstream.mark()
+    with Client(edge.port) as c:
+        c.sock.settimeout(5.0)  # far below every edge timeout: a missing answer fails, never hangs
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for start, end in itertools.pairwise(points):
+                c.send(data[start:end])
+                time.sleep(0.002)  # separate segments, so the edge reads separate pieces
+        got = [c.response() for _ in answered]
+        assert [r.status for r in got] == [status for _, status in requests[: len(answered)]]
+        for i, ((kind, _), r) in enumerate(zip(answered, got, strict=True)):
+            if kind == "proxied":
+                assert forwarded(r.body)[0].target == f"{tag}/{i}".encode()
+        if first_error < len(steps):
+            assert got[-1].header(b"connection") == b"close"
+            assert c.closed_by_peer()
+    proxied = [f"{tag}/{i}".encode() for i, (kind, _) in enumerate(answered) if kind == "proxied"]
+    requested = [
+        value for kind, value in upstream.events[mark:] if kind == "request" and isinstance(value, tuple)
+    ]
+    assert [target for _, target in requested if target.startswith(tag.encode())] == proxied
