@@ -341,7 +341,7 @@ upstream = "{upstream}"
 aud = "{LOWER_AUD}"
 [apps.cors]
 allowed_origins = ["{allowed_origin}"]
-allowed_methods = ["GET", "patch"]
+allowed_methods = ["GET", "patch", "delete"]
 allowed_headers = ["Content-Type"]
 allow_credentials = true
 [[apps.policies]]
@@ -564,8 +564,18 @@ def test_lower_case_patch_listed_as_written_reaches_the_upstream(world: World) -
     assert (result["ok"], result["status"]) == (True, 200), result
     assert json.loads(result["body"])["method"] == "patch"
     answer = world.allowed.preflight_answer(responses=2)
-    assert answer["access-control-allow-methods"] == "GET, patch"
+    assert answer["access-control-allow-methods"] == "GET, patch, DELETE"
     assert [s.method for s in world.upstream_saw("/lower/item")] == ["patch"]
+
+
+def test_listed_delete_in_lower_case_allows_what_fetch_sends(world: World) -> None:
+    """fetch() upper-cases `delete`, and Chromium matches the allowed list
+    byte for byte: the edge compiles a listed `delete` as DELETE."""
+    result = world.allowed.fetch(world.api + "/lower/gone", method="delete", credentials="include")
+    assert (result["ok"], result["status"]) == (True, 200), result
+    answer = world.allowed.preflight_answer(responses=2)
+    assert answer["access-control-allow-methods"] == "GET, patch, DELETE"
+    assert [s.method for s in world.upstream_saw("/lower/gone")] == ["DELETE"]
 
 
 def test_upper_case_patch_is_not_the_listed_lower_case_one(world: World) -> None:
