@@ -38,6 +38,7 @@ from .flow import ReadGate
 from .proxy import ProxyCycle
 from .responses import LocalResponse
 from .wire import (
+    TOKEN,
     FastRequest,
     ResponseHead,
     commit_end,
@@ -83,7 +84,7 @@ _HOST_RE = re.compile(rb"(?:\[[-0-9A-Za-z:._~%]+\]|[-0-9A-Za-z._~!$&'()*+,;=%]*)
 _FOLD_OR_END = re.compile(rb"\n(?:[ \t]|\r?\n)")
 # A request line without a version: HTTP/0.9's simple request (RFC 1945 4.1),
 # which h11 would only refuse as malformed once a blank line followed.
-_VERSIONLESS_LINE = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\x21-\x7e]+\r?\n")
+_VERSIONLESS_LINE = re.compile(TOKEN + rb" [\x21-\x7e]+\r?\n")
 # Control characters other than HTAB (RFC 9110 5.5); CR and LF are the line
 # structure. h11 accepts most of them in field values (h11 issue 57), and an
 # upstream may cut or fold a field at one: none is forwarded.
