@@ -5,6 +5,11 @@ Invariants:
   does not depend on the request (explicit method and header lists) is a
   `LocalResponse` prebuilt here, one per listed origin; only "allow all
   methods/headers", which echo the request, build a response per request.
+- Methods are case-sensitive (RFC 9110 9.1) and Fetch matches the request's
+  method against Access-Control-Allow-Methods byte for byte, after upper-casing
+  only DELETE, GET, HEAD, OPTIONS, POST and PUT. Listed methods are compiled
+  as `fetch_method` normalises them, so a listed `delete` reads DELETE (the
+  only spelling a browser sends) and `patch` stays `patch`, not PATCH.
 - Origins are compared byte for byte with what the browser sent (config
   validation guarantees the listed ones are in the serialised form browsers
   use). ``null`` is allowed when listed (never with credentials), or under
@@ -41,6 +46,17 @@ _TOKEN_RE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _TOKEN_LIST_RE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*,[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*$")
 
 
+# Fetch's "normalize a method": these are upper-cased whatever case a page
+# writes; every other method is sent as written.
+FETCH_NORMALIZED = frozenset({b"DELETE", b"GET", b"HEAD", b"OPTIONS", b"POST", b"PUT"})
+
+
+def fetch_method(method: bytes) -> bytes:
+    """A method as fetch() sends it (Fetch standard, "normalize a method")."""
+    upper = method.upper()
+    return upper if upper in FETCH_NORMALIZED else method
+
+
 def is_preflight(method: bytes, origin: bytes | None, request_method: bytes | None) -> bool:
     """A CORS preflight per the Fetch standard: OPTIONS with Origin and
     Access-Control-Request-Method. Any other OPTIONS is an ordinary request."""
@@ -70,7 +86,7 @@ class CorsPolicy:
         self.origins = frozenset(o.encode("ascii") for o in cors.allowed_origins)
         self.credentials = cors.allow_credentials
         # None: echo the request's value (allow all).
-        self.methods = None if cors.allow_all_methods else ", ".join(cors.allowed_methods).encode("ascii")
+        self.methods = None if cors.allow_all_methods else _method_list(cors.allowed_methods)
         self.headers = None if cors.allow_all_headers else ", ".join(cors.allowed_headers).encode("ascii")
         self.max_age = None if cors.max_age is None else str(cors.max_age).encode("ascii")
         self.private_network = cors.allow_private_network
@@ -161,6 +177,14 @@ class CorsPolicy:
 def refused_preflight(responses: Responses) -> LocalResponse:
     """403 for a preflight from an origin that is not allowed."""
     return responses.text(403, b"forbidden: origin not allowed by CORS\n", [PREFLIGHT_VARY])
+
+
+def _method_list(methods: list[str]) -> bytes:
+    """Access-Control-Allow-Methods for a list, each method as a browser
+    sends it (a listed `delete` would otherwise never match DELETE); the
+    first of spellings that normalise alike is kept."""
+    sent = dict.fromkeys(fetch_method(m.encode("ascii")) for m in methods)
+    return b", ".join(sent)
 
 
 def _echo(value: bytes | None, shape: re.Pattern[bytes]) -> bytes | None:

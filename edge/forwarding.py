@@ -187,7 +187,9 @@ def request_headers(
     if ctx.upgrade:
         out.append((b"connection", b"upgrade"))
     if ctx.body == "length":
-        out.append((b"content-length", length))
+        # The integer parsed, not the client's spelling ("005"): what frames
+        # the body here is what the upstream reads.
+        out.append((b"content-length", b"%d" % int(length)))
     elif ctx.body == "chunked":
         out.append((b"transfer-encoding", b"chunked"))
     out.extend(add)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, cast
 
 import h11
 from h11._readers import ContentLengthReader
+from h11._receivebuffer import ReceiveBuffer
 
 from . import flow
 from .endpoints import EndpointCall, EndpointCycle
@@ -37,6 +38,7 @@ from .flow import ReadGate
 from .proxy import ProxyCycle
 from .responses import LocalResponse
 from .wire import (
+    TOKEN,
     FastRequest,
     ResponseHead,
     commit_end,
@@ -80,6 +82,18 @@ _HOST_RE = re.compile(rb"(?:\[[-0-9A-Za-z:._~%]+\]|[-0-9A-Za-z._~!$&'()*+,;=%]*)
 # h11 unfolds silently. A proxy refuses it, as nginx does: an upstream may
 # split the same bytes into different fields.
 _FOLD_OR_END = re.compile(rb"\n(?:[ \t]|\r?\n)")
+# A request line without a version: HTTP/0.9's simple request (RFC 1945 4.1),
+# which h11 would only refuse as malformed once a blank line followed.
+_VERSIONLESS_LINE = re.compile(TOKEN + rb" [\x21-\x7e]+\r?\n")
+# Control characters other than HTAB (RFC 9110 5.5); CR and LF are the line
+# structure. h11 accepts most of them in field values (h11 issue 57), and an
+# upstream may cut or fold a field at one: none is forwarded.
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Content-Length field lines. h11 merges repeated or listed equal values into
+# one field, so how many the client sent is only in the bytes.
+_LENGTH_FIELD = re.compile(rb"\ncontent-length:([^\n]*)", re.IGNORECASE)
+# Only these are spoken; h11 takes any DIGIT.DIGIT (RFC 9112 2.3).
+_VERSIONS = (b"1.1", b"1.0")
 
 _EOM = h11.EndOfMessage()
 _SEND_OK = (h11.IDLE, h11.SEND_RESPONSE)
@@ -129,7 +143,7 @@ class RequestInfo:
         self.decision: str | None = None
         self.upstream_status: int | None = None
         self.upstream_ms: float | None = None
-        self.length: bytes | None = None  # Content-Length, when given
+        self.length: int | None = None  # Content-Length, when given
         self.headers: list[tuple[bytes, bytes]] = []  # (lower-cased name, value)
         self.chunked = False
 
@@ -359,9 +373,17 @@ class HttpProtocol(asyncio.Protocol):
     def _next_events(self) -> None:
         conn = self.conn
         while not (self.closing or self.write_paused or self.held):
-            if conn.their_state is h11.IDLE and self._head_folded():
-                self._send_error(400)
-                return
+            their = conn.their_state
+            if their is h11.IDLE:
+                status = self._head_refused()
+                if status:
+                    self._send_error(status)
+                    return
+            elif their is h11.MUST_CLOSE and conn._receive_buffer:
+                # The last request is complete (Connection: close, HTTP/1.0):
+                # what follows is not a request (RFC 9112 9.6), and must not
+                # turn into a 400 that aborts the answer still owed.
+                conn._receive_buffer = ReceiveBuffer()
             event = conn.next_event()
             kind = type(event)
             if kind is h11.Request:
@@ -407,19 +429,36 @@ class HttpProtocol(asyncio.Protocol):
         elif end >= 0:
             self.since_head = 0  # the line is complete and fine; stop checking
 
-    def _head_folded(self) -> bool:
-        """Whether the request head in h11's buffer has an obs-fold line.
-        Reads h11's buffer in place (pinned like commit_local) and resumes
-        where the last call stopped, so a trickled head is scanned once."""
+    def _head_refused(self) -> int:
+        """An error status for the request head in h11's buffer that h11
+        would let through, else 0: a request line without a version (505),
+        an obs-fold line, which h11 unfolds silently, a control character, or
+        a Content-Length given twice or as a list (400). Reads h11's buffer in
+        place (pinned like commit_local) and resumes where the last call
+        stopped, so a trickled head is scanned once; heads that
+        wire.fast_request took never get here (it takes none of these)."""
         data = self.conn._receive_buffer._data
-        if b"\n " not in data and b"\n\t" not in data:
-            return False  # no fold anywhere in the buffer: the common case, two C scans
+        if not self.scanned:
+            line = data.find(b"\n") + 1
+            if not line:
+                return 0
+            if _VERSIONLESS_LINE.fullmatch(data, 0, line) is not None:
+                return 505
+            self.scanned = line - 1  # the LF may start the head's end
         found = _FOLD_OR_END.search(data, self.scanned)
         if found is None:
-            self.scanned = max(0, len(data) - 2)
-            return False
+            self.scanned = max(self.scanned, len(data) - 2)
+            return 0
         self.scanned = found.start()
-        return found.group()[1:2] in b" \t"
+        if found.group()[1:2] in b" \t":
+            return 400
+        end = found.end()  # the head is complete: checked once, whole
+        if _CONTROL.search(data, 0, end) is not None:
+            return 400
+        lengths = _LENGTH_FIELD.findall(data, 0, end)
+        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
+            return 400  # RFC 9112 6.3: the strict reading of "5, 5"
+        return 0
 
     def _on_request(self, event: h11.Request) -> None:
         self.since_head = 0
@@ -431,7 +470,7 @@ class HttpProtocol(asyncio.Protocol):
             self._send_error(status)
             return
         length = info.length
-        has_body = length != b"0" if length is not None else info.chunked
+        has_body = length != 0 if length is not None else info.chunked
         if has_body:
             self.phase = BODY
             self.deadline = self.state.now + self.limits.body_idle_timeout
@@ -453,19 +492,17 @@ class HttpProtocol(asyncio.Protocol):
             # it at all: after an unanswered 100-continue it may not).
             self.early = True
             expects = self.conn.client_is_waiting_for_100_continue
-            close = expects or length is None or int(length) > DRAIN_LIMIT
+            close = expects or length is None or length > DRAIN_LIMIT
         self._respond(action, close, event.method == b"HEAD")
 
     def _validate(self, event: h11.Request, info: RequestInfo) -> int:
         """Strictness on top of h11; returns an error status, or 0."""
-        if event.http_version[:1] != b"1":
-            return 505  # h11 takes any d.d; HTTP/2 and later never arrive as HTTP/1 text
+        if event.http_version not in _VERSIONS:
+            return 505
+        # Methods are case-sensitive tokens (RFC 9110 9.1): "connect" or
+        # "get" is a method of its own, forwarded as written.
         if event.method == b"CONNECT":
             return 405  # no tunnels, whatever the target's form
-        if not event.method.isupper():
-            # Methods are case-sensitive (RFC 9110 9.1); an upstream that
-            # folds case would see "get" as GET while our rules did not.
-            return 400
         size, cl, te, hosts = _scan(event, info.headers)
         if te and (cl or event.http_version == b"1.0"):
             return 400  # request smuggling vectors (RFC 9112 6.1, 6.3)
@@ -473,9 +510,12 @@ class HttpProtocol(asyncio.Protocol):
             return 414
         if size > self.limits.max_header_bytes:
             return 431
-        if cl and int(cl[0]) > self.limits.max_body_bytes:
+        # One Content-Length at most (_head_refused; fast_request takes no
+        # other), of digits (h11): its integer frames the body.
+        length = int(cl[0]) if cl else None
+        if length is not None and length > self.limits.max_body_bytes:
             return 413
-        info.length = cl[0] if cl else None  # h11 has already refused conflicting values
+        info.length = length
         info.chunked = te
         host = hosts[0] if hosts else b""
         target = event.target
@@ -553,6 +593,9 @@ class HttpProtocol(asyncio.Protocol):
         carry one, then close; otherwise just close."""
         if self.phase == LINGER or self.transport.is_closing():
             return
+        # Responses leave in request order: an earlier one may still be
+        # corked (its end and this error come out of one upstream read).
+        self.uncork()
         cycle, self.cycle = self.cycle, None
         if cycle is not None:
             cycle.client_lost()

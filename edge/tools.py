@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from . import keys as keylib
 from .config import Config, DevProvider, is_loopback_host
+from .cors import fetch_method
 from .decide import Action, Compiled, Forward, Request, explain
 from .responses import date_line
 
@@ -127,7 +128,10 @@ def build_request(method: str, url: str, headers: Sequence[str], client_ip: str)
     if not any(k == b"host" for k, _ in fields):
         fields.insert(0, (b"host", host))
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Request(method.upper().encode(), host, target.encode(), fields, client_ip, parts.scheme)
+    # As a browser would send it: methods are case-sensitive, only Fetch's
+    # six are upper-cased (so `options` explains a preflight, `patch` stays).
+    method_sent = fetch_method(method.encode("latin-1"))
+    return Request(method_sent, host, target.encode(), fields, client_ip, parts.scheme)
 
 
 def explain_text(compiled: Compiled, req: Request, now: float | None = None) -> str:

@@ -71,9 +71,10 @@ MAX_LENGTH_DIGITS = 20
 
 Headers = list[tuple[bytes, bytes]]
 
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+# An RFC 9110 token (field names, methods), as a regex fragment.
+TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _STATUS = rb"HTTP/1\.([0-9]) ([1-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*+))?"
-_FIELD_LINE = _TOKEN + rb":[^\x00\r\n]*+\r\n"
+_FIELD_LINE = TOKEN + rb":[^\x00\r\n]*+\r\n"
 # A whole head in one match: status line, field lines (captured as one block,
 # split in Python), empty line. Possessive quantifiers: no backtracking.
 _HEAD_RE = re.compile(_STATUS + rb"\r\n((?:" + _FIELD_LINE + rb")*+)\r\n")
@@ -379,16 +380,18 @@ def _framing(fields: Headers, http11: bool) -> tuple[bytes | None, bool, bool]:
 
 # -- the client's request head: the common case without h11's parser --------------
 
-# The request heads `fast_request` accepts: HTTP/1.1, an upper-case method, a
-# target of visible ASCII, field lines ending in CRLF whose names are tokens
-# and whose values hold only visible characters, SP and HTAB. Each part is a
+# The request heads `fast_request` accepts: HTTP/1.1, a method (any token, as
+# written: methods are case-sensitive, RFC 9110 9.1), a target of visible
+# ASCII, field lines ending in CRLF whose names are tokens and whose values
+# hold only visible characters, SP and HTAB (no other control character,
+# which the client protocol refuses on h11's path too). Each part is a
 # strict subset of what h11 accepts (pinned 0.16: tokens, `[^\x00\s]` value
 # characters), so whatever matches here is a head h11 would parse into the
 # same event; everything else (bare LF, obs-fold, other versions, odd
 # bytes) does not match and is left to h11, whose errors stay the reference.
-_METHOD = rb"[A-Z]+"
+_METHOD = TOKEN
 _TARGET = rb"[\x21-\x7e]+"
-_REQUEST_FIELD = _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*+\r\n"
+_REQUEST_FIELD = TOKEN + rb":[\t\x20-\x7e\x80-\xff]*+\r\n"
 _REQUEST_HEAD_RE = re.compile(
     rb"(" + _METHOD + rb") (" + _TARGET + rb") HTTP/1\.1\r\n((?:" + _REQUEST_FIELD + rb")*+)\r\n"
 )

@@ -72,6 +72,7 @@ IDENTITY_HEADER = "cf-access-authenticated-user-email"
 ADMIN_AUD = "admin-aud"
 ANY_AUD = "any-aud"
 OPEN_AUD = "open-aud"
+LOWER_AUD = "lower-aud"
 PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
 PAGE = """<!doctype html>
@@ -195,6 +196,7 @@ class UpstreamHandler(_Quiet):
         self.wfile.write(data)
 
     do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_OPTIONS = _any
+    do_patch = _any  # fetch() sends any method but the six it normalises as written
 
 
 class RecordingServer(ThreadingHTTPServer):
@@ -414,6 +416,21 @@ action = "allow"
 include = [{{ email_domains = ["example.com"] }}]
 
 [[apps]]
+name = "lower"
+domains = ["localhost/lower"]
+upstream = "{upstream}"
+aud = "{LOWER_AUD}"
+[apps.cors]
+allowed_origins = ["{allowed_origin}"]
+allowed_methods = ["GET", "patch", "delete"]
+allowed_headers = ["Content-Type"]
+allow_credentials = true
+[[apps.policies]]
+name = "staff"
+action = "allow"
+include = [{{ email_domains = ["example.com"] }}]
+
+[[apps]]
 name = "plain"
 domains = ["localhost/plain"]
 upstream = "{upstream}"
@@ -450,7 +467,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert browser.tools is not None
         now = int(time.time())
         token = mint(
-            "ES256", aud=[AUD, ADMIN_AUD, ANY_AUD], email=EMAIL, iat=now - 10, nbf=now - 10, exp=now + 600
+            "ES256",
+            aud=[AUD, ADMIN_AUD, ANY_AUD, LOWER_AUD],
+            email=EMAIL,
+            iat=now - 10,
+            nbf=now - 10,
+            exp=now + 600,
         )
         stored = browser.tools.call(
             "Storage.setCookies",
@@ -591,6 +613,60 @@ def test_disallowed_method_is_blocked_by_the_browser(world: World) -> None:
     assert world.upstream_saw("/v1/patch") == []
     records = world.edge_log("/v1/patch", 1)
     assert [(r["method"], r["status"]) for r in records] == [("OPTIONS", 200)]
+
+
+# Methods are case-sensitive (RFC 9110 9.1). fetch() upper-cases DELETE, GET,
+# HEAD, OPTIONS, POST and PUT only; `patch` goes out as written, is matched
+# against Access-Control-Allow-Methods byte for byte, and reaches the
+# upstream as written.
+
+
+def test_lower_case_patch_echoed_by_allow_all_reaches_the_upstream(world: World) -> None:
+    result = world.allowed.fetch(
+        world.api + "/any/patched",
+        method="patch",
+        credentials="include",
+        headers={"Content-Type": "application/json"},
+        body='{"n": 1}',
+    )
+    assert (result["ok"], result["status"]) == (True, 200), result
+    echoed = json.loads(result["body"])
+    assert (echoed["method"], echoed["body"]) == ("patch", '{"n": 1}')
+    assert echoed["headers"][IDENTITY_HEADER] == EMAIL
+    answer = world.allowed.preflight_answer(responses=2)
+    assert answer["access-control-allow-methods"] == "patch"
+    assert [s.method for s in world.upstream_saw("/any/patched")] == ["patch"]
+    records = world.edge_log("/any/patched", 2)
+    assert [(r["method"], r["status"]) for r in records] == [("OPTIONS", 200), ("patch", 200)]
+
+
+def test_lower_case_patch_listed_as_written_reaches_the_upstream(world: World) -> None:
+    result = world.allowed.fetch(world.api + "/lower/item", method="patch", credentials="include", body="x")
+    assert (result["ok"], result["status"]) == (True, 200), result
+    assert json.loads(result["body"])["method"] == "patch"
+    answer = world.allowed.preflight_answer(responses=2)
+    assert answer["access-control-allow-methods"] == "GET, patch, DELETE"
+    assert [s.method for s in world.upstream_saw("/lower/item")] == ["patch"]
+
+
+def test_listed_delete_in_lower_case_allows_what_fetch_sends(world: World) -> None:
+    """fetch() upper-cases `delete`, and Chromium matches the allowed list
+    byte for byte: the edge compiles a listed `delete` as DELETE."""
+    result = world.allowed.fetch(world.api + "/lower/gone", method="delete", credentials="include")
+    assert (result["ok"], result["status"]) == (True, 200), result
+    answer = world.allowed.preflight_answer(responses=2)
+    assert answer["access-control-allow-methods"] == "GET, patch, DELETE"
+    assert [s.method for s in world.upstream_saw("/lower/gone")] == ["DELETE"]
+
+
+def test_upper_case_patch_is_not_the_listed_lower_case_one(world: World) -> None:
+    result = world.allowed.fetch(world.api + "/lower/upper", method="PATCH", credentials="include", body="x")
+    assert not result["ok"], result
+    errors = world.allowed.cors_errors()
+    assert [(e["corsError"], e["failedParameter"]) for e in errors] == [
+        ("MethodDisallowedByPreflightResponse", "PATCH")
+    ]
+    assert world.upstream_saw("/lower/upper") == []
 
 
 def test_disallowed_header_is_blocked_by_the_browser(world: World) -> None:

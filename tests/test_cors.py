@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from edge.config import Cors
-from edge.cors import CorsPolicy, is_preflight
+from edge.cors import CorsPolicy, fetch_method, is_preflight
 from edge.responses import LocalResponse, Responses
 
 WEB = b"https://web.example.com"
@@ -229,6 +229,47 @@ def test_explicit_lists_are_prebuilt_per_origin() -> None:
     other, _ = p.preflight(b"https://b.example", b"GET", None, False)
     assert first is again  # the same object: nothing built per request
     assert other is not first
+
+
+@pytest.mark.parametrize(
+    ("written", "sent"),
+    [
+        (b"get", b"GET"),
+        (b"Delete", b"DELETE"),
+        (b"options", b"OPTIONS"),
+        (b"hEaD", b"HEAD"),
+        (b"post", b"POST"),
+        (b"put", b"PUT"),
+        (b"patch", b"patch"),
+        (b"Patch", b"Patch"),
+        (b"PATCH", b"PATCH"),
+        (b"connect", b"connect"),
+        (b"getx", b"getx"),
+    ],
+)
+def test_fetch_method_normalises_only_the_six(written: bytes, sent: bytes) -> None:
+    assert fetch_method(written) == sent
+
+
+def test_allowed_methods_compile_as_fetch_sends_them() -> None:
+    """Fetch matches the request's method against Access-Control-Allow-Methods
+    byte for byte, after upper-casing only DELETE, GET, HEAD, OPTIONS, POST
+    and PUT: a listed `delete` must read DELETE to ever match, `patch` stays
+    `patch` (and is not PATCH)."""
+    p = policy(
+        allowed_origins=["https://a.example"],
+        allowed_methods=["get", "delete", "patch", "PATCH", "GET", "Put"],
+    )
+    answer, _ = p.preflight(b"https://a.example", b"DELETE", None, False)
+    assert (b"access-control-allow-methods", b"GET, DELETE, patch, PATCH, PUT") in head(answer)
+    assert p.summary().split("; ")[1] == "GET, DELETE, patch, PATCH, PUT"
+
+
+def test_echo_keeps_the_requested_method_as_sent() -> None:
+    p = policy(allowed_origins=["https://a.example"], allow_all_methods=True)
+    for method in (b"patch", b"PATCH", b"M-SEARCH"):
+        answer, _ = p.preflight(b"https://a.example", method, None, False)
+        assert (b"access-control-allow-methods", method) in head(answer)
 
 
 def test_echoing_settings_build_per_request() -> None:

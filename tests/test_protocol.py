@@ -251,6 +251,10 @@ CASES = [
 @pytest.mark.parametrize("split", ["whole", "lines", "bytes"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_wire(connect: Connect, case: Case, split: str) -> None:
+    run_case(connect, case, split)
+
+
+def run_case(connect: Connect, case: Case, split: str) -> None:
     protocol, transport = connect()
     feed(protocol, case.sent, split)
     assert bytes(transport.written) == case.expected
@@ -440,3 +444,120 @@ def test_one_connection_does_not_affect_another(connect: Connect) -> None:
     assert bytes(bad_transport.written) == BAD_REQUEST
     assert bytes(good_transport.written) == not_found()
     assert good.conn.our_state is h11.IDLE
+
+
+# -- the honest wire: methods, versions, framing, field values -------------------------
+# Each table runs on every split: whole (wire.fast_request's path where it
+# takes the head) and lines/bytes (h11's parser); both must answer alike.
+
+VERSION_NOT_SUPPORTED = wire(b"505 HTTP Version Not Supported", b"http version not supported\n", close=True)
+
+WIRE_CASES = [
+    # RFC 9110 9.1: methods are case-sensitive tokens; any token is a method.
+    Case("lower-case method is a method of its own", get(method=b"patch"), not_found()),
+    Case("lower-case get is not GET, still a method", get(method=b"get") + get(), not_found() + not_found()),
+    Case("lower-case head is not HEAD: the body is sent", get(method=b"head"), not_found()),
+    Case("mixed-case token method", get(method=b"Bre-W_1"), not_found()),
+    Case("lower-case connect is not CONNECT", get(method=b"connect"), not_found()),
+    Case("asterisk form is for OPTIONS only", get(b"*", method=b"options"), BAD_REQUEST, LINGERING),
+    # Only HTTP/1.0 and HTTP/1.1 are spoken; any other version is a 505.
+    *(
+        Case(
+            f"version {v.decode()}", b"GET / HTTP/%s\r\nHost: a\r\n\r\n" % v, VERSION_NOT_SUPPORTED, LINGERING
+        )
+        for v in (b"1.2", b"1.9", b"2.0", b"3.0", b"0.9", b"9.9")
+    ),
+    Case("HTTP/0.9 simple request", b"GET /\r\n", VERSION_NOT_SUPPORTED, LINGERING),
+    Case("HTTP/0.9 simple request, then more", b"GET /index.html\r\n\r\n", VERSION_NOT_SUPPORTED, LINGERING),
+    # RFC 9112 6.3: one Content-Length, a plain integer; the strict choice
+    # leaves nothing for a second parser to disagree about.
+    Case("content-length twice, equal", post(b"hello", b"Content-Length: 5"), BAD_REQUEST, LINGERING),
+    Case(
+        "content-length twice, spelled differently",
+        post(b"hello", b"content-length: 05"),
+        BAD_REQUEST,
+        LINGERING,
+    ),
+    Case(
+        "content-length list, equal values",
+        get(b"/upload", b"Content-Length: 5, 5", method=b"POST") + b"hello",
+        BAD_REQUEST,
+        LINGERING,
+    ),
+    Case(
+        "content-length list without space",
+        get(b"/upload", b"Content-Length: 5,5", method=b"POST") + b"hello",
+        BAD_REQUEST,
+        LINGERING,
+    ),
+    Case(
+        "content-length with leading zeros is one length",
+        get(b"/upload", b"Content-Length: 0000000000000000005", method=b"POST") + b"hello" + get(),
+        not_found() + not_found(),
+    ),
+    Case(
+        "content-length of zeros frames no body",
+        get(b"/upload", b"Content-Length: 00", method=b"POST") + get(),
+        not_found() + not_found(),
+    ),
+]
+
+
+@pytest.mark.parametrize("split", ["whole", "lines", "bytes"])
+@pytest.mark.parametrize("case", WIRE_CASES, ids=[c.id for c in WIRE_CASES])
+def test_honest_wire(connect: Connect, case: Case, split: str) -> None:
+    run_case(connect, case, split)
+
+
+# Control characters other than HTAB (RFC 9110 5.5): h11 lets most of them
+# through; none may reach an upstream, which could cut or fold the field there.
+CONTROLS = [*range(0x01, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]
+
+
+@pytest.mark.parametrize("split", ["whole", "lines", "bytes"])
+@pytest.mark.parametrize("where", ["inside", "start", "end", "alone"])
+@pytest.mark.parametrize("char", CONTROLS, ids=[f"0x{c:02x}" for c in CONTROLS])
+def test_control_character_in_a_field_value_is_400(
+    connect: Connect, char: int, where: str, split: str
+) -> None:
+    c = bytes([char])
+    value = {"inside": b"a" + c + b"b", "start": c + b"ab", "end": b"ab" + c, "alone": c}[where]
+    protocol, transport = connect()
+    feed(protocol, get(b"/", b"X-Value: " + value) + get(), split)
+    assert bytes(transport.written) == BAD_REQUEST
+    assert protocol.phase == LINGER
+
+
+def test_htab_and_obs_text_in_a_field_value_pass(connect: Connect) -> None:
+    protocol, transport = connect()
+    feed(protocol, get(b"/", b"X-Value: a\tb\x80\xff"), "bytes")
+    assert bytes(transport.written) == not_found()
+
+
+# RFC 9112 9.6: after the last request (Connection: close, or HTTP/1.0
+# without keep-alive), whatever the client still sends is not a request.
+TRAILING = {
+    "crlf": b"\r\n",
+    "lf": b"\n",
+    "garbage": b"\x16\x03\x01 not http at all",
+    "another request": get(b"/cdn-cgi/edge/health"),
+    "a malformed request": b"BAD\r\n\r\n",
+    "half a request": b"GET / HT",
+}
+LAST = {
+    "connection close": get(b"/", b"Connection: close"),
+    "http/1.0": b"GET / HTTP/1.0\r\n\r\n",
+    "post with connection close": post(b"hello", b"Connection: close"),
+}
+
+
+@pytest.mark.parametrize("split", ["whole", "lines", "bytes"])
+@pytest.mark.parametrize("last", LAST, ids=list(LAST))
+@pytest.mark.parametrize("trailing", TRAILING, ids=list(TRAILING))
+def test_bytes_after_the_last_request_are_ignored(
+    connect: Connect, last: str, trailing: str, split: str
+) -> None:
+    protocol, transport = connect()
+    feed(protocol, LAST[last] + TRAILING[trailing], split)
+    assert bytes(transport.written) == not_found(close=True)
+    assert transport.calls[-1:] == ["write_eof"]

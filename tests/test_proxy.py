@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -27,6 +28,8 @@ from typing import Any
 import h11
 import pytest
 from conftest import EdgeProcess, open_app_toml, self_signed_cert, wait_for, write_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from upstream_server import MIB, Upstream, payload, payload_sha256
 
 NGINX = "/usr/sbin/nginx"
@@ -1059,3 +1062,208 @@ def test_upstream_url_path_is_a_prefix(edge_factory: Any, upstream: Upstream) ->
     r = fetch(proc.port, build("GET", "/prefixed?q=1"))
     req, _ = forwarded(r.body)
     assert req.target == b"/echo/prefixed?q=1"
+
+
+# -- the honest wire, as the upstream sees it ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "framing", "body"),
+    [
+        ("patch", [("Content-Length", "2")], b"{}"),
+        ("get", [], b""),
+        ("get", [("Content-Length", "4")], b"body"),
+        ("Delete", [], b""),
+        ("connect", [], b""),
+        ("M-SEARCH", [], b""),
+    ],
+)
+def test_any_token_method_is_forwarded_as_written(
+    edge: Edge, method: str, framing: list[tuple[str, str]], body: bytes
+) -> None:
+    """RFC 9110 9.1: methods are case-sensitive; `get` is not GET but a
+    method of its own, with a body only when one is framed."""
+    r = fetch(edge.port, build(method, "/echo/method", framing, body))
+    assert r.status == 200
+    req, got = forwarded(r.body)
+    assert (req.method, got) == (method.encode(), body)
+
+
+@pytest.mark.parametrize(
+    ("sent", "forwarded_as"),
+    [("0000000000000000005", b"5"), ("05", b"5"), ("00", b"0"), ("5", b"5")],
+)
+def test_content_length_is_forwarded_as_the_parsed_integer(
+    edge: Edge, sent: str, forwarded_as: bytes
+) -> None:
+    body = b"hello"[: int(sent)]
+    r = fetch(edge.port, build("POST", "/echo/length", [("Content-Length", sent)], body))
+    assert r.status == 200
+    req, got = forwarded(r.body)
+    assert [v for k, v in req.headers if k == b"content-length"] == [forwarded_as]
+    assert got == body
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [["5", "5"], ["5, 5"], ["5,5"], ["5", "05"]],
+    ids=["twice", "list", "list without space", "twice, spelled differently"],
+)
+def test_repeated_content_length_is_400_and_never_forwarded(
+    edge: Edge, upstream: Upstream, lengths: list[str]
+) -> None:
+    mark = upstream.mark()
+    with Client(edge.port) as c:
+        c.send(build("POST", "/echo/repeated", [("Content-Length", v) for v in lengths], b"hello"))
+        r = c.response()
+        assert (r.status, r.header(b"connection")) == (400, b"close")
+        assert c.closed_by_peer()
+    assert_serving(edge.port)
+    assert ("request", (b"POST", b"/echo/repeated")) not in upstream.events[mark:]
+
+
+@pytest.mark.parametrize("char", [0x01, 0x08, 0x0B, 0x0C, 0x0E, 0x1F, 0x7F], ids=lambda c: f"0x{c:02x}")
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+def test_control_character_in_a_value_never_reaches_the_upstream(
+    edge: Edge, upstream: Upstream, char: int, split: bool
+) -> None:
+    raw = build("GET", "/echo/control", [("X-Value", f"a{chr(char)}b")])
+    mark = upstream.mark()
+    with Client(edge.port) as c:
+        if split:  # h11's parser, not wire.fast_request
+            c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.send(raw[:20])
+            time.sleep(0.05)
+            c.send(raw[20:])
+        else:
+            c.send(raw)
+        assert c.response().status == 400
+    assert_serving(edge.port)
+    assert ("request", (b"GET", b"/echo/control")) not in upstream.events[mark:]
+
+
+# RFC 9112 9.6: bytes after the last request are not a request. The answer
+# to the request already forwarded is delivered; the rest is discarded.
+TRAILING = {
+    "crlf": b"\r\n",
+    "lf": b"\n",
+    "garbage": b"\x16\x03\x01 not http",
+    "another request": build("GET", "/echo/after"),
+    "a malformed request": b"BAD\r\n\r\n",
+    "half a request": b"GET /echo/after HT",
+}
+LAST = {
+    "connection close": build("GET", "/echo/last", [("Connection", "close")]),
+    "http/1.0": build("GET", "/echo/last", version="1.0"),
+    "post with connection close": build(
+        "POST", "/echo/last", [("Connection", "close"), ("Content-Length", "5")], b"hello"
+    ),
+}
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one write", "two writes"])
+@pytest.mark.parametrize("last", LAST, ids=list(LAST))
+@pytest.mark.parametrize("trailing", TRAILING, ids=list(TRAILING))
+def test_bytes_after_the_last_request_are_ignored(
+    edge: Edge, upstream: Upstream, trailing: str, last: str, split: bool
+) -> None:
+    mark = upstream.mark()
+    with Client(edge.port) as c:
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if split:
+            c.send(LAST[last])
+            time.sleep(0.05)
+            c.send(TRAILING[trailing])
+        else:
+            c.send(LAST[last] + TRAILING[trailing])
+        r = c.response()
+        assert r.status == 200
+        req, _ = forwarded(r.body)
+        assert req.target == b"/echo/last"
+        assert c.closed_by_peer()
+    seen = [v for k, v in upstream.events[mark:] if k == "request"]
+    assert seen == [(req.method, b"/echo/last")]
+
+
+def test_error_after_a_proxied_request_comes_after_its_answer(edge: Edge, upstream: Upstream) -> None:
+    """The 400 of a pipelined malformed request leaves after the 200 of the
+    request before it, which was corked in the same upstream read."""
+    with Client(edge.port) as c:
+        c.send(build("GET", "/echo/first") + b"BAD\r\n\r\n")
+        first = c.response()
+        second = c.response()
+        assert c.closed_by_peer()
+    assert (first.status, forwarded(first.body)[0].target) == (200, b"/echo/first")
+    assert second.status == 400
+
+
+# One pipelined connection, requests of every kind, bytes split anywhere: the
+# answers come back in request order, one per request up to the first error,
+# which ends the connection; the upstream gets exactly the proxied requests
+# before that error.
+PIPELINE_INVALID = {
+    b"BAD\r\n\r\n": 400,
+    build("GET", "/echo/fold", [("X-A", "a\r\n b")]): 400,
+    build("GET", "/echo/ctl", [("X-A", "a\x7fb")]): 400,
+    build("POST", "/echo/twice", [("Content-Length", "1"), ("Content-Length", "1")], b"x"): 400,
+    build("POST", "/echo/list", [("Content-Length", "1, 1")], b"x"): 400,
+    build("GET", "/echo/host", host="a b"): 400,
+    build("GET", "/echo/version", version="1.2"): 505,
+    b"GET /echo/simple\r\n": 505,
+    build("CONNECT", "app.test:443", host="app.test:443"): 405,
+}
+Step = tuple[str, int]  # (kind, variant)
+STEPS = st.one_of(
+    st.tuples(st.just("proxied"), st.integers(0, 2)),
+    st.tuples(st.just("local"), st.integers(0, 1)),
+    st.tuples(st.just("invalid"), st.integers(0, len(PIPELINE_INVALID) - 1)),
+)
+_pipelines = iter(range(1 << 30))
+
+
+def pipeline_request(kind: str, variant: int, target: str) -> tuple[bytes, int]:
+    """A request's bytes and the status its answer must have."""
+    if kind == "proxied":
+        method, body = [("GET", b""), ("POST", b"hello"), ("patch", b"")][variant]
+        return build(method, target, [("Content-Length", str(len(body)))] if body else [], body), 200
+    if kind == "local":
+        return [
+            (build("GET", "/nowhere", host="nowhere.test"), 404),
+            (build("GET", "/cdn-cgi/edge/health"), 200),
+        ][variant]
+    return list(PIPELINE_INVALID.items())[variant]
+
+
+@pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(STEPS, min_size=1, max_size=6), cuts=st.lists(st.integers(0, 1 << 16), max_size=5))
+def test_pipelined_answers_keep_request_order(
+    edge: Edge, upstream: Upstream, steps: list[Step], cuts: list[int]
+) -> None:
+    tag = f"/echo/pipeline/{next(_pipelines)}"
+    requests = [pipeline_request(kind, variant, f"{tag}/{i}") for i, (kind, variant) in enumerate(steps)]
+    first_error = next((i for i, (kind, _) in enumerate(steps) if kind == "invalid"), len(steps))
+    answered = steps[: first_error + 1]
+    data = b"".join(raw for raw, _ in requests)
+    points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
+    mark = upstream.mark()
+    with Client(edge.port) as c:
+        c.sock.settimeout(5.0)  # far below every edge timeout: a missing answer fails, never hangs
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for start, end in itertools.pairwise(points):
+                c.send(data[start:end])
+                time.sleep(0.002)  # separate segments, so the edge reads separate pieces
+        got = [c.response() for _ in answered]
+        assert [r.status for r in got] == [status for _, status in requests[: len(answered)]]
+        for i, ((kind, _), r) in enumerate(zip(answered, got, strict=True)):
+            if kind == "proxied":
+                assert forwarded(r.body)[0].target == f"{tag}/{i}".encode()
+        if first_error < len(steps):
+            assert got[-1].header(b"connection") == b"close"
+            assert c.closed_by_peer()
+    proxied = [f"{tag}/{i}".encode() for i, (kind, _) in enumerate(answered) if kind == "proxied"]
+    requested = [
+        value for kind, value in upstream.events[mark:] if kind == "request" and isinstance(value, tuple)
+    ]
+    assert [target for _, target in requested if target.startswith(tag.encode())] == proxied

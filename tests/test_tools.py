@@ -177,3 +177,15 @@ def test_the_demo_key_matches_the_shipped_jwks() -> None:
     published, notes = parse_jwks((root / "conf" / "example-jwks.json").read_bytes())
     jwk = public_jwk(key)
     assert notes == [] and jwk["kid"] in published
+
+
+@pytest.mark.parametrize(
+    ("written", "explained"), [("options", "OPTIONS"), ("get", "GET"), ("patch", "patch")]
+)
+def test_explain_takes_the_method_as_a_browser_sends_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], written: str, explained: str
+) -> None:
+    """Methods are case-sensitive: only Fetch's six are upper-cased, `patch` stays `patch`."""
+    path = write_config(tmp_path, APP)
+    assert main(["explain", "-c", str(path), written, "https://api.example.com/x"]) == EXIT_OK
+    assert f"request:  {explained} https://api.example.com/x" in capsys.readouterr().out

@@ -647,12 +647,14 @@ FAST_TAKES = [
     ("head", b"HEAD / HTTP/1.1\r\n" + H + b"\r\n"),
     ("connect", b"CONNECT a:443 HTTP/1.1\r\n" + H + b"\r\n"),
     ("absolute form", b"GET http://a/x HTTP/1.1\r\n" + H + b"\r\n"),
+    ("lower-case method: a method of its own", b"get / HTTP/1.1\r\n" + H + b"\r\n"),
+    ("token method", b"M-S_E.A!RCH / HTTP/1.1\r\n" + H + b"\r\n"),
+    ("lower-case connect: not CONNECT", b"connect a:443 HTTP/1.1\r\n" + H + b"\r\n"),
 ]
 FAST_DECLINES = [
     ("incomplete", b"GET / HTTP/1.1\r\n" + H),
     ("leading empty line", b"\r\nGET / HTTP/1.1\r\n" + H + b"\r\n"),
     ("http/1.0", b"GET / HTTP/1.0\r\n\r\n"),
-    ("lower-case method", b"get / HTTP/1.1\r\n" + H + b"\r\n"),
     ("obs-fold", b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n b\r\n\r\n"),
     ("bare LF", b"GET / HTTP/1.1\n" + H + b"\r\n"),
     ("bare LF ending", b"GET / HTTP/1.1\r\n" + H + b"\n"),

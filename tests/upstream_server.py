@@ -31,7 +31,8 @@ kept and read by the strict parser of strict_http.py, each request answered
 with a small 200 (for the malformed-request corpus's view from upstream).
 
 `accepted` counts TCP connections; `events` records notable happenings
-(("sink-closed", n), ("stall-closed", conn), ("dropped", conn), ("conn-closed", conn), ...).
+(("request", (method, target)) for every request head received,
+("sink-closed", n), ("stall-closed", conn), ("dropped", conn), ("conn-closed", conn), ...).
 """
 
 from __future__ import annotations
@@ -254,6 +255,7 @@ class Conn:
         await self.writer.drain()
 
     async def dispatch(self, req: h11.Request) -> None:
+        self.up.events.append(("request", (bytes(req.method), bytes(req.target))))
         url = urlsplit(req.target.decode())
         path = url.path
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
