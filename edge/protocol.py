@@ -29,7 +29,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 import h11
-from h11._readers import ContentLengthReader
+from h11._readers import ChunkedReader, ContentLengthReader
 from h11._receivebuffer import ReceiveBuffer
 
 from . import flow
@@ -410,6 +410,10 @@ class HttpProtocol(asyncio.Protocol):
     def _on_need_data(self) -> None:
         if self.conn.their_state is h11.IDLE and self.since_head > self.limits.max_target_bytes:
             self._check_request_line()
+        request = self.request
+        if request is not None and request.bytes_in + self._chunk_owed() > self.limits.max_body_bytes:
+            self._send_error(413)  # a chunk size past the limit, announced before its data
+            return
         # A proxied response is still to come (Connection: close, HTTP/1.0):
         # proxy_done closes once it has been sent.
         if self.cycle is not None:
@@ -508,6 +512,11 @@ class HttpProtocol(asyncio.Protocol):
             return 400  # request smuggling vectors (RFC 9112 6.1, 6.3)
         if len(event.target) > self.limits.max_target_bytes:
             return 414
+        if b"#" in event.target:
+            # A request target has no fragment (RFC 9112 3.2). Routed without
+            # it but forwarded with it, "/admin#x" would pass a path policy
+            # that the upstream's own parser then maps onto "/admin".
+            return 400
         if size > self.limits.max_header_bytes:
             return 431
         # One Content-Length at most (_head_refused; fast_request takes no
@@ -539,7 +548,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         size = len(data)
         request.bytes_in += size
-        if request.bytes_in > self.limits.max_body_bytes:
+        if request.bytes_in + self._chunk_owed() > self.limits.max_body_bytes:
             self._send_error(413)
         elif self.cycle is not None:
             self.cycle.client_data(data)
@@ -547,6 +556,14 @@ class HttpProtocol(asyncio.Protocol):
             self.drained += size
             if self.drained > DRAIN_LIMIT:
                 self._close()
+
+    def _chunk_owed(self) -> int:
+        """Bytes the chunk being read still announces (h11's ChunkedReader,
+        pinned like commit_local): a chunk size beyond max_body_bytes is
+        refused when its size line arrives, as a Content-Length would be,
+        rather than waited for until the body stalls."""
+        reader = self.conn._reader
+        return reader._bytes_in_chunk if type(reader) is ChunkedReader else 0
 
     def _on_request_end(self) -> None:
         cycle = self.cycle
