@@ -29,9 +29,9 @@ from typing import Any
 
 import msgspec
 
-from edge import keys as keylib
-from edge.config import Config
-from edge.decide import Compiled, Forward, Preflight, Request, compile_config, decide
+from edge.access.decide import Compiled, Forward, Preflight, Request, compile_config, decide
+from edge.config.schema import Config
+from edge.login import keys as keylib
 
 SIZES = (10, 1_000, 10_000)
 ISS = "https://auth.example.com"

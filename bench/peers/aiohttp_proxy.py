@@ -36,9 +36,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 COOKIE = "CF_Authorization"
-CACHE_ENTRIES = 10_000  # as edge/tokens.py
+CACHE_ENTRIES = 10_000  # as edge/access/tokens.py
 CHUNK = 64 * 1024  # bytes per upload read
-# RFC 9110 7.6.1, as edge/forwarding.py (plus the framing aiohttp redoes).
+# RFC 9110 7.6.1, as edge/proxy/forwarding.py (plus the framing aiohttp redoes).
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection"}
 )
@@ -149,7 +149,7 @@ def upstream_headers(request: web.Request, token: str, email: str) -> CIMultiDic
         lower = name.lower()
         if lower not in DROP_REQUEST and lower not in named:
             out.add(name, value)
-    # Every cookie but the token, as sent (edge/forwarding.py strip_cookie).
+    # Every cookie but the token, as sent (edge/proxy/forwarding.py strip_cookie).
     kept = [
         pair
         for value in request.headers.getall("Cookie", [])

@@ -1,0 +1,732 @@
+"""The per-request decision: router, CORS, token and policies -> one Action.
+
+Invariants:
+- `compile_config` does all the work that does not depend on a request
+  (tries, origin sets, key sets, prebuilt responses) and is the only place
+  that reads files (JWKS). The result is swapped as one reference on reload.
+- `decide` is pure and synchronous: no I/O, no clock (the caller passes
+  `now`, epoch seconds). Its only side effects are on bounded caches (tokens,
+  per-origin deny responses) and the key sets' "refetch wanted" flag.
+- Every outcome is one of a few frozen types. Local ones carry a ready
+  `LocalResponse`; `Forward` carries what the proxy must add and strip. All
+  carry `app` and a `reason` for the access log.
+- A request never reaches an upstream unless an application covers it and a
+  policy allowed it (or a preflight bypass applies): no match is a 404,
+  no policy match is a 403 (deny by default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, quote_from_bytes
+
+import jwt
+import msgspec
+
+from edge.access.cors import VARY_ORIGIN, CorsPolicy, is_preflight, refused_preflight
+from edge.access.policy import IPNetwork, Policies, ServiceTokens, Subject, Trace
+from edge.access.responses import LocalResponse, Responses
+from edge.access.revocation import Revocations
+from edge.access.router import Route, Router, normalize_host, path_segments
+from edge.access.session import new_binding
+from edge.access.tokens import (
+    Identity,
+    IssuerKeys,
+    JwksError,
+    KeySet,
+    Refusal,
+    Verifier,
+    extract_token,
+    parse_jwks,
+)
+from edge.config.schema import (
+    DEFAULT_LEEWAY,
+    DEFAULT_LOGIN_URL,
+    SIGNING_ALGORITHMS,
+    App,
+    Config,
+    ConfigError,
+    Issuer,
+)
+from edge.proxy.forwarding import IDENTITY_HEADERS, TrustedProxies
+
+Header = tuple[bytes, bytes]
+
+# The client's copies of the identity headers never reach an upstream, nor
+# does a service token's secret (the upstream has no use for it).
+STRIP_HEADERS = IDENTITY_HEADERS | frozenset({b"cf-access-client-secret"})
+TEAM_LOGIN = "/cdn-cgi/access/login/{host}?kid={aud}&redirect_url={redirect_url}"
+ENDPOINTS = frozenset({"login", "authorized", "logout", "get-identity", "certs"})
+# The team host serves the login service itself: its pages and the identity
+# provider's callback.
+TEAM_ENDPOINTS = frozenset({"login", "callback", "logout", "get-identity", "certs"})
+# Edge endpoints must never be framed (clickjacking of the login page).
+NO_FRAMING: tuple[Header, ...] = (
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"cache-control", b"no-store"),
+)
+NO_STORE: Header = (b"cache-control", b"no-store")
+# Request headers decide() looks at; one pass over the head collects them.
+_WANTED = frozenset(
+    {
+        b"cookie",
+        b"cf-access-token",
+        b"authorization",
+        b"origin",
+        b"access-control-request-method",
+        b"access-control-request-headers",
+        b"access-control-request-private-network",
+        b"sec-fetch-mode",
+        b"accept",
+        b"x-requested-with",
+        b"cf-access-client-id",
+        b"cf-access-client-secret",
+        b"x-forwarded-for",
+    }
+)
+HeaderIndex = dict[bytes, list[bytes]]
+
+
+class Request(msgspec.Struct, frozen=True, gc=False):
+    """What decide() needs of a request, as h11 delivers it."""
+
+    method: bytes
+    host: bytes  # the Host header (may carry a port)
+    target: bytes  # origin-form: path[?query]
+    headers: Sequence[Header]  # lower-case names (h11 does this)
+    client_ip: str  # the peer's address, without port
+    scheme: str = "https"  # how the client reached the edge
+
+
+# -- actions -------------------------------------------------------------------
+
+
+class LocalAction(msgspec.Struct, frozen=True, gc=False):
+    """An action answered at the edge: a ready response, plus the application
+    (if any) and the reason for the access log."""
+
+    response: LocalResponse
+    app: str | None
+    reason: str
+
+
+class Preflight(LocalAction, frozen=True, gc=False):
+    """A CORS preflight answered at the edge (200 or 403)."""
+
+
+class Redirect(LocalAction, frozen=True, gc=False):
+    """302 to the login page."""
+
+    location: str = ""
+
+
+class Unauthorized(LocalAction, frozen=True, gc=False):
+    """401 with a JSON body naming the login URL."""
+
+
+class Deny(LocalAction, frozen=True, gc=False):
+    """403: denied by policy (or by default)."""
+
+
+class NotFound(LocalAction, frozen=True, gc=False):
+    """404: no application covers the request."""
+
+
+class Reject(LocalAction, frozen=True, gc=False):
+    """400: a request the edge will not interpret (ambiguous path or token)."""
+
+
+class Endpoint(LocalAction, frozen=True, gc=False):
+    """An edge endpoint (/cdn-cgi/access/<name>[/<rest>]), answered by the
+    login service; `response` is what to send when there is none."""
+
+    name: str = ""
+    team: bool = False  # on the team host (else on a protected host)
+    target: CompiledApp | None = None  # the application covering the path, if any
+    rest: str = ""  # what follows the name: the app host of /login/<host>
+
+
+class Forward(msgspec.Struct, frozen=True, gc=False):
+    """Pass the request to `upstream`, rewriting headers as told."""
+
+    app: str
+    upstream: str
+    reason: str
+    add_headers: tuple[Header, ...] = ()
+    strip_headers: frozenset[bytes] = STRIP_HEADERS
+    strip_auth_cookie: bool = True
+    rewrite_host: bool = False
+    vary_origin: bool = False  # merge Origin into the response's Vary
+    exp: float | None = None  # the authorising token's exp: a tunnel closes then
+    identity: Identity | None = None
+    service_token: str | None = None
+
+
+Local = Preflight | Redirect | Unauthorized | Deny | NotFound | Reject | Endpoint
+Action = Local | Forward
+
+
+# -- compiled configuration ------------------------------------------------------
+
+
+class Shared:
+    """Responses every application would build identically, built once per
+    configuration (10 000 applications need not mean 40 000 responses)."""
+
+    __slots__ = ("responses", "deny_plain", "deny_vary", "preflight_refused", "cors_refused")
+
+    def __init__(self, responses: Responses) -> None:
+        self.responses = responses
+        self.deny_plain = responses.text(403, DENIED_BODY, [NO_STORE])
+        self.deny_vary = responses.text(403, DENIED_BODY, [NO_STORE, VARY_ORIGIN])
+        # BEHAVIOUR.md section 4, first row: no cookie on a preflight, so
+        # Access blocks it, as Cloudflare does.
+        self.preflight_refused = responses.text(
+            403, b"forbidden: this application answers no CORS preflight\n"
+        )
+        self.cors_refused = refused_preflight(responses)
+
+
+class CompiledApp:
+    """One application, ready for decisions."""
+
+    __slots__ = (
+        "config",
+        "name",
+        "aud",
+        "upstream",
+        "policies",
+        "cors",
+        "preflight_bypass",
+        "always_redirect",
+        "strip_auth_cookie",
+        "rewrite_host",
+        "deny_plain",
+        "preflight_refused",
+        "_deny_by_origin",
+        "_responses",
+    )
+
+    def __init__(self, app: App, shared: Shared) -> None:
+        self.config = app
+        self.name = app.name
+        self.aud = app.tag
+        self.upstream = app.upstream
+        self.policies = Policies(app.policies)
+        responses = shared.responses
+        self.cors = None if app.cors is None else CorsPolicy(app.cors, responses, shared.cors_refused)
+        self.preflight_bypass = app.options_preflight_bypass
+        self.always_redirect = app.unauthenticated == "redirect"
+        self.strip_auth_cookie = not app.keep_auth_cookie
+        self.rewrite_host = app.rewrite_host
+        self._responses = responses
+        self.deny_plain = shared.deny_plain if self.cors is None else shared.deny_vary
+        self.preflight_refused = shared.preflight_refused
+        # Bounded by the listed origins (plus "*"): filled on first use.
+        self._deny_by_origin: dict[bytes, LocalResponse] = {}
+
+    def deny_response(self, origin: bytes | None) -> LocalResponse:
+        cors = self.cors
+        if cors is None or origin is None or not cors.allows(origin):
+            return self.deny_plain
+        key = cors.allow_origin_value(origin)
+        found = self._deny_by_origin.get(key)
+        if found is None:
+            fields = [NO_STORE, *cors.courtesy(origin)]
+            found = self._deny_by_origin[key] = self._responses.text(403, DENIED_BODY, fields)
+        return found
+
+
+DENIED_BODY = b"forbidden: access denied by policy\n"
+
+
+class RemoteKeys(msgspec.Struct, frozen=True, gc=False):
+    """A key set the I/O shell keeps fresh from `url`."""
+
+    iss: str
+    url: str
+    keys: KeySet
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """The whole configuration, compiled. Swap it as one reference."""
+
+    config: Config
+    router: Router[CompiledApp]
+    apps: tuple[CompiledApp, ...]
+    verifier: Verifier
+    remote_keys: tuple[RemoteKeys, ...]
+    service_tokens: ServiceTokens
+    trusted: tuple[IPNetwork, ...]
+    trusted_proxies: TrustedProxies
+    login_url: str
+    responses: Responses
+    endpoint_refused: LocalResponse
+    endpoint_pending: LocalResponse
+    bad_path: LocalResponse
+    ambiguous_token: LocalResponse
+    revoked: Revocations
+    apps_by_aud: dict[str, CompiledApp]
+    team_host: bytes | None = None  # the login service's own host, if configured
+    team_url: str = ""  # how browsers reach it; the iss of the tokens it issues
+    builtin: IssuerKeys | None = None  # the team's own keys (from the key directory)
+    binds_logins: bool = False  # logins go to the team's own page, which binds them to the browser
+    # Preflights answered at the edge depend only on the key below, so a hot
+    # preflight costs a dict lookup (bounded; see PREFLIGHT_CACHE_SIZE).
+    preflights: dict[PreflightKey, Preflight] = field(default_factory=dict)
+
+
+def compile_config(
+    config: Config,
+    source: str = "<config>",
+    *,
+    team_keys: Mapping[str, jwt.PyJWK] | None = None,
+    revoked: Revocations | None = None,
+) -> Compiled:
+    """Build the runtime objects; raises ConfigError (naming `source`) when a
+    JWKS file cannot be used. `team_keys` are the built-in issuer's current
+    verification keys (the I/O shell reads the key directory and keeps them
+    fresh); `revoked` is the worker's revocation view, kept across reloads."""
+    responses = Responses(config.server.server_header)
+    issuers, remote = _compile_issuers(config.issuers, source)
+    team_url = builtin = None
+    if config.team is not None:
+        team_url = team_base_url(config)
+        builtin = IssuerKeys(
+            team_url,
+            SIGNING_ALGORITHMS,
+            DEFAULT_LEEWAY,
+            KeySet("key directory", team_keys),
+            None,
+            _longest_session(config),
+        )
+        issuers.append(builtin)
+    shared = Shared(responses)
+    apps = tuple(CompiledApp(app, shared) for app in config.apps)
+    router = Router(Route(app, pattern) for app in apps for pattern in app.config.patterns)
+    trusted = tuple(ipaddress.ip_network(c) for c in config.server.trusted_proxies)
+    return Compiled(
+        config=config,
+        router=router,
+        apps=apps,
+        verifier=Verifier(issuers),
+        remote_keys=remote,
+        service_tokens=ServiceTokens(config.service_tokens),
+        trusted=trusted,
+        trusted_proxies=TrustedProxies(trusted),
+        login_url=config.login.url or (team_url + TEAM_LOGIN if team_url else DEFAULT_LOGIN_URL),
+        responses=responses,
+        endpoint_refused=responses.text(403, b"forbidden: no cross-site requests here\n", NO_FRAMING),
+        endpoint_pending=responses.text(
+            404, b"not found: the login service is not available yet\n", NO_FRAMING
+        ),
+        bad_path=responses.text(400, b"bad request: ambiguous path (escaped '/' or '\\')\n"),
+        ambiguous_token=responses.text(400, b"bad request: two different access tokens\n", [NO_STORE]),
+        revoked=revoked if revoked is not None else Revocations(),
+        apps_by_aud={app.aud: app for app in apps},
+        team_host=None if config.team is None else config.team.hostname.encode(),
+        team_url=team_url or "",
+        builtin=builtin,
+        binds_logins=builtin is not None and config.login.url is None,
+    )
+
+
+def _longest_session(config: Config) -> int:
+    """The longest lifetime the built-in issuer grants: the team's or an app's session."""
+    assert config.team is not None
+    return max([config.team.session_duration, *(app.session_duration for app in config.apps)])
+
+
+def team_base_url(config: Config) -> str:
+    """How browsers reach the team host: `team.url`, or the first listener's
+    scheme and port with the team host's name."""
+    assert config.team is not None
+    if config.team.url:
+        return config.team.url.rstrip("/")
+    scheme = "https" if config.server.tls is not None else "http"
+    port = config.server.addresses[0].port
+    default = 443 if scheme == "https" else 80
+    return f"{scheme}://{config.team.hostname}" + ("" if port == default else f":{port}")
+
+
+def _compile_issuers(
+    issuers: Sequence[Issuer], source: str
+) -> tuple[list[IssuerKeys], tuple[RemoteKeys, ...]]:
+    compiled: list[IssuerKeys] = []
+    remote: list[RemoteKeys] = []
+    for i, issuer in enumerate(issuers):
+        keys: KeySet | None = None
+        if issuer.jwks_file is not None:
+            keys = KeySet(issuer.jwks_file, _read_jwks(issuer, f"{source}: $.issuers[{i}].jwks_file"))
+        elif issuer.jwks_url is not None:
+            keys = KeySet(issuer.jwks_url, remote=True)
+            remote.append(RemoteKeys(issuer.iss, issuer.jwks_url, keys))
+        secret = None if issuer.secret is None else issuer.secret.encode()
+        compiled.append(
+            IssuerKeys(issuer.iss, issuer.algorithms, issuer.leeway, keys, secret, issuer.max_token_lifetime)
+        )
+    return compiled, tuple(remote)
+
+
+def _read_jwks(issuer: Issuer, where: str) -> dict[str, jwt.PyJWK]:
+    assert issuer.jwks_file is not None
+    try:
+        body = Path(issuer.jwks_file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {issuer.jwks_file!r}: {exc.strerror or exc}") from None
+    try:
+        keys, notes = parse_jwks(body)
+    except JwksError as exc:
+        raise ConfigError(f"{where}: {issuer.jwks_file}: {exc}") from None
+    if notes:
+        raise ConfigError(f"{where}: {issuer.jwks_file}: {notes[0]}")
+    usable = {kid: k for kid, k in keys.items() if k.algorithm_name in issuer.algorithms}
+    if not usable:
+        raise ConfigError(
+            f"{where}: {issuer.jwks_file}: no key for algorithms {', '.join(issuer.algorithms)}"
+            f" (found: {', '.join(sorted({k.algorithm_name for k in keys.values()})) or 'none'})"
+        )
+    return keys
+
+
+# -- the decision ----------------------------------------------------------------
+
+
+PREFLIGHT_CACHE_SIZE = 10_000  # entries; a flood of distinct preflights only evicts
+# Everything an edge-answered preflight depends on: Host, path, and the
+# request's Origin and Access-Control-Request-* fields (see _preflight).
+PreflightKey = tuple[bytes | None, ...]
+
+
+def decide(c: Compiled, req: Request, now: float, trace: Trace = None) -> Action:
+    """What to do with one request. Pure: see the module invariants."""
+    path = req.target.partition(b"?")[0]
+    if path[:1] != b"/":
+        return NotFound(c.responses.not_found, None, "not found: target is not a path")
+    segments = path_segments(path)
+    if segments is None:
+        return Reject(c.bad_path, None, "reject: ambiguous path (escaped '/' or '\\')")
+    h = _index(req.headers)
+    key: PreflightKey | None = None
+    if req.method == b"OPTIONS" and trace is None:
+        key = (
+            req.host,
+            path,
+            _one(h, b"origin"),
+            _one(h, b"access-control-request-method"),
+            _joined(h, b"access-control-request-headers"),
+            _one(h, b"access-control-request-private-network"),
+        )
+        hit = c.preflights.get(key)
+        if hit is not None:
+            return hit
+    host = normalize_host(req.host)
+    if host == c.team_host:
+        return _team(c, req, h, segments)
+    if segments and segments[0] == b"cdn-cgi" and segments[1:2] == [b"access"]:
+        return _endpoint(c, req, h, host, segments)
+    route = c.router.match(host, segments)
+    if route is None:
+        return NotFound(c.responses.not_found, None, "not found: no application")
+    app = route.app
+    if trace is not None:
+        trace.append(f'app "{app.name}" (pattern {route.pattern.display()}, aud {app.aud})')
+    if req.method == b"OPTIONS" and is_preflight(
+        req.method, _one(h, b"origin"), _one(h, b"access-control-request-method")
+    ):
+        action = _preflight(c, app, req, h, trace)
+        if key is not None and isinstance(action, Preflight) and app.cors is not None:
+            if len(c.preflights) >= PREFLIGHT_CACHE_SIZE:
+                del c.preflights[next(iter(c.preflights))]  # the oldest entry
+            c.preflights[key] = action
+        return action
+    return _authorize(c, app, req, h, now, trace)
+
+
+def explain(c: Compiled, req: Request, now: float) -> tuple[Action, list[str]]:
+    """decide() with the evaluation trace, for `edge explain`."""
+    trace: list[str] = []
+    return decide(c, req, now, trace), trace
+
+
+def _index(headers: Sequence[Header]) -> HeaderIndex:
+    found: HeaderIndex = {}
+    for name, value in headers:
+        if name in _WANTED:
+            values = found.get(name)
+            if values is None:
+                found[name] = [value]
+            else:
+                values.append(value)
+    return found
+
+
+def _one(h: HeaderIndex, name: bytes) -> bytes | None:
+    """The header's value; b"" when repeated (which no allow-list matches)."""
+    values = h.get(name)
+    if values is None:
+        return None
+    return values[0].strip() if len(values) == 1 else b""
+
+
+def _endpoint(c: Compiled, req: Request, h: HeaderIndex, host: bytes, segments: list[bytes]) -> Action:
+    if not c.router.knows(host):
+        return NotFound(c.responses.not_found, None, "not found: no application")
+    route = c.router.match(host, segments)
+    app = None if route is None else route.app.name
+    name = segments[2].decode("latin-1") if len(segments) > 2 else ""
+    if is_preflight(req.method, _one(h, b"origin"), _one(h, b"access-control-request-method")):
+        return Preflight(
+            c.endpoint_refused, app, f"preflight: edge endpoint {name!r} allows no cross-site requests"
+        )
+    if name not in ENDPOINTS:
+        return NotFound(c.responses.not_found, app, f"not found: no edge endpoint {name[:40]!r}")
+    rest = b"/".join(segments[3:]).decode("latin-1")
+    target = None if route is None else route.app
+    return Endpoint(c.endpoint_pending, app, f"endpoint {name}", name, False, target, rest)
+
+
+def _team(c: Compiled, req: Request, h: HeaderIndex, segments: list[bytes]) -> Action:
+    """The team host: the login service's pages; nothing is forwarded."""
+    if is_preflight(req.method, _one(h, b"origin"), _one(h, b"access-control-request-method")):
+        return Preflight(c.endpoint_refused, None, "preflight: the team host allows no cross-site requests")
+    if not segments or segments == [b""]:
+        name, rest = "login", ""
+    elif segments[0] == b"cdn-cgi" and segments[1:2] == [b"access"] and len(segments) > 2:
+        name, rest = segments[2].decode("latin-1"), b"/".join(segments[3:]).decode("latin-1")
+    else:
+        return NotFound(c.responses.not_found, None, "not found: team host")
+    if name not in TEAM_ENDPOINTS:
+        return NotFound(c.responses.not_found, None, f"not found: no team endpoint {name[:40]!r}")
+    return Endpoint(c.endpoint_pending, None, f"team {name}", name, True, None, rest)
+
+
+# -- preflights --------------------------------------------------------------------
+
+
+def _preflight(c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, trace: Trace) -> Action:
+    """BEHAVIOUR.md section 4: answered at the edge, forwarded, or refused."""
+    if app.cors is not None:
+        origin = _one(h, b"origin") or b""
+        method = _one(h, b"access-control-request-method") or b""
+        pna = _one(h, b"access-control-request-private-network") == b"true"
+        response, reason = app.cors.preflight(
+            origin, method, _joined(h, b"access-control-request-headers"), pna
+        )
+        return Preflight(response, app.name, reason)
+    if app.preflight_bypass:
+        return _forward(app, "preflight: forwarded (options_preflight_bypass)")
+    # A public path (a matching bypass policy) is not Access's to answer.
+    subject = Subject(req.client_ip, h.get(b"x-forwarded-for", ()), c.trusted)
+    policy = app.policies.first_phase(subject, trace)
+    if policy is not None:
+        return _forward(app, f"{policy.reason} (preflight)")
+    return Preflight(app.preflight_refused, app.name, "preflight: no CORS settings")
+
+
+def _joined(h: HeaderIndex, name: bytes) -> bytes | None:
+    values = h.get(name)
+    return None if values is None else b", ".join(values)
+
+
+# -- authorization -----------------------------------------------------------------
+
+
+def _authorize(
+    c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, now: float, trace: Trace
+) -> Action:
+    subject = Subject(req.client_ip, h.get(b"x-forwarded-for", ()), c.trusted)
+    policies = app.policies
+    if policies.needs_service_token:
+        subject.service_token = _service_token(c, h, trace)
+    policy = policies.first_phase(subject, trace)
+    if policy is not None:
+        token = subject.service_token if policy.action == "service_auth" else None
+        return _forward(app, policy.reason, service_token=token)
+    if not policies.second:
+        return _deny(app, h, "deny: no policy matched")
+    ident = _identity(c, app, h, now, trace)
+    if isinstance(ident, Refusal):
+        if ident.ambiguous:
+            return Reject(c.ambiguous_token, app.name, f"reject: {ident.reason}")
+        return _unauthenticated(c, app, req, h, ident)
+    subject.identity = ident
+    return _second_phase(app, policies, subject, h, ident, trace)
+
+
+def _second_phase(
+    app: CompiledApp, policies: Policies, subject: Subject, h: HeaderIndex, ident: Identity, trace: Trace
+) -> Action:
+    policy, first_miss = policies.second_phase(subject, trace)
+    if policy is None:
+        detail = f" ({first_miss})" if first_miss else ""
+        return _deny(app, h, f"deny: no policy matched{detail}")
+    if policy.action == "deny":
+        return _deny(app, h, policy.reason)
+    return _forward(app, policy.reason, ident)
+
+
+def _service_token(c: Compiled, h: HeaderIndex, trace: Trace) -> str | None:
+    name, reason = c.service_tokens.check(
+        _one(h, b"cf-access-client-id"), _one(h, b"cf-access-client-secret")
+    )
+    if trace is not None:
+        trace.append(f"service token: {reason}")
+    return name
+
+
+def _identity(c: Compiled, app: CompiledApp, h: HeaderIndex, now: float, trace: Trace) -> Identity | Refusal:
+    token = extract_token(
+        h.get(b"cookie", ()), h.get(b"cf-access-token", ()), h.get(b"authorization", ()), c.verifier.trusts
+    )
+    result = verify_token(c, token, now)
+    if isinstance(result, Identity) and app.aud not in result.aud:
+        result = Refusal("token is for another application (aud)")
+    if trace is not None:
+        trace.append(
+            f"token: refused: {result.reason}"
+            if isinstance(result, Refusal)
+            else f"token: valid for {result.email or result.sub or '(no email)'} until exp {result.exp:.0f}"
+        )
+    return result
+
+
+REVOKED = Refusal("session revoked (signed out)")
+
+
+def verify_token(c: Compiled, token: bytes | Refusal, now: float) -> Identity | Refusal:
+    """A token's identity, unless it is invalid or its session was revoked
+    (a cached token is checked against the revocations every time)."""
+    if isinstance(token, Refusal):
+        return token
+    result = c.verifier.verify(token, now)
+    if (
+        isinstance(result, Identity)
+        and result.session
+        and c.revoked.session_revoked(result.session, result.identity_nonce, now)
+    ):
+        return REVOKED
+    return result
+
+
+def _forward(
+    app: CompiledApp, reason: str, ident: Identity | None = None, service_token: str | None = None
+) -> Forward:
+    return Forward(
+        app=app.name,
+        upstream=app.upstream,
+        reason=reason,
+        add_headers=() if ident is None else ident.add_headers,
+        strip_auth_cookie=app.strip_auth_cookie,
+        rewrite_host=app.rewrite_host,
+        vary_origin=app.cors is not None,
+        # A tunnel lives exactly as long as the token would be accepted.
+        exp=None if ident is None else ident.valid_until,
+        identity=ident,
+        service_token=service_token,
+    )
+
+
+def _deny(app: CompiledApp, h: HeaderIndex, reason: str) -> Deny:
+    return Deny(app.deny_response(_one(h, b"origin")), app.name, reason)
+
+
+# -- unauthenticated ---------------------------------------------------------------
+
+
+def _unauthenticated(c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, why: Refusal) -> Action:
+    """302 to the login page for a navigation, else 401 a page can read."""
+    login = login_url(c.login_url, app.aud, req)
+    cookies: list[Header] = []
+    if c.binds_logins:
+        # The one exception to "no randomness here": each login is bound to
+        # the browser that starts it (see edge.session.BINDING_COOKIE).
+        binding, cookie = new_binding()
+        login += "&b=" + binding
+        cookies.append(cookie)
+    if app.always_redirect or is_navigation(h):
+        fields = [(b"location", login.encode("ascii")), NO_STORE, *cookies]
+        response = c.responses.text(302, b"login required\n", fields)
+        return Redirect(response, app.name, f"redirect: login ({why.reason})", login)
+    body = msgspec.json.encode({"error": _public_error(why), "login_url": login})
+    fields = [
+        (b"content-type", b"application/json"),
+        NO_STORE,
+        (b"www-authenticate", b'Bearer realm="' + normalize_host(req.host) + b'"'),
+        *cookies,
+    ]
+    if app.cors is not None:
+        fields.extend(app.cors.courtesy(_one(h, b"origin")))
+    response = LocalResponse(401, fields, body, c.responses.server)
+    return Unauthorized(response, app.name, f"unauthenticated: {why.reason}")
+
+
+def _public_error(why: Refusal) -> str:
+    """What a client is told: enough to act on, no verification details."""
+    if why.reason == "no token":
+        return "login required"
+    if why.reason == "expired":
+        return "session expired"
+    return "invalid token"
+
+
+def login_url(template: str, aud: str, req: Request) -> str:
+    """The login URL for a request, absolute (a page reading a 401 resolves
+    relative URLs against its own origin, not ours)."""
+    host = normalize_host(req.host)
+    authority = req.host if _is_host_port(req.host, host) else host
+    base = f"{req.scheme}://{authority.decode('ascii')}"
+    original = base.encode("ascii") + req.target
+    url = template.format(
+        host=quote(host.decode("ascii"), safe="[]:"),
+        aud=quote(aud, safe=""),
+        redirect_url=quote_from_bytes(original, safe=""),
+    )
+    return base + url if url.startswith("/") else url
+
+
+def _is_host_port(raw: bytes, host: bytes) -> bool:
+    """Whether the Host header is exactly host[:digits] (safe to repeat)."""
+    rest = raw.lower().removeprefix(host)
+    return len(rest) < len(raw) and (rest == b"" or (rest[:1] == b":" and rest[1:].isdigit()))
+
+
+def is_navigation(h: HeaderIndex) -> bool:
+    """A top-level navigation (BEHAVIOUR.md section 4): Sec-Fetch-Mode says
+    so; without it, no XMLHttpRequest marker and Accept prefers HTML."""
+    mode = _one(h, b"sec-fetch-mode")
+    if mode is not None:
+        return mode.lower() == b"navigate"
+    if (_one(h, b"x-requested-with") or b"").lower() == b"xmlhttprequest":
+        return False
+    accept = _joined(h, b"accept")
+    return accept is not None and prefers_html(accept)
+
+
+def prefers_html(accept: bytes) -> bool:
+    html = json = 0.0
+    for item in accept.split(b","):
+        media, _, params = item.partition(b";")
+        media = media.strip().lower()
+        q = _quality(params)
+        if media in (b"text/html", b"application/xhtml+xml"):
+            html = max(html, q)
+        elif media == b"application/json" or media.endswith(b"+json"):
+            json = max(json, q)
+    return html > 0 and html >= json
+
+
+def _quality(params: bytes) -> float:
+    for param in params.split(b";"):
+        name, _, value = param.partition(b"=")
+        if name.strip().lower() == b"q":
+            try:
+                return min(1.0, max(0.0, float(value.strip())))
+            except ValueError:
+                return 0.0
+    return 1.0

@@ -1,0 +1,196 @@
+"""What the operator commands print: `edge check` (apps), `edge explain`,
+`edge keys generate`, `edge token`. Text in, text out; the CLI does exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edge.access.cors import fetch_method
+from edge.access.decide import Action, Compiled, Forward, Request, explain
+from edge.access.responses import date_line
+from edge.config.schema import Config, DevProvider, is_loopback_host
+from edge.login import keys as keylib
+
+
+def apps_summary(compiled: Compiled) -> str:
+    """One block per application, for `edge check`."""
+    config = compiled.config
+    lines = [f"  apps:       {len(compiled.apps)}"]
+    for app in compiled.apps:
+        cfg = app.config
+        lines.append(f'  app "{app.name}" -> {app.upstream}')
+        lines.append(f"    domains:  {', '.join(p.display() for p in cfg.patterns)}")
+        lines.append(f"    aud:      {app.aud}{'' if cfg.aud else ' (derived from the name)'}")
+        policies = ", ".join(f"{p.name} ({p.action})" for p in cfg.policies)
+        lines.append(f"    policies: {policies}")
+        if app.cors is not None:
+            lines.append(f"    cors:     {app.cors.summary()}")
+        elif app.preflight_bypass:
+            lines.append("    cors:     preflights forwarded to the upstream (options_preflight_bypass)")
+        else:
+            lines.append("    cors:     none (preflights get 403)")
+    for issuer in config.issuers:
+        source = issuer.jwks_file or issuer.jwks_url or "shared secret"
+        lines.append(f"  issuer {issuer.iss}: {', '.join(issuer.algorithms)} via {source}")
+        lines.append(
+            f"    tokens:   up to {issuer.max_token_lifetime} s (max_token_lifetime); "
+            "a logout is kept that long"
+        )
+    if config.service_tokens:
+        lines.append(f"  service tokens: {', '.join(t.name for t in config.service_tokens)}")
+    team = config.team
+    if team is not None:
+        providers = ", ".join(
+            f"{p.id} ({'dev' if isinstance(p, DevProvider) else 'oidc'})" for p in team.providers
+        )
+        lines.append(
+            f"  team {team.hostname}: issuer {compiled.team_url}, {team.algorithm} keys in {team.key_dir}"
+        )
+        lines.append(f"    providers: {providers}")
+        if compiled.builtin is not None:
+            lines.append(
+                f"    tokens:    up to {compiled.builtin.max_lifetime:.0f} s (the longest session_duration); "
+                "a logout is kept that long"
+            )
+        lines.append(
+            f"    store:     {team.store}" + (f" ({team.redis_url})" if team.store == "redis" else "")
+        )
+    return "\n".join(lines)
+
+
+def warnings(compiled: Compiled) -> list[str]:
+    """Legal but probably unintended settings."""
+    config = compiled.config
+    out: list[str] = []
+    plain_http = config.server.tls is None and not config.server.trusted_proxies
+    for i, app in enumerate(config.apps):
+        where = f'$.apps[{i}] ("{app.name}")'
+        cors = app.cors
+        if cors is not None and cors.allow_all_headers:
+            out.append(
+                f"{where}: cors.allow_all_headers echoes every requested header, so Authorization is "
+                "allowed only implicitly; list allowed_headers to say which ones you mean"
+            )
+        if cors is not None and not (cors.allow_all_origins or cors.allowed_origins):
+            out.append(f"{where}: cors allows no origin: every preflight gets 403")
+        if app.same_site == "none" and plain_http:
+            out.append(
+                f"{where}: same_site = 'none' needs a Secure cookie, which browsers keep only over "
+                "https; the edge listens on plain http (no [server.tls], no trusted_proxies)"
+            )
+        if any(p.action in ("allow", "deny") for p in app.policies) and not (config.issuers or config.team):
+            out.append(
+                f"{where}: no [[issuers]] and no [team]: no user token can be verified, "
+                "so allow policies never match"
+            )
+    return out + _team_warnings(config, plain_http)
+
+
+def _team_warnings(config: Config, plain_http: bool) -> list[str]:
+    team = config.team
+    if team is None:
+        return []
+    out: list[str] = []
+    exposed = [a.display() for a in config.server.addresses if not is_loopback_host(a.host)]
+    if exposed and any(isinstance(p, DevProvider) for p in team.providers):
+        out.append(
+            f"$.team.providers: the dev provider is enabled and the edge listens on {', '.join(exposed)} "
+            "(not loopback): it is for trying the edge out, not for production"
+        )
+    hosts = [team.hostname, *(p.host for a in config.apps for p in a.patterns)]
+    remote = sorted({h for h in hosts if not is_loopback_host(h.removeprefix("*."))})
+    if plain_http and remote:
+        out.append(
+            "$.team: the edge's cookies are Secure, and browsers keep Secure cookies over plain http only "
+            f"for localhost names; {', '.join(remote[:3])} need https ([server.tls], or a TLS proxy "
+            "listed in trusted_proxies)"
+        )
+    return out
+
+
+def build_request(method: str, url: str, headers: Sequence[str], client_ip: str) -> Request:
+    """A Request as h11 would deliver it for `METHOD URL` and -H lines."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"Expected an http:// or https:// URL, got {url!r}")
+    fields: list[tuple[bytes, bytes]] = []
+    for line in headers:
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise ValueError(f"Expected -H 'Name: value', got {line!r}")
+        fields.append((name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")))
+    host = next((v for k, v in fields if k == b"host"), parts.netloc.encode("idna"))
+    if not any(k == b"host" for k, _ in fields):
+        fields.insert(0, (b"host", host))
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # As a browser would send it: methods are case-sensitive, only Fetch's
+    # six are upper-cased (so `options` explains a preflight, `patch` stays).
+    method_sent = fetch_method(method.encode("latin-1"))
+    return Request(method_sent, host, target.encode(), fields, client_ip, parts.scheme)
+
+
+def explain_text(compiled: Compiled, req: Request, now: float | None = None) -> str:
+    when = time.time() if now is None else now
+    action, trace = explain(compiled, req, when)
+    lines = [f"request:  {req.method.decode()} {req.scheme}://{req.host.decode()}{req.target.decode()}"]
+    lines.append(f"client:   {req.client_ip}")
+    if action.app is None:
+        lines.append("app:      (none)")
+    lines.extend(f"  {line}" if line.startswith("policy") else line for line in trace)
+    lines.append(f"decision: {type(action).__name__}: {action.reason}")
+    lines.extend(_outcome(action, when))
+    return "\n".join(lines)
+
+
+def _outcome(action: Action, now: float) -> list[str]:
+    if isinstance(action, Forward):
+        lines = [f"upstream: {action.upstream}"]
+        lines.extend(f"  add:    {k.decode()}: {_short(v)}" for k, v in action.add_headers)
+        lines.append(f"  strip:  {', '.join(sorted(h.decode() for h in action.strip_headers))}")
+        if action.strip_auth_cookie:
+            lines.append("  strip:  the CF_Authorization cookie")
+        if action.rewrite_host:
+            lines.append("  host:   rewritten to the upstream's")
+        if action.vary_origin:
+            lines.append("  vary:   Origin merged into the response's Vary")
+        return lines
+    head = action.response.render(date_line(now), False, True).decode("latin-1")
+    return ["response:", *(f"  {line}" for line in head.rstrip("\r\n").split("\r\n"))]
+
+
+def _short(value: bytes) -> str:
+    text = value.decode("latin-1")
+    return text if len(text) <= 60 else f"{text[:40]}...({len(text)} bytes)"
+
+
+def generate_keys(out: Path, alg: str) -> str:
+    """Write <kid>.pem (private, 0600) and add the public key to jwks.json."""
+    key = keylib.generate(alg)
+    jwk = keylib.public_jwk(key)
+    out.mkdir(parents=True, exist_ok=True)
+    pem_path = out / f"{jwk['kid']}.pem"
+    fd = os.open(pem_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(keylib.private_pem(key))
+    jwks_path = out / "jwks.json"
+    held: list[dict[str, object]] = []
+    if jwks_path.exists():
+        held = list(json.loads(jwks_path.read_bytes()).get("keys", []))
+    # Newest first; older keys stay published so tokens they signed keep working.
+    jwks_path.write_bytes(keylib.jwks([jwk, *held]))
+    return (
+        f"kid:     {jwk['kid']} ({alg})\nprivate: {pem_path}\njwks:    {jwks_path} ({len(held) + 1} key(s))"
+    )
+
+
+def mint_token(
+    key_path: Path, kid: str | None, iss: str, aud: str, email: str, ttl: float, groups: Sequence[str]
+) -> str:
+    key = keylib.load_private(key_path.read_bytes())
+    kid = kid or keylib.public_jwk(key)["kid"]
+    return keylib.mint(key, kid, iss, aud, email, ttl=ttl, groups=groups)

@@ -1,0 +1,833 @@
+"""One HTTP/1.1 server connection: an asyncio.Protocol around h11.
+
+Invariants:
+- Requests on a connection are answered strictly in order; while a response is
+  being written and the client is not reading it, no further request is parsed
+  (reading is paused), so a pipelining client cannot make us buffer without
+  bound.
+- Every failure of one connection ends in a small error response (when h11
+  still lets us send one) or a close. Nothing raised here reaches the loop, and
+  no traceback reaches a client.
+- Timeouts are deadlines on the connection, checked by the server's sweep; the
+  request path only assigns a float.
+- A request answered before its body was read either has its body drained
+  (bounded by DRAIN_LIMIT) or its connection closed: a body is never parsed as
+  the next request.
+- h11's server state machine is the one record of where each side of the
+  connection is. A request head that arrives whole on an idle connection is
+  parsed by h11_internals.fast_request (it takes only heads h11 would parse into the
+  same event) and committed to that state machine by hand (h11_internals.commit_*);
+  any other bytes are parsed by h11, so its refusals stay the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, cast
+
+import h11
+from h11._readers import ChunkedReader, ContentLengthReader
+from h11._receivebuffer import ReceiveBuffer
+
+from edge.access.responses import LocalResponse
+from edge.http import flow
+from edge.http.flow import ReadGate
+from edge.http.h11_internals import (
+    FastRequest,
+    commit_end,
+    commit_head,
+    commit_request,
+    commit_request_end,
+    fast_request,
+    next_cycle,
+    send_body,
+)
+from edge.http.message import TOKEN, ResponseHead
+from edge.login.cycle import EndpointCall, EndpointCycle
+from edge.proxy.cycle import ProxyCycle
+
+if TYPE_CHECKING:
+    from edge.runtime.server import ServerState
+
+log = logging.getLogger("edge.protocol")
+
+KIB = 1024
+# A request answered early (404 before its body was read) keeps its connection
+# only if at most this much body is left to throw away; beyond that, closing is
+# cheaper than reading. nginx discards unread bodies in the same spirit.
+DRAIN_LIMIT = 256 * KIB
+# After a response that closes the connection we half-close and keep reading
+# (discarding) for a moment, so the client receives our response rather than a
+# reset caused by its unread upload ("lingering close", RFC 9112 9.6).
+LINGER_TIMEOUT = 2.0  # seconds
+LINGER_LIMIT = 1024 * KIB
+
+# Connection phases: which deadline is armed.
+HEAD = 0  # waiting for a complete request head: header_timeout, from its first byte
+BODY = 1  # reading a request body: body_idle_timeout, reset by every byte
+IDLE = 2  # keep-alive, nothing received yet: keepalive_timeout
+BUSY = 3  # a response is in progress; the client owes us nothing
+LINGER = 4  # closing: discarding whatever the client still sends
+TUNNEL = 5  # after a 101: raw bytes both ways; deadline = the token's expiry
+
+# uri-host [ ":" port ] (RFC 3986 3.2.2): a reg-name, or an IP literal in
+# brackets; empty is allowed (RFC 9112 3.2). No userinfo, no spaces, no
+# obs-text: the host routes the request and is forwarded upstream.
+_HOST_RE = re.compile(rb"(?:\[[-0-9A-Za-z:._~%]+\]|[-0-9A-Za-z._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+# The end of a head (an empty line) or an obs-fold line (RFC 9112 5.2), which
+# h11 unfolds silently. A proxy refuses it, as nginx does: an upstream may
+# split the same bytes into different fields.
+_FOLD_OR_END = re.compile(rb"\n(?:[ \t]|\r?\n)")
+# A request line without a version: HTTP/0.9's simple request (RFC 1945 4.1),
+# which h11 would only refuse as malformed once a blank line followed.
+_VERSIONLESS_LINE = re.compile(TOKEN + rb" [\x21-\x7e]+\r?\n")
+# Control characters other than HTAB (RFC 9110 5.5); CR and LF are the line
+# structure. h11 accepts most of them in field values (h11 issue 57), and an
+# upstream may cut or fold a field at one: none is forwarded.
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Content-Length field lines. h11 merges repeated or listed equal values into
+# one field, so how many the client sent is only in the bytes.
+_LENGTH_FIELD = re.compile(rb"\ncontent-length:([^\n]*)", re.IGNORECASE)
+# Only these are spoken; h11 takes any DIGIT.DIGIT (RFC 9112 2.3).
+_VERSIONS = (b"1.1", b"1.0")
+
+_EOM = h11.EndOfMessage()
+_SEND_OK = (h11.IDLE, h11.SEND_RESPONSE)
+
+
+def commit_local(conn: h11.Connection, head: h11.Response) -> None:
+    """Advance h11 as if `head` and its whole body had been sent.
+
+    The bytes themselves were serialised once (LocalResponse); h11's public
+    send() would validate and serialise the same headers again on every
+    request. The state machine is driven through the same internal entry point
+    that send() uses, so keep-alive and cycle bookkeeping stay h11's own.
+    """
+    conn._process_event(h11.SERVER, head)
+    conn._process_event(h11.SERVER, _EOM)
+
+
+class RequestInfo:
+    """What the access log needs about the request in progress."""
+
+    __slots__ = (
+        "app",
+        "bytes_in",
+        "bytes_out",
+        "chunked",
+        "decision",
+        "headers",
+        "host",
+        "length",
+        "method",
+        "started",
+        "status",
+        "target",
+        "upstream_ms",
+        "upstream_status",
+    )
+
+    def __init__(self, method: bytes, host: bytes, target: bytes, started: float) -> None:
+        self.method = method
+        self.host = host
+        self.target = target
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = started
+        self.app: str | None = None
+        self.decision: str | None = None
+        self.upstream_status: int | None = None
+        self.upstream_ms: float | None = None
+        self.length: int | None = None  # Content-Length, when given
+        self.headers: list[tuple[bytes, bytes]] = []  # (lower-cased name, value)
+        self.chunked = False
+
+
+def _scan(event: h11.Request, pairs: list[tuple[bytes, bytes]]) -> tuple[int, list[bytes], bool, list[bytes]]:
+    """One pass over the head: its size, Content-Length values, whether
+    Transfer-Encoding is present, and the Host values; `pairs` receives the
+    (lower-cased name, value) list the decision reads.
+
+    The size is less the whitespace h11 strips: h11 applies its size limit
+    only while a head is incomplete, so a head that arrives whole in one read
+    must be measured here. Reads h11's `_full_items` (raw name, lower-cased
+    name, value) directly: iterating Headers goes through Sequence.__iter__,
+    one __getitem__ per field, which showed up in profiles of the hot path.
+    """
+    size = len(event.method) + len(event.target) + 13  # " ", " HTTP/1.1", CRLF, final CRLF
+    lengths: list[bytes] = []
+    chunked = False
+    hosts: list[bytes] = []
+    for raw, name, value in event.headers._full_items:
+        size += len(raw) + len(value) + 4  # ": " and CRLF
+        pairs.append((name, value))
+        if name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"host":
+            hosts.append(value)
+    return size, lengths, chunked, hosts
+
+
+def _authority_of(target: bytes) -> tuple[bytes, bytes] | None:
+    """Split an absolute-form target into (authority, path-and-query)."""
+    lower = target[:8].lower()
+    if lower.startswith(b"http://"):
+        rest = target[7:]
+    elif lower.startswith(b"https://"):
+        rest = target[8:]
+    else:
+        return None
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+    path = rest[cut:] or b"/"
+    if path[:1] == b"?":
+        path = b"/" + path
+    return rest[:cut], path
+
+
+def _same_authority(a: bytes, b: bytes, secure: bool) -> bool:
+    default = b":443" if secure else b":80"
+    a, b = a.lower(), b.lower()
+    return a.removesuffix(default) == b.removesuffix(default)
+
+
+class HttpProtocol(asyncio.Protocol):
+    __slots__ = (
+        "client",
+        "client_ip",
+        "closing",
+        "conn",
+        "corked",
+        "cycle",
+        "deadline",
+        "drained",
+        "early",
+        "gate",
+        "held",
+        "limits",
+        "lingered",
+        "phase",
+        "request",
+        "scanned",
+        "since_head",
+        "state",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.limits = state.config.server
+
+    # -- asyncio callbacks ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=flow.WRITE_HIGH_WATER)  # bounds a slow reader (flow.py)
+        self.gate = ReadGate(transport)
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = str(peer[0]) if isinstance(peer, tuple) else "-"
+        self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
+        self.phase = HEAD
+        self.deadline = self.state.now + self.limits.header_timeout
+        self.write_paused = False
+        self.closing = False
+        self.held = False
+        self.request: RequestInfo | None = None
+        self.cycle: ProxyCycle | EndpointCycle | None = None
+        self.corked: list[bytes] | None = None
+        self.drained = 0
+        self.early = False
+        self.lingered = 0
+        self.since_head = 0
+        self.scanned = 0
+        state = self.state
+        if len(state.connections) >= self.limits.max_connections or state.draining:
+            # Not registered, so not swept: answer and close at once.
+            if not state.draining:
+                state.faults.shed(
+                    transport.get_extra_info("sockname"), self.limits.max_connections, state.now
+                )
+            self.closing = True
+            transport.write(state.responses.error(503).render(state.date, True, False))
+            transport.close()
+            return
+        state.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        self.closing = True
+        cycle, self.cycle = self.cycle, None
+        if cycle is not None:
+            cycle.client_lost()
+        if self.request is not None:
+            self._log_request()
+
+    def data_received(self, data: bytes) -> None:
+        phase = self.phase
+        if phase == LINGER:
+            self.lingered += len(data)
+            if self.lingered > LINGER_LIMIT:
+                self.transport.abort()
+            return
+        if phase == TUNNEL:
+            if self.cycle is not None:
+                self.cycle.client_raw(data)
+            return
+        if phase == BODY:
+            self.deadline = self.state.now + self.limits.body_idle_timeout
+        elif phase == IDLE:
+            self.phase = HEAD
+            self.deadline = self.state.now + self.limits.header_timeout
+        if phase == BODY and self.cycle is not None and not self.held:
+            reader = self.conn._reader
+            if type(reader) is ContentLengthReader and reader._remaining and not self.conn._receive_buffer:
+                # A Content-Length body with nothing buffered: straight to
+                # the upstream, without h11's receive buffer (three copies).
+                take = reader._remaining
+                chunk = data if len(data) <= take else data[:take]
+                reader._remaining -= len(chunk)
+                self._on_data(chunk)
+                if reader._remaining:
+                    return
+                data = data[take:]
+        conn = self.conn
+        idle = conn.their_state is h11.IDLE and not conn._receive_buffer
+        if idle and not (self.closing or self.write_paused or self.held):
+            # A new request head arriving whole (the keep-alive common case):
+            # parsed by h11_internals.fast_request, which leaves any head it does not
+            # take to h11's parser below, as it arrived.
+            parsed = fast_request(data)
+            if parsed is not None:
+                self._process(parsed, data[parsed.end :])
+                return
+        self.since_head += len(data)
+        if data:  # b"" would tell h11 the peer closed
+            conn.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        if self.phase == LINGER or self.phase == TUNNEL:
+            return False
+        self.conn.receive_data(b"")
+        self._process()
+        return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        # A client that stops reading gets one idle period to start again.
+        self.deadline = min(self.deadline, self.state.now + self.limits.body_idle_timeout)
+        self.gate.block(flow.OWN_WRITE)
+        if self.cycle is not None:
+            self.cycle.client_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.gate.unblock(flow.OWN_WRITE)
+        if self.cycle is not None:
+            self.cycle.client_write_paused(False)
+        if not self.closing:
+            self._process()
+
+    # -- the event loop of one connection -------------------------------------
+
+    def _process(self, request: FastRequest | None = None, rest: bytes = b"") -> None:
+        """Handle what h11 has buffered; first `request` (a head parsed by
+        h11_internals.fast_request, followed by `rest`) when given."""
+        try:
+            if request is None or not self._fast_request(request, rest):
+                self._next_events()
+        except h11.RemoteProtocolError as exc:
+            self._send_error(exc.error_status_hint)
+        except Exception:
+            log.exception("internal error on connection from %s", self.client)
+            self._send_error(500)
+
+    def _fast_request(self, request: FastRequest, rest: bytes) -> bool:
+        """What _next_events would do with this head as h11's next event,
+        without h11's parser; True when that leaves nothing for _next_events."""
+        conn = self.conn
+        commit_request(conn, request)
+        if rest:
+            conn.receive_data(rest)
+        self._on_request(request.event)
+        # A request without a body ends with its head: what the next turn of
+        # _next_events would find.
+        if self.closing or self.write_paused or self.held or not commit_request_end(conn):
+            return False
+        self._on_request_end()
+        # With a cycle running and nothing buffered, _next_events would only
+        # find NEED_DATA, which it then ignores.
+        return self.cycle is not None and conn.their_state is h11.DONE and not conn._receive_buffer
+
+    def _next_events(self) -> None:
+        conn = self.conn
+        while not (self.closing or self.write_paused or self.held):
+            their = conn.their_state
+            if their is h11.IDLE:
+                status = self._head_refused()
+                if status:
+                    self._send_error(status)
+                    return
+            elif their is h11.MUST_CLOSE and conn._receive_buffer:
+                # The last request is complete (Connection: close, HTTP/1.0):
+                # what follows is not a request (RFC 9112 9.6), and must not
+                # turn into a 400 that aborts the answer still owed.
+                conn._receive_buffer = ReceiveBuffer()
+            event = conn.next_event()
+            kind = type(event)
+            if kind is h11.Request:
+                assert isinstance(event, h11.Request)
+                self._on_request(event)
+            elif kind is h11.Data:
+                assert isinstance(event, h11.Data)
+                self._on_data(event.data)
+            elif kind is h11.EndOfMessage:
+                self._on_request_end()
+            elif event is h11.NEED_DATA:
+                self._on_need_data()
+                return
+            elif event is h11.PAUSED:
+                # After a 101 h11 stays PAUSED for good, and the tunnel reads
+                # raw bytes: only a waiting pipelined request pauses reading.
+                if self.phase != TUNNEL:
+                    self.gate.block(flow.PIPELINE)
+                return
+            else:  # ConnectionClosed
+                self._close()
+                return
+
+    def _on_need_data(self) -> None:
+        if self.conn.their_state is h11.IDLE and self.since_head > self.limits.max_target_bytes:
+            self._check_request_line()
+        request = self.request
+        if request is not None and request.bytes_in + self._chunk_owed() > self.limits.max_body_bytes:
+            self._send_error(413)  # a chunk size past the limit, announced before its data
+            return
+        # A proxied response is still to come (Connection: close, HTTP/1.0):
+        # proxy_done closes once it has been sent.
+        if self.cycle is not None:
+            return
+        if self.conn.their_state is h11.MUST_CLOSE or self.conn.our_state is h11.MUST_CLOSE:
+            self._close()
+
+    def _check_request_line(self) -> None:
+        """Refuse with 414 a request line longer than the target limit allows,
+        before the whole head arrives (h11 only reports complete heads)."""
+        buffered = self.conn.trailing_data[0]
+        end = buffered.find(b"\n")
+        line = len(buffered) if end < 0 else end
+        # "OPTIONS " + target + " HTTP/1.1\r": 20 bytes of framing at most.
+        if line > self.limits.max_target_bytes + 20:
+            self._send_error(414)
+        elif end >= 0:
+            self.since_head = 0  # the line is complete and fine; stop checking
+
+    def _head_refused(self) -> int:
+        """An error status for the request head in h11's buffer that h11
+        would let through, else 0: a request line without a version (505),
+        an obs-fold line, which h11 unfolds silently, a control character, or
+        a Content-Length given twice or as a list (400). Reads h11's buffer in
+        place (pinned like commit_local) and resumes where the last call
+        stopped, so a trickled head is scanned once; heads that
+        h11_internals.fast_request took never get here (it takes none of these)."""
+        data = self.conn._receive_buffer._data
+        if not self.scanned:
+            line = data.find(b"\n") + 1
+            if not line:
+                return 0
+            if _VERSIONLESS_LINE.fullmatch(data, 0, line) is not None:
+                return 505
+            self.scanned = line - 1  # the LF may start the head's end
+        found = _FOLD_OR_END.search(data, self.scanned)
+        if found is None:
+            self.scanned = max(self.scanned, len(data) - 2)
+            return 0
+        self.scanned = found.start()
+        if found.group()[1:2] in b" \t":
+            return 400
+        end = found.end()  # the head is complete: checked once, whole
+        if _CONTROL.search(data, 0, end) is not None:
+            return 400
+        lengths = _LENGTH_FIELD.findall(data, 0, end)
+        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
+            return 400  # RFC 9112 6.3: the strict reading of "5, 5"
+        return 0
+
+    def _on_request(self, event: h11.Request) -> None:
+        self.since_head = 0
+        self.scanned = 0
+        info = RequestInfo(event.method, b"", event.target, time.time())
+        self.request = info
+        status = self._validate(event, info)
+        if status:
+            self._send_error(status)
+            return
+        length = info.length
+        has_body = length != 0 if length is not None else info.chunked
+        if has_body:
+            self.phase = BODY
+            self.deadline = self.state.now + self.limits.body_idle_timeout
+        else:
+            self.phase = BUSY
+        action = self.state.dispatch(self, event, info)
+        if isinstance(action, EndpointCall):
+            self.cycle = EndpointCycle(self, action)
+            self.cycle.start()
+            return
+        if not isinstance(action, LocalResponse):
+            self.cycle = ProxyCycle(self, event, action)
+            self.cycle.start()
+            return
+        close = False
+        if has_body:
+            # Answered before the body: keep the connection only if the rest
+            # of the body is small enough to drain (and the client is sending
+            # it at all: after an unanswered 100-continue it may not).
+            self.early = True
+            expects = self.conn.client_is_waiting_for_100_continue
+            close = expects or length is None or length > DRAIN_LIMIT
+        self._respond(action, close, event.method == b"HEAD")
+
+    def _validate(self, event: h11.Request, info: RequestInfo) -> int:
+        """Strictness on top of h11; returns an error status, or 0."""
+        if event.http_version not in _VERSIONS:
+            return 505
+        # Methods are case-sensitive tokens (RFC 9110 9.1): "connect" or
+        # "get" is a method of its own, forwarded as written.
+        if event.method == b"CONNECT":
+            return 405  # no tunnels, whatever the target's form
+        size, cl, te, hosts = _scan(event, info.headers)
+        if te and (cl or event.http_version == b"1.0"):
+            return 400  # request smuggling vectors (RFC 9112 6.1, 6.3)
+        if len(event.target) > self.limits.max_target_bytes:
+            return 414
+        if b"#" in event.target:
+            # A request target has no fragment (RFC 9112 3.2). Routed without
+            # it but forwarded with it, "/admin#x" would pass a path policy
+            # that the upstream's own parser then maps onto "/admin".
+            return 400
+        if size > self.limits.max_header_bytes:
+            return 431
+        # One Content-Length at most (_head_refused; fast_request takes no
+        # other), of digits (h11): its integer frames the body.
+        length = int(cl[0]) if cl else None
+        if length is not None and length > self.limits.max_body_bytes:
+            return 413
+        info.length = length
+        info.chunked = te
+        host = hosts[0] if hosts else b""
+        target = event.target
+        if target[:1] != b"/":
+            split = _authority_of(target)
+            if split is not None:
+                if hosts and not _same_authority(split[0], host, target[4:5] in b"sS"):
+                    return 400
+                host = split[0]
+                info.target = split[1]
+            elif not (target == b"*" and event.method == b"OPTIONS"):
+                return 400
+        if _HOST_RE.fullmatch(host) is None:
+            return 400  # RFC 9112 3.2: a Host with an invalid value is a 400
+        info.host = host
+        return 0
+
+    def _on_data(self, data: bytes) -> None:
+        request = self.request
+        if request is None:
+            return
+        size = len(data)
+        request.bytes_in += size
+        if request.bytes_in + self._chunk_owed() > self.limits.max_body_bytes:
+            self._send_error(413)
+        elif self.cycle is not None:
+            self.cycle.client_data(data)
+        elif self.early:
+            self.drained += size
+            if self.drained > DRAIN_LIMIT:
+                self._close()
+
+    def _chunk_owed(self) -> int:
+        """Bytes the chunk being read still announces (h11's ChunkedReader,
+        pinned like commit_local): a chunk size beyond max_body_bytes is
+        refused when its size line arrives, as a Content-Length would be,
+        rather than waited for until the body stalls."""
+        reader = self.conn._reader
+        return reader._bytes_in_chunk if type(reader) is ChunkedReader else 0
+
+    def _on_request_end(self) -> None:
+        cycle = self.cycle
+        if cycle is not None:
+            self.phase = BUSY
+            cycle.client_end()
+        elif self.conn.our_state is h11.DONE:
+            self._finish_cycle()
+        else:
+            self.phase = BUSY
+
+    # -- responding ----------------------------------------------------------
+
+    def _respond(self, response: LocalResponse, close: bool, head_only: bool) -> None:
+        self.uncork()
+        conn = self.conn
+        commit_local(conn, response.event)
+        close = close or self.closing or self.state.draining or conn.our_state is h11.MUST_CLOSE
+        data = response.render(self.state.date, close, head_only)
+        self.transport.write(data)
+        request = self.request
+        if request is not None:
+            request.status = response.status
+            request.bytes_out = len(data)
+        if close:
+            self._linger()
+        elif conn.their_state is h11.DONE:
+            self._finish_cycle()
+
+    def _finish_cycle(self) -> None:
+        self._log_request()
+        self.early = False
+        self.drained = 0
+        next_cycle(self.conn)
+        if self.state.draining:
+            self._close()
+            return
+        self.phase = IDLE
+        self.deadline = self.state.now + self.limits.keepalive_timeout
+        self.gate.unblock(flow.PIPELINE)
+
+    def _send_error(self, status: int) -> None:
+        """Answer with a small error response when the connection can still
+        carry one, then close; otherwise just close."""
+        if self.phase == LINGER or self.transport.is_closing():
+            return
+        # Responses leave in request order: an earlier one may still be
+        # corked (its end and this error come out of one upstream read).
+        self.uncork()
+        cycle, self.cycle = self.cycle, None
+        if cycle is not None:
+            cycle.client_lost()
+        if self.conn.our_state in _SEND_OK:
+            response = self.state.responses.error(status)
+            data = response.render(self.state.date, True, False)
+            self.transport.write(data)
+            request = self.request
+            if request is None and status != 503:
+                request = self.request = RequestInfo(b"-", b"", b"-", time.time())
+            if request is not None:
+                request.status = status
+                request.bytes_out = len(data)
+            self._linger()
+        else:
+            self.abort()
+
+    def _linger(self) -> None:
+        """Half-close after the last response and discard what the client
+        still sends, so it reads our answer instead of a reset."""
+        self.uncork()
+        self.closing = True
+        self.phase = LINGER
+        self.deadline = self.state.now + LINGER_TIMEOUT
+        transport = self.transport
+        if self.request is not None:
+            self._log_request()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.gate.reset()
+        else:
+            transport.close()
+
+    def _close(self) -> None:
+        self.uncork()
+        self.closing = True
+        if self.request is not None:
+            self._log_request()
+        self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once: used when a response cannot be
+        completed honestly (the upstream died mid-body)."""
+        self.closing = True
+        if self.request is not None:
+            self._log_request()
+        self.transport.abort()
+
+    def _log_request(self) -> None:
+        request = self.request
+        self.request = None
+        if request is None:
+            return
+        if not request.status:
+            request.status = 499  # the client went away before we answered
+        self.state.access(self.client, request)
+
+    # -- the proxy cycle's side of the connection ------------------------------
+
+    def hold(self, held: bool) -> None:
+        """Stop (or restart) parsing client events while the upstream
+        connection is not ready; the bytes wait in the socket."""
+        if held:
+            self.held = True
+            # The client cannot be late while we are not reading it.
+            wait = self.state.config.proxy.connect_timeout + self.limits.body_idle_timeout
+            self.deadline = max(self.deadline, self.state.now + wait)
+            self.gate.block(flow.WAITING)
+        elif self.held:
+            self.held = False
+            self.gate.unblock(flow.WAITING)
+            if self.phase == BODY:  # reading again: the body's idle clock restarts now
+                self.deadline = self.state.now + self.limits.body_idle_timeout
+            self.state.loop.call_soon(self._process)
+
+    def arm(self, timeout: float) -> None:
+        """Set the deadline the upstream must meet while we wait on it."""
+        if self.phase == BUSY:
+            self.deadline = self.state.now + timeout
+
+    def send(self, event: h11.Event | ResponseHead) -> None:
+        if isinstance(event, ResponseHead):
+            # A proxied head: framed by hand, h11's state advanced to match.
+            if self.request is not None:
+                self.request.status = event.status
+            self._write(commit_head(self.conn, event, self.state.draining or self.closing))
+            return
+        if type(event) is h11.Response:
+            assert isinstance(event, h11.Response)
+            if self.request is not None:
+                self.request.status = event.status_code
+            if self.state.draining or self.closing:
+                # Tell the client this connection ends with this response.
+                headers = [*event.headers.raw_items(), (b"connection", b"close")]
+                event = h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
+        data: bytes | None
+        if type(event) is h11.EndOfMessage and not event.headers:
+            data = commit_end(self.conn)
+        else:
+            data = self.conn.send(event)
+        if data:
+            self._write(data)
+
+    def send_body(self, data: bytes) -> None:
+        send_body(self.conn, data, self._write)
+
+    def send_raw(self, data: bytes) -> None:
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            if self.corked is not None:
+                self.corked.append(data)
+            else:
+                self.transport.write(data)
+            if self.request is not None:
+                self.request.bytes_out += len(data)
+
+    def cork(self) -> None:
+        if self.corked is None:
+            self.corked = []
+
+    def uncork(self) -> None:
+        parts, self.corked = self.corked, None
+        if parts and not self.transport.is_closing():
+            self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def proxy_done(self, cycle: ProxyCycle) -> None:
+        """The upstream's response is complete on the client side."""
+        self.cycle = None
+        if self.request is not None:
+            self.request.upstream_status = cycle.status
+            self.request.upstream_ms = round((cycle.head_at - cycle.started) * 1000, 3)
+        conn = self.conn
+        if conn.our_state is h11.MUST_CLOSE or self.closing or self.state.draining:
+            self._linger()
+        elif conn.their_state is h11.DONE:
+            self._finish_cycle()
+            if conn._receive_buffer or conn._receive_buffer_closed:  # trailing_data, without its copy
+                self._process()  # a pipelined request (or the client's EOF) is waiting
+        else:
+            # Answered before the client finished its body: drain or close.
+            self.early = True
+            self.phase = BODY
+            self.deadline = self.state.now + self.limits.body_idle_timeout
+
+    def proxy_failed(self, cycle: ProxyCycle, status: int) -> None:
+        """The upstream failed before any response byte: answer locally."""
+        if self.request is not None:
+            self.request.upstream_status = 0
+        self.answer(cycle, self.state.responses.error(status))
+
+    def answer(self, cycle: ProxyCycle | EndpointCycle, response: LocalResponse) -> None:
+        """The cycle's answer is a local response (an endpoint's page, or an
+        error before any upstream byte); close unless the request is complete."""
+        self.cycle = None
+        self.held = False
+        self.gate.unblock(flow.WAITING)
+        complete = self.conn.their_state is h11.DONE
+        self._respond(response, not complete, self.request_method == b"HEAD")
+        if complete and not self.closing:
+            self._process()
+
+    @property
+    def request_method(self) -> bytes:
+        return self.request.method if self.request is not None else b""
+
+    def start_tunnel(self, cycle: ProxyCycle, expires: float | None) -> None:
+        """After a 101: raw bytes both ways until either side closes or the
+        token that authorised the upgrade expires."""
+        self.phase = TUNNEL
+        self.held = False
+        self.gate.reset()
+        if self.request is not None:
+            # The request's answer was the 101 (send() only records final
+            # responses): log it as such, not as 499 when the tunnel ends.
+            self.request.status = self.request.upstream_status = 101
+        if expires is not None:
+            self.deadline = self.state.now + max(0.0, expires - time.time())
+        else:
+            self.deadline = float("inf")
+        leftover = self.conn.trailing_data[0]
+        if leftover:
+            cycle.client_raw(leftover)
+
+    def tunnel_closed(self) -> None:
+        self.cycle = None
+        self._close()
+
+    # -- timeouts, called by the server's sweep ------------------------------
+
+    def expire(self) -> None:
+        phase = self.phase
+        if phase == LINGER:
+            self.transport.abort()
+        elif self.write_paused and phase != TUNNEL:
+            self.abort()  # the client stopped reading what we send it
+        elif phase == IDLE:
+            self._close()
+        elif phase == TUNNEL:
+            self._close_tunnel()
+        elif phase == BUSY and self.cycle is not None:
+            self.cycle.timeout()
+        elif phase == HEAD and self.request is None and not self.conn.trailing_data[0]:
+            self._close()  # nothing was sent at all (a preconnect): no 408 to read
+        elif phase in (HEAD, BODY):
+            self._send_error(408)
+
+    def _close_tunnel(self) -> None:
+        cycle, self.cycle = self.cycle, None
+        if cycle is not None:
+            cycle.client_lost()
+        self._close()
+
+    def shutdown(self) -> None:
+        """Server is draining: close now if idle, else after this response."""
+        untouched = self.phase == HEAD and self.since_head == 0 and self.request is None
+        if self.phase == IDLE or untouched:
+            self._close()

@@ -1,0 +1,285 @@
+"""h11 driven by hand: the one module that touches h11's internals.
+
+The client side still runs h11's server state machine; `commit_head` frames a
+proxied final head by hand and advances h11 as its own send() would, and
+`send_body` hands body bytes straight to the writer h11 chose.
+
+Client request heads in the common case (`fast_request`): HTTP/1.1, one Host,
+framed by at most one Content-Length of digits, every byte within a strict
+subset of what h11 accepts, so h11 would parse the same bytes into the same
+event; anything else is left to h11's parser. `commit_request`,
+`commit_request_end`, `commit_end` and `next_cycle` move h11's state machine
+exactly as its own events would, by assignment in the plain keep-alive case
+and through h11 otherwise (tests/test_upstream.py compares the two).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import NamedTuple, cast
+
+import h11
+from h11._headers import Headers as Headers_
+from h11._readers import ContentLengthReader, expect_nothing, maybe_read_from_IDLE_client
+from h11._writers import BodyWriter, ChunkedWriter, ContentLengthWriter, write_any_response
+
+from edge.http.message import CRLF, LAST_CHUNK, TOKEN, Headers, ResponseHead
+from edge.http.message import DIGITS as _DIGITS
+from edge.http.message import OWS as _OWS
+
+# -- the client's request head: the common case without h11's parser --------------
+
+# The request heads `fast_request` accepts: HTTP/1.1, a method (any token, as
+# written: methods are case-sensitive, RFC 9110 9.1), a target of visible
+# ASCII, field lines ending in CRLF whose names are tokens and whose values
+# hold only visible characters, SP and HTAB (no other control character,
+# which the client protocol refuses on h11's path too). Each part is a
+# strict subset of what h11 accepts (pinned 0.16: tokens, `[^\x00\s]` value
+# characters), so whatever matches here is a head h11 would parse into the
+# same event; everything else (bare LF, obs-fold, other versions, odd
+# bytes) does not match and is left to h11, whose errors stay the reference.
+_METHOD = TOKEN
+_TARGET = rb"[\x21-\x7e]+"
+_REQUEST_FIELD = TOKEN + rb":[\t\x20-\x7e\x80-\xff]*+\r\n"
+_REQUEST_HEAD_RE = re.compile(
+    rb"(" + _METHOD + rb") (" + _TARGET + rb") HTTP/1\.1\r\n((?:" + _REQUEST_FIELD + rb")*+)\r\n"
+)
+
+
+class FastRequest(NamedTuple):
+    event: h11.Request
+    end: int  # where the head ends in the bytes it was parsed from
+    length: int  # of the body: 0 without a Content-Length
+    plain: bool  # no Connection, Upgrade or Expect field: commit_request's fast case
+
+
+def fast_request(data: bytes) -> FastRequest | None:
+    """The request at the start of `data` as h11 would parse it, and where
+    its head ends; None when the head is incomplete, is not of the plain
+    kind above, or frames a body other than by one Content-Length of digits
+    (Transfer-Encoding, several or listed Content-Lengths), or has not
+    exactly one Host: h11 then parses it, refusing what it must.
+
+    The event is built without Request.__init__, whose checks (method and
+    target characters, Host count, header normalisation) the match and the
+    loop below have already made."""
+    end = data.find(b"\r\n\r\n") + 4
+    if end < 4:
+        return None
+    match = _REQUEST_HEAD_RE.fullmatch(data, 0, end)
+    if match is None:
+        return None
+    method, target, block = match.groups()
+    items: list[tuple[bytes, bytes, bytes]] = []
+    hosts = 0
+    length: bytes | None = None
+    plain = True
+    if block:
+        for line in block[:-2].split(b"\r\n"):
+            raw, _, value = line.partition(b":")  # a token holds no colon
+            name = raw.lower()
+            value = value.strip(_OWS)
+            if name in _REQUEST_SPECIAL:
+                if name == b"host":
+                    hosts += 1
+                elif name == b"content-length":
+                    if length is not None or _DIGITS.fullmatch(value) is None:
+                        return None
+                    length = value
+                elif name == b"transfer-encoding":
+                    return None
+                else:
+                    plain = False
+            items.append((raw, name, value))
+    if hosts != 1:
+        return None
+    event = object.__new__(h11.Request)
+    object.__setattr__(event, "method", method)
+    object.__setattr__(event, "target", target)
+    object.__setattr__(event, "http_version", b"1.1")
+    object.__setattr__(event, "headers", Headers_(items))
+    return FastRequest(event, end, int(length) if length is not None else 0, plain and method != b"CONNECT")
+
+
+# Fields that frame a request or change what h11's state machine does with it.
+_REQUEST_SPECIAL = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"}
+)
+
+
+# -- the client side: a proxied head through h11's server state machine --------------------
+
+_CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
+_CLOSE_LINE = b"Connection: close\r\n"
+_NO_BODY_STATUS = (204, 304)
+# Stand-in Responses by framing. h11 events are never mutated, so one object
+# serves every response framed alike; Content-Length values make the key
+# space open, hence the bound (the cache is simply emptied when full).
+_STAND_INS: dict[tuple[int, bytes | None, bool, bool], h11.Response] = {}
+_STAND_INS_LIMIT = 256
+
+
+# h11's state machine advanced by hand (pinned 0.16), in the plain cases only.
+# Connection._process_event copies the state dict, re-reads Connection,
+# Upgrade and Expect, walks its transition tables to a fixed point and picks
+# a reader or writer: about 10 us per event, four events per request. In a
+# keep-alive cycle with no protocol switch proposed, the outcome of each
+# event below is fixed, so it is assigned directly; any other case goes
+# through _process_event. tests/test_upstream.py checks every function here
+# against _process_event, attribute by attribute.
+
+
+def _steady(conn: h11.Connection) -> bool:
+    """Keep-alive, and no switch proposed: no state-triggered transition can fire."""
+    cstate = conn._cstate
+    return cstate.keep_alive and not cstate.pending_switch_proposals
+
+
+def commit_request(conn: h11.Connection, request: FastRequest) -> None:
+    """Advance h11 as if next_event() had parsed `request.event`."""
+    states = conn._cstate.states
+    if request.plain and _steady(conn) and states[h11.CLIENT] is h11.IDLE and states[h11.SERVER] is h11.IDLE:
+        states[h11.CLIENT] = h11.SEND_BODY
+        states[h11.SERVER] = h11.SEND_RESPONSE
+        conn._request_method = request.event.method
+        conn.their_http_version = request.event.http_version
+        conn._reader = ContentLengthReader(request.length)
+        conn._writer = write_any_response
+    else:
+        conn._process_event(h11.CLIENT, request.event)
+
+
+def commit_request_end(conn: h11.Connection) -> bool:
+    """Advance h11 past the end of a request whose body is complete (its
+    Content-Length reader has nothing left), as next_event() would on
+    returning EndOfMessage; False, with nothing done, unless the case is plain."""
+    states = conn._cstate.states
+    reader = conn._reader
+    if (
+        type(reader) is ContentLengthReader
+        and not reader._remaining
+        and states[h11.CLIENT] is h11.SEND_BODY
+        and states[h11.SERVER] in _SERVER_BUSY
+        and _steady(conn)
+    ):
+        states[h11.CLIENT] = h11.DONE
+        conn._reader = expect_nothing
+        conn.client_is_waiting_for_100_continue = False
+        return True
+    return False
+
+
+def commit_end(conn: h11.Connection) -> bytes:
+    """The bytes ending the response being sent (the last chunk, or none),
+    with h11 advanced as its send(EndOfMessage()) would."""
+    states = conn._cstate.states
+    writer = conn._writer
+    if (
+        states[h11.SERVER] is h11.SEND_BODY
+        and states[h11.CLIENT] in _CLIENT_BUSY
+        and _steady(conn)
+        and (type(writer) is ChunkedWriter or (type(writer) is ContentLengthWriter and not writer._length))
+    ):
+        states[h11.SERVER] = h11.DONE
+        conn._writer = None
+        return LAST_CHUNK if type(writer) is ChunkedWriter else b""
+    return conn.send(_EOM) or b""
+
+
+def next_cycle(conn: h11.Connection) -> None:
+    """conn.start_next_cycle(), which must succeed (both sides DONE)."""
+    states = conn._cstate.states
+    if states[h11.CLIENT] is h11.DONE and states[h11.SERVER] is h11.DONE and _steady(conn):
+        states[h11.CLIENT] = states[h11.SERVER] = h11.IDLE
+        conn._request_method = None
+        conn._reader = maybe_read_from_IDLE_client
+        conn._writer = write_any_response
+    else:
+        conn.start_next_cycle()
+
+
+_EOM = h11.EndOfMessage()
+_SERVER_BUSY = (h11.SEND_RESPONSE, h11.SEND_BODY, h11.DONE)
+_CLIENT_BUSY = (h11.SEND_BODY, h11.DONE)
+
+
+def commit_head(conn: h11.Connection, head: ResponseHead, close: bool) -> bytes:
+    """The bytes of a proxied final response head for the client, with h11's
+    state advanced as if its send() had written them.
+
+    The framing is what h11's send() would choose (pinned h11 0.16): the
+    upstream's Content-Length if kept, else chunked for an HTTP/1.1 client or
+    a close-delimited body for an older one; `Connection: close` when the
+    connection ends after this response (`close`: the server is draining or
+    the connection closing). h11 is handed a stand-in Response carrying only
+    those framing fields: its state machine and body writer need nothing
+    else, and validating and serialising every header again is what this
+    replaces. Body bytes and the end still go through h11's writer, which
+    keeps a Content-Length honest.
+    """
+    length = None
+    for name, value in head.headers:
+        if name == b"content-length":
+            length = value
+    status = head.status
+    chunked = False
+    if length is None and status not in _NO_BODY_STATUS:
+        version = conn.their_http_version
+        if version is not None and version >= b"1.1":
+            chunked = True
+        elif conn._request_method != b"HEAD":
+            close = True  # only the close can end the body
+    close = close or not conn._cstate.keep_alive
+    states = conn._cstate.states
+    if (
+        not close
+        and states[h11.SERVER] is h11.SEND_RESPONSE
+        and states[h11.CLIENT] in _CLIENT_BUSY
+        and _steady(conn)
+    ):
+        # What _process_event does with the stand-in below, in this case.
+        states[h11.SERVER] = h11.SEND_BODY
+        conn.client_is_waiting_for_100_continue = False
+        if status in _NO_BODY_STATUS or conn._request_method == b"HEAD":
+            conn._writer = ContentLengthWriter(0)  # h11 frames these first, whatever the fields say
+        elif chunked:
+            conn._writer = ChunkedWriter()
+        else:
+            conn._writer = ContentLengthWriter(int(length or b"0"))
+    else:
+        conn._process_event(h11.SERVER, _stand_in(status, length, chunked, close))
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, head.reason)]
+    lines += [b"%s: %s\r\n" % field for field in head.headers]
+    lines.append((_CHUNKED_LINE if chunked else b"") + (_CLOSE_LINE if close else b"") + CRLF)
+    return b"".join(lines)
+
+
+def _stand_in(status: int, length: bytes | None, chunked: bool, close: bool) -> h11.Response:
+    """A Response framed like the real one. h11 reads a final response's
+    status only to give 204 and 304 no body (and 2xx to CONNECT, which edge
+    refuses), so every other status stands in as 200."""
+    key = (status if status in _NO_BODY_STATUS else 200, length, chunked, close)
+    event = _STAND_INS.get(key)
+    if event is None:
+        fields: Headers = []
+        if length is not None:
+            fields.append((b"content-length", length))
+        if chunked:
+            fields.append((b"transfer-encoding", b"chunked"))
+        if close:
+            fields.append((b"connection", b"close"))
+        if len(_STAND_INS) >= _STAND_INS_LIMIT:
+            _STAND_INS.clear()
+        event = _STAND_INS[key] = h11.Response(status_code=key[0], headers=fields, _parsed=True)
+    return event
+
+
+def send_body(conn: h11.Connection, data: bytes, write: Callable[[bytes], object]) -> None:
+    """Frame body bytes with the writer h11 chose for the response being
+    sent (counting them against a Content-Length). h11's send() would add a
+    Data event and a state transition that never changes anything in
+    SEND_BODY, which is all this skips."""
+    if conn.our_state is not h11.SEND_BODY:
+        raise h11.LocalProtocolError(f"cannot send body bytes in state {conn.our_state}")
+    cast(BodyWriter, conn._writer).send_data(data, write)

@@ -1,0 +1,35 @@
+"""HTTP/1.1 message syntax shared by the client side (edge.http) and the
+upstream side (edge.proxy): field pairs, tokens, a response head, chunks.
+Pure constants and tiny helpers; no state."""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+# A field as it travels: (lower-cased name, value).
+Headers = list[tuple[bytes, bytes]]
+
+# An RFC 9110 token (field names, methods), as a regex fragment.
+TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+# h11's CONTENT_LENGTH_MAX_DIGITS: a longer value is a hostile one.
+MAX_LENGTH_DIGITS = 20
+DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_LENGTH_DIGITS)
+OWS = b" \t"
+
+
+class ResponseHead(NamedTuple):
+    """A parsed response head; names are lower-cased, in the upstream's order."""
+
+    status: int
+    reason: bytes
+    headers: Headers
+
+
+def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """One chunk of a chunked body, in pieces: a large `data` is not copied."""
+    return b"%x\r\n" % len(data), data, CRLF
+
+
+CRLF = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"

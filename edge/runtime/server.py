@@ -1,0 +1,575 @@
+"""Listening, timers, signals and graceful drain for one worker process.
+
+Invariants:
+- `ServerState` is shared by every connection of the worker; connections only
+  read it, except for registering and unregistering themselves.
+- `state.now` (the loop's monotonic clock) and `state.date` (the Date line) are
+  refreshed by timers, so the request path reads them instead of calling the
+  clock.
+- The sweep is the only place timeouts fire: every SWEEP interval it expires
+  connections whose deadline has passed and flushes the access log.
+- On SIGTERM/SIGINT: stop accepting, close idle connections, let requests in
+  flight finish until `drain_timeout`, abort what remains, return.
+- The settings a running worker cannot change (`RESTART_KEYS`, the team store)
+  come from `boot`, the configuration the edge started with, for every worker
+  and every reload; a worker a supervisor forks later is set up like the first.
+- One worker alone binds without SO_REUSEPORT, so the kernel refuses a
+  second edge on its addresses; with several workers the supervisor makes
+  the sockets (edge.workers says how it keeps them to itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import h11
+import msgspec
+
+from edge.access.decide import Compiled, Endpoint, Forward, RemoteKeys, Request, compile_config, decide
+from edge.access.responses import HEALTH_PATH, LocalResponse, date_line
+from edge.access.tokens import JwksError
+from edge.config.schema import TLS, Config, ConfigError, ListenAddress, load, loads
+from edge.http.connection import HttpProtocol, RequestInfo
+from edge.http.faults import FaultLog
+from edge.login import keydir
+from edge.login.cycle import EndpointCall
+from edge.login.service import LoginService, ensure_keys, existing_team_keys, make_call, make_store
+from edge.proxy.cycle import ForwardPlan
+from edge.proxy.fetch import FetchError, fetch
+from edge.proxy.forwarding import RequestContext, request_headers
+from edge.proxy.upstream import Pool
+from edge.runtime import snapshots
+from edge.runtime.accesslog import AccessLog, AccessRecord, iso_time
+
+log = logging.getLogger("edge.server")
+
+# The sweep runs at least this often; with small configured timeouts (tests),
+# it runs often enough to honour them within a quarter of their length.
+SWEEP_MAX_INTERVAL = 0.5  # seconds
+SWEEP_MIN_INTERVAL = 0.02  # seconds
+# Server settings a reload cannot change in a running worker.
+RESTART_KEYS = ("listen", "workers", "tls", "access_log", "max_connections")
+# The team store is made once per worker (its connections, its memory).
+STORE_KEYS = ("store", "redis_url", "redis_prefix")
+KEY_POLL_INTERVAL = 1.0  # seconds between checks of whether a JWKS wants fetching
+LISTEN_BACKLOG = 1024  # nginx's default on Linux is 511; bursts of wrk connections need more
+
+
+def _is_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether the request asks to switch protocols in a way the edge tunnels.
+
+    HTTP/2 cleartext (`h2c`) never is: after a 101 the upstream would take any
+    number of requests, for any path, inside a tunnel the edge authorised once
+    for this one. Such a request is forwarded as a plain one, its Upgrade and
+    HTTP2-Settings dropped as hop-by-hop."""
+    connection = b",".join(v for k, v in headers if k == b"connection").lower()
+    if b"upgrade" not in connection:
+        return False
+    offers = [v for k, v in headers if k == b"upgrade"]
+    return bool(offers) and H2C not in _protocol_names(offers)
+
+
+H2C = b"h2c"
+
+
+def _protocol_names(offers: Sequence[bytes]) -> set[bytes]:
+    # Upgrade = #protocol, protocol = name ["/" version] (RFC 9110 7.8)
+    return {t.partition(b"/")[0].strip().lower() for v in offers for t in v.split(b",")}
+
+
+def _store_of(config: Config) -> tuple[str, ...] | None:
+    team = config.team
+    return None if team is None else tuple(getattr(team, k) for k in STORE_KEYS)
+
+
+def keep_restart_settings(boot: Config, new: Config) -> tuple[Config, list[str]]:
+    """`new` with the [server] keys a running worker cannot change taken from
+    `boot`, and the names of the settings that stay as they were (the team
+    store among them: workers make it from `boot`)."""
+    fixed = [k for k in RESTART_KEYS if getattr(new.server, k) != getattr(boot.server, k)]
+    kept = [f"server.{k}" for k in fixed]
+    if _store_of(new) != _store_of(boot):
+        kept.append("team." + "/".join(STORE_KEYS))
+    if not fixed:
+        return new, kept
+    server = msgspec.structs.replace(new.server, **{k: getattr(boot.server, k) for k in fixed})
+    return msgspec.structs.replace(new, server=server), kept
+
+
+def check_config(config: Config, source: str) -> None:
+    """Compile `config` as a worker would, reading the files it names (JWKS,
+    an existing key directory) but creating none; raises ConfigError."""
+    compile_config(config, source, team_keys=existing_team_keys(config, source))
+
+
+def sweep_interval(config: Config) -> float:
+    s = config.server
+    shortest = min(s.header_timeout, s.body_idle_timeout, s.keepalive_timeout)
+    return max(SWEEP_MIN_INTERVAL, min(SWEEP_MAX_INTERVAL, shortest / 4))
+
+
+def listen_error(addr: ListenAddress, exc: OSError) -> OSError:
+    """The bind error, naming the address (the kernel's text does not)."""
+    return OSError(exc.errno, f"cannot listen on {addr.display()}: {exc.strerror or exc}")
+
+
+def listen_socket(addr: ListenAddress, *, share: bool = False) -> socket.socket:
+    """A listening TCP socket; IPv6 sockets are v6-only so "[::]:p" and
+    "0.0.0.0:p" can both be listed. SO_REUSEADDR, so the TIME_WAIT sockets
+    of an edge just stopped do not block its restart. `share` sets
+    SO_REUSEPORT, with which any process of the same user could join and
+    silently take part of the connections: only for the supervisor, which
+    checks first that nobody serves the address. Raises the bind error,
+    naming the address."""
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if share:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((addr.host, addr.port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise listen_error(addr, exc) from None
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """A worker's listening sockets (one per address) and TLS context. With
+    a supervisor they are made before any worker starts, and a restarted
+    worker gets those of the one it replaces, with the same certificate."""
+
+    sockets: tuple[socket.socket, ...]
+    ssl: ssl.SSLContext | None
+
+    @property
+    def bound(self) -> list[str]:
+        """The addresses as bound (port 0 resolved)."""
+        return [ListenAddress(*s.getsockname()[:2]).display() for s in self.sockets]
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def open_listeners(config: Config) -> Listeners:
+    """Raises ConfigError (TLS files), OSError naming the address (a listen)."""
+    ctx = server_ssl(config)
+    sockets: list[socket.socket] = []
+    try:
+        for addr in config.server.addresses:
+            sockets.append(listen_socket(addr))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return Listeners(tuple(sockets), ctx)
+
+
+def make_ssl_context(tls: TLS) -> ssl.SSLContext:
+    """A server context with the ssl module's modern defaults; raises ConfigError."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"$.server.tls: cannot load cert {tls.cert!r} / key {tls.key!r}: {exc}") from None
+    return ctx
+
+
+def server_ssl(config: Config) -> ssl.SSLContext | None:
+    tls = config.server.tls
+    return None if tls is None else make_ssl_context(tls)
+
+
+def freeze_heap() -> None:
+    """Move everything alive now (modules, the compiled config, key sets) out
+    of the garbage collector's reach. Requests allocate enough to trigger
+    full collections now and then, and a full collection walking every
+    imported module's objects stalled requests for tens of milliseconds
+    (p99 of the preflight bench). A reload unfreezes first, so what the old
+    configuration held in cycles is collected before the new one is frozen."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+class ServerState:
+    """What every connection of this worker shares."""
+
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        compiled: Compiled | None = None,
+        source: str = "<config>",
+        boot: Config | None = None,
+    ) -> None:
+        self.source = source
+        self.boot = config if boot is None else boot
+        self.loop = loop
+        self.connections: set[HttpProtocol] = set()
+        self.now = loop.time()
+        self.date = date_line(time.time())
+        self.draining = False
+        self.access_log = AccessLog.open(config.server.access_log)
+        proxy = config.proxy
+        self.pool = Pool(loop, proxy.max_idle, proxy.pool_idle_timeout, proxy.connect_timeout)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.faults = FaultLog()  # upstream failures and shed connections, rate-limited
+        self.scheme = b"https" if config.server.tls is not None else b"http"
+        self.store = make_store(self.boot)
+        try:
+            ensure_keys(config)
+            self.login = LoginService(config, self.store, config.server.server_header.encode("ascii"))
+        except keydir.KeyDirError as exc:
+            raise ConfigError(f"{source}: $.team.key_dir: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        self._install(config, compiled or self._compile(config))
+
+    def _compile(self, config: Config) -> Compiled:
+        return compile_config(
+            config, self.source, team_keys=self.login.verify_keys(), revoked=self.store.revocations
+        )
+
+    def _install(self, config: Config, compiled: Compiled) -> None:
+        """Swap in a configuration. Connections read these attributes per
+        request, so one assignment each switches every later request."""
+        self.config = config
+        self.compiled = compiled
+        self.responses = compiled.responses
+        self.trusted = compiled.trusted_proxies
+        self.keep_underscores = config.server.underscores_in_headers
+        self.pool.configure(
+            config.proxy.max_idle, config.proxy.pool_idle_timeout, config.proxy.connect_timeout
+        )
+
+    def reload(self, text: bytes | None = None) -> bool:
+        """SIGHUP: load and compile the config file again (or `text`, the
+        supervisor's checked snapshot of it); keep the old one (and say why)
+        if the new one is invalid."""
+        try:
+            config = load(self.source) if text is None else loads(text, self.source)
+            config, kept = keep_restart_settings(self.boot, config)
+            ensure_keys(config)
+            self.login.configure(config)
+            compiled = self._compile(config)
+        except (keydir.KeyDirError, ConfigError) as exc:
+            log.error("reload refused, still serving the previous configuration: %s", exc)
+            self.login.configure(self.config)
+            return False
+        if kept and text is None:  # a supervisor has said so already
+            log.warning("reload: %s take effect only after a restart", ", ".join(kept))
+        held = {(r.iss, r.url): r.keys for r in self.compiled.remote_keys}
+        for remote in compiled.remote_keys:
+            old = held.get((remote.iss, remote.url))
+            if old is not None:
+                remote.keys.inherit(old)  # BEHAVIOUR.md 3: the keys already held keep working
+        self._install(config, compiled)
+        freeze_heap()
+        log.info("reloaded %s: %d application(s)", self.source, len(compiled.apps))
+        return True
+
+    def dispatch(
+        self, client: HttpProtocol, event: h11.Request, info: RequestInfo
+    ) -> LocalResponse | ForwardPlan | EndpointCall:
+        """What to do with a request whose head is complete and valid."""
+        if info.target.partition(b"?")[0] == HEALTH_PATH:
+            return self.responses.health
+        req = Request(event.method, info.host, info.target, info.headers, client.client_ip, self.scheme_name)
+        action = decide(self.compiled, req, info.started)
+        info.app = action.app
+        info.decision = action.reason
+        if isinstance(action, Endpoint):
+            call = make_call(event.method, info.host, info.target, info.headers, client.client_ip)
+            return self.login.endpoint(self.compiled, action, call)
+        if not isinstance(action, Forward):
+            return action.response
+        plan = self.forward_plan(
+            client,
+            event,
+            info,
+            action.upstream,
+            add=action.add_headers,
+            strip=action.strip_headers,
+            strip_auth_cookie=action.strip_auth_cookie,
+            rewrite_host=action.rewrite_host,
+            vary_origin=action.vary_origin,
+            expires=action.exp,
+        )
+        return plan
+
+    @property
+    def scheme_name(self) -> str:
+        return "https" if self.scheme == b"https" else "http"
+
+    def forward_plan(
+        self,
+        client: HttpProtocol,
+        event: h11.Request,
+        info: RequestInfo,
+        upstream: str,
+        add: Sequence[tuple[bytes, bytes]] = (),
+        strip: frozenset[bytes] = frozenset(),
+        strip_auth_cookie: bool = True,
+        rewrite_host: bool = False,
+        vary_origin: bool = False,
+        expires: float | None = None,
+    ) -> ForwardPlan:
+        proxy = self.config.proxy
+        target = self.pool.target(upstream, proxy.ca_file or None, proxy.verify_tls)
+        headers = info.headers
+        upgrade = _is_upgrade(headers)
+        te = info.chunked
+        cl = info.length is not None
+        ctx = RequestContext(
+            client_ip=client.client_ip,
+            scheme=self.scheme,
+            host=info.host,
+            upstream_host=target.host_header,
+            body="chunked" if te else "length" if cl else "none",
+            upgrade=upgrade,
+            trusted=self.trusted,
+        )
+        out = request_headers(
+            headers,
+            ctx,
+            add=add,
+            strip=strip,
+            strip_auth_cookie=strip_auth_cookie,
+            rewrite_host=rewrite_host,
+            keep_underscores=self.keep_underscores,
+        )
+        return ForwardPlan(
+            target=target,
+            headers=out,
+            # Origin-form even when the client sent absolute-form; an upstream
+            # URL's path (http://host/prefix) is put in front of it.
+            path=target.base_path + info.target if info.target[:1] == b"/" else info.target,
+            vary_origin=vary_origin,
+            upgrade=upgrade,
+            expires=expires,
+        )
+
+    def access(self, client: str, request: RequestInfo) -> None:
+        sink = self.access_log
+        if sink is None:
+            return
+        now = time.time()
+        sink.write(
+            AccessRecord(
+                time=iso_time(request.started),
+                client=client,
+                method=request.method.decode("latin-1"),
+                host=request.host.decode("latin-1"),
+                path=request.target.decode("latin-1"),
+                status=request.status,
+                bytes_in=request.bytes_in,
+                bytes_out=request.bytes_out,
+                duration_ms=round((now - request.started) * 1000, 3),
+                app=request.app,
+                decision=request.decision,
+                upstream_status=request.upstream_status,
+                upstream_ms=request.upstream_ms,
+            )
+        )
+
+    # -- timers ----------------------------------------------------------
+
+    def tick_date(self) -> None:
+        now = time.time()
+        self.date = date_line(now)
+        self.loop.call_later(1.0 - (now % 1.0) + 0.001, self.tick_date)
+
+    def sweep(self) -> None:
+        now = self.now = self.loop.time()
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            conn.expire()
+        self.pool.sweep(now)
+        self.faults.flush(now)
+        if self.access_log is not None:
+            self.access_log.flush()
+
+
+async def _sweeper(state: ServerState, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        state.sweep()
+
+
+async def _key_refresher(state: ServerState) -> None:
+    """Keep JWKS fetched from URLs fresh, off the request path: the key sets
+    say when they want a fetch (empty, unknown kid seen, periodic refresh)."""
+    while True:
+        now = time.time()
+        for remote in state.compiled.remote_keys:
+            if remote.keys.claim_fetch(now):
+                task = state.loop.create_task(_refresh(remote))
+                state.tasks.add(task)
+                task.add_done_callback(state.tasks.discard)
+        await asyncio.sleep(KEY_POLL_INTERVAL)
+
+
+async def _login_keeper(state: ServerState) -> None:
+    """Pick up key rotations (every worker, without restart) and drop
+    revocations that have expired."""
+    while True:
+        await asyncio.sleep(KEY_POLL_INTERVAL)
+        now = time.time()
+        try:
+            builtin = state.compiled.builtin
+            if state.login.refresh_keys(now) and builtin is not None and builtin.keys is not None:
+                notes = builtin.keys.update(state.login.ring_jwks(), now)
+                log.info(
+                    "signing keys reloaded: %s",
+                    ", ".join(notes) or "current key " + state.login.current_kid(),
+                )
+        except (keydir.KeyDirError, JwksError) as exc:
+            log.error("signing keys: %s (keeping the keys already loaded)", exc)
+        state.store.revocations.sweep(now)
+
+
+async def _refresh(remote: RemoteKeys) -> None:
+    try:
+        body = await fetch(remote.url)
+        notes = remote.keys.update(body, time.time())
+    except (FetchError, JwksError) as exc:
+        remote.keys.fetch_failed(time.time(), str(exc))
+        log.warning("keys for %s: %s (keeping the keys already held)", remote.iss, exc)
+        return
+    for note in notes:
+        log.info("keys for %s: %s", remote.iss, note)
+
+
+async def serve(
+    config: Config,
+    *,
+    source: str = "<config>",
+    listeners: Listeners | None = None,
+    boot: Config | None = None,
+    channel: socket.socket | None = None,
+    on_ready: Callable[[list[str]], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain. On its own, it opens its
+    listeners and SIGHUP reloads `source`; a supervisor's worker is handed the
+    `listeners`, the `boot` configuration and the `channel` its reloads come
+    on. Raises OSError if a listen fails, ConfigError if a key file is unusable."""
+    loop = asyncio.get_running_loop()
+    state = ServerState(config, loop, source=source, boot=boot)
+    if listeners is None:
+        listeners = open_listeners(config)
+    bound = listeners.bound
+    servers = [await _serve_on(loop, state, sock, listeners.ssl) for sock in listeners.sockets]
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if channel is None:
+        loop.add_signal_handler(signal.SIGHUP, state.reload)
+    else:
+        loop.add_reader(channel.fileno(), _take_snapshots, state, channel, stop)
+    state.tick_date()
+    freeze_heap()
+    sweeper = asyncio.ensure_future(_sweeper(state, sweep_interval(config)))
+    refresher = asyncio.ensure_future(_key_refresher(state))
+    keeper = asyncio.ensure_future(_login_keeper(state))
+    await state.store.start()
+    scheme = "https" if listeners.ssl else "http"
+    log.info("listening on %s", ", ".join(f"{scheme}://{b}" for b in bound))
+    if on_ready is not None:
+        on_ready(bound)
+    try:
+        await stop.wait()
+        await _drain(state, servers, state.config.server.drain_timeout)  # as last reloaded
+    finally:
+        sweeper.cancel()
+        refresher.cancel()
+        keeper.cancel()
+        await state.store.close()
+        if state.access_log is not None:
+            state.access_log.close()
+
+
+def _take_snapshots(state: ServerState, channel: socket.socket, stop: asyncio.Event) -> None:
+    """Apply the supervisor's reloads. Its end closing means it is gone: with
+    nobody to restart or reload it, the worker drains and exits rather than
+    hold the port against the next edge."""
+    try:
+        while (text := snapshots.receive(channel)) is not None:
+            state.reload(text)
+    except snapshots.Closed:
+        state.loop.remove_reader(channel.fileno())
+        log.warning("the supervisor is gone; stopping")
+        stop.set()
+
+
+async def _serve_on(
+    loop: asyncio.AbstractEventLoop,
+    state: ServerState,
+    sock: socket.socket,
+    ctx: ssl.SSLContext | None,
+) -> asyncio.Server:
+    return await loop.create_server(
+        lambda: HttpProtocol(state),
+        sock=sock,
+        backlog=LISTEN_BACKLOG,
+        ssl=ctx,
+        ssl_handshake_timeout=state.config.server.header_timeout if ctx else None,
+    )
+
+
+async def _drain(state: ServerState, servers: list[asyncio.Server], timeout: float) -> None:
+    log.info("draining %d connection(s), up to %.1f s", len(state.connections), timeout)
+    state.draining = True
+    for server in servers:
+        server.close()
+    for conn in list(state.connections):
+        conn.shutdown()
+    deadline = state.loop.time() + timeout
+    while state.connections and state.loop.time() < deadline:
+        await asyncio.sleep(0.02)
+        state.sweep()
+    for conn in list(state.connections):
+        conn.transport.abort()
+    state.pool.close()
+    if state.connections:
+        await asyncio.sleep(0)
+    state.faults.flush(state.loop.time(), final=True)
+    log.info("stopped")
+
+
+def run(
+    config: Config,
+    *,
+    source: str = "<config>",
+    listeners: Listeners | None = None,
+    boot: Config | None = None,
+    channel: socket.socket | None = None,
+) -> None:
+    """Run one worker on uvloop until it is told to stop (see `serve`)."""
+    import uvloop
+
+    uvloop.run(serve(config, source=source, listeners=listeners, boot=boot, channel=channel))
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )

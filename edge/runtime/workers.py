@@ -1,0 +1,304 @@
+"""N worker processes on one port, and the supervisor that keeps them alive
+and hands them reloads.
+
+Invariants:
+- The supervisor never runs an event loop and never accepts a connection. It
+  handles its signals one at a time, synchronously (they stay blocked and are
+  taken with sigtimedwait), so a reload, a death and a restart never
+  interleave: a worker is either forked before a reload and sent it, or
+  forked after it with the reloaded configuration.
+- Before forking, the supervisor makes every listening socket: per address,
+  one per worker slot, in one SO_REUSEPORT group, so the kernel spreads
+  connections evenly (with one shared socket, whichever worker wakes first
+  takes a whole burst). It holds them for its whole life and a restarted
+  worker gets its slot's sockets, so all serve one port (port 0 resolved
+  once) and connections wait in the backlog while a worker restarts.
+- SO_REUSEPORT would let a second edge join that group and silently take
+  part of the traffic. So before making the group, a plain bind and listen
+  on the address (no SO_REUSEPORT) must succeed, proving nobody serves it;
+  and edges starting at the same moment take the probe and the group in
+  turn (a lock file), so neither can slip in between.
+- `boot` is the configuration the edge started with; `config` is the one in
+  force: the last file a SIGHUP found valid (else `boot`), with `boot`'s
+  restart-only settings. Every worker, restarted ones included, starts with
+  `config`. On SIGHUP only the supervisor reads the file; if it is valid it
+  becomes `config` and its bytes go to every worker (edge.snapshots); if
+  not, nothing changes. Workers ignore SIGHUP, so nothing reaches them that
+  the supervisor has not checked.
+- On SIGTERM/SIGINT the supervisor stops restarting, tells every worker,
+  closes its own copies of the listening sockets (so once the workers close
+  theirs, new connections are refused rather than queued), kills any worker
+  still alive `drain_timeout + KILL_GRACE` seconds later, and returns 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from edge.config.schema import Config, ConfigError, ListenAddress, loads
+from edge.login.keydir import KeyDirError
+from edge.login.service import ensure_keys
+from edge.runtime import snapshots
+from edge.runtime.accesslog import AccessLog
+from edge.runtime.server import Listeners, check_config, keep_restart_settings, listen_socket, server_ssl
+
+log = logging.getLogger("edge.workers")
+
+KILL_GRACE = 5.0  # seconds past drain_timeout before a stuck worker is killed
+RESTART_BACKOFF = 1.0  # seconds; a worker that dies this young is restarted after a pause
+SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+LOCK_NAME = "edge-listen.lock"
+LOCK_MODE = 0o644  # others may take the lock (flock needs only read access), not change it
+REFUSED = "reload refused, still serving the previous configuration:"
+
+
+@dataclass
+class Worker:
+    slot: int  # which of the supervisor's sets of listening sockets it accepts on
+    started: float  # monotonic seconds
+    channel: socket.socket  # the supervisor's end of its snapshot channel
+
+
+def open_slots(config: Config, count: int) -> list[Listeners]:
+    """`count` sets of listening sockets, one per worker; raises ConfigError
+    (TLS files), OSError naming the address (served already, or a bind)."""
+    ctx = server_ssl(config)
+    groups: list[list[socket.socket]] = []
+    try:
+        for addr in config.server.addresses:
+            groups.append(_group(addr, count))
+    except OSError:
+        for group in groups:
+            for sock in group:
+                sock.close()
+        raise
+    return [Listeners(tuple(group[i] for group in groups), ctx) for i in range(count)]
+
+
+def _group(addr: ListenAddress, count: int) -> list[socket.socket]:
+    if addr.port == 0:  # a port free now; the probe below checks it again
+        with listen_socket(addr) as free:
+            addr = ListenAddress(addr.host, free.getsockname()[1])
+    group: list[socket.socket] = []
+    with _startup_lock():
+        listen_socket(addr).close()  # raises, naming the address, if anyone serves it
+        try:
+            for _ in range(count):
+                group.append(listen_socket(addr, share=True))
+        except OSError:
+            for sock in group:
+                sock.close()
+            raise
+    return group
+
+
+@contextlib.contextmanager
+def _startup_lock() -> Iterator[None]:
+    """Held while an edge checks an address and makes its group, so edges
+    starting at once take turns (for a few milliseconds; one file for all
+    ports, so none is left behind per port). Only a process of the same
+    user can join a SO_REUSEPORT group, so another user's lock file that
+    cannot be opened is not needed."""
+    path = os.path.join(tempfile.gettempdir(), LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, LOCK_MODE)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by close, or by the kernel if we die
+        yield
+    finally:
+        os.close(fd)
+
+
+class Supervisor:
+    def __init__(self, config: Config, source: str = "<config>") -> None:
+        self.boot = config
+        self.config = config
+        self.source = source
+        self.workers: dict[int, Worker] = {}
+        self.slots: list[Listeners] = []
+        self.restarts: list[tuple[float, int]] = []  # (monotonic time, slot): a dead worker's replacement
+        self.kill_at: float | None = None  # set once stopping
+
+    def run(self) -> int:
+        # Fail here, once, on what would make every worker die at startup
+        # (and be restarted forever): an access log that cannot be opened.
+        access_log = AccessLog.open(self.config.server.access_log)
+        if access_log is not None:
+            access_log.close()
+        self.slots = open_slots(self.config, self.config.server.workers)
+        log.info(
+            "supervisor %d: %d workers on %s",
+            os.getpid(),
+            self.config.server.workers,
+            ", ".join(self.slots[0].bound),
+        )
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            for slot in range(len(self.slots)):
+                self._spawn(slot)
+            self._loop()
+        finally:
+            self._close_slots()
+            for worker in self.workers.values():
+                worker.channel.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        return 0
+
+    def _loop(self) -> None:
+        while self.workers or (self.restarts and self.kill_at is None):
+            info = signal.sigtimedwait(SIGNALS, self._timeout())
+            if info is None:
+                pass
+            elif info.si_signo == signal.SIGHUP:
+                self._reload()
+            elif info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                self._stop()
+            self._reap()
+            self._restart_due()
+            if self.kill_at is not None and time.monotonic() >= self.kill_at:
+                log.error("workers still running after the drain timeout; killing them")
+                self._signal_all(signal.SIGKILL)
+
+    def _timeout(self) -> float:
+        """Seconds until the next thing the loop must do on its own."""
+        due = [t for t, _ in self.restarts] if self.kill_at is None else [self.kill_at]
+        return max(0.0, min(due) - time.monotonic()) if due else 3600.0
+
+    def _spawn(self, slot: int) -> None:
+        ours, theirs = snapshots.pair()
+        pid = os.fork()
+        if pid == 0:
+            self._work(slot, ours, theirs)
+        theirs.close()
+        self.workers[pid] = Worker(slot, time.monotonic(), ours)
+        log.info("worker %d started", pid)
+
+    def _work(self, slot: int, ours: socket.socket, theirs: socket.socket) -> NoReturn:
+        """The child after fork: serve, then exit without unwinding the
+        supervisor's stack."""
+        code = 1
+        try:
+            ours.close()
+            for sibling in self.workers.values():  # so the worker sees EOF when the supervisor dies
+                sibling.channel.close()
+            for other, listeners in enumerate(self.slots):
+                if other != slot:
+                    listeners.close()
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come, checked, on the channel
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+            from edge.runtime.server import run
+
+            run(self.config, source=self.source, listeners=self.slots[slot], boot=self.boot, channel=theirs)
+            code = 0
+        except BaseException:
+            log.exception("worker %d failed", os.getpid())
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:  # not a worker (the demo origin)
+                continue
+            worker.channel.close()
+            if self.kill_at is not None:
+                log.info("worker %d exited", pid)
+                continue
+            log.warning("worker %d died (%s); restarting it", pid, _describe(status))
+            young = time.monotonic() - worker.started < RESTART_BACKOFF
+            self.restarts.append((time.monotonic() + (RESTART_BACKOFF if young else 0.0), worker.slot))
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        due = [slot for t, slot in self.restarts if t <= now]
+        self.restarts = [(t, slot) for t, slot in self.restarts if t > now]
+        for slot in due:
+            self._spawn(slot)
+
+    def _reload(self) -> None:
+        try:
+            text = _read(self.source)
+            config, kept = keep_restart_settings(self.boot, loads(text, self.source))
+            ensure_keys(config)
+            check_config(config, self.source)
+        except KeyDirError as exc:
+            log.error("%s %s: $.team.key_dir: %s", REFUSED, self.source, exc)
+            return
+        except ConfigError as exc:
+            log.error("%s %s", REFUSED, exc)
+            return
+        if kept:
+            log.warning("reload: %s take effect only after a restart", ", ".join(kept))
+        self.config = config
+        fd = snapshots.snapshot(text)
+        try:
+            for pid, worker in list(self.workers.items()):
+                self._send(pid, worker, fd)
+        finally:
+            os.close(fd)
+        log.info("configuration checked; sent to %d worker(s)", len(self.workers))
+
+    def _send(self, pid: int, worker: Worker, fd: int) -> None:
+        try:
+            snapshots.send(worker.channel, fd)
+        except BlockingIOError:
+            # It has not read many reloads: its loop is stuck. Its replacement
+            # starts with the configuration in force.
+            log.error("worker %d is not taking reloads; killing it", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass  # it has exited; reaping restarts it with the configuration in force
+
+    def _stop(self) -> None:
+        if self.kill_at is None:
+            self.kill_at = time.monotonic() + self.config.server.drain_timeout + KILL_GRACE
+            self.restarts.clear()
+        self._signal_all(signal.SIGTERM)
+        self._close_slots()
+
+    def _close_slots(self) -> None:
+        for listeners in self.slots:
+            listeners.close()
+
+    def _signal_all(self, sig: int) -> None:
+        for pid in list(self.workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+
+def _read(path: str) -> bytes:
+    """The file's bytes; a failure worded as config.load words it."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,191 @@
+"""The operator commands of the decision core: `edge check` (apps and
+warnings), `edge explain`, `edge keys generate`, `edge token`. In-process."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import jwt
+import pytest
+from access_fixtures import default_jwks
+
+from edge.access.tokens import parse_jwks
+from edge.cli.main import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, main
+from edge.login.keys import load_private, public_jwk, thumbprint
+
+ISS = "https://auth.example.com"
+
+
+def write_config(tmp_path: Path, apps: str, jwks_body: bytes | None = None) -> Path:
+    jwks_path = tmp_path / "jwks.json"
+    jwks_path.write_bytes(jwks_body or default_jwks())
+    path = tmp_path / "edge.toml"
+    path.write_text(
+        f"""
+[server]
+access_log = "off"
+
+[[issuers]]
+iss = "{ISS}"
+jwks_file = "{jwks_path}"
+algorithms = ["ES256", "RS256", "EdDSA"]
+{apps}
+"""
+    )
+    return path
+
+
+APP = """
+[[apps]]
+name = "api"
+domains = ["api.example.com", "*.api.example.com/v1"]
+upstream = "http://127.0.0.1:9000"
+aud = "api-aud"
+same_site = "none"
+[apps.cors]
+allowed_origins = ["https://web.example.com"]
+allowed_methods = ["GET"]
+allow_all_headers = true
+allow_credentials = true
+[[apps.policies]]
+name = "staff"
+action = "allow"
+include = [{ email_domains = ["example.com"] }]
+"""
+
+
+def test_check_lists_apps_and_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, APP)
+    assert main(["check", "-c", str(path)]) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert f"{path}: ok" in out
+    assert '  app "api" -> http://127.0.0.1:9000' in out
+    assert "    domains:  api.example.com, *.api.example.com/v1" in out
+    assert "    aud:      api-aud" in out
+    assert "    cors:     1 origin(s); GET; any header; credentials" in out
+    assert f"  issuer {ISS}: ES256, RS256, EdDSA via {tmp_path / 'jwks.json'}" in out
+    # The bound a logout's revocation relies on (the default: a day).
+    assert "    tokens:   up to 86400 s (max_token_lifetime); a logout is kept that long" in out
+    assert "Authorization is allowed only implicitly" in err
+    assert "same_site = 'none' needs a Secure cookie" in err
+
+
+def test_check_reports_jwks_problems_as_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, APP, jwks_body=b"{}")
+    assert main(["check", "-c", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f"edge: {path}: $.issuers[0].jwks_file: ")
+
+
+def test_explain_shows_policies_decision_and_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, APP)
+    argv = ["explain", "-c", str(path), "GET", "https://api.example.com/x", "-H", "Accept: application/json"]
+    assert main(argv) == EXIT_OK
+    out = capsys.readouterr().out
+    assert 'app "api" (pattern api.example.com, aud api-aud)' in out
+    assert "token: refused: no token" in out
+    assert "decision: Unauthorized: unauthenticated: no token" in out
+    assert "  HTTP/1.1 401 Unauthorized" in out
+    assert '  www-authenticate: Bearer realm="api.example.com"' in out
+
+
+def test_explain_a_preflight(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, APP)
+    argv = ["explain", "-c", str(path), "OPTIONS", "https://api.example.com/x"]
+    argv += ["-H", "Origin: https://web.example.com", "-H", "Access-Control-Request-Method: GET"]
+    assert main(argv) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "decision: Preflight: preflight: allowed" in out
+    assert "  access-control-allow-origin: https://web.example.com" in out
+
+
+def test_explain_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, APP)
+    assert main(["explain", "-c", str(path), "GET", "ftp://x/"]) == EXIT_FAILURE
+    assert main(["explain", "-c", str(path), "GET", "https://x/", "-H", "nocolon"]) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert "Expected an http:// or https:// URL" in err and "Expected -H 'Name: value'" in err
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256", "EdDSA"])
+def test_keys_generate_then_token_then_explain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], alg: str
+) -> None:
+    keys = tmp_path / "keys"
+    assert main(["keys", "generate", "--out", str(keys), "--alg", alg]) == EXIT_OK
+    (pem,) = keys.glob("*.pem")
+    assert stat.S_IMODE(pem.stat().st_mode) == 0o600
+    jwks_body = (keys / "jwks.json").read_bytes()
+    published, notes = parse_jwks(jwks_body)
+    assert notes == [] and list(published) == [pem.stem]
+    capsys.readouterr()
+
+    argv = ["token", "--key", str(pem), "--iss", ISS, "--aud", "api-aud", "--email", "bob@example.com"]
+    assert main([*argv, "--ttl", "600", "--groups", "eng, ops"]) == EXIT_OK
+    token = capsys.readouterr().out.strip()
+    header = jwt.get_unverified_header(token)
+    assert header == {"alg": alg, "kid": pem.stem, "typ": "JWT"}
+    claims = jwt.decode(token, published[pem.stem], algorithms=[alg], audience="api-aud", issuer=ISS)
+    assert claims["email"] == "bob@example.com" and claims["groups"] == ["eng", "ops"]
+    assert claims["exp"] - claims["iat"] == 600
+
+    path = write_config(tmp_path, APP, jwks_body=jwks_body)
+    cookie = f"Cookie: CF_Authorization={token}"
+    assert main(["explain", "-c", str(path), "GET", "https://api.example.com/", "-H", cookie]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert 'decision: Forward: allow: policy "staff"' in out
+    assert "  add:    cf-access-authenticated-user-email: bob@example.com" in out
+
+
+def test_keys_generate_appends_for_rotation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "generate", "--out", str(tmp_path)]) == EXIT_OK
+    assert main(["keys", "generate", "--out", str(tmp_path), "--alg", "RS256"]) == EXIT_OK
+    doc = json.loads((tmp_path / "jwks.json").read_bytes())
+    assert [k["kty"] for k in doc["keys"]] == ["RSA", "EC"]  # newest first, the previous kept
+    kids = {k["kid"] for k in doc["keys"]}
+    assert kids == {p.stem for p in tmp_path.glob("*.pem")}
+
+
+def test_kid_is_the_rfc7638_thumbprint(tmp_path: Path) -> None:
+    # RFC 7638 section 3.1 example key and thumbprint.
+    jwk = {
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECP"
+        "ebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368Q"
+        "QMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcR"
+        "wr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        "e": "AQAB",
+        "alg": "RS256",
+        "kid": "2011-04-29",
+    }
+    assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def test_token_with_a_missing_key_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["token", "--key", str(tmp_path / "nope.pem"), "--iss", ISS, "--aud", "a", "--email", "e@x.y"]
+    assert main(argv) == EXIT_FAILURE
+    assert "nope.pem" in capsys.readouterr().err
+
+
+def test_the_demo_key_matches_the_shipped_jwks() -> None:
+    root = Path(__file__).resolve().parents[2]
+    key = load_private((root / "conf" / "example-key.pem").read_bytes())
+    published, notes = parse_jwks((root / "conf" / "example-jwks.json").read_bytes())
+    jwk = public_jwk(key)
+    assert notes == [] and jwk["kid"] in published
+
+
+@pytest.mark.parametrize(
+    ("written", "explained"), [("options", "OPTIONS"), ("get", "GET"), ("patch", "patch")]
+)
+def test_explain_takes_the_method_as_a_browser_sends_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], written: str, explained: str
+) -> None:
+    """Methods are case-sensitive: only Fetch's six are upper-cased, `patch` stays `patch`."""
+    path = write_config(tmp_path, APP)
+    assert main(["explain", "-c", str(path), written, "https://api.example.com/x"]) == EXIT_OK
+    assert f"request:  {explained} https://api.example.com/x" in capsys.readouterr().out

@@ -1,0 +1,346 @@
+"""edge.http.h11_internals against h11 itself, without sockets.
+
+Client request heads taken without h11's parser (fast_request) must parse
+as h11 parses them; the hand-made state changes (commit_*, next_cycle) must
+leave h11's connection exactly as its own events do; a proxied head framed
+by commit_head must be byte for byte what h11's own send() writes.
+"""
+
+from __future__ import annotations
+
+import types
+
+import h11
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge.http.h11_internals import (
+    FastRequest,
+    _stand_in,
+    commit_end,
+    commit_head,
+    commit_request,
+    commit_request_end,
+    fast_request,
+    next_cycle,
+    send_body,
+)
+from edge.http.message import ResponseHead
+
+OK = b"HTTP/1.1 200 OK\r\n"
+TE = b"Transfer-Encoding: chunked\r\n"
+
+
+def head(status: int, reason: bytes, *headers: tuple[bytes, bytes]) -> ResponseHead:
+    return ResponseHead(status, reason, list(headers))
+
+
+def length_of(n: int) -> tuple[bytes, bytes]:
+    return (b"content-length", b"%d" % n)
+
+
+CHUNKED = (b"transfer-encoding", b"chunked")
+
+
+# -- the client side: commit_head against h11's own send() --------------------------------
+
+
+def client_conn(request: bytes) -> h11.Connection:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(request)
+    assert isinstance(conn.next_event(), h11.Request)
+    return conn
+
+
+GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+GET10 = b"GET / HTTP/1.0\r\n\r\n"
+HEAD_REQ = b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"
+CLOSING = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+
+FRAMING_CASES = [
+    ("length", GET, head(200, b"OK", (b"content-type", b"text/plain"), length_of(3)), b"abc"),
+    ("no length: chunked", GET, head(200, b"OK", (b"content-type", b"text/plain")), b"abc"),
+    ("http/1.0 client: close-delimited", GET10, head(200, b"OK"), b"abc"),
+    ("http/1.0 client with a length", GET10, head(200, b"OK", length_of(3)), b"abc"),
+    ("client asked to close", CLOSING, head(200, b"OK", length_of(3)), b"abc"),
+    ("head without a length", HEAD_REQ, head(200, b"OK"), b""),
+    ("head with a length", HEAD_REQ, head(200, b"OK", length_of(99)), b""),
+    ("204", GET, head(204, b"No Content"), b""),
+    ("304 with a length", GET, head(304, b"Not Modified", length_of(99)), b""),
+    ("empty reason", GET, head(404, b"", length_of(0)), b""),
+]
+
+
+def h11_bytes(conn: h11.Connection, response: ResponseHead, body: bytes, close: bool) -> bytes:
+    headers = [*response.headers, *([(b"connection", b"close")] if close else [])]
+    out = conn.send(h11.Response(status_code=response.status, headers=headers, reason=response.reason))
+    return (out or b"") + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+
+
+def commit_bytes(conn: h11.Connection, response: ResponseHead, body: bytes, close: bool) -> bytes:
+    out = commit_head(conn, response, close)
+    return out + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+
+
+def parsed(request: bytes, raw: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes]:
+    """What a client makes of the response bytes (header order ignored)."""
+    client = h11.Connection(h11.CLIENT)
+    method = request.split(b" ", 1)[0]
+    client.send(h11.Request(method=method, target="/", headers=[("host", "a")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(raw)
+    client.receive_data(b"")
+    response = client.next_event()
+    assert isinstance(response, h11.Response)
+    body = b""
+    while type(event := client.next_event()) is h11.Data:
+        body += event.data
+    assert type(event) is h11.EndOfMessage
+    return response.status_code, response.reason, sorted(response.headers), body
+
+
+@pytest.mark.parametrize("close", [False, True])
+@pytest.mark.parametrize(
+    ("name", "request_", "response", "body"), FRAMING_CASES, ids=[c[0] for c in FRAMING_CASES]
+)
+def test_commit_head_frames_as_h11_would(
+    name: str, request_: bytes, response: ResponseHead, body: bytes, close: bool
+) -> None:
+    ours, theirs = client_conn(request_), client_conn(request_)
+    mine = commit_bytes(ours, response, body, close)
+    reference = h11_bytes(theirs, response, body, close)
+    assert parsed(request_, mine) == parsed(request_, reference)
+    assert (ours.our_state, ours.their_state) == (theirs.our_state, theirs.their_state)
+
+
+def test_commit_head_exact_bytes() -> None:
+    conn = client_conn(GET)
+    response = head(200, b"OK", (b"content-type", b"text/plain"))
+    assert commit_head(conn, response, close=True) == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    assert conn.our_state is h11.SEND_BODY
+    assert conn.send(h11.Data(data=b"hi")) == b"2\r\nhi\r\n"
+    assert conn.send(h11.EndOfMessage()) == b"0\r\n\r\n"
+    assert conn.our_state is h11.MUST_CLOSE
+
+
+def test_commit_head_keeps_h11_counting_the_length() -> None:
+    conn = client_conn(GET)
+    commit_head(conn, head(200, b"OK", length_of(2)), close=False)
+    with pytest.raises(h11.LocalProtocolError):
+        conn.send(h11.Data(data=b"abc"))
+
+
+# -- the client's request head: fast_request and the commits against h11 ------------------
+
+
+def snapshot(conn: h11.Connection) -> tuple[object, ...]:
+    """Everything of h11's connection state the commits may touch."""
+
+    def io(obj: object) -> object:
+        if obj is None or isinstance(obj, types.FunctionType):
+            return obj
+        return type(obj), vars(obj)
+
+    cstate = conn._cstate
+    return (
+        dict(cstate.states),
+        cstate.keep_alive,
+        set(cstate.pending_switch_proposals),
+        conn._request_method,
+        conn.their_http_version,
+        conn.client_is_waiting_for_100_continue,
+        io(conn._reader),
+        io(conn._writer),
+        conn.trailing_data,
+    )
+
+
+def h11_request(data: bytes) -> tuple[h11.Connection, h11.Request | None, int]:
+    """h11's own reading of `data`: the connection, the Request (or None),
+    and how many bytes it took."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data)
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
+        return conn, None, 0
+    if not isinstance(event, h11.Request):
+        return conn, None, 0
+    return conn, event, len(data) - len(conn.trailing_data[0])
+
+
+def fast_conn(data: bytes) -> tuple[h11.Connection, FastRequest | None]:
+    conn = h11.Connection(h11.SERVER)
+    parsed = fast_request(data)
+    if parsed is not None:
+        commit_request(conn, parsed)
+        if parsed.end < len(data):  # b"" would mean EOF
+            conn.receive_data(data[parsed.end :])
+    return conn, parsed
+
+
+def assert_agrees_with_h11(data: bytes) -> FastRequest | None:
+    """If fast_request takes `data`, h11 parses the same event from it and
+    ends in the same state."""
+    ours, parsed = fast_conn(data)
+    theirs, event, used = h11_request(data)
+    if parsed is None:
+        return None
+    assert event is not None, data
+    mine = parsed.event
+    assert (mine.method, mine.target, mine.http_version) == (event.method, event.target, event.http_version)
+    assert mine.headers._full_items == event.headers._full_items
+    assert parsed.end == used
+    assert snapshot(ours) == snapshot(theirs)
+    return parsed
+
+
+H = b"Host: a\r\n"
+FAST_TAKES = [
+    ("plain get", b"GET / HTTP/1.1\r\n" + H + b"\r\n"),
+    (
+        "fields of every kind",
+        b"GET /x?y=1 HTTP/1.1\r\n" + H + b"Cookie: a=b; c=d\r\nX-E:\r\nX-W: \t v  w\t \r\n\r\n",
+    ),
+    ("obs-text in a value", b"GET / HTTP/1.1\r\n" + H + b"X: caf\xc3\xa9\r\n\r\n"),
+    ("content-length", b"POST /u HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello"),
+    ("content-length 0", b"PUT /u HTTP/1.1\r\n" + H + b"Content-Length: 0\r\n\r\n"),
+    ("pipelined", b"GET / HTTP/1.1\r\n" + H + b"\r\nGET /2 HTTP/1.1\r\n" + H + b"\r\n"),
+    ("connection close", b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"),
+    ("upgrade", b"GET / HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+    ("expect", b"POST / HTTP/1.1\r\n" + H + b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\n"),
+    ("head", b"HEAD / HTTP/1.1\r\n" + H + b"\r\n"),
+    ("connect", b"CONNECT a:443 HTTP/1.1\r\n" + H + b"\r\n"),
+    ("absolute form", b"GET http://a/x HTTP/1.1\r\n" + H + b"\r\n"),
+    ("lower-case method: a method of its own", b"get / HTTP/1.1\r\n" + H + b"\r\n"),
+    ("token method", b"M-S_E.A!RCH / HTTP/1.1\r\n" + H + b"\r\n"),
+    ("lower-case connect: not CONNECT", b"connect a:443 HTTP/1.1\r\n" + H + b"\r\n"),
+]
+FAST_DECLINES = [
+    ("incomplete", b"GET / HTTP/1.1\r\n" + H),
+    ("leading empty line", b"\r\nGET / HTTP/1.1\r\n" + H + b"\r\n"),
+    ("http/1.0", b"GET / HTTP/1.0\r\n\r\n"),
+    ("obs-fold", b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n b\r\n\r\n"),
+    ("bare LF", b"GET / HTTP/1.1\n" + H + b"\r\n"),
+    ("bare LF ending", b"GET / HTTP/1.1\r\n" + H + b"\n"),
+    ("no host", b"GET / HTTP/1.1\r\n\r\n"),
+    ("two hosts", b"GET / HTTP/1.1\r\n" + H + H + b"\r\n"),
+    ("transfer-encoding", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"),
+    ("content-length list", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1, 1\r\n\r\nx"),
+    ("two content-lengths", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx"),
+    ("content-length sign", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: +1\r\n\r\nx"),
+    ("DEL in a value", b"GET / HTTP/1.1\r\n" + H + b"X: a\x7fb\r\n\r\n"),
+    ("control in a value", b"GET / HTTP/1.1\r\n" + H + b"X: a\x01b\r\n\r\n"),
+    ("space before colon", b"GET / HTTP/1.1\r\n" + H + b"X : a\r\n\r\n"),
+    ("obs-text in the target", b"GET /\xff HTTP/1.1\r\n" + H + b"\r\n"),
+    ("two spaces", b"GET  / HTTP/1.1\r\n" + H + b"\r\n"),
+]
+
+
+@pytest.mark.parametrize(("name", "data"), FAST_TAKES, ids=[c[0] for c in FAST_TAKES])
+def test_fast_request_takes_what_h11_parses_the_same(name: str, data: bytes) -> None:
+    assert assert_agrees_with_h11(data) is not None
+
+
+@pytest.mark.parametrize(("name", "data"), FAST_DECLINES, ids=[c[0] for c in FAST_DECLINES])
+def test_fast_request_leaves_the_rest_to_h11(name: str, data: bytes) -> None:
+    assert fast_request(data) is None
+
+
+SPLICES = [b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b",", b"\x00", b"\x7f", b"\xff", b"\r\n ", H,
+           b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n",
+           b"Expect: 100-continue\r\n", b"Upgrade: x\r\n", b"HTTP/1.0", b"get"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base=st.sampled_from([data for _, data in FAST_TAKES]),
+    edits=st.lists(
+        st.tuples(st.integers(0, 200), st.integers(0, 3), st.sampled_from(SPLICES) | st.binary(max_size=3)),
+        max_size=4,
+    ),
+)
+def test_fast_request_never_disagrees_with_h11(base: bytes, edits: list[tuple[int, int, bytes]]) -> None:
+    data = base
+    for at, cut, piece in edits:
+        at %= len(data) + 1
+        data = data[:at] + piece + data[at + cut :]
+    assert_agrees_with_h11(data)
+
+
+RESPONSES = [
+    head(200, b"OK", length_of(3)),
+    head(200, b"OK"),  # chunked to an HTTP/1.1 client
+    head(204, b"No Content"),
+    head(304, b"Not Modified", length_of(99)),
+]
+
+
+@pytest.mark.parametrize("close", [False, True])
+@pytest.mark.parametrize("response", RESPONSES, ids=["length", "chunked", "204", "304"])
+@pytest.mark.parametrize(("name", "data"), FAST_TAKES, ids=[c[0] for c in FAST_TAKES])
+def test_commits_move_h11_as_its_own_events_do(
+    name: str, data: bytes, response: ResponseHead, close: bool
+) -> None:
+    """A whole cycle, committed by hand and through h11, state compared after every step."""
+    ours, parsed = fast_conn(data)
+    theirs, event, _ = h11_request(data)
+    assert parsed is not None and event is not None
+    if event.method == b"CONNECT" or any(n == b"upgrade" for n, _ in event.headers):
+        return  # refused (405) or tunnelled before any of this runs
+    if not parsed.length:
+        if ours._cstate.keep_alive:
+            assert commit_request_end(ours)
+        else:  # declined, nothing done: next_event takes it as before
+            assert not commit_request_end(ours)
+            assert type(ours.next_event()) is h11.EndOfMessage
+        assert type(theirs.next_event()) is h11.EndOfMessage
+    else:
+        ours.receive_data(b"xyz")
+        theirs.receive_data(b"xyz")
+        for conn in (ours, theirs):
+            assert type(conn.next_event()) is h11.Data
+            assert type(conn.next_event()) is h11.EndOfMessage
+    assert snapshot(ours) == snapshot(theirs)
+    commit_head(ours, response, close)
+    theirs._process_event(h11.SERVER, _stand_in_for(theirs, response, close))  # commit_head's slow way
+    assert snapshot(ours) == snapshot(theirs)
+    body = b"" if response.status in (204, 304) or event.method == b"HEAD" else b"abc"
+    if body:
+        send_body(ours, body, lambda _: None)
+        send_body(theirs, body, lambda _: None)
+    assert commit_end(ours) == (theirs.send(h11.EndOfMessage()) or b"")
+    assert snapshot(ours) == snapshot(theirs)
+    if theirs.states == {h11.CLIENT: h11.DONE, h11.SERVER: h11.DONE}:
+        next_cycle(ours)
+        theirs.start_next_cycle()
+        assert snapshot(ours) == snapshot(theirs)
+
+
+def _stand_in_for(conn: h11.Connection, response: ResponseHead, close: bool) -> h11.Response:
+    """The stand-in commit_head hands to _process_event when it takes the slow way."""
+    length = next((v for n, v in response.headers if n == b"content-length"), None)
+    chunked = length is None and response.status not in (204, 304)
+    close = close or not conn._cstate.keep_alive
+    return _stand_in(response.status, length, chunked, close)
+
+
+def test_commit_request_end_declines_a_body_still_to_come() -> None:
+    conn, parsed = fast_conn(b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\n")
+    assert parsed is not None
+    before = snapshot(conn)
+    assert not commit_request_end(conn)
+    assert snapshot(conn) == before
+
+
+def test_commit_end_leaves_a_short_body_to_h11() -> None:
+    conn, _ = fast_conn(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+    assert commit_request_end(conn)
+    commit_head(conn, head(200, b"OK", length_of(3)), close=False)
+    with pytest.raises(h11.LocalProtocolError):
+        commit_end(conn)
+    assert conn.our_state is h11.ERROR
