@@ -27,6 +27,7 @@ import jwt
 import msgspec
 
 from edge.access.cors import VARY_ORIGIN, CorsPolicy, is_preflight, refused_preflight
+from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
 from edge.access.policy import IPNetwork, Policies, ServiceTokens, Subject, Trace
 from edge.access.responses import LocalResponse, Responses
 from edge.access.revocation import Revocations
@@ -59,10 +60,6 @@ Header = tuple[bytes, bytes]
 # does a service token's secret (the upstream has no use for it).
 STRIP_HEADERS = IDENTITY_HEADERS | frozenset({b"cf-access-client-secret"})
 TEAM_LOGIN = "/cdn-cgi/access/login/{host}?kid={aud}&redirect_url={redirect_url}"
-ENDPOINTS = frozenset({"login", "authorized", "logout", "get-identity", "certs"})
-# The team host serves the login service itself: its pages and the identity
-# provider's callback.
-TEAM_ENDPOINTS = frozenset({"login", "callback", "logout", "get-identity", "certs"})
 # Edge endpoints must never be framed (clickjacking of the login page).
 NO_FRAMING: tuple[Header, ...] = (
     (b"x-frame-options", b"DENY"),
@@ -144,7 +141,7 @@ class Endpoint(LocalAction, frozen=True, gc=False):
     """An edge endpoint (/cdn-cgi/access/<name>[/<rest>]), answered by the
     login service; `response` is what to send when there is none."""
 
-    name: str = ""
+    kind: EndpointKind
     team: bool = False  # on the team host (else on a protected host)
     target: CompiledApp | None = None  # the application covering the path, if any
     rest: str = ""  # what follows the name: the app host of /login/<host>
@@ -484,11 +481,12 @@ def _endpoint(c: Compiled, req: Request, h: HeaderIndex, host: bytes, segments: 
         return Preflight(
             c.endpoint_refused, app, f"preflight: edge endpoint {name!r} allows no cross-site requests"
         )
-    if name not in ENDPOINTS:
+    kind = APP_ENDPOINTS.get(name)
+    if kind is None:
         return NotFound(c.responses.not_found, app, f"not found: no edge endpoint {name[:40]!r}")
     rest = b"/".join(segments[3:]).decode("latin-1")
     target = None if route is None else route.app
-    return Endpoint(c.endpoint_pending, app, f"endpoint {name}", name, False, target, rest)
+    return Endpoint(c.endpoint_pending, app, f"endpoint {name}", kind, False, target, rest)
 
 
 def _team(c: Compiled, req: Request, h: HeaderIndex, segments: list[bytes]) -> Action:
@@ -501,9 +499,10 @@ def _team(c: Compiled, req: Request, h: HeaderIndex, segments: list[bytes]) -> A
         name, rest = segments[2].decode("latin-1"), b"/".join(segments[3:]).decode("latin-1")
     else:
         return NotFound(c.responses.not_found, None, "not found: team host")
-    if name not in TEAM_ENDPOINTS:
+    kind = TEAM_ENDPOINTS.get(name)
+    if kind is None:
         return NotFound(c.responses.not_found, None, f"not found: no team endpoint {name[:40]!r}")
-    return Endpoint(c.endpoint_pending, None, f"team {name}", name, True, None, rest)
+    return Endpoint(c.endpoint_pending, None, f"team {name}", kind, True, None, rest)
 
 
 # -- preflights --------------------------------------------------------------------

@@ -17,7 +17,7 @@ from edge import __version__
 from edge.config.schema import Config, ConfigError, load
 
 if TYPE_CHECKING:
-    from edge.login.keydir import KeyRing
+    from edge.login.keyring import KeyRing
 
 DEFAULT_CONFIG = os.environ.get("EDGE_CONFIG", "conf/edge.toml")
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2

@@ -35,18 +35,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import json
 import math
 import os
 import secrets as _random
 import shlex
 import stat
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import jwt
 import msgspec
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -55,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import NameOID
 
 from edge.login import keys as keylib
+from edge.login.keyring import KeyRing, SigningKey
 from edge.login.keys import PrivateKey
 
 SIGNING_ALGORITHMS = ("ES256", "RS256")
@@ -72,55 +69,6 @@ LOAD_ATTEMPTS = 3
 
 class KeyDirError(Exception):
     """An unusable key directory; the message names the path and is ready for a user."""
-
-
-@dataclass(frozen=True, slots=True)
-class SigningKey:
-    kid: str  # RFC 7638 thumbprint of the public key
-    alg: str  # "ES256" | "RS256"
-    private: PrivateKey
-    created: float  # epoch seconds
-    retired: float | None  # when it stopped being current; None while it is current
-    cert_pem: str  # self-signed X.509 cert of the public key, made once at creation
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class KeyRing:
-    """The usable keys at one moment: `keys[0]` is current, then previous keys
-    still inside their overlap, most recently retired first. The published
-    documents are built once here, so serving them is a lookup."""
-
-    keys: tuple[SigningKey, ...]
-    expires: float | None  # the next moment the ring changes with no file change
-    fingerprint: tuple[int, int] | None = None  # of the manifest this ring was read from
-    _jwks: bytes = field(init=False, repr=False)
-    _certs: bytes = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.keys or self.keys[0].retired is not None:
-            raise ValueError("A key ring starts with its current key")
-        jwks = [_public_jwk(k) for k in self.keys]
-        certs = [{"kid": k.kid, "cert": k.cert_pem} for k in self.keys]
-        object.__setattr__(self, "_jwks", _json({"keys": jwks}))
-        document = {"keys": jwks, "public_cert": certs[0], "public_certs": certs}
-        object.__setattr__(self, "_certs", _json(document))
-
-    @property
-    def current(self) -> SigningKey:
-        return self.keys[0]
-
-    def sign(self, claims: Mapping[str, Any]) -> str:
-        key = self.current
-        headers = {"kid": key.kid, "typ": "JWT"}  # PyJWT adds alg from `algorithm`
-        return jwt.encode(dict(claims), key.private, algorithm=key.alg, headers=headers)
-
-    def jwks(self) -> bytes:
-        """{"keys": [public JWKs with kid, alg, use="sig"]}, current first."""
-        return self._jwks
-
-    def certs(self) -> bytes:
-        """Cloudflare's /cdn-cgi/access/certs document: JWKs plus PEM certs."""
-        return self._certs
 
 
 class _Entry(msgspec.Struct, frozen=True):
@@ -475,13 +423,3 @@ def _check_alg(alg: str) -> None:
 def _check_overlap(overlap: float) -> None:
     if not overlap >= 0:  # also refuses NaN
         raise ValueError(f"Expected a key overlap of 0 seconds or more, got {overlap!r}")
-
-
-def _public_jwk(key: SigningKey) -> dict[str, Any]:
-    jwk = keylib.public_jwk(key.private, key.kid)
-    jwk.pop("key_ops", None)  # PyJWT adds it; RFC 7517 section 4.3: not together with "use"
-    return jwk
-
-
-def _json(document: Mapping[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()

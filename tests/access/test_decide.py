@@ -691,7 +691,7 @@ def test_login_endpoint_refuses_preflights_without_cors_headers(c: Compiled) -> 
 @pytest.mark.parametrize("name", ["login", "authorized", "logout", "get-identity", "certs"])
 def test_edge_endpoints_are_local(c: Compiled, name: str) -> None:
     action = run(c, "GET", f"https://api.example.com/cdn-cgi/access/{name}", {"Origin": WEB})
-    assert isinstance(action, Endpoint) and action.name == name and action.app == "api"
+    assert isinstance(action, Endpoint) and action.kind.value == name and action.app == "api"
     assert acao_headers(action.response) == {}
     assert fields(action.response)["content-security-policy"] == "frame-ancestors 'none'"
 

@@ -19,6 +19,7 @@ from access_fixtures import ISS, NOW, default_jwks, mint
 from redis_fixture import RedisServer, redis_server  # noqa: F401
 
 from edge.access.decide import REVOKED, Compiled, Endpoint, Request, compile_config, decide, verify_token
+from edge.access.endpoints import EndpointKind
 from edge.access.responses import LocalResponse
 from edge.access.tokens import Identity, Refusal
 from edge.config.schema import Config, loads
@@ -73,7 +74,7 @@ def request(
 async def logout(service: LoginService, c: Compiled, token: bytes, now: float) -> LocalResponse:
     req = request(token=token)
     action = decide(c, req, now)
-    assert isinstance(action, Endpoint) and action.name == "logout"
+    assert isinstance(action, Endpoint) and action.kind is EndpointKind.LOGOUT
     call = make_call(req.method, req.host, req.target, req.headers, req.client_ip)
     return await service.handle(c, action, call, b"", now)
 

@@ -1,0 +1,47 @@
+"""The edge's own endpoints (/cdn-cgi/access/<name>), named once.
+
+decide() reads the segment after /cdn-cgi/access/ through the two tables
+below and hands the login service an `EndpointKind`; the login service
+dispatches on it. A name in neither table is a 404 before the login service
+sees it: the tables are the whole surface (deny by default).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class EndpointKind(enum.Enum):
+    """One edge endpoint; the value is its path segment."""
+
+    LOGIN = "login"  # the team's sign-in page (on an application host: a redirect to it)
+    CALLBACK = "callback"  # an OpenID Connect provider's redirect back (team host)
+    AUTHORIZED = "authorized"  # a one-time code exchanged for the application's cookie
+    LOGOUT = "logout"
+    GET_IDENTITY = "get-identity"
+    CERTS = "certs"  # the built-in issuer's keys and certificates
+
+
+# What a protected host serves under /cdn-cgi/access/.
+APP_ENDPOINTS: dict[str, EndpointKind] = {
+    k.value: k
+    for k in (
+        EndpointKind.LOGIN,
+        EndpointKind.AUTHORIZED,
+        EndpointKind.LOGOUT,
+        EndpointKind.GET_IDENTITY,
+        EndpointKind.CERTS,
+    )
+}
+# The team host serves the login service itself: its pages and the identity
+# provider's callback.
+TEAM_ENDPOINTS: dict[str, EndpointKind] = {
+    k.value: k
+    for k in (
+        EndpointKind.LOGIN,
+        EndpointKind.CALLBACK,
+        EndpointKind.LOGOUT,
+        EndpointKind.GET_IDENTITY,
+        EndpointKind.CERTS,
+    )
+}
