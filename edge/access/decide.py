@@ -42,15 +42,8 @@ from edge.access.tokens import (
     extract_token,
     parse_jwks,
 )
-from edge.config.schema import (
-    DEFAULT_LEEWAY,
-    DEFAULT_LOGIN_URL,
-    SIGNING_ALGORITHMS,
-    App,
-    Config,
-    ConfigError,
-    Issuer,
-)
+from edge.config.errors import ConfigError
+from edge.config.schema import DEFAULT_LEEWAY, DEFAULT_LOGIN_URL, SIGNING_ALGORITHMS, App, Config, Issuer
 from edge.proxy.forwarding import IDENTITY_HEADERS, TrustedProxies
 
 Header = tuple[bytes, bytes]

@@ -79,7 +79,8 @@ from edge.access.session import (
     valid_binding,
 )
 from edge.access.tokens import Identity, Refusal, extract_token, parse_jwks
-from edge.config.schema import Config, ConfigError, DevProvider, DevUser, OidcProvider, Team
+from edge.config.errors import ConfigError
+from edge.config.schema import Config, DevProvider, DevUser, OidcProvider, Team
 from edge.login import keydir, pages
 from edge.login.cycle import EndpointCall
 from edge.login.oidc import REFUSED as OIDC_REFUSED
