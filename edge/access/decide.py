@@ -17,7 +17,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,7 +301,7 @@ def compile_config(
     shared = Shared(responses)
     apps = tuple(CompiledApp(app, shared) for app in config.apps)
     router = Router(Route(app, pattern) for app in apps for pattern in app.config.patterns)
-    trusted = tuple(ipaddress.ip_network(c) for c in config.server.trusted_proxies)
+    trusted = config.server.trusted_networks
     return Compiled(
         config=config,
         router=router,

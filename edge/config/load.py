@@ -48,9 +48,13 @@ def _derive(config: Config) -> None:
     strings again, and a parser that disagreed with its check fails here, at
     load, not when a listener or a route is built."""
     config.server.addresses  # noqa: B018 - a cached property: computing it is the point
+    config.server.trusted_networks  # noqa: B018
     for app in config.apps:
         app.tag  # noqa: B018
         app.patterns  # noqa: B018
+        for policy in app.policies:
+            for rule in (*policy.include, *policy.require, *policy.exclude):
+                rule.networks  # noqa: B018
     if config.team is not None:
         config.team.hostname  # noqa: B018
     if config.demo is not None:

@@ -6,10 +6,11 @@ Invariants:
 - Types and per-value bounds live here (``Annotated[..., Meta(...)]``, checked
   by msgspec while decoding); rules across fields live in `checks`, which
   report a key path and a message instead of raising.
-- Derived values (`Server.addresses`, `App.patterns`, `App.tag`,
-  `Team.hostname`, `Demo.address`, `Demo.web_address`) are cached: parsed once,
-  by `load` right after the checks passed, and never again from the strings.
-  They are meaningful only on a config the checks accepted.
+- Derived values (`Server.addresses`, `Server.trusted_networks`,
+  `Rule.networks`, `App.patterns`, `App.tag`, `Team.hostname`, `Demo.address`,
+  `Demo.web_address`) are cached: parsed once, by `load` right after the
+  checks passed, and never again from the strings. They are meaningful only
+  on a config the checks accepted.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-from edge.config.syntax import DomainPattern, ListenAddress, parse_domain, parse_listen
+from edge.config.syntax import (
+    DomainPattern,
+    IPNetwork,
+    ListenAddress,
+    parse_domain,
+    parse_listen,
+    parse_networks,
+)
 
 SECONDS = 1.0
 KIB = 1024
@@ -82,6 +90,10 @@ class Server(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     @cached_property
     def addresses(self) -> tuple[ListenAddress, ...]:
         return tuple(parse_listen(item) for item in self.listen)
+
+    @cached_property
+    def trusted_networks(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.trusted_proxies)
 
 
 class Proxy(Struct, frozen=True, forbid_unknown_fields=True):
@@ -156,7 +168,7 @@ class Cors(Struct, frozen=True, forbid_unknown_fields=True):
     expose_headers: list[str] = msgspec.field(default_factory=list)
 
 
-class Rule(Struct, frozen=True, forbid_unknown_fields=True):
+class Rule(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     """One selector: a table with exactly one key (``{ emails = [...] }``)."""
 
     everyone: bool | None = None
@@ -170,6 +182,11 @@ class Rule(Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def selector(self) -> str:
         return next(name for name in SELECTORS if getattr(self, name) is not None)
+
+    @cached_property
+    def networks(self) -> tuple[IPNetwork, ...]:
+        """The parsed `ip_ranges` (empty for any other selector)."""
+        return parse_networks(self.ip_ranges or [])
 
 
 class Policy(Struct, frozen=True, forbid_unknown_fields=True):

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from msgspec import Struct
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 
 class ListenAddress(Struct, frozen=True):
     host: str
@@ -161,6 +163,11 @@ def cidr_problem(value: str) -> str | None:
     except ValueError as exc:
         return f"Expected an IP network like '10.0.0.0/8' or '2001:db8::/32', got {value!r} ({exc})"
     return None
+
+
+def parse_networks(cidrs: list[str]) -> tuple[IPNetwork, ...]:
+    """CIDR strings that passed `cidr_problem`, parsed."""
+    return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
 
 
 def text_problem(value: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import ipaddress
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -423,19 +424,23 @@ def test_no_marker_strings_in_config_package() -> None:
 
 def test_derived_values_are_computed_at_load() -> None:
     config = loads(
-        '[server]\nlisten = ["127.0.0.1:8080", "[::1]:9000"]\n[demo]\n'
+        '[server]\nlisten = ["127.0.0.1:8080", "[::1]:9000"]\ntrusted_proxies = ["10.0.0.0/8"]\n[demo]\n'
         + '[team]\nhost = "Auth.Example.com"\n[[team.providers]]\ntype = "dev"\n'
         + f'[[team.providers.users]]\nemail = "a@example.com"\npassword = "{HASH}"\n'
         + '[[apps]]\nname = "api"\ndomains = ["API.example.com/v1/*"]\nupstream = "http://127.0.0.1:9"\n'
         + '[[apps.policies]]\nname = "p"\naction = "allow"\ninclude = [{ everyone = true }]\n'
+        + 'require = [{ ip_ranges = ["192.0.2.0/24"] }]\n'
     )
     app, team, demo = config.apps[0], config.team, config.demo
     assert team is not None and demo is not None
     # Cached in the instance by load, before anyone asked.
-    assert {"addresses"} <= set(vars(config.server))
-    assert {"patterns", "tag"} <= set(vars(app))
+    rule = app.policies[0].require[0]
+    assert {"addresses", "trusted_networks"} <= set(vars(config.server))
+    assert {"patterns", "tag"} <= set(vars(app)) and {"networks"} <= set(vars(rule))
     assert {"hostname"} <= set(vars(team)) and {"address", "web_address"} <= set(vars(demo))
     assert config.server.addresses == (ListenAddress("127.0.0.1", 8080), ListenAddress("::1", 9000))
+    assert config.server.trusted_networks == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert rule.networks == (ipaddress.ip_network("192.0.2.0/24"),)
     assert app.patterns == (DomainPattern("api.example.com", ("v1",)),)
     assert app.tag == hashlib.sha256(b"api").hexdigest()
     assert team.hostname == "auth.example.com"
