@@ -116,14 +116,14 @@ def _tables(config: Config) -> Problems:
 
 def _app_tables(app: App) -> Problems:
     for j, policy in enumerate(app.policies):
-        rules = (
-            _under((part, k), check_rule(rule))
-            for part in ("include", "require", "exclude")
-            for k, rule in enumerate(getattr(policy, part))
-        )
-        yield from _under(("policies", j), _then(_chain(rules), check_policy(policy)))
+        yield from _under(("policies", j), _then(_rules(policy), check_policy(policy)))
     if app.cors is not None:
         yield from _under(("cors",), check_cors(app.cors))
+
+
+def _rules(policy: Policy) -> Problems:
+    for part in ("include", "require", "exclude"):
+        yield from _each(part, getattr(policy, part), check_rule)
 
 
 def _provider_tables(provider: DevProvider | OidcProvider) -> Problems:
@@ -158,11 +158,6 @@ def _under(prefix: KeyPath, found: Iterable[Problem]) -> Problems:
 def _each(key: str, tables: list[T], check: Callable[[T], Problems]) -> Problems:
     for i, table in enumerate(tables):
         yield from _under((key, i), check(table))
-
-
-def _chain(groups: Iterable[Iterable[Problem]]) -> Problems:
-    for group in groups:
-        yield from group
 
 
 # -- small rules shared by several tables --------------------------------------
