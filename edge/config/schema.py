@@ -10,7 +10,9 @@ Invariants:
   `Rule.networks`, `App.patterns`, `App.tag`, `Team.hostname`, `Demo.address`,
   `Demo.web_address`) are cached: parsed once, by `load` right after the
   checks passed, and never again from the strings. They are meaningful only
-  on a config the checks accepted.
+  on a config the checks accepted. `msgspec.structs.replace` starts the copy
+  with an empty cache (a reload keeping the boot listeners relies on it), so
+  a derived value never outlives the fields it was parsed from.
 """
 
 from __future__ import annotations

@@ -446,3 +446,12 @@ def test_derived_values_are_computed_at_load() -> None:
     assert team.hostname == "auth.example.com"
     assert demo.address == ListenAddress("127.0.0.1", 9000)
     assert demo.web_address == ListenAddress("127.0.0.1", 9001)
+
+
+def test_a_replaced_struct_derives_again() -> None:
+    """runtime.server keeps the boot listeners with msgspec.structs.replace;
+    the copy must not carry the addresses parsed from the replaced list."""
+    server = loads('[server]\nlisten = ["127.0.0.1:8080"]\n').server
+    assert server.addresses == (ListenAddress("127.0.0.1", 8080),)
+    kept = msgspec.structs.replace(server, listen=["127.0.0.1:9090"])
+    assert kept.addresses == (ListenAddress("127.0.0.1", 9090),)
