@@ -17,7 +17,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,15 +42,8 @@ from edge.access.tokens import (
     extract_token,
     parse_jwks,
 )
-from edge.config.schema import (
-    DEFAULT_LEEWAY,
-    DEFAULT_LOGIN_URL,
-    SIGNING_ALGORITHMS,
-    App,
-    Config,
-    ConfigError,
-    Issuer,
-)
+from edge.config.errors import ConfigError
+from edge.config.schema import DEFAULT_LEEWAY, DEFAULT_LOGIN_URL, SIGNING_ALGORITHMS, App, Config, Issuer
 from edge.proxy.forwarding import IDENTITY_HEADERS, TrustedProxies
 
 Header = tuple[bytes, bytes]
@@ -306,7 +298,7 @@ def compile_config(
     shared = Shared(responses)
     apps = tuple(CompiledApp(app, shared) for app in config.apps)
     router = Router(Route(app, pattern) for app in apps for pattern in app.config.patterns)
-    trusted = tuple(ipaddress.ip_network(c) for c in config.server.trusted_proxies)
+    trusted = config.server.trusted_networks
     return Compiled(
         config=config,
         router=router,

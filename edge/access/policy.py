@@ -207,8 +207,7 @@ def compile_rule(rule: Rule) -> CompiledRule:
     if selector == "any_service_token":
         return AnyServiceToken(selector, label)
     if selector == "ip_ranges":
-        nets = tuple(ipaddress.ip_network(c) for c in rule.ip_ranges or ())
-        return IpRanges(selector, label, nets)
+        return IpRanges(selector, label, rule.networks)
     values: list[str] = getattr(rule, selector)
     if selector == "emails":
         return Emails(selector, label, frozenset(v.lower() for v in values))

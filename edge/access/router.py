@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
-from edge.config.schema import DomainPattern
+from edge.config.syntax import DomainPattern
 
 T = TypeVar("T")
 

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from edge import __version__
-from edge.config.schema import Config, ConfigError, load
+from edge.config.errors import ConfigError
+from edge.config.load import load
+from edge.config.schema import Config
 
 if TYPE_CHECKING:
     from edge.login.keyring import KeyRing

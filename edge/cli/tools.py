@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 from edge.access.cors import fetch_method
 from edge.access.decide import Action, Compiled, Forward, Request, explain
 from edge.access.responses import date_line
-from edge.config.schema import Config, DevProvider, is_loopback_host
+from edge.config.schema import Config, DevProvider
+from edge.config.syntax import is_loopback_host
 from edge.login import keys as keylib
 
 

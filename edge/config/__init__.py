@@ -1,1 +1,8 @@
-"""edge.config"""
+"""edge.config: the file that configures the edge, from bytes to a `Config`.
+
+- `schema`: the msgspec Structs (types, bounds, derived values);
+- `syntax`: parsers of single values (listen addresses, domains, origins);
+- `checks`: rules across fields, reported as `Problem(path, message)`;
+- `errors`: `ConfigError` and the wording of every error;
+- `load`: `load` / `loads`, the one way in.
+"""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 
-from edge.config.schema import ListenAddress
+from edge.config.syntax import ListenAddress
 
 # Long enough that a dead upstream under load costs a line per 10 s instead of
 # one per request; short enough that the log follows an outage as it goes.

@@ -43,7 +43,7 @@ import msgspec
 from jwt.types import Options
 
 from edge.access.tokens import JwksError, parse_jwks
-from edge.config.schema import is_loopback_host
+from edge.config.syntax import is_loopback_host
 from edge.proxy.fetch import FETCH_TIMEOUT, FetchError, Response, request
 
 DOCUMENT_LIMIT = 256 * 1024  # bytes; discovery and token responses are a few KiB

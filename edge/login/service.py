@@ -52,7 +52,8 @@ from edge.access.endpoints import EndpointKind
 from edge.access.responses import LocalResponse
 from edge.access.session import Sealer
 from edge.access.tokens import Identity, Refusal, parse_jwks
-from edge.config.schema import Config, ConfigError, DevProvider, DevUser, OidcProvider
+from edge.config.errors import ConfigError
+from edge.config.schema import Config, DevProvider, DevUser, OidcProvider
 from edge.login import keydir, logout, oidc_flow, signin
 from edge.login.call import Call, make_call
 from edge.login.context import Context, RelyingParty

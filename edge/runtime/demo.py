@@ -27,7 +27,7 @@ from typing import Any
 
 import h11
 
-from edge.config.schema import Config, parse_listen
+from edge.config.schema import Config
 
 IDENTITY = ("cf-access-authenticated-user-email", "cf-access-jwt-assertion")
 MAX_HEAD = 16 * 1024
@@ -41,7 +41,7 @@ def urls(config: Config) -> dict[str, str]:
     suffix = "" if port == (443 if scheme == "https" else 80) else f":{port}"
     app = next((a for a in config.apps if a.cors is not None and not a.domains[0].count("/")), None)
     host = app.domains[0] if app is not None else "app.localhost"
-    web = parse_listen(config.demo.web_listen) if config.demo is not None else None
+    web = config.demo.web_address if config.demo is not None else None
     return {
         "app": f"{scheme}://{host}{suffix}",
         "web": f"http://{host}:{web.port}" if web is not None else "",
@@ -197,8 +197,8 @@ document.getElementById("call").addEventListener("click", callApi);
 async def serve(config: Config) -> None:
     assert config.demo is not None
     u = urls(config)
-    up = parse_listen(config.demo.listen)
-    web = parse_listen(config.demo.web_listen)
+    up = config.demo.address
+    web = config.demo.web_address
     origin = origin_handler(u["web"])
     page = web_handler(u["api"])
     a = await asyncio.start_server(lambda r, w: _exchange(r, w, origin), up.host, up.port)

@@ -37,7 +37,10 @@ import msgspec
 from edge.access.decide import Compiled, Endpoint, Forward, RemoteKeys, Request, compile_config, decide
 from edge.access.responses import HEALTH_PATH, LocalResponse, date_line
 from edge.access.tokens import JwksError
-from edge.config.schema import TLS, Config, ConfigError, ListenAddress, load, loads
+from edge.config.errors import ConfigError
+from edge.config.load import load, loads
+from edge.config.schema import TLS, Config
+from edge.config.syntax import ListenAddress
 from edge.http.connection import HttpProtocol, RequestInfo
 from edge.http.faults import FaultLog
 from edge.login import keydir

@@ -46,7 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from edge.config.schema import Config, ConfigError, ListenAddress, loads
+from edge.config.errors import ConfigError
+from edge.config.load import loads
+from edge.config.schema import Config
+from edge.config.syntax import ListenAddress
 from edge.login.keydir import KeyDirError
 from edge.login.service import ensure_keys
 from edge.runtime import snapshots

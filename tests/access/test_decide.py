@@ -47,7 +47,8 @@ from edge.access.decide import (
     prefers_html,
 )
 from edge.access.responses import LocalResponse
-from edge.config.schema import ConfigError, loads
+from edge.config.errors import ConfigError
+from edge.config.load import loads
 
 APPS = """
 [[apps]]

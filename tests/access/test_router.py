@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge.access.router import Route, Router, normalize_host, path_segments
-from edge.config.schema import parse_domain
+from edge.config.syntax import parse_domain
 
 APPS = {
     "exact": "app.example.com",

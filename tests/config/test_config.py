@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.config.schema import TLS, Config, ConfigError, ListenAddress, Server, load, loads, parse_listen
+from edge.config.errors import ConfigError
+from edge.config.load import load, loads
+from edge.config.schema import TLS, Config, Server
+from edge.config.syntax import ListenAddress, parse_listen
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "conf" / "edge.toml"
@@ -58,7 +61,7 @@ def server(**values: object) -> str:
 def test_default_config_loads() -> None:
     config = load(DEFAULT_CONFIG)
     assert config.server == Config().server and config.proxy == Config().proxy
-    assert config.server.addresses == [ListenAddress("127.0.0.1", 8080)]
+    assert config.server.addresses == (ListenAddress("127.0.0.1", 8080),)
 
 
 @pytest.mark.parametrize("section", ["server", "proxy"])

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from edge.access.decide import compile_config
-from edge.config.schema import Config, ConfigError, load, loads, origin_problem, parse_domain
+from edge.config.errors import ConfigError
+from edge.config.load import load, loads
+from edge.config.schema import Config
+from edge.config.syntax import origin_problem, parse_domain
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = "edge.toml"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edge.config.schema import ConfigError, DevProvider, OidcProvider, loads
+from edge.config.errors import ConfigError
+from edge.config.load import loads
+from edge.config.schema import DevProvider, OidcProvider
 from edge.login.passwords import hash_password
 
 HASH = hash_password("pw", log2_n=4)

@@ -17,7 +17,7 @@ import h11
 import pytest
 from conftest import open_app_toml
 
-from edge.config.schema import loads
+from edge.config.load import loads
 from edge.http.connection import BODY, DRAIN_LIMIT, IDLE, LINGER, HttpProtocol
 from edge.proxy.upstream import UpstreamConnection
 from edge.runtime.server import ServerState

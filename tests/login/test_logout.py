@@ -22,7 +22,8 @@ from edge.access.decide import REVOKED, Compiled, Endpoint, Request, compile_con
 from edge.access.endpoints import EndpointKind
 from edge.access.responses import LocalResponse
 from edge.access.tokens import Identity, Refusal
-from edge.config.schema import Config, loads
+from edge.config.load import loads
+from edge.config.schema import Config
 from edge.login.service import LoginService, make_call
 from edge.login.store import MemoryStore, RedisStore, Store
 

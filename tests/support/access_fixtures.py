@@ -16,7 +16,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from edge.access.decide import Compiled, Request, compile_config
-from edge.config.schema import loads
+from edge.config.load import loads
 
 ISS = "https://auth.example.com"
 NOW = 1_800_000_000.0  # a fixed clock: decisions never read the real one
