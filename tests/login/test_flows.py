@@ -21,7 +21,8 @@ from edge.access.decide import Compiled, Endpoint, Request, compile_config, deci
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
 from edge.access.responses import LocalResponse
 from edge.access.session import BINDING_COOKIE, CSRF_COOKIE, FLOW_COOKIE, HANDOFF_TTL, SealError
-from edge.config.schema import Config, DevProvider, loads
+from edge.config.load import loads
+from edge.config.schema import Config, DevProvider
 from edge.login import dev, handoff, logout, oidc_flow, signin
 from edge.login.call import Call, make_call
 from edge.login.context import Context, Target
