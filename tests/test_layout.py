@@ -179,8 +179,12 @@ def test_every_module_imports_on_its_own() -> None:
                 command = [sys.executable, "-c", f"import {module}"]
                 proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 running.append((module, proc))
-            module, proc = running.pop(0)
-            _, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            module, proc = running[0]
+            try:
+                _, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"importing {module} did not finish within the test's {TIMEOUT} s")
+            running.pop(0)
             if proc.returncode:
                 failed.append(f"{module}:\n{err.decode(errors='replace').strip().splitlines()[-1]}")
     finally:

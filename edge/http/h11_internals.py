@@ -21,7 +21,8 @@ slow path (tests/http/test_h11_internals.py, tests/http/test_wire_diff.py):
   `ContentLengthReader._remaining` and `ChunkedReader._bytes_in_chunk`, read
   (and the former counted down) for body bytes that skip the receive buffer;
   `BodyWriter.send_data(data, write)`;
-- `Connection._request_method`, read to frame a response to HEAD;
+- `Connection._request_method` (and the public `their_http_version`), set as
+  h11 sets them on a request, and read to frame a response to HEAD;
 - `Connection._receive_buffer` (a `ReceiveBuffer` whose `bool()` says
   whether bytes are buffered and whose `._data` is the bytearray itself)
   and `._receive_buffer_closed` (the peer's EOF), read in place instead of
