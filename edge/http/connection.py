@@ -17,7 +17,12 @@ Invariants:
   connection is. A request head that arrives whole on an idle connection is
   parsed by h11_internals.fast_request (it takes only heads h11 would parse into the
   same event) and committed to that state machine by hand (h11_internals.commit_*);
-  any other bytes are parsed by h11, so its refusals stay the reference.
+  any other bytes are parsed by h11, so its refusals stay the reference. h11's
+  internals are reached only through h11_internals.
+- The connection knows the rest of the edge only through the interfaces it
+  is handed: its worker (`Worker`), the dispatcher that turns a request into
+  a local answer or a cycle (`Dispatcher`), and that cycle (`cycle.Cycle`).
+  It imports no proxy, login or runtime module.
 """
 
 from __future__ import annotations
@@ -26,31 +31,37 @@ import asyncio
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import h11
-from h11._readers import ChunkedReader, ContentLengthReader
-from h11._receivebuffer import ReceiveBuffer
 
-from edge.access.responses import LocalResponse
+from edge.access.responses import LocalResponse, Responses
+from edge.config.schema import Server
 from edge.http import flow
+from edge.http.cycle import Cycle
+from edge.http.faults import FaultLog
 from edge.http.flow import ReadGate
 from edge.http.h11_internals import (
     FastRequest,
+    awaiting_head,
+    body_remaining,
+    buffered,
+    chunk_owed,
     commit_end,
     commit_head,
+    commit_local,
     commit_request,
     commit_request_end,
+    discard_buffer,
     fast_request,
+    head_bytes,
     next_cycle,
+    pending,
+    scan_fields,
     send_body,
+    take_body,
 )
 from edge.http.message import TOKEN, ResponseHead
-from edge.login.cycle import EndpointCall, EndpointCycle
-from edge.proxy.cycle import ProxyCycle
-
-if TYPE_CHECKING:
-    from edge.runtime.server import ServerState
 
 log = logging.getLogger("edge.protocol")
 
@@ -94,20 +105,8 @@ _LENGTH_FIELD = re.compile(rb"\ncontent-length:([^\n]*)", re.IGNORECASE)
 # Only these are spoken; h11 takes any DIGIT.DIGIT (RFC 9112 2.3).
 _VERSIONS = (b"1.1", b"1.0")
 
-_EOM = h11.EndOfMessage()
 _SEND_OK = (h11.IDLE, h11.SEND_RESPONSE)
-
-
-def commit_local(conn: h11.Connection, head: h11.Response) -> None:
-    """Advance h11 as if `head` and its whole body had been sent.
-
-    The bytes themselves were serialised once (LocalResponse); h11's public
-    send() would validate and serialise the same headers again on every
-    request. The state machine is driven through the same internal entry point
-    that send() uses, so keep-alive and cycle bookkeeping stay h11's own.
-    """
-    conn._process_event(h11.SERVER, head)
-    conn._process_event(h11.SERVER, _EOM)
+_CONTINUE = h11.InformationalResponse(status_code=100, headers=[])
 
 
 class RequestInfo:
@@ -147,33 +146,6 @@ class RequestInfo:
         self.chunked = False
 
 
-def _scan(event: h11.Request, pairs: list[tuple[bytes, bytes]]) -> tuple[int, list[bytes], bool, list[bytes]]:
-    """One pass over the head: its size, Content-Length values, whether
-    Transfer-Encoding is present, and the Host values; `pairs` receives the
-    (lower-cased name, value) list the decision reads.
-
-    The size is less the whitespace h11 strips: h11 applies its size limit
-    only while a head is incomplete, so a head that arrives whole in one read
-    must be measured here. Reads h11's `_full_items` (raw name, lower-cased
-    name, value) directly: iterating Headers goes through Sequence.__iter__,
-    one __getitem__ per field, which showed up in profiles of the hot path.
-    """
-    size = len(event.method) + len(event.target) + 13  # " ", " HTTP/1.1", CRLF, final CRLF
-    lengths: list[bytes] = []
-    chunked = False
-    hosts: list[bytes] = []
-    for raw, name, value in event.headers._full_items:
-        size += len(raw) + len(value) + 4  # ": " and CRLF
-        pairs.append((name, value))
-        if name == b"content-length":
-            lengths.append(value)
-        elif name == b"transfer-encoding":
-            chunked = True
-        elif name == b"host":
-            hosts.append(value)
-    return size, lengths, chunked, hosts
-
-
 def _authority_of(target: bytes) -> tuple[bytes, bytes] | None:
     """Split an absolute-form target into (authority, path-and-query)."""
     lower = target[:8].lower()
@@ -198,6 +170,54 @@ def _same_authority(a: bytes, b: bytes, secure: bool) -> bool:
     return a.removesuffix(default) == b.removesuffix(default)
 
 
+class Worker(Protocol):
+    """The connection's view of its worker (edge.runtime.server.ServerState).
+    Read per use, not copied: a reload changes `responses`, the sweep `now`."""
+
+    @property
+    def limits(self) -> Server:
+        """The [server] settings, read once per connection."""
+
+    @property
+    def now(self) -> float:
+        """The loop's clock, as of the last sweep (deadlines are set from it)."""
+
+    @property
+    def date(self) -> bytes:
+        """The Date header line, refreshed every second."""
+
+    @property
+    def draining(self) -> bool:
+        """SIGTERM was received: answer what is in flight, keep nothing alive."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def connections(self) -> set[HttpProtocol]:
+        """The open connections the sweep walks; each adds and removes itself."""
+
+    @property
+    def faults(self) -> FaultLog: ...
+
+    @property
+    def responses(self) -> Responses:
+        """The local error responses of the configuration in force."""
+
+    def access(self, client: str, request: RequestInfo) -> None:
+        """Log a finished request."""
+
+
+class Dispatcher(Protocol):
+    """What to do with a request whose head is complete and valid: a local
+    response, or a cycle that the connection makes current and then starts
+    (starting may already finish it, calling back into the connection)."""
+
+    def __call__(
+        self, client: HttpProtocol, event: h11.Request, info: RequestInfo
+    ) -> LocalResponse | Cycle: ...
+
+
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "client",
@@ -207,6 +227,7 @@ class HttpProtocol(asyncio.Protocol):
         "corked",
         "cycle",
         "deadline",
+        "dispatch",
         "drained",
         "early",
         "gate",
@@ -222,9 +243,10 @@ class HttpProtocol(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: Worker, dispatch: Dispatcher) -> None:
         self.state = state
-        self.limits = state.config.server
+        self.dispatch = dispatch
+        self.limits = state.limits
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -243,7 +265,7 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = False
         self.held = False
         self.request: RequestInfo | None = None
-        self.cycle: ProxyCycle | EndpointCycle | None = None
+        self.cycle: Cycle | None = None
         self.corked: list[bytes] | None = None
         self.drained = 0
         self.early = False
@@ -288,21 +310,17 @@ class HttpProtocol(asyncio.Protocol):
         elif phase == IDLE:
             self.phase = HEAD
             self.deadline = self.state.now + self.limits.header_timeout
+        conn = self.conn
         if phase == BODY and self.cycle is not None and not self.held:
-            reader = self.conn._reader
-            if type(reader) is ContentLengthReader and reader._remaining and not self.conn._receive_buffer:
-                # A Content-Length body with nothing buffered: straight to
-                # the upstream, without h11's receive buffer (three copies).
-                take = reader._remaining
-                chunk = data if len(data) <= take else data[:take]
-                reader._remaining -= len(chunk)
-                self._on_data(chunk)
-                if reader._remaining:
+            # A Content-Length body with nothing buffered: straight to the
+            # upstream, without h11's receive buffer (three copies).
+            take = take_body(conn, len(data))
+            if take:
+                self._on_data(data if take == len(data) else data[:take])
+                if body_remaining(conn):
                     return
                 data = data[take:]
-        conn = self.conn
-        idle = conn.their_state is h11.IDLE and not conn._receive_buffer
-        if idle and not (self.closing or self.write_paused or self.held):
+        if awaiting_head(conn) and not (self.closing or self.write_paused or self.held):
             # A new request head arriving whole (the keep-alive common case):
             # parsed by h11_internals.fast_request, which leaves any head it does not
             # take to h11's parser below, as it arrived.
@@ -367,7 +385,7 @@ class HttpProtocol(asyncio.Protocol):
         self._on_request_end()
         # With a cycle running and nothing buffered, _next_events would only
         # find NEED_DATA, which it then ignores.
-        return self.cycle is not None and conn.their_state is h11.DONE and not conn._receive_buffer
+        return self.cycle is not None and conn.their_state is h11.DONE and not buffered(conn)
 
     def _next_events(self) -> None:
         conn = self.conn
@@ -378,11 +396,11 @@ class HttpProtocol(asyncio.Protocol):
                 if status:
                     self._send_error(status)
                     return
-            elif their is h11.MUST_CLOSE and conn._receive_buffer:
+            elif their is h11.MUST_CLOSE and buffered(conn):
                 # The last request is complete (Connection: close, HTTP/1.0):
                 # what follows is not a request (RFC 9112 9.6), and must not
                 # turn into a 400 that aborts the answer still owed.
-                conn._receive_buffer = ReceiveBuffer()
+                discard_buffer(conn)
             event = conn.next_event()
             kind = type(event)
             if kind is h11.Request:
@@ -410,7 +428,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.conn.their_state is h11.IDLE and self.since_head > self.limits.max_target_bytes:
             self._check_request_line()
         request = self.request
-        if request is not None and request.bytes_in + self._chunk_owed() > self.limits.max_body_bytes:
+        if request is not None and request.bytes_in + chunk_owed(self.conn) > self.limits.max_body_bytes:
             self._send_error(413)  # a chunk size past the limit, announced before its data
             return
         # A proxied response is still to come (Connection: close, HTTP/1.0):
@@ -437,10 +455,10 @@ class HttpProtocol(asyncio.Protocol):
         would let through, else 0: a request line without a version (505),
         an obs-fold line, which h11 unfolds silently, a control character, or
         a Content-Length given twice or as a list (400). Reads h11's buffer in
-        place (pinned like commit_local) and resumes where the last call
+        place (h11_internals.head_bytes) and resumes where the last call
         stopped, so a trickled head is scanned once; heads that
         h11_internals.fast_request took never get here (it takes none of these)."""
-        data = self.conn._receive_buffer._data
+        data = head_bytes(self.conn)
         if not self.scanned:
             line = data.find(b"\n") + 1
             if not line:
@@ -479,14 +497,10 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline = self.state.now + self.limits.body_idle_timeout
         else:
             self.phase = BUSY
-        action = self.state.dispatch(self, event, info)
-        if isinstance(action, EndpointCall):
-            self.cycle = EndpointCycle(self, action)
-            self.cycle.start()
-            return
+        action = self.dispatch(self, event, info)
         if not isinstance(action, LocalResponse):
-            self.cycle = ProxyCycle(self, event, action)
-            self.cycle.start()
+            self.cycle = action
+            action.start()
             return
         close = False
         if has_body:
@@ -506,7 +520,7 @@ class HttpProtocol(asyncio.Protocol):
         # "get" is a method of its own, forwarded as written.
         if event.method == b"CONNECT":
             return 405  # no tunnels, whatever the target's form
-        size, cl, te, hosts = _scan(event, info.headers)
+        size, cl, te, hosts = scan_fields(event, info.headers)
         if te and (cl or event.http_version == b"1.0"):
             return 400  # request smuggling vectors (RFC 9112 6.1, 6.3)
         if len(event.target) > self.limits.max_target_bytes:
@@ -547,7 +561,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         size = len(data)
         request.bytes_in += size
-        if request.bytes_in + self._chunk_owed() > self.limits.max_body_bytes:
+        if request.bytes_in + chunk_owed(self.conn) > self.limits.max_body_bytes:
             self._send_error(413)
         elif self.cycle is not None:
             self.cycle.client_data(data)
@@ -555,14 +569,6 @@ class HttpProtocol(asyncio.Protocol):
             self.drained += size
             if self.drained > DRAIN_LIMIT:
                 self._close()
-
-    def _chunk_owed(self) -> int:
-        """Bytes the chunk being read still announces (h11's ChunkedReader,
-        pinned like commit_local): a chunk size beyond max_body_bytes is
-        refused when its size line arrives, as a Content-Length would be,
-        rather than waited for until the body stalls."""
-        reader = self.conn._reader
-        return reader._bytes_in_chunk if type(reader) is ChunkedReader else 0
 
     def _on_request_end(self) -> None:
         cycle = self.cycle
@@ -671,13 +677,14 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- the proxy cycle's side of the connection ------------------------------
 
-    def hold(self, held: bool) -> None:
+    def hold(self, held: bool, wait: float = 0.0) -> None:
         """Stop (or restart) parsing client events while the upstream
-        connection is not ready; the bytes wait in the socket."""
+        connection is not ready (for up to `wait` seconds); the bytes wait
+        in the socket."""
         if held:
             self.held = True
             # The client cannot be late while we are not reading it.
-            wait = self.state.config.proxy.connect_timeout + self.limits.body_idle_timeout
+            wait += self.limits.body_idle_timeout
             self.deadline = max(self.deadline, self.state.now + wait)
             self.gate.block(flow.WAITING)
         elif self.held:
@@ -691,6 +698,10 @@ class HttpProtocol(asyncio.Protocol):
         """Set the deadline the upstream must meet while we wait on it."""
         if self.phase == BUSY:
             self.deadline = self.state.now + timeout
+
+    def send_continue(self) -> None:
+        if self.conn.client_is_waiting_for_100_continue:
+            self.send(_CONTINUE)
 
     def send(self, event: h11.Event | ResponseHead) -> None:
         if isinstance(event, ResponseHead):
@@ -739,18 +750,18 @@ class HttpProtocol(asyncio.Protocol):
         if parts and not self.transport.is_closing():
             self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
-    def proxy_done(self, cycle: ProxyCycle) -> None:
+    def proxy_done(self, upstream_status: int, upstream_ms: float) -> None:
         """The upstream's response is complete on the client side."""
         self.cycle = None
         if self.request is not None:
-            self.request.upstream_status = cycle.status
-            self.request.upstream_ms = round((cycle.head_at - cycle.started) * 1000, 3)
+            self.request.upstream_status = upstream_status
+            self.request.upstream_ms = upstream_ms
         conn = self.conn
         if conn.our_state is h11.MUST_CLOSE or self.closing or self.state.draining:
             self._linger()
         elif conn.their_state is h11.DONE:
             self._finish_cycle()
-            if conn._receive_buffer or conn._receive_buffer_closed:  # trailing_data, without its copy
+            if pending(conn):
                 self._process()  # a pipelined request (or the client's EOF) is waiting
         else:
             # Answered before the client finished its body: drain or close.
@@ -758,13 +769,13 @@ class HttpProtocol(asyncio.Protocol):
             self.phase = BODY
             self.deadline = self.state.now + self.limits.body_idle_timeout
 
-    def proxy_failed(self, cycle: ProxyCycle, status: int) -> None:
+    def proxy_failed(self, status: int) -> None:
         """The upstream failed before any response byte: answer locally."""
         if self.request is not None:
             self.request.upstream_status = 0
-        self.answer(cycle, self.state.responses.error(status))
+        self.answer(self.state.responses.error(status))
 
-    def answer(self, cycle: ProxyCycle | EndpointCycle, response: LocalResponse) -> None:
+    def answer(self, response: LocalResponse) -> None:
         """The cycle's answer is a local response (an endpoint's page, or an
         error before any upstream byte); close unless the request is complete."""
         self.cycle = None
@@ -779,7 +790,7 @@ class HttpProtocol(asyncio.Protocol):
     def request_method(self) -> bytes:
         return self.request.method if self.request is not None else b""
 
-    def start_tunnel(self, cycle: ProxyCycle, expires: float | None) -> None:
+    def start_tunnel(self, cycle: Cycle, expires: float | None) -> None:
         """After a 101: raw bytes both ways until either side closes or the
         token that authorised the upgrade expires."""
         self.phase = TUNNEL

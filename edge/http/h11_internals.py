@@ -1,5 +1,38 @@
 """h11 driven by hand: the one module that touches h11's internals.
 
+Everything else in edge uses h11's public API only, or the functions here
+(tests/test_layout.py checks that no other module imports `h11._*` or reads
+a private attribute of h11's objects). h11 is pinned to 0.16.x in
+pyproject.toml because of what this module relies on, all of it h11 0.16's
+private behaviour, each covered by a differential test against h11's own
+slow path (tests/http/test_h11_internals.py, tests/http/test_wire_diff.py):
+
+- `Connection._cstate`: `.states` (a dict role -> state, assigned in place),
+  `.keep_alive` and `.pending_switch_proposals`, read to know when a
+  transition is the plain keep-alive one;
+- `Connection._process_event(role, event)`: the entry point send() and
+  next_event() use to run the state machine, called directly with events
+  edge has already serialised (`commit_local`, `commit_head`) or parsed
+  (`commit_request`);
+- `Connection._reader` / `_writer` selection: which reader and writer h11
+  installs after each transition (`ContentLengthReader(n)`, `ChunkedReader`,
+  `expect_nothing`, `maybe_read_from_IDLE_client`; `write_any_response`,
+  `ContentLengthWriter(n)`, `ChunkedWriter`), assigned here as h11 would;
+  `ContentLengthReader._remaining` and `ChunkedReader._bytes_in_chunk`, read
+  (and the former counted down) for body bytes that skip the receive buffer;
+  `BodyWriter.send_data(data, write)`;
+- `Connection._request_method` (and the public `their_http_version`), set as
+  h11 sets them on a request, and read to frame a response to HEAD;
+- `Connection._receive_buffer` (a `ReceiveBuffer` whose `bool()` says
+  whether bytes are buffered and whose `._data` is the bytearray itself)
+  and `._receive_buffer_closed` (the peer's EOF), read in place instead of
+  through `trailing_data`, which copies;
+- `Request` built without `__init__` (`object.__new__` plus
+  `object.__setattr__` of method, target, http_version, headers) and
+  `Headers(full_items)` / `Headers._full_items` (raw name, lower-cased name,
+  value), for heads this module has already checked as h11 would;
+- `Response(..., _parsed=True)`: a stand-in event without re-validation.
+
 The client side still runs h11's server state machine; `commit_head` frames a
 proxied final head by hand and advances h11 as its own send() would, and
 `send_body` hands body bytes straight to the writer h11 chose.
@@ -10,7 +43,7 @@ subset of what h11 accepts, so h11 would parse the same bytes into the same
 event; anything else is left to h11's parser. `commit_request`,
 `commit_request_end`, `commit_end` and `next_cycle` move h11's state machine
 exactly as its own events would, by assignment in the plain keep-alive case
-and through h11 otherwise (tests/test_upstream.py compares the two).
+and through h11 otherwise (tests/http/test_h11_internals.py compares the two).
 """
 
 from __future__ import annotations
@@ -21,7 +54,8 @@ from typing import NamedTuple, cast
 
 import h11
 from h11._headers import Headers as Headers_
-from h11._readers import ContentLengthReader, expect_nothing, maybe_read_from_IDLE_client
+from h11._readers import ChunkedReader, ContentLengthReader, expect_nothing, maybe_read_from_IDLE_client
+from h11._receivebuffer import ReceiveBuffer
 from h11._writers import BodyWriter, ChunkedWriter, ContentLengthWriter, write_any_response
 
 from edge.http.message import CRLF, LAST_CHUNK, TOKEN, Headers, ResponseHead
@@ -126,7 +160,7 @@ _STAND_INS_LIMIT = 256
 # a reader or writer: about 10 us per event, four events per request. In a
 # keep-alive cycle with no protocol switch proposed, the outcome of each
 # event below is fixed, so it is assigned directly; any other case goes
-# through _process_event. tests/test_upstream.py checks every function here
+# through _process_event. tests/http/test_h11_internals.py checks every function here
 # against _process_event, attribute by attribute.
 
 
@@ -283,3 +317,103 @@ def send_body(conn: h11.Connection, data: bytes, write: Callable[[bytes], object
     if conn.our_state is not h11.SEND_BODY:
         raise h11.LocalProtocolError(f"cannot send body bytes in state {conn.our_state}")
     cast(BodyWriter, conn._writer).send_data(data, write)
+
+
+# -- prebuilt local responses ---------------------------------------------------
+
+
+def commit_local(conn: h11.Connection, head: h11.Response) -> None:
+    """Advance h11 as if `head` and its whole body had been sent.
+
+    The bytes themselves were serialised once (LocalResponse); h11's public
+    send() would validate and serialise the same headers again on every
+    request. The state machine is driven through the same internal entry point
+    that send() uses, so keep-alive and cycle bookkeeping stay h11's own.
+    """
+    conn._process_event(h11.SERVER, head)
+    conn._process_event(h11.SERVER, _EOM)
+
+
+# -- the receive side, read in place ---------------------------------------------
+# `trailing_data` would answer the same questions with a copy of the buffer.
+
+
+def awaiting_head(conn: h11.Connection) -> bool:
+    """The client is between requests and nothing of the next one is
+    buffered: a head arriving now starts at the first byte received."""
+    return conn._cstate.states[h11.CLIENT] is h11.IDLE and not conn._receive_buffer
+
+
+def buffered(conn: h11.Connection) -> bool:
+    """Received bytes wait in h11's buffer (`bool(conn.trailing_data[0])`)."""
+    return bool(conn._receive_buffer)
+
+
+def pending(conn: h11.Connection) -> bool:
+    """Bytes or the client's EOF wait in h11's buffer (either half of
+    `conn.trailing_data`)."""
+    return bool(conn._receive_buffer) or conn._receive_buffer_closed
+
+
+def discard_buffer(conn: h11.Connection) -> None:
+    """Throw away the bytes h11 has buffered (the EOF, if seen, stays)."""
+    conn._receive_buffer = ReceiveBuffer()
+
+
+def head_bytes(conn: h11.Connection) -> bytearray:
+    """h11's receive buffer itself, not a copy: read it, never change it."""
+    return conn._receive_buffer._data
+
+
+def chunk_owed(conn: h11.Connection) -> int:
+    """Bytes the chunk being read still announces, when the request body is
+    chunked (0 otherwise)."""
+    reader = conn._reader
+    return reader._bytes_in_chunk if type(reader) is ChunkedReader else 0
+
+
+def take_body(conn: h11.Connection, size: int) -> int:
+    """How many of `size` bytes just received (not given to h11) are
+    Content-Length body that may go to the request's consumer without h11's
+    receive buffer, counted as read by h11; 0 when h11 must parse them
+    (another framing, the body complete, or bytes already buffered ahead)."""
+    reader = conn._reader
+    if type(reader) is not ContentLengthReader or not reader._remaining or conn._receive_buffer:
+        return 0
+    take = min(reader._remaining, size)
+    reader._remaining -= take
+    return take
+
+
+def body_remaining(conn: h11.Connection) -> int:
+    """Bytes of a Content-Length request body h11 still expects (0 for any
+    other framing, or when it is complete)."""
+    reader = conn._reader
+    return reader._remaining if type(reader) is ContentLengthReader else 0
+
+
+def scan_fields(event: h11.Request, pairs: Headers) -> tuple[int, list[bytes], bool, list[bytes]]:
+    """One pass over a request's fields: the head's size, its Content-Length
+    values, whether Transfer-Encoding is present, and the Host values; `pairs`
+    receives the (lower-cased name, value) list the decision reads.
+
+    The size is less the whitespace h11 strips: h11 applies its size limit
+    only while a head is incomplete, so a head that arrives whole in one read
+    must be measured here. Reads h11's `_full_items` (raw name, lower-cased
+    name, value) directly: iterating Headers goes through Sequence.__iter__,
+    one __getitem__ per field, which showed up in profiles of the hot path.
+    """
+    size = len(event.method) + len(event.target) + 13  # " ", " HTTP/1.1", CRLF, final CRLF
+    lengths: list[bytes] = []
+    chunked = False
+    hosts: list[bytes] = []
+    for raw, name, value in event.headers._full_items:
+        size += len(raw) + len(value) + 4  # ": " and CRLF
+        pairs.append((name, value))
+        if name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"host":
+            hosts.append(value)
+    return size, lengths, chunked, hosts

@@ -8,6 +8,9 @@ Invariants:
   that fails unexpectedly becomes a 500 with nothing of the error shown; one
   that takes longer than the connection's deadline becomes a 504.
 - A client that goes away cancels the handler: nothing is answered to no one.
+- The cycle sees its client connection only as edge.http.cycle.Client; the
+  error responses it may answer with are handed in (those of the
+  configuration in force when the request arrived).
 """
 
 from __future__ import annotations
@@ -16,13 +19,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import h11
-
-if TYPE_CHECKING:
-    from edge.access.responses import LocalResponse
-    from edge.http.connection import HttpProtocol
+from edge.access.responses import LocalResponse, Responses
+from edge.http.cycle import Client
 
 log = logging.getLogger("edge.login")
 
@@ -42,26 +41,26 @@ class EndpointCall:
 
 
 class EndpointCycle:
-    __slots__ = ("client", "call", "body", "task", "done")
+    __slots__ = ("body", "call", "client", "done", "errors", "task")
 
-    def __init__(self, client: HttpProtocol, call: EndpointCall) -> None:
+    def __init__(self, client: Client, call: EndpointCall, errors: Responses) -> None:
         self.client = client
         self.call = call
+        self.errors = errors
         self.body = bytearray()
         self.task: asyncio.Task[LocalResponse] | None = None
         self.done = False
 
     def start(self) -> None:
         self.client.arm(ENDPOINT_TIMEOUT)
-        if self.client.conn.client_is_waiting_for_100_continue:
-            self.client.send(h11.InformationalResponse(status_code=100, headers=[]))
+        self.client.send_continue()
 
     def client_data(self, data: bytes) -> None:
         if self.done:
             return
         self.body += data
         if len(self.body) > MAX_FORM_BYTES:
-            self._finish(self.client.state.responses.error(413))
+            self._finish(self.errors.error(413))
 
     def client_end(self) -> None:
         if self.done or self.task is not None:
@@ -76,13 +75,13 @@ class EndpointCycle:
         exc = task.exception()
         if exc is not None:
             log.error("login service error", exc_info=exc)
-            self._finish(self.client.state.responses.error(500))
+            self._finish(self.errors.error(500))
             return
         self._finish(task.result())
 
     def _finish(self, response: LocalResponse) -> None:
         self.done = True
-        self.client.answer(self, response)
+        self.client.answer(response)
 
     def client_write_paused(self, paused: bool) -> None:
         pass  # a local answer is written in one piece; the transport buffers it
@@ -99,4 +98,4 @@ class EndpointCycle:
         if self.task is not None:
             self.task.cancel()
         if not self.done:
-            self._finish(self.client.state.responses.error(504))
+            self._finish(self.errors.error(504))

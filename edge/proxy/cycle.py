@@ -15,24 +15,27 @@ Invariants:
 - A request that never reached the upstream on a reused pooled connection is
   retried once on a fresh one, only when that is safe: idempotent method, no
   request body sent, nothing of the response received.
+- A cycle sees its client connection only as edge.http.cycle.Client, and the
+  worker only as the `Upstreams` it is handed: the proxy settings, loop, pool,
+  task set and fault log in force when the request arrived.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import h11
 import msgspec
 
+from edge.config.schema import Proxy
 from edge.http import flow
+from edge.http.cycle import Client
+from edge.http.faults import FaultLog
 from edge.http.message import ResponseHead
 from edge.proxy.forwarding import response_headers
-from edge.proxy.upstream import Target, UpstreamConnection, UpstreamError
-
-if TYPE_CHECKING:
-    from edge.http.connection import HttpProtocol
+from edge.proxy.upstream import Pool, Target, UpstreamConnection, UpstreamError
 
 log = logging.getLogger("edge.proxy")
 
@@ -69,12 +72,35 @@ def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool]:
     return False, False
 
 
+class Upstreams:
+    """What every proxy cycle of a worker shares, under one configuration:
+    built once per (re)load, so a cycle keeps the settings it started with."""
+
+    __slots__ = ("faults", "loop", "pool", "settings", "tasks")
+
+    def __init__(
+        self,
+        settings: Proxy,
+        loop: asyncio.AbstractEventLoop,
+        pool: Pool,
+        tasks: set[asyncio.Task[None]],
+        faults: FaultLog,
+    ) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.pool = pool
+        self.tasks = tasks  # connects in flight; the worker holds them so they are not collected
+        self.faults = faults
+
+
 class ProxyCycle:
-    def __init__(self, client: HttpProtocol, request: h11.Request, plan: ForwardPlan) -> None:
+    def __init__(self, client: Client, request: h11.Request, plan: ForwardPlan, upstreams: Upstreams) -> None:
         self.client = client
         self.request = request
         self.plan = plan
-        self.pool = client.state.pool
+        self.upstreams = upstreams
+        self.settings = upstreams.settings
+        self.pool = upstreams.pool
         self.up: UpstreamConnection | None = None
         self.request_done = False  # the client's request was fully passed on
         self.response_started = False
@@ -89,7 +115,7 @@ class ProxyCycle:
     # -- starting
 
     def start(self) -> None:
-        proxy = self.client.state.config.proxy
+        proxy = self.settings
         self.client.arm(proxy.connect_timeout + proxy.response_timeout)
         conn = self.pool.take(self.plan.target)
         if conn is not None:
@@ -98,10 +124,11 @@ class ProxyCycle:
             self._connect_later()
 
     def _connect_later(self) -> None:
-        self.client.hold(True)
-        task = self.client.state.loop.create_task(self._connect())
-        self.client.state.tasks.add(task)
-        task.add_done_callback(self.client.state.tasks.discard)
+        self.client.hold(True, self.settings.connect_timeout)
+        upstreams = self.upstreams
+        task = upstreams.loop.create_task(self._connect())
+        upstreams.tasks.add(task)
+        task.add_done_callback(upstreams.tasks.discard)
 
     async def _connect(self) -> None:
         # Nobody awaits this task: every outcome, a bug included, must answer
@@ -141,9 +168,7 @@ class ProxyCycle:
             conn.end_request()
             self._request_sent()
         client = self.client
-        if client.conn.client_is_waiting_for_100_continue:
-            # Only now, authorised and connected, may the client send its body.
-            client.send(h11.InformationalResponse(status_code=100, headers=[]))
+        client.send_continue()  # only now, authorised and connected, may the client send its body
         client.hold(False)
 
     # -- client side (called by the client protocol)
@@ -163,7 +188,7 @@ class ProxyCycle:
 
     def _request_sent(self) -> None:
         if not self.response_started:  # else idle_timeout, armed by the response, applies
-            self.client.arm(self.client.state.config.proxy.response_timeout)
+            self.client.arm(self.settings.response_timeout)
 
     def client_write_paused(self, paused: bool) -> None:
         up = self.up
@@ -191,7 +216,7 @@ class ProxyCycle:
 
     def upstream_data(self, data: bytes) -> None:
         self.client.send_body(data)
-        self.client.arm(self.client.state.config.proxy.idle_timeout)
+        self.client.arm(self.settings.idle_timeout)
 
     def upstream_head(self, head: ResponseHead) -> None:
         self.response_started = True
@@ -199,7 +224,7 @@ class ProxyCycle:
         self.head_at = time.monotonic()
         headers = response_headers(head.headers, vary_origin=self.plan.vary_origin)
         self.client.send(ResponseHead(head.status, head.reason, headers))
-        self.client.arm(self.client.state.config.proxy.idle_timeout)
+        self.client.arm(self.settings.idle_timeout)
 
     def upstream_end(self) -> None:
         self.finished = True
@@ -209,11 +234,11 @@ class ProxyCycle:
         if up is not None:
             up.exchange = None
             if up.request_sent:
-                self.pool.release(up, self.client.state.loop.time())
+                self.pool.release(up, self.upstreams.loop.time())
             else:
                 up.abort()  # the upstream answered before the whole body: not reusable
         self._unblock_client()
-        self.client.proxy_done(self)
+        self.client.proxy_done(self.status, round((self.head_at - self.started) * 1000, 3))
 
     def _unblock_client(self) -> None:
         """Letting go of the upstream: its full write buffer no longer holds
@@ -287,17 +312,17 @@ class ProxyCycle:
             self.up.abort()
             self.up = None
         self._unblock_client()
-        state = self.client.state
+        faults, now = self.upstreams.faults, self.upstreams.loop.time()
         method = self.request.method.decode("latin-1")
         if self.response_started:
             detail = f"{method}: {error}, after the response head: client connection aborted"
-            state.faults.upstream_failed(self.plan.target.url, error.kind, state.now, detail)
+            faults.upstream_failed(self.plan.target.url, error.kind, now, detail)
             self.client.abort()
             return
         detail = f"{method}: {error}: answered {error.status}"
-        state.faults.upstream_failed(self.plan.target.url, error.kind, state.now, detail)
+        faults.upstream_failed(self.plan.target.url, error.kind, now, detail)
         self.status = error.status
-        self.client.proxy_failed(self, error.status)
+        self.client.proxy_failed(error.status)
 
     def _abort_both(self) -> None:
         self.finished = True

@@ -42,11 +42,12 @@ from edge.config.load import load, loads
 from edge.config.schema import TLS, Config
 from edge.config.syntax import ListenAddress
 from edge.http.connection import HttpProtocol, RequestInfo
+from edge.http.cycle import Cycle
 from edge.http.faults import FaultLog
 from edge.login import keydir
-from edge.login.cycle import EndpointCall
+from edge.login.cycle import EndpointCycle
 from edge.login.service import LoginService, ensure_keys, existing_team_keys, make_call, make_store
-from edge.proxy.cycle import ForwardPlan
+from edge.proxy.cycle import ForwardPlan, ProxyCycle, Upstreams
 from edge.proxy.fetch import FetchError, fetch
 from edge.proxy.forwarding import RequestContext, request_headers
 from edge.proxy.upstream import Pool
@@ -213,7 +214,8 @@ def freeze_heap() -> None:
 
 
 class ServerState:
-    """What every connection of this worker shares."""
+    """What every connection of this worker shares: each connection's
+    `Worker`, and with `dispatch` its `Dispatcher` (edge.http.connection)."""
 
     def __init__(
         self,
@@ -255,6 +257,8 @@ class ServerState:
         """Swap in a configuration. Connections read these attributes per
         request, so one assignment each switches every later request."""
         self.config = config
+        self.limits = config.server
+        self.upstreams = Upstreams(config.proxy, self.loop, self.pool, self.tasks, self.faults)
         self.compiled = compiled
         self.responses = compiled.responses
         self.trusted = compiled.trusted_proxies
@@ -289,10 +293,9 @@ class ServerState:
         log.info("reloaded %s: %d application(s)", self.source, len(compiled.apps))
         return True
 
-    def dispatch(
-        self, client: HttpProtocol, event: h11.Request, info: RequestInfo
-    ) -> LocalResponse | ForwardPlan | EndpointCall:
-        """What to do with a request whose head is complete and valid."""
+    def dispatch(self, client: HttpProtocol, event: h11.Request, info: RequestInfo) -> LocalResponse | Cycle:
+        """What to do with a request whose head is complete and valid: a
+        local response, or the cycle (not yet started) that answers it."""
         if info.target.partition(b"?")[0] == HEALTH_PATH:
             return self.responses.health
         req = Request(event.method, info.host, info.target, info.headers, client.client_ip, self.scheme_name)
@@ -301,7 +304,7 @@ class ServerState:
         info.decision = action.reason
         if isinstance(action, Endpoint):
             call = make_call(event.method, info.host, info.target, info.headers, client.client_ip)
-            return self.login.endpoint(self.compiled, action, call)
+            return EndpointCycle(client, self.login.endpoint(self.compiled, action, call), self.responses)
         if not isinstance(action, Forward):
             return action.response
         plan = self.forward_plan(
@@ -316,7 +319,7 @@ class ServerState:
             vary_origin=action.vary_origin,
             expires=action.exp,
         )
-        return plan
+        return ProxyCycle(client, event, plan, self.upstreams)
 
     @property
     def scheme_name(self) -> str:
@@ -527,8 +530,9 @@ async def _serve_on(
     sock: socket.socket,
     ctx: ssl.SSLContext | None,
 ) -> asyncio.Server:
+    dispatch = state.dispatch
     return await loop.create_server(
-        lambda: HttpProtocol(state),
+        lambda: HttpProtocol(state, dispatch),
         sock=sock,
         backlog=LISTEN_BACKLOG,
         ssl=ctx,

@@ -1,12 +1,11 @@
-"""Prebuilt responses and the h11 state shortcut they rely on."""
+"""Prebuilt responses (the h11 state shortcut they rely on, commit_local, is
+tested in tests/http/test_h11_internals.py)."""
 
 from __future__ import annotations
 
-import h11
 import pytest
 
 from edge.access.responses import Responses, date_line
-from edge.http.connection import commit_local
 
 DATE = b"date: Tue, 24 Nov 2026 22:42:08 GMT\r\n"
 
@@ -38,35 +37,3 @@ def test_render_exact_bytes(close: bool, head_only: bool, expected: bytes) -> No
 
 def test_no_server_header_when_empty() -> None:
     assert b"server:" not in Responses("").health.render(DATE, False, False)
-
-
-@pytest.mark.parametrize(
-    "request_bytes",
-    [
-        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-        b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        b"GET / HTTP/1.0\r\n\r\n",
-    ],
-)
-def test_commit_local_matches_public_send(request_bytes: bytes) -> None:
-    """commit_local drives h11's state machine exactly as send() would."""
-    response = Responses("edge").not_found
-    states = []
-    for shortcut in (True, False):
-        conn = h11.Connection(h11.SERVER)
-        conn.receive_data(request_bytes)
-        assert isinstance(conn.next_event(), h11.Request)
-        assert isinstance(conn.next_event(), h11.EndOfMessage)
-        if shortcut:
-            commit_local(conn, response.event)
-        else:
-            conn.send(response.event)
-            if not request_bytes.startswith(b"HEAD"):
-                conn.send(h11.Data(data=response.body))
-            conn.send(h11.EndOfMessage())
-        states.append(dict(conn.states))
-        if conn.states == {h11.CLIENT: h11.DONE, h11.SERVER: h11.DONE}:
-            conn.start_next_cycle()
-            assert conn.states[h11.SERVER] is h11.IDLE
-    assert states[0] == states[1]

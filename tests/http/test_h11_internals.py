@@ -3,11 +3,14 @@
 Client request heads taken without h11's parser (fast_request) must parse
 as h11 parses them; the hand-made state changes (commit_*, next_cycle) must
 leave h11's connection exactly as its own events do; a proxied head framed
-by commit_head must be byte for byte what h11's own send() writes.
+by commit_head must be byte for byte what h11's own send() writes; the
+receive buffer read in place (buffered, pending, head_bytes, chunk_owed,
+take_body, ...) must say what trailing_data and next_event say.
 """
 
 from __future__ import annotations
 
+import itertools
 import types
 
 import h11
@@ -15,16 +18,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.access.responses import Responses
 from edge.http.h11_internals import (
     FastRequest,
     _stand_in,
+    awaiting_head,
+    body_remaining,
+    buffered,
+    chunk_owed,
     commit_end,
     commit_head,
+    commit_local,
     commit_request,
     commit_request_end,
+    discard_buffer,
     fast_request,
+    head_bytes,
     next_cycle,
+    pending,
+    scan_fields,
     send_body,
+    take_body,
 )
 from edge.http.message import ResponseHead
 
@@ -344,3 +358,226 @@ def test_commit_end_leaves_a_short_body_to_h11() -> None:
     with pytest.raises(h11.LocalProtocolError):
         commit_end(conn)
     assert conn.our_state is h11.ERROR
+
+
+# -- prebuilt local responses: commit_local against h11's own send() ---------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+    ],
+)
+def test_commit_local_matches_public_send(request_bytes: bytes) -> None:
+    """commit_local drives h11's state machine exactly as send() would."""
+    response = Responses("edge").not_found
+    snapshots = []
+    for shortcut in (True, False):
+        conn = h11.Connection(h11.SERVER)
+        conn.receive_data(request_bytes)
+        assert isinstance(conn.next_event(), h11.Request)
+        assert isinstance(conn.next_event(), h11.EndOfMessage)
+        if shortcut:
+            commit_local(conn, response.event)
+        else:
+            conn.send(response.event)
+            if not request_bytes.startswith(b"HEAD"):
+                conn.send(h11.Data(data=response.body))
+            conn.send(h11.EndOfMessage())
+        snapshots.append(snapshot(conn))
+        if conn.states == {h11.CLIENT: h11.DONE, h11.SERVER: h11.DONE}:
+            conn.start_next_cycle()
+            assert conn.states[h11.SERVER] is h11.IDLE
+    assert snapshots[0] == snapshots[1]
+
+
+# -- the receive side read in place, against trailing_data and next_event ------------------
+
+
+def drain(conn: h11.Connection) -> list[object]:
+    """next_event until h11 wants more (or refuses); the events, Data as bytes."""
+    events: list[object] = []
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return [*events, "error"]
+        if event is h11.NEED_DATA or event is h11.PAUSED:
+            return [*events, event]
+        events.append(bytes(event.data) if type(event) is h11.Data else type(event))
+        if type(event) is h11.ConnectionClosed:
+            return events
+
+
+def assert_reads_agree(conn: h11.Connection) -> None:
+    data, closed = conn.trailing_data
+    assert buffered(conn) is bool(data)
+    assert pending(conn) is (bool(data) or closed)
+    assert awaiting_head(conn) is (conn.their_state is h11.IDLE and not data)
+    assert head_bytes(conn) == data
+    assert head_bytes(conn) is head_bytes(conn)  # in place: no copy
+
+
+CONVERSATIONS = [
+    b"GET / HTTP/1.1\r\n" + H + b"\r\nGET /2 HTTP/1.1\r\n" + H + b"\r\n",
+    b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n" + H + b"\r\n",
+    b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.1\r\n" + H + b"\r\n",
+    b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\ntrailing",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.sampled_from(CONVERSATIONS),
+    cuts=st.lists(st.integers(0, 120), max_size=4),
+    eof=st.booleans(),
+)
+def test_receive_side_reads_agree_with_trailing_data(data: bytes, cuts: list[int], eof: bool) -> None:
+    """buffered, pending, awaiting_head and head_bytes answer what
+    trailing_data and their_state say, after every read and every event."""
+    conn = h11.Connection(h11.SERVER)
+    assert_reads_agree(conn)
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    for start, end in itertools.pairwise(bounds):
+        conn.receive_data(data[start:end])
+        assert_reads_agree(conn)
+        for _ in drain(conn):
+            assert_reads_agree(conn)
+        if conn.states == {h11.CLIENT: h11.DONE, h11.SERVER: h11.SEND_RESPONSE}:
+            conn.send(h11.Response(status_code=204, headers=[]))
+            conn.send(h11.EndOfMessage())
+            if conn.our_state is h11.DONE:
+                conn.start_next_cycle()
+            assert_reads_agree(conn)
+    if eof and conn.their_state is not h11.ERROR:
+        conn.receive_data(b"")
+        assert_reads_agree(conn)
+
+
+@pytest.mark.parametrize("eof", [False, True])
+def test_discard_buffer_is_as_if_nothing_more_came(eof: bool) -> None:
+    """After the last request (Connection: close), bytes that follow are
+    thrown away: the connection is then as if they had never arrived."""
+    request = b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+    ours, theirs = h11.Connection(h11.SERVER), h11.Connection(h11.SERVER)
+    ours.receive_data(request + b"GET /next HTTP/1.1\r\n")
+    theirs.receive_data(request)
+    for conn in (ours, theirs):
+        assert type(conn.next_event()) is h11.Request
+        assert type(conn.next_event()) is h11.EndOfMessage
+    assert ours.their_state is h11.MUST_CLOSE and buffered(ours)
+    discard_buffer(ours)
+    if eof:
+        ours.receive_data(b"")
+        theirs.receive_data(b"")
+    assert snapshot(ours) == snapshot(theirs)
+    assert drain(ours) == drain(theirs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(1, 5000), sent=st.integers(0, 5000), split=st.integers(0, 20))
+def test_chunk_owed_is_what_h11_still_delivers_of_the_chunk(size: int, sent: int, split: int) -> None:
+    """chunk_owed says how many bytes h11 will still hand over before the
+    chunk being read ends: feeding exactly that many, then the chunk's CRLF
+    and the last chunk, ends the body."""
+    sent = min(sent, size)
+    head = b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head + b"%x\r\n" % size + b"x" * sent)
+    assert type(conn.next_event()) is h11.Request
+    got = b"".join(e for e in drain(conn) if isinstance(e, bytes))
+    assert len(got) == sent
+    owed = chunk_owed(conn)
+    assert owed == size - sent
+    rest = b"y" * owed + b"\r\n0\r\n\r\n"
+    events = []
+    for piece in (rest[:split], rest[split:]):
+        if piece:  # b"" would be the client's EOF
+            conn.receive_data(piece)
+            events += drain(conn)
+    assert b"".join(e for e in events if isinstance(e, bytes)) == b"y" * owed
+    assert events[-2:] == [h11.EndOfMessage, h11.NEED_DATA]
+    assert chunk_owed(conn) == 0
+
+
+def test_chunk_owed_is_nothing_for_a_length_body() -> None:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 9\r\n\r\nabc")
+    assert type(conn.next_event()) is h11.Request
+    assert chunk_owed(conn) == 0
+
+
+LENGTH_HEAD = b"POST / HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n"
+WANTS = (h11.NEED_DATA, h11.PAUSED)
+
+
+def merged(events: list[object]) -> list[object]:
+    """Body bytes joined (reads split them anywhere), then the other events."""
+    return [
+        b"".join(e for e in events if isinstance(e, bytes)),
+        *(e for e in events if not isinstance(e, bytes)),
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    length=st.integers(0, 300),
+    after=st.sampled_from([b"", b"GET / HTTP/1.1\r\n" + H + b"\r\n", b"G"]),
+    cuts=st.lists(st.integers(0, 400), max_size=5),
+)
+def test_take_body_hands_over_what_h11_would(length: int, after: bytes, cuts: list[int]) -> None:
+    """Reads split anywhere, as the connection takes them: take_body's bytes
+    skip h11 and the rest goes through it. The body seen, the events after it
+    and h11's state end as h11 alone would have them; body_remaining follows
+    the body throughout."""
+    head = LENGTH_HEAD % length
+    data = head + bytes(range(256)) * 2
+    data = data[: len(head) + length] + after
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    ours, theirs = h11.Connection(h11.SERVER), h11.Connection(h11.SERVER)
+    theirs.receive_data(data)
+    reference = [e for e in drain(theirs) if e not in WANTS]
+    seen: list[object] = []
+    for start, end in itertools.pairwise(bounds):
+        piece = data[start:end]
+        take = take_body(ours, len(piece))
+        if take:
+            seen.append(piece[:take])
+            piece = piece[take:]
+        if piece:
+            ours.receive_data(piece)
+        seen += [e for e in drain(ours) if e not in WANTS]
+        body = sum(len(e) for e in seen if isinstance(e, bytes))
+        if ours.their_state is h11.SEND_BODY:
+            assert body_remaining(ours) == length - body
+    assert merged(seen) == merged(reference)
+    assert snapshot(ours) == snapshot(theirs)
+    assert drain(ours) == drain(theirs)
+    assert body_remaining(ours) == 0
+
+
+FIELD_HEADS = [
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nCookie: c=d\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHOST: b\r\nTransfer-Encoding: chunked\r\nX:  spaced \t\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",  # obs-fold: h11 unfolds it
+]
+
+
+@pytest.mark.parametrize("data", FIELD_HEADS)
+def test_scan_fields_reads_what_the_public_headers_say(data: bytes) -> None:
+    _, event, _ = h11_request(data)
+    assert event is not None
+    pairs: list[tuple[bytes, bytes]] = []
+    size, lengths, chunked, hosts = scan_fields(event, pairs)
+    assert pairs == list(event.headers)
+    assert lengths == [v for n, v in event.headers if n == b"content-length"]
+    assert chunked == any(n == b"transfer-encoding" for n, _ in event.headers)
+    assert hosts == [v for n, v in event.headers if n == b"host"]
+    assert 0 < size <= len(data)

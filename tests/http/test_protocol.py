@@ -151,7 +151,7 @@ Connect = Callable[[], tuple[HttpProtocol, FakeTransport]]
 @pytest.fixture
 def connect(state: ServerState) -> Connect:
     def make() -> tuple[HttpProtocol, FakeTransport]:
-        protocol = HttpProtocol(state)
+        protocol = HttpProtocol(state, state.dispatch)
         transport = FakeTransport()
         transport.protocol = protocol
         protocol.connection_made(transport)  # type: ignore[arg-type]
@@ -357,7 +357,7 @@ def test_body_timeout_while_forwarding_answers_408() -> None:
         up_transport = FakeTransport()
         upstream.connection_made(up_transport)  # type: ignore[arg-type]
         state.pool.idle[target.url] = [upstream]
-        protocol = HttpProtocol(state)
+        protocol = HttpProtocol(state, state.dispatch)
         transport = FakeTransport()
         protocol.connection_made(transport)  # type: ignore[arg-type]
         protocol.data_received(post(b"0123456789")[:-5])
@@ -400,7 +400,7 @@ def test_eof_inside_a_drained_body_ends_the_connection(connect: Connect) -> None
 def test_connection_over_the_limit_gets_503() -> None:
     state, loop = make_state(CONFIG + "max_connections = 1\n")
     try:
-        first, second = HttpProtocol(state), HttpProtocol(state)
+        first, second = HttpProtocol(state, state.dispatch), HttpProtocol(state, state.dispatch)
         t1, t2 = FakeTransport(), FakeTransport()
         first.connection_made(t1)  # type: ignore[arg-type]
         second.connection_made(t2)  # type: ignore[arg-type]

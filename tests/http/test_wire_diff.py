@@ -6,7 +6,7 @@ may decline anything (None: h11 then parses the bytes), but a head it takes
 must be one h11 takes too, read into the same request (method, target,
 version, fields in order, names as sent and lower-cased, values) ending at the
 same byte, with h11's state machine left as its own parse would leave it
-(tests/proxy/test_upstream.py assert_agrees_with_h11 makes every one of those
+(tests/http/test_h11_internals.py assert_agrees_with_h11 makes every one of those
 comparisons).
 
 Heads are generated from a grammar that mostly produces valid heads, each
