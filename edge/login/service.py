@@ -51,7 +51,8 @@ from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 import jwt
 import msgspec
 
-from edge.access.decide import Compiled, CompiledApp, Endpoint, team_base_url, verify_token
+from edge.access.compile import Compiled, CompiledApp, team_base_url
+from edge.access.decide import Endpoint, verify_token
 from edge.access.policy import Subject, client_ip
 from edge.access.responses import LocalResponse
 from edge.access.revocation import revoked_until

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.access.decide import compile_config
+from edge.access.compile import compile_config
 from edge.config.schema import Config, ConfigError, load, loads, origin_problem, parse_domain
 
 ROOT = Path(__file__).resolve().parents[2]
