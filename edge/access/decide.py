@@ -25,7 +25,7 @@ import msgspec
 
 from edge.access.compile import NO_STORE, Compiled, CompiledApp, PreflightKey
 from edge.access.cors import is_preflight
-from edge.access.headers import STRIP_HEADERS, Header
+from edge.access.headers import CLIENT_ID, CLIENT_SECRET, STRIP_HEADERS, Header
 from edge.access.policy import Policies, Subject, Trace
 from edge.access.responses import LocalResponse
 from edge.access.router import normalize_host, path_segments
@@ -49,8 +49,8 @@ _WANTED = frozenset(
         b"sec-fetch-mode",
         b"accept",
         b"x-requested-with",
-        b"cf-access-client-id",
-        b"cf-access-client-secret",
+        CLIENT_ID,
+        CLIENT_SECRET,
         b"x-forwarded-for",
     }
 )
@@ -314,9 +314,7 @@ def _second_phase(
 
 
 def _service_token(c: Compiled, h: HeaderIndex, trace: Trace) -> str | None:
-    name, reason = c.service_tokens.check(
-        _one(h, b"cf-access-client-id"), _one(h, b"cf-access-client-secret")
-    )
+    name, reason = c.service_tokens.check(_one(h, CLIENT_ID), _one(h, CLIENT_SECRET))
     if trace is not None:
         trace.append(f"service token: {reason}")
     return name

@@ -24,10 +24,15 @@ AUTH_COOKIE_BYTES = AUTH_COOKIE.encode("ascii")
 
 # The identity headers the edge sets; a client's copies are always removed
 # first so they cannot be spoofed (BEHAVIOUR.md section 5).
-IDENTITY_HEADERS = frozenset({b"cf-access-jwt-assertion", b"cf-access-authenticated-user-email"})
+JWT_ASSERTION = b"cf-access-jwt-assertion"
+USER_EMAIL = b"cf-access-authenticated-user-email"
+IDENTITY_HEADERS = frozenset({JWT_ASSERTION, USER_EMAIL})
+# A service token's credentials (BEHAVIOUR.md section 2).
+CLIENT_ID = b"cf-access-client-id"
+CLIENT_SECRET = b"cf-access-client-secret"
 # What the proxy removes from every forwarded request: the identity headers,
 # and a service token's secret (the upstream has no use for it).
-STRIP_HEADERS = IDENTITY_HEADERS | frozenset({b"cf-access-client-secret"})
+STRIP_HEADERS = IDENTITY_HEADERS | frozenset({CLIENT_SECRET})
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ import msgspec
 from jwt.types import Options
 
 from edge.access.cache import BoundedCache
-from edge.access.headers import AUTH_COOKIE_BYTES, Header
+from edge.access.headers import AUTH_COOKIE_BYTES, JWT_ASSERTION, USER_EMAIL, Header
 from edge.access.revocation import session_key
 
 _COOKIE_PREFIX = AUTH_COOKIE_BYTES + b"="
@@ -620,9 +620,9 @@ def _identity(
     leeway: float,
 ) -> Identity:
     email = texts["email"]
-    headers = [(b"cf-access-jwt-assertion", token)]
+    headers = [(JWT_ASSERTION, token)]
     if email:
-        headers.append((b"cf-access-authenticated-user-email", email.encode("utf-8")))
+        headers.append((USER_EMAIL, email.encode("utf-8")))
     return Identity(
         token=token,
         iss=texts["iss"],

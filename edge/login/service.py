@@ -53,6 +53,7 @@ import msgspec
 
 from edge.access.compile import Compiled, CompiledApp, team_base_url
 from edge.access.decide import Endpoint, verify_token
+from edge.access.headers import Header
 from edge.access.policy import Subject, client_ip
 from edge.access.responses import LocalResponse
 from edge.access.revocation import revoked_until
@@ -92,7 +93,6 @@ from edge.proxy.fetch import FetchError, client_ssl_context
 
 log = logging.getLogger("edge.login")
 
-Header = tuple[bytes, bytes]
 HTML_HEADERS: tuple[Header, ...] = (
     (b"content-type", b"text/html; charset=utf-8"),
     (b"cache-control", b"no-store"),
