@@ -29,7 +29,8 @@ from typing import Any
 
 import msgspec
 
-from edge.access.decide import Compiled, Forward, Preflight, Request, compile_config, decide
+from edge.access.compile import Compiled, compile_config
+from edge.access.decide import Forward, Preflight, Request, decide
 from edge.config.schema import Config
 from edge.login import keys as keylib
 

@@ -40,10 +40,6 @@ ALLOWED = {
     ("access", "config"), ("access", "edge"),
     ("config", "edge"),
 }  # fmt: skip
-# An edge another branch of issue #10 removes (access10 moves IDENTITY_HEADERS
-# and TrustedProxies from proxy/forwarding into access/): checked on its own
-# below, as an expected failure that turns into an error once it is gone.
-PENDING = {("access", "proxy")}
 TIMEOUT = 60.0  # s for all the fresh-interpreter imports together; they take a few
 PARALLEL = 4  # interpreters at once: the box has 2 cores and other tests run too
 
@@ -109,7 +105,7 @@ def test_allowed_edges_follow_the_layers() -> None:
 
 def test_imports_between_packages_flow_down_the_layers() -> None:
     wrong = {
-        edge: files for edge, files in package_edges().items() if edge not in ALLOWED and edge not in PENDING
+        edge: files for edge, files in package_edges().items() if edge not in ALLOWED
     }
     assert not wrong, (
         "imports against the layering "
@@ -124,8 +120,7 @@ def test_imports_between_packages_flow_down_the_layers() -> None:
 def test_no_import_cycle_between_packages() -> None:
     graph: dict[str, set[str]] = {}
     for a, b in package_edges():
-        if (a, b) not in PENDING:
-            graph.setdefault(a, set()).add(b)
+        graph.setdefault(a, set()).add(b)
     cycle = _find_cycle(graph)
     assert cycle is None, "import cycle between packages: " + " -> ".join(cycle or [])
 
@@ -156,12 +151,6 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_find_cycle_finds_one() -> None:
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b", "c"}, "b": {"c"}}) is None
-
-
-@pytest.mark.xfail(strict=True, reason="branch access10 moves these names into edge/access")
-def test_access_does_not_import_proxy() -> None:
-    edges = package_edges()
-    assert ("access", "proxy") not in edges, edges.get(("access", "proxy"))
 
 
 def test_every_module_imports_on_its_own() -> None:

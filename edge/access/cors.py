@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import re
 
+from edge.access.headers import Header
 from edge.access.responses import LocalResponse, Responses
 from edge.config.schema import Cors
-
-Header = tuple[bytes, bytes]
 
 # Exactly the Vary of BEHAVIOUR.md section 4: a preflight answer depends on
 # all three request headers.

@@ -1,12 +1,13 @@
 """The per-request decision: router, CORS, token and policies -> one Action.
 
 Invariants:
-- `compile_config` does all the work that does not depend on a request
-  (tries, origin sets, key sets, prebuilt responses) and is the only place
-  that reads files (JWKS). The result is swapped as one reference on reload.
 - `decide` is pure and synchronous: no I/O, no clock (the caller passes
-  `now`, epoch seconds). Its only side effects are on bounded caches (tokens,
-  per-origin deny responses) and the key sets' "refetch wanted" flag.
+  `now`, epoch seconds), no randomness (the login binding is passed in).
+  Given the same Compiled, request, `now` and binding it returns equal
+  actions. Its only side effects are on the compiled configuration's
+  bounded caches (edge.access.cache), which never change an answer, and
+  the key sets' "refetch wanted" flag. Building a Compiled is
+  edge.access.compile's job.
 - Every outcome is one of a few frozen types. Local ones carry a ready
   `LocalResponse`; `Forward` carries what the proxy must add and strip. All
   carry `app` and a `reason` for the access log.
@@ -17,48 +18,21 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from urllib.parse import quote, quote_from_bytes
 
-import jwt
 import msgspec
 
-from edge.access.cors import VARY_ORIGIN, CorsPolicy, is_preflight, refused_preflight
+from edge.access.compile import NO_STORE, Compiled, CompiledApp, PreflightKey
+from edge.access.cors import is_preflight
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
-from edge.access.policy import IPNetwork, Policies, ServiceTokens, Subject, Trace
-from edge.access.responses import LocalResponse, Responses
-from edge.access.revocation import Revocations
-from edge.access.router import Route, Router, normalize_host, path_segments
-from edge.access.session import new_binding
-from edge.access.tokens import (
-    Identity,
-    IssuerKeys,
-    JwksError,
-    KeySet,
-    Refusal,
-    Verifier,
-    extract_token,
-    parse_jwks,
-)
-from edge.config.errors import ConfigError
-from edge.config.schema import DEFAULT_LEEWAY, DEFAULT_LOGIN_URL, SIGNING_ALGORITHMS, App, Config, Issuer
-from edge.proxy.forwarding import IDENTITY_HEADERS, TrustedProxies
+from edge.access.headers import CLIENT_ID, CLIENT_SECRET, STRIP_HEADERS, Header
+from edge.access.policy import Policies, Subject, Trace
+from edge.access.responses import LocalResponse
+from edge.access.router import normalize_host, path_segments
+from edge.access.session import binding_cookie
+from edge.access.tokens import Identity, Refusal, extract_token
 
-Header = tuple[bytes, bytes]
-
-# The client's copies of the identity headers never reach an upstream, nor
-# does a service token's secret (the upstream has no use for it).
-STRIP_HEADERS = IDENTITY_HEADERS | frozenset({b"cf-access-client-secret"})
-TEAM_LOGIN = "/cdn-cgi/access/login/{host}?kid={aud}&redirect_url={redirect_url}"
-# Edge endpoints must never be framed (clickjacking of the login page).
-NO_FRAMING: tuple[Header, ...] = (
-    (b"x-frame-options", b"DENY"),
-    (b"content-security-policy", b"frame-ancestors 'none'"),
-    (b"cache-control", b"no-store"),
-)
-NO_STORE: Header = (b"cache-control", b"no-store")
 # Request headers decide() looks at; one pass over the head collects them.
 _WANTED = frozenset(
     {
@@ -72,8 +46,8 @@ _WANTED = frozenset(
         b"sec-fetch-mode",
         b"accept",
         b"x-requested-with",
-        b"cf-access-client-id",
-        b"cf-access-client-secret",
+        CLIENT_ID,
+        CLIENT_SECRET,
         b"x-forwarded-for",
     }
 )
@@ -111,10 +85,13 @@ class Redirect(LocalAction, frozen=True, gc=False):
     """302 to the login page."""
 
     location: str = ""
+    binding: str = ""  # the login binding this response set ("" for none): the caller's to renew
 
 
 class Unauthorized(LocalAction, frozen=True, gc=False):
     """401 with a JSON body naming the login URL."""
+
+    binding: str = ""  # as for Redirect
 
 
 class Deny(LocalAction, frozen=True, gc=False):
@@ -159,241 +136,16 @@ Local = Preflight | Redirect | Unauthorized | Deny | NotFound | Reject | Endpoin
 Action = Local | Forward
 
 
-# -- compiled configuration ------------------------------------------------------
-
-
-class Shared:
-    """Responses every application would build identically, built once per
-    configuration (10 000 applications need not mean 40 000 responses)."""
-
-    __slots__ = ("responses", "deny_plain", "deny_vary", "preflight_refused", "cors_refused")
-
-    def __init__(self, responses: Responses) -> None:
-        self.responses = responses
-        self.deny_plain = responses.text(403, DENIED_BODY, [NO_STORE])
-        self.deny_vary = responses.text(403, DENIED_BODY, [NO_STORE, VARY_ORIGIN])
-        # BEHAVIOUR.md section 4, first row: no cookie on a preflight, so
-        # Access blocks it, as Cloudflare does.
-        self.preflight_refused = responses.text(
-            403, b"forbidden: this application answers no CORS preflight\n"
-        )
-        self.cors_refused = refused_preflight(responses)
-
-
-class CompiledApp:
-    """One application, ready for decisions."""
-
-    __slots__ = (
-        "config",
-        "name",
-        "aud",
-        "upstream",
-        "policies",
-        "cors",
-        "preflight_bypass",
-        "always_redirect",
-        "strip_auth_cookie",
-        "rewrite_host",
-        "deny_plain",
-        "preflight_refused",
-        "_deny_by_origin",
-        "_responses",
-    )
-
-    def __init__(self, app: App, shared: Shared) -> None:
-        self.config = app
-        self.name = app.name
-        self.aud = app.tag
-        self.upstream = app.upstream
-        self.policies = Policies(app.policies)
-        responses = shared.responses
-        self.cors = None if app.cors is None else CorsPolicy(app.cors, responses, shared.cors_refused)
-        self.preflight_bypass = app.options_preflight_bypass
-        self.always_redirect = app.unauthenticated == "redirect"
-        self.strip_auth_cookie = not app.keep_auth_cookie
-        self.rewrite_host = app.rewrite_host
-        self._responses = responses
-        self.deny_plain = shared.deny_plain if self.cors is None else shared.deny_vary
-        self.preflight_refused = shared.preflight_refused
-        # Bounded by the listed origins (plus "*"): filled on first use.
-        self._deny_by_origin: dict[bytes, LocalResponse] = {}
-
-    def deny_response(self, origin: bytes | None) -> LocalResponse:
-        cors = self.cors
-        if cors is None or origin is None or not cors.allows(origin):
-            return self.deny_plain
-        key = cors.allow_origin_value(origin)
-        found = self._deny_by_origin.get(key)
-        if found is None:
-            fields = [NO_STORE, *cors.courtesy(origin)]
-            found = self._deny_by_origin[key] = self._responses.text(403, DENIED_BODY, fields)
-        return found
-
-
-DENIED_BODY = b"forbidden: access denied by policy\n"
-
-
-class RemoteKeys(msgspec.Struct, frozen=True, gc=False):
-    """A key set the I/O shell keeps fresh from `url`."""
-
-    iss: str
-    url: str
-    keys: KeySet
-
-
-@dataclass(frozen=True, slots=True)
-class Compiled:
-    """The whole configuration, compiled. Swap it as one reference."""
-
-    config: Config
-    router: Router[CompiledApp]
-    apps: tuple[CompiledApp, ...]
-    verifier: Verifier
-    remote_keys: tuple[RemoteKeys, ...]
-    service_tokens: ServiceTokens
-    trusted: tuple[IPNetwork, ...]
-    trusted_proxies: TrustedProxies
-    login_url: str
-    responses: Responses
-    endpoint_refused: LocalResponse
-    endpoint_pending: LocalResponse
-    bad_path: LocalResponse
-    ambiguous_token: LocalResponse
-    revoked: Revocations
-    apps_by_aud: dict[str, CompiledApp]
-    team_host: bytes | None = None  # the login service's own host, if configured
-    team_url: str = ""  # how browsers reach it; the iss of the tokens it issues
-    builtin: IssuerKeys | None = None  # the team's own keys (from the key directory)
-    binds_logins: bool = False  # logins go to the team's own page, which binds them to the browser
-    # Preflights answered at the edge depend only on the key below, so a hot
-    # preflight costs a dict lookup (bounded; see PREFLIGHT_CACHE_SIZE).
-    preflights: dict[PreflightKey, Preflight] = field(default_factory=dict)
-
-
-def compile_config(
-    config: Config,
-    source: str = "<config>",
-    *,
-    team_keys: Mapping[str, jwt.PyJWK] | None = None,
-    revoked: Revocations | None = None,
-) -> Compiled:
-    """Build the runtime objects; raises ConfigError (naming `source`) when a
-    JWKS file cannot be used. `team_keys` are the built-in issuer's current
-    verification keys (the I/O shell reads the key directory and keeps them
-    fresh); `revoked` is the worker's revocation view, kept across reloads."""
-    responses = Responses(config.server.server_header)
-    issuers, remote = _compile_issuers(config.issuers, source)
-    team_url = builtin = None
-    if config.team is not None:
-        team_url = team_base_url(config)
-        builtin = IssuerKeys(
-            team_url,
-            SIGNING_ALGORITHMS,
-            DEFAULT_LEEWAY,
-            KeySet("key directory", team_keys),
-            None,
-            _longest_session(config),
-        )
-        issuers.append(builtin)
-    shared = Shared(responses)
-    apps = tuple(CompiledApp(app, shared) for app in config.apps)
-    router = Router(Route(app, pattern) for app in apps for pattern in app.config.patterns)
-    trusted = config.server.trusted_networks
-    return Compiled(
-        config=config,
-        router=router,
-        apps=apps,
-        verifier=Verifier(issuers),
-        remote_keys=remote,
-        service_tokens=ServiceTokens(config.service_tokens),
-        trusted=trusted,
-        trusted_proxies=TrustedProxies(trusted),
-        login_url=config.login.url or (team_url + TEAM_LOGIN if team_url else DEFAULT_LOGIN_URL),
-        responses=responses,
-        endpoint_refused=responses.text(403, b"forbidden: no cross-site requests here\n", NO_FRAMING),
-        endpoint_pending=responses.text(
-            404, b"not found: the login service is not available yet\n", NO_FRAMING
-        ),
-        bad_path=responses.text(400, b"bad request: ambiguous path (escaped '/' or '\\')\n"),
-        ambiguous_token=responses.text(400, b"bad request: two different access tokens\n", [NO_STORE]),
-        revoked=revoked if revoked is not None else Revocations(),
-        apps_by_aud={app.aud: app for app in apps},
-        team_host=None if config.team is None else config.team.hostname.encode(),
-        team_url=team_url or "",
-        builtin=builtin,
-        binds_logins=builtin is not None and config.login.url is None,
-    )
-
-
-def _longest_session(config: Config) -> int:
-    """The longest lifetime the built-in issuer grants: the team's or an app's session."""
-    assert config.team is not None
-    return max([config.team.session_duration, *(app.session_duration for app in config.apps)])
-
-
-def team_base_url(config: Config) -> str:
-    """How browsers reach the team host: `team.url`, or the first listener's
-    scheme and port with the team host's name."""
-    assert config.team is not None
-    if config.team.url:
-        return config.team.url.rstrip("/")
-    scheme = "https" if config.server.tls is not None else "http"
-    port = config.server.addresses[0].port
-    default = 443 if scheme == "https" else 80
-    return f"{scheme}://{config.team.hostname}" + ("" if port == default else f":{port}")
-
-
-def _compile_issuers(
-    issuers: Sequence[Issuer], source: str
-) -> tuple[list[IssuerKeys], tuple[RemoteKeys, ...]]:
-    compiled: list[IssuerKeys] = []
-    remote: list[RemoteKeys] = []
-    for i, issuer in enumerate(issuers):
-        keys: KeySet | None = None
-        if issuer.jwks_file is not None:
-            keys = KeySet(issuer.jwks_file, _read_jwks(issuer, f"{source}: $.issuers[{i}].jwks_file"))
-        elif issuer.jwks_url is not None:
-            keys = KeySet(issuer.jwks_url, remote=True)
-            remote.append(RemoteKeys(issuer.iss, issuer.jwks_url, keys))
-        secret = None if issuer.secret is None else issuer.secret.encode()
-        compiled.append(
-            IssuerKeys(issuer.iss, issuer.algorithms, issuer.leeway, keys, secret, issuer.max_token_lifetime)
-        )
-    return compiled, tuple(remote)
-
-
-def _read_jwks(issuer: Issuer, where: str) -> dict[str, jwt.PyJWK]:
-    assert issuer.jwks_file is not None
-    try:
-        body = Path(issuer.jwks_file).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {issuer.jwks_file!r}: {exc.strerror or exc}") from None
-    try:
-        keys, notes = parse_jwks(body)
-    except JwksError as exc:
-        raise ConfigError(f"{where}: {issuer.jwks_file}: {exc}") from None
-    if notes:
-        raise ConfigError(f"{where}: {issuer.jwks_file}: {notes[0]}")
-    usable = {kid: k for kid, k in keys.items() if k.algorithm_name in issuer.algorithms}
-    if not usable:
-        raise ConfigError(
-            f"{where}: {issuer.jwks_file}: no key for algorithms {', '.join(issuer.algorithms)}"
-            f" (found: {', '.join(sorted({k.algorithm_name for k in keys.values()})) or 'none'})"
-        )
-    return keys
-
-
 # -- the decision ----------------------------------------------------------------
 
 
-PREFLIGHT_CACHE_SIZE = 10_000  # entries; a flood of distinct preflights only evicts
-# Everything an edge-answered preflight depends on: Host, path, and the
-# request's Origin and Access-Control-Request-* fields (see _preflight).
-PreflightKey = tuple[bytes | None, ...]
+def decide(c: Compiled, req: Request, now: float, trace: Trace = None, *, binding: str = "") -> Action:
+    """What to do with one request. Pure: see the module invariants.
 
-
-def decide(c: Compiled, req: Request, now: float, trace: Trace = None) -> Action:
-    """What to do with one request. Pure: see the module invariants."""
+    `binding` is a fresh random value (edge.access.session.new_binding_value)
+    for the login this request may start when the team's own page binds
+    logins; an action whose `binding` is set used it, and the caller must
+    never pass that value again."""
     path = req.target.partition(b"?")[0]
     if path[:1] != b"/":
         return NotFound(c.responses.not_found, None, "not found: target is not a path")
@@ -430,17 +182,15 @@ def decide(c: Compiled, req: Request, now: float, trace: Trace = None) -> Action
     ):
         action = _preflight(c, app, req, h, trace)
         if key is not None and isinstance(action, Preflight) and app.cors is not None:
-            if len(c.preflights) >= PREFLIGHT_CACHE_SIZE:
-                del c.preflights[next(iter(c.preflights))]  # the oldest entry
-            c.preflights[key] = action
+            c.preflights.put(key, action)
         return action
-    return _authorize(c, app, req, h, now, trace)
+    return _authorize(c, app, req, h, now, trace, binding)
 
 
-def explain(c: Compiled, req: Request, now: float) -> tuple[Action, list[str]]:
+def explain(c: Compiled, req: Request, now: float, binding: str = "") -> tuple[Action, list[str]]:
     """decide() with the evaluation trace, for `edge explain`."""
     trace: list[str] = []
-    return decide(c, req, now, trace), trace
+    return decide(c, req, now, trace, binding=binding), trace
 
 
 def _index(headers: Sequence[Header]) -> HeaderIndex:
@@ -529,7 +279,7 @@ def _joined(h: HeaderIndex, name: bytes) -> bytes | None:
 
 
 def _authorize(
-    c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, now: float, trace: Trace
+    c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, now: float, trace: Trace, binding: str
 ) -> Action:
     subject = Subject(req.client_ip, h.get(b"x-forwarded-for", ()), c.trusted)
     policies = app.policies
@@ -545,7 +295,7 @@ def _authorize(
     if isinstance(ident, Refusal):
         if ident.ambiguous:
             return Reject(c.ambiguous_token, app.name, f"reject: {ident.reason}")
-        return _unauthenticated(c, app, req, h, ident)
+        return _unauthenticated(c, app, req, h, ident, binding)
     subject.identity = ident
     return _second_phase(app, policies, subject, h, ident, trace)
 
@@ -563,9 +313,7 @@ def _second_phase(
 
 
 def _service_token(c: Compiled, h: HeaderIndex, trace: Trace) -> str | None:
-    name, reason = c.service_tokens.check(
-        _one(h, b"cf-access-client-id"), _one(h, b"cf-access-client-secret")
-    )
+    name, reason = c.service_tokens.check(_one(h, CLIENT_ID), _one(h, CLIENT_SECRET))
     if trace is not None:
         trace.append(f"service token: {reason}")
     return name
@@ -630,20 +378,23 @@ def _deny(app: CompiledApp, h: HeaderIndex, reason: str) -> Deny:
 # -- unauthenticated ---------------------------------------------------------------
 
 
-def _unauthenticated(c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, why: Refusal) -> Action:
+def _unauthenticated(
+    c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, why: Refusal, binding: str
+) -> Action:
     """302 to the login page for a navigation, else 401 a page can read."""
     login = login_url(c.login_url, app.aud, req)
     cookies: list[Header] = []
-    if c.binds_logins:
-        # The one exception to "no randomness here": each login is bound to
-        # the browser that starts it (see edge.session.BINDING_COOKIE).
-        binding, cookie = new_binding()
+    if not c.binds_logins:
+        binding = ""
+    elif binding:
+        # Each login is bound to the browser that starts it (see
+        # edge.access.session.BINDING_COOKIE); the caller drew the value.
         login += "&b=" + binding
-        cookies.append(cookie)
+        cookies.append(binding_cookie(binding))
     if app.always_redirect or is_navigation(h):
         fields = [(b"location", login.encode("ascii")), NO_STORE, *cookies]
         response = c.responses.text(302, b"login required\n", fields)
-        return Redirect(response, app.name, f"redirect: login ({why.reason})", login)
+        return Redirect(response, app.name, f"redirect: login ({why.reason})", login, binding)
     body = msgspec.json.encode({"error": _public_error(why), "login_url": login})
     fields = [
         (b"content-type", b"application/json"),
@@ -654,7 +405,7 @@ def _unauthenticated(c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex
     if app.cors is not None:
         fields.extend(app.cors.courtesy(_one(h, b"origin")))
     response = LocalResponse(401, fields, body, c.responses.server)
-    return Unauthorized(response, app.name, f"unauthenticated: {why.reason}")
+    return Unauthorized(response, app.name, f"unauthenticated: {why.reason}", binding)
 
 
 def _public_error(why: Refusal) -> str:

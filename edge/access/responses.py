@@ -15,11 +15,13 @@ from http import HTTPStatus
 
 import h11
 
+from edge.access.headers import Header
+
 CRLF = b"\r\n"
 CLOSE_LINE = b"connection: close\r\n"
 HEALTH_PATH = b"/cdn-cgi/edge/health"
 
-Headers = Iterable[tuple[bytes, bytes]]
+Headers = Iterable[Header]
 
 
 def reason(status: int) -> bytes:

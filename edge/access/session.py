@@ -31,9 +31,10 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edge.access.headers import AUTH_COOKIE as AUTH_COOKIE  # the login service sets it
+from edge.access.headers import Header
 from edge.access.router import normalize_host
 
-AUTH_COOKIE = "CF_Authorization"
 FLOW_COOKIE = "edge_flow"  # the OIDC flow in progress (team host)
 CSRF_COOKIE = "edge_csrf"  # double-submit base for the login forms (team host)
 # Set on the application's host when a login starts; the one-time code names
@@ -42,6 +43,7 @@ CSRF_COOKIE = "edge_csrf"  # double-submit base for the login forms (team host)
 BINDING_COOKIE = "edge_login"
 BINDING_PATH = "/cdn-cgi/access/authorized"
 BINDING_TTL = 900  # seconds a user has to finish a login
+BINDING_BYTES = 18  # random bytes: 144 bits, 24 URL-safe characters
 _BINDING_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 ENDPOINT_PATH = "/cdn-cgi/access"
 HANDOFF_TTL = 60.0  # seconds a one-time code is good for ("about a minute")
@@ -100,10 +102,14 @@ def random_token(nbytes: int = 24) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
-def new_binding() -> tuple[str, tuple[bytes, bytes]]:
-    """A login binding: its value (for the login URL) and its cookie."""
-    value = random_token(18)
-    return value, set_cookie(BINDING_COOKIE, value, max_age=BINDING_TTL, path=BINDING_PATH)
+def new_binding_value() -> str:
+    """A fresh login binding value (random: drawn by the runtime, never by decide)."""
+    return random_token(BINDING_BYTES)
+
+
+def binding_cookie(value: str) -> Header:
+    """The cookie that binds a login to the browser that starts it."""
+    return set_cookie(BINDING_COOKIE, value, max_age=BINDING_TTL, path=BINDING_PATH)
 
 
 def valid_binding(value: str | None) -> str:
@@ -122,7 +128,7 @@ def set_cookie(
     http_only: bool = True,
     secure: bool = True,
     same_site: str = "lax",
-) -> tuple[bytes, bytes]:
+) -> Header:
     """A Set-Cookie field. Host-only (no Domain): a cookie for one host is
     never offered to its siblings. max_age 0 clears the cookie."""
     parts = [f"{name}={value}", f"Path={path}", f"Max-Age={max_age}"]
@@ -134,7 +140,7 @@ def set_cookie(
     return (b"set-cookie", "; ".join(parts).encode("ascii"))
 
 
-def clear_cookie(name: str, path: str = "/", same_site: str = "lax") -> tuple[bytes, bytes]:
+def clear_cookie(name: str, path: str = "/", same_site: str = "lax") -> Header:
     return set_cookie(name, "", max_age=0, path=path, same_site=same_site)
 
 

@@ -5,19 +5,27 @@ Invariants:
   chooses the key by ``kid`` from the issuer's own key set, and checks that the
   key's algorithm is the token's; time and type checks on the claims are ours
   (against the caller's clock, and stricter than PyJWT's: no numeric strings).
-- A verified token is cached until its ``exp`` (+ leeway), bounded to
-  CACHE_ENTRIES (oldest evicted first). An entry stays valid only while the
-  key that verified it is still the one its key set holds under that kid, so
-  a key removed from the JWKS revokes its tokens at once.
+- A verified token is cached (a BoundedCache of CACHE_ENTRIES, keyed by the
+  token's bytes) until its ``exp`` (+ leeway): every hit re-checks that
+  deadline against the caller's `now`, and that the key that verified it is
+  still the one its key set holds under that kid, so a key removed from the
+  JWKS revokes its tokens at once. Revocation and policies (client IP...)
+  are checked by the caller on every request, never cached here.
 - Permanent failures (bad signature, malformed, wrong issuer, a claim value
-  the edge cannot use...) are cached too, so a flood of the same forged
-  token costs one signature check. Nothing a token carries raises: every
+  the edge cannot use, expiry: anything the same token fails at every later
+  `now`) are cached too, so a flood of the same forged token costs one
+  signature check. A failure that time can cure (nbf, iat in the future,
+  an unknown kid) is never cached. Nothing a token carries raises: every
   value is either usable or a Refusal.
 - `Verifier.trusts` only peeks (no signature check, no cache): it tells
   whether a second value claims to be one of our tokens, so that a request
   carrying two identities is refused rather than half-forwarded.
 - A `KeySet` is only mutated by `update`/`fetch_failed`, called by the I/O
-  shell; a failed or empty fetch keeps the keys already held.
+  shell; a failed or empty fetch keeps the keys already held. The edge's
+  remote issuers and the OIDC client (edge.login.oidc) share this one
+  implementation, each with its own refetch and refresh intervals.
+- The JWT time checks (`check_times`) are the ones every token the edge
+  reads goes through: user tokens here, ID tokens in edge.login.oidc.
 """
 
 from __future__ import annotations
@@ -33,10 +41,11 @@ import jwt
 import msgspec
 from jwt.types import Options
 
+from edge.access.cache import BoundedCache
+from edge.access.headers import AUTH_COOKIE_BYTES, JWT_ASSERTION, USER_EMAIL, Header
 from edge.access.revocation import session_key
 
-COOKIE_NAME = b"CF_Authorization"
-_COOKIE_PREFIX = COOKIE_NAME + b"="
+_COOKIE_PREFIX = AUTH_COOKIE_BYTES + b"="
 _PREFIX_LENGTH = len(_COOKIE_PREFIX)
 # A value starting or ending with one of these needs trimming (rare).
 _UNUSUAL = frozenset({b" ", b"\t", b'"'})
@@ -45,6 +54,8 @@ _SEMICOLON = ord(";")
 # The largest token considered: a request head is at most 16 KiB by default
 # (server.max_header_bytes), so anything larger cannot be a real cookie.
 MAX_TOKEN_BYTES = 16 * 1024
+# Verified tokens and permanent failures, each: enough for every active user
+# of a large deployment, small enough (a few MiB) for each worker to hold.
 CACHE_ENTRIES = 10_000
 # An unknown kid asks the shell for a JWKS refetch at most this often, so a
 # stream of forged kids cannot turn the edge into a load generator.
@@ -105,7 +116,7 @@ class Identity(msgspec.Struct, frozen=True):
     session: str = ""  # the sign-in's revocation key (issuer + identity_nonce); "" without a nonce
     email_lower: str = ""
     email_domain: str = ""
-    add_headers: tuple[tuple[bytes, bytes], ...] = ()
+    add_headers: tuple[Header, ...] = ()
 
 
 NO_TOKEN = Refusal("no token")
@@ -279,14 +290,32 @@ class KeySet:
     failure, `fetch_failed(now)`. Nothing here performs I/O.
     """
 
-    __slots__ = ("source", "keys", "remote", "wanted", "last_attempt", "last_success", "last_error")
+    __slots__ = (
+        "source",
+        "keys",
+        "remote",
+        "wanted",
+        "last_attempt",
+        "last_success",
+        "last_error",
+        "min_interval",
+        "refresh",
+    )
 
     def __init__(
-        self, source: str, keys: Mapping[str, jwt.PyJWK] | None = None, remote: bool = False
+        self,
+        source: str,
+        keys: Mapping[str, jwt.PyJWK] | None = None,
+        remote: bool = False,
+        *,
+        min_interval: float = REFETCH_MIN_INTERVAL,
+        refresh: float = REFRESH_INTERVAL,
     ) -> None:
         self.source = source
         self.keys: dict[str, jwt.PyJWK] = dict(keys or {})
         self.remote = remote
+        self.min_interval = min_interval  # seconds between two fetch attempts, at least
+        self.refresh = refresh  # seconds after a successful fetch before the next one
         self.wanted = remote and not self.keys  # a remote set starts empty: fetch at once
         self.last_attempt = -math.inf
         self.last_success = -math.inf
@@ -303,9 +332,9 @@ class KeySet:
     def claim_fetch(self, now: float) -> bool:
         """Whether the shell should fetch now; claiming it starts the
         rate-limit window, so concurrent pollers fetch once."""
-        if not self.remote or now - self.last_attempt < REFETCH_MIN_INTERVAL:
+        if not self.remote or now - self.last_attempt < self.min_interval:
             return False
-        if not (self.wanted or now - self.last_success >= REFRESH_INTERVAL):
+        if not (self.wanted or now - self.last_success >= self.refresh):
             return False
         self.last_attempt = now
         self.wanted = False
@@ -395,15 +424,15 @@ class _Entry(msgspec.Struct, gc=False):
 
 
 class Verifier:
-    """Verifies tokens against the configured issuers, with caches."""
+    """Verifies tokens against the configured issuers, with caches (see the
+    module invariants for what a hit still checks)."""
 
-    __slots__ = ("issuers", "cache", "failures", "limit")
+    __slots__ = ("issuers", "cache", "failures")
 
     def __init__(self, issuers: Sequence[IssuerKeys], limit: int = CACHE_ENTRIES) -> None:
         self.issuers = {i.iss: i for i in issuers}
-        self.cache: dict[bytes, _Entry] = {}
-        self.failures: dict[bytes, Refusal] = {}
-        self.limit = limit
+        self.cache: BoundedCache[bytes, _Entry] = BoundedCache(limit)
+        self.failures: BoundedCache[bytes, Refusal] = BoundedCache(limit)
 
     def trusts(self, value: bytes) -> bool:
         """Whether `value` claims to be a token of ours, unverified: a
@@ -426,7 +455,7 @@ class Verifier:
         if entry is not None:
             if now < entry.deadline and (entry.keys is None or entry.keys.keys.get(entry.kid) is entry.key):
                 return entry.identity
-            del self.cache[token]
+            self.cache.discard(token)
         failure = self.failures.get(token)
         if failure is not None:
             return failure
@@ -483,20 +512,13 @@ class Verifier:
         entry = _Entry(
             result, result.exp + issuer.leeway, issuer.keys, kid if isinstance(kid, str) else "", key
         )
-        _bounded_put(self.cache, token, entry, self.limit)
+        self.cache.put(token, entry)
         return result
 
     def _fail(self, token: bytes, refusal: Refusal) -> Refusal:
         if refusal.permanent:
-            _bounded_put(self.failures, token, refusal, self.limit)
+            self.failures.put(token, refusal)
         return refusal
-
-
-def _bounded_put(cache: dict[bytes, Any], key: bytes, value: Any, limit: int) -> None:
-    """Insert, evicting the oldest entries (dicts keep insertion order)."""
-    while len(cache) >= limit:
-        del cache[next(iter(cache))]
-    cache[key] = value
 
 
 # -- claims -------------------------------------------------------------------
@@ -545,7 +567,10 @@ def _encodable(value: str) -> bool:
     return value.isascii() or _SURROGATE_RE.search(value) is None
 
 
-def _times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[float, float] | Refusal:
+def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[float, float] | Refusal:
+    """(exp, iat) of claims whose time claims are usable at `now`, else why
+    not: exp and iat required, nbf optional, each a number in 0..MAX_TIME,
+    and `leeway` seconds of clock skew allowed either way."""
     values: dict[str, float | None] = {}
     for name in ("exp", "nbf", "iat"):
         value = _number(claims, name)
@@ -568,7 +593,7 @@ def identity_from_claims(
     token: bytes, claims: Mapping[str, Any], now: float, leeway: float
 ) -> Identity | Refusal:
     """Type and time checks on verified claims, then the Identity."""
-    times = _times(claims, now, leeway)
+    times = check_times(claims, now, leeway)
     if isinstance(times, Refusal):
         return times
     aud = _strings(claims, "aud")
@@ -595,9 +620,9 @@ def _identity(
     leeway: float,
 ) -> Identity:
     email = texts["email"]
-    headers = [(b"cf-access-jwt-assertion", token)]
+    headers = [(JWT_ASSERTION, token)]
     if email:
-        headers.append((b"cf-access-authenticated-user-email", email.encode("utf-8")))
+        headers.append((USER_EMAIL, email.encode("utf-8")))
     return Identity(
         token=token,
         iss=texts["iss"],

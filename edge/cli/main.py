@@ -96,7 +96,7 @@ def _tool(args: argparse.Namespace) -> int:
             return _rotate_keys(args.config)
         print(tools.generate_keys(Path(args.out), args.alg))
         return EXIT_OK
-    from edge.access.decide import compile_config
+    from edge.access.compile import compile_config
     from edge.login.service import existing_team_keys
 
     config = load(args.config)
@@ -179,7 +179,7 @@ def summary(path: str, config: Config) -> str:
 
 
 def _check(path: str, config: Config) -> int:
-    from edge.access.decide import compile_config
+    from edge.access.compile import compile_config
     from edge.cli.tools import apps_summary, warnings
 
     compiled = compile_config(config, path)

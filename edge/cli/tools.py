@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from edge.access.compile import Compiled
 from edge.access.cors import fetch_method
-from edge.access.decide import Action, Compiled, Forward, Request, explain
+from edge.access.decide import Action, Forward, Request, explain
 from edge.access.responses import date_line
 from edge.config.schema import Config, DevProvider
 from edge.config.syntax import is_loopback_host

@@ -7,8 +7,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-# A field as it travels: (lower-cased name, value).
-Headers = list[tuple[bytes, bytes]]
+from edge.access.headers import Headers as Headers  # the one header-pair type
 
 # An RFC 9110 token (field names, methods), as a regex fragment.
 TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from edge.access.decide import Compiled, CompiledApp, verify_token
+from edge.access.compile import Compiled, CompiledApp
+from edge.access.decide import verify_token
 from edge.access.responses import LocalResponse
 from edge.access.session import (
     CSRF_COOKIE,

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from edge.access.decide import Compiled
+from edge.access.compile import Compiled
 from edge.access.policy import client_ip
 from edge.access.responses import LocalResponse
 from edge.config.schema import DevProvider

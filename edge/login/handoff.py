@@ -24,7 +24,8 @@ import logging
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from edge.access.decide import Compiled, CompiledApp, Endpoint, verify_token
+from edge.access.compile import Compiled, CompiledApp
+from edge.access.decide import Endpoint, verify_token
 from edge.access.policy import Subject
 from edge.access.responses import LocalResponse
 from edge.access.router import path_segments

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 
-from edge.access.decide import Compiled, CompiledApp, Endpoint
+from edge.access.compile import Compiled, CompiledApp
+from edge.access.decide import Endpoint
 from edge.access.responses import LocalResponse
 from edge.access.revocation import revoked_until
 from edge.access.session import AUTH_COOKIE, ENDPOINT_PATH, clear_cookie, cross_site

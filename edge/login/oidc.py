@@ -15,8 +15,10 @@ Invariants:
   with the algorithm that key is for; "none", HS* and any algorithm not in
   `SIGNING_ALGORITHMS` are refused before a key is looked at.
 - The discovery document is fetched once and kept; a failed fetch is not
-  kept, so the next call tries again. The JWKS is kept for JWKS_MAX_AGE and
-  refetched at most once per `finish` when the token names an unknown kid.
+  kept, so the next call tries again. The JWKS is an edge.access.tokens
+  KeySet (the one JWKS cache), kept for JWKS_MAX_AGE and refetched at most
+  once per `finish` when the token names an unknown kid; a failed fetch
+  keeps the keys held. Its time claims go through tokens.check_times.
   ID tokens come only from the token endpoint, over a connection we opened,
   so an unknown kid cannot be injected by a browser to make us fetch.
 - Every provider call is one `fetch.request`: bounded in time and size.
@@ -42,7 +44,7 @@ import jwt
 import msgspec
 from jwt.types import Options
 
-from edge.access.tokens import JwksError, parse_jwks
+from edge.access.tokens import JwksError, KeySet, Refusal, check_times
 from edge.config.syntax import is_loopback_host
 from edge.proxy.fetch import FETCH_TIMEOUT, FetchError, Response, request
 
@@ -227,8 +229,9 @@ class OidcClient:
         self.leeway = leeway
         self.timeout = timeout
         self._discovery: Discovery | None = None
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._keys_fetched = float("-inf")
+        # No refetch interval: ID tokens come only from the token endpoint
+        # (module invariants), so an unknown kid is never a browser's doing.
+        self._keys = KeySet(f"{issuer} JWKS", remote=True, min_interval=0.0, refresh=JWKS_MAX_AGE)
 
     async def discovery(self) -> Discovery:
         if self._discovery is None:
@@ -285,7 +288,9 @@ class OidcClient:
         return Discovery(doc.issuer, doc.authorization_endpoint, doc.token_endpoint, doc.jwks_uri, post)
 
     async def _key(self, d: Discovery, kid: str, now: float) -> jwt.PyJWK:
-        if now - self._keys_fetched >= JWKS_MAX_AGE or kid not in self._keys:
+        if self._keys.get(kid) is None:
+            self._keys.note_unknown_kid()
+        if self._keys.claim_fetch(now):
             await self._fetch_keys(d, now)
         key = self._keys.get(kid)
         if key is None:
@@ -293,14 +298,18 @@ class OidcClient:
         return key
 
     async def _fetch_keys(self, d: Discovery, now: float) -> None:
-        response = await self._call("GET", d.jwks_uri, limit=JWKS_LIMIT)
+        try:
+            response = await self._call("GET", d.jwks_uri, limit=JWKS_LIMIT)
+        except OidcError as exc:
+            self._keys.fetch_failed(now, str(exc))
+            raise
         if response.status != 200:
+            self._keys.fetch_failed(now, f"status {response.status}")
             raise OidcError(f"JWKS {d.jwks_uri}: status {response.status}", UNAVAILABLE)
         try:
-            self._keys, _ = parse_jwks(response.body)
+            self._keys.update(response.body, now)
         except JwksError as exc:
             raise OidcError(f"JWKS {d.jwks_uri}: {exc}") from None
-        self._keys_fetched = now
 
     # -- the token endpoint
 
@@ -360,7 +369,9 @@ class OidcClient:
         if claims["iss"] != self.issuer:
             raise OidcError(f"ID token: iss {_clip(claims['iss'])} is not {self.issuer!r}")
         _check_audience(claims, self.client_id)
-        _check_times(claims, now, self.leeway)
+        times = check_times(claims, now, self.leeway)
+        if isinstance(times, Refusal):
+            raise OidcError(f"ID token: {times.reason} (now {now:.0f}, leeway {self.leeway:g} s)")
         sent = claims.get("nonce")
         if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), nonce.encode()):
             raise OidcError("ID token: the nonce does not match the sign-in flow", STALE)
@@ -424,23 +435,6 @@ def _check_audience(claims: Mapping[str, Any], client_id: str) -> None:
     azp = claims.get("azp")
     if (azp is not None or len(audiences) > 1) and azp != client_id:
         raise OidcError(f"ID token: azp {_clip(azp)} is not our client_id {client_id!r}")
-
-
-def _check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
-    exp, iat, nbf = (_number(claims, name) for name in ("exp", "iat", "nbf"))
-    if exp is None or iat is None or (nbf is None and "nbf" in claims):
-        raise OidcError("ID token: exp, iat and nbf must be numbers")
-    if exp + leeway <= now:
-        raise OidcError(f"ID token: expired at {exp:.0f} (now {now:.0f}, leeway {leeway:g} s)")
-    if iat - leeway > now or (nbf is not None and nbf - leeway > now):
-        raise OidcError(f"ID token: issued in the future (iat {iat:.0f}, now {now:.0f}); check the clocks")
-
-
-def _number(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
 
 
 def _groups(value: object, name: str) -> tuple[str, ...]:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit, urlunsplit
 
-from edge.access.decide import Compiled, Endpoint
+from edge.access.compile import Compiled
+from edge.access.decide import Endpoint
 from edge.access.responses import LocalResponse
 from edge.access.session import (
     BINDING_COOKIE,

@@ -47,7 +47,8 @@ from typing import Any
 
 import jwt
 
-from edge.access.decide import Compiled, Endpoint, team_base_url
+from edge.access.compile import Compiled, team_base_url
+from edge.access.decide import Endpoint
 from edge.access.endpoints import EndpointKind
 from edge.access.responses import LocalResponse
 from edge.access.session import Sealer

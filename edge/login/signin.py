@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlsplit
 
-from edge.access.decide import Compiled, Endpoint
+from edge.access.compile import Compiled
+from edge.access.decide import Endpoint
 from edge.access.responses import LocalResponse
 from edge.access.router import path_segments
 from edge.access.session import ENDPOINT_PATH, same_host_url, valid_binding

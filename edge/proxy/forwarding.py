@@ -6,13 +6,12 @@ request and `response_headers` once per upstream response head.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import msgspec
 
-HeaderList = list[tuple[bytes, bytes]]
+from edge.access.cache import BoundedCache
+from edge.access.headers import AUTH_COOKIE_BYTES, IDENTITY_HEADERS, Header, Headers, TrustedProxies
 
 # Hop-by-hop fields (RFC 9110 section 7.6.1): they describe one connection,
 # never the message, so a proxy removes them along with every field the
@@ -31,9 +30,6 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# The identity headers the edge sets; a client's copies are always removed
-# first so they cannot be spoofed (BEHAVIOUR.md section 5).
-IDENTITY_HEADERS = frozenset({b"cf-access-jwt-assertion", b"cf-access-authenticated-user-email"})
 FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 # WSGI/CGI, PHP and Rack turn `Cf_Access_Jwt_Assertion` and
 # `Cf-Access-Jwt-Assertion` into the same variable, so a client field whose
@@ -47,7 +43,6 @@ EDGE_OWNED_PREFIXES = (b"cf-access-", b"x-forwarded-")
 # `_` as an int: `int in bytes` is one memchr (~20 ns), where the substring
 # test `b"_" in name` costs ~140 ns, and it runs for every forwarded field.
 UNDERSCORE = ord("_")
-AUTH_COOKIE = b"CF_Authorization"
 # Fields the edge handles itself rather than passing on: Expect (the edge
 # answers 100-continue after authorising), and the framing fields it sets.
 EDGE_HANDLED = frozenset({b"expect", b"content-length"})
@@ -60,7 +55,7 @@ def _comma_tokens(values: Iterable[bytes]) -> set[bytes]:
     return {t.strip().lower() for v in values for t in v.split(b",") if t.strip()}
 
 
-def hop_by_hop(headers: Sequence[tuple[bytes, bytes]], keep_upgrade: bool = False) -> frozenset[bytes]:
+def hop_by_hop(headers: Sequence[Header], keep_upgrade: bool = False) -> frozenset[bytes]:
     """Every field name to drop from a message before passing it on."""
     values = [v for k, v in headers if k == b"connection"]
     if not values and not keep_upgrade:
@@ -68,18 +63,15 @@ def hop_by_hop(headers: Sequence[tuple[bytes, bytes]], keep_upgrade: bool = Fals
     key = (keep_upgrade, tuple(values))
     drop = _HOP_SETS.get(key)
     if drop is None:
-        drop = _hop_set(values, keep_upgrade)
-        if len(_HOP_SETS) >= _HOP_SETS_LIMIT:
-            _HOP_SETS.clear()
-        _HOP_SETS[key] = drop
+        drop = _HOP_SETS.put(key, _hop_set(values, keep_upgrade))
     return drop
 
 
-# hop_by_hop's answers by Connection values: nearly every upstream response
-# says "keep-alive", and tokenising it again for each one showed in profiles.
-# Bounded, as the values are the peers' to choose; emptied when full.
-_HOP_SETS: dict[tuple[bool, tuple[bytes, ...]], frozenset[bytes]] = {}
-_HOP_SETS_LIMIT = 256
+# hop_by_hop's answers by (keep_upgrade, the Connection values): the answer
+# is a function of the key alone. Nearly every upstream response says
+# "keep-alive", and tokenising it again for each one showed in profiles.
+# Bounded (entries), as the values are the peers' to choose.
+_HOP_SETS: BoundedCache[tuple[bool, tuple[bytes, ...]], frozenset[bytes]] = BoundedCache(256)
 
 
 def _hop_set(values: list[bytes], keep_upgrade: bool) -> frozenset[bytes]:
@@ -104,26 +96,10 @@ def reads_as_edge_owned(name: bytes) -> bool:
     return name.lower().replace(b"_", b"-").startswith(EDGE_OWNED_PREFIXES)
 
 
-def strip_cookie(value: bytes, name: bytes = AUTH_COOKIE) -> bytes:
+def strip_cookie(value: bytes, name: bytes = AUTH_COOKIE_BYTES) -> bytes:
     """Remove every `name=...` pair from a Cookie header value."""
     kept = [p for p in (x.strip() for x in value.split(b";")) if p and p.partition(b"=")[0].strip() != name]
     return b"; ".join(kept)
-
-
-@dataclass(frozen=True, slots=True)
-class TrustedProxies:
-    """Peers whose X-Forwarded-* headers are believed and appended to."""
-
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-
-    def trusts(self, ip: str) -> bool:
-        if not self.networks:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.networks)
 
 
 class RequestContext(msgspec.Struct, frozen=True, gc=False):
@@ -141,21 +117,21 @@ class RequestContext(msgspec.Struct, frozen=True, gc=False):
 
 
 def request_headers(
-    headers: Sequence[tuple[bytes, bytes]],
+    headers: Sequence[Header],
     ctx: RequestContext,
-    add: Sequence[tuple[bytes, bytes]] = (),
+    add: Sequence[Header] = (),
     strip: frozenset[bytes] = frozenset(),
     strip_auth_cookie: bool = True,
     rewrite_host: bool = False,
     keep_underscores: bool = False,
-) -> HeaderList:
+) -> Headers:
     """The head sent upstream: hop-by-hop and spoofable fields removed,
     identity and X-Forwarded-* fields set, framing re-declared. Names with
     `_` are dropped, or with `keep_underscores` only those an upstream could
     read as the edge's own."""
     trusted = ctx.trusted.trusts(ctx.client_ip)
     drop = _drop_set(hop_by_hop(headers, keep_upgrade=ctx.upgrade), strip, trusted)
-    out: HeaderList = []
+    out: Headers = []
     prior_for: list[bytes] = []
     length = b""
     host = False
@@ -196,27 +172,30 @@ def request_headers(
     return out
 
 
-# Drop sets by (hop-by-hop set, the app's strip set, trusted peer): the same
-# few unions would otherwise be built again for every request. Bounded since
-# Connection can name arbitrary fields; emptied when full.
-_DROP_SETS: dict[tuple[frozenset[bytes], frozenset[bytes], bool], frozenset[bytes]] = {}
-_DROP_SETS_LIMIT = 256
+# Drop sets by (hop-by-hop set, the app's strip set, trusted peer), which
+# determine the answer: the same few unions would otherwise be built again
+# for every request. The client's address enters only as `trusted`, part of
+# the key. Bounded (entries) since Connection can name arbitrary fields.
+_DROP_SETS: BoundedCache[tuple[frozenset[bytes], frozenset[bytes], bool], frozenset[bytes]] = BoundedCache(
+    256
+)
 
 
 def _drop_set(hop: frozenset[bytes], strip: frozenset[bytes], trusted: bool) -> frozenset[bytes]:
     key = (hop, strip, trusted)
     drop = _DROP_SETS.get(key)
     if drop is None:
-        drop = hop | IDENTITY_HEADERS | strip | EDGE_HANDLED
-        if not trusted:
-            drop |= FORWARDED_HEADERS
-        if len(_DROP_SETS) >= _DROP_SETS_LIMIT:
-            _DROP_SETS.clear()
-        _DROP_SETS[key] = drop
+        drop = _DROP_SETS.put(key, _build_drop_set(hop, strip, trusted))
     return drop
 
 
-def _first(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+def _build_drop_set(hop: frozenset[bytes], strip: frozenset[bytes], trusted: bool) -> frozenset[bytes]:
+    """_drop_set's slow path."""
+    drop = hop | IDENTITY_HEADERS | strip | EDGE_HANDLED
+    return drop if trusted else drop | FORWARDED_HEADERS
+
+
+def _first(headers: Sequence[Header], name: bytes) -> bytes | None:
     for k, v in headers:
         if k == name:
             return v
@@ -224,8 +203,8 @@ def _first(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 
 def _add_forwarded(
-    out: HeaderList,
-    headers: Sequence[tuple[bytes, bytes]],
+    out: Headers,
+    headers: Sequence[Header],
     ctx: RequestContext,
     prior_for: list[bytes],
     trusted: bool,
@@ -241,14 +220,14 @@ def _add_forwarded(
 
 
 def response_headers(
-    headers: Sequence[tuple[bytes, bytes]],
+    headers: Sequence[Header],
     vary_origin: bool = False,
     switching: bool = False,
-) -> HeaderList:
+) -> Headers:
     """The head sent to the client: hop-by-hop removed (the edge re-frames
     the body), `Origin` merged into Vary when the app has CORS settings."""
     drop = hop_by_hop(headers, keep_upgrade=switching)
-    out: HeaderList = []
+    out: Headers = []
     vary: list[bytes] = []
     chunked = False
     for name, value in headers:

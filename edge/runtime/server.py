@@ -34,8 +34,10 @@ from dataclasses import dataclass
 import h11
 import msgspec
 
-from edge.access.decide import Compiled, Endpoint, Forward, RemoteKeys, Request, compile_config, decide
+from edge.access.compile import Compiled, RemoteKeys, compile_config
+from edge.access.decide import Endpoint, Forward, Redirect, Request, Unauthorized, decide
 from edge.access.responses import HEALTH_PATH, LocalResponse, date_line
+from edge.access.session import new_binding_value
 from edge.access.tokens import JwksError
 from edge.config.errors import ConfigError
 from edge.config.load import load, loads
@@ -238,6 +240,9 @@ class ServerState:
         self.tasks: set[asyncio.Task[None]] = set()
         self.faults = FaultLog()  # upstream failures and shed connections, rate-limited
         self.scheme = b"https" if config.server.tls is not None else b"http"
+        # The binding the next login started here gets (decide draws no
+        # randomness); drawn in the worker, after any fork, never shared.
+        self.binding = new_binding_value()
         self.store = make_store(self.boot)
         try:
             ensure_keys(config)
@@ -299,13 +304,15 @@ class ServerState:
         if info.target.partition(b"?")[0] == HEALTH_PATH:
             return self.responses.health
         req = Request(event.method, info.host, info.target, info.headers, client.client_ip, self.scheme_name)
-        action = decide(self.compiled, req, info.started)
+        action = decide(self.compiled, req, info.started, binding=self.binding)
         info.app = action.app
         info.decision = action.reason
         if isinstance(action, Endpoint):
             call = make_call(event.method, info.host, info.target, info.headers, client.client_ip)
             return EndpointCycle(client, self.login.endpoint(self.compiled, action, call), self.responses)
         if not isinstance(action, Forward):
+            if isinstance(action, Redirect | Unauthorized) and action.binding:
+                self.binding = new_binding_value()  # one login, one binding
             return action.response
         plan = self.forward_plan(
             client,

@@ -26,10 +26,8 @@ from access_fixtures import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.access.compile import PREFLIGHT_CACHE_SIZE, Compiled, compile_config
 from edge.access.decide import (
-    PREFLIGHT_CACHE_SIZE,
-    STRIP_HEADERS,
-    Compiled,
     Deny,
     Endpoint,
     Forward,
@@ -39,13 +37,13 @@ from edge.access.decide import (
     Reject,
     Request,
     Unauthorized,
-    compile_config,
     decide,
     explain,
     is_navigation,
     login_url,
     prefers_html,
 )
+from edge.access.headers import STRIP_HEADERS
 from edge.access.responses import LocalResponse
 from edge.config.errors import ConfigError
 from edge.config.load import loads

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.access.decide import compile_config
+from edge.access.compile import compile_config
 from edge.config.errors import ConfigError
 from edge.config.load import load, loads
 from edge.config.schema import Config

@@ -17,7 +17,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
-from edge.access.decide import Compiled, Endpoint, Request, compile_config, decide
+from edge.access.compile import Compiled, compile_config
+from edge.access.decide import Endpoint, Request, decide
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
 from edge.access.responses import LocalResponse
 from edge.access.session import BINDING_COOKIE, CSRF_COOKIE, FLOW_COOKIE, HANDOFF_TTL, SealError

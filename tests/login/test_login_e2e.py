@@ -469,6 +469,21 @@ def test_policy_denial_at_login(team: Team, host: str, email: str, app: str) -> 
     assert_denied(again, email, app)
 
 
+def test_each_login_gets_its_own_binding(team: Team) -> None:
+    """decide draws no randomness: the worker passes a binding in and renews
+    it once a response has used it, so no two logins share one."""
+    b = team.browser()
+    url = team.url("app.localhost")
+    seen = set()
+    for _ in range(3):
+        first = b.get(url, follow=False)
+        assert first.status == 302
+        binding = (first.header("location") or "").partition("&b=")[2]
+        assert binding and b.cookie("app.localhost", BINDING_COOKIE) == binding
+        seen.add(binding)
+    assert len(seen) == 3
+
+
 # -- the one-time handoff code -------------------------------------------------------------
 
 

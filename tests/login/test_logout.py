@@ -18,7 +18,8 @@ import redis.asyncio
 from access_fixtures import ISS, NOW, default_jwks, mint
 from redis_fixture import RedisServer, redis_server  # noqa: F401
 
-from edge.access.decide import REVOKED, Compiled, Endpoint, Request, compile_config, decide, verify_token
+from edge.access.compile import Compiled, compile_config
+from edge.access.decide import REVOKED, Endpoint, Request, decide, verify_token
 from edge.access.endpoints import EndpointKind
 from edge.access.responses import LocalResponse
 from edge.access.tokens import Identity, Refusal

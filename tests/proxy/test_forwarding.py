@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.access.decide import STRIP_HEADERS
+from edge.access.headers import STRIP_HEADERS, TrustedProxies
 from edge.proxy.forwarding import (
     RequestContext,
-    TrustedProxies,
     hop_by_hop,
     is_hop,
     merge_vary,

@@ -15,7 +15,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from edge.access.decide import Compiled, Request, compile_config
+from edge.access.compile import Compiled, compile_config
+from edge.access.decide import Request
 from edge.config.load import loads
 
 ISS = "https://auth.example.com"

@@ -1,0 +1,104 @@
+"""One of each: the auth cookie name, the header-pair type and the identity
+header names are defined once (edge.access.headers); JWT time checks and
+JWKS caching have one implementation (edge.access.tokens), which the OIDC
+client uses too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+from access_fixtures import NOW
+
+import edge
+from edge.access import headers, tokens
+from edge.access.tokens import KeySet, Refusal, check_times
+from edge.login import oidc
+
+EDGE = Path(edge.__file__).parent
+DEFINED_ONCE = {
+    "CF_Authorization",
+    b"CF_Authorization",
+    b"cf-access-jwt-assertion",
+    b"cf-access-authenticated-user-email",
+    b"cf-access-client-id",
+    b"cf-access-client-secret",
+}
+
+
+def constants(path: Path) -> set[Any]:
+    return {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)}
+
+
+def test_names_are_spelled_in_one_module() -> None:
+    spelled = {
+        str(path.relative_to(EDGE)): found
+        for path in sorted(EDGE.rglob("*.py"))
+        if (found := constants(path) & DEFINED_ONCE)
+    }
+    assert set(spelled) == {"access/headers.py"}, spelled
+
+
+def is_header_pair_alias(node: ast.AST) -> bool:
+    """`X = tuple[bytes, bytes]` or `X = list[tuple[bytes, bytes]]` at module level."""
+    if not isinstance(node, ast.Assign):
+        return False
+    text = ast.unparse(node.value).replace(" ", "")
+    return text in ("tuple[bytes,bytes]", "list[tuple[bytes,bytes]]")
+
+
+def test_the_header_pair_type_has_one_owner() -> None:
+    owners = [
+        str(path.relative_to(EDGE))
+        for path in sorted(EDGE.rglob("*.py"))
+        if any(is_header_pair_alias(node) for node in ast.parse(path.read_text()).body)
+    ]
+    assert owners == ["access/headers.py"]
+
+
+def test_access_does_not_import_proxy_or_http() -> None:
+    for path in sorted((EDGE / "access").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(
+                    ("edge.proxy", "edge.http", "edge.login", "edge.runtime")
+                ), path
+
+
+# -- JWT time checks ------------------------------------------------------------------
+
+TIMES: list[dict[str, Any]] = [
+    {"exp": NOW + 100, "iat": NOW - 10},
+    {"exp": NOW + 100, "iat": NOW - 10, "nbf": NOW - 10},
+    {"exp": NOW - 61, "iat": NOW - 100},  # expired beyond the leeway
+    {"exp": NOW - 59, "iat": NOW - 100},  # within the leeway
+    {"exp": NOW + 100, "iat": NOW + 61},  # issued in the future
+    {"exp": NOW + 100, "iat": NOW, "nbf": NOW + 61},  # not yet valid
+    {"exp": str(NOW + 100), "iat": NOW},  # a numeric string is no number
+    {"exp": True, "iat": NOW},
+    {"exp": 10**400, "iat": NOW},  # no float has it
+    {"exp": NOW + 100, "iat": NOW, "nbf": "soon"},
+    {"exp": NOW + 100},  # no iat
+]
+
+
+@pytest.mark.parametrize("claims", TIMES, ids=range(len(TIMES)))
+def test_id_tokens_and_user_tokens_share_the_time_checks(claims: dict[str, Any]) -> None:
+    assert oidc.check_times is tokens.check_times
+    client = oidc.OidcClient("https://idp.example.com", "client", "secret", leeway=60)
+    full = {"iss": "https://idp.example.com", "aud": "client", "nonce": "n", **claims}
+    verdict = check_times(full, NOW, 60)
+    if isinstance(verdict, Refusal):
+        with pytest.raises(oidc.OidcError, match="ID token: " + verdict.reason.split(" (")[0]):
+            client._check_claims(full, "n", NOW)
+    else:
+        client._check_claims(full, "n", NOW)
+
+
+def test_oidc_keeps_its_jwks_in_a_key_set() -> None:
+    client = oidc.OidcClient("https://idp.example.com", "client", "secret")
+    assert isinstance(client._keys, KeySet)
+    assert not any(name.startswith("_check_times") or name == "_number" for name in vars(oidc))
+    assert headers.AUTH_COOKIE.encode() == headers.AUTH_COOKIE_BYTES
