@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from edge.access.headers import Header
 from edge.access.router import normalize_host
+
 # Fields a query or form of ours has at most; more is read as none (a query)
 # or no form at all, so a crafted request cannot make the parser work hard.
 MAX_FIELDS = 20
