@@ -21,6 +21,7 @@ import msgspec
 
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import verify_token
+from edge.access.headers import Header
 from edge.access.responses import LocalResponse
 from edge.access.session import (
     CSRF_COOKIE,
@@ -33,7 +34,7 @@ from edge.access.session import (
 from edge.access.tokens import Identity, Refusal, extract_token
 from edge.config.schema import DevProvider, DevUser, OidcProvider, Team
 from edge.login import pages
-from edge.login.call import Call, Header
+from edge.login.call import Call
 from edge.login.keyring import KeyRing
 from edge.login.oidc import Claims, Flow
 from edge.login.store import Store

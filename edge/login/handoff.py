@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import Endpoint, verify_token
+from edge.access.headers import Header
 from edge.access.policy import Subject
 from edge.access.responses import LocalResponse
 from edge.access.router import path_segments
@@ -46,7 +47,7 @@ from edge.access.session import (
 )
 from edge.access.tokens import Identity
 from edge.login import pages
-from edge.login.call import Call, Header
+from edge.login.call import Call
 from edge.login.context import Context, Target
 from edge.login.sealed import HANDOFF, HandoffCode, Person, open_sealed, seal
 from edge.login.store import StoreUnavailable
