@@ -45,6 +45,9 @@ class LocalResponse:
         self.status = status
         self.body = body
         fields = [(k.lower(), v) for k, v in headers]
+        if any(k == b"connection" for k, _ in fields):
+            # render() splices the close; h11_internals.commit_local relies on it.
+            raise ValueError("a local response never carries a Connection field")
         if server:
             fields.append((b"server", server))
         fields.append((b"content-length", str(len(body)).encode("ascii")))

@@ -363,24 +363,36 @@ def test_commit_end_leaves_a_short_body_to_h11() -> None:
 # -- prebuilt local responses: commit_local against h11's own send() ---------------------
 
 
-@pytest.mark.parametrize(
-    "request_bytes",
-    [
-        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-        b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        b"GET / HTTP/1.0\r\n\r\n",
-    ],
-)
-def test_commit_local_matches_public_send(request_bytes: bytes) -> None:
-    """commit_local drives h11's state machine exactly as send() would."""
-    response = Responses("edge").not_found
+LOCAL_REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    # answered before the body: the client is still in SEND_BODY
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+    # a switch proposed: never the shortcut's plain case
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("status", [200, 302, 400, 401, 403, 404, 405, 503])
+@pytest.mark.parametrize("request_bytes", LOCAL_REQUESTS)
+def test_commit_local_matches_public_send(request_bytes: bytes, status: int) -> None:
+    """commit_local drives h11's state machine exactly as send() would,
+    whether the request is complete or its body is still to come."""
+    if request_bytes.startswith(b"CONNECT") and status < 300:
+        pytest.skip("a 2xx to CONNECT switches protocols; the edge answers CONNECT with 405")
+    response = Responses("edge").text(status, b"x\n")
     snapshots = []
     for shortcut in (True, False):
         conn = h11.Connection(h11.SERVER)
         conn.receive_data(request_bytes)
         assert isinstance(conn.next_event(), h11.Request)
-        assert isinstance(conn.next_event(), h11.EndOfMessage)
+        conn.next_event()  # EndOfMessage, or NEED_DATA while a body is owed
         if shortcut:
             commit_local(conn, response.event)
         else:
@@ -393,6 +405,11 @@ def test_commit_local_matches_public_send(request_bytes: bytes) -> None:
             conn.start_next_cycle()
             assert conn.states[h11.SERVER] is h11.IDLE
     assert snapshots[0] == snapshots[1]
+
+
+def test_a_local_response_never_carries_connection() -> None:
+    with pytest.raises(ValueError, match="Connection"):
+        Responses("edge").text(400, b"x\n", [(b"Connection", b"close")])
 
 
 # -- the receive side read in place, against trailing_data and next_event ------------------
