@@ -7,10 +7,13 @@ any bit is set and resumed when the last one clears. Nothing else calls
 pause_reading/resume_reading, so no reason can undo another's pause.
 
 The marks below bound what one proxied exchange holds in memory while its
-reader is slower than its writer: at most one read from the fast side
-(READ_SIZE) on top of the slow side's write buffer, which pauses the fast
-side's reading once it passes WRITE_HIGH_WATER. About 128 KiB per direction,
-whatever the size of the body.
+reader is slower than its writer: at most one read from the fast side on top
+of the slow side's write buffer, which pauses the fast side's reading once it
+passes WRITE_HIGH_WATER. Upstream reads (downloads) start at READ_SIZE and
+grow (ReadPacer) only for a client that keeps up, so a client that is slow
+from the start costs about 128 KiB and one that stalls after keeping up at
+most MAX_READ_SIZE + WRITE_HIGH_WATER (320 KiB), whatever the size of the
+body. Client reads (uploads) are uvloop's own, 256 KiB.
 """
 
 from __future__ import annotations
@@ -23,10 +26,19 @@ WAITING = 4  # the upstream connection is not ready yet (client side)
 OWN_WRITE = 8  # our writes to this same transport are backed up (it is not reading)
 
 KIB = 1024
-# Bytes taken from an upstream per read. uvloop's own reads are 250 KB, all of
-# which would land in a slow client's write buffer; 64 KiB reads still move
-# gigabytes a second on loopback (bench/proxy.py --part transfer).
+MIB = 1024 * KIB
+# Bytes taken from an upstream per read at first, and again as soon as the
+# client falls behind: all of a read may land in a slow client's write buffer.
 READ_SIZE = 64 * KIB
+# The largest read, for a client that keeps up: uvloop's own read size. Four
+# times fewer reads (Python calls, syscalls, wakeups) per byte than READ_SIZE:
+# a 1 GiB download took 15% less proxy CPU in bench/proxy.py --part transfer.
+MAX_READ_SIZE = 4 * READ_SIZE
+# Bytes a client must take, each write of them leaving its write buffer empty,
+# before reads double. More than the kernel's largest default socket send
+# buffer (tcp_wmem: 4 MiB), which is all a client that never reads can absorb
+# before the edge must buffer for it: such a client stalls at READ_SIZE.
+GROW_AFTER = 8 * MIB
 # A transport's write buffer above this pauses whoever feeds it (pause_writing);
 # it resumes at a quarter of it. Set on every proxied transport: uvloop's
 # defaults differ for TLS (512 KiB).
@@ -53,3 +65,41 @@ class ReadGate:
 
     def reset(self) -> None:
         self.unblock(self.reasons)
+
+
+class ReadPacer:
+    """The size of the next read from one transport, paced by how the peer
+    we forward to keeps up (see the module comment for the memory bound).
+
+    Invariants: `view` is the first `size` bytes of the shared read buffer,
+    `size` is READ_SIZE doubled at most up to MAX_READ_SIZE (and never more
+    than the buffer); it doubles only after GROW_AFTER bytes were forwarded
+    with the peer's write buffer empty after each write, and falls back to
+    READ_SIZE at the first write that leaves anything buffered.
+    """
+
+    __slots__ = ("buffer", "kept_up", "size", "view")
+
+    def __init__(self, buffer: memoryview) -> None:
+        self.buffer = buffer
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = READ_SIZE
+        self.view = self.buffer[:READ_SIZE]
+        self.kept_up = 0  # bytes forwarded at this size, the peer keeping up
+
+    def forwarded(self, nbytes: int, backlog: int) -> None:
+        """`nbytes` of a read were written to the peer, whose write buffer
+        then held `backlog` bytes."""
+        if backlog:
+            if self.size != READ_SIZE:
+                self.reset()
+            else:
+                self.kept_up = 0
+            return
+        self.kept_up += nbytes
+        if self.kept_up >= GROW_AFTER and self.size < MAX_READ_SIZE:
+            self.size *= 2
+            self.view = self.buffer[: self.size]
+            self.kept_up = 0
