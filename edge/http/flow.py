@@ -9,11 +9,12 @@ pause_reading/resume_reading, so no reason can undo another's pause.
 The marks below bound what one proxied exchange holds in memory while its
 reader is slower than its writer: at most one read from the fast side on top
 of the slow side's write buffer, which pauses the fast side's reading once it
-passes WRITE_HIGH_WATER. Upstream reads (downloads) start at READ_SIZE and
-grow (ReadPacer) only for a client that keeps up, so a client that is slow
-from the start costs about 128 KiB and one that stalls after keeping up at
-most MAX_READ_SIZE + WRITE_HIGH_WATER (320 KiB), whatever the size of the
-body. Client reads (uploads) are uvloop's own, 256 KiB.
+passes WRITE_HIGH_WATER. Upstream reads (downloads) are READ_SIZE until the
+client has taken GROW_AFTER bytes without falling behind (ReadPacer), so a
+client that reads slowly or not at all costs about 128 KiB, and one that
+stalls after a fast start at most MAX_READ_SIZE + WRITE_HIGH_WATER (320 KiB),
+whatever the size of the body. Client reads (uploads) are uvloop's own
+(250 KB) on top of the upstream's write buffer.
 """
 
 from __future__ import annotations
@@ -30,19 +31,23 @@ MIB = 1024 * KIB
 # Bytes taken from an upstream per read at first, and again as soon as the
 # client falls behind: all of a read may land in a slow client's write buffer.
 READ_SIZE = 64 * KIB
-# The largest read, for a client that keeps up: uvloop's own read size. Four
-# times fewer reads (Python calls, syscalls, wakeups) per byte than READ_SIZE:
+# The largest read, for a client that keeps up: about uvloop's own (250 KB).
+# Four times fewer reads (Python calls, syscalls, wakeups) per byte than READ_SIZE:
 # a 1 GiB download took 15% less proxy CPU in bench/proxy.py --part transfer.
 MAX_READ_SIZE = 4 * READ_SIZE
-# Bytes a client must take, each write of them leaving its write buffer empty,
-# before reads double. More than the kernel's largest default socket send
-# buffer (tcp_wmem: 4 MiB), which is all a client that never reads can absorb
-# before the edge must buffer for it: such a client stalls at READ_SIZE.
+# Bytes a client must have taken, without falling behind, before reads grow.
+# More than the kernel's largest default socket send buffer (tcp_wmem: 4 MiB),
+# which is all a client that never reads can absorb before the edge must
+# buffer for it: such a client stalls at READ_SIZE.
 GROW_AFTER = 8 * MIB
 # A transport's write buffer above this pauses whoever feeds it (pause_writing);
-# it resumes at a quarter of it. Set on every proxied transport: uvloop's
+# it resumes at WRITE_LOW_WATER. Set on every proxied transport: uvloop's
 # defaults differ for TLS (512 KiB).
 WRITE_HIGH_WATER = 64 * KIB
+# asyncio's (and uvloop's) low-water mark for a high-water mark set alone.
+# A write that leaves no more than this buffered counts as the client keeping
+# up: the socket took nearly all of it, and reading would not be paused.
+WRITE_LOW_WATER = WRITE_HIGH_WATER // 4
 
 
 class ReadGate:
@@ -69,13 +74,14 @@ class ReadGate:
 
 class ReadPacer:
     """The size of the next read from one transport, paced by how the peer
-    we forward to keeps up (see the module comment for the memory bound).
+    we forward to keeps up (the module comment gives the memory bound).
 
-    Invariants: `view` is the first `size` bytes of the shared read buffer,
-    `size` is READ_SIZE doubled at most up to MAX_READ_SIZE (and never more
-    than the buffer); it doubles only after GROW_AFTER bytes were forwarded
-    with the peer's write buffer empty after each write, and falls back to
-    READ_SIZE at the first write that leaves anything buffered.
+    Invariants: `view` is the first `size` bytes of the shared read buffer;
+    `size` is READ_SIZE until the peer has taken GROW_AFTER bytes, each write
+    of them leaving its write buffer at most WRITE_LOW_WATER; after that it
+    doubles with every such write, up to MAX_READ_SIZE, and falls back to
+    READ_SIZE at once at any write that leaves more. `reset` starts over, for
+    a new peer.
     """
 
     __slots__ = ("buffer", "kept_up", "size", "view")
@@ -87,19 +93,17 @@ class ReadPacer:
     def reset(self) -> None:
         self.size = READ_SIZE
         self.view = self.buffer[:READ_SIZE]
-        self.kept_up = 0  # bytes forwarded at this size, the peer keeping up
+        self.kept_up = 0  # bytes the peer took without falling behind
 
     def forwarded(self, nbytes: int, backlog: int) -> None:
-        """`nbytes` of a read were written to the peer, whose write buffer
-        then held `backlog` bytes."""
-        if backlog:
+        """`nbytes` read were written to the peer, whose write buffer then
+        held `backlog` bytes."""
+        if backlog > WRITE_LOW_WATER:
             if self.size != READ_SIZE:
-                self.reset()
-            else:
-                self.kept_up = 0
+                self.size = READ_SIZE
+                self.view = self.buffer[:READ_SIZE]
             return
         self.kept_up += nbytes
-        if self.kept_up >= GROW_AFTER and self.size < MAX_READ_SIZE:
+        if self.size < MAX_READ_SIZE and self.kept_up >= GROW_AFTER:
             self.size *= 2
             self.view = self.buffer[: self.size]
-            self.kept_up = 0
