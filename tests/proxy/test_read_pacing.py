@@ -83,8 +83,9 @@ def test_pacer_shrinks_at_once_and_counts_only_writes_kept_up() -> None:
     for _ in range(2 * flow.GROW_AFTER // READ_SIZE):
         pacer.forwarded(READ_SIZE, WRITE_LOW_WATER + 1)
     assert pacer.size == READ_SIZE
-    while pacer.size < MAX_READ_SIZE:
+    for _ in range(flow.GROW_AFTER // READ_SIZE + 2):
         pacer.forwarded(pacer.size, WRITE_LOW_WATER)  # at the low-water mark: keeping up
+    assert pacer.size == MAX_READ_SIZE
     pacer.forwarded(MAX_READ_SIZE, WRITE_LOW_WATER + 1)
     assert pacer.size == len(pacer.view) == READ_SIZE
     pacer.forwarded(READ_SIZE, 0)  # proven once: back up write by write
