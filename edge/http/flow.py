@@ -84,26 +84,31 @@ class ReadPacer:
     a new peer.
     """
 
-    __slots__ = ("buffer", "kept_up", "size", "view")
+    __slots__ = ("buffer", "first", "kept_up", "size", "view")
 
     def __init__(self, buffer: memoryview) -> None:
         self.buffer = buffer
-        self.reset()
+        self.first = buffer[:READ_SIZE]  # made once: reset runs for every exchange
+        self.size = READ_SIZE
+        self.view = self.first
+        self.kept_up = 0  # bytes the peer took without falling behind
 
     def reset(self) -> None:
-        self.size = READ_SIZE
-        self.view = self.buffer[:READ_SIZE]
-        self.kept_up = 0  # bytes the peer took without falling behind
+        self.kept_up = 0
+        self._shrink()
 
     def forwarded(self, nbytes: int, backlog: int) -> None:
         """`nbytes` read were written to the peer, whose write buffer then
         held `backlog` bytes."""
         if backlog > WRITE_LOW_WATER:
-            if self.size != READ_SIZE:
-                self.size = READ_SIZE
-                self.view = self.buffer[:READ_SIZE]
+            self._shrink()
             return
         self.kept_up += nbytes
         if self.size < MAX_READ_SIZE and self.kept_up >= GROW_AFTER:
             self.size *= 2
             self.view = self.buffer[: self.size]
+
+    def _shrink(self) -> None:
+        if self.size != READ_SIZE:
+            self.size = READ_SIZE
+            self.view = self.first

@@ -159,9 +159,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             return
         self.parser.feed(data)
         self._pump(exchange)
-        # Paced after the batch went out: what the client's socket did not
-        # take at once is what a bigger read would have added to.
-        self.pacer.forwarded(len(data), exchange.write_backlog())
+        if self.exchange is exchange:  # a response that ended here needs no next read
+            # Paced after the batch went out: what the client's socket did
+            # not take at once is what a bigger read would have added to.
+            self.pacer.forwarded(len(data), exchange.write_backlog())
 
     def eof_received(self) -> bool | None:
         self.at_eof = True
