@@ -686,6 +686,12 @@ def files(size: int) -> Iterator[tuple[Path, Path]]:
         for path in (www / LARGE_PATH.lstrip("/"), Path(tmp) / "upload.bin"):
             with path.open("wb") as f:
                 f.truncate(size)
+            # The first read of a sparse file fills the page cache (2 s for
+            # 1 GiB here, against 0.05 s once cached): done here, not during
+            # whichever transfer happens to come first.
+            with path.open("rb", buffering=0) as f:
+                while f.read(MIB):
+                    pass
         yield www, Path(tmp) / "upload.bin"
 
 

@@ -491,6 +491,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
+        self.backlog = 0  # what write_backlog reports: the client's unsent bytes
 
     def upstream_head(self, head: ResponseHead) -> None:
         self.calls.append(("head", head.status))
@@ -515,6 +516,9 @@ class Recorder:
 
     def upstream_batch(self, start: bool) -> None:
         pass
+
+    def write_backlog(self) -> int:
+        return self.backlog
 
 
 def connection() -> tuple[UpstreamConnection, Transport, Recorder]:

@@ -1,0 +1,349 @@
+"""Upstream reads paced by the client (flow.ReadPacer): the shortcut that
+makes downloads fast must never change a body's bytes.
+
+Reads start at READ_SIZE and grow to MAX_READ_SIZE only for a client that
+keeps up; they fall back at the client's first backlog. The same response
+must come out byte for byte whatever sizes the reads took and wherever the
+upstream's writes and chunk edges fall:
+
+1. the pacer's own rules, by hand;
+2. an UpstreamConnection on a real loopback socket and a real loop, its
+   exchange reporting a backlog drawn by hypothesis (GROW_AFTER lowered so a
+   small body crosses several size changes), for Content-Length, chunked and
+   close-delimited responses;
+3. the edge itself, a body larger than GROW_AFTER in each framing, to a
+   client that stops reading for a while mid-way (reads grow, then shrink,
+   then grow again), compared by SHA-256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvloop
+from conftest import EdgeProcess, write_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_proxy import proxy_toml
+from upstream_server import KIB, MIB
+
+from edge.http import flow
+from edge.http.flow import MAX_READ_SIZE, READ_SIZE, WRITE_LOW_WATER, ReadPacer
+from edge.http.message import ResponseHead
+from edge.proxy.upstream import Pool, UpstreamConnection, UpstreamError
+
+DEADLINE = 5.0  # seconds any one exchange may take: far below the edge's 60 s timeouts
+FRAMINGS = ("length", "chunked", "close")
+BLOCK = hashlib.shake_256(b"read pacing").digest(MIB + 13)  # odd length: edges drift
+
+
+def body_of(size: int) -> bytes:
+    return (BLOCK * (size // len(BLOCK) + 1))[:size]
+
+
+def response(framing: str, body: bytes, chunk: int) -> bytes:
+    """The whole response, as the upstream sends it (then closes for "close")."""
+    if framing == "length":
+        return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    if framing == "close":
+        return b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + body
+    pieces = [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
+    for pos in range(0, len(body), chunk):
+        part = body[pos : pos + chunk]
+        pieces += [b"%x\r\n" % len(part), part, b"\r\n"]
+    pieces.append(b"0\r\n\r\n")
+    return b"".join(pieces)
+
+
+# -- 1. the pacer by hand ---------------------------------------------------------------
+
+
+def test_pacer_grows_only_after_grow_after_bytes_kept_up() -> None:
+    pacer = ReadPacer(memoryview(bytearray(MAX_READ_SIZE)))
+    sizes = []
+    for _ in range(flow.GROW_AFTER // READ_SIZE + 2):
+        sizes.append(len(pacer.view))
+        pacer.forwarded(len(pacer.view), 0)
+    # READ_SIZE until GROW_AFTER bytes went out, then doubling per write.
+    assert sizes[: flow.GROW_AFTER // READ_SIZE] == [READ_SIZE] * (flow.GROW_AFTER // READ_SIZE)
+    assert sizes[-2:] == [2 * READ_SIZE, 4 * READ_SIZE]
+    pacer.forwarded(len(pacer.view), 0)
+    assert pacer.size == len(pacer.view) == MAX_READ_SIZE  # and no further
+
+
+def test_pacer_shrinks_at_once_and_counts_only_writes_kept_up() -> None:
+    pacer = ReadPacer(memoryview(bytearray(MAX_READ_SIZE)))
+    # A client behind on every write never grows the reads, however much it took.
+    for _ in range(2 * flow.GROW_AFTER // READ_SIZE):
+        pacer.forwarded(READ_SIZE, WRITE_LOW_WATER + 1)
+    assert pacer.size == READ_SIZE
+    for _ in range(flow.GROW_AFTER // READ_SIZE + 2):
+        pacer.forwarded(pacer.size, WRITE_LOW_WATER)  # at the low-water mark: keeping up
+    assert pacer.size == MAX_READ_SIZE
+    pacer.forwarded(MAX_READ_SIZE, WRITE_LOW_WATER + 1)
+    assert pacer.size == len(pacer.view) == READ_SIZE
+    pacer.forwarded(READ_SIZE, 0)  # proven once: back up write by write
+    assert pacer.size == 2 * READ_SIZE
+    pacer.reset()  # a new client proves itself again
+    assert pacer.size == len(pacer.view) == READ_SIZE and pacer.kept_up == 0
+
+
+def test_pacer_never_exceeds_its_buffer() -> None:
+    """A buffer smaller than MAX_READ_SIZE (the hand-driven connections of
+    other tests pass one of READ_SIZE) caps the view, not an error."""
+    pacer = ReadPacer(memoryview(bytearray(READ_SIZE)))
+    for _ in range(flow.GROW_AFTER // READ_SIZE + 4):
+        pacer.forwarded(READ_SIZE, 0)
+    assert len(pacer.view) == READ_SIZE
+
+
+# -- 2. a real socket, a drawn backlog ------------------------------------------------------
+
+
+class Collector:
+    """An Exchange that keeps the body pieces and reports a drawn backlog."""
+
+    def __init__(self, backlogs: list[int], pacer: ReadPacer) -> None:
+        self.backlogs = backlogs
+        self.pacer = pacer
+        self.turn = 0
+        self.pieces: list[bytes] = []
+        self.sizes: list[int] = []  # the read size in force for each read
+        self.done = asyncio.get_running_loop().create_future()
+
+    def upstream_head(self, head: ResponseHead) -> None:
+        assert head.status == 200
+
+    def upstream_data(self, data: bytes) -> None:
+        assert type(data) is bytes  # never a view of the shared read buffer
+        self.pieces.append(data)
+
+    def upstream_end(self) -> None:
+        self.done.set_result(None)
+
+    def upstream_switch(self, head: ResponseHead) -> None:
+        raise AssertionError("no upgrade was asked for")
+
+    def upstream_lost(self, error: UpstreamError) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        pass
+
+    def upstream_raw(self, data: bytes) -> None:
+        raise AssertionError("not a tunnel")
+
+    def upstream_batch(self, start: bool) -> None:
+        pass
+
+    def write_backlog(self) -> int:
+        self.sizes.append(self.pacer.size)
+        backlog = self.backlogs[self.turn % len(self.backlogs)]
+        self.turn += 1
+        return backlog
+
+
+async def serve_once(data: bytes, splits: list[int], close: bool) -> tuple[asyncio.Server, int]:
+    """A one-response upstream: reads the request head, then writes `data`
+    in pieces of the drawn sizes (cycled), each drained before the next."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        pos = turn = 0
+        while pos < len(data):
+            size = splits[turn % len(splits)]
+            writer.write(data[pos : pos + size])
+            await writer.drain()
+            pos, turn = pos + size, turn + 1
+        if close:
+            writer.close()
+        else:
+            await reader.read()  # the proxy closes when done
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def fetch_paced(
+    framing: str, body: bytes, chunk: int, splits: list[int], backlogs: list[int]
+) -> Collector:
+    server, port = await serve_once(response(framing, body, chunk), splits, framing == "close")
+    loop = asyncio.get_running_loop()
+    pool = Pool(loop, max_idle=0, idle_timeout=1.0, connect_timeout=DEADLINE)
+    try:
+        conn: UpstreamConnection = await pool.connect(pool.target(f"http://127.0.0.1:{port}"))
+        exchange = Collector(backlogs, conn.pacer)
+        assert conn.attach(exchange) is None
+        conn.send_request(b"GET", b"/", [(b"host", b"app.test")], chunked=False, upgrade=False)
+        conn.end_request()
+        await asyncio.wait_for(exchange.done, DEADLINE)
+        conn.abort()
+        return exchange
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def run(coro: object) -> Collector:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)  # type: ignore[arg-type]
+
+
+BACKLOG = st.sampled_from([0, 1, WRITE_LOW_WATER, WRITE_LOW_WATER + 1, 4 * WRITE_LOW_WATER])
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    framing=st.sampled_from(FRAMINGS),
+    size=st.integers(0, 3 * MIB),
+    chunk=st.integers(1, 300 * KIB),
+    splits=st.lists(st.integers(1, 400 * KIB), min_size=1, max_size=6),
+    backlogs=st.lists(BACKLOG, min_size=1, max_size=12),
+)
+def test_body_is_the_same_whatever_the_read_sizes(
+    monkeypatch: pytest.MonkeyPatch,
+    framing: str,
+    size: int,
+    chunk: int,
+    splits: list[int],
+    backlogs: list[int],
+) -> None:
+    monkeypatch.setattr(flow, "GROW_AFTER", 96 * KIB)  # several size changes within a few MiB
+    body = body_of(size)
+    got = run(fetch_paced(framing, body, chunk, splits, backlogs))
+    assert b"".join(got.pieces) == body
+    assert set(got.sizes) <= {READ_SIZE, 2 * READ_SIZE, MAX_READ_SIZE}
+
+
+def test_reads_grow_and_shrink_on_a_real_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drawn cases above must actually cross sizes: one that must."""
+    monkeypatch.setattr(flow, "GROW_AFTER", 96 * KIB)
+    body = body_of(6 * MIB)
+    backlogs = [0] * 10 + [WRITE_LOW_WATER + 1]  # keeps up, then falls behind, again and again
+    got = run(fetch_paced("length", body, 0, [MAX_READ_SIZE], backlogs))
+    assert b"".join(got.pieces) == body
+    assert {READ_SIZE, 2 * READ_SIZE, MAX_READ_SIZE} <= set(got.sizes)
+    falls = [i for i in range(1, len(got.sizes)) if got.sizes[i] < got.sizes[i - 1]]
+    assert falls and all(got.sizes[i] == READ_SIZE for i in falls)
+    assert max(len(p) for p in got.pieces) > READ_SIZE  # a grown read did fill up
+
+
+# -- 3. through the edge ----------------------------------------------------------------
+
+BIG = flow.GROW_AFTER + 16 * MIB  # past the growth, with room to grow again after a stall
+STALL = 0.3  # seconds the client stops reading mid-body: the edge's buffer for it fills
+STALL_AT = flow.GROW_AFTER + 4 * MIB  # bytes read before the stall: reads have grown by then
+
+
+class RawUpstream:
+    """Serves BIG bytes in the framing the path names (/length, /chunked,
+    /close), from a thread; one response per connection."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.body = body_of(BIG)
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed: the test is over
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(DEADLINE)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                got = conn.recv(4096)
+                if not got:
+                    return
+                head += got
+            framing = head.split(b" ", 2)[1].strip(b"/").decode()
+            try:
+                conn.sendall(response(framing, self.body, 100 * KIB + 7))
+                if framing != "close":
+                    conn.recv(1)  # the edge pools or closes the connection
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def paced_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeProcess, RawUpstream]]:
+    upstream = RawUpstream()
+    config = write_config(
+        tmp_path_factory.mktemp("pacing"), extra=proxy_toml(f"http://127.0.0.1:{upstream.port}")
+    )
+    edge = EdgeProcess(config)
+    try:
+        yield edge, upstream
+    finally:
+        edge.stop()
+        upstream.close()
+
+
+def download_with_a_stall(port: int, path: str) -> tuple[bytes, bytes]:
+    """(head, body) of one GET, reading fast except for one pause."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n" % path.encode())
+        data = bytearray()
+        stalled = False
+        end = time.monotonic() + 4 * DEADLINE  # the whole transfer: bounded
+        while time.monotonic() < end:
+            got = sock.recv(MAX_READ_SIZE)
+            if not got:
+                break
+            data += got
+            if not stalled and len(data) > STALL_AT:
+                stalled = True
+                time.sleep(STALL)
+        head, _, body = bytes(data).partition(b"\r\n\r\n")
+        return head, body
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_edge_body_is_whole_across_read_size_changes(
+    paced_edge: tuple[EdgeProcess, RawUpstream], framing: str
+) -> None:
+    edge, upstream = paced_edge
+    head, body = download_with_a_stall(edge.port, f"/{framing}")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    # The edge keeps a Content-Length and chunks the rest (its own chunks).
+    assert (b"transfer-encoding: chunked" in head.lower()) == (framing != "length")
+    if framing != "length":
+        body = dechunk(body)
+    assert len(body) == BIG
+    assert hashlib.sha256(body).digest() == hashlib.sha256(upstream.body).digest()
+
+
+def dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    pos = 0
+    while True:
+        line_end = data.index(b"\r\n", pos)
+        size = int(data[pos:line_end].split(b";")[0], 16)
+        pos = line_end + 2
+        if not size:
+            return bytes(out)
+        out += data[pos : pos + size]
+        assert data[pos + size : pos + size + 2] == b"\r\n"
+        pos += size + 2
