@@ -30,7 +30,8 @@ from typing import Any
 import msgspec
 
 from edge.access.compile import Compiled, compile_config
-from edge.access.decide import Forward, Preflight, Request, decide
+from edge.access.decide import Forward, Preflight, decide
+from edge.access.request import Request, build
 from edge.config.schema import Config
 from edge.login import keys as keylib
 
@@ -91,7 +92,7 @@ def requests(n: int, token: str) -> tuple[Request, Request]:
         (b"sec-fetch-mode", b"cors"),
         (b"cookie", b"theme=dark; CF_Authorization=" + token.encode() + b"; _ga=GA1.2.3"),
     ]
-    get = Request(b"GET", b"api.example.com", b"/v1/things/42?expand=1", headers, "192.0.2.10", "https")
+    get = build(b"GET", b"api.example.com", b"/v1/things/42?expand=1", headers, "192.0.2.10", "https")
     preflight_headers = [
         (b"host", b"api.example.com"),
         (b"origin", f"https://o{n - 1}.example.com".encode()),
@@ -99,7 +100,7 @@ def requests(n: int, token: str) -> tuple[Request, Request]:
         (b"access-control-request-headers", b"content-type"),
         (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"),
     ]
-    preflight = Request(b"OPTIONS", b"api.example.com", b"/v1/things/42", preflight_headers, "192.0.2.10")
+    preflight = build(b"OPTIONS", b"api.example.com", b"/v1/things/42", preflight_headers, "192.0.2.10")
     return get, preflight
 
 
