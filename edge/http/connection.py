@@ -34,6 +34,7 @@ import time
 from typing import Protocol, cast
 
 import h11
+import msgspec
 
 from edge.access.request import Index, Request, is_upgrade
 from edge.access.responses import LocalResponse, Responses
@@ -110,31 +111,21 @@ _SEND_OK = (h11.IDLE, h11.SEND_RESPONSE)
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[])
 
 
-class LogEntry:
+class LogEntry(msgspec.Struct, gc=False):
     """The access log's entry for the request in progress: what happens to
     the request (its Request says what it is). The connection counts, the
-    dispatcher names the decision, the cycle adds the upstream's part."""
+    dispatcher names the decision, the cycle adds the upstream's part. A
+    Struct: one is made per request, and `LogEntry(request)` fills the
+    defaults in C (a __slots__ __init__ setting them cost 0.3 us more)."""
 
-    __slots__ = (
-        "app",
-        "bytes_in",
-        "bytes_out",
-        "decision",
-        "request",
-        "status",
-        "upstream_ms",
-        "upstream_status",
-    )
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.status = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.app: str | None = None
-        self.decision: str | None = None
-        self.upstream_status: int | None = None
-        self.upstream_ms: float | None = None
+    request: Request
+    status: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    app: str | None = None
+    decision: str | None = None
+    upstream_status: int | None = None
+    upstream_ms: float | None = None
 
 
 def _unparsed(method: bytes, target: bytes, client_ip: str, scheme: str, started: float) -> Request:
@@ -558,10 +549,12 @@ class HttpProtocol(asyncio.Protocol):
                 return 400
         if _HOST_RE.fullmatch(host) is None:
             return 400  # RFC 9112 3.2: a Host with an invalid value is a 400
+        # Most heads name no Connection: then nothing asks for an upgrade.
+        upgrade = b"connection" in index and is_upgrade(index)
         path, _, query = target.partition(b"?")
         return Request(
             method, host, target, path, query, version, headers, index,
-            self.client_ip, self.scheme, length, te, is_upgrade(index), started,
+            self.client_ip, self.scheme, length, te, upgrade, started,
         )  # fmt: skip
 
     def _on_data(self, data: bytes) -> None:
