@@ -7,6 +7,10 @@ allowed origins. Two requests are timed:
 - a GET carrying a token that is already in the verified-token cache;
 - a CORS preflight from the last listed origin (a prebuilt response).
 
+The requests are built once, before timing, as the connection builds them
+before it calls decide (edge.access.request: headers indexed by name), so
+the figure is the decision alone.
+
 Sizes are measured round-robin within each repeat, so machine noise hits them
 alike; the figure is the median over repeats. Matching is dict and trie
 lookups, so the largest/smallest ratio should stay near 1 (target <= 1.3x).

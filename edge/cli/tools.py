@@ -117,7 +117,7 @@ def _team_warnings(config: Config, plain_http: bool) -> list[str]:
 
 
 def build_request(method: str, url: str, headers: Sequence[str], client_ip: str) -> Request:
-    """A Request as h11 would deliver it for `METHOD URL` and -H lines."""
+    """The Request the connection would build for `METHOD URL` and -H lines."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"Expected an http:// or https:// URL, got {url!r}")
