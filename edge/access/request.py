@@ -11,8 +11,8 @@ Invariants:
 - A Request is immutable once built: `headers` and `index` are never
   changed by a reader (they are shared by everything above).
 - `index` holds exactly the fields of `headers`: every name, its values in
-  the order they came (tests/access/test_request.py checks the builders
-  against each other).
+  the order they came (tests/http/test_request_head.py checks that the
+  connection's Request equals `build`'s for the same head).
 - `host`, `target`, `length` and `chunked` are as the connection validated
   and framed them: `host` routes the request, `target` is origin-form (or
   "*"), and `path` + `query` split it once.
