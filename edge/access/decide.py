@@ -18,7 +18,6 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from urllib.parse import quote, quote_from_bytes
 
 import msgspec
@@ -28,42 +27,11 @@ from edge.access.cors import is_preflight
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
 from edge.access.headers import CLIENT_ID, CLIENT_SECRET, STRIP_HEADERS, Header
 from edge.access.policy import Policies, Subject, Trace
+from edge.access.request import Index, Request
 from edge.access.responses import LocalResponse
 from edge.access.router import normalize_host, path_segments
 from edge.access.session import binding_cookie
 from edge.access.tokens import Identity, Refusal, extract_token
-
-# Request headers decide() looks at; one pass over the head collects them.
-_WANTED = frozenset(
-    {
-        b"cookie",
-        b"cf-access-token",
-        b"authorization",
-        b"origin",
-        b"access-control-request-method",
-        b"access-control-request-headers",
-        b"access-control-request-private-network",
-        b"sec-fetch-mode",
-        b"accept",
-        b"x-requested-with",
-        CLIENT_ID,
-        CLIENT_SECRET,
-        b"x-forwarded-for",
-    }
-)
-HeaderIndex = dict[bytes, list[bytes]]
-
-
-class Request(msgspec.Struct, frozen=True, gc=False):
-    """What decide() needs of a request, as h11 delivers it."""
-
-    method: bytes
-    host: bytes  # the Host header (may carry a port)
-    target: bytes  # origin-form: path[?query]
-    headers: Sequence[Header]  # lower-case names (h11 does this)
-    client_ip: str  # the peer's address, without port
-    scheme: str = "https"  # how the client reached the edge
-
 
 # -- actions -------------------------------------------------------------------
 
@@ -146,13 +114,13 @@ def decide(c: Compiled, req: Request, now: float, trace: Trace = None, *, bindin
     for the login this request may start when the team's own page binds
     logins; an action whose `binding` is set used it, and the caller must
     never pass that value again."""
-    path = req.target.partition(b"?")[0]
+    path = req.path
     if path[:1] != b"/":
         return NotFound(c.responses.not_found, None, "not found: target is not a path")
     segments = path_segments(path)
     if segments is None:
         return Reject(c.bad_path, None, "reject: ambiguous path (escaped '/' or '\\')")
-    h = _index(req.headers)
+    h = req.index
     key: PreflightKey | None = None
     if req.method == b"OPTIONS" and trace is None:
         key = (
@@ -193,19 +161,7 @@ def explain(c: Compiled, req: Request, now: float, binding: str = "") -> tuple[A
     return decide(c, req, now, trace, binding=binding), trace
 
 
-def _index(headers: Sequence[Header]) -> HeaderIndex:
-    found: HeaderIndex = {}
-    for name, value in headers:
-        if name in _WANTED:
-            values = found.get(name)
-            if values is None:
-                found[name] = [value]
-            else:
-                values.append(value)
-    return found
-
-
-def _one(h: HeaderIndex, name: bytes) -> bytes | None:
+def _one(h: Index, name: bytes) -> bytes | None:
     """The header's value; b"" when repeated (which no allow-list matches)."""
     values = h.get(name)
     if values is None:
@@ -213,7 +169,7 @@ def _one(h: HeaderIndex, name: bytes) -> bytes | None:
     return values[0].strip() if len(values) == 1 else b""
 
 
-def _endpoint(c: Compiled, req: Request, h: HeaderIndex, host: bytes, segments: list[bytes]) -> Action:
+def _endpoint(c: Compiled, req: Request, h: Index, host: bytes, segments: list[bytes]) -> Action:
     if not c.router.knows(host):
         return NotFound(c.responses.not_found, None, "not found: no application")
     route = c.router.match(host, segments)
@@ -231,7 +187,7 @@ def _endpoint(c: Compiled, req: Request, h: HeaderIndex, host: bytes, segments: 
     return Endpoint(c.endpoint_pending, app, f"endpoint {name}", kind, False, target, rest)
 
 
-def _team(c: Compiled, req: Request, h: HeaderIndex, segments: list[bytes]) -> Action:
+def _team(c: Compiled, req: Request, h: Index, segments: list[bytes]) -> Action:
     """The team host: the login service's pages; nothing is forwarded."""
     if is_preflight(req.method, _one(h, b"origin"), _one(h, b"access-control-request-method")):
         return Preflight(c.endpoint_refused, None, "preflight: the team host allows no cross-site requests")
@@ -250,7 +206,7 @@ def _team(c: Compiled, req: Request, h: HeaderIndex, segments: list[bytes]) -> A
 # -- preflights --------------------------------------------------------------------
 
 
-def _preflight(c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, trace: Trace) -> Action:
+def _preflight(c: Compiled, app: CompiledApp, req: Request, h: Index, trace: Trace) -> Action:
     """BEHAVIOUR.md section 4: answered at the edge, forwarded, or refused."""
     if app.cors is not None:
         origin = _one(h, b"origin") or b""
@@ -270,7 +226,7 @@ def _preflight(c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, trac
     return Preflight(app.preflight_refused, app.name, "preflight: no CORS settings")
 
 
-def _joined(h: HeaderIndex, name: bytes) -> bytes | None:
+def _joined(h: Index, name: bytes) -> bytes | None:
     values = h.get(name)
     return None if values is None else b", ".join(values)
 
@@ -279,7 +235,7 @@ def _joined(h: HeaderIndex, name: bytes) -> bytes | None:
 
 
 def _authorize(
-    c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, now: float, trace: Trace, binding: str
+    c: Compiled, app: CompiledApp, req: Request, h: Index, now: float, trace: Trace, binding: str
 ) -> Action:
     subject = Subject(req.client_ip, h.get(b"x-forwarded-for", ()), c.trusted)
     policies = app.policies
@@ -301,7 +257,7 @@ def _authorize(
 
 
 def _second_phase(
-    app: CompiledApp, policies: Policies, subject: Subject, h: HeaderIndex, ident: Identity, trace: Trace
+    app: CompiledApp, policies: Policies, subject: Subject, h: Index, ident: Identity, trace: Trace
 ) -> Action:
     policy, first_miss = policies.second_phase(subject, trace)
     if policy is None:
@@ -312,14 +268,14 @@ def _second_phase(
     return _forward(app, policy.reason, ident)
 
 
-def _service_token(c: Compiled, h: HeaderIndex, trace: Trace) -> str | None:
+def _service_token(c: Compiled, h: Index, trace: Trace) -> str | None:
     name, reason = c.service_tokens.check(_one(h, CLIENT_ID), _one(h, CLIENT_SECRET))
     if trace is not None:
         trace.append(f"service token: {reason}")
     return name
 
 
-def _identity(c: Compiled, app: CompiledApp, h: HeaderIndex, now: float, trace: Trace) -> Identity | Refusal:
+def _identity(c: Compiled, app: CompiledApp, h: Index, now: float, trace: Trace) -> Identity | Refusal:
     token = extract_token(
         h.get(b"cookie", ()), h.get(b"cf-access-token", ()), h.get(b"authorization", ()), c.verifier.trusts
     )
@@ -371,7 +327,7 @@ def _forward(
     )
 
 
-def _deny(app: CompiledApp, h: HeaderIndex, reason: str) -> Deny:
+def _deny(app: CompiledApp, h: Index, reason: str) -> Deny:
     return Deny(app.deny_response(_one(h, b"origin")), app.name, reason)
 
 
@@ -379,7 +335,7 @@ def _deny(app: CompiledApp, h: HeaderIndex, reason: str) -> Deny:
 
 
 def _unauthenticated(
-    c: Compiled, app: CompiledApp, req: Request, h: HeaderIndex, why: Refusal, binding: str
+    c: Compiled, app: CompiledApp, req: Request, h: Index, why: Refusal, binding: str
 ) -> Action:
     """302 to the login page for a navigation, else 401 a page can read."""
     login = login_url(c.login_url, app.aud, req)
@@ -438,7 +394,7 @@ def _is_host_port(raw: bytes, host: bytes) -> bool:
     return len(rest) < len(raw) and (rest == b"" or (rest[:1] == b":" and rest[1:].isdigit()))
 
 
-def is_navigation(h: HeaderIndex) -> bool:
+def is_navigation(h: Index) -> bool:
     """A top-level navigation (BEHAVIOUR.md section 4): Sec-Fetch-Mode says
     so; without it, no XMLHttpRequest marker and Accept prefers HTML."""
     mode = _one(h, b"sec-fetch-mode")

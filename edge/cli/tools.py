@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 from edge.access.compile import Compiled
 from edge.access.cors import fetch_method
-from edge.access.decide import Action, Forward, Request, explain
+from edge.access.decide import Action, Forward, explain
+from edge.access.request import Request, build
 from edge.access.responses import date_line
 from edge.config.schema import Config, DevProvider
 from edge.config.syntax import is_loopback_host
@@ -116,7 +117,7 @@ def _team_warnings(config: Config, plain_http: bool) -> list[str]:
 
 
 def build_request(method: str, url: str, headers: Sequence[str], client_ip: str) -> Request:
-    """A Request as h11 would deliver it for `METHOD URL` and -H lines."""
+    """The Request the connection would build for `METHOD URL` and -H lines."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"Expected an http:// or https:// URL, got {url!r}")
@@ -133,7 +134,7 @@ def build_request(method: str, url: str, headers: Sequence[str], client_ip: str)
     # As a browser would send it: methods are case-sensitive, only Fetch's
     # six are upper-cased (so `options` explains a preflight, `patch` stays).
     method_sent = fetch_method(method.encode("latin-1"))
-    return Request(method_sent, host, target.encode(), fields, client_ip, parts.scheme)
+    return build(method_sent, host, target.encode(), fields, client_ip, parts.scheme)
 
 
 def explain_text(compiled: Compiled, req: Request, now: float | None = None) -> str:

@@ -58,6 +58,7 @@ from h11._readers import ChunkedReader, ContentLengthReader, expect_nothing, may
 from h11._receivebuffer import ReceiveBuffer
 from h11._writers import BodyWriter, ChunkedWriter, ContentLengthWriter, write_any_response
 
+from edge.access.request import Index
 from edge.http.message import CRLF, LAST_CHUNK, TOKEN, Headers, ResponseHead
 from edge.http.message import DIGITS as _DIGITS
 from edge.http.message import OWS as _OWS
@@ -410,28 +411,27 @@ def body_remaining(conn: h11.Connection) -> int:
     return reader._remaining if type(reader) is ContentLengthReader else 0
 
 
-def scan_fields(event: h11.Request, pairs: Headers) -> tuple[int, list[bytes], bool, list[bytes]]:
-    """One pass over a request's fields: the head's size, its Content-Length
-    values, whether Transfer-Encoding is present, and the Host values; `pairs`
-    receives the (lower-cased name, value) list the decision reads.
+def scan_fields(event: h11.Request, pairs: Headers, index: Index) -> int:
+    """One pass over a request's fields: `pairs` receives them as (lower-cased
+    name, value), `index` the same by name (edge.access.request.Request's
+    headers and index); returns the head's size.
 
     The size is less the whitespace h11 strips: h11 applies its size limit
     only while a head is incomplete, so a head that arrives whole in one read
     must be measured here. Reads h11's `_full_items` (raw name, lower-cased
     name, value) directly: iterating Headers goes through Sequence.__iter__,
     one __getitem__ per field, which showed up in profiles of the hot path.
+    Indexing here, not in a second loop, is what makes the index cheap: the
+    scan and the index together cost less than the scan and decide's own
+    index of a dozen names did (2.0 vs 2.1 us for eleven fields).
     """
     size = len(event.method) + len(event.target) + 13  # " ", " HTTP/1.1", CRLF, final CRLF
-    lengths: list[bytes] = []
-    chunked = False
-    hosts: list[bytes] = []
     for raw, name, value in event.headers._full_items:
         size += len(raw) + len(value) + 4  # ": " and CRLF
         pairs.append((name, value))
-        if name == b"content-length":
-            lengths.append(value)
-        elif name == b"transfer-encoding":
-            chunked = True
-        elif name == b"host":
-            hosts.append(value)
-    return size, lengths, chunked, hosts
+        values = index.get(name)
+        if values is None:
+            index[name] = [value]
+        else:
+            values.append(value)
+    return size

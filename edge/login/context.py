@@ -4,7 +4,7 @@ at one moment (`Context`), with the responses and checks the flows share.
 Invariants:
 - A Context is immutable; the service builds a new one when the config is
   reloaded or the key ring changes, so a flow sees one consistent view.
-- The flows are functions of (Context, Compiled, Call, body, now): the clock
+- The flows are functions of (Context, Compiled, Request, body, now): the clock
   is passed in, and their only I/O is the store and an OIDC provider (both
   reached through the interfaces held here).
 - Handlers never raise for bad input: every outcome is a page, a redirect or
@@ -22,6 +22,7 @@ import msgspec
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import verify_token
 from edge.access.headers import Header
+from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import (
     CSRF_COOKIE,
@@ -34,7 +35,7 @@ from edge.access.session import (
 from edge.access.tokens import Identity, Refusal, extract_token
 from edge.config.schema import DevProvider, DevUser, OidcProvider, Team
 from edge.login import pages
-from edge.login.call import Call
+from edge.login.call import target_text
 from edge.login.keyring import KeyRing
 from edge.login.oidc import Claims, Flow
 from edge.login.store import Store
@@ -119,14 +120,17 @@ class Context:
 
     # -- who is asking ---------------------------------------------------------------
 
-    def identity(self, c: Compiled, call: Call, now: float) -> Identity | Refusal:
+    def identity(self, c: Compiled, req: Request, now: float) -> Identity | Refusal:
         """The request's token (cookie, header or bearer), verified."""
-        token = extract_token(call.cookies, call.access_tokens, call.authorizations, c.verifier.trusts)
+        values = req.values
+        token = extract_token(
+            values(b"cookie"), values(b"cf-access-token"), values(b"authorization"), c.verifier.trusts
+        )
         return verify_token(c, token, now)
 
-    def team_identity(self, c: Compiled, call: Call, now: float) -> Identity | Refusal:
+    def team_identity(self, c: Compiled, req: Request, now: float) -> Identity | Refusal:
         """The team session: only the team's own cookie, an `org` token of its issuer."""
-        token = extract_token(call.cookies, (), (), c.verifier.trusts)
+        token = extract_token(req.values(b"cookie"), (), (), c.verifier.trusts)
         ident = verify_token(c, token, now)
         if isinstance(ident, Identity) and (ident.iss != self.team_url or ident.type != "org"):
             return Refusal("not a team session token")
@@ -134,11 +138,11 @@ class Context:
 
     # -- forms ---------------------------------------------------------------------------
 
-    def csrf_field(self, call: Call) -> tuple[str, list[Header]]:
+    def csrf_field(self, req: Request) -> tuple[str, list[Header]]:
         """A form's CSRF field (a MAC of the CSRF cookie), and the cookie if
         the browser has none yet (an existing one is kept: a form open in
         another tab stays valid)."""
-        csrf = cookie_value(call.cookies, CSRF_COOKIE)
+        csrf = cookie_value(req.values(b"cookie"), CSRF_COOKIE)
         extra = []
         if not csrf or len(csrf) > MAX_CSRF_COOKIE:
             csrf = random_token()
@@ -147,13 +151,13 @@ class Context:
             )
         return self.csrf_sealer.csrf_token(csrf), extra
 
-    def csrf_ok(self, call: Call, form: Mapping[str, str]) -> bool:
-        return self.csrf_sealer.csrf_ok(cookie_value(call.cookies, CSRF_COOKIE), form.get("csrf"))
+    def csrf_ok(self, req: Request, form: Mapping[str, str]) -> bool:
+        return self.csrf_sealer.csrf_ok(cookie_value(req.values(b"cookie"), CSRF_COOKIE), form.get("csrf"))
 
     def login_page(
-        self, status: int, call: Call, target: Target | None, error: str = "", email: str = ""
+        self, status: int, req: Request, target: Target | None, error: str = "", email: str = ""
     ) -> LocalResponse:
-        csrf, extra = self.csrf_field(call)
+        csrf, extra = self.csrf_field(req)
         choices = [
             pages.Choice(p.id, p.name or p.id, "dev" if isinstance(p, DevProvider) else "oidc")
             for p in self.providers.values()
@@ -161,7 +165,9 @@ class Context:
         # The form posts where the CSRF cookie (Path=/cdn-cgi/access) is sent:
         # the team host's "/" shows this page too, but a post to "/" would
         # arrive without the cookie and always fail.
-        action = call.target if call.target.startswith(f"{ENDPOINT_PATH}/") else f"{ENDPOINT_PATH}/login"
+        action = target_text(req)
+        if not action.startswith(f"{ENDPOINT_PATH}/"):
+            action = f"{ENDPOINT_PATH}/login"
         page = pages.login_page(
             app_name=None if target is None else target.app.name,
             action=action,

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 
 from edge.access.compile import Compiled
 from edge.access.policy import client_ip
+from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.config.schema import DevProvider
-from edge.login.call import Call
 from edge.login.context import Context, Target
 from edge.login.handoff import start_session
 from edge.login.passwords import DUMMY_HASH, verify_password
@@ -38,15 +38,15 @@ async def sign_in(
     c: Compiled,
     provider: DevProvider,
     form: Mapping[str, str],
-    call: Call,
+    req: Request,
     target: Target | None,
     now: float,
 ) -> LocalResponse:
     email = form.get("email", "").strip()
-    ip = client_ip(call.client_ip, call.forwarded_for, c.trusted)
-    client = call.client_ip if ip is None else str(ip)
+    ip = client_ip(req.client_ip, req.values(b"x-forwarded-for"), c.trusted)
+    client = req.client_ip if ip is None else str(ip)
     if await ctx.store.count(f"signin:{client}", FAILURE_WINDOW) >= MAX_FAILURES:
-        return ctx.login_page(429, call, target, "Too many failed attempts; wait a few minutes.", email)
+        return ctx.login_page(429, req, target, "Too many failed attempts; wait a few minutes.", email)
     user = ctx.dev_users.get(email.lower())
     if user is not None and user not in provider.users:
         user = None
@@ -56,5 +56,5 @@ async def sign_in(
     if not ok or user is None:
         await ctx.store.add(f"signin:{client}", FAILURE_WINDOW)
         log.info("dev sign-in failed for %r from %s", email[:100], client)
-        return ctx.login_page(401, call, target, "Wrong email or password.", email)
-    return start_session(ctx, c, new_person(user.email, user.groups, provider.id), target, call, now)
+        return ctx.login_page(401, req, target, "Wrong email or password.", email)
+    return start_session(ctx, c, new_person(user.email, user.groups, provider.id), target, req, now)

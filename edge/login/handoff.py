@@ -28,6 +28,7 @@ from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import Endpoint, verify_token
 from edge.access.headers import Header
 from edge.access.policy import Subject
+from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.router import path_segments
 from edge.access.session import (
@@ -47,7 +48,7 @@ from edge.access.session import (
 )
 from edge.access.tokens import Identity
 from edge.login import pages
-from edge.login.call import Call
+from edge.login.call import host_of, query_of
 from edge.login.context import Context, Target
 from edge.login.sealed import HANDOFF, HandoffCode, Person, open_sealed, seal
 from edge.login.store import StoreUnavailable
@@ -67,7 +68,7 @@ def start_session(
     c: Compiled,
     who: Person,
     target: Target | None,
-    call: Call,
+    req: Request,
     now: float,
     extra: Sequence[Header] = (),
 ) -> LocalResponse:
@@ -85,7 +86,7 @@ def start_session(
         return ctx.message(500, "Sign-in failed", "Please try again.")
     if target is None:
         return ctx.signed_in(ident, [cookie, *extra])
-    return issue(ctx, c, ident, who, target, call, now, [cookie, *extra])
+    return issue(ctx, c, ident, who, target, req, now, [cookie, *extra])
 
 
 def issue(
@@ -94,13 +95,13 @@ def issue(
     ident: Identity,
     who: Person,
     target: Target,
-    call: Call,
+    req: Request,
     now: float,
     extra: Sequence[Header] = (),
 ) -> LocalResponse:
     """Policies allow: a one-time code to the application's host."""
     assert ctx.sealer is not None
-    subject = Subject(call.client_ip, call.forwarded_for, c.trusted, identity=ident)
+    subject = Subject(req.client_ip, req.values(b"x-forwarded-for"), c.trusted, identity=ident)
     policy, _ = target.app.policies.second_phase(subject, None)
     if policy is None or policy.action == "deny":
         log.info("login: %s has no access to %s", ident.email, target.app.name)
@@ -120,7 +121,7 @@ def issue(
 
 
 async def authorized(
-    ctx: Context, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ctx: Context, c: Compiled, action: Endpoint, req: Request, body: bytes, now: float
 ) -> LocalResponse:
     """/cdn-cgi/access/authorized?code=...: exchange a one-time code for the
     application's cookie."""
@@ -128,19 +129,20 @@ async def authorized(
         return ctx.not_allowed()
     if ctx.sealer is None or ctx.ring is None:
         return ctx.no_login_service()
-    if call.method != b"GET":  # a HEAD (a link previewer) must not use the code up
+    if req.method != b"GET":  # a HEAD (a link previewer) must not use the code up
         return ctx.message(405, "Not allowed", "Use the sign-in link as it was given.")
     try:
-        code, exp = open_sealed(ctx.sealer, HANDOFF, call.query.get("code", ""), now, HandoffCode)
+        code, exp = open_sealed(ctx.sealer, HANDOFF, query_of(req).get("code", ""), now, HandoffCode)
     except SealError as exc:
         log.info("handoff refused: %s", exc)
         return ctx.message(400, "Sign-in link not valid", "This sign-in link is not valid or has expired.")
     app = c.apps_by_aud.get(code.aud)
-    url = same_host_url(code.redirect_url, call.host)
-    if code.host != call.host or app is None or url is None or url != code.redirect_url:
-        log.warning("handoff refused: code for %r used on %r", code.host, call.host)
+    host = host_of(req)
+    url = same_host_url(code.redirect_url, host)
+    if code.host != host or app is None or url is None or url != code.redirect_url:
+        log.warning("handoff refused: code for %r used on %r", code.host, host)
         return ctx.message(400, "Sign-in link not valid", "This sign-in link is for another site.")
-    unbound = _unbound(ctx, c, code, call, url)
+    unbound = _unbound(ctx, c, code, req, url)
     if unbound is not None:
         return unbound
     try:
@@ -148,29 +150,29 @@ async def authorized(
     except StoreUnavailable:
         # The claim may still land later: offer a fresh start (a new
         # code), never this link again.
-        log.warning("handoff for %s on %s: the store is unreachable (503)", code.person.email, call.host)
+        log.warning("handoff for %s on %s: the store is unreachable (503)", code.person.email, host)
         return ctx.message(
             503, "Try again", "Sign-in is briefly unavailable; please try again.", link=(url, "Try again")
         )
     if not first:
-        log.warning("handoff refused: code replayed on %s", call.host)
+        log.warning("handoff refused: code replayed on %s", host)
         return ctx.message(
             400, "Sign-in link already used", "This sign-in link was already used.", link=(url, "Continue")
         )
-    return _set_app_cookie(ctx, c, app, code.person, url, call.host, now)
+    return _set_app_cookie(ctx, c, app, code.person, url, host, now)
 
 
-def _unbound(ctx: Context, c: Compiled, code: HandoffCode, call: Call, url: str) -> LocalResponse | None:
+def _unbound(ctx: Context, c: Compiled, code: HandoffCode, req: Request, url: str) -> LocalResponse | None:
     """None if the code belongs to this browser's login; else start the
     login again (the code is left unused: it was meant for someone else,
     or for an older login of this browser)."""
     if not c.binds_logins:
         return None
-    held = cookie_value(call.cookies, BINDING_COOKIE)
+    held = cookie_value(req.values(b"cookie"), BINDING_COOKIE)
     bound = code.binding
     if bound and held is not None and hmac.compare_digest(held.encode(), bound.encode()):
         return None
-    log.info("handoff on %s: not the browser that started this login; starting again", call.host)
+    log.info("handoff on %s: not the browser that started this login; starting again", host_of(req))
     if held is None and bound:
         return ctx.message(
             400,

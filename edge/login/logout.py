@@ -18,43 +18,50 @@ import logging
 
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import Endpoint
+from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.revocation import revoked_until
 from edge.access.session import AUTH_COOKIE, ENDPOINT_PATH, clear_cookie, cross_site
 from edge.access.tokens import Identity, Refusal
 from edge.login import pages
-from edge.login.call import Call, read_form
+from edge.login.call import host_of, read_form
 from edge.login.context import Context
 
 log = logging.getLogger("edge.login")
 
 
 async def logout(
-    ctx: Context, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ctx: Context, c: Compiled, action: Endpoint, req: Request, body: bytes, now: float
 ) -> LocalResponse:
     """Sign out at once, unless another site sent the browser here while its
     session is live: then ask first."""
-    ident = ctx.team_identity(c, call, now) if action.team else ctx.identity(c, call, now)
-    if call.method == b"POST":
-        if not ctx.csrf_ok(call, read_form(call, body) or {}):
-            return confirm(ctx, 403, call, ident, "This sign-out form expired; confirm again.")
-    elif isinstance(ident, Identity) and cross_site(call.host, call.fetch_site, call.origin, call.referer):
-        return confirm(ctx, 200, call, ident)
-    return await sign_out(ctx, c, action, call, ident, now)
+    ident = ctx.team_identity(c, req, now) if action.team else ctx.identity(c, req, now)
+    if req.method == b"POST":
+        if not ctx.csrf_ok(req, read_form(req, body) or {}):
+            return confirm(ctx, 403, req, ident, "This sign-out form expired; confirm again.")
+    elif isinstance(ident, Identity) and _cross_site(req):
+        return confirm(ctx, 200, req, ident)
+    return await sign_out(ctx, c, action, req, ident, now)
+
+
+def _cross_site(req: Request) -> bool:
+    """Whether another site sent the browser here (session.cross_site)."""
+    fetch_site, origin, referer = req.values(b"sec-fetch-site"), req.values(b"origin"), req.values(b"referer")
+    return cross_site(host_of(req), fetch_site, origin, referer)
 
 
 def confirm(
-    ctx: Context, status: int, call: Call, ident: Identity | Refusal, error: str = ""
+    ctx: Context, status: int, req: Request, ident: Identity | Refusal, error: str = ""
 ) -> LocalResponse:
     """The confirmation page: one button posting back with the CSRF token."""
-    csrf, extra = ctx.csrf_field(call)
+    csrf, extra = ctx.csrf_field(req)
     who = (ident.email or ident.sub) if isinstance(ident, Identity) else None
     page = pages.logout_page(action=f"{ENDPOINT_PATH}/logout", csrf=csrf, who=who, error=error)
     return ctx.html(status, page, extra)
 
 
 async def sign_out(
-    ctx: Context, c: Compiled, action: Endpoint, call: Call, ident: Identity | Refusal, now: float
+    ctx: Context, c: Compiled, action: Endpoint, req: Request, ident: Identity | Refusal, now: float
 ) -> LocalResponse:
     if isinstance(ident, Identity) and ident.session:
         await ctx.store.revoke(ident.session, _revoked_until(c, ident, now))
@@ -64,7 +71,8 @@ async def sign_out(
         # A path-scoped cookie (Path=/area) is never sent to /cdn-cgi/access,
         # so which app it belongs to cannot be told here: clear every
         # scoped path on this host (its session ends with the team's).
-        paths = {p for app in c.apps if app.config.path_scoped for p in _scoped_paths(app, call.host)}
+        host = host_of(req)
+        paths = {p for app in c.apps if app.config.path_scoped for p in _scoped_paths(app, host)}
         clear.extend(clear_cookie(AUTH_COOKIE, path) for path in sorted(paths))
     if not action.team and ctx.team is not None:
         # The team session ends too: its cookie is cleared on its own host.

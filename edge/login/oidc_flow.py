@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from edge.access.compile import Compiled
 from edge.access.decide import Endpoint
+from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import (
     BINDING_COOKIE,
@@ -38,7 +39,7 @@ from edge.access.session import (
 )
 from edge.config.schema import OidcProvider
 from edge.login import pages
-from edge.login.call import Call
+from edge.login.call import query_of
 from edge.login.context import Context, Target
 from edge.login.handoff import start_session
 from edge.login.oidc import REFUSED, UNAVAILABLE, Flow, OidcError, callback_params
@@ -86,7 +87,7 @@ async def begin(ctx: Context, provider: OidcProvider, target: Target | None, now
 
 
 async def callback(
-    ctx: Context, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ctx: Context, c: Compiled, action: Endpoint, req: Request, body: bytes, now: float
 ) -> LocalResponse:
     """/cdn-cgi/access/callback on the team host: the provider sent the browser back."""
     if not action.team:
@@ -95,14 +96,15 @@ async def callback(
     clear = [clear_cookie(FLOW_COOKIE, ENDPOINT_PATH)]
     try:
         state, _ = open_sealed(
-            ctx.sealer, FLOW, cookie_value(call.cookies, FLOW_COOKIE) or "", now, FlowState
+            ctx.sealer, FLOW, cookie_value(req.values(b"cookie"), FLOW_COOKIE) or "", now, FlowState
         )
         provider, client = ctx.oidc[state.provider]
     except (SealError, KeyError):
         return ctx.html(400, _start_again(ctx.team_url), clear)
-    if "error" in call.query:
+    query = query_of(req)
+    if "error" in query:
         try:
-            callback_params(urlsplit(call.target).query)
+            callback_params(req.query.decode("latin-1"))
         except OidcError as exc:
             log.info("oidc %s: %s", provider.id, exc)
             status = 403 if exc.public == REFUSED else 502
@@ -115,7 +117,7 @@ async def callback(
     flow = Flow(state=state.state, nonce=state.nonce, verifier=state.verifier)
     try:
         claims = await client.finish(
-            call.query.get("code", ""), call.query.get("state", ""), flow, ctx.team_url + CALLBACK, now
+            query.get("code", ""), query.get("state", ""), flow, ctx.team_url + CALLBACK, now
         )
     except OidcError as exc:
         log.warning("oidc %s: %s", provider.id, exc)
@@ -125,7 +127,7 @@ async def callback(
         return ctx.html(502 if exc.public == UNAVAILABLE else 400, page, clear)
     target = _saved_target(c, state.target)
     who = new_person(claims.email, claims.groups, provider.id, sub=f"{provider.id}:{claims.sub}")
-    return start_session(ctx, c, who, target, call, now, clear)
+    return start_session(ctx, c, who, target, req, now, clear)
 
 
 def _saved_target(c: Compiled, saved: SavedTarget | None) -> Target | None:

@@ -50,13 +50,13 @@ import jwt
 from edge.access.compile import Compiled, team_base_url
 from edge.access.decide import Endpoint
 from edge.access.endpoints import EndpointKind
+from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import Sealer
 from edge.access.tokens import Identity, Refusal, parse_jwks
 from edge.config.errors import ConfigError
 from edge.config.schema import Config, DevProvider, DevUser, OidcProvider
 from edge.login import keydir, logout, oidc_flow, signin
-from edge.login.call import Call, make_call
 from edge.login.context import Context, RelyingParty
 from edge.login.cycle import EndpointCall
 from edge.login.handoff import authorized
@@ -70,15 +70,14 @@ __all__ = [
     "ensure_keys",
     "existing_team_keys",
     "identity_document",
-    "make_call",
     "make_store",
 ]
 
-Handler = Callable[[Context, Compiled, Endpoint, Call, bytes, float], Awaitable[LocalResponse]]
+Handler = Callable[[Context, Compiled, Endpoint, Request, bytes, float], Awaitable[LocalResponse]]
 
 
 async def certs(
-    ctx: Context, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ctx: Context, c: Compiled, action: Endpoint, req: Request, body: bytes, now: float
 ) -> LocalResponse:
     """The built-in issuer's keys and certificates (Cloudflare's certs document)."""
     if ctx.ring is None:
@@ -92,9 +91,9 @@ async def certs(
 
 
 async def get_identity(
-    ctx: Context, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ctx: Context, c: Compiled, action: Endpoint, req: Request, body: bytes, now: float
 ) -> LocalResponse:
-    ident = ctx.team_identity(c, call, now) if action.team else ctx.identity(c, call, now)
+    ident = ctx.team_identity(c, req, now) if action.team else ctx.identity(c, req, now)
     if isinstance(ident, Identity) and action.target is not None and action.target.aud not in ident.aud:
         ident = Refusal("token is for another application")
     if not isinstance(ident, Identity):
@@ -186,16 +185,16 @@ class LoginService:
 
     # -- dispatch --------------------------------------------------------------------
 
-    def endpoint(self, c: Compiled, action: Endpoint, call: Call) -> EndpointCall:
+    def endpoint(self, c: Compiled, action: Endpoint, req: Request) -> EndpointCall:
         async def handler(body: bytes) -> LocalResponse:
-            return await self.handle(c, action, call, body, time.time())
+            return await self.handle(c, action, req, body, time.time())
 
         return EndpointCall(handler)
 
     async def handle(
-        self, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+        self, c: Compiled, action: Endpoint, req: Request, body: bytes, now: float
     ) -> LocalResponse:
-        return await HANDLERS[action.kind](self.context, c, action, call, body, now)
+        return await HANDLERS[action.kind](self.context, c, action, req, body, now)
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -14,78 +14,80 @@ from urllib.parse import quote, urlsplit
 
 from edge.access.compile import Compiled
 from edge.access.decide import Endpoint
+from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.router import path_segments
 from edge.access.session import ENDPOINT_PATH, same_host_url, valid_binding
 from edge.access.tokens import Identity
 from edge.config.schema import OidcProvider
 from edge.login import dev, oidc_flow
-from edge.login.call import Call, read_form
+from edge.login.call import query_of, read_form
 from edge.login.context import Context, Target
 from edge.login.handoff import issue, person_of
 
 
 async def login(
-    ctx: Context, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ctx: Context, c: Compiled, action: Endpoint, req: Request, body: bytes, now: float
 ) -> LocalResponse:
     if not action.team:
-        return _app_login(ctx, action, call)
-    if call.method == b"POST":
-        return await _login_post(ctx, c, action, call, body, now)
-    return _login_get(ctx, c, action, call, now)
+        return _app_login(ctx, action, req)
+    if req.method == b"POST":
+        return await _login_post(ctx, c, action, req, body, now)
+    return _login_get(ctx, c, action, req, now)
 
 
-def _app_login(ctx: Context, action: Endpoint, call: Call) -> LocalResponse:
+def _app_login(ctx: Context, action: Endpoint, req: Request) -> LocalResponse:
     """/cdn-cgi/access/login/<host> on a protected host: the team's page."""
     if ctx.team is None:
         return ctx.no_login_service()
-    query = urlsplit(call.target).query
+    query = req.query.decode("latin-1")
     return ctx.redirect(f"{ctx.team_url}{ENDPOINT_PATH}/login/{quote(action.rest)}?{query}")
 
 
-def target_of(c: Compiled, host: str, call: Call) -> Target | str | None:
+def target_of(c: Compiled, host: str, req: Request) -> Target | str | None:
     """The login's destination: None for a login to the team itself, a
     message if the link is not valid."""
     if not host:
         return None
-    app = c.apps_by_aud.get(call.query.get("kid", ""))
-    url = same_host_url(call.query.get("redirect_url", ""), host.lower())
+    query = query_of(req)
+    app = c.apps_by_aud.get(query.get("kid", ""))
+    url = same_host_url(query.get("redirect_url", ""), host.lower())
     if app is None or url is None:
         return "This sign-in link is not valid (unknown application, or a return address on another site)."
     segments = path_segments(urlsplit(url).path.encode("latin-1"))
     route = None if segments is None else c.router.match(host.lower().encode(), segments)
     if route is None or route.app is not app:
         return "This sign-in link is not valid (the return address is not part of the application)."
-    return Target(app, host.lower(), url, valid_binding(call.query.get("b")))
+    return Target(app, host.lower(), url, valid_binding(query.get("b")))
 
 
-def _login_get(ctx: Context, c: Compiled, action: Endpoint, call: Call, now: float) -> LocalResponse:
-    target = target_of(c, action.rest, call)
+def _login_get(ctx: Context, c: Compiled, action: Endpoint, req: Request, now: float) -> LocalResponse:
+    target = target_of(c, action.rest, req)
     if isinstance(target, str):
         return ctx.message(400, "Sign-in link not valid", target)
-    ident = ctx.team_identity(c, call, now)
+    ident = ctx.team_identity(c, req, now)
     if isinstance(ident, Identity):
         if target is None:
             return ctx.signed_in(ident)
-        return issue(ctx, c, ident, person_of(ident), target, call, now)
-    return ctx.login_page(200, call, target)
+        return issue(ctx, c, ident, person_of(ident), target, req, now)
+    return ctx.login_page(200, req, target)
 
 
 async def _login_post(
-    ctx: Context, c: Compiled, action: Endpoint, call: Call, body: bytes, now: float
+    ctx: Context, c: Compiled, action: Endpoint, req: Request, body: bytes, now: float
 ) -> LocalResponse:
     assert ctx.sealer is not None
-    form = read_form(call, body)
+    form = read_form(req, body)
     if form is None:
         return ctx.message(400, "Bad request", "Expected a sign-in form.")
-    target = target_of(c, action.rest, call)
+    target = target_of(c, action.rest, req)
     if isinstance(target, str):
         return ctx.message(400, "Sign-in link not valid", target)
-    if not ctx.csrf_ok(call, form):
-        return ctx.login_page(403, call, target, "The form expired; please sign in again.")
+    if not ctx.csrf_ok(req, form):
+        return ctx.login_page(403, req, target, "The form expired; please sign in again.")
     provider = ctx.providers.get(form.get("provider", ""))
     if isinstance(provider, OidcProvider):
         return await oidc_flow.begin(ctx, provider, target, now)
     if provider is None:
-        return ctx.login_page(400, call, target, "Choose a way to sign in.")
-    return await dev.sign_in(ctx, c, provider, form, call, target, now)
+        return ctx.login_page(400, req, target, "Choose a way to sign in.")
+    return await dev.sign_in(ctx, c, provider, form, req, target, now)

@@ -29,6 +29,7 @@ import time
 import h11
 import msgspec
 
+from edge.access.request import Request
 from edge.config.schema import Proxy
 from edge.http import flow
 from edge.http.cycle import Client
@@ -94,7 +95,7 @@ class Upstreams:
 
 
 class ProxyCycle:
-    def __init__(self, client: Client, request: h11.Request, plan: ForwardPlan, upstreams: Upstreams) -> None:
+    def __init__(self, client: Client, request: Request, plan: ForwardPlan, upstreams: Upstreams) -> None:
         self.client = client
         self.request = request
         self.plan = plan

@@ -1,7 +1,8 @@
 """What the upstream sees, and what the client gets back: pure header rewriting.
 
 Nothing here does I/O. The proxy calls `request_headers` once per forwarded
-request and `response_headers` once per upstream response head.
+request (it reads the Request: its fields, their index, its framing) and
+`response_headers` once per upstream response head.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import msgspec
 
 from edge.access.cache import BoundedCache
 from edge.access.headers import AUTH_COOKIE_BYTES, IDENTITY_HEADERS, Header, Headers, TrustedProxies
+from edge.access.request import Request
 
 # Hop-by-hop fields (RFC 9110 section 7.6.1): they describe one connection,
 # never the message, so a proxy removes them along with every field the
@@ -57,7 +59,12 @@ def _comma_tokens(values: Iterable[bytes]) -> set[bytes]:
 
 def hop_by_hop(headers: Sequence[Header], keep_upgrade: bool = False) -> frozenset[bytes]:
     """Every field name to drop from a message before passing it on."""
-    values = [v for k, v in headers if k == b"connection"]
+    return connection_hops([v for k, v in headers if k == b"connection"], keep_upgrade)
+
+
+def connection_hops(values: Sequence[bytes], keep_upgrade: bool) -> frozenset[bytes]:
+    """hop_by_hop from the message's Connection values (a request has them
+    in its index)."""
     if not values and not keep_upgrade:
         return HOP_BY_HOP
     key = (keep_upgrade, tuple(values))
@@ -74,7 +81,7 @@ def hop_by_hop(headers: Sequence[Header], keep_upgrade: bool = False) -> frozens
 _HOP_SETS: BoundedCache[tuple[bool, tuple[bytes, ...]], frozenset[bytes]] = BoundedCache(256)
 
 
-def _hop_set(values: list[bytes], keep_upgrade: bool) -> frozenset[bytes]:
+def _hop_set(values: Sequence[bytes], keep_upgrade: bool) -> frozenset[bytes]:
     named = _comma_tokens(values) - NEVER_HOP
     if named <= HOP_BY_HOP and not keep_upgrade:
         return HOP_BY_HOP  # "Connection: keep-alive" (or close): the usual case
@@ -102,50 +109,43 @@ def strip_cookie(value: bytes, name: bytes = AUTH_COOKIE_BYTES) -> bytes:
     return b"; ".join(kept)
 
 
-class RequestContext(msgspec.Struct, frozen=True, gc=False):
-    # A Struct rather than a frozen dataclass: one is built per forwarded
-    # request, and a frozen dataclass's __init__ sets each field through
-    # object.__setattr__ (about 2 us; the Struct takes 0.2).
+class ForwardContext(msgspec.Struct, frozen=True, gc=False):
+    """What the forwarded head depends on besides the request and its
+    application's settings: the same for every request under one
+    configuration, so the runtime builds it once per (re)load."""
 
-    client_ip: str
-    scheme: bytes  # b"http" or b"https": how the client reached the edge
-    host: bytes  # the client's Host
-    upstream_host: bytes  # host[:port] of the upstream, for rewrite_host
-    body: str  # "none" | "length" | "chunked"
-    upgrade: bool = False
+    scheme: bytes  # b"http" or b"https": how clients reach the edge
     trusted: TrustedProxies = TrustedProxies()  # frozen: one shared default is safe
+    keep_underscores: bool = False  # [server] underscores_in_headers
 
 
 def request_headers(
-    headers: Sequence[Header],
-    ctx: RequestContext,
+    req: Request,
+    ctx: ForwardContext,
+    upstream_host: bytes,
     add: Sequence[Header] = (),
     strip: frozenset[bytes] = frozenset(),
     strip_auth_cookie: bool = True,
     rewrite_host: bool = False,
-    keep_underscores: bool = False,
 ) -> Headers:
     """The head sent upstream: hop-by-hop and spoofable fields removed,
     identity and X-Forwarded-* fields set, framing re-declared. Names with
-    `_` are dropped, or with `keep_underscores` only those an upstream could
-    read as the edge's own."""
-    trusted = ctx.trusted.trusts(ctx.client_ip)
-    drop = _drop_set(hop_by_hop(headers, keep_upgrade=ctx.upgrade), strip, trusted)
+    `_` are dropped, or with `ctx.keep_underscores` only those an upstream
+    could read as the edge's own. `upstream_host` (host[:port]) replaces the
+    Host with `rewrite_host`."""
+    trusted = ctx.trusted.trusts(req.client_ip)
+    index = req.index
+    drop = _drop_set(connection_hops(index.get(b"connection", ()), req.upgrade), strip, trusted)
+    keep_underscores = ctx.keep_underscores
     out: Headers = []
     prior_for: list[bytes] = []
-    length = b""
-    host = False
-    for name, value in headers:
-        if name == b"content-length":
-            length = value
-        elif name == b"host":
-            host = True
+    for name, value in req.headers:
         if name in drop or name[:6] == b"proxy-":  # is_hop
             continue
         if UNDERSCORE in name and (not keep_underscores or reads_as_edge_owned(name)):
             continue  # an upstream may read it as another name (EDGE_OWNED_PREFIXES)
         if name == b"host":
-            value = ctx.upstream_host if rewrite_host else value
+            value = upstream_host if rewrite_host else value
         elif name == b"cookie" and strip_auth_cookie:
             value = strip_cookie(value)
             if not value:
@@ -156,18 +156,18 @@ def request_headers(
         elif name in (b"x-forwarded-proto", b"x-forwarded-host"):
             continue  # re-added below, from what a trusted proxy said or from us
         out.append((name, value))
-    if not host:
+    if b"host" not in index:
         # HTTP/1.0 allows a request without Host; the upstream gets HTTP/1.1.
-        out.insert(0, (b"host", ctx.upstream_host if rewrite_host or not ctx.host else ctx.host))
-    _add_forwarded(out, headers, ctx, prior_for, trusted)
-    if ctx.upgrade:
+        out.insert(0, (b"host", upstream_host if rewrite_host or not req.host else req.host))
+    _add_forwarded(out, req, ctx, prior_for, trusted)
+    if req.upgrade:
         out.append((b"connection", b"upgrade"))
-    if ctx.body == "length":
+    if req.chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+    elif req.length is not None:
         # The integer parsed, not the client's spelling ("005"): what frames
         # the body here is what the upstream reads.
-        out.append((b"content-length", b"%d" % int(length)))
-    elif ctx.body == "chunked":
-        out.append((b"transfer-encoding", b"chunked"))
+        out.append((b"content-length", b"%d" % req.length))
     out.extend(add)
     return out
 
@@ -195,26 +195,20 @@ def _build_drop_set(hop: frozenset[bytes], strip: frozenset[bytes], trusted: boo
     return drop if trusted else drop | FORWARDED_HEADERS
 
 
-def _first(headers: Sequence[Header], name: bytes) -> bytes | None:
-    for k, v in headers:
-        if k == name:
-            return v
-    return None
+def _first(req: Request, name: bytes) -> bytes | None:
+    values = req.index.get(name)
+    return None if values is None else values[0]
 
 
 def _add_forwarded(
-    out: Headers,
-    headers: Sequence[Header],
-    ctx: RequestContext,
-    prior_for: list[bytes],
-    trusted: bool,
+    out: Headers, req: Request, ctx: ForwardContext, prior_for: list[bytes], trusted: bool
 ) -> None:
-    peer = ctx.client_ip.encode("ascii", "replace")
+    peer = req.client_ip.encode("ascii", "replace")
     chain = [*prior_for, peer] if trusted else [peer]
     out.append((b"x-forwarded-for", b", ".join(chain)))
-    proto = _first(headers, b"x-forwarded-proto") if trusted else None
+    proto = _first(req, b"x-forwarded-proto") if trusted else None
     out.append((b"x-forwarded-proto", proto or ctx.scheme))
-    fwd_host = (_first(headers, b"x-forwarded-host") if trusted else None) or ctx.host
+    fwd_host = (_first(req, b"x-forwarded-host") if trusted else None) or req.host
     if fwd_host:
         out.append((b"x-forwarded-host", fwd_host))
 

@@ -28,14 +28,14 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import h11
 import msgspec
 
 from edge.access.compile import Compiled, RemoteKeys, compile_config
-from edge.access.decide import Endpoint, Forward, Redirect, Request, Unauthorized, decide
+from edge.access.decide import Endpoint, Forward, Redirect, Unauthorized, decide
+from edge.access.request import Request
 from edge.access.responses import HEALTH_PATH, LocalResponse, date_line
 from edge.access.session import new_binding_value
 from edge.access.tokens import JwksError
@@ -43,15 +43,15 @@ from edge.config.errors import ConfigError
 from edge.config.load import load, loads
 from edge.config.schema import TLS, Config
 from edge.config.syntax import ListenAddress
-from edge.http.connection import HttpProtocol, RequestInfo
+from edge.http.connection import HttpProtocol, LogEntry
 from edge.http.cycle import Cycle
 from edge.http.faults import FaultLog
 from edge.login import keydir
 from edge.login.cycle import EndpointCycle
-from edge.login.service import LoginService, ensure_keys, existing_team_keys, make_call, make_store
+from edge.login.service import LoginService, ensure_keys, existing_team_keys, make_store
 from edge.proxy.cycle import ForwardPlan, ProxyCycle, Upstreams
 from edge.proxy.fetch import FetchError, fetch
-from edge.proxy.forwarding import RequestContext, request_headers
+from edge.proxy.forwarding import ForwardContext, request_headers
 from edge.proxy.upstream import Pool
 from edge.runtime import snapshots
 from edge.runtime.accesslog import AccessLog, AccessRecord, iso_time
@@ -68,28 +68,6 @@ RESTART_KEYS = ("listen", "workers", "tls", "access_log", "max_connections")
 STORE_KEYS = ("store", "redis_url", "redis_prefix")
 KEY_POLL_INTERVAL = 1.0  # seconds between checks of whether a JWKS wants fetching
 LISTEN_BACKLOG = 1024  # nginx's default on Linux is 511; bursts of wrk connections need more
-
-
-def _is_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    """Whether the request asks to switch protocols in a way the edge tunnels.
-
-    HTTP/2 cleartext (`h2c`) never is: after a 101 the upstream would take any
-    number of requests, for any path, inside a tunnel the edge authorised once
-    for this one. Such a request is forwarded as a plain one, its Upgrade and
-    HTTP2-Settings dropped as hop-by-hop."""
-    connection = b",".join(v for k, v in headers if k == b"connection").lower()
-    if b"upgrade" not in connection:
-        return False
-    offers = [v for k, v in headers if k == b"upgrade"]
-    return bool(offers) and H2C not in _protocol_names(offers)
-
-
-H2C = b"h2c"
-
-
-def _protocol_names(offers: Sequence[bytes]) -> set[bytes]:
-    # Upgrade = #protocol, protocol = name ["/" version] (RFC 9110 7.8)
-    return {t.partition(b"/")[0].strip().lower() for v in offers for t in v.split(b",")}
 
 
 def _store_of(config: Config) -> tuple[str, ...] | None:
@@ -266,8 +244,9 @@ class ServerState:
         self.upstreams = Upstreams(config.proxy, self.loop, self.pool, self.tasks, self.faults)
         self.compiled = compiled
         self.responses = compiled.responses
-        self.trusted = compiled.trusted_proxies
-        self.keep_underscores = config.server.underscores_in_headers
+        self.forwarding = ForwardContext(
+            self.scheme, compiled.trusted_proxies, config.server.underscores_in_headers
+        )
         self.pool.configure(
             config.proxy.max_idle, config.proxy.pool_idle_timeout, config.proxy.connect_timeout
         )
@@ -298,92 +277,50 @@ class ServerState:
         log.info("reloaded %s: %d application(s)", self.source, len(compiled.apps))
         return True
 
-    def dispatch(self, client: HttpProtocol, event: h11.Request, info: RequestInfo) -> LocalResponse | Cycle:
+    def dispatch(self, client: HttpProtocol, req: Request, entry: LogEntry) -> LocalResponse | Cycle:
         """What to do with a request whose head is complete and valid: a
         local response, or the cycle (not yet started) that answers it."""
-        if info.target.partition(b"?")[0] == HEALTH_PATH:
+        if req.path == HEALTH_PATH:
             return self.responses.health
-        req = Request(event.method, info.host, info.target, info.headers, client.client_ip, self.scheme_name)
-        action = decide(self.compiled, req, info.started, binding=self.binding)
-        info.app = action.app
-        info.decision = action.reason
+        action = decide(self.compiled, req, req.started, binding=self.binding)
+        entry.app = action.app
+        entry.decision = action.reason
         if isinstance(action, Endpoint):
-            call = make_call(event.method, info.host, info.target, info.headers, client.client_ip)
-            return EndpointCycle(client, self.login.endpoint(self.compiled, action, call), self.responses)
+            return EndpointCycle(client, self.login.endpoint(self.compiled, action, req), self.responses)
         if not isinstance(action, Forward):
             if isinstance(action, Redirect | Unauthorized) and action.binding:
                 self.binding = new_binding_value()  # one login, one binding
             return action.response
-        plan = self.forward_plan(
-            client,
-            event,
-            info,
-            action.upstream,
+        return ProxyCycle(client, req, self.forward_plan(req, action), self.upstreams)
+
+    def forward_plan(self, req: Request, action: Forward) -> ForwardPlan:
+        proxy = self.config.proxy
+        target = self.pool.target(action.upstream, proxy.ca_file or None, proxy.verify_tls)
+        headers = request_headers(
+            req,
+            self.forwarding,
+            target.host_header,
             add=action.add_headers,
             strip=action.strip_headers,
             strip_auth_cookie=action.strip_auth_cookie,
             rewrite_host=action.rewrite_host,
-            vary_origin=action.vary_origin,
-            expires=action.exp,
-        )
-        return ProxyCycle(client, event, plan, self.upstreams)
-
-    @property
-    def scheme_name(self) -> str:
-        return "https" if self.scheme == b"https" else "http"
-
-    def forward_plan(
-        self,
-        client: HttpProtocol,
-        event: h11.Request,
-        info: RequestInfo,
-        upstream: str,
-        add: Sequence[tuple[bytes, bytes]] = (),
-        strip: frozenset[bytes] = frozenset(),
-        strip_auth_cookie: bool = True,
-        rewrite_host: bool = False,
-        vary_origin: bool = False,
-        expires: float | None = None,
-    ) -> ForwardPlan:
-        proxy = self.config.proxy
-        target = self.pool.target(upstream, proxy.ca_file or None, proxy.verify_tls)
-        headers = info.headers
-        upgrade = _is_upgrade(headers)
-        te = info.chunked
-        cl = info.length is not None
-        ctx = RequestContext(
-            client_ip=client.client_ip,
-            scheme=self.scheme,
-            host=info.host,
-            upstream_host=target.host_header,
-            body="chunked" if te else "length" if cl else "none",
-            upgrade=upgrade,
-            trusted=self.trusted,
-        )
-        out = request_headers(
-            headers,
-            ctx,
-            add=add,
-            strip=strip,
-            strip_auth_cookie=strip_auth_cookie,
-            rewrite_host=rewrite_host,
-            keep_underscores=self.keep_underscores,
         )
         return ForwardPlan(
             target=target,
-            headers=out,
+            headers=headers,
             # Origin-form even when the client sent absolute-form; an upstream
             # URL's path (http://host/prefix) is put in front of it.
-            path=target.base_path + info.target if info.target[:1] == b"/" else info.target,
-            vary_origin=vary_origin,
-            upgrade=upgrade,
-            expires=expires,
+            path=target.base_path + req.target if req.target[:1] == b"/" else req.target,
+            vary_origin=action.vary_origin,
+            upgrade=req.upgrade,
+            expires=action.exp,
         )
 
-    def access(self, client: str, request: RequestInfo) -> None:
+    def access(self, client: str, entry: LogEntry) -> None:
         sink = self.access_log
         if sink is None:
             return
+        request = entry.request
         now = time.time()
         sink.write(
             AccessRecord(
@@ -392,14 +329,14 @@ class ServerState:
                 method=request.method.decode("latin-1"),
                 host=request.host.decode("latin-1"),
                 path=request.target.decode("latin-1"),
-                status=request.status,
-                bytes_in=request.bytes_in,
-                bytes_out=request.bytes_out,
+                status=entry.status,
+                bytes_in=entry.bytes_in,
+                bytes_out=entry.bytes_out,
                 duration_ms=round((now - request.started) * 1000, 3),
-                app=request.app,
-                decision=request.decision,
-                upstream_status=request.upstream_status,
-                upstream_ms=request.upstream_ms,
+                app=entry.app,
+                decision=entry.decision,
+                upstream_status=entry.upstream_status,
+                upstream_ms=entry.upstream_ms,
             )
         )
 

@@ -35,7 +35,6 @@ from edge.access.decide import (
     Preflight,
     Redirect,
     Reject,
-    Request,
     Unauthorized,
     decide,
     explain,
@@ -44,6 +43,7 @@ from edge.access.decide import (
     prefers_html,
 )
 from edge.access.headers import STRIP_HEADERS
+from edge.access.request import build
 from edge.access.responses import LocalResponse
 from edge.config.errors import ConfigError
 from edge.config.load import loads
@@ -353,7 +353,7 @@ def test_any_authorization_is_decided_never_an_exception(
     fields = [(b"authorization", value) for value in authorizations]
     if with_cookie:
         fields.append((b"cookie", b"CF_Authorization=" + GOOD))
-    action = decide(c, Request(b"GET", b"api.example.com", b"/", fields, "192.0.2.1"), NOW)
+    action = decide(c, build(b"GET", b"api.example.com", b"/", fields, "192.0.2.1"), NOW)
     assert isinstance(action, (Forward, Reject, Unauthorized, Redirect))
 
 
@@ -652,7 +652,7 @@ def test_only_service_policies_and_no_token_is_a_deny_not_a_login(c: Compiled) -
     ],
 )
 def test_login_url(template: str, host: bytes, target: bytes, expected: str) -> None:
-    req = Request(b"GET", host, target, [], "192.0.2.1", "https")
+    req = build(b"GET", host, target, [], "192.0.2.1", "https")
     assert login_url(template, "a/b", req) == expected
 
 
@@ -720,7 +720,7 @@ def test_dot_segments_cannot_escape_a_more_specific_app(c: Compiled) -> None:
 
 
 def test_asterisk_target_is_not_found(c: Compiled) -> None:
-    req = Request(b"OPTIONS", b"api.example.com", b"*", [], "192.0.2.1")
+    req = build(b"OPTIONS", b"api.example.com", b"*", [], "192.0.2.1")
     assert isinstance(decide(c, req, NOW), NotFound)
 
 

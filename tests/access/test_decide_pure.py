@@ -15,7 +15,8 @@ from access_fixtures import NOW, compiled, cookie, mint, request
 
 import edge.access
 from edge.access.compile import Compiled, CompiledApp
-from edge.access.decide import Action, Redirect, Request, Unauthorized, decide
+from edge.access.decide import Action, Redirect, Unauthorized, decide
+from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import BINDING_COOKIE
 from edge.login.passwords import hash_password

@@ -1,4 +1,4 @@
-"""The login flows as pure functions: a Context, the compiled config, a Call,
+"""The login flows as pure functions: a Context, the compiled config, the Request,
 the body and `now`, with a real MemoryStore and a real key directory; no
 sockets, no server. The end-to-end tests (test_login_e2e.py,
 test_login_oidc.py) drive the same code through a running edge.
@@ -18,14 +18,14 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from edge.access.compile import Compiled, compile_config
-from edge.access.decide import Endpoint, Request, decide
+from edge.access.decide import Endpoint, decide
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
+from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
 from edge.access.session import BINDING_COOKIE, CSRF_COOKIE, FLOW_COOKIE, HANDOFF_TTL, SealError
 from edge.config.load import loads
 from edge.config.schema import Config, DevProvider
 from edge.login import dev, handoff, logout, oidc_flow, signin
-from edge.login.call import Call, make_call
 from edge.login.context import Context, Target
 from edge.login.oidc import REFUSED, Claims, Flow, OidcError
 from edge.login.passwords import hash_password
@@ -103,16 +103,16 @@ class Site:
 
     def endpoint(
         self, method: str, url: str, headers: Sequence[tuple[str, str]] = ()
-    ) -> tuple[Endpoint, Call]:
+    ) -> tuple[Endpoint, Request]:
         """What decide() hands the login service for this request."""
         parts = urlsplit(url)
         target = (parts.path + ("?" + parts.query if parts.query else "")).encode()
         host = parts.netloc.encode()
         fields = [(b"host", host), *((k.lower().encode(), v.encode()) for k, v in headers)]
-        req = Request(method.encode(), host, target, fields, "127.0.0.1")
+        req = build(method.encode(), host, target, fields, "127.0.0.1")
         action = decide(self.c, req, NOW)
         assert isinstance(action, Endpoint), action
-        return action, make_call(req.method, req.host, req.target, req.headers, req.client_ip)
+        return action, req
 
     def target(self) -> Target:
         return Target(self.c.apps_by_aud["app-aud"], "app.localhost", APP_URL, BINDING)
@@ -217,37 +217,37 @@ def test_a_payload_of_another_shape_is_an_invalid_seal(site: Site, payload: dict
 
 
 def test_login_on_an_app_host_goes_to_the_team(site: Site) -> None:
-    action, call = site.endpoint(
+    action, req = site.endpoint(
         "GET", f"http://app.localhost/cdn-cgi/access/login/app.localhost?kid=app-aud&b={BINDING}"
     )
-    r = run(signin.login(site.ctx, site.c, action, call, b"", NOW))
+    r = run(signin.login(site.ctx, site.c, action, req, b"", NOW))
     assert location(r) == f"{TEAM_URL}/cdn-cgi/access/login/app.localhost?kid=app-aud&b={BINDING}"
 
 
 def test_a_link_to_another_site_is_refused(site: Site) -> None:
     url = f"http://auth.localhost/cdn-cgi/access/login/app.localhost?kid=app-aud&redirect_url={quote('https://evil.test/')}"
-    action, call = site.endpoint("GET", url)
-    r = run(signin.login(site.ctx, site.c, action, call, b"", NOW))
+    action, req = site.endpoint("GET", url)
+    r = run(signin.login(site.ctx, site.c, action, req, b"", NOW))
     assert r.status == 400 and b"another site" in r.body
 
 
 def login_form(
     site: Site, fields: dict[str, str], csrf_cookie: str = "c" * 32
-) -> tuple[Endpoint, Call, bytes]:
+) -> tuple[Endpoint, Request, bytes]:
     link = f"http://auth.localhost/cdn-cgi/access/login/app.localhost?kid=app-aud&redirect_url={quote(APP_URL)}&b={BINDING}"
     headers = [
         ("Content-Type", "application/x-www-form-urlencoded"),
         ("Cookie", f"{CSRF_COOKIE}={csrf_cookie}"),
     ]
-    action, call = site.endpoint("POST", link, headers)
+    action, req = site.endpoint("POST", link, headers)
     body = {"csrf": site.ctx.csrf_sealer.csrf_token(csrf_cookie), **fields}
-    return action, call, "&".join(f"{k}={quote(v)}" for k, v in body.items()).encode()
+    return action, req, "&".join(f"{k}={quote(v)}" for k, v in body.items()).encode()
 
 
 def test_a_form_without_its_csrf_token_is_refused(site: Site) -> None:
-    action, call, _ = login_form(site, {})
+    action, req, _ = login_form(site, {})
     body = f"provider=dev&email={quote(ALICE)}&password={quote(PASSWORD)}".encode()
-    r = run(signin.login(site.ctx, site.c, action, call, body, NOW))
+    r = run(signin.login(site.ctx, site.c, action, req, body, NOW))
     assert r.status == 403 and b"The form expired" in r.body
     assert "CF_Authorization" not in cookies(r)
 
@@ -256,8 +256,8 @@ def test_a_form_without_its_csrf_token_is_refused(site: Site) -> None:
 
 
 def test_dev_sign_in_sets_the_team_cookie_and_hands_off(site: Site) -> None:
-    action, call, body = login_form(site, {"provider": "dev", "email": ALICE, "password": PASSWORD})
-    r = run(signin.login(site.ctx, site.c, action, call, body, NOW))
+    action, req, body = login_form(site, {"provider": "dev", "email": ALICE, "password": PASSWORD})
+    r = run(signin.login(site.ctx, site.c, action, req, body, NOW))
     assert location(r).startswith("http://app.localhost:8080/cdn-cgi/access/authorized?code=")
     assert "CF_Authorization" in cookies(r)
     assert site.ctx.sealer is not None
@@ -277,12 +277,12 @@ def test_dev_sign_in_counts_failures_then_throttles(site: Site) -> None:
     provider = site.ctx.providers["dev"]
     assert isinstance(provider, DevProvider)
     for _ in range(dev.MAX_FAILURES):
-        _, call, _ = login_form(site, form)
-        r = run(dev.sign_in(site.ctx, site.c, provider, form, call, site.target(), NOW))
+        _, req, _ = login_form(site, form)
+        r = run(dev.sign_in(site.ctx, site.c, provider, form, req, site.target(), NOW))
         assert r.status == 401 and b"Wrong email or password." in r.body
     assert run(site.store.count("signin:127.0.0.1", dev.FAILURE_WINDOW)) == dev.MAX_FAILURES
     right = {**form, "password": PASSWORD}
-    r = run(dev.sign_in(site.ctx, site.c, provider, right, call, site.target(), NOW))
+    r = run(dev.sign_in(site.ctx, site.c, provider, right, req, site.target(), NOW))
     assert r.status == 429 and "CF_Authorization" not in cookies(r)
 
 
@@ -296,7 +296,7 @@ def issued_code(site: Site) -> str:
         site.c,
         new_person(ALICE, ["staff"], "dev"),
         site.target(),
-        make_call(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
+        build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
         NOW,
     )
     return parse_qs(urlsplit(location(r)).query)["code"][0]
@@ -306,8 +306,8 @@ def exchange(
     site: Site, code: str, method: str = "GET", binding: str | None = BINDING, host: str = "app.localhost"
 ) -> LocalResponse:
     headers = [] if binding is None else [("Cookie", f"{BINDING_COOKIE}={binding}")]
-    action, call = site.endpoint(method, f"http://{host}/cdn-cgi/access/authorized?code={code}", headers)
-    return run(handoff.authorized(site.ctx, site.c, action, call, b"", NOW))
+    action, req = site.endpoint(method, f"http://{host}/cdn-cgi/access/authorized?code={code}", headers)
+    return run(handoff.authorized(site.ctx, site.c, action, req, b"", NOW))
 
 
 def test_a_code_sets_the_app_cookie_once(site: Site) -> None:
@@ -333,12 +333,12 @@ def test_a_code_from_another_browser_starts_again(site: Site) -> None:
 
 def test_a_code_expires(site: Site) -> None:
     code = issued_code(site)
-    action, call = site.endpoint(
+    action, req = site.endpoint(
         "GET",
         f"http://app.localhost/cdn-cgi/access/authorized?code={code}",
         [("Cookie", f"{BINDING_COOKIE}={BINDING}")],
     )
-    r = run(handoff.authorized(site.ctx, site.c, action, call, b"", NOW + HANDOFF_TTL))
+    r = run(handoff.authorized(site.ctx, site.c, action, req, b"", NOW + HANDOFF_TTL))
     assert r.status == 400 and b"not valid or has expired" in r.body
 
 
@@ -348,7 +348,7 @@ def test_a_denied_user_gets_no_code(site: Site) -> None:
         site.c,
         new_person("eve@elsewhere.test", [], "dev"),
         site.target(),
-        make_call(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
+        build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
         NOW,
     )
     assert r.status == 403 and b"does not have access to app" in r.body
@@ -364,7 +364,7 @@ def team_cookie(site: Site) -> str:
         site.c,
         new_person(ALICE, ["staff"], "dev"),
         None,
-        make_call(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
+        build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
         NOW,
     )
     return cookie_value(cookies(r)["CF_Authorization"])
@@ -373,36 +373,36 @@ def team_cookie(site: Site) -> str:
 def test_a_cross_site_logout_asks_first(site: Site) -> None:
     token = team_cookie(site)
     headers = [("Cookie", f"CF_Authorization={token}"), ("Sec-Fetch-Site", "cross-site")]
-    action, call = site.endpoint("GET", "http://auth.localhost/cdn-cgi/access/logout", headers)
-    r = run(logout.logout(site.ctx, site.c, action, call, b"", NOW))
+    action, req = site.endpoint("GET", "http://auth.localhost/cdn-cgi/access/logout", headers)
+    r = run(logout.logout(site.ctx, site.c, action, req, b"", NOW))
     assert r.status == 200 and b"Sign out?" in r.body and "CF_Authorization" not in cookies(r)
     assert not site.store.revocations  # nothing revoked
-    post, call = site.endpoint(
+    post, req = site.endpoint(
         "POST",
         "http://auth.localhost/cdn-cgi/access/logout",
         [*headers, ("Content-Type", "application/x-www-form-urlencoded")],
     )
-    refused = run(logout.logout(site.ctx, site.c, post, call, b"csrf=forged", NOW))
+    refused = run(logout.logout(site.ctx, site.c, post, req, b"csrf=forged", NOW))
     assert refused.status == 403 and b"This sign-out form expired" in refused.body
     assert not site.store.revocations
 
 
 def test_a_logout_revokes_the_session(site: Site) -> None:
     token = team_cookie(site)
-    action, call = site.endpoint(
+    action, req = site.endpoint(
         "GET",
         "http://auth.localhost/cdn-cgi/access/logout",
         [("Cookie", f"CF_Authorization={token}"), ("Sec-Fetch-Site", "same-origin")],
     )
-    r = run(logout.logout(site.ctx, site.c, action, call, b"", NOW))
+    r = run(logout.logout(site.ctx, site.c, action, req, b"", NOW))
     assert r.status == 200 and b"You are signed out." in r.body
     assert cookies(r)["CF_Authorization"].startswith("CF_Authorization=; Path=/; Max-Age=0")
     assert len(site.store.revocations) == 1
 
 
 def test_an_app_logout_ends_the_team_session_too(site: Site) -> None:
-    action, call = site.endpoint("GET", "http://app.localhost/cdn-cgi/access/logout")
-    r = run(logout.logout(site.ctx, site.c, action, call, b"", NOW))
+    action, req = site.endpoint("GET", "http://app.localhost/cdn-cgi/access/logout")
+    r = run(logout.logout(site.ctx, site.c, action, req, b"", NOW))
     assert location(r) == f"{TEAM_URL}/cdn-cgi/access/logout"
 
 
@@ -463,8 +463,8 @@ def test_oidc_begin_drops_a_long_query_to_fit_the_cookie(site: Site) -> None:
 
 def callback(ctx: Context, site: Site, flow_cookie: str | None, query: str) -> LocalResponse:
     headers = [] if flow_cookie is None else [("Cookie", f"{FLOW_COOKIE}={flow_cookie}")]
-    action, call = site.endpoint("GET", f"http://auth.localhost/cdn-cgi/access/callback?{query}", headers)
-    return run(oidc_flow.callback(ctx, site.c, action, call, b"", NOW))
+    action, req = site.endpoint("GET", f"http://auth.localhost/cdn-cgi/access/callback?{query}", headers)
+    return run(oidc_flow.callback(ctx, site.c, action, req, b"", NOW))
 
 
 def test_oidc_callback_signs_in_and_hands_off(site: Site) -> None:

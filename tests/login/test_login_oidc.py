@@ -399,7 +399,8 @@ def failed(reply: Reply, status: int, words: str) -> None:
 def test_tampered_state_is_refused(site: Site) -> None:
     browser = site.browser()
     callback = at_provider(browser, to_provider(browser, site.url("app.localhost")))
-    r = browser.get(with_query(callback, state="x" + query_of(callback)["state"][1:]))
+    state = query_of(callback)["state"]
+    r = browser.get(with_query(callback, state=("y" if state[0] == "x" else "x") + state[1:]))
     failed(r, 400, "did not start in this browser")
     assert_no_session(browser)
     assert_flow_cleared(browser)

@@ -19,13 +19,14 @@ from access_fixtures import ISS, NOW, default_jwks, mint
 from redis_fixture import RedisServer, redis_server  # noqa: F401
 
 from edge.access.compile import Compiled, compile_config
-from edge.access.decide import REVOKED, Endpoint, Request, decide, verify_token
+from edge.access.decide import REVOKED, Endpoint, decide, verify_token
 from edge.access.endpoints import EndpointKind
+from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
 from edge.access.tokens import Identity, Refusal
 from edge.config.load import loads
 from edge.config.schema import Config
-from edge.login.service import LoginService, make_call
+from edge.login.service import LoginService
 from edge.login.store import MemoryStore, RedisStore, Store
 
 DAY = 86400.0
@@ -70,15 +71,14 @@ def request(
     headers = [(b"host", APP_HOST.encode()), *extra]
     if token:
         headers.append((b"cookie", b"CF_Authorization=" + token))
-    return Request(b"GET", APP_HOST.encode(), target.encode(), headers, "127.0.0.1")
+    return build(b"GET", APP_HOST.encode(), target.encode(), headers, "127.0.0.1")
 
 
 async def logout(service: LoginService, c: Compiled, token: bytes, now: float) -> LocalResponse:
     req = request(token=token)
     action = decide(c, req, now)
     assert isinstance(action, Endpoint) and action.kind is EndpointKind.LOGOUT
-    call = make_call(req.method, req.host, req.target, req.headers, req.client_ip)
-    return await service.handle(c, action, call, b"", now)
+    return await service.handle(c, action, req, b"", now)
 
 
 def accepted(c: Compiled, token: bytes, now: float) -> bool:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import ipaddress
 
 import h11
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.access.headers import STRIP_HEADERS, TrustedProxies
+from edge.access.request import build
 from edge.proxy.forwarding import (
-    RequestContext,
+    ForwardContext,
     hop_by_hop,
     is_hop,
     merge_vary,
@@ -22,27 +24,31 @@ from edge.proxy.forwarding import (
 
 H = list[tuple[bytes, bytes]]
 XFF = [(b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-proto", b"http"), (b"x-forwarded-host", b"app")]
+NOBODY = TrustedProxies()
 TRUSTED = TrustedProxies((ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")))
 
 
-def ctx(**kw: object) -> RequestContext:
-    base: dict[str, object] = {
-        "client_ip": "203.0.113.7",
-        "scheme": b"http",
-        "host": b"app",
-        "upstream_host": b"127.0.0.1:9000",
-        "body": "none",
-    }
-    base.update(kw)
-    return RequestContext(**base)  # type: ignore[arg-type]
-
-
-def fwd(headers: H, **kw: object) -> H:
-    """request_headers with a default context; `kw` splits between the two."""
-    ctx_keys = {"client_ip", "scheme", "host", "upstream_host", "body", "upgrade", "trusted"}
-    c = ctx(**{k: v for k, v in kw.items() if k in ctx_keys})
-    rest = {k: v for k, v in kw.items() if k not in ctx_keys}
-    return request_headers(headers, c, **rest)  # type: ignore[arg-type]
+def fwd(
+    headers: H,
+    *,
+    client_ip: str = "203.0.113.7",
+    scheme: bytes = b"http",
+    host: bytes = b"app",
+    upstream_host: bytes = b"127.0.0.1:9000",
+    body: str = "none",
+    upgrade: bool = False,
+    trusted: TrustedProxies = NOBODY,
+    keep_underscores: bool = False,
+    **kw: object,
+) -> H:
+    """request_headers for a request with these fields; the framing and
+    the upgrade are given (the connection derives them), not read from them."""
+    req = build(b"GET", host, b"/", headers, client_ip)
+    req = msgspec.structs.replace(
+        req, length=req.length if body == "length" else None, chunked=body == "chunked", upgrade=upgrade
+    )
+    ctx = ForwardContext(scheme, trusted, keep_underscores)
+    return request_headers(req, ctx, upstream_host, **kw)  # type: ignore[arg-type]
 
 
 def names(headers: H) -> list[bytes]:

@@ -16,7 +16,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from edge.access.compile import Compiled, compile_config
-from edge.access.decide import Request
+from edge.access.request import Request, build
 from edge.config.load import loads
 
 ISS = "https://auth.example.com"
@@ -148,9 +148,7 @@ def request(
     host, slash, target = rest.partition("/")
     items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     fields = [(b"host", host.encode())] + [(k.lower().encode(), v.encode()) for k, v in items]
-    return Request(
-        method.encode(), host.encode(), (slash + target).encode() or b"/", fields, client_ip, scheme
-    )
+    return build(method.encode(), host.encode(), (slash + target).encode() or b"/", fields, client_ip, scheme)
 
 
 def cookie(token: bytes) -> dict[str, str]:
