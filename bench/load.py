@@ -440,7 +440,7 @@ def raw_table(rows: Sequence[Row]) -> str:
 
 def versions() -> str:
     parts = [f"Python {platform.python_version()}"]
-    for dist in ("h11", "uvloop", "uvicorn", "msgspec"):
+    for dist in ("h11", "uvloop", "uvicorn", "httptools", "msgspec"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             parts.append(f"{dist} {metadata.version(dist)}")
     done = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False, timeout=10)

@@ -1,7 +1,7 @@
 """The same preflight logic as edge's benchmark app, as an ASGI app (for
-uvicorn in h11 mode): detect a preflight, check the origin against a set,
-answer 200 with the configured Access-Control-* lists or 403; the headers
-are built per request, as a typical middleware does.
+uvicorn, with h11 or with httptools): detect a preflight, check the origin
+against a set, answer 200 with the configured Access-Control-* lists or 403;
+the headers are built per request, as a typical middleware does.
 """
 
 from __future__ import annotations
