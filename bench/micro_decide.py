@@ -33,6 +33,10 @@ from typing import Any
 
 import msgspec
 
+# The checkout this script belongs to, not whichever edge the interpreter has
+# installed: the other benchmarks start `python -m edge` from it too.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from edge.access.compile import Compiled, compile_config
 from edge.access.decide import Forward, Preflight, decide
 from edge.access.request import Request, build
