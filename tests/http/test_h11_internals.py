@@ -199,7 +199,9 @@ def fast_conn(data: bytes) -> tuple[h11.Connection, FastRequest | None]:
 
 def assert_agrees_with_h11(data: bytes) -> FastRequest | None:
     """If fast_request takes `data`, h11 parses the same event from it and
-    ends in the same state."""
+    ends in the same state, and the fields fast_request collected are what
+    scan_fields collects from h11's event (the connection reads one or the
+    other, depending on which parser took the head)."""
     ours, parsed = fast_conn(data)
     theirs, event, used = h11_request(data)
     if parsed is None:
@@ -210,6 +212,12 @@ def assert_agrees_with_h11(data: bytes) -> FastRequest | None:
     assert mine.headers._full_items == event.headers._full_items
     assert parsed.end == used
     assert snapshot(ours) == snapshot(theirs)
+    pairs: list[tuple[bytes, bytes]] = []
+    index: dict[bytes, list[bytes]] = {}
+    size = scan_fields(event, pairs, index)
+    assert (parsed.method, parsed.target) == (event.method, event.target)
+    assert (parsed.headers, parsed.index, parsed.size) == (pairs, index, size)
+    assert list(parsed.index) == list(index)
     return parsed
 
 
