@@ -61,18 +61,6 @@ class ForwardPlan(msgspec.Struct, frozen=True, gc=False):
     reason: str = ""
 
 
-def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool]:
-    """(whether a body follows, whether it is chunked) for a forwarded head,
-    whose framing forwarding.request_headers re-declared: one content-length
-    or transfer-encoding, or neither."""
-    for name, value in headers:
-        if name == b"transfer-encoding":
-            return True, True
-        if name == b"content-length":
-            return value != b"0", False
-    return False, False
-
-
 class Upstreams:
     """What every proxy cycle of a worker shares, under one configuration:
     built once per (re)load, so a cycle keeps the settings it started with."""
@@ -157,10 +145,13 @@ class ProxyCycle:
             self.upstream_lost(lost)
             return
         plan = self.plan
-        has_body, chunked = _body_framing(plan.headers)
-        conn.send_request(
-            self.request.method, plan.path or self.request.target, plan.headers, chunked, plan.upgrade
-        )
+        request = self.request
+        # The forwarded head re-declares the request's own framing
+        # (forwarding.request_headers), so the Request says it without a
+        # walk over the forwarded fields.
+        chunked = request.chunked
+        has_body = chunked or bool(request.length)
+        conn.send_request(request.method, plan.path or request.target, plan.headers, chunked, plan.upgrade)
         # A request without a body is complete upstream with its head: the
         # upstream may answer before the client's end-of-message is parsed
         # here (parsing resumes only after `hold(False)`), and the exchange
