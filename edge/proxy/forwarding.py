@@ -105,6 +105,11 @@ def reads_as_edge_owned(name: bytes) -> bool:
 
 def strip_cookie(value: bytes, name: bytes = AUTH_COOKIE_BYTES) -> bytes:
     """Remove every `name=...` pair from a Cookie header value."""
+    if b";" not in value:
+        # One pair (a browser or client sending only the edge's cookie): what
+        # the general case below gives for it, without its two loops.
+        pair = value.strip()
+        return b"" if not pair or pair.partition(b"=")[0].strip() == name else pair
     kept = [p for p in (x.strip() for x in value.split(b";")) if p and p.partition(b"=")[0].strip() != name]
     return b"; ".join(kept)
 

@@ -606,3 +606,15 @@ def test_scan_fields_reads_what_the_public_headers_say(data: bytes) -> None:
     assert index == {n: [v for k, v in event.headers if k == n] for n, _ in event.headers}
     assert list(index) == list(dict.fromkeys(n for n, _ in event.headers))
     assert 0 < size <= len(data)
+
+
+@pytest.mark.parametrize("name, data", [c for c in FAST_TAKES if isinstance(c, tuple)])
+def test_fast_request_takes_no_head_before_it_is_whole(name: str, data: bytes) -> None:
+    """fast_request finds the head's end by its one match: every cut before
+    that end is left to h11 (as the find() it replaced left it)."""
+    end = data.index(b"\r\n\r\n") + 4
+    for cut in range(end):
+        assert fast_request(data[:cut]) is None, cut
+    parsed = fast_request(data[:end])
+    assert parsed is not None
+    assert parsed.end == end

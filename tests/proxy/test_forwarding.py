@@ -567,3 +567,22 @@ def test_forwarded_framing_is_the_requests(body: str, given: H) -> None:
     req = build(b"POST", b"app", b"/", fields, "203.0.113.7")
     out = request_headers(req, ForwardContext(b"http"), b"u")
     assert declared_framing(out) == (req.chunked or bool(req.length), req.chunked)
+
+
+def reference_strip_cookie(value: bytes, name: bytes) -> bytes:
+    """strip_cookie's general path (the one-pair shortcut must equal it)."""
+    kept = [p for p in (x.strip() for x in value.split(b";")) if p and p.partition(b"=")[0].strip() != name]
+    return b"; ".join(kept)
+
+
+COOKIE_PARTS = st.sampled_from(
+    [b"", b" ", b"CF_Authorization=t", b" CF_Authorization = t ", b"a=1", b"CF_Authorization",
+     b"=x", b"CF_Authorizationx=1", b"\tb=2\t", b";"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(COOKIE_PARTS, max_size=4))
+def test_strip_cookie_equals_the_general_path(parts: list[bytes]) -> None:
+    value = b"".join(parts)
+    assert strip_cookie(value) == reference_strip_cookie(value, b"CF_Authorization")
