@@ -365,6 +365,9 @@ def run(case: Case, mode: str) -> tuple[list[Event], ResponseParser]:
     return events, parser
 
 
+# "whole" takes ResponseParser._head's one-match shortcut, "bytes" and "lines"
+# its find path (the head comes incomplete first): the same expectations
+# hold both paths to the same events and errors.
 MODES = ["whole", "bytes", "lines"]
 
 
