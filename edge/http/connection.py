@@ -40,7 +40,7 @@ from edge.access.request import Index, Request, is_upgrade
 from edge.access.responses import LocalResponse, Responses
 from edge.config.schema import Server
 from edge.http import flow
-from edge.http.cycle import Cycle
+from edge.http.cycle import END, Cycle
 from edge.http.faults import FaultLog
 from edge.http.flow import ReadGate
 from edge.http.h11_internals import (
@@ -719,6 +719,11 @@ class HttpProtocol(asyncio.Protocol):
             self.send(_CONTINUE)
 
     def send(self, event: h11.Event | ResponseHead) -> None:
+        if event is END:
+            last = commit_end(self.conn)
+            if last:
+                self._write(last)
+            return
         if isinstance(event, ResponseHead):
             # A proxied head: framed by hand, h11's state advanced to match.
             if self.entry is not None:

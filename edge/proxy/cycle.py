@@ -32,7 +32,7 @@ import msgspec
 from edge.access.request import Request
 from edge.config.schema import Proxy
 from edge.http import flow
-from edge.http.cycle import Client
+from edge.http.cycle import END, Client
 from edge.http.faults import FaultLog
 from edge.http.message import ResponseHead
 from edge.proxy.forwarding import response_headers
@@ -41,7 +41,6 @@ from edge.proxy.upstream import Pool, Target, UpstreamConnection, UpstreamError
 log = logging.getLogger("edge.proxy")
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_EOM = h11.EndOfMessage()
 
 
 class ForwardPlan(msgspec.Struct, frozen=True, gc=False):
@@ -222,7 +221,7 @@ class ProxyCycle:
         self.finished = True
         up = self.up
         self.up = None
-        self.client.send(_EOM)
+        self.client.send(END)
         if up is not None:
             up.exchange = None
             if up.request_sent:

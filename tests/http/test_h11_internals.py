@@ -618,3 +618,18 @@ def test_fast_request_takes_no_head_before_it_is_whole(name: str, data: bytes) -
     parsed = fast_request(data[:end])
     assert parsed is not None
     assert parsed.end == end
+
+
+def test_the_shared_end_is_an_end_without_trailers() -> None:
+    """The connection sends edge.http.cycle.END by identity straight to
+    commit_end: it must be what its general path sends there too (an
+    EndOfMessage without trailer fields), and end a response as h11 would."""
+    from edge.http.cycle import END
+
+    assert type(END) is h11.EndOfMessage and not END.headers
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request)
+    conn.send(h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")]))
+    assert commit_end(conn) == b"0\r\n\r\n"
+    assert conn.our_state is h11.DONE
