@@ -40,7 +40,7 @@ from edge.access.request import Index, Request, is_upgrade
 from edge.access.responses import LocalResponse, Responses
 from edge.config.schema import Server
 from edge.http import flow
-from edge.http.cycle import Cycle
+from edge.http.cycle import END, Cycle
 from edge.http.faults import FaultLog
 from edge.http.flow import ReadGate
 from edge.http.h11_internals import (
@@ -368,7 +368,7 @@ class HttpProtocol(asyncio.Protocol):
         commit_request(conn, request)
         if rest:
             conn.receive_data(rest)
-        self._on_request(request.event)
+        self._on_head(request.method, request.target, b"1.1", request.headers, request.index, request.size)
         # A request without a body ends with its head: what the next turn of
         # _next_events would find.
         if self.closing or self.write_paused or self.held or not commit_request_end(conn):
@@ -473,12 +473,23 @@ class HttpProtocol(asyncio.Protocol):
         return 0
 
     def _on_request(self, event: h11.Request) -> None:
+        """A head h11 parsed: its fields scanned and indexed as fast_request does."""
+        headers: Headers = []
+        index: Index = {}
+        size = scan_fields(event, headers, index)
+        self._on_head(event.method, event.target, event.http_version, headers, index, size)
+
+    def _on_head(
+        self, method: bytes, target: bytes, version: bytes, headers: Headers, index: Index, size: int
+    ) -> None:
+        """A complete request head, from either parser (`headers` and
+        `index` as scan_fields collects them, `size` as it measures)."""
         self.since_head = 0
         self.scanned = 0
         started = time.time()
-        request = self._validate(event, started)
+        request = self._validate(method, target, version, headers, index, size, started)
         if isinstance(request, int):
-            self.entry = LogEntry(_unparsed(event.method, event.target, self.client_ip, self.scheme, started))
+            self.entry = LogEntry(_unparsed(method, target, self.client_ip, self.scheme, started))
             self._send_error(request)
             return
         self.entry = entry = LogEntry(request)
@@ -504,25 +515,27 @@ class HttpProtocol(asyncio.Protocol):
             close = expects or length is None or length > DRAIN_LIMIT
         self._respond(action, close, request.method == b"HEAD")
 
-    def _validate(self, event: h11.Request, started: float) -> Request | int:
-        """Strictness on top of h11: the Request, or an error status. The
-        one pass over the fields (scan_fields) also indexes them."""
-        version = event.http_version
+    def _validate(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: Headers,
+        index: Index,
+        size: int,
+        started: float,
+    ) -> Request | int:
+        """Strictness on top of h11: the Request, or an error status."""
         if version not in _VERSIONS:
             return 505
         # Methods are case-sensitive tokens (RFC 9110 9.1): "connect" or
         # "get" is a method of its own, forwarded as written.
-        method = event.method
         if method == b"CONNECT":
             return 405  # no tunnels, whatever the target's form
-        headers: Headers = []
-        index: Index = {}
-        size = scan_fields(event, headers, index)
         te = b"transfer-encoding" in index
         cl = index.get(b"content-length")
         if te and (cl or version == b"1.0"):
             return 400  # request smuggling vectors (RFC 9112 6.1, 6.3)
-        target = event.target
         if len(target) > self.limits.max_target_bytes:
             return 414
         if b"#" in target:
@@ -706,6 +719,11 @@ class HttpProtocol(asyncio.Protocol):
             self.send(_CONTINUE)
 
     def send(self, event: h11.Event | ResponseHead) -> None:
+        if event is END:
+            last = commit_end(self.conn)
+            if last:
+                self._write(last)
+            return
         if isinstance(event, ResponseHead):
             # A proxied head: framed by hand, h11's state advanced to match.
             if self.entry is not None:

@@ -18,6 +18,12 @@ from edge.access.responses import LocalResponse
 from edge.http.flow import ReadGate
 from edge.http.message import ResponseHead
 
+# The end of a response without trailers: the event a cycle sends for it.
+# One shared object (h11 events are never changed), so the connection tells
+# it apart by identity, without asking h11's Headers whether it is empty (a
+# Python-level __bool__ on every proxied response).
+END = h11.EndOfMessage()
+
 
 class Cycle(Protocol):
     """What the connection tells the cycle of its current request.

@@ -50,9 +50,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import NamedTuple, cast
+from typing import cast
 
 import h11
+import msgspec
 from h11._headers import Headers as Headers_
 from h11._readers import ChunkedReader, ContentLengthReader, expect_nothing, maybe_read_from_IDLE_client
 from h11._receivebuffer import ReceiveBuffer
@@ -82,11 +83,35 @@ _REQUEST_HEAD_RE = re.compile(
 )
 
 
-class FastRequest(NamedTuple):
-    event: h11.Request
+class FastRequest(msgspec.Struct, frozen=True, gc=False):
+    """A request head parsed by fast_request: its parts as the connection
+    reads them (what scan_fields would collect from h11's event), so the
+    common case builds no h11 event at all. A Struct: one per request, built
+    in C (a NamedTuple cost 0.3 us, the event 0.8 us more). No gc: it holds
+    only bytes and containers of bytes."""
+
+    method: bytes
+    target: bytes
+    items: list[tuple[bytes, bytes, bytes]]  # (raw name, lower-cased name, value): h11's _full_items
+    headers: Headers  # (lower-cased name, value), as scan_fields collects them
+    index: Index  # the same by name, as scan_fields indexes them
+    size: int  # of the head, as scan_fields measures it
     end: int  # where the head ends in the bytes it was parsed from
     length: int  # of the body: 0 without a Content-Length
     plain: bool  # no Connection, Upgrade or Expect field: commit_request's fast case
+
+    @property
+    def event(self) -> h11.Request:
+        """The event h11's parser would return for these bytes, built
+        without Request.__init__, whose checks (method and target
+        characters, Host count, header normalisation) fast_request has
+        already made. Only the non-plain commit needs it."""
+        event = object.__new__(h11.Request)
+        object.__setattr__(event, "method", self.method)
+        object.__setattr__(event, "target", self.target)
+        object.__setattr__(event, "http_version", b"1.1")
+        object.__setattr__(event, "headers", Headers_(self.items))
+        return event
 
 
 def fast_request(data: bytes) -> FastRequest | None:
@@ -96,17 +121,21 @@ def fast_request(data: bytes) -> FastRequest | None:
     (Transfer-Encoding, several or listed Content-Lengths), or has not
     exactly one Host: h11 then parses it, refusing what it must.
 
-    The event is built without Request.__init__, whose checks (method and
-    target characters, Host count, header normalisation) the match and the
-    loop below have already made."""
-    end = data.find(b"\r\n\r\n") + 4
-    if end < 4:
-        return None
-    match = _REQUEST_HEAD_RE.fullmatch(data, 0, end)
+    The one loop over the field lines also does scan_fields' work (pairs,
+    index, size): tests/http/test_h11_internals.py checks both agree."""
+    # One match, no find() for the head's end first: no line of the pattern
+    # is empty, so a match ends at the first empty line, and the match fails
+    # wherever the find-and-fullmatch it replaced failed (an incomplete head
+    # included). 0.5 us less for a head with a token cookie.
+    match = _REQUEST_HEAD_RE.match(data)
     if match is None:
         return None
+    end = match.end()
     method, target, block = match.groups()
     items: list[tuple[bytes, bytes, bytes]] = []
+    pairs: Headers = []
+    index: Index = {}
+    size = len(method) + len(target) + 13  # as scan_fields counts
     hosts = 0
     length: bytes | None = None
     plain = True
@@ -127,14 +156,19 @@ def fast_request(data: bytes) -> FastRequest | None:
                 else:
                     plain = False
             items.append((raw, name, value))
+            pairs.append((name, value))
+            size += len(raw) + len(value) + 4
+            values = index.get(name)
+            if values is None:
+                index[name] = [value]
+            else:
+                values.append(value)
     if hosts != 1:
         return None
-    event = object.__new__(h11.Request)
-    object.__setattr__(event, "method", method)
-    object.__setattr__(event, "target", target)
-    object.__setattr__(event, "http_version", b"1.1")
-    object.__setattr__(event, "headers", Headers_(items))
-    return FastRequest(event, end, int(length) if length is not None else 0, plain and method != b"CONNECT")
+    return FastRequest(
+        method, target, items, pairs, index, size, end,
+        int(length) if length is not None else 0, plain and method != b"CONNECT",
+    )  # fmt: skip
 
 
 # Fields that frame a request or change what h11's state machine does with it.
@@ -147,6 +181,7 @@ _REQUEST_SPECIAL = frozenset(
 
 _CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
 _CLOSE_LINE = b"Connection: close\r\n"
+_FIELD_SEP = b": "
 _NO_BODY_STATUS = (204, 304)
 # Stand-in Responses by framing. h11 events are never mutated, so one object
 # serves every response framed alike; Content-Length values make the key
@@ -177,8 +212,8 @@ def commit_request(conn: h11.Connection, request: FastRequest) -> None:
     if request.plain and _steady(conn) and states[h11.CLIENT] is h11.IDLE and states[h11.SERVER] is h11.IDLE:
         states[h11.CLIENT] = h11.SEND_BODY
         states[h11.SERVER] = h11.SEND_RESPONSE
-        conn._request_method = request.event.method
-        conn.their_http_version = request.event.http_version
+        conn._request_method = request.method
+        conn.their_http_version = b"1.1"
         conn._reader = ContentLengthReader(request.length)
         conn._writer = write_any_response
     else:
@@ -284,10 +319,19 @@ def commit_head(conn: h11.Connection, head: ResponseHead, close: bool) -> bytes:
             conn._writer = ContentLengthWriter(int(length or b"0"))
     else:
         conn._process_event(h11.SERVER, _stand_in(status, length, chunked, close))
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, head.reason)]
-    lines += [b"%s: %s\r\n" % field for field in head.headers]
-    lines.append((_CHUNKED_LINE if chunked else b"") + (_CLOSE_LINE if close else b"") + CRLF)
-    return b"".join(lines)
+    # The field lines joined in C (map over b": ".join): a %-format per
+    # field cost 0.8 us for nine fields, this 0.55 us.
+    fields = head.headers
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, head.reason),
+            b"\r\n".join(map(_FIELD_SEP.join, fields)),
+            CRLF if fields else b"",
+            _CHUNKED_LINE if chunked else b"",
+            _CLOSE_LINE if close else b"",
+            CRLF,
+        )
+    )
 
 
 def _stand_in(status: int, length: bytes | None, chunked: bool, close: bool) -> h11.Response:

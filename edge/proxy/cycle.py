@@ -32,7 +32,7 @@ import msgspec
 from edge.access.request import Request
 from edge.config.schema import Proxy
 from edge.http import flow
-from edge.http.cycle import Client
+from edge.http.cycle import END, Client
 from edge.http.faults import FaultLog
 from edge.http.message import ResponseHead
 from edge.proxy.forwarding import response_headers
@@ -41,7 +41,6 @@ from edge.proxy.upstream import Pool, Target, UpstreamConnection, UpstreamError
 log = logging.getLogger("edge.proxy")
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_EOM = h11.EndOfMessage()
 
 
 class ForwardPlan(msgspec.Struct, frozen=True, gc=False):
@@ -59,18 +58,6 @@ class ForwardPlan(msgspec.Struct, frozen=True, gc=False):
     expires: float | None = None  # epoch seconds: the authorising token's exp (tunnels)
     app: str | None = None
     reason: str = ""
-
-
-def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool]:
-    """(whether a body follows, whether it is chunked) for a forwarded head,
-    whose framing forwarding.request_headers re-declared: one content-length
-    or transfer-encoding, or neither."""
-    for name, value in headers:
-        if name == b"transfer-encoding":
-            return True, True
-        if name == b"content-length":
-            return value != b"0", False
-    return False, False
 
 
 class Upstreams:
@@ -157,10 +144,13 @@ class ProxyCycle:
             self.upstream_lost(lost)
             return
         plan = self.plan
-        has_body, chunked = _body_framing(plan.headers)
-        conn.send_request(
-            self.request.method, plan.path or self.request.target, plan.headers, chunked, plan.upgrade
-        )
+        request = self.request
+        # The forwarded head re-declares the request's own framing
+        # (forwarding.request_headers), so the Request says it without a
+        # walk over the forwarded fields.
+        chunked = request.chunked
+        has_body = chunked or bool(request.length)
+        conn.send_request(request.method, plan.path or request.target, plan.headers, chunked, plan.upgrade)
         # A request without a body is complete upstream with its head: the
         # upstream may answer before the client's end-of-message is parsed
         # here (parsing resumes only after `hold(False)`), and the exchange
@@ -231,7 +221,7 @@ class ProxyCycle:
         self.finished = True
         up = self.up
         self.up = None
-        self.client.send(_EOM)
+        self.client.send(END)
         if up is not None:
             up.exchange = None
             if up.request_sent:

@@ -105,6 +105,11 @@ def reads_as_edge_owned(name: bytes) -> bool:
 
 def strip_cookie(value: bytes, name: bytes = AUTH_COOKIE_BYTES) -> bytes:
     """Remove every `name=...` pair from a Cookie header value."""
+    if b";" not in value:
+        # One pair (a browser or client sending only the edge's cookie): what
+        # the general case below gives for it, without its two loops.
+        pair = value.strip()
+        return b"" if not pair or pair.partition(b"=")[0].strip() == name else pair
     kept = [p for p in (x.strip() for x in value.split(b";")) if p and p.partition(b"=")[0].strip() != name]
     return b"; ".join(kept)
 
@@ -219,8 +224,40 @@ def response_headers(
     switching: bool = False,
 ) -> Headers:
     """The head sent to the client: hop-by-hop removed (the edge re-frames
-    the body), `Origin` merged into Vary when the app has CORS settings."""
-    drop = hop_by_hop(headers, keep_upgrade=switching)
+    the body), `Origin` merged into Vary when the app has CORS settings.
+
+    One pass with the usual drop set (HOP_BY_HOP), collecting Connection's
+    values on the way; only when they name other fields (rare: nearly every
+    upstream says "keep-alive") is the head filtered again with the full
+    set. A separate pass to find Connection first cost every response a
+    walk over its fields (bench/proxy.py GET); tests/proxy/test_forwarding.py
+    checks the one pass against the two-pass reference."""
+    if switching:
+        return _response_headers(headers, hop_by_hop(headers, keep_upgrade=True), vary_origin, True)
+    out: Headers = []
+    vary: list[bytes] = []
+    connection: list[bytes] = []
+    chunked = False
+    for field in headers:
+        name = field[0]
+        if name in HOP_BY_HOP or name[:6] == b"proxy-":  # is_hop
+            if name == b"connection":
+                connection.append(field[1])
+            chunked = chunked or name == b"transfer-encoding"
+            continue
+        if name == b"vary" and vary_origin:
+            vary.append(field[1])
+            continue
+        out.append(field)
+    if connection and connection_hops(connection, False) is not HOP_BY_HOP:
+        return _response_headers(headers, connection_hops(connection, False), vary_origin, False)
+    return _finish_response(out, vary, chunked, vary_origin, False)
+
+
+def _response_headers(
+    headers: Sequence[Header], drop: frozenset[bytes], vary_origin: bool, switching: bool
+) -> Headers:
+    """response_headers with the drop set known (the general case)."""
     out: Headers = []
     vary: list[bytes] = []
     chunked = False
@@ -232,6 +269,12 @@ def response_headers(
             vary.append(value)
             continue
         out.append((name, value))
+    return _finish_response(out, vary, chunked, vary_origin, switching)
+
+
+def _finish_response(
+    out: Headers, vary: list[bytes], chunked: bool, vary_origin: bool, switching: bool
+) -> Headers:
     if chunked:
         # RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and an
         # intermediary must remove the latter before forwarding; the edge

@@ -184,40 +184,42 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     # -- the response
 
     def _pump(self, exchange: Exchange) -> None:
-        """Hand the parser's events to the exchange; its writes to the client
-        made meanwhile go out as one."""
+        """Hand the parser's events to the exchange, in order, until it needs
+        more bytes, fails, or the exchange lets go of this connection; its
+        writes to the client made meanwhile go out as one. One loop, not a
+        call per event: three events make a small response."""
         exchange.upstream_batch(True)
         try:
-            while self.exchange is exchange and self._next(exchange):
-                pass
+            while self.exchange is exchange:
+                try:
+                    # Read each time: an exchange that ends here may start
+                    # the next request on this connection, with a new parser.
+                    event = self.parser.next_event()
+                except ProtocolError as exc:
+                    self._invalid(exchange, exc)
+                    return
+                if event is None:
+                    return
+                if type(event) is bytes:
+                    exchange.upstream_data(event)
+                elif event is END:
+                    exchange.upstream_end()
+                elif type(event) is ResponseHead:
+                    if event.status >= 200:
+                        exchange.upstream_head(event)
+                    elif event.status == 101:
+                        exchange.upstream_switch(event)
+                    # Other 1xx (100, 103) are consumed: the edge answers
+                    # 100-continue itself, and early hints are not relayed.
         finally:
             exchange.upstream_batch(False)
 
-    def _next(self, exchange: Exchange) -> bool:
-        """Deliver one event; False when the parser needs more bytes or failed."""
-        try:
-            event = self.parser.next_event()
-        except ProtocolError as exc:
-            self.exchange = None
-            self.abort()
-            # A response cut short by the upstream's close is not a garbled one.
-            kind = "closed" if self.at_eof else "invalid response"
-            exchange.upstream_lost(UpstreamError(502, f"upstream sent an invalid response: {exc}", kind))
-            return False
-        if event is None:
-            return False
-        if type(event) is bytes:
-            exchange.upstream_data(event)
-        elif event is END:
-            exchange.upstream_end()
-        elif type(event) is ResponseHead:
-            if event.status >= 200:
-                exchange.upstream_head(event)
-            elif event.status == 101:
-                exchange.upstream_switch(event)
-            # Other 1xx (100, 103) are consumed: the edge answers
-            # 100-continue itself, and early hints are not relayed.
-        return True
+    def _invalid(self, exchange: Exchange, exc: ProtocolError) -> None:
+        self.exchange = None
+        self.abort()
+        # A response cut short by the upstream's close is not a garbled one.
+        kind = "closed" if self.at_eof else "invalid response"
+        exchange.upstream_lost(UpstreamError(502, f"upstream sent an invalid response: {exc}", kind))
 
     # -- the request
 

@@ -199,7 +199,9 @@ def fast_conn(data: bytes) -> tuple[h11.Connection, FastRequest | None]:
 
 def assert_agrees_with_h11(data: bytes) -> FastRequest | None:
     """If fast_request takes `data`, h11 parses the same event from it and
-    ends in the same state."""
+    ends in the same state, and the fields fast_request collected are what
+    scan_fields collects from h11's event (the connection reads one or the
+    other, depending on which parser took the head)."""
     ours, parsed = fast_conn(data)
     theirs, event, used = h11_request(data)
     if parsed is None:
@@ -210,6 +212,12 @@ def assert_agrees_with_h11(data: bytes) -> FastRequest | None:
     assert mine.headers._full_items == event.headers._full_items
     assert parsed.end == used
     assert snapshot(ours) == snapshot(theirs)
+    pairs: list[tuple[bytes, bytes]] = []
+    index: dict[bytes, list[bytes]] = {}
+    size = scan_fields(event, pairs, index)
+    assert (parsed.method, parsed.target) == (event.method, event.target)
+    assert (parsed.headers, parsed.index, parsed.size) == (pairs, index, size)
+    assert list(parsed.index) == list(index)
     return parsed
 
 
@@ -598,3 +606,30 @@ def test_scan_fields_reads_what_the_public_headers_say(data: bytes) -> None:
     assert index == {n: [v for k, v in event.headers if k == n] for n, _ in event.headers}
     assert list(index) == list(dict.fromkeys(n for n, _ in event.headers))
     assert 0 < size <= len(data)
+
+
+@pytest.mark.parametrize("name, data", [c for c in FAST_TAKES if isinstance(c, tuple)])
+def test_fast_request_takes_no_head_before_it_is_whole(name: str, data: bytes) -> None:
+    """fast_request finds the head's end by its one match: every cut before
+    that end is left to h11 (as the find() it replaced left it)."""
+    end = data.index(b"\r\n\r\n") + 4
+    for cut in range(end):
+        assert fast_request(data[:cut]) is None, cut
+    parsed = fast_request(data[:end])
+    assert parsed is not None
+    assert parsed.end == end
+
+
+def test_the_shared_end_is_an_end_without_trailers() -> None:
+    """The connection sends edge.http.cycle.END by identity straight to
+    commit_end: it must be what its general path sends there too (an
+    EndOfMessage without trailer fields), and end a response as h11 would."""
+    from edge.http.cycle import END
+
+    assert type(END) is h11.EndOfMessage and not END.headers
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request)
+    conn.send(h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")]))
+    assert commit_end(conn) == b"0\r\n\r\n"
+    assert conn.our_state is h11.DONE

@@ -496,3 +496,93 @@ def test_response_keeps_end_to_end_fields_in_order() -> None:
         (b"set-cookie", b"b=2"),
         (b"cache-control", b"no-store"),
     ]
+
+
+# -- shortcuts against their reference ---------------------------------------------
+
+
+def reference_response_headers(headers: H, vary_origin: bool, switching: bool) -> H:
+    """response_headers as two passes: the drop set from Connection first,
+    then the filter (what the one-pass shortcut must always equal)."""
+    drop = hop_by_hop(headers, keep_upgrade=switching)
+    out = [(n, v) for n, v in headers if not is_hop(n, drop) and not (n == b"vary" and vary_origin)]
+    if any(n == b"transfer-encoding" for n, _ in headers):
+        out = [f for f in out if f[0] != b"content-length"]
+    if switching:
+        out.append((b"connection", b"upgrade"))
+    if vary_origin:
+        out.append((b"vary", merge_vary([v for n, v in headers if n == b"vary"], b"Origin")))
+    return out
+
+
+RESPONSE_NAMES = st.sampled_from(
+    [b"server", b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"vary",
+     b"x-a", b"etag", b"upgrade", b"proxy-x", b"te", b"trailer", b"host"]
+)  # fmt: skip
+CONNECTION_VALUES = st.sampled_from(
+    [b"keep-alive", b"close", b"Keep-Alive, close", b"x-a", b"etag, keep-alive", b"upgrade", b"host", b""]
+)
+
+
+@st.composite
+def response_fields(draw: st.DrawFn) -> H:
+    fields: H = []
+    for name in draw(st.lists(RESPONSE_NAMES, max_size=10)):
+        value = draw(CONNECTION_VALUES) if name == b"connection" else draw(st.sampled_from([b"1", b"Accept"]))
+        fields.append((name, value))
+    return fields
+
+
+@settings(max_examples=400, deadline=None)
+@given(response_fields(), st.booleans(), st.booleans())
+def test_response_headers_one_pass_equals_the_reference(
+    headers: H, vary_origin: bool, switching: bool
+) -> None:
+    assert response_headers(headers, vary_origin, switching) == reference_response_headers(
+        headers, vary_origin, switching
+    )
+
+
+def declared_framing(headers: H) -> tuple[bool, bool]:
+    """(a body follows, it is chunked), read from a forwarded head's fields:
+    what the proxy cycle once re-read, and now takes from the Request."""
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return True, True
+        if name == b"content-length":
+            return value != b"0", False
+    return False, False
+
+
+@pytest.mark.parametrize("body", ["none", "length", "zero", "chunked"])
+@pytest.mark.parametrize("given", [[], [(b"content-length", b"7")], [(b"transfer-encoding", b"chunked")]])
+def test_forwarded_framing_is_the_requests(body: str, given: H) -> None:
+    fields: H = [(b"host", b"app"), *given]
+    if body == "length":
+        fields.append((b"content-length", b"005"))
+    elif body == "zero":
+        fields.append((b"content-length", b"0"))
+    elif body == "chunked":
+        fields.append((b"transfer-encoding", b"chunked"))
+    req = build(b"POST", b"app", b"/", fields, "203.0.113.7")
+    out = request_headers(req, ForwardContext(b"http"), b"u")
+    assert declared_framing(out) == (req.chunked or bool(req.length), req.chunked)
+
+
+def reference_strip_cookie(value: bytes, name: bytes) -> bytes:
+    """strip_cookie's general path (the one-pair shortcut must equal it)."""
+    kept = [p for p in (x.strip() for x in value.split(b";")) if p and p.partition(b"=")[0].strip() != name]
+    return b"; ".join(kept)
+
+
+COOKIE_PARTS = st.sampled_from(
+    [b"", b" ", b"CF_Authorization=t", b" CF_Authorization = t ", b"a=1", b"CF_Authorization",
+     b"=x", b"CF_Authorizationx=1", b"\tb=2\t", b";"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(COOKIE_PARTS, max_size=4))
+def test_strip_cookie_equals_the_general_path(parts: list[bytes]) -> None:
+    value = b"".join(parts)
+    assert strip_cookie(value) == reference_strip_cookie(value, b"CF_Authorization")

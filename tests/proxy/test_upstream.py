@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import h11
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.http.flow import READ_SIZE
 from edge.http.message import Headers, ResponseHead, chunk
@@ -363,6 +365,9 @@ def run(case: Case, mode: str) -> tuple[list[Event], ResponseParser]:
     return events, parser
 
 
+# "whole" takes ResponseParser._head's one-match shortcut, "bytes" and "lines"
+# its find path (the head comes incomplete first): the same expectations
+# hold both paths to the same events and errors.
 MODES = ["whole", "bytes", "lines"]
 
 
@@ -615,3 +620,20 @@ def test_connection_bytes_while_idle_abort_it() -> None:
     conn.exchange = None
     conn.data_received(b"HTTP/1.1 200 OK\r\n\r\n")
     assert transport.aborted
+
+
+def reference_request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
+    """request_head's general path: every Host line moved to the front."""
+    hosts = [b"host: %s\r\n" % v for n, v in headers if n == b"host"]
+    rest = [b"%s: %s\r\n" % (n, v) for n, v in headers if n != b"host"]
+    return b"%s %s HTTP/1.1\r\n" % (method, target) + b"".join(hosts + rest) + b"\r\n"
+
+
+FIELD_NAMES = st.sampled_from([b"host", b"x-host", b"hostx", b"accept", b"cookie", b"h"])
+FIELD_VALUES = st.sampled_from([b"", b"a", b"host: b", b"x host: y", b"127.0.0.1:9000"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(FIELD_NAMES, FIELD_VALUES), max_size=6))
+def test_request_head_shortcut_equals_the_general_path(headers: Headers) -> None:
+    assert request_head(b"GET", b"/p", headers) == reference_request_head(b"GET", b"/p", headers)
