@@ -44,6 +44,15 @@ def test_version() -> None:
     assert result.stdout.strip() == f"edge {edge.__version__}"
 
 
+def test_the_console_script_is_the_cli() -> None:
+    """`edge` as installed (bin/edge runs .venv/bin/edge): pyproject's entry
+    point must name the function, not the package that holds it."""
+    script = Path(sys.executable).parent / "edge"
+    assert script.exists(), "the project is installed into the interpreter running the tests"
+    result = subprocess.run([str(script), "--version"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout.strip()) == (0, f"edge {edge.__version__}"), result.stderr
+
+
 def test_no_command_is_a_usage_error() -> None:
     result = run_edge()
     assert result.returncode == 2
