@@ -83,10 +83,16 @@ def keep_restart_settings(boot: Config, new: Config) -> tuple[Config, list[str]]
     kept = [f"server.{k}" for k in fixed]
     if _store_of(new) != _store_of(boot):
         kept.append("team." + "/".join(STORE_KEYS))
-    if not fixed:
-        return new, kept
-    server = msgspec.structs.replace(new.server, **{k: getattr(boot.server, k) for k in fixed})
-    return msgspec.structs.replace(new, server=server), kept
+    if fixed:
+        server = msgspec.structs.replace(new.server, **{k: getattr(boot.server, k) for k in fixed})
+        new = msgspec.structs.replace(new, server=server)
+    if new.team is not None and boot.team is not None and new.team.key_dir != boot.team.key_dir:
+        # Every worker seals one-time codes and login state with the key
+        # directory's secret: a worker restarted after a reload that moved it
+        # would open nothing the others sealed, and they nothing of its.
+        new = msgspec.structs.replace(new, team=msgspec.structs.replace(new.team, key_dir=boot.team.key_dir))
+        kept.append("team.key_dir")
+    return new, kept
 
 
 def check_config(config: Config, source: str) -> None:
