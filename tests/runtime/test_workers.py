@@ -17,7 +17,8 @@ from conftest import BodyCountingUpstream, EdgeProcess, free_port, open_app_toml
 from procs import TIME_WAIT, alive, children, connections_on, serving_pids, tcp_sockets
 
 Factory = Callable[..., EdgeProcess]
-WAIT = 10.0  # seconds: the most any single expected event may take (a restart waits 1 s first)
+WAIT = 30.0  # seconds: the most any single expected event may take (a restart waits 1 s first;
+# a loaded CI box has been seen to need more than 10)
 HEALTH = "/cdn-cgi/edge/health"
 # Fresh connections opened to look for the restarted worker's answers; the
 # kernel hands each to whichever worker accepts first, so a few dozen reach both.
