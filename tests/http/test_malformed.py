@@ -307,7 +307,6 @@ class Case:
     trickle: bytes = b""  # keep sending this until answered
     closes: bool | None = None  # the last answer ends the connection; None: any error but 401/403/404
     forwarded: tuple[str, ...] | None = None  # request lines the origin must get, in order, when they matter
-    xfail: str = ""  # why the behaviour asserted is not on this branch yet
 
     @property
     def statuses(self) -> tuple[int, ...]:
@@ -321,8 +320,7 @@ class Case:
         return last >= 400 and last not in (401, 403, 404)
 
     def param(self, mode: str) -> object:
-        marks = [pytest.mark.xfail(strict=True, reason=self.xfail)] if self.xfail else []
-        return pytest.param(self, mode, marks=marks, id=f"{self.id}-{mode}")
+        return pytest.param(self, mode, id=f"{self.id}-{mode}")
 
 
 CASES = [
