@@ -19,7 +19,8 @@ from edge.access.headers import Header
 
 CRLF = b"\r\n"
 CLOSE_LINE = b"connection: close\r\n"
-HEALTH_PATH = b"/cdn-cgi/edge/health"
+HEALTH_PATH = b"/cdn-cgi/edge/health"  # liveness: the process answers
+READY_PATH = b"/cdn-cgi/edge/ready"  # readiness: send it traffic (edge.runtime.readiness)
 
 Headers = Iterable[Header]
 

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from edge.access.compile import Compiled, RemoteKeys, compile_config
+from edge.access.compile import NO_STORE, Compiled, RemoteKeys, compile_config
 from edge.access.decide import Endpoint, Forward, Redirect, Unauthorized, decide
 from edge.access.request import Request
-from edge.access.responses import HEALTH_PATH, LocalResponse, date_line
+from edge.access.responses import HEALTH_PATH, READY_PATH, LocalResponse, date_line
 from edge.access.session import new_binding_value
 from edge.access.tokens import JwksError
 from edge.config.errors import ConfigError
@@ -53,7 +53,7 @@ from edge.proxy.cycle import ForwardPlan, ProxyCycle, Upstreams
 from edge.proxy.fetch import FetchError, fetch
 from edge.proxy.forwarding import ForwardContext, request_headers
 from edge.proxy.upstream import Pool
-from edge.runtime import snapshots
+from edge.runtime import readiness, snapshots
 from edge.runtime.accesslog import AccessLog, AccessRecord, iso_time
 
 log = logging.getLogger("edge.server")
@@ -67,6 +67,8 @@ RESTART_KEYS = ("listen", "workers", "tls", "access_log", "max_connections")
 # The team store is made once per worker (its connections, its memory).
 STORE_KEYS = ("store", "redis_url", "redis_prefix")
 KEY_POLL_INTERVAL = 1.0  # seconds between checks of whether a JWKS wants fetching
+# Never cached: a cached "ready" would outlive a drain or an outage.
+READY_HEADERS = ((b"content-type", b"application/json"), NO_STORE)
 LISTEN_BACKLOG = 1024  # nginx's default on Linux is 511; bursts of wrk connections need more
 
 
@@ -286,8 +288,11 @@ class ServerState:
     def dispatch(self, client: HttpProtocol, req: Request, entry: LogEntry) -> LocalResponse | Cycle:
         """What to do with a request whose head is complete and valid: a
         local response, or the cycle (not yet started) that answers it."""
-        if req.path == HEALTH_PATH:
+        path = req.path
+        if path == HEALTH_PATH:
             return self.responses.health
+        if path == READY_PATH:
+            return self.readiness()
         action = decide(self.compiled, req, req.started, binding=self.binding)
         entry.app = action.app
         entry.decision = action.reason
@@ -298,6 +303,20 @@ class ServerState:
                 self.binding = new_binding_value()  # one login, one binding
             return action.response
         return ProxyCycle(client, req, self.forward_plan(req, action), self.upstreams)
+
+    def readiness(self) -> LocalResponse:
+        """The readiness answer from this worker's state now. Built per ask
+        (a load balancer's poll, every few seconds), as the facts change."""
+        facts = readiness.Facts(
+            # A worker serves only once its config is compiled; a refused
+            # reload keeps the one in force, still loaded.
+            config_loaded=True,
+            issuers=readiness.issuer_facts(self.compiled.verifier.issuers.values()),
+            store_reachable=self.store.healthy,  # the in-process store always is
+            draining=self.draining,
+        )
+        status, body = readiness.answer(facts)
+        return LocalResponse(status, READY_HEADERS, body, self.responses.server)
 
     def forward_plan(self, req: Request, action: Forward) -> ForwardPlan:
         proxy = self.config.proxy
