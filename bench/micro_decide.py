@@ -37,8 +37,9 @@ import msgspec
 # installed: the other benchmarks start `python -m edge` from it too.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge.access.actions import Forward, Preflight
 from edge.access.compile import Compiled, compile_config
-from edge.access.decide import Forward, Preflight, decide
+from edge.access.decide import decide
 from edge.access.request import Request, build
 from edge.config.schema import Config
 from edge.login import keys as keylib

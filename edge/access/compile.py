@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import jwt
 import msgspec
 
+from edge.access.actions import Preflight
 from edge.access.cache import BoundedCache
 from edge.access.cors import VARY_ORIGIN, CorsPolicy, refused_preflight
 from edge.access.headers import Header, TrustedProxies
@@ -39,9 +39,6 @@ from edge.config.schema import (
     Config,
     Issuer,
 )
-
-if TYPE_CHECKING:
-    from edge.access.decide import Preflight
 
 TEAM_LOGIN = "/cdn-cgi/access/login/{host}?kid={aud}&redirect_url={redirect_url}"
 # Edge endpoints must never be framed (clickjacking of the login page).

@@ -8,9 +8,7 @@ Invariants:
   bounded caches (edge.access.cache), which never change an answer, and
   the key sets' "refetch wanted" flag. Building a Compiled is
   edge.access.compile's job.
-- Every outcome is one of a few frozen types. Local ones carry a ready
-  `LocalResponse`; `Forward` carries what the proxy must add and strip. All
-  carry `app` and a `reason` for the access log.
+- Every outcome is one of a few frozen types (edge.access.actions).
 - A request never reaches an upstream unless an application covers it and a
   policy allowed it (or a preflight bypass applies): no match is a 404,
   no policy match is a 403 (deny by default).
@@ -22,87 +20,27 @@ from urllib.parse import quote, quote_from_bytes
 
 import msgspec
 
+from edge.access.actions import (
+    Action,
+    Deny,
+    Endpoint,
+    Forward,
+    NotFound,
+    Preflight,
+    Redirect,
+    Reject,
+    Unauthorized,
+)
 from edge.access.compile import NO_STORE, Compiled, CompiledApp, PreflightKey
 from edge.access.cors import is_preflight
-from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
-from edge.access.headers import CLIENT_ID, CLIENT_SECRET, STRIP_HEADERS, Header
+from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS
+from edge.access.headers import CLIENT_ID, CLIENT_SECRET, Header
 from edge.access.policy import Policies, Subject, Trace
 from edge.access.request import Index, Request
 from edge.access.responses import LocalResponse
 from edge.access.router import normalize_host, path_segments
 from edge.access.session import binding_cookie
 from edge.access.tokens import Identity, Refusal, extract_token
-
-# -- actions -------------------------------------------------------------------
-
-
-class LocalAction(msgspec.Struct, frozen=True, gc=False):
-    """An action answered at the edge: a ready response, plus the application
-    (if any) and the reason for the access log."""
-
-    response: LocalResponse
-    app: str | None
-    reason: str
-
-
-class Preflight(LocalAction, frozen=True, gc=False):
-    """A CORS preflight answered at the edge (200 or 403)."""
-
-
-class Redirect(LocalAction, frozen=True, gc=False):
-    """302 to the login page."""
-
-    location: str = ""
-    binding: str = ""  # the login binding this response set ("" for none): the caller's to renew
-
-
-class Unauthorized(LocalAction, frozen=True, gc=False):
-    """401 with a JSON body naming the login URL."""
-
-    binding: str = ""  # as for Redirect
-
-
-class Deny(LocalAction, frozen=True, gc=False):
-    """403: denied by policy (or by default)."""
-
-
-class NotFound(LocalAction, frozen=True, gc=False):
-    """404: no application covers the request."""
-
-
-class Reject(LocalAction, frozen=True, gc=False):
-    """400: a request the edge will not interpret (ambiguous path or token)."""
-
-
-class Endpoint(LocalAction, frozen=True, gc=False):
-    """An edge endpoint (/cdn-cgi/access/<name>[/<rest>]), answered by the
-    login service; `response` is what to send when there is none."""
-
-    kind: EndpointKind
-    team: bool = False  # on the team host (else on a protected host)
-    target: CompiledApp | None = None  # the application covering the path, if any
-    rest: str = ""  # what follows the name: the app host of /login/<host>
-
-
-class Forward(msgspec.Struct, frozen=True, gc=False):
-    """Pass the request to `upstream`, rewriting headers as told."""
-
-    app: str
-    upstream: str
-    reason: str
-    add_headers: tuple[Header, ...] = ()
-    strip_headers: frozenset[bytes] = STRIP_HEADERS
-    strip_auth_cookie: bool = True
-    rewrite_host: bool = False
-    vary_origin: bool = False  # merge Origin into the response's Vary
-    exp: float | None = None  # the authorising token's exp: a tunnel closes then
-    identity: Identity | None = None
-    service_token: str | None = None
-
-
-Local = Preflight | Redirect | Unauthorized | Deny | NotFound | Reject | Endpoint
-Action = Local | Forward
-
 
 # -- the decision ----------------------------------------------------------------
 
@@ -183,8 +121,8 @@ def _endpoint(c: Compiled, req: Request, h: Index, host: bytes, segments: list[b
     if kind is None:
         return NotFound(c.responses.not_found, app, f"not found: no edge endpoint {name[:40]!r}")
     rest = b"/".join(segments[3:]).decode("latin-1")
-    target = None if route is None else route.app
-    return Endpoint(c.endpoint_pending, app, f"endpoint {name}", kind, False, target, rest)
+    aud = None if route is None else route.app.aud
+    return Endpoint(c.endpoint_pending, app, f"endpoint {name}", kind, False, aud, rest)
 
 
 def _team(c: Compiled, req: Request, h: Index, segments: list[bytes]) -> Action:

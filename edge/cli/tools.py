@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from edge.access.actions import Action, Forward
 from edge.access.compile import Compiled
 from edge.access.cors import fetch_method
-from edge.access.decide import Action, Forward, explain
+from edge.access.decide import explain
 from edge.access.request import Request, build
 from edge.access.responses import date_line
 from edge.config.schema import Config, DevProvider

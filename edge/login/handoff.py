@@ -24,8 +24,9 @@ import logging
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from edge.access.actions import Endpoint
 from edge.access.compile import Compiled, CompiledApp
-from edge.access.decide import Endpoint, verify_token
+from edge.access.decide import verify_token
 from edge.access.headers import Header
 from edge.access.policy import Subject
 from edge.access.request import Request

@@ -27,7 +27,8 @@ Invariants:
   files (keys, secret) readable by them, and say which chmod fixes it.
 
 No asyncio here: plain file I/O and crypto, called at start-up, on reload and
-from `edge keys rotate`.
+from `edge keys rotate`. `TeamKeys` is a worker's view of one directory: the
+ring loaded from it (edge.login.keyring) and its sealer, reloaded on change.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import msgspec
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -50,6 +52,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
+from edge.access.session import Sealer
+from edge.access.tokens import parse_jwks
 from edge.login import keys as keylib
 from edge.login.keyring import KeyRing, SigningKey
 from edge.login.keys import PrivateKey
@@ -423,3 +427,30 @@ def _check_alg(alg: str) -> None:
 def _check_overlap(overlap: float) -> None:
     if not overlap >= 0:  # also refuses NaN
         raise ValueError(f"Expected a key overlap of 0 seconds or more, got {overlap!r}")
+
+
+class TeamKeys:
+    """The key ring and sealer of one key directory, reloaded when the
+    directory changes (a rotation) or a previous key's overlap ends."""
+
+    __slots__ = ("key_dir", "ring", "sealer")
+
+    def __init__(self, key_dir: str, overlap: float, now: float, sealer: Sealer | None = None) -> None:
+        """Raises KeyDirError. `sealer`: the one already in use (a
+        reload that names another directory keeps it, as it always has)."""
+        self.key_dir = key_dir
+        self.ring: KeyRing = load(key_dir, overlap, now)
+        self.sealer = sealer if sealer is not None else Sealer(secret(key_dir))
+
+    def refresh(self, overlap: float, now: float) -> bool:
+        """Reload the ring if needed; True if it did. Raises
+        KeyDirError (the ring in use stays)."""
+        ring = self.ring
+        if fingerprint(self.key_dir) == ring.fingerprint and (ring.expires is None or now < ring.expires):
+            return False
+        self.ring = load(self.key_dir, overlap, now)
+        return True
+
+    def verify_keys(self) -> dict[str, jwt.PyJWK]:
+        """The ring's public keys, as the built-in issuer's key set holds them."""
+        return parse_jwks(self.ring.jwks())[0]

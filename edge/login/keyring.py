@@ -22,8 +22,6 @@ from typing import Any
 
 import jwt
 
-from edge.access.session import Sealer
-from edge.access.tokens import parse_jwks
 from edge.login import keys as keylib
 from edge.login.keys import PrivateKey
 
@@ -85,36 +83,3 @@ def _public_jwk(key: SigningKey) -> dict[str, Any]:
 
 def _json(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
-
-
-class TeamKeys:
-    """The key ring and sealer of one key directory, reloaded when the
-    directory changes (a rotation) or a previous key's overlap ends."""
-
-    __slots__ = ("key_dir", "ring", "sealer")
-
-    def __init__(self, key_dir: str, overlap: float, now: float, sealer: Sealer | None = None) -> None:
-        """Raises keydir.KeyDirError. `sealer`: the one already in use (a
-        reload that names another directory keeps it, as it always has)."""
-        from edge.login import keydir  # keydir builds rings, so it imports this module
-
-        self.key_dir = key_dir
-        self.ring: KeyRing = keydir.load(key_dir, overlap, now)
-        self.sealer = sealer if sealer is not None else Sealer(keydir.secret(key_dir))
-
-    def refresh(self, overlap: float, now: float) -> bool:
-        """Reload the ring if needed; True if it did. Raises
-        keydir.KeyDirError (the ring in use stays)."""
-        from edge.login import keydir
-
-        ring = self.ring
-        if keydir.fingerprint(self.key_dir) == ring.fingerprint and (
-            ring.expires is None or now < ring.expires
-        ):
-            return False
-        self.ring = keydir.load(self.key_dir, overlap, now)
-        return True
-
-    def verify_keys(self) -> dict[str, jwt.PyJWK]:
-        """The ring's public keys, as the built-in issuer's key set holds them."""
-        return parse_jwks(self.ring.jwks())[0]

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 
+from edge.access.actions import Endpoint
 from edge.access.compile import Compiled, CompiledApp
-from edge.access.decide import Endpoint
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.revocation import revoked_until

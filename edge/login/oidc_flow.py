@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit, urlunsplit
 
+from edge.access.actions import Endpoint
 from edge.access.compile import Compiled
-from edge.access.decide import Endpoint
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import (

@@ -47,8 +47,8 @@ from typing import Any
 
 import jwt
 
+from edge.access.actions import Endpoint
 from edge.access.compile import Compiled, team_base_url
-from edge.access.decide import Endpoint
 from edge.access.endpoints import EndpointKind
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
@@ -60,7 +60,7 @@ from edge.login import keydir, logout, oidc_flow, signin
 from edge.login.context import Context, RelyingParty
 from edge.login.cycle import EndpointCall
 from edge.login.handoff import authorized
-from edge.login.keyring import TeamKeys
+from edge.login.keydir import TeamKeys
 from edge.login.oidc import OidcClient
 from edge.login.store import MemoryStore, RedisStore, Store
 from edge.proxy.fetch import FetchError, client_ssl_context
@@ -94,7 +94,7 @@ async def get_identity(
     ctx: Context, c: Compiled, action: Endpoint, req: Request, body: bytes, now: float
 ) -> LocalResponse:
     ident = ctx.team_identity(c, req, now) if action.team else ctx.identity(c, req, now)
-    if isinstance(ident, Identity) and action.target is not None and action.target.aud not in ident.aud:
+    if isinstance(ident, Identity) and action.aud is not None and action.aud not in ident.aud:
         ident = Refusal("token is for another application")
     if not isinstance(ident, Identity):
         return ctx.json(401, {"error": "not signed in"})

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlsplit
 
+from edge.access.actions import Endpoint
 from edge.access.compile import Compiled
-from edge.access.decide import Endpoint
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.router import path_segments

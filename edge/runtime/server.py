@@ -33,8 +33,9 @@ from dataclasses import dataclass
 
 import msgspec
 
+from edge.access.actions import Endpoint, Forward, Redirect, Unauthorized
 from edge.access.compile import NO_STORE, Compiled, RemoteKeys, compile_config
-from edge.access.decide import Endpoint, Forward, Redirect, Unauthorized, decide
+from edge.access.decide import decide
 from edge.access.request import Request
 from edge.access.responses import HEALTH_PATH, READY_PATH, LocalResponse, date_line
 from edge.access.session import new_binding_value

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 import edge.access
 import edge.proxy.forwarding as forwarding
+from edge.access.actions import Deny, Preflight
 from edge.access.cache import BoundedCache
 from edge.access.compile import Compiled
-from edge.access.decide import Deny, Preflight, decide
+from edge.access.decide import decide
 from edge.access.responses import LocalResponse
 from edge.access.tokens import IssuerKeys, KeySet, Verifier, parse_jwks
 

@@ -26,22 +26,9 @@ from access_fixtures import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.access.actions import Deny, Endpoint, Forward, NotFound, Preflight, Redirect, Reject, Unauthorized
 from edge.access.compile import PREFLIGHT_CACHE_SIZE, Compiled, compile_config
-from edge.access.decide import (
-    Deny,
-    Endpoint,
-    Forward,
-    NotFound,
-    Preflight,
-    Redirect,
-    Reject,
-    Unauthorized,
-    decide,
-    explain,
-    is_navigation,
-    login_url,
-    prefers_html,
-)
+from edge.access.decide import decide, explain, is_navigation, login_url, prefers_html
 from edge.access.headers import STRIP_HEADERS
 from edge.access.request import build
 from edge.access.responses import LocalResponse

@@ -14,8 +14,9 @@ import pytest
 from access_fixtures import NOW, compiled, cookie, mint, request
 
 import edge.access
+from edge.access.actions import Action, Redirect, Unauthorized
 from edge.access.compile import Compiled, CompiledApp
-from edge.access.decide import Action, Redirect, Unauthorized, decide
+from edge.access.decide import decide
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import BINDING_COOKIE

@@ -17,8 +17,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
+from edge.access.actions import Endpoint
 from edge.access.compile import Compiled, compile_config
-from edge.access.decide import Endpoint, decide
+from edge.access.decide import decide
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse

@@ -18,8 +18,9 @@ import redis.asyncio
 from access_fixtures import ISS, NOW, default_jwks, mint
 from redis_fixture import RedisServer, redis_server  # noqa: F401
 
+from edge.access.actions import Endpoint
 from edge.access.compile import Compiled, compile_config
-from edge.access.decide import REVOKED, Endpoint, decide, verify_token
+from edge.access.decide import REVOKED, decide, verify_token
 from edge.access.endpoints import EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
