@@ -270,3 +270,28 @@ def test_access_log_names_the_policy(setup: Setup) -> None:
 
     assert wait_for(logged, WAIT)
     assert "machines" in str(found[0].get("decision"))
+
+
+@pytest.mark.parametrize("version", TLS_VERSIONS, ids=["tls1.2", "tls1.3"])
+def test_a_resumed_session_keeps_its_certificate(setup: Setup, version: ssl.TLSVersion) -> None:
+    """A resumed TLS session carries the certificate verified when it began
+    (OpenSSL keeps it with the session), so the CN is read the same way."""
+    ctx = context(setup.certs, setup.certs.machine)
+    ctx.minimum_version = ctx.maximum_version = version
+    session = None
+    reused = []
+    for i in range(2):
+        with (
+            socket.create_connection(("127.0.0.1", setup.edge.port), timeout=WAIT) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+        ):
+            path = f"/echo/resumed-{version.name}-{i}"
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: svc.test\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+            assert upstream_saw(setup, path)
+            reused.append(tls.session_reused)
+            session = tls.session
+    assert reused == [False, True]
