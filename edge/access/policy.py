@@ -11,6 +11,12 @@ Invariants:
   never opens access.
 - What a request presents (client IP, service token, identity) is computed
   lazily by the `Subject`, once, and only when a rule asks.
+- A client certificate is known only as the connection verified it (the
+  `Request`'s client_cert_cn: None when no certificate chained to
+  [server.tls] client_ca); nothing from the request's head stands in for it.
+  Without one, a certificate rule is unknown (see above). A service_auth
+  policy needs a machine credential: a valid service token, or, when an
+  include or require rule reads the certificate, a verified certificate.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from edge.access.tokens import Identity
-from edge.config.schema import Policy, Rule, ServiceToken
+from edge.config.schema import CERT_SELECTORS, Policy, Rule, ServiceToken
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -89,9 +95,11 @@ class ServiceTokens:
 
 class Subject:
     """What a request presents, computed on first use. `identity` is set by
-    the caller before the second phase (it needs the app's audience)."""
+    the caller before the second phase (it needs the app's audience).
+    `client_cn`: the subject CN of the client certificate the connection
+    verified ("" for a verified certificate without one CN), None without."""
 
-    __slots__ = ("identity", "service_token", "_ip", "_ip_done", "_peer", "_xff", "_trusted")
+    __slots__ = ("identity", "service_token", "client_cn", "_ip", "_ip_done", "_peer", "_xff", "_trusted")
 
     def __init__(
         self,
@@ -100,9 +108,11 @@ class Subject:
         trusted: Sequence[IPNetwork],
         service_token: str | None = None,
         identity: Identity | None = None,
+        client_cn: str | None = None,
     ) -> None:
         self.identity = identity
         self.service_token = service_token
+        self.client_cn = client_cn
         self._peer = peer
         self._xff = forwarded_for
         self._trusted = trusted
@@ -199,11 +209,34 @@ class IpRanges(CompiledRule):
         return unknown if ip is None else in_networks(ip, self.networks)
 
 
+class ValidCertificate(CompiledRule):
+    """The connection verified a client certificate against client_ca."""
+
+    __slots__ = ()
+
+    def match(self, s: Subject, unknown: bool) -> bool:
+        return unknown if s.client_cn is None else True
+
+
+class CommonName(Emails):
+    """The verified certificate's subject CN is one of `values`, exactly."""
+
+    __slots__ = ()
+
+    def match(self, s: Subject, unknown: bool) -> bool:
+        cn = s.client_cn
+        return unknown if cn is None else cn in self.values
+
+
 def compile_rule(rule: Rule) -> CompiledRule:
     selector = rule.selector
     label = selector
     if selector == "everyone":
         return Everyone(selector, label)
+    if selector == "valid_certificate":
+        return ValidCertificate(selector, label)
+    if selector == "common_name":
+        return CommonName(selector, label, frozenset(rule.common_name or ()))
     if selector == "any_service_token":
         return AnyServiceToken(selector, label)
     if selector == "ip_ranges":
@@ -222,7 +255,7 @@ def compile_rule(rule: Rule) -> CompiledRule:
 
 
 class CompiledPolicy:
-    __slots__ = ("name", "action", "include", "require", "exclude", "reason", "no_include")
+    __slots__ = ("name", "action", "include", "require", "exclude", "reason", "no_include", "cert_credential")
 
     def __init__(self, policy: Policy) -> None:
         self.name = policy.name
@@ -232,6 +265,9 @@ class CompiledPolicy:
         self.exclude = tuple(compile_rule(r) for r in policy.exclude)
         self.reason = f'{self.action}: policy "{self.name}"'
         self.no_include = "include: no rule matched"
+        # A certificate rule in include or require makes the certificate a
+        # credential of its own (an exclude rule only narrows one).
+        self.cert_credential = any(r.selector in CERT_SELECTORS for r in self.include + self.require)
 
     def miss(self, s: Subject) -> str | None:
         """None when the policy matches, else which part failed."""
@@ -263,8 +299,12 @@ class Policies:
     def first_phase(self, s: Subject, trace: Trace) -> CompiledPolicy | None:
         """The bypass/service_auth policy that decides, if any."""
         for policy in self.first:
-            if policy.action == "service_auth" and s.service_token is None:
-                _note(trace, policy, "skipped: no valid service token")
+            if (
+                policy.action == "service_auth"
+                and s.service_token is None
+                and (s.client_cn is None or not policy.cert_credential)
+            ):
+                _note(trace, policy, _NO_CREDENTIAL[policy.cert_credential])
                 continue
             miss = policy.miss(s)
             _note(trace, policy, miss or "match")
@@ -284,6 +324,12 @@ class Policies:
             if not first_miss and policy.action == "allow":
                 first_miss = f'policy "{policy.name}" {miss}'
         return None, first_miss
+
+
+_NO_CREDENTIAL = {
+    False: "skipped: no valid service token",
+    True: "skipped: no valid service token or client certificate",
+}
 
 
 def _note(trace: Trace, policy: CompiledPolicy, outcome: str) -> None:

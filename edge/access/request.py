@@ -57,6 +57,10 @@ class Request(msgspec.Struct, frozen=True, gc=False):
     chunked: bool  # Transfer-Encoding frames the body
     upgrade: bool  # asks to switch to a protocol the edge tunnels (is_upgrade)
     started: float  # epoch seconds: when the head was complete
+    # The subject CN of the client certificate the TLS layer verified against
+    # [server.tls] client_ca on this request's connection: None without one,
+    # "" for a verified certificate without exactly one CN. Never from a header.
+    client_cert_cn: str | None = None
 
     def values(self, name: bytes) -> Sequence[bytes]:
         """Every value of the (lower-case) field `name`, in order."""
@@ -102,6 +106,7 @@ def build(
     *,
     version: bytes = b"1.1",
     started: float = 0.0,
+    client_cert_cn: str | None = None,
 ) -> Request:
     """A Request from its parts, as the connection would build it for a head
     carrying `headers` (lower-case names): for `edge explain`, the bench and
@@ -124,4 +129,5 @@ def build(
         b"transfer-encoding" in index,
         is_upgrade(index),
         started,
+        client_cert_cn,
     )

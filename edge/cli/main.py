@@ -47,6 +47,13 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], 
     explain.add_argument("url", help="full URL, e.g. https://app.example.com/api/x")
     explain.add_argument("-H", "--header", action="append", default=[], help="'Name: value' (repeatable)")
     explain.add_argument("--client-ip", default="127.0.0.1", help="the peer address (default 127.0.0.1)")
+    explain.add_argument(
+        "--client-cn",
+        default=None,
+        metavar="NAME",
+        help="as if the client presented a certificate that verified against "
+        "[server.tls] client_ca, with subject CN NAME (default: no certificate)",
+    )
     token = sub.add_parser("token", help="mint a signed user token (for trying the edge)")
     token.add_argument("--key", required=True, help="private key PEM (from `edge keys generate`)")
     token.add_argument("--kid", help="key id (default: the key's RFC 7638 thumbprint)")
@@ -101,7 +108,7 @@ def _tool(args: argparse.Namespace) -> int:
 
     config = load(args.config)
     compiled = compile_config(config, args.config, team_keys=existing_team_keys(config, args.config))
-    req = tools.build_request(args.method, args.url, args.header, args.client_ip)
+    req = tools.build_request(args.method, args.url, args.header, args.client_ip, args.client_cn)
     print(tools.explain_text(compiled, req))
     return EXIT_OK
 
@@ -168,6 +175,11 @@ def summary(path: str, config: Config) -> str:
         f"  listen:     {', '.join(f'{scheme}://{a.display()}' for a in s.addresses)}",
         f"  workers:    {s.workers}",
         f"  tls:        {'min TLS ' + s.tls.min_version if s.tls else 'off'}",
+        *(
+            [f"  client_ca:  {s.tls.client_ca} (client certificates asked for, optional)"]
+            if s.tls and s.tls.client_ca
+            else []
+        ),
         f"  limits:     header {s.max_header_bytes} B, target {s.max_target_bytes} B, "
         f"body {s.max_body_bytes} B, {s.max_connections} connections/worker",
         f"  timeouts:   header {s.header_timeout:g} s, body idle {s.body_idle_timeout:g} s, "

@@ -117,8 +117,11 @@ def _team_warnings(config: Config, plain_http: bool) -> list[str]:
     return out
 
 
-def build_request(method: str, url: str, headers: Sequence[str], client_ip: str) -> Request:
-    """The Request the connection would build for `METHOD URL` and -H lines."""
+def build_request(
+    method: str, url: str, headers: Sequence[str], client_ip: str, client_cn: str | None = None
+) -> Request:
+    """The Request the connection would build for `METHOD URL` and -H lines
+    (and, with `client_cn`, a client certificate it verified)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"Expected an http:// or https:// URL, got {url!r}")
@@ -135,7 +138,9 @@ def build_request(method: str, url: str, headers: Sequence[str], client_ip: str)
     # As a browser would send it: methods are case-sensitive, only Fetch's
     # six are upper-cased (so `options` explains a preflight, `patch` stays).
     method_sent = fetch_method(method.encode("latin-1"))
-    return build(method_sent, host, target.encode(), fields, client_ip, parts.scheme)
+    return build(
+        method_sent, host, target.encode(), fields, client_ip, parts.scheme, client_cert_cn=client_cn
+    )
 
 
 def explain_text(compiled: Compiled, req: Request, now: float | None = None) -> str:
@@ -143,6 +148,8 @@ def explain_text(compiled: Compiled, req: Request, now: float | None = None) -> 
     action, trace = explain(compiled, req, when)
     lines = [f"request:  {req.method.decode()} {req.scheme}://{req.host.decode()}{req.target.decode()}"]
     lines.append(f"client:   {req.client_ip}")
+    if req.client_cert_cn is not None:
+        lines.append(f"cert:     verified against client_ca, CN {req.client_cert_cn!r}")
     if action.app is None:
         lines.append("app:      (none)")
     lines.extend(f"  {line}" if line.startswith("policy") else line for line in trace)

@@ -28,6 +28,7 @@ from msgspec import Struct
 from edge.config.schema import (
     ACTIONS,
     ALGORITHMS,
+    CERT_SELECTORS,
     IDENTITY_SELECTORS,
     LOGIN_PLACEHOLDERS,
     SELECTORS,
@@ -136,6 +137,7 @@ def _between_tables(config: Config) -> Problems:
     yield from check_apps(config)
     yield from check_references(config)
     yield from check_team_config(config)
+    yield from check_client_certs(config)
 
 
 def _then(inner: Iterable[Problem], outer: Iterable[Problem]) -> Problems:
@@ -278,6 +280,7 @@ _RULE_VALUE_PROBLEMS: dict[str, Callable[[str], str | None]] = {
     "groups": text_problem,
     "ip_ranges": cidr_problem,
     "service_tokens": text_problem,
+    "common_name": text_problem,
 }
 
 
@@ -572,3 +575,22 @@ def check_team_config(config: Config) -> Problems:
                     ("apps", i, "domains", k),
                     f"{app.domains[k]!r} covers the team host {host!r}, which the edge serves itself",
                 )
+
+
+def check_client_certs(config: Config) -> Problems:
+    """A certificate selector needs a listener that asks for certificates:
+    without [server.tls] client_ca no request ever has one, and the rule
+    could never match."""
+    tls = config.server.tls
+    if tls is not None and tls.client_ca:
+        return
+    for i, app in enumerate(config.apps):
+        for j, policy in enumerate(app.policies):
+            for part in ("include", "require", "exclude"):
+                for k, rule in enumerate(getattr(policy, part)):
+                    if rule.selector in CERT_SELECTORS:
+                        yield Problem(
+                            ("apps", i, "policies", j, part, k, rule.selector),
+                            "Expected [server.tls] client_ca to be set: without it no client "
+                            "certificate is asked for, so this rule could never match",
+                        )

@@ -60,6 +60,12 @@ class TLS(Struct, frozen=True, forbid_unknown_fields=True):
     cert: Annotated[str, Meta(min_length=1)]  # PEM certificate chain
     key: Annotated[str, Meta(min_length=1)]  # PEM private key
     min_version: str = "1.2"
+    # PEM CA bundle for client certificates ("" = none asked for). Set, the
+    # listener asks every client for a certificate but does not require one;
+    # a presented one that does not chain to these CAs (or has expired) fails
+    # the handshake. Policies read the result with valid_certificate and
+    # common_name.
+    client_ca: str = ""
 
 
 # dict=True: room for the cached derived values (a frozen struct has no other).
@@ -131,10 +137,15 @@ SELECTORS = (
     "ip_ranges",
     "service_tokens",
     "any_service_token",
+    # client certificates
+    "valid_certificate",
+    "common_name",
 )
 # Selectors that need a verified user token, and those that need a service token.
 IDENTITY_SELECTORS = frozenset({"emails", "email_domains", "groups"})
 SERVICE_SELECTORS = frozenset({"service_tokens", "any_service_token"})
+# Selectors that read the client certificate: they need [server.tls] client_ca.
+CERT_SELECTORS = frozenset({"valid_certificate", "common_name"})
 # Where an unauthenticated navigation is sent. Relative: the login service on
 # the protected host itself (BEHAVIOUR.md section 6), like Cloudflare's
 # /cdn-cgi/access/login/<host>.
@@ -180,6 +191,9 @@ class Rule(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     ip_ranges: list[str] | None = None
     service_tokens: list[str] | None = None
     any_service_token: bool | None = None
+    # client certificates
+    valid_certificate: bool | None = None
+    common_name: list[str] | None = None
 
     @property
     def selector(self) -> str:

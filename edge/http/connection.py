@@ -135,6 +135,21 @@ def _unparsed(method: bytes, target: bytes, client_ip: str, scheme: str, started
     )
 
 
+def verified_cn(transport: asyncio.BaseTransport) -> str | None:
+    """The subject CN of the client certificate the TLS handshake verified:
+    None when the client presented none (with client_ca set, an unverifiable
+    one fails the handshake, so no connection carries one), "" when the
+    subject has no CN or several (no common_name rule can match those)."""
+    tls = transport.get_extra_info("ssl_object")
+    if tls is None:
+        return None
+    cert = tls.getpeercert()
+    if not cert:  # None: no certificate; {}: one that was not verified
+        return None
+    names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names[0] if len(names) == 1 else ""
+
+
 def _authority_of(target: bytes) -> tuple[bytes, bytes] | None:
     """Split an absolute-form target into (authority, path-and-query)."""
     lower = target[:8].lower()
@@ -210,6 +225,7 @@ class Dispatcher(Protocol):
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "client",
+        "client_cn",
         "client_ip",
         "closing",
         "conn",
@@ -249,7 +265,12 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = str(peer[0]) if isinstance(peer, tuple) else "-"
         self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
-        self.scheme = "https" if self.limits.tls is not None else "http"
+        tls = self.limits.tls
+        self.scheme = "https" if tls is not None else "http"
+        # Read once, here: the handshake is over (the peer certificate, if
+        # any, is verified) and renegotiation is off (make_ssl_context), so it
+        # holds for every request on this connection and for no other.
+        self.client_cn = None if tls is None or not tls.client_ca else verified_cn(transport)
         self.phase = HEAD
         self.deadline = self.state.now + self.limits.header_timeout
         self.write_paused = False
@@ -567,7 +588,7 @@ class HttpProtocol(asyncio.Protocol):
         path, _, query = target.partition(b"?")
         return Request(
             method, host, target, path, query, version, headers, index,
-            self.client_ip, self.scheme, length, te, upgrade, started,
+            self.client_ip, self.scheme, length, te, upgrade, started, self.client_cn,
         )  # fmt: skip
 
     def _on_data(self, data: bytes) -> None:

@@ -182,6 +182,24 @@ def make_ssl_context(tls: TLS) -> ssl.SSLContext:
         ctx.load_cert_chain(tls.cert, tls.key)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"$.server.tls: cannot load cert {tls.cert!r} / key {tls.key!r}: {exc}") from None
+    # A connection's client certificate is read once, after the handshake
+    # (edge.http.connection): a TLS 1.2 renegotiation could present another.
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    if tls.client_ca:
+        # Only client_ca verifies: this context was made without any default
+        # CA (create_default_context loads none for a server context), so no
+        # public CA's certificate can pass for a client's. Optional: a client
+        # without a certificate connects (a policy decides); one whose
+        # certificate fails verification gets an alert (unknown_ca,
+        # certificate_expired...) and no connection. OpenSSL has no way,
+        # through the ssl module, to go on without the failed certificate.
+        try:
+            ctx.load_verify_locations(cafile=tls.client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"$.server.tls.client_ca: cannot load CA file {tls.client_ca!r}: {exc}"
+            ) from None
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
 
 

@@ -123,7 +123,7 @@ def test_empty_file_means_defaults() -> None:
         ("colour = 1", f"$: unknown key 'colour' (known keys: {', '.join(Config.__struct_fields__)})"),
         (
             "[server.tls]\ncert = 'c'\nkey = 'k'\npassword = 'x'",
-            "$.server.tls: unknown key 'password' (known keys: cert, key, min_version)",
+            "$.server.tls: unknown key 'password' (known keys: cert, key, min_version, client_ca)",
         ),
         ("[server.tls]\ncert = 'c'", "$.server.tls: missing required key 'key'"),
         ("server = 1", "$.server: Expected a table, got int"),

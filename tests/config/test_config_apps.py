@@ -266,12 +266,13 @@ POLICY_ERRORS = [
     (
         "include = [{}]",
         "$.apps[0].policies[0].include[0]: Expected exactly one selector (everyone, emails, email_domains, "
-        "groups, ip_ranges, service_tokens, any_service_token), got none",
+        "groups, ip_ranges, service_tokens, any_service_token, valid_certificate, common_name), got none",
     ),
     (
         "include = [{ everyone = true, emails = ['a@b.c'] }]",
         "$.apps[0].policies[0].include[0]: Expected exactly one selector (everyone, emails, email_domains, "
-        "groups, ip_ranges, service_tokens, any_service_token), got everyone, emails",
+        "groups, ip_ranges, service_tokens, any_service_token, valid_certificate, common_name), "
+        "got everyone, emails",
     ),
     (
         "include = [{ everyone = false }]",
