@@ -449,19 +449,28 @@ def web_handler(compiled: Compiled, api_url: str, web_origin: str) -> Handler:
 
 
 def _announce(config: Config) -> None:
-    """Print the banner once the edge answers, so its own startup lines come
-    first and the banner is the last thing on the terminal."""
+    """Print the banner once the edge serves, so that its own startup lines
+    come first and the banner is the last thing on the terminal."""
     address = config.server.addresses[0]
-    host = "127.0.0.1" if address.host in ("", "0.0.0.0") else address.host
-    host = "::1" if host == "::" else host
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
     deadline = time.monotonic() + EDGE_WAIT
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host.strip("[]"), address.port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(EDGE_POLL)
+    while time.monotonic() < deadline and not _edge_serves(host.strip("[]"), address.port):
+        time.sleep(EDGE_POLL)
     print(banner(config), file=sys.stderr, flush=True)
+
+
+def _edge_serves(host: str, port: int) -> bool:
+    """Whether the edge's event loop handles connections. A bare connect is
+    not enough (the kernel accepts on a bound socket before the edge has
+    logged that it listens); any reply to a health check, or a close (a TLS
+    listener's answer to plain text), comes from the edge itself."""
+    try:
+        with socket.create_connection((host, port), timeout=EDGE_POLL * 10) as sock:
+            sock.sendall(b"GET /cdn-cgi/edge/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            sock.recv(1)
+            return True
+    except OSError:
+        return False
 
 
 async def serve(config: Config) -> None:
