@@ -61,9 +61,10 @@ _STYLE = (
     "h1{font-size:1.7rem;margin:.2rem 0}h2{font-size:1.25rem;margin:0 0 .5rem}"
     "h3{font-size:1rem;margin:.3rem 0;color:#444}"
     "pre,code{font:13px/1.4 ui-monospace,monospace}"
-    "pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f5f5f5;padding:.5rem;margin:.2rem 0}"
+    "pre{white-space:pre-wrap;overflow-wrap:break-word;background:#f5f5f5;padding:.5rem;margin:.2rem 0}"
     ".call{border:1px solid #ccc;border-radius:6px;padding:.8rem 1rem;margin:1rem 0}"
-    ".cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(17rem,1fr));gap:1rem}"
+    ".cols{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1.3fr) minmax(0,1fr);gap:1rem}"
+    "@media(max-width:50rem){.cols{grid-template-columns:1fr}}"
     ".ok{color:#075}.refused,.error{color:#a00}.note{color:#555;font-size:.9rem}"
     "table{border-collapse:collapse}th,td{text-align:left;padding:.2rem .6rem .2rem 0;vertical-align:top}"
 )
@@ -308,7 +309,7 @@ def origin_handler(web_origin: str) -> Handler:
 
 
 def _short(value: str) -> str:
-    return value if len(value) <= 40 else value[:20] + "…" + value[-12:]
+    return value if len(value) <= 40 else value[:20] + "..." + value[-12:]
 
 
 def _app_page(email: str, headers: dict[str, str], web_origin: str) -> bytes:

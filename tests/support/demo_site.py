@@ -209,16 +209,20 @@ class Page:
         }})()"""
         )
 
-    def screenshot(self, path: Path) -> bytes:
-        """The whole page as a PNG (the viewport grown to the page's height)."""
-        height = int(self.eval("Math.ceil(document.documentElement.scrollHeight)"))
+    def screenshot(self, path: Path, until: str = "", scale: float = 1.0) -> bytes:
+        """The page as a PNG, down to the bottom of the element `until`
+        selects (the whole page when empty), at `scale`."""
+        bottom = "document.documentElement.scrollHeight"
+        if until:
+            bottom = f"document.querySelector({json.dumps(until)}).getBoundingClientRect().bottom + 16"
+        height = int(self.eval(f"Math.ceil({bottom} + window.scrollY)"))
         width = int(self.eval("document.documentElement.clientWidth"))
         shot = self.tools.call(
             "Page.captureScreenshot",
             self.session,
             format="png",
             captureBeyondViewport=True,
-            clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+            clip={"x": 0, "y": 0, "width": width, "height": height, "scale": scale},
         )
         data = base64.b64decode(shot["data"])
         path.write_bytes(data)
