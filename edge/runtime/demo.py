@@ -31,6 +31,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -106,7 +107,7 @@ def banner(config: Config) -> str:
         "     you land back on the app, which shows the email the edge vouched for",
         f"  3. open {u['web']}",
         "     a page on another origin calls the API with fetch() on load: for each call, the",
-        "     browser's preflight, the edge's answer, and what the browser did (one is refused)",
+        "     browser's preflight, the edge's answer, and what the browser did (two are refused)",
         f"  sign out: {u['app']}/cdn-cgi/access/logout",
     ]
     log = config.server.access_log
@@ -206,7 +207,7 @@ def explain_preflight(
         "sent": [["OPTIONS", parts.path or "/"], ["Host", parts.netloc], *map(list, sent)],
         "status": status,
         "answer": [list(a) for a in answer],
-        "decision": f"{type(action).__name__}: {action.reason}",
+        "decision": action.reason,
         "trace": trace,
         "verdict": browser_verdict(call, web_origin, status, answer),
         "command": _explain_command(api_url, sent),
@@ -225,7 +226,9 @@ def browser_verdict(call: Call, web_origin: str, status: int, answer: list[tuple
         return "Access-Control-Allow-Credentials is not true (the call sends cookies)"
     methods = {m.strip() for m in got.get("access-control-allow-methods", "").split(",") if m.strip()}
     if call.method not in SIMPLE_METHODS and call.method not in methods:
-        return f"{call.method} is not in Access-Control-Allow-Methods ({', '.join(sorted(methods)) or 'none'})"
+        return (
+            f"{call.method} is not in Access-Control-Allow-Methods ({', '.join(sorted(methods)) or 'none'})"
+        )
     allowed = {h.strip().lower() for h in got.get("access-control-allow-headers", "").split(",") if h.strip()}
     missing = [h for h in requested_headers(call).split(",") if h and h not in allowed]
     if missing:
@@ -242,7 +245,8 @@ def _explain_command(api_url: str, sent: list[tuple[str, str]]) -> str:
 # -- the servers ----------------------------------------------------------------
 
 
-Handler = Any  # (h11.Request) -> (status, headers, body)
+Reply = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
+Handler = Callable[[h11.Request], Reply]
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handle: Handler) -> None:
@@ -285,7 +289,7 @@ def _headers(request: h11.Request) -> dict[str, str]:
 def origin_handler(web_origin: str) -> Handler:
     """The demo applications' upstream."""
 
-    def handle(request: h11.Request) -> tuple[int, list[tuple[str, str]], bytes]:
+    def handle(request: h11.Request) -> Reply:
         headers = _headers(request)
         path = request.target.decode("latin-1")
         if path.startswith("/api/"):
@@ -366,8 +370,8 @@ async function runCall(call, i) {
     if (result.status === 401) {
       let url = null;
       try { url = JSON.parse(result.body).login_url; } catch (e) {}
-      const p = show(box, "note", "The edge answered 401 (no valid CF_Authorization cookie for the API's host). " +
-        "Its JSON names where to sign in: ");
+      const p = show(box, "note", "The edge answered 401 (no valid CF_Authorization cookie " +
+        "for the API's host). Its JSON names where to sign in: ");
       if (typeof url === "string" && /^https?:\\/\\//.test(url)) {
         const a = document.createElement("a");
         a.href = url; a.textContent = "sign in"; a.className = "login"; p.appendChild(a);
@@ -417,7 +421,9 @@ def _call_section(i: int, e: dict[str, Any]) -> str:
     if e["headers"]:
         fetch_init["headers"] = dict(e["headers"])
     status = e["status"]
-    answer = "\n".join([str(status) if status else "(forwarded to the upstream)", *(f"{k}: {v}" for k, v in e["answer"])])
+    answer = "\n".join(
+        [str(status) if status else "(forwarded to the upstream)", *(f"{k}: {v}" for k, v in e["answer"])]
+    )
     verdict = e["verdict"]
     check = (
         f'<p class="refused verdict">The browser refuses: {escape(verdict)}.</p>'
@@ -440,7 +446,7 @@ def _call_section(i: int, e: dict[str, Any]) -> str:
 def web_handler(compiled: Compiled, api_url: str, web_origin: str) -> Handler:
     """The second origin: a page that calls the API cross-origin."""
 
-    def handle(request: h11.Request) -> tuple[int, list[tuple[str, str]], bytes]:
+    def handle(request: h11.Request) -> Reply:
         if request.target.split(b"?")[0] != b"/":
             return 404, [("content-type", "text/plain")], b"not found\n"
         page = web_page(compiled, api_url, web_origin, time.time())

@@ -104,7 +104,11 @@ def test_the_cross_origin_page_shows_what_the_edge_really_answers(demo: Demo) ->
     # What each call makes the browser send (Fetch: a non-simple method or
     # header needs a preflight; its headers named lower-case, sorted).
     assert [c["sent"][2:] for c in calls] == [
-        [["Origin", demo.web], ["Access-Control-Request-Method", "POST"], ["Access-Control-Request-Headers", "content-type"]],
+        [
+            ["Origin", demo.web],
+            ["Access-Control-Request-Method", "POST"],
+            ["Access-Control-Request-Headers", "content-type"],
+        ],
         [["Origin", demo.web], ["Access-Control-Request-Method", "DELETE"]],
         [
             ["Origin", demo.web],

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from chromium import Browser, chromium_binary
 from conftest import ROOT, wait_for
-from demo_site import DENIED, EMAIL, PASSWORD, Demo, Page, edge_answer, preflight, running_demo
+from demo_site import EMAIL, PASSWORD, Demo, Page, edge_answer, preflight, running_demo
 
 DOCS = ROOT / "docs"
 MAX_SCREENSHOT = 150 * 1024  # bytes: the README's images stay small in the repository
@@ -104,7 +104,9 @@ def _browser_preflights(page: Page) -> list[dict[str, str]]:
     for e in page.tools.events:
         if e.get("method") == "Network.requestWillBeSentExtraInfo" and e["params"]["requestId"] in ids:
             headers = {k.lower(): v for k, v in e["params"]["headers"].items()}
-            seen.append({k: v for k, v in headers.items() if k == "origin" or k.startswith("access-control-")})
+            seen.append(
+                {k: v for k, v in headers.items() if k == "origin" or k.startswith("access-control-")}
+            )
     return seen
 
 
@@ -117,19 +119,26 @@ def test_the_cross_origin_page_before_and_after_sign_in(demo: Demo, browser: Bro
     assert [c["outcome"] for c in calls] == ["status", "refused", "refused"]
     first = calls[0]
     assert first["status"] == "401" and "login required" in first["result"]
-    assert first["login"] and first["login"].startswith(demo.team + "/cdn-cgi/access/login/app.localhost?kid=")
+    assert first["login"] and first["login"].startswith(
+        demo.team + "/cdn-cgi/access/login/app.localhost?kid="
+    )
     assert not any(c["overflow"] for c in calls), [c["answer"] for c in calls]
     _check_answers_are_the_edges(demo, calls)
     # The link leads to the sign-in form; signed in, the page's calls run again.
     page.go(first["login"])
     page.sign_in(EMAIL, PASSWORD)
-    page.until(f"location.href.startsWith({json.dumps(demo.app + '/api/me')})", "back on the API after sign-in")
+    page.until(
+        f"location.href.startsWith({json.dumps(demo.app + '/api/me')})", "back on the API after sign-in"
+    )
 
     calls = _open_cross_origin_page(page, demo)
     assert [c["outcome"] for c in calls] == ["ok", "refused", "refused"]
     assert calls[0]["status"] == "200" and f'"email": "{EMAIL}"' in calls[0]["result"]
     # The refused ones: the edge's answer, and the browser's refusal, side by side.
-    assert "The browser refuses: DELETE is not in Access-Control-Allow-Methods (GET, POST)" in calls[1]["verdict"]
+    assert (
+        "The browser refuses: DELETE is not in Access-Control-Allow-Methods (GET, POST)"
+        in calls[1]["verdict"]
+    )
     assert "access-control-allow-methods: GET, POST" in calls[1]["answer"]
     assert "x-debug is not in Access-Control-Allow-Headers (Content-Type)" in calls[2]["verdict"]
     assert "Refused by the browser" in calls[1]["result"] and "Refused by the browser" in calls[2]["result"]

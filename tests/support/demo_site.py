@@ -7,6 +7,7 @@ DevTools tab driver and an HTML heading reader.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import socket
 import time
@@ -104,7 +105,11 @@ def preflight(demo: Demo, sent: list[list[str]]) -> Reply:
 
 def edge_answer(reply: Reply) -> list[list[str]]:
     """A reply's status and CORS fields, as the demo page lists the edge's answer."""
-    return [[k.lower(), v] for k, v in reply.headers if k.lower().startswith("access-control-") or k.lower() == "vary"]
+    return [
+        [k.lower(), v]
+        for k, v in reply.headers
+        if k.lower().startswith("access-control-") or k.lower() == "vary"
+    ]
 
 
 # -- headings ----------------------------------------------------------------------------
@@ -145,7 +150,7 @@ def outline_problems(levels: list[int]) -> list[str]:
         problems.append(f"the first heading is not h1: {levels}")
     if levels.count(1) != 1:
         problems.append(f"{levels.count(1)} h1 headings")
-    problems += [f"h{b} after h{a}" for a, b in zip(levels, levels[1:], strict=False) if b > a + 1]
+    problems += [f"h{b} after h{a}" for a, b in itertools.pairwise(levels) if b > a + 1]
     return problems
 
 
