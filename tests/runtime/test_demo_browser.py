@@ -23,15 +23,20 @@ from typing import Any
 import pytest
 from chromium import Browser, chromium_binary
 from conftest import ROOT, wait_for
-from demo_site import EMAIL, PASSWORD, Demo, Page, edge_answer, preflight, running_demo
+from demo_site import EMAIL, PASSWORD, QUICK_START_PORTS, Demo, Page, edge_answer, preflight, running_demo
 
 DOCS = ROOT / "docs"
 MAX_SCREENSHOT = 150 * 1024  # bytes: the README's images stay small in the repository
 
 
+WRITE = os.environ.get("EDGE_WRITE_SCREENSHOTS") == "1"
+
+
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
-    with running_demo(tmp_path) as d:
+    # The committed screenshots show the quick start's own URLs (those
+    # ports must be free then); otherwise any free ports will do.
+    with running_demo(tmp_path, QUICK_START_PORTS if WRITE else None) as d:
         yield d
 
 
@@ -48,7 +53,7 @@ def _keep(page: Page, tmp: Path, name: str, until: str = "", scale: float = 1.0)
     """A screenshot in tmp; the committed copy too when asked for."""
     data = page.screenshot(tmp / name, until, scale)
     assert data.startswith(b"\x89PNG") and len(data) < MAX_SCREENSHOT, (name, len(data))
-    if os.environ.get("EDGE_WRITE_SCREENSHOTS") == "1":
+    if WRITE:
         DOCS.mkdir(exist_ok=True)
         (DOCS / name).write_bytes(data)
 

@@ -75,9 +75,13 @@ def demo_config(tmp: Path, port: int, origin_port: int, web_port: int) -> Path:
     return path
 
 
+# The quick start's ports (conf/edge.toml), for screenshots that show them.
+QUICK_START_PORTS = (8080, 9000, 9001)
+
+
 @contextmanager
-def running_demo(tmp: Path) -> Iterator[Demo]:
-    port, origin_port, web_port = free_ports(3)
+def running_demo(tmp: Path, ports: tuple[int, int, int] | None = None) -> Iterator[Demo]:
+    port, origin_port, web_port = ports or free_ports(3)
     edge = EdgeProcess(demo_config(tmp, port, origin_port, web_port))
     try:
         # The demo origin starts beside the edge: wait until it answers.
