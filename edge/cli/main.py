@@ -241,7 +241,8 @@ def _password_hash() -> str:
 
 
 def _start_demo(config: Config) -> None:
-    """The demo origin, in a child process of its own (it exits with us)."""
+    """The demo origin, in a child process of its own (it exits with us); it
+    prints the banner once the edge answers, after the edge's startup lines."""
     import multiprocessing
 
     from edge.runtime import demo
@@ -250,7 +251,6 @@ def _start_demo(config: Config) -> None:
         target=demo.run, args=(config,), daemon=True, name="demo"
     )
     child.start()
-    print(demo.banner(config), file=sys.stderr, flush=True)
 
 
 def _os_error_text(exc: OSError) -> str:

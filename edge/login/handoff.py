@@ -22,7 +22,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from edge.access.actions import Endpoint
 from edge.access.compile import Compiled, CompiledApp
@@ -108,7 +108,9 @@ def issue(
     policy, _ = target.app.policies.second_phase(subject, None)
     if policy is None or policy.action == "deny":
         log.info("login: %s has no access to %s", ident.email, target.app.name)
-        page = pages.denied_page(ident.email, target.app.name, f"{ENDPOINT_PATH}/logout")
+        # "Sign in with another account": sign out, then back to this app's sign-in.
+        back = urlencode({"kid": target.app.aud, "redirect_url": target.redirect_url})
+        page = pages.denied_page(ident.email, target.app.name, f"{ENDPOINT_PATH}/logout?{back}")
         return ctx.html(403, page, extra)
     code = HandoffCode(
         host=target.host,

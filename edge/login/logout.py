@@ -10,11 +10,16 @@ Invariants:
   without a valid CSRF token changes nothing.
 - A dead or absent session has nothing to protect, so the team's leg of an
   app logout (cross-site when the team is another site) just clears its cookie.
+- The signed-out page leads to a sign-in form: back to the application named
+  by the logout's `kid` and `redirect_url` (the login link's own fields, as
+  the app leg and the access-denied page pass them) when signin.target_of
+  accepts them, else the team's own sign-in page. Only ever a link.
 """
 
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlencode, urlsplit
 
 from edge.access.actions import Endpoint
 from edge.access.compile import Compiled, CompiledApp
@@ -24,8 +29,9 @@ from edge.access.revocation import revoked_until
 from edge.access.session import AUTH_COOKIE, ENDPOINT_PATH, clear_cookie, cross_site
 from edge.access.tokens import Identity, Refusal
 from edge.login import pages
-from edge.login.call import host_of, read_form
+from edge.login.call import host_of, query_of, read_form
 from edge.login.context import Context
+from edge.login.signin import target_of
 
 log = logging.getLogger("edge.login")
 
@@ -56,7 +62,8 @@ def confirm(
     """The confirmation page: one button posting back with the CSRF token."""
     csrf, extra = ctx.csrf_field(req)
     who = (ident.email or ident.sub) if isinstance(ident, Identity) else None
-    page = pages.logout_page(action=f"{ENDPOINT_PATH}/logout", csrf=csrf, who=who, error=error)
+    query = f"?{req.query.decode('latin-1')}" if req.query else ""  # where the signed-out page leads
+    page = pages.logout_page(action=f"{ENDPOINT_PATH}/logout{query}", csrf=csrf, who=who, error=error)
     return ctx.html(status, page, extra)
 
 
@@ -76,8 +83,30 @@ async def sign_out(
         clear.extend(clear_cookie(AUTH_COOKIE, path) for path in sorted(paths))
     if not action.team and ctx.team is not None:
         # The team session ends too: its cookie is cleared on its own host.
-        return ctx.redirect(f"{ctx.team_url}{ENDPOINT_PATH}/logout", clear)
-    return ctx.html(200, pages.message_page("Signed out", "You are signed out."), clear)
+        # Its signed-out page then leads back to this app's sign-in.
+        back = ""
+        if action.aud is not None:
+            home = f"{req.scheme}://{req.host.decode('latin-1')}/"
+            back = "?" + urlencode({"kid": action.aud, "redirect_url": home})
+        return ctx.redirect(f"{ctx.team_url}{ENDPOINT_PATH}/logout{back}", clear)
+    page = pages.message_page("Signed out", "You are signed out.", link=_sign_in_link(c, action, req))
+    return ctx.html(200, page, clear)
+
+
+def _sign_in_link(c: Compiled, action: Endpoint, req: Request) -> tuple[str, str] | None:
+    """Where the signed-out page leads: a sign-in form (see the invariants)."""
+    if not action.team:
+        # No login service here: the application's own page sends a
+        # signed-out browser to its login URL.
+        return ("/", "Sign in again") if action.aud is not None else None
+    url = query_of(req).get("redirect_url", "")
+    host = (urlsplit(url).hostname or "") if url.isascii() else ""
+    target = target_of(c, host, req) if host else None
+    if target is None or isinstance(target, str):
+        return (f"{ENDPOINT_PATH}/login", "Sign in")
+    # The application sends a signed-out browser to its sign-in form, with
+    # a fresh login binding (a direct link to the form would carry none).
+    return (target.redirect_url, f"Sign in to {target.app.name}")
 
 
 def _revoked_until(c: Compiled, ident: Identity, now: float) -> float:

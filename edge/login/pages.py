@@ -3,7 +3,7 @@
 Every value that comes from a request or a config is escaped here, once.
 Pages load nothing from anywhere (no script, no style sheet, no image), so
 the Content-Security-Policy sent with them can forbid everything but the
-inline style below and form posts to the page's own origin.
+inline style and icon below and form posts to the page's own origin.
 """
 
 from __future__ import annotations
@@ -13,13 +13,21 @@ from dataclasses import dataclass
 from html import escape
 
 CSP = (
-    b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; "
+    b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self' http: https:; "
     b"frame-ancestors 'none'; base-uri 'none'"
+)
+
+# The favicon, inline (a data: URL, allowed by the CSP's img-src): a page
+# that loads nothing needs no /favicon.ico route. Also used by the demo origin.
+ICON = (
+    "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E"
+    "%3Crect width='16' height='16' rx='3' fill='%23246'/%3E"
+    "%3Cpath d='M4 4h8v2H6v1h5v2H6v1h6v2H4z' fill='%23fff'/%3E%3C/svg%3E"
 )
 
 _STYLE = (
     "body{font:16px/1.5 system-ui,sans-serif;max-width:26rem;margin:3rem auto;padding:0 1rem;color:#222}"
-    "h1{font-size:1.4rem}label{display:block;margin:.6rem 0 .2rem}"
+    "h1{font-size:1.4rem}h2{font-size:1.1rem}label{display:block;margin:.6rem 0 .2rem}"
     "input{width:100%;padding:.45rem;font:inherit;box-sizing:border-box}"
     "button{margin-top:1rem;padding:.5rem 1rem;font:inherit;cursor:pointer}"
     ".note{color:#555;font-size:.9rem}.error{color:#a00;border-left:3px solid #a00;padding-left:.6rem}"
@@ -40,7 +48,7 @@ def _page(title: str, body: str) -> bytes:
     return (
         '<!doctype html>\n<html lang="en">\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{escape(title)}</title>\n<style>{_STYLE}</style>\n"
+        f'<title>{escape(title)}</title>\n<link rel="icon" href="{escape(ICON)}">\n<style>{_STYLE}</style>\n'
         f"<main>\n{body}\n</main>\n"
     ).encode()
 

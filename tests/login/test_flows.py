@@ -404,7 +404,10 @@ def test_a_logout_revokes_the_session(site: Site) -> None:
 def test_an_app_logout_ends_the_team_session_too(site: Site) -> None:
     action, req = site.endpoint("GET", "http://app.localhost/cdn-cgi/access/logout")
     r = run(logout.logout(site.ctx, site.c, action, req, b"", NOW))
-    assert location(r) == f"{TEAM_URL}/cdn-cgi/access/logout"
+    url, _, query = location(r).partition("?")
+    assert url == f"{TEAM_URL}/cdn-cgi/access/logout"
+    # Named so the team's signed-out page leads back to this app's sign-in.
+    assert parse_qs(query) == {"kid": [action.aud], "redirect_url": ["https://app.localhost/"]}
 
 
 # -- OpenID Connect -----------------------------------------------------------------------------

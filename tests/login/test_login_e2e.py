@@ -752,7 +752,10 @@ def test_logout_clears_both_cookies_and_revokes_the_session(team: Team) -> None:
 
     out = b.get(team.url("app.localhost", f"{ENDPOINTS}/logout"), follow=False)
     assert out.status == 302
-    assert out.header("location") == f"{team.team_url}{ENDPOINTS}/logout"
+    # The team's leg names the app, so its signed-out page leads back to it.
+    home = team.url("app.localhost", "/")
+    back = urlencode({"kid": "app-aud", "redirect_url": home})
+    assert out.header("location") == f"{team.team_url}{ENDPOINTS}/logout?{back}"
     [cleared] = auth_cookies(out)
     assert parse_set_cookie(cleared)[1:] == (
         "",
@@ -760,6 +763,7 @@ def test_logout_clears_both_cookies_and_revokes_the_session(team: Team) -> None:
     )
     team_out = b.get(out.header("location") or "", follow=False)
     assert team_out.status == 200 and "You are signed out." in team_out.text
+    assert f'<a href="{home}">Sign in to app</a>' in team_out.text
     [cleared] = auth_cookies(team_out)
     assert parse_set_cookie(cleared)[2]["max-age"] == "0"
     assert b.cookie("app.localhost") is None and b.cookie("auth.localhost") is None
@@ -820,7 +824,8 @@ def open_logout(team: Team, host: str, token: str, headers: Sequence[tuple[str, 
 
 def signed_out_at_once(team: Team, host: str, reply: Reply) -> bool:
     if host == "app.localhost":
-        done = reply.status == 302 and reply.header("location") == f"{team.team_url}{LOGOUT}"
+        where = (reply.header("location") or "").partition("?")[0]
+        done = reply.status == 302 and where == f"{team.team_url}{LOGOUT}"
     else:
         done = reply.status == 200 and "You are signed out." in reply.text
     return done and len(auth_cookies(reply)) == 1 and parse_set_cookie(auth_cookies(reply)[0])[1] == ""

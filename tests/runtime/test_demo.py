@@ -1,102 +1,77 @@
 """The first command's promise: `edge serve` on the default config shows the
-whole product (README quick start, issue "a first command that shows the
-whole product").
+whole product and teaches CORS (README quick start, issue 11 "a first
+command that teaches CORS").
 
-The edge runs conf/edge.toml itself, with only its ports and key directory
-moved (so the test never collides with a developer's running demo): the
-team host with the dev provider, the demo origin and the second origin
-started by `edge serve`, the demo app with its CORS settings.
-
-The browser test drives Debian's headless Chromium through the whole flow:
-navigation, redirect to the team host, dev sign-in, the cookie set on the
-app host, the app page showing the email, the cross-origin fetch() from the
-second origin (preflight answered at the edge), logout, and the next visit
-sent to the login page again.
+The edge runs conf/edge.toml itself, with only its ports, key directory and
+access log moved (tests/support/demo_site.py): the team host with the dev
+provider, the demo origin and the second origin started by `edge serve`, the
+demo app with its CORS settings. Everything here is real HTTP over loopback;
+tests/runtime/test_demo_browser.py drives the same in headless Chromium.
 """
 
 from __future__ import annotations
 
+import html
 import json
-import socket
-import time
+import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urljoin
 
 import pytest
 from browserless import Browser as Client
-from chromium import CALL_TIMEOUT, Browser, chromium_binary
-from conftest import ROOT, EdgeProcess, free_ports, wait_for
-
-EMAIL = "alice@example.com"
-PASSWORD = "demo"
-
-
-@dataclass
-class Demo:
-    edge: EdgeProcess
-    port: int
-    web_port: int
-    access_log: Path
-
-    @property
-    def app(self) -> str:
-        return f"http://app.localhost:{self.port}"
-
-    @property
-    def web(self) -> str:
-        return f"http://app.localhost:{self.web_port}"
-
-    def records(self) -> list[dict[str, Any]]:
-        if not self.access_log.exists():
-            return []
-        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line]
-
-
-def demo_config(tmp: Path, port: int, origin_port: int, web_port: int) -> Path:
-    """conf/edge.toml with its ports, key directory and access log moved."""
-    text = (ROOT / "conf" / "edge.toml").read_text()
-    for old, new in (
-        ("127.0.0.1:8080", f"127.0.0.1:{port}"),
-        ("127.0.0.1:9000", f"127.0.0.1:{origin_port}"),
-        ("127.0.0.1:9001", f"127.0.0.1:{web_port}"),
-        ("http://app.localhost:9001", f"http://app.localhost:{web_port}"),
-        ('key_dir = "var/keys"', f'key_dir = "{tmp / "keys"}"'),
-        ('access_log = "stdout"', f'access_log = "{tmp / "access.log"}"'),
-    ):
-        assert old in text, f"conf/edge.toml no longer has {old!r}"
-        text = text.replace(old, new)
-    path = tmp / "edge.toml"
-    path.write_text(text)
-    return path
+from browserless import Reply
+from conftest import wait_for
+from demo_site import (
+    DENIED,
+    EMAIL,
+    PASSWORD,
+    Demo,
+    edge_answer,
+    headings,
+    icons,
+    outline_problems,
+    preflight,
+    running_demo,
+)
 
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
-    port, origin_port, web_port = free_ports(3)
-    edge = EdgeProcess(demo_config(tmp_path, port, origin_port, web_port))
-    try:
-        # The demo origin starts beside the edge: wait until it answers.
-        assert wait_for(lambda: _listening(web_port) and _listening(origin_port), timeout=10)
-        yield Demo(edge, port, web_port, tmp_path / "access.log")
-    finally:
-        edge.stop()
+    with running_demo(tmp_path) as d:
+        yield d
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+def _calls(page: Reply) -> list[dict[str, Any]]:
+    """The calls the cross-origin page makes, with what it shows for each."""
+    m = re.search(r'<script type="application/json" id="calls">(.*?)</script>', page.text, re.S)
+    assert m is not None, page.text[:500]
+    calls: list[dict[str, Any]] = json.loads(m.group(1))
+    return calls
+
+
+def _link(page: Reply, text: str) -> str:
+    """The href of the link whose text is `text`, resolved against the page."""
+    m = re.search(rf'<a href="([^"]*)">{re.escape(text)}</a>', page.text)
+    assert m is not None, f"no link {text!r} on {page.url}: {page.text[:600]}"
+    return urljoin(page.url, html.unescape(m.group(1)))
 
 
 def test_startup_output_says_what_to_open_and_who_to_be(demo: Demo) -> None:
+    assert wait_for(lambda: "edge demo:" in demo.edge.stderr_text(), timeout=10)
     text = demo.edge.stderr_text()
     assert f"open {demo.app}" in text
     assert f"open {demo.web}" in text
     assert f'sign in as {EMAIL}, password "{PASSWORD}"' in text
+    # The banner comes after the edge's own startup lines, and the access
+    # log, in a file, does not bury it.
+    assert text.index("listening on") < text.index("edge demo:")
+    assert f"access log: {demo.access_log}" in text
+    demo.client().get(demo.app + "/")
+    assert wait_for(lambda: demo.records(), timeout=5)
+    assert '"method":' not in demo.edge.stderr_text() and not demo.edge.stdout
 
 
 def test_demo_flow_without_a_browser(demo: Demo) -> None:
@@ -122,104 +97,99 @@ def test_demo_flow_without_a_browser(demo: Demo) -> None:
     assert options[0]["decision"].startswith("preflight") and options[0]["upstream_status"] is None
 
 
-def test_mallory_is_told_she_has_no_access(demo: Demo) -> None:
-    page = Client(demo.port).sign_in(demo.app + "/", "mallory@example.com", PASSWORD)
-    assert page.status == 403
-    assert "does not have access to demo" in page.text
+def test_the_cross_origin_page_shows_what_the_edge_really_answers(demo: Demo) -> None:
+    page = demo.client().get(demo.web + "/")
+    assert page.status == 200
+    calls = _calls(page)
+    # What each call makes the browser send (Fetch: a non-simple method or
+    # header needs a preflight; its headers named lower-case, sorted).
+    assert [c["sent"][2:] for c in calls] == [
+        [
+            ["Origin", demo.web],
+            ["Access-Control-Request-Method", "POST"],
+            ["Access-Control-Request-Headers", "content-type"],
+        ],
+        [["Origin", demo.web], ["Access-Control-Request-Method", "DELETE"]],
+        [
+            ["Origin", demo.web],
+            ["Access-Control-Request-Method", "POST"],
+            ["Access-Control-Request-Headers", "content-type,x-debug"],
+        ],
+    ]
+    for call in calls:
+        real = preflight(demo, call["sent"])
+        # What the page shows as the edge's answer is what the edge answers.
+        assert (call["status"], call["answer"]) == (real.status, edge_answer(real)), call["title"]
+        shown = "\n".join([str(real.status), *(f"{k}: {v}" for k, v in edge_answer(real))])
+        assert f'<pre class="answer">{html.escape(shown, quote=False)}</pre>' in page.text
+    # The app's CORS settings allow the first call and refuse the other two:
+    # the edge answers each preflight (200, the app's lists), and the lists
+    # lack DELETE and X-Debug, so the browser refuses those.
+    allowed, delete, debug = (dict(preflight(demo, c["sent"]).headers) for c in calls)
+    assert allowed["access-control-allow-origin"] == demo.web
+    assert "DELETE" not in delete["access-control-allow-methods"]
+    assert "x-debug" not in debug["access-control-allow-headers"].lower()
+    assert [c["verdict"] for c in calls] == [
+        "",
+        "DELETE is not in Access-Control-Allow-Methods (GET, POST)",
+        "x-debug is not in Access-Control-Allow-Headers (Content-Type)",
+    ]
+    assert re.findall(r'data-expect="(\w+)"', page.text) == ["allowed", "refused", "refused"]
+    # No preflight reached the API: the edge answered them all.
+    assert wait_for(lambda: len([r for r in demo.records() if r["method"] == "OPTIONS"]) >= 6, timeout=5)
+    assert all(r["upstream_status"] is None for r in demo.records() if r["method"] == "OPTIONS")
 
 
-# -- the whole product in a real browser --------------------------------------------------
-
-
-class Page:
-    """One tab, driven by Runtime.evaluate."""
-
-    def __init__(self, browser: Browser) -> None:
-        assert browser.tools is not None
-        self.tools = browser.tools
-        target = self.tools.call("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.tools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        self.tools.call("Network.enable", self.session)
-        self.tools.call("Page.enable", self.session)
-
-    def go(self, url: str) -> None:
-        self.tools.call("Page.navigate", self.session, url=url)
-
-    def eval(self, expression: str, wait: bool = False) -> Any:
-        reply = self.tools.call(
-            "Runtime.evaluate", self.session, expression=expression, awaitPromise=wait, returnByValue=True
-        )
-        if "exceptionDetails" in reply:
-            raise AssertionError(f"the page threw: {reply['exceptionDetails']}")
-        return reply["result"].get("value")
-
-    def until(self, expression: str, what: str) -> Any:
-        """Poll `expression` until it is truthy (the page may be navigating)."""
-        deadline = time.monotonic() + CALL_TIMEOUT
-        value: Any = None
-        while time.monotonic() < deadline:
-            try:
-                value = self.eval(expression)
-            except AssertionError:
-                value = None  # between documents
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"{what}: still {value!r}; at {self.eval('location.href')}")
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    b = Browser(chromium_binary(), tmp_path / "profile")
-    try:
-        yield b
-    finally:
-        b.close()
-
-
-def test_the_whole_product_in_a_browser(demo: Demo, browser: Browser) -> None:
-    page = Page(browser)
-    team = f"http://auth.localhost:{demo.port}"
-    page.go(demo.app + "/")
-    page.until(
-        f"location.href.startsWith({json.dumps(team + '/cdn-cgi/access/login/app.localhost')})"
-        " && document.readyState == 'complete' && !!document.querySelector('input[name=email]')",
-        "redirected to the team's login page",
+def test_the_401_another_origin_reads_names_the_login_page(demo: Demo) -> None:
+    """What the page's first call gets before sign-in: a 401 it may read
+    (the edge's CORS courtesy headers), whose JSON carries the login link."""
+    client = demo.client()
+    reply = client.request(
+        "POST",
+        demo.app + "/api/me",
+        b"{}",
+        {"Origin": demo.web, "Content-Type": "application/json", "Sec-Fetch-Mode": "cors", "Accept": "*/*"},
     )
-    page.eval(
-        f"""(() => {{
-        const form = document.querySelector('input[name=email]').form;
-        form.email.value = {json.dumps(EMAIL)};
-        form.password.value = {json.dumps(PASSWORD)};
-        form.submit();
-        return true;
-    }})()"""
-    )
-    shown = page.until(
-        f"location.origin == {json.dumps(demo.app)} && document.getElementById('email')?.textContent",
-        "back on the app, showing the email",
-    )
-    assert shown == EMAIL
-    cookies = browser.tools.call("Network.getCookies", page.session, urls=[demo.app + "/"])["cookies"]  # type: ignore[union-attr]
-    auth = [c for c in cookies if c["name"] == "CF_Authorization"]
-    assert len(auth) == 1 and auth[0]["domain"] == "app.localhost"
-    assert (auth[0]["httpOnly"], auth[0]["secure"], auth[0]["sameSite"]) == (True, True, "Lax")
+    assert reply.status == 401 and reply.header("access-control-allow-origin") == demo.web
+    login = json.loads(reply.body)["login_url"]
+    form = client.get(login)
+    assert form.status == 200 and 'name="password"' in form.text and "<h1>Sign in to demo</h1>" in form.text
 
-    page.go(demo.web + "/")
-    page.until("typeof callApi == 'function' && document.readyState == 'complete'", "the second origin")
-    result = page.eval("callApi()", wait=True)
-    assert result["status"] == 200, result
-    assert json.loads(result["body"].partition("\n")[2])["email"] == EMAIL
-    # The preflight was answered by the edge; the API only saw the POST.
-    assert wait_for(lambda: any(r["method"] == "OPTIONS" for r in demo.records()), timeout=5)
-    pre = [r for r in demo.records() if r["method"] == "OPTIONS" and r["path"] == "/api/me"]
-    assert pre and pre[-1]["status"] == 200 and pre[-1]["upstream_status"] is None
 
-    page.go(demo.app + "/cdn-cgi/access/logout")
-    page.until("document.body?.innerText.includes('You are signed out')", "the signed-out page")
-    page.go(demo.app + "/")
-    page.until(
-        f"location.href.startsWith({json.dumps(team + '/cdn-cgi/access/login/')})"
-        " && !!document.querySelector('input[name=email]')",
-        "sent to the login page again",
-    )
+def test_the_signed_out_page_leads_to_a_sign_in_form(demo: Demo) -> None:
+    client = demo.client()
+    client.sign_in(demo.app + "/", EMAIL, PASSWORD)
+    out = client.get(demo.app + "/cdn-cgi/access/logout")
+    assert out.status == 200 and "You are signed out." in out.text
+    form = client.get(_link(out, "Sign in to demo"))
+    assert form.status == 200 and "<h1>Sign in to demo</h1>" in form.text and 'name="password"' in form.text
+    # ...and that form brings the user back to the app.
+    page = client.sign_in(_link(out, "Sign in to demo"), EMAIL, PASSWORD)
+    assert page.url.startswith(demo.app) and f'<span id="email">{EMAIL}</span>' in page.text
+
+
+def test_sign_in_with_another_account_leads_to_a_sign_in_form(demo: Demo) -> None:
+    client = demo.client()
+    denied = client.sign_in(demo.app + "/", DENIED, PASSWORD)
+    assert denied.status == 403 and "does not have access to demo" in denied.text
+    out = client.get(_link(denied, "Sign in with another account"))
+    assert out.status == 200 and "You are signed out." in out.text
+    page = client.sign_in(_link(out, "Sign in to demo"), EMAIL, PASSWORD)
+    assert page.url.startswith(demo.app) and f'<span id="email">{EMAIL}</span>' in page.text
+
+
+def test_pages_have_ordered_headings_and_a_favicon(demo: Demo) -> None:
+    client = demo.client()
+    login = client.get(demo.app + "/")
+    pages = {"login": login, "web": client.get(demo.web + "/")}
+    pages["app"] = client.sign_in(demo.app + "/", EMAIL, PASSWORD)
+    pages["signed out"] = client.get(demo.app + "/cdn-cgi/access/logout")
+    pages["denied"] = demo.client().sign_in(demo.app + "/", DENIED, PASSWORD)
+    for name, page in pages.items():
+        assert outline_problems(headings(page.text)) == [], name
+        [icon] = icons(page.text)
+        assert icon.startswith("data:image/svg+xml,"), name
+        svg = ET.fromstring(unquote(icon.removeprefix("data:image/svg+xml,")))
+        assert svg.tag == "{http://www.w3.org/2000/svg}svg", name
+    # The login service's pages forbid loading anything but this inline icon.
+    assert "img-src data:" in (login.header("content-security-policy") or "")
