@@ -86,7 +86,7 @@ def start_session(
         log.error("a token just issued does not verify: %s", ident.reason)
         return ctx.message(500, "Sign-in failed", "Please try again.")
     if target is None:
-        return ctx.signed_in(ident, [cookie, *extra])
+        return ctx.signed_in([cookie, *extra])
     return issue(ctx, c, ident, who, target, req, now, [cookie, *extra])
 
 
@@ -106,7 +106,12 @@ def issue(
     policy, _ = target.app.policies.second_phase(subject, None)
     if policy is None or policy.action == "deny":
         log.info("login: %s has no access to %s", ident.email, target.app.name)
-        page = pages.denied_page(ident.email, target.app.name, f"{ENDPOINT_PATH}/logout")
+        app = target.app.config
+        if app.custom_deny_url:
+            return ctx.redirect(app.custom_deny_url, extra)
+        page = pages.denied_page(
+            ident.email, target.app.name, f"{ENDPOINT_PATH}/logout", app.custom_deny_message, ctx.look
+        )
         return ctx.html(403, page, extra)
     code = HandoffCode(
         host=target.host,

@@ -77,7 +77,9 @@ async def sign_out(
     if not action.team and ctx.team is not None:
         # The team session ends too: its cookie is cleared on its own host.
         return ctx.redirect(f"{ctx.team_url}{ENDPOINT_PATH}/logout", clear)
-    return ctx.html(200, pages.message_page("Signed out", "You are signed out."), clear)
+    return ctx.html(
+        200, pages.message_page("Signed out", "You are signed out.", look=ctx.look, kind="signed_out"), clear
+    )
 
 
 def _revoked_until(c: Compiled, ident: Identity, now: float) -> float:

@@ -251,7 +251,8 @@ APP_ERRORS = [
         app(extra='zzz = "red"'),
         "$.apps[0]: unknown key 'zzz' (known keys: name, domains, upstream, policies, "
         "aud, cors, options_preflight_bypass, unauthenticated, same_site, http_only, path_scoped, "
-        "session_duration, keep_auth_cookie, rewrite_host)",
+        "session_duration, keep_auth_cookie, rewrite_host, allowed_idps, auto_redirect_to_identity, "
+        "custom_deny_message, custom_deny_url, app_launcher_visible, logo_url)",
     ),
 ]
 
