@@ -49,7 +49,10 @@ def test_every_option() -> None:
         'custom_deny_message = "Ask #help for access."\ncustom_deny_url = "https://help.example.com/denied"\n'
         'app_launcher_visible = false\nlogo_url = "https://cdn.example.com/a.png"\n'
     )
-    branding = '[team.branding]\nname = "Example Inc"\nlogo_url = "https://cdn.example.com/t.png"\naccent = "#1A2b3c"\n'
+    branding = (
+        '[team.branding]\nname = "Example Inc"\nlogo_url = "https://cdn.example.com/t.png"\n'
+        'accent = "#1A2b3c"\n'
+    )
     config = loads(TEAM + branding + DEV + OIDC + app(extra))
     a = config.apps[0]
     assert a.allowed_idps == ["sso"] and a.auto_redirect_to_identity

@@ -53,7 +53,8 @@ def app(name: str, domains: str, policies: str, extra: str = "") -> str:
 
 
 def policy(action: str, include: str, extra: str = "") -> str:
-    return f'[[apps.policies]]\nname = "{action}-{abs(hash(include)) % 1000}"\naction = "{action}"\ninclude = [{include}]\n{extra}'
+    # Named by action: no app here has two policies with the same action.
+    return f'[[apps.policies]]\nname = "{action}"\naction = "{action}"\ninclude = [{include}]\n{extra}'
 
 
 STAFF = policy("allow", '{ groups = ["staff"] }')
@@ -395,7 +396,10 @@ def test_branding_on_the_pages(site: Site) -> None:
 
 
 def test_a_template_escapes_every_value_but_the_content() -> None:
-    template = "<title>{{title}}</title><h2 style='color:{{accent}}'>{{ team_name }}</h2><img src='{{logo_url}}'>{{content}}"
+    template = (
+        "<title>{{title}}</title><h2 style='color:{{accent}}'>{{ team_name }}</h2>"
+        "<img src='{{logo_url}}'>{{content}}"
+    )
     look = pages.Look(
         NASTY, f"https://x.example.com/{NASTY}", "#abcdef", {"launcher": template, "login": "L {{content}}"}
     )
