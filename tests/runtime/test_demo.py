@@ -17,6 +17,7 @@ sent to the login page again.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -126,6 +127,17 @@ def test_mallory_is_told_she_has_no_access(demo: Demo) -> None:
     page = Client(demo.port).sign_in(demo.app + "/", "mallory@example.com", PASSWORD)
     assert page.status == 403
     assert "does not have access to demo" in page.text
+    assert (
+        "The demo app is for staff; mallory is kept out on purpose." in page.text
+    )  # its custom_deny_message
+
+
+@pytest.mark.parametrize(("email", "apps"), [(EMAIL, ["demo", "docs"]), ("mallory@example.com", ["docs"])])
+def test_the_demo_launcher_lists_the_apps_each_user_may_open(demo: Demo, email: str, apps: list[str]) -> None:
+    client = Client(demo.port)
+    launcher = client.sign_in(f"http://auth.localhost:{demo.port}/", email, PASSWORD)
+    assert launcher.status == 200 and f"You are signed in as {email}" in launcher.text
+    assert re.findall(r'<li class="app"><a href="[^"]*">([^<]*)</a>', launcher.text) == apps
 
 
 # -- the whole product in a real browser --------------------------------------------------
