@@ -30,6 +30,7 @@ from browserless import Browser as Client
 from browserless import Reply
 from chromium import CALL_TIMEOUT, Browser, DevTools, chromium_binary
 from conftest import EdgeProcess, free_port, write_config
+from oidc_provider import OidcProvider
 from upstream_server import Upstream
 
 from edge.login.passwords import hash_password
@@ -178,6 +179,54 @@ def test_a_custom_deny_message_after_sign_in(world: World) -> None:
     client = Client(world.port)
     denied = client.sign_in(world.url("hr.localhost"), MALLORY, PASSWORD)
     assert denied.status == 403 and DENY_MESSAGE in denied.text
+
+
+@pytest.fixture(scope="module")
+def sso_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, OidcProvider]]:
+    """A team with the dev provider and a real OpenID provider; the app
+    "ssoapp" allows only the latter, with auto_redirect_to_identity."""
+    tmp = tmp_path_factory.mktemp("launcher-sso")
+    port = free_port()
+    sso = OidcProvider(redirect_uris=(f"http://auth.localhost:{port}{ENDPOINTS}/callback",)).start()
+    upstream = Upstream().start()
+    edge: EdgeProcess | None = None
+    try:
+        config = (
+            f'[team]\nhost = "auth.localhost"\nurl = "http://auth.localhost:{port}"\n'
+            f'key_dir = "{tmp / "keys"}"\n'
+            '[[team.providers]]\ntype = "dev"\nid = "dev"\n'
+            f'users = [{{ email = "{ALICE}", password = "{hash_password(PASSWORD, log2_n=10)}" }}]\n'
+            f'[[team.providers]]\ntype = "oidc"\nid = "sso"\nissuer = "{sso.issuer}"\n'
+            f'client_id = "{sso.client_id}"\nclient_secret = "{sso.client_secret}"\n'
+            + app_toml(
+                "ssoapp",
+                upstream.url,
+                allow('{ email_domains = ["example.com"] }'),
+                'allowed_idps = ["sso"]\nauto_redirect_to_identity = true\n',
+            )
+        )
+        edge = EdgeProcess(write_config(tmp, f'listen = ["127.0.0.1:{port}"]', config))
+        yield World(edge, port), sso
+    finally:
+        if edge is not None:
+            edge.stop()
+        sso.stop()
+        upstream.close()
+
+
+def test_auto_redirect_goes_straight_to_the_oidc_provider(sso_world: tuple[World, OidcProvider]) -> None:
+    world, sso = sso_world
+    client = Client(world.port)
+    to_login = client.get(world.url("ssoapp.localhost", "/status/200"), follow=False)
+    login = to_login.header("location") or ""
+    assert to_login.status == 302 and login.startswith(world.url("auth.localhost", f"{ENDPOINTS}/login/"))
+    straight = client.get(login, follow=False)  # no chooser page: on to the provider
+    assert straight.status == 302 and (straight.header("location") or "").startswith(
+        f"{sso.issuer}/authorize?"
+    )
+    done = client.get(straight.header("location") or "")  # the provider signs alice in at once
+    assert done.url == world.url("ssoapp.localhost", "/status/200") and done.status == 200
+    assert client.cookie("ssoapp.localhost") is not None
 
 
 # -- in headless Chromium --------------------------------------------------------------------
