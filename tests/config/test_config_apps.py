@@ -510,7 +510,7 @@ def test_parse_domain(text: str, host: str, segments: tuple[str, ...]) -> None:
 
 def test_default_config_runs_the_example_apps() -> None:
     config = load(ROOT / "conf" / "edge.toml")
-    assert [a.name for a in config.apps] == ["demo", "api", "api-public", "api-internal"]
+    assert [a.name for a in config.apps] == ["demo", "docs", "api", "api-public", "api-internal"]
     assert config.server == Config().server and config.proxy == Config().proxy
 
 
@@ -518,5 +518,5 @@ def test_the_example_runs_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # jwks_file is relative to the working directory, like tls.cert
     config = load(ROOT / "conf" / "edge.toml")
     compiled = compile_config(config, "conf/edge.toml")
-    assert [a.name for a in compiled.apps] == ["demo", "api", "api-public", "api-internal"]
+    assert [a.name for a in compiled.apps] == ["demo", "docs", "api", "api-public", "api-internal"]
     assert hashlib.sha256(b"demo-secret-change-me").hexdigest() == config.service_tokens[0].secret_sha256
