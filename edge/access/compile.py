@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 import jwt
@@ -92,6 +93,7 @@ class CompiledApp:
         "strip_auth_cookie",
         "rewrite_host",
         "deny_plain",
+        "deny_page",
         "preflight_refused",
         "_deny_by_origin",
         "_responses",
@@ -111,6 +113,8 @@ class CompiledApp:
         self.rewrite_host = app.rewrite_host
         self._responses = responses
         self.deny_plain = shared.deny_plain if self.cors is None else shared.deny_vary
+        # What a refused navigation gets instead (decide._deny), if the app says.
+        self.deny_page = _custom_deny(app, responses)
         self.preflight_refused = shared.preflight_refused
         # 403s for allowed origins, keyed by their Access-Control-Allow-Origin
         # value: the response depends on nothing else (no token, no client
@@ -137,6 +141,28 @@ class CompiledApp:
         assert self.cors is not None
         fields = [NO_STORE, *self.cors.courtesy(origin)]
         return self._responses.text(403, DENIED_BODY, fields)
+
+
+def _custom_deny(app: App, responses: Responses) -> LocalResponse | None:
+    """custom_deny_url: a redirect there; custom_deny_message: a small HTML
+    403 page saying it (escaped, framing forbidden, nothing loaded)."""
+    if app.custom_deny_url:
+        fields = [(b"location", app.custom_deny_url.encode("ascii")), NO_STORE]
+        return responses.text(302, b"access denied\n", fields)
+    if not app.custom_deny_message:
+        return None
+    body = (
+        '<!doctype html>\n<html lang="en">\n<meta charset="utf-8">\n<title>Access denied</title>\n'
+        f"<main>\n<h1>Access denied</h1>\n<p>You do not have access to {escape(app.name)}.</p>\n"
+        f'<p class="custom">{escape(app.custom_deny_message)}</p>\n</main>\n'
+    ).encode()
+    fields = [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"x-frame-options", b"DENY"),
+        (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+        NO_STORE,
+    ]
+    return LocalResponse(403, fields, body, responses.server)
 
 
 class RemoteKeys(msgspec.Struct, frozen=True, gc=False):

@@ -130,7 +130,7 @@ def _team(c: Compiled, req: Request, h: Index, segments: list[bytes]) -> Action:
     if is_preflight(req.method, _one(h, b"origin"), _one(h, b"access-control-request-method")):
         return Preflight(c.endpoint_refused, None, "preflight: the team host allows no cross-site requests")
     if not segments or segments == [b""]:
-        name, rest = "login", ""
+        name, rest = "launcher", ""
     elif segments[0] == b"cdn-cgi" and segments[1:2] == [b"access"] and len(segments) > 2:
         name, rest = segments[2].decode("latin-1"), b"/".join(segments[3:]).decode("latin-1")
     else:
@@ -266,6 +266,11 @@ def _forward(
 
 
 def _deny(app: CompiledApp, h: Index, reason: str) -> Deny:
+    # custom_deny_message/url: a page or a redirect for a navigation only; a
+    # fetch or an API client reads the plain 403 as before.
+    page = app.deny_page
+    if page is not None and is_navigation(h):
+        return Deny(page, app.name, reason)
     return Deny(app.deny_response(_one(h, b"origin")), app.name, reason)
 
 

@@ -20,6 +20,7 @@ class EndpointKind(enum.Enum):
     LOGOUT = "logout"
     GET_IDENTITY = "get-identity"
     CERTS = "certs"  # the built-in issuer's keys and certificates
+    LAUNCHER = "launcher"  # the team host's "/": the applications a signed-in user may open
 
 
 # What a protected host serves under /cdn-cgi/access/.
@@ -43,5 +44,6 @@ TEAM_ENDPOINTS: dict[str, EndpointKind] = {
         EndpointKind.LOGOUT,
         EndpointKind.GET_IDENTITY,
         EndpointKind.CERTS,
+        EndpointKind.LAUNCHER,
     )
 }

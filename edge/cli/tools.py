@@ -16,7 +16,7 @@ from edge.access.cors import fetch_method
 from edge.access.decide import explain
 from edge.access.request import Request, build
 from edge.access.responses import date_line
-from edge.config.schema import Config, DevProvider
+from edge.config.schema import TEMPLATE_PAGES, App, Branding, Config, DevProvider
 from edge.config.syntax import is_loopback_host
 from edge.login import keys as keylib
 
@@ -38,6 +38,9 @@ def apps_summary(compiled: Compiled) -> str:
             lines.append("    cors:     preflights forwarded to the upstream (options_preflight_bypass)")
         else:
             lines.append("    cors:     none (preflights get 403)")
+        pages = _pages_summary(cfg)
+        if pages:
+            lines.append(f"    sign-in:  {pages}")
     for issuer in config.issuers:
         source = issuer.jwks_file or issuer.jwks_url or "shared secret"
         lines.append(f"  issuer {issuer.iss}: {', '.join(issuer.algorithms)} via {source}")
@@ -64,7 +67,38 @@ def apps_summary(compiled: Compiled) -> str:
         lines.append(
             f"    store:     {team.store}" + (f" ({team.redis_url})" if team.store == "redis" else "")
         )
+        lines.append(
+            f"    pages:     {_branding_summary(team.branding)}; app launcher at {compiled.team_url}/"
+        )
     return "\n".join(lines)
+
+
+def _pages_summary(app: App) -> str:
+    """An application's sign-in and deny settings, when not the defaults."""
+    parts = []
+    if app.allowed_idps is not None:
+        parts.append(f"providers {', '.join(app.allowed_idps)}")
+    if app.auto_redirect_to_identity:
+        parts.append("straight to the provider")
+    if app.custom_deny_url:
+        parts.append(f"refused navigations to {app.custom_deny_url}")
+    elif app.custom_deny_message:
+        parts.append("custom deny message")
+    if not app.app_launcher_visible:
+        parts.append("not in the app launcher")
+    return "; ".join(parts)
+
+
+def _branding_summary(branding: Branding) -> str:
+    parts = [f'"{branding.name}"' if branding.name else "no team name"]
+    if branding.accent:
+        parts.append(f"accent {branding.accent}")
+    if branding.logo_url:
+        parts.append("logo")
+    templates = [page for page in TEMPLATE_PAGES if getattr(branding.templates, page)]
+    if templates:
+        parts.append(f"templates: {', '.join(templates)}")
+    return ", ".join(parts)
 
 
 def warnings(compiled: Compiled) -> list[str]:

@@ -35,8 +35,11 @@ from edge.config.schema import (
     SERVICE_SELECTORS,
     SIGNING_ALGORITHMS,
     STORES,
+    TEMPLATE_CONTENT,
+    TEMPLATE_PLACEHOLDERS,
     TLS,
     App,
+    Branding,
     Config,
     Cors,
     Demo,
@@ -89,6 +92,11 @@ _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 # (salt and hash base64url without padding).
 _SCRYPT_RE = re.compile(r"^scrypt\$(\d{1,2})\$(\d{1,2})\$(\d{1,2})\$[A-Za-z0-9_-]{16,}\$[A-Za-z0-9_-]{32,}$")
 _PROVIDER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_ACCENT_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+# A template placeholder: {{name}}, spaces inside the braces allowed.
+PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+# Longest custom deny message: a sentence or a short paragraph, not a page.
+MAX_DENY_MESSAGE = 1000
 
 
 # -- the whole config ----------------------------------------------------------
@@ -355,6 +363,29 @@ def check_app(app: App) -> Problems:
         )
     yield from _choice(("unauthenticated",), app.unauthenticated, ("auto", "redirect"))
     yield from _choice(("same_site",), app.same_site, ("lax", "strict", "none"))
+    yield from _unique("allowed_idps", app.allowed_idps or [])
+    if app.allowed_idps is not None and not app.allowed_idps:
+        yield Problem(("allowed_idps",), "Expected at least one provider id (leave it out to offer all)")
+    message = app.custom_deny_message
+    if len(message) > MAX_DENY_MESSAGE or not message.replace("\n", " ").isprintable():
+        yield Problem(("custom_deny_message",), f"Expected up to {MAX_DENY_MESSAGE} printable characters")
+    yield from _web_url("custom_deny_url", app.custom_deny_url)
+    yield from _web_url("logo_url", app.logo_url)
+
+
+def _web_url(key: str, url: str) -> Problems:
+    """An absolute http(s) URL a browser is sent to or loads ("" = none)."""
+    if not url:
+        return
+    parts = urlsplit(url)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not url.isascii()
+        or not url.isprintable()
+        or " " in url
+    ):
+        yield Problem((key,), f"Expected an absolute http:// or https:// URL, got {url!r}")
 
 
 # -- [[issuers]], [[service_tokens]], [login] --------------------------------------
@@ -493,6 +524,28 @@ def check_team(team: Team) -> Problems:
     yield from _choice(("store",), team.store, STORES)
     if urlsplit(team.redis_url).scheme not in ("redis", "rediss", "unix"):
         yield Problem(("redis_url",), f"Expected redis://host:port/db, got {team.redis_url!r}")
+    yield from _under(("branding",), check_branding(team.branding))
+
+
+def check_branding(branding: Branding) -> Problems:
+    if not branding.name.isprintable() or len(branding.name) > 100:
+        yield Problem(("name",), "Expected up to 100 printable characters")
+    yield from _web_url("logo_url", branding.logo_url)
+    if branding.accent and not _ACCENT_RE.match(branding.accent):
+        yield Problem(("accent",), f"Expected a colour as #rrggbb, got {branding.accent!r}")
+
+
+def template_problem(text: str) -> str | None:
+    """What is wrong with a page template's text, if anything (`load` reads
+    the file and reports this with its key path)."""
+    names = PLACEHOLDER_RE.findall(text)
+    for name in names:
+        if name not in TEMPLATE_PLACEHOLDERS:
+            known = ", ".join("{{" + n + "}}" for n in TEMPLATE_PLACEHOLDERS)
+            return f"Unknown placeholder {{{{{name}}}}} (known: {known})"
+    if TEMPLATE_CONTENT not in names:
+        return "Expected {{content}} (where the page's own content goes)"
+    return None
 
 
 def check_demo(demo: Demo) -> Problems:
@@ -554,6 +607,12 @@ def check_team_config(config: Config) -> Problems:
     """The team host against the listeners and the applications."""
     team = config.team
     if team is None:
+        for i, app in enumerate(config.apps):
+            for key in ("allowed_idps", "auto_redirect_to_identity"):
+                if getattr(app, key):
+                    yield Problem(
+                        ("apps", i, key), "Expected a [team]: only the team's login service has providers"
+                    )
         return
     if team.store == "memory" and config.server.workers > 1:
         yield Problem(
@@ -568,7 +627,21 @@ def check_team_config(config: Config) -> Problems:
             "team host's address cannot be derived from it",
         )
     host = team.hostname
+    ids = [p.id for p in team.providers]
     for i, app in enumerate(config.apps):
+        for k, ident in enumerate(app.allowed_idps or ()):
+            if ident not in ids:
+                yield Problem(
+                    ("apps", i, "allowed_idps", k),
+                    f"Expected the id of a [[team.providers]] entry, got {ident!r} (known: {', '.join(ids)})",
+                )
+        allowed = len(ids if app.allowed_idps is None else app.allowed_idps)
+        if app.auto_redirect_to_identity and allowed != 1:
+            yield Problem(
+                ("apps", i, "auto_redirect_to_identity"),
+                f"Expected exactly one allowed identity provider to go straight to, got {allowed} "
+                "(set allowed_idps to one provider id)",
+            )
         for k, pattern in enumerate(app.patterns):
             if pattern.host == host or (pattern.host.startswith("*.") and host.endswith(pattern.host[1:])):
                 yield Problem(

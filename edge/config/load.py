@@ -11,9 +11,9 @@ from pathlib import Path
 
 import msgspec
 
-from edge.config.checks import problems
+from edge.config.checks import problems, template_problem
 from edge.config.errors import ConfigError, format_problem, format_validation_error
-from edge.config.schema import Config
+from edge.config.schema import Config, TemplateReadError
 
 
 def loads(text: str | bytes, source: str = "<config>") -> Config:
@@ -30,6 +30,7 @@ def loads(text: str | bytes, source: str = "<config>") -> Config:
     if first is not None:
         raise ConfigError(format_problem(source, first))
     _derive(config)
+    _read_templates(config, source)
     return config
 
 
@@ -60,3 +61,21 @@ def _derive(config: Config) -> None:
     if config.demo is not None:
         config.demo.address  # noqa: B018
         config.demo.web_address  # noqa: B018
+
+
+def _read_templates(config: Config, source: str) -> None:
+    """Read the team's page templates now, once (a reload reads them again):
+    an unreadable file or an unknown placeholder is a config error, never a
+    broken page later."""
+    if config.team is None:
+        return
+    templates = config.team.branding.templates
+    where = f"{source}: $.team.branding.templates"
+    try:
+        texts = templates.texts
+    except TemplateReadError as exc:
+        raise ConfigError(f"{where}.{exc.page}: {exc.reason}") from None
+    for page, text in texts.items():
+        problem = template_problem(text)
+        if problem is not None:
+            raise ConfigError(f"{where}.{page}: {getattr(templates, page)}: {problem}")

@@ -8,7 +8,7 @@ Invariants:
   report a key path and a message instead of raising.
 - Derived values (`Server.addresses`, `Server.trusted_networks`,
   `Rule.networks`, `App.patterns`, `App.tag`, `Team.hostname`, `Demo.address`,
-  `Demo.web_address`) are cached: parsed once, by `load` right after the
+  `Demo.web_address`, `Templates.texts`) are cached: parsed once, by `load` right after the
   checks passed, and never again from the strings. They are meaningful only
   on a config the checks accepted. `msgspec.structs.replace` starts the copy
   with an empty cache (a reload keeping the boot listeners relies on it), so
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -230,6 +231,19 @@ class App(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     session_duration: SessionDuration = 86400
     keep_auth_cookie: bool = False
     rewrite_host: bool = False
+    # Sign-in and pages. The provider ids this app's login page offers (None:
+    # every provider of the team); a provider left out is refused even when
+    # posted to directly.
+    allowed_idps: list[str] | None = None
+    # With exactly one allowed provider: no chooser, straight to its sign-in.
+    auto_redirect_to_identity: bool = False
+    # For a user the policies refuse: shown on the 403 page (escaped), or
+    # instead a navigation is redirected to this absolute http(s) URL.
+    custom_deny_message: str = ""
+    custom_deny_url: str = ""
+    # The team host's app launcher lists the app (when the user may open it).
+    app_launcher_visible: bool = True
+    logo_url: str = ""  # http(s) URL of an image shown beside the app's name in the launcher
 
     @cached_property
     def tag(self) -> str:
@@ -313,6 +327,57 @@ class OidcProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="oidc", 
 
 Provider = DevProvider | OidcProvider
 
+# The pages a template may replace, and what a template may say: {{name}} is
+# replaced by the value, HTML-escaped, except `content` (the page's own
+# markup, which the edge builds and escapes itself).
+TEMPLATE_PAGES = ("login", "denied", "signed_out", "launcher")
+TEMPLATE_PLACEHOLDERS = ("title", "team_name", "logo_url", "accent", "content")
+TEMPLATE_CONTENT = "content"
+
+
+class Templates(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
+    """Custom HTML templates for the team's pages: file paths ("" = built in)."""
+
+    login: str = ""
+    denied: str = ""
+    signed_out: str = ""
+    launcher: str = ""
+
+    @cached_property
+    def texts(self) -> dict[str, str]:
+        """The templates' text by page, read once (by `load`, which checks
+        it and reports a TemplateReadError with the key path)."""
+        texts: dict[str, str] = {}
+        for page in TEMPLATE_PAGES:
+            path = getattr(self, page)
+            if not path:
+                continue
+            try:
+                texts[page] = Path(path).read_text("utf-8")
+            except OSError as exc:
+                raise TemplateReadError(page, f"cannot read {path!r}: {exc.strerror or exc}") from None
+            except UnicodeDecodeError:
+                raise TemplateReadError(page, f"{path}: Expected UTF-8 text") from None
+        return texts
+
+
+class TemplateReadError(Exception):
+    """A template file that cannot be used: which page, and why."""
+
+    def __init__(self, page: str, reason: str) -> None:
+        super().__init__(f"{page}: {reason}")
+        self.page = page
+        self.reason = reason
+
+
+class Branding(Struct, frozen=True, forbid_unknown_fields=True):
+    """How the team's pages (login, denied, signed out, launcher) look."""
+
+    name: str = ""  # the team's name, shown in titles and headings ("" = none)
+    logo_url: str = ""  # http(s) URL of the team's logo ("" = none)
+    accent: str = ""  # "#rrggbb": headings, buttons and links ("" = the built-in look)
+    templates: Templates = Templates()
+
 
 class Team(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     """The team host: the edge's own login service and token issuer."""
@@ -329,6 +394,7 @@ class Team(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     store: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9:._-]{0,64}$")] = "edge:"
+    branding: Branding = Branding()
 
     @cached_property
     def hostname(self) -> str:

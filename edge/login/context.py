@@ -92,16 +92,19 @@ class Context:
     # logout confirmation's CSRF token is bound to this process (one worker;
     # elsewhere the form is shown again).
     csrf_sealer: Sealer
+    look: pages.Look = pages.PLAIN  # the team's branding
+    # HTML_HEADERS, with the CSP allowing the configured logos' origins.
+    html_headers: tuple[Header, ...] = HTML_HEADERS
 
     # -- responses ---------------------------------------------------------------
 
     def html(self, status: int, page: bytes, extra: Sequence[Header] = ()) -> LocalResponse:
-        return LocalResponse(status, [*HTML_HEADERS, *extra], page, self.server)
+        return LocalResponse(status, [*self.html_headers, *extra], page, self.server)
 
     def message(
         self, status: int, title: str, text: str, link: tuple[str, str] | None = None
     ) -> LocalResponse:
-        return self.html(status, pages.message_page(title, text, link=link))
+        return self.html(status, pages.message_page(title, text, link=link, look=self.look))
 
     def json(self, status: int, doc: Any, extra: Sequence[Header] = ()) -> LocalResponse:
         return LocalResponse(status, [*JSON_HEADERS, *extra], msgspec.json.encode(doc), self.server)
@@ -160,7 +163,7 @@ class Context:
         csrf, extra = self.csrf_field(req)
         choices = [
             pages.Choice(p.id, p.name or p.id, "dev" if isinstance(p, DevProvider) else "oidc")
-            for p in self.providers.values()
+            for p in self.offered(target)
         ]
         # The form posts where the CSRF cookie (Path=/cdn-cgi/access) is sent:
         # the team host's "/" shows this page too, but a post to "/" would
@@ -175,11 +178,16 @@ class Context:
             providers=choices,
             error=error,
             email=email,
+            look=self.look,
         )
         return self.html(status, page, extra)
 
-    def signed_in(self, ident: Identity, extra: Sequence[Header] = ()) -> LocalResponse:
-        page = pages.message_page(
-            "Signed in", f"You are signed in as {ident.email}.", link=(f"{ENDPOINT_PATH}/logout", "Sign out")
-        )
-        return self.html(200, page, extra)
+    def offered(self, target: Target | None) -> list[DevProvider | OidcProvider]:
+        """The providers a login may use: the application's allowed_idps (in
+        the team's order), or every provider for a login to the team itself."""
+        allowed = None if target is None else target.app.config.allowed_idps
+        return [p for p in self.providers.values() if allowed is None or p.id in allowed]
+
+    def signed_in(self, extra: Sequence[Header] = ()) -> LocalResponse:
+        """Signed in to the team itself: on to its "/", the app launcher."""
+        return self.redirect("/", extra)

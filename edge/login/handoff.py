@@ -86,7 +86,7 @@ def start_session(
         log.error("a token just issued does not verify: %s", ident.reason)
         return ctx.message(500, "Sign-in failed", "Please try again.")
     if target is None:
-        return ctx.signed_in(ident, [cookie, *extra])
+        return ctx.signed_in([cookie, *extra])
     return issue(ctx, c, ident, who, target, req, now, [cookie, *extra])
 
 
@@ -109,8 +109,13 @@ def issue(
     if policy is None or policy.action == "deny":
         log.info("login: %s has no access to %s", ident.email, target.app.name)
         # "Sign in with another account": sign out, then back to this app's sign-in.
+        app = target.app.config
+        if app.custom_deny_url:
+            return ctx.redirect(app.custom_deny_url, extra)
         back = urlencode({"kid": target.app.aud, "redirect_url": target.redirect_url})
-        page = pages.denied_page(ident.email, target.app.name, f"{ENDPOINT_PATH}/logout?{back}")
+        page = pages.denied_page(
+            ident.email, target.app.name, f"{ENDPOINT_PATH}/logout?{back}", app.custom_deny_message, ctx.look
+        )
         return ctx.html(403, page, extra)
     code = HandoffCode(
         host=target.host,

@@ -89,7 +89,10 @@ async def sign_out(
             home = f"{req.scheme}://{req.host.decode('latin-1')}/"
             back = "?" + urlencode({"kid": action.aud, "redirect_url": home})
         return ctx.redirect(f"{ctx.team_url}{ENDPOINT_PATH}/logout{back}", clear)
-    page = pages.message_page("Signed out", "You are signed out.", link=_sign_in_link(c, action, req))
+    link = _sign_in_link(c, action, req)
+    page = pages.message_page(
+        "Signed out", "You are signed out.", link=link, look=ctx.look, kind="signed_out"
+    )
     return ctx.html(200, page, clear)
 
 

@@ -1,21 +1,67 @@
 """The login service's pages: plain, small, accessible HTML.
 
 Every value that comes from a request or a config is escaped here, once.
-Pages load nothing from anywhere (no script, no style sheet, no image), so
-the Content-Security-Policy sent with them can forbid everything but the
-inline style and icon below and form posts to the page's own origin.
+Pages load nothing from anywhere (no script, no style sheet) but the logos a
+config names, so the Content-Security-Policy sent with them can forbid
+everything but the inline style and icon below, images from those logos'
+origins (`csp`) and form posts to the page's own origin.
+
+The team's branding (`Look`) sets a name, a logo and an accent colour; a
+custom template replaces the page around its content. In a template, every
+placeholder's value is escaped except {{content}}, the markup built here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from html import escape
+from urllib.parse import urlsplit
 
-CSP = (
-    b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self' http: https:; "
-    b"frame-ancestors 'none'; base-uri 'none'"
+from edge.config.schema import TEMPLATE_CONTENT, Branding
+
+# One img-src directive (a second one would be ignored): the inline icon's
+# data: URL, then the configured logos' origins (`csp`).
+_IMG_SRC = b"img-src data:"
+_CSP_REST = (
+    b"; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'"
 )
+CSP = b"default-src 'none'; " + _IMG_SRC + _CSP_REST
+# As config.checks.PLACEHOLDER_RE, which checked every template at load.
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+
+
+def csp(logo_urls: Iterable[str]) -> bytes:
+    """The pages' CSP: CSP, plus images from the origins of the configured logos."""
+    origins = sorted({_origin(url) for url in logo_urls if url})
+    if not origins:
+        return CSP
+    logos = " ".join(origins).encode("ascii")
+    return b"default-src 'none'; " + _IMG_SRC + b" " + logos + _CSP_REST
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """The team's branding as the pages use it (`look_of`)."""
+
+    team_name: str = ""
+    logo_url: str = ""
+    accent: str = ""  # "#rrggbb" (checked at load) or "" for the built-in look
+    templates: Mapping[str, str] = field(default_factory=dict)  # page -> template text
+
+
+PLAIN = Look()
+
+
+def look_of(branding: Branding) -> Look:
+    return Look(branding.name, branding.logo_url, branding.accent.lower(), dict(branding.templates.texts))
+
 
 # The favicon, inline (a data: URL, allowed by the CSP's img-src): a page
 # that loads nothing needs no /favicon.ico route. Also used by the demo origin.
@@ -44,12 +90,38 @@ class Choice:
     kind: str  # "dev" (email + password form) or "oidc" (a button)
 
 
-def _page(title: str, body: str) -> bytes:
+def _page(title: str, body: str, look: Look = PLAIN, kind: str = "") -> bytes:
+    """A whole page: the team's template for `kind` if it has one, else the
+    built-in one, with the team's name, logo and accent."""
+    template = look.templates.get(kind)
+    if template is not None:
+        values = {
+            "title": escape(title),
+            "team_name": escape(look.team_name),
+            "logo_url": escape(look.logo_url),
+            "accent": escape(look.accent),
+            TEMPLATE_CONTENT: body,
+        }
+        # Unknown names were refused at load; keep one as it is regardless.
+        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template).encode()
+    style = _STYLE
+    if look.accent:
+        accent = escape(look.accent)
+        style += (
+            f"h1{{color:{accent}}}a{{color:{accent}}}"
+            f"button{{background:{accent};color:#fff;border:1px solid {accent};border-radius:3px}}"
+        )
+    header = ""
+    if look.team_name or look.logo_url:
+        logo = f'<img src="{escape(look.logo_url)}" alt="" height="32"> ' if look.logo_url else ""
+        header = f'<header class="team">{logo}<span>{escape(look.team_name)}</span></header>\n'
+    full_title = f"{title} · {look.team_name}" if look.team_name else title
     return (
         '<!doctype html>\n<html lang="en">\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f'<title>{escape(title)}</title>\n<link rel="icon" href="{escape(ICON)}">\n<style>{_STYLE}</style>\n'
-        f"<main>\n{body}\n</main>\n"
+        f'<title>{escape(full_title)}</title>\n<link rel="icon" href="{escape(ICON)}">\n'
+        f"<style>{style}</style>\n"
+        f"{header}<main>\n{body}\n</main>\n"
     ).encode()
 
 
@@ -61,6 +133,7 @@ def login_page(
     providers: Sequence[Choice],
     error: str = "",
     email: str = "",
+    look: Look = PLAIN,
 ) -> bytes:
     """The sign-in page: a form per provider, all posting back to `action`."""
     title = f"Sign in to {app_name}" if app_name else "Sign in"
@@ -69,7 +142,7 @@ def login_page(
         parts.append(f'<p class="error" role="alert">{escape(error)}</p>')
     for choice in providers:
         parts.append(_provider_form(choice, action, csrf, email))
-    return _page(title, "\n".join(parts))
+    return _page(title, "\n".join(parts), look, "login")
 
 
 def _provider_form(choice: Choice, action: str, csrf: str, email: str) -> str:
@@ -115,17 +188,60 @@ def logout_page(*, action: str, csrf: str, who: str | None, error: str = "") -> 
     return _page("Sign out?", "\n".join(parts))
 
 
-def message_page(title: str, message: str, *, link: tuple[str, str] | None = None) -> bytes:
-    """A page that says one thing (signed out, denied, link expired...)."""
+def message_page(
+    title: str,
+    message: str,
+    *,
+    link: tuple[str, str] | None = None,
+    look: Look = PLAIN,
+    kind: str = "",
+    note: str = "",
+) -> bytes:
+    """A page that says one thing (signed out, denied, link expired...);
+    `kind` names the team template it may take, `note` is a second paragraph."""
     body = f'<h1>{escape(title)}</h1>\n<p role="status">{escape(message)}</p>'
+    if note:
+        body += f'\n<p class="custom">{escape(note)}</p>'
     if link is not None:
         body += f'\n<p><a href="{escape(link[0])}">{escape(link[1])}</a></p>'
-    return _page(title, body)
+    return _page(title, body, look, kind)
 
 
-def denied_page(email: str, app_name: str, logout: str) -> bytes:
+def denied_page(email: str, app_name: str, logout: str, message: str = "", look: Look = PLAIN) -> bytes:
+    """The policies refused a signed-in user; `message` is the app's custom_deny_message."""
     return message_page(
         "Access denied",
         f"That account ({email}) does not have access to {app_name}.",
         link=(logout, "Sign in with another account"),
+        look=look,
+        kind="denied",
+        note=message,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """One application in the launcher."""
+
+    name: str
+    url: str
+    logo_url: str = ""
+
+
+def launcher_page(email: str, tiles: Sequence[Tile], logout: str, look: Look = PLAIN) -> bytes:
+    """The team host's "/": the applications a signed-in user may open."""
+    title = "Your applications"
+    parts = [
+        f"<h1>{escape(title)}</h1>",
+        f'<p role="status">You are signed in as {escape(email)}.</p>',
+    ]
+    if tiles:
+        items = []
+        for tile in tiles:
+            logo = f'<img src="{escape(tile.logo_url)}" alt="" height="24"> ' if tile.logo_url else ""
+            items.append(f'<li class="app">{logo}<a href="{escape(tile.url)}">{escape(tile.name)}</a></li>')
+        parts.append('<ul class="apps">' + "".join(items) + "</ul>")
+    else:
+        parts.append('<p class="note">There are no applications for you to open here.</p>')
+    parts.append(f'<p><a href="{escape(logout)}">Sign out</a></p>')
+    return _page(title, "\n".join(parts), look, "launcher")

@@ -50,17 +50,19 @@ import jwt
 from edge.access.actions import Endpoint
 from edge.access.compile import Compiled, team_base_url
 from edge.access.endpoints import EndpointKind
+from edge.access.headers import Header
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import Sealer
 from edge.access.tokens import Identity, Refusal, parse_jwks
 from edge.config.errors import ConfigError
 from edge.config.schema import Config, DevProvider, DevUser, OidcProvider
-from edge.login import keydir, logout, oidc_flow, signin
-from edge.login.context import Context, RelyingParty
+from edge.login import keydir, logout, oidc_flow, pages, signin
+from edge.login.context import HTML_HEADERS, Context, RelyingParty
 from edge.login.cycle import EndpointCall
 from edge.login.handoff import authorized
 from edge.login.keydir import TeamKeys
+from edge.login.launcher import launcher
 from edge.login.oidc import OidcClient
 from edge.login.store import MemoryStore, RedisStore, Store
 from edge.proxy.fetch import FetchError, client_ssl_context
@@ -110,6 +112,7 @@ HANDLERS: dict[EndpointKind, Handler] = {
     EndpointKind.LOGOUT: logout.logout,
     EndpointKind.GET_IDENTITY: get_identity,
     EndpointKind.CERTS: certs,
+    EndpointKind.LAUNCHER: launcher,
 }
 
 
@@ -158,6 +161,8 @@ class LoginService:
             ring=None if team is None or self.keys is None else self.keys.ring,
             sealer=None if team is None or self.keys is None else self.keys.sealer,
             csrf_sealer=self.keys.sealer if team is not None and self.keys is not None else self._own_sealer,
+            look=pages.PLAIN if team is None else pages.look_of(team.branding),
+            html_headers=_html_headers(config),
         )
 
     def refresh_keys(self, now: float) -> bool:
@@ -210,6 +215,15 @@ def _oidc_client(provider: OidcProvider) -> OidcClient:
         groups_claim=provider.groups_claim,
         ssl_context=client_ssl_context(provider.verify_tls, provider.ca_file),
     )
+
+
+def _html_headers(config: Config) -> tuple[Header, ...]:
+    """The pages' headers, their CSP allowing the configured logos (team and apps)."""
+    logos = [app.logo_url for app in config.apps]
+    if config.team is not None:
+        logos.append(config.team.branding.logo_url)
+    policy = pages.csp(logos)
+    return tuple((k, policy) if k == b"content-security-policy" else (k, v) for k, v in HTML_HEADERS)
 
 
 def identity_document(ident: Identity) -> dict[str, Any]:

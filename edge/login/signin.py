@@ -33,7 +33,7 @@ async def login(
         return _app_login(ctx, action, req)
     if req.method == b"POST":
         return await _login_post(ctx, c, action, req, body, now)
-    return _login_get(ctx, c, action, req, now)
+    return await _login_get(ctx, c, action, req, now)
 
 
 def _app_login(ctx: Context, action: Endpoint, req: Request) -> LocalResponse:
@@ -61,15 +61,27 @@ def target_of(c: Compiled, host: str, req: Request) -> Target | str | None:
     return Target(app, host.lower(), url, valid_binding(query.get("b")))
 
 
-def _login_get(ctx: Context, c: Compiled, action: Endpoint, req: Request, now: float) -> LocalResponse:
+async def _login_get(ctx: Context, c: Compiled, action: Endpoint, req: Request, now: float) -> LocalResponse:
     target = target_of(c, action.rest, req)
     if isinstance(target, str):
         return ctx.message(400, "Sign-in link not valid", target)
     ident = ctx.team_identity(c, req, now)
     if isinstance(ident, Identity):
         if target is None:
-            return ctx.signed_in(ident)
+            return ctx.signed_in()
         return issue(ctx, c, ident, person_of(ident), target, req, now)
+    offered = ctx.offered(target)
+    # auto_redirect_to_identity (checked at load: one allowed provider): an
+    # OIDC provider is gone to at once; the dev provider's form is all this
+    # page shows anyway. Not for a HEAD: a link previewer starts no flow.
+    if (
+        target is not None
+        and target.app.config.auto_redirect_to_identity
+        and req.method == b"GET"
+        and len(offered) == 1
+        and isinstance(offered[0], OidcProvider)
+    ):
+        return await oidc_flow.begin(ctx, offered[0], target, now)
     return ctx.login_page(200, req, target)
 
 
@@ -86,6 +98,9 @@ async def _login_post(
     if not ctx.csrf_ok(req, form):
         return ctx.login_page(403, req, target, "The form expired; please sign in again.")
     provider = ctx.providers.get(form.get("provider", ""))
+    if provider is not None and provider not in ctx.offered(target):
+        # Hidden from this application's page is not enough: refused here too.
+        return ctx.login_page(403, req, target, "This application does not offer that way to sign in.")
     if isinstance(provider, OidcProvider):
         return await oidc_flow.begin(ctx, provider, target, now)
     if provider is None:

@@ -252,7 +252,8 @@ APP_ERRORS = [
         app(extra='zzz = "red"'),
         "$.apps[0]: unknown key 'zzz' (known keys: name, domains, upstream, policies, "
         "aud, cors, options_preflight_bypass, unauthenticated, same_site, http_only, path_scoped, "
-        "session_duration, keep_auth_cookie, rewrite_host)",
+        "session_duration, keep_auth_cookie, rewrite_host, allowed_idps, auto_redirect_to_identity, "
+        "custom_deny_message, custom_deny_url, app_launcher_visible, logo_url)",
     ),
 ]
 
@@ -511,7 +512,7 @@ def test_parse_domain(text: str, host: str, segments: tuple[str, ...]) -> None:
 
 def test_default_config_runs_the_example_apps() -> None:
     config = load(ROOT / "conf" / "edge.toml")
-    assert [a.name for a in config.apps] == ["demo", "api", "api-public", "api-internal"]
+    assert [a.name for a in config.apps] == ["demo", "docs", "api", "api-public", "api-internal"]
     # Only the access log differs (a file, for the demo: tests/config/test_config.py NOT_DEFAULT).
     assert msgspec.structs.replace(config.server, access_log="stdout") == Config().server
     assert config.proxy == Config().proxy
@@ -521,5 +522,5 @@ def test_the_example_runs_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # jwks_file is relative to the working directory, like tls.cert
     config = load(ROOT / "conf" / "edge.toml")
     compiled = compile_config(config, "conf/edge.toml")
-    assert [a.name for a in compiled.apps] == ["demo", "api", "api-public", "api-internal"]
+    assert [a.name for a in compiled.apps] == ["demo", "docs", "api", "api-public", "api-internal"]
     assert hashlib.sha256(b"demo-secret-change-me").hexdigest() == config.service_tokens[0].secret_sha256

@@ -156,7 +156,7 @@ def test_every_endpoint_kind_has_a_handler() -> None:
 @pytest.mark.parametrize(
     ("url", "kind", "team"),
     [
-        ("http://auth.localhost/", EndpointKind.LOGIN, True),
+        ("http://auth.localhost/", EndpointKind.LAUNCHER, True),
         ("http://auth.localhost/cdn-cgi/access/callback", EndpointKind.CALLBACK, True),
         ("http://app.localhost/cdn-cgi/access/authorized", EndpointKind.AUTHORIZED, False),
         ("http://app.localhost/cdn-cgi/access/get-identity", EndpointKind.GET_IDENTITY, False),

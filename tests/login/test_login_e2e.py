@@ -1053,14 +1053,20 @@ def test_login_page_escapes_what_it_shows(team: Team) -> None:
 
 
 def test_team_root_page_signs_in(team: Team) -> None:
-    """The team host's own page (no app): its form posts where the CSRF cookie goes."""
+    """The team host's own page (no app): signed out, "/" (the launcher) sends
+    the browser to sign in, whose form posts where the CSRF cookie goes; then
+    back to "/"."""
     b = team.browser()
+    first = b.get(f"{team.team_url}/", follow=False)
+    assert first.status == 302 and first.header("location") == f"{ENDPOINTS}/login"
     page = b.get(f"{team.team_url}/")
     assert page.status == 200 and "<form" in page.text
     assert urlsplit(form_action(page)).path == f"{ENDPOINTS}/login"
     reply = submit(b, page, ALICE)
-    assert reply.status == 200 and f"signed in as {ALICE}" in reply.text
+    assert reply.status == 302 and reply.header("location") == "/"
     assert b.cookie("auth.localhost") is not None
+    launcher = b.get(f"{team.team_url}/")
+    assert launcher.status == 200 and f"signed in as {ALICE}" in launcher.text
 
 
 # -- key rotation ---------------------------------------------------------------------------

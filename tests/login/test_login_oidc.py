@@ -337,7 +337,8 @@ def test_sign_in_to_the_team_host_itself(site: Site) -> None:
     answer = choose(browser, page, "sso")
     assert answer.status == 302
     done = browser.get(at_provider(browser, answer), follow=False)
-    assert done.status == 200 and "signed in as alice@example.com" in done.text
+    assert done.status == 302 and done.header("location") == "/"  # on to the launcher
+    assert "signed in as alice@example.com" in browser.get(f"{site.team}/").text
     assert browser.cookie("auth.localhost") is not None
     identity = browser.get(f"{site.team}/cdn-cgi/access/get-identity")
     doc = json.loads(identity.body)

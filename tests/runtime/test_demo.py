@@ -140,6 +140,23 @@ def test_the_cross_origin_page_shows_what_the_edge_really_answers(demo: Demo) ->
     assert all(r["upstream_status"] is None for r in demo.records() if r["method"] == "OPTIONS")
 
 
+def test_mallory_is_told_she_has_no_access(demo: Demo) -> None:
+    page = Client(demo.port).sign_in(demo.app + "/", "mallory@example.com", PASSWORD)
+    assert page.status == 403
+    assert "does not have access to demo" in page.text
+    assert (
+        "The demo app is for staff; mallory is kept out on purpose." in page.text
+    )  # its custom_deny_message
+
+
+@pytest.mark.parametrize(("email", "apps"), [(EMAIL, ["demo", "docs"]), ("mallory@example.com", ["docs"])])
+def test_the_demo_launcher_lists_the_apps_each_user_may_open(demo: Demo, email: str, apps: list[str]) -> None:
+    client = Client(demo.port)
+    launcher = client.sign_in(f"http://auth.localhost:{demo.port}/", email, PASSWORD)
+    assert launcher.status == 200 and f"You are signed in as {email}" in launcher.text
+    assert re.findall(r'<li class="app"><a href="[^"]*">([^<]*)</a>', launcher.text) == apps
+
+
 def test_the_401_another_origin_reads_names_the_login_page(demo: Demo) -> None:
     """What the page's first call gets before sign-in: a 401 it may read
     (the edge's CORS courtesy headers), whose JSON carries the login link."""
