@@ -145,7 +145,7 @@ def explain_text(compiled: Compiled, req: Request, now: float | None = None) -> 
     lines.append(f"client:   {req.client_ip}")
     if action.app is None:
         lines.append("app:      (none)")
-    lines.extend(f"  {line}" if line.startswith("policy") else line for line in trace)
+    lines.extend(f"  {line}" if line.startswith(("policy", " ")) else line for line in trace)
     lines.append(f"decision: {type(action).__name__}: {action.reason}")
     lines.extend(_outcome(action, when))
     return "\n".join(lines)

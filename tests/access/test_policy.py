@@ -203,7 +203,10 @@ def test_no_match_reports_the_first_allow_miss_and_traces_everything() -> None:
     assert miss == 'policy "contractors" exclude ip_ranges: matched'
     assert trace == [
         'policy "contractors" (allow): exclude ip_ranges: matched',
+        "  include email_domains: domain example.com listed",
+        "  exclude ip_ranges: 192.0.2.10 in range",
         'policy "admins" (allow): include: no rule matched',
+        "  include groups: token groups [] not listed",
     ]
 
 
