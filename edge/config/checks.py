@@ -675,8 +675,9 @@ def check_groups_and_lists(config: Config) -> Problems:
                 if SERVICE_SELECTORS & _selectors(groups, name):
                     yield Problem(
                         (*path, "group", m),
-                        f"Expected no service token selector in group {name!r}: it is used by a "
-                        f"{action} policy (service tokens count only in service_auth policies)",
+                        f"Expected no service token selector in group {name!r}: it is used by "
+                        f"{'an' if action == 'allow' else 'a'} {action} policy (service tokens count only "
+                        "in service_auth policies)",
                     )
             continue
         for m, name in enumerate(rule.group or ()):

@@ -273,7 +273,8 @@ POLICY_ERRORS = [
     ),
     (
         "include = [{ everyone = true, emails = ['a@b.c'] }]",
-        f"$.apps[0].policies[0].include[0]: Expected exactly one selector ({ALL_SELECTORS}), got everyone, emails",
+        f"$.apps[0].policies[0].include[0]: Expected exactly one selector ({ALL_SELECTORS}), "
+        "got everyone, emails",
     ),
     (
         "include = [{ everyone = false }]",
