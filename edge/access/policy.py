@@ -159,6 +159,10 @@ class CompiledRule(ABC):
         return matched, [f"{indent}{part} {self.label}: {self.fact(s, matched)}"]
 
 
+def entries(count: int) -> str:
+    return f"{count} {'entry' if count == 1 else 'entries'}"
+
+
 def _no_identity(matched: bool) -> str:
     return f"no user identity (unknown: counts as {'matched' if matched else 'not matched'})"
 
@@ -200,7 +204,7 @@ class EmailList(Emails):
     def fact(self, s: Subject, matched: bool) -> str:
         if s.identity is None:
             return _no_identity(matched)
-        where = f"in list ({len(self.values)} entries)"
+        where = f"in list ({entries(len(self.values))})"
         return f"{s.identity.email or '(no email)'} {_listed(matched, where)}"
 
 
@@ -345,7 +349,7 @@ class IpList(CompiledRule):
     def fact(self, s: Subject, matched: bool) -> str:
         if s.ip is None:
             return f"no client IP (unknown: counts as {'matched' if matched else 'not matched'})"
-        return f"{s.ip} {_listed(matched, f'in list ({self.table.size} entries)')}"
+        return f"{s.ip} {_listed(matched, f'in list ({entries(self.table.size)})')}"
 
 
 class Clause:

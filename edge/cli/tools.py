@@ -14,9 +14,10 @@ from edge.access.actions import Action, Forward
 from edge.access.compile import Compiled
 from edge.access.cors import fetch_method
 from edge.access.decide import explain
+from edge.access.policy import entries
 from edge.access.request import Request, build
 from edge.access.responses import date_line
-from edge.config.schema import Config, DevProvider
+from edge.config.schema import Config, DevProvider, Rule
 from edge.config.syntax import is_loopback_host
 from edge.login import keys as keylib
 
@@ -47,6 +48,7 @@ def apps_summary(compiled: Compiled) -> str:
         )
     if config.service_tokens:
         lines.append(f"  service tokens: {', '.join(t.name for t in config.service_tokens)}")
+    lines.extend(groups_and_lists_summary(config))
     team = config.team
     if team is not None:
         providers = ", ".join(
@@ -65,6 +67,40 @@ def apps_summary(compiled: Compiled) -> str:
             f"    store:     {team.store}" + (f" ({team.redis_url})" if team.store == "redis" else "")
         )
     return "\n".join(lines)
+
+
+def groups_and_lists_summary(config: Config) -> list[str]:
+    """One line per group and per list: what it holds and who names it
+    (policies as app/policy, and other groups); never a list's entries."""
+    used: dict[tuple[str, str], list[str]] = {}
+    holders: list[tuple[str, Sequence[Rule]]] = [
+        (f"{app.name}/{policy.name}", [*policy.include, *policy.require, *policy.exclude])
+        for app in config.apps
+        for policy in app.policies
+    ]
+    holders += [(f"group {g.name}", [*g.include, *g.require, *g.exclude]) for g in config.groups]
+    for holder, rules in holders:
+        for rule in rules:
+            for key in ("group", "email_list", "ip_list"):
+                for name in getattr(rule, key) or ():
+                    users = used.setdefault(("group" if key == "group" else "list", name), [])
+                    if holder not in users:
+                        users.append(holder)
+
+    def where(kind: str, name: str) -> str:
+        users = used.get((kind, name))
+        return f"used by {', '.join(users)}" if users else "not used"
+
+    lines = []
+    for g in config.groups:
+        counts = f"{len(g.include)} include, {len(g.require)} require, {len(g.exclude)} exclude"
+        lines.append(f'  group "{g.name}": {counts}; {where("group", g.name)}')
+    for x in config.lists:
+        source = f", from {x.file}" if x.file is not None else ""
+        lines.append(
+            f'  list "{x.name}": {x.type}, {entries(len(x.items or ()))}{source}; {where("list", x.name)}'
+        )
+    return lines
 
 
 def warnings(compiled: Compiled) -> list[str]:
