@@ -12,10 +12,11 @@ Invariants:
 - What a request presents (client IP, service token, identity) is computed
   lazily by the `Subject`, once, and only when a rule asks.
 - Groups and lists are compiled into the rules that use them (`Catalog`):
-  a group of include rules used from an include or an exclude is spliced
-  into it, a group with one include rule used from a require is spliced
-  into the require (its require and exclude rules into the policy's);
-  any other group is one `GroupRule` evaluated like a policy. A list is a
+  a group that is a clause's only include rule, or one of include rules
+  only used from an include or an exclude, or one with a single include
+  rule used from a require, is spliced into the clause (its own require
+  and exclude rules joining the clause's: the same logic, unknowns
+  included); any other group is one `GroupRule` evaluated like a policy. A list is a
   set (emails, lower-cased) or a `NetworkTable`, built once per config and
   shared by every rule that names it: a lookup, whatever its size.
 - A group's unknowns follow the position it is used in: in an include or a
@@ -512,6 +513,11 @@ def compile_clause(
     inc: list[CompiledRule] = []
     req: list[CompiledRule] = []
     exc: list[CompiledRule] = []
+    if len(include) == 1 and include[0].group is not None:
+        # The group is all there is to include: its rules become the clause's.
+        group = _group(include[0].group, catalog, prefix)
+        inc, req, exc = list(group.include), list(group.require), list(group.exclude)
+        include = ()
     for rule in include:
         if rule.group is None:
             inc.append(compile_rule(rule, catalog, prefix))

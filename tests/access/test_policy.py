@@ -306,6 +306,12 @@ GROUPS = [
     {"name": "oncall", "include": [{"group": ["engineers"]}], "require": [{"auth_method": ["mfa", "hwk"]}]},
     {"name": "office", "include": [{"ip_list": ["office"]}]},
     {"name": "not-in-office", "include": [{"everyone": True}], "exclude": [{"ip_list": ["office"]}]},
+    {
+        "name": "mfa-staff",
+        "include": [{"email_domains": ["example.com"]}],
+        "require": [{"auth_method": ["mfa"]}],
+        "exclude": [{"emails": ["eve@example.com"]}],
+    },
 ]
 LISTS = [
     {"name": "contractors", "type": "email", "items": CONTRACTORS},
@@ -431,19 +437,33 @@ def test_an_include_only_group_is_spliced_into_the_policy() -> None:
 
 
 def test_a_group_with_one_include_is_spliced_into_a_require() -> None:
-    ps = catalog_policies(allow(include=[{"everyone": True}], require=[{"group": ["oncall"]}]))
+    ps = catalog_policies(allow(include=[{"everyone": True}], require=[{"group": ["mfa-staff"]}]))
     policy = ps.second[0]
-    # oncall -> engineers (nested: two includes would not splice) and oncall's own require
     assert [r.label for r in policy.require] == [
-        "group oncall -> group engineers",
-        "group oncall -> auth_method",
+        "group mfa-staff -> email_domains",
+        "group mfa-staff -> auth_method",
     ]
-    assert policy.exclude == ()
+    assert [r.label for r in policy.exclude] == ["group mfa-staff -> emails"]
+    # oncall is engineers' rules (two includes, from staff) plus its own require: one nested rule
+    ps = catalog_policies(allow(include=[{"everyone": True}], require=[{"group": ["oncall"]}]))
+    assert [type(r) for r in ps.second[0].require] == [GroupRule]
+
+
+def test_a_group_that_is_the_only_include_becomes_the_policy() -> None:
+    """Two deep: oncall -> engineers -> staff, all spliced, labels keeping the path."""
+    policy = catalog_policies(allow(include=[{"group": ["oncall"]}])).second[0]
+    path = "group oncall -> group engineers -> "
+    assert [r.label for r in policy.include] == [
+        f"{path}group staff -> email_domains",
+        f"{path}group staff -> groups",
+    ]
+    assert [r.label for r in policy.require] == [f"{path}groups", "group oncall -> auth_method"]
+    assert [r.label for r in policy.exclude] == [f"{path}email_list contractors"]
 
 
 def test_lists_are_compiled_once_and_shared() -> None:
     one = catalog_policies(allow(include=[{"email_list": ["contractors"]}]))
-    two = catalog_policies(allow(include=[{"group": ["engineers"]}]))
+    two = catalog_policies(allow(include=[{"group": ["engineers"]}, {"emails": ["root@example.com"]}]))
     first = one.second[0].include[0]
     assert isinstance(first, EmailList)
     nested = two.second[0].include[0]
@@ -466,20 +486,27 @@ def test_explain_follows_groups_and_lists_without_dumping_them() -> None:
     ps = catalog_policies(
         allow("staff", include=[{"group": ["staff"]}], exclude=[{"email_list": ["contractors"]}]),
         allow("oncall", include=[{"group": ["oncall"]}]),
+        allow("nested", include=[{"group": ["engineers"]}, {"emails": ["root@example.com"]}]),
     )
     trace: list[str] = []
     found, _ = ps.second_phase(subject(ident=CAROL), trace)
     assert found is None
+    path = "group oncall -> group engineers -> "
     assert trace == [
         'policy "staff" (allow): exclude email_list contractors: matched',
         "  include group staff -> email_domains: domain example.com listed",
         "  exclude email_list contractors: carol@example.com in list (100000 entries)",
-        'policy "oncall" (allow): include: no rule matched',
-        "  include group oncall: not matched",
-        "    include group engineers: not matched",
-        "      include group staff -> email_domains: domain example.com listed",
-        "      require groups: token groups [eng] listed",
-        "      exclude email_list contractors: carol@example.com in list (100000 entries)",
+        f'policy "oncall" (allow): exclude {path}email_list contractors: matched',
+        f"  include {path}group staff -> email_domains: domain example.com listed",
+        f"  require {path}groups: token groups [eng] listed",
+        "  require group oncall -> auth_method: amr [mfa, pwd] listed",
+        f"  exclude {path}email_list contractors: carol@example.com in list (100000 entries)",
+        'policy "nested" (allow): include: no rule matched',
+        "  include group engineers: not matched",
+        "    include group staff -> email_domains: domain example.com listed",
+        "    require groups: token groups [eng] listed",
+        "    exclude email_list contractors: carol@example.com in list (100000 entries)",
+        "  include emails: carol@example.com not listed",
     ]
 
 
