@@ -283,23 +283,6 @@ class AnyServiceToken(CompiledRule):
         return s.service_token is not None
 
 
-class IpRanges(CompiledRule):
-    __slots__ = ("networks",)
-
-    def __init__(self, selector: str, label: str, networks: tuple[IPNetwork, ...]) -> None:
-        super().__init__(selector, label)
-        self.networks = networks
-
-    def match(self, s: Subject, unknown: bool) -> bool:
-        ip = s.ip
-        return unknown if ip is None else in_networks(ip, self.networks)
-
-    def fact(self, s: Subject, matched: bool) -> str:
-        if s.ip is None:
-            return f"no client IP (unknown: counts as {'matched' if matched else 'not matched'})"
-        return f"{s.ip} {_listed(matched, 'in range')}"
-
-
 class NetworkTable:
     """IP networks for lookups: per address family, the network addresses
     (as ints) of each prefix length, longest first. A lookup masks the
@@ -351,6 +334,17 @@ class IpList(CompiledRule):
         if s.ip is None:
             return f"no client IP (unknown: counts as {'matched' if matched else 'not matched'})"
         return f"{s.ip} {_listed(matched, f'in list ({entries(self.table.size)})')}"
+
+
+class IpRanges(IpList):
+    """`ip_ranges`: the same table as a list's, built from the rule."""
+
+    __slots__ = ()
+
+    def fact(self, s: Subject, matched: bool) -> str:
+        if s.ip is None:
+            return f"no client IP (unknown: counts as {'matched' if matched else 'not matched'})"
+        return f"{s.ip} {_listed(matched, 'in range')}"
 
 
 class Clause:
@@ -481,7 +475,7 @@ def compile_rule(rule: Rule, catalog: Catalog = EMPTY_CATALOG, prefix: str = "")
     if selector == "any_service_token":
         return AnyServiceToken(selector, label)
     if selector == "ip_ranges":
-        return IpRanges(selector, label, rule.networks)
+        return IpRanges(selector, label, NetworkTable(rule.networks))
     values: list[str] = getattr(rule, selector)
     if selector == "email_list":
         return EmailList(selector, f"{label} {', '.join(values)}", catalog.emails(values))
