@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from edge.access.compile import compile_config
+from edge.access.policy import Subject
+from edge.access.tokens import Identity
 from edge.config.errors import ConfigError
 from edge.config.load import load, loads
 
@@ -282,3 +285,54 @@ users = [
         ConfigError, match=r"\$\.team\.providers\[0\]\.users\[0\]\.amr\[0\]: Expected a non-empty"
     ):
         loads(text.replace('amr = ["pwd", "mfa"]', 'amr = [""]'))
+
+
+# -- the worked example, conf/team.toml ---------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def person(
+    email: str, groups: tuple[str, ...] = (), amr: tuple[str, ...] = ("pwd",), idp: str = "dev"
+) -> Identity:
+    return Identity(
+        token=b"t",
+        iss="i",
+        aud=frozenset({"a"}),
+        exp=0,
+        iat=0,
+        email=email,
+        groups=frozenset(groups),
+        amr=frozenset(amr),
+        idp=idp,
+        email_lower=email.lower(),
+        email_domain=email.rpartition("@")[2].lower(),
+    )
+
+
+ALICE = person("alice@example.com", ("admins",), ("pwd", "mfa"))
+CAROL = person("carol@example.com")
+MALLORY = person("mallory@example.com", ("admins",))
+
+
+@pytest.mark.parametrize(
+    ("app", "who", "ip", "allowed"),
+    [
+        ("wiki", ALICE, "203.0.113.9", True),
+        ("wiki", CAROL, "127.0.0.1", True),  # a contractor, from the office
+        ("wiki", CAROL, "203.0.113.9", False),
+        ("wiki", person("eve@elsewhere.test"), "127.0.0.1", False),
+        ("admin", ALICE, "203.0.113.9", True),
+        ("admin", MALLORY, "127.0.0.1", False),  # no second factor
+        ("admin", person("alice@example.com", ("admins",), ("pwd", "mfa"), "sso"), "127.0.0.1", False),
+        ("admin", person("carol@example.com", ("admins",), ("mfa",)), "127.0.0.1", False),  # not staff
+    ],
+)
+def test_the_worked_example_decides_as_it_says(
+    monkeypatch: pytest.MonkeyPatch, app: str, who: Identity, ip: str, allowed: bool
+) -> None:
+    monkeypatch.chdir(ROOT)
+    compiled = compile_config(load("conf/team.toml"), "conf/team.toml")
+    policies = next(a for a in compiled.apps if a.name == app).policies
+    found, _ = policies.second_phase(Subject(ip, [], (), identity=who), None)
+    assert (found is not None and found.action == "allow") is allowed
