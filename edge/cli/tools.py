@@ -128,7 +128,34 @@ def warnings(compiled: Compiled) -> list[str]:
                 f"{where}: no [[issuers]] and no [team]: no user token can be verified, "
                 "so allow policies never match"
             )
-    return out + _team_warnings(config, plain_http)
+    return out + _team_warnings(config, plain_http) + _login_method_warnings(config)
+
+
+def _login_method_warnings(config: Config) -> list[str]:
+    """login_method names no configured provider: legal (an external issuer's
+    tokens may name their own), but a typo there silently never matches."""
+    known = {p.id for p in config.team.providers} if config.team is not None else set()
+    rules = [
+        (f'$.apps[{i}] ("{app.name}") policy "{policy.name}"', rule)
+        for i, app in enumerate(config.apps)
+        for policy in app.policies
+        for rule in (*policy.include, *policy.require, *policy.exclude)
+    ]
+    rules += [
+        (f'$.groups ("{g.name}")', rule)
+        for g in config.groups
+        for rule in (*g.include, *g.require, *g.exclude)
+    ]
+    out: list[str] = []
+    for where, rule in rules:
+        for name in rule.login_method or ():
+            if name not in known:
+                out.append(
+                    f"{where}: login_method {name!r} is not the id of a [[team.providers]] entry "
+                    f"({', '.join(sorted(known)) or 'none configured'}): only tokens of another issuer "
+                    "naming that provider can match it"
+                )
+    return out
 
 
 def _team_warnings(config: Config, plain_http: bool) -> list[str]:

@@ -281,3 +281,20 @@ def test_explain_goes_through_groups_and_lists_without_dumping_them(
     assert "c99@example.com" not in text
     assert main(argv) == EXIT_OK  # the command itself, on the real clock: the token is not yet valid there
     assert "token: refused" in capsys.readouterr().out
+
+
+def test_check_warns_of_a_login_method_no_provider_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(
+        tmp_path,
+        APP.replace(
+            'include = [{ email_domains = ["example.com"] }]', 'include = [{ login_method = ["ssso"] }]'
+        ),
+    )
+    assert main(["check", "-c", str(path)]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert (
+        '$.apps[0] ("api") policy "staff": login_method \'ssso\' is not the id of a [[team.providers]] entry'
+        in err
+    )
