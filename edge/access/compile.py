@@ -26,7 +26,7 @@ from edge.access.actions import Preflight
 from edge.access.cache import BoundedCache
 from edge.access.cors import VARY_ORIGIN, CorsPolicy, refused_preflight
 from edge.access.headers import Header, TrustedProxies
-from edge.access.policy import IPNetwork, Policies, ServiceTokens
+from edge.access.policy import EMPTY_CATALOG, Catalog, IPNetwork, Policies, ServiceTokens
 from edge.access.responses import LocalResponse, Responses
 from edge.access.revocation import Revocations
 from edge.access.router import Route, Router
@@ -99,12 +99,12 @@ class CompiledApp:
         "_responses",
     )
 
-    def __init__(self, app: App, shared: Shared) -> None:
+    def __init__(self, app: App, shared: Shared, catalog: Catalog = EMPTY_CATALOG) -> None:
         self.config = app
         self.name = app.name
         self.aud = app.tag
         self.upstream = app.upstream
-        self.policies = Policies(app.policies)
+        self.policies = Policies(app.policies, catalog)
         responses = shared.responses
         self.cors = None if app.cors is None else CorsPolicy(app.cors, responses, shared.cors_refused)
         self.preflight_bypass = app.options_preflight_bypass
@@ -229,7 +229,10 @@ def compile_config(
         )
         issuers.append(builtin)
     shared = Shared(responses)
-    apps = tuple(CompiledApp(app, shared) for app in config.apps)
+    # Groups and lists once, for every application: a list is one set however
+    # many policies name it.
+    catalog = Catalog(config.groups, config.lists)
+    apps = tuple(CompiledApp(app, shared, catalog) for app in config.apps)
     router = Router(Route(app, pattern) for app in apps for pattern in app.config.patterns)
     trusted = config.server.trusted_networks
     return Compiled(

@@ -247,10 +247,19 @@ def token_claims(
     }
     if person.get("groups"):
         claims["groups"] = list(person["groups"])
+    # How the user signed in, for auth_method and login_method rules: the
+    # provider's `amr` (RFC 8176) and its id, in an object as Cloudflare's
+    # identity names it (`idp: {id, type}`).
+    if person.get("amr"):
+        claims["amr"] = list(person["amr"])
+    if person.get("idp"):
+        claims["idp"] = {"id": person["idp"]}
     return claims
 
 
-def person(email: str, groups: Sequence[str], idp: str, sub: str = "") -> dict[str, Any]:
+def person(
+    email: str, groups: Sequence[str], idp: str, sub: str = "", amr: Sequence[str] = ()
+) -> dict[str, Any]:
     """Who signed in, as the login steps carry it; `nonce` names the session
     (logout revokes it, and with it every token of this sign-in)."""
     return {
@@ -259,4 +268,5 @@ def person(email: str, groups: Sequence[str], idp: str, sub: str = "") -> dict[s
         "idp": idp,
         "sub": sub or hashlib.sha256(f"{idp}\x00{email.lower()}".encode()).hexdigest()[:32],
         "nonce": random_token(18),
+        "amr": list(amr),
     }

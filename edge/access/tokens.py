@@ -112,6 +112,11 @@ class Identity(msgspec.Struct, frozen=True):
     type: str = ""
     country: str = ""
     identity_nonce: str = ""
+    # How the user signed in: the `amr` values (RFC 8176: pwd, mfa, otp, hwk,
+    # ...) and the id of the identity provider (the `idp` claim's "id"; ""
+    # when the token names none, and then no login_method rule matches).
+    amr: frozenset[str] = frozenset()
+    idp: str = ""
     # Derived once per token, so policies, forwarding and revocation only look them up.
     session: str = ""  # the sign-in's revocation key (issuer + identity_nonce); "" without a nonce
     email_lower: str = ""
@@ -602,13 +607,28 @@ def identity_from_claims(
     groups = _strings(claims, "groups")
     if isinstance(groups, Refusal):
         return groups
-    texts: dict[str, str] = {}
+    amr = _strings(claims, "amr")
+    if isinstance(amr, Refusal):
+        return amr
+    texts: dict[str, str] = {"idp": _idp(claims)}
     for name in ("email", "sub", "type", "country", "identity_nonce", "iss"):
         value = _text(claims, name)
         if isinstance(value, Refusal):
             return value
         texts[name] = value
-    return _identity(token, aud, times, groups, texts, leeway)
+    return _identity(token, aud, times, groups, amr, texts, leeway)
+
+
+def _idp(claims: Mapping[str, Any]) -> str:
+    """The identity provider's id: the `idp` claim is an object with an
+    "id" (as in Cloudflare's identity), which the edge's own tokens carry.
+    Any other shape names no provider: login_method rules then never match,
+    while the token stays usable for every other rule."""
+    value = claims.get("idp")
+    ident = value.get("id") if isinstance(value, dict) else None
+    if not isinstance(ident, str) or _CONTROL_RE.search(ident) or not _encodable(ident):
+        return ""
+    return ident
 
 
 def _identity(
@@ -616,6 +636,7 @@ def _identity(
     aud: frozenset[str],
     times: tuple[float, float],
     groups: frozenset[str],
+    amr: frozenset[str],
     texts: dict[str, str],
     leeway: float,
 ) -> Identity:
@@ -636,6 +657,8 @@ def _identity(
         type=texts["type"],
         country=texts["country"],
         identity_nonce=texts["identity_nonce"],
+        amr=amr,
+        idp=texts["idp"],
         session=session_key(texts["iss"], texts["identity_nonce"]) if texts["identity_nonce"] else "",
         email_lower=email.lower(),
         email_domain=email.rpartition("@")[2].lower(),

@@ -14,9 +14,10 @@ from edge.access.actions import Action, Forward
 from edge.access.compile import Compiled
 from edge.access.cors import fetch_method
 from edge.access.decide import explain
+from edge.access.policy import entries
 from edge.access.request import Request, build
 from edge.access.responses import date_line
-from edge.config.schema import TEMPLATE_PAGES, App, Branding, Config, DevProvider
+from edge.config.schema import TEMPLATE_PAGES, App, Branding, Config, DevProvider, Rule
 from edge.config.syntax import is_loopback_host
 from edge.login import keys as keylib
 
@@ -50,6 +51,7 @@ def apps_summary(compiled: Compiled) -> str:
         )
     if config.service_tokens:
         lines.append(f"  service tokens: {', '.join(t.name for t in config.service_tokens)}")
+    lines.extend(groups_and_lists_summary(config))
     team = config.team
     if team is not None:
         providers = ", ".join(
@@ -101,6 +103,40 @@ def _branding_summary(branding: Branding) -> str:
     return ", ".join(parts)
 
 
+def groups_and_lists_summary(config: Config) -> list[str]:
+    """One line per group and per list: what it holds and who names it
+    (policies as app/policy, and other groups); never a list's entries."""
+    used: dict[tuple[str, str], list[str]] = {}
+    holders: list[tuple[str, Sequence[Rule]]] = [
+        (f"{app.name}/{policy.name}", [*policy.include, *policy.require, *policy.exclude])
+        for app in config.apps
+        for policy in app.policies
+    ]
+    holders += [(f"group {g.name}", [*g.include, *g.require, *g.exclude]) for g in config.groups]
+    for holder, rules in holders:
+        for rule in rules:
+            for key in ("group", "email_list", "ip_list"):
+                for name in getattr(rule, key) or ():
+                    users = used.setdefault(("group" if key == "group" else "list", name), [])
+                    if holder not in users:
+                        users.append(holder)
+
+    def where(kind: str, name: str) -> str:
+        users = used.get((kind, name))
+        return f"used by {', '.join(users)}" if users else "not used"
+
+    lines = []
+    for g in config.groups:
+        counts = f"{len(g.include)} include, {len(g.require)} require, {len(g.exclude)} exclude"
+        lines.append(f'  group "{g.name}": {counts}; {where("group", g.name)}')
+    for x in config.lists:
+        source = f", from {x.file}" if x.file is not None else ""
+        lines.append(
+            f'  list "{x.name}": {x.type}, {entries(len(x.items or ()))}{source}; {where("list", x.name)}'
+        )
+    return lines
+
+
 def warnings(compiled: Compiled) -> list[str]:
     """Legal but probably unintended settings."""
     config = compiled.config
@@ -126,7 +162,34 @@ def warnings(compiled: Compiled) -> list[str]:
                 f"{where}: no [[issuers]] and no [team]: no user token can be verified, "
                 "so allow policies never match"
             )
-    return out + _team_warnings(config, plain_http)
+    return out + _team_warnings(config, plain_http) + _login_method_warnings(config)
+
+
+def _login_method_warnings(config: Config) -> list[str]:
+    """login_method names no configured provider: legal (an external issuer's
+    tokens may name their own), but a typo there silently never matches."""
+    known = {p.id for p in config.team.providers} if config.team is not None else set()
+    rules = [
+        (f'$.apps[{i}] ("{app.name}") policy "{policy.name}"', rule)
+        for i, app in enumerate(config.apps)
+        for policy in app.policies
+        for rule in (*policy.include, *policy.require, *policy.exclude)
+    ]
+    rules += [
+        (f'$.groups ("{g.name}")', rule)
+        for g in config.groups
+        for rule in (*g.include, *g.require, *g.exclude)
+    ]
+    out: list[str] = []
+    for where, rule in rules:
+        for name in rule.login_method or ():
+            if name not in known:
+                out.append(
+                    f"{where}: login_method {name!r} is not the id of a [[team.providers]] entry "
+                    f"({', '.join(sorted(known)) or 'none configured'}): only tokens of another issuer "
+                    "naming that provider can match it"
+                )
+    return out
 
 
 def _team_warnings(config: Config, plain_http: bool) -> list[str]:
@@ -186,7 +249,7 @@ def explain_text(compiled: Compiled, req: Request, now: float | None = None) -> 
         lines.append(f"cert:     verified against client_ca, CN {req.client_cert_cn!r}")
     if action.app is None:
         lines.append("app:      (none)")
-    lines.extend(f"  {line}" if line.startswith("policy") else line for line in trace)
+    lines.extend(f"  {line}" if line.startswith(("policy", " ")) else line for line in trace)
     lines.append(f"decision: {type(action).__name__}: {action.reason}")
     lines.extend(_outcome(action, when))
     return "\n".join(lines)

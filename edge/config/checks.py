@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -30,6 +30,7 @@ from edge.config.schema import (
     ALGORITHMS,
     CERT_SELECTORS,
     IDENTITY_SELECTORS,
+    LIST_TYPES,
     LOGIN_PLACEHOLDERS,
     SELECTORS,
     SERVICE_SELECTORS,
@@ -45,7 +46,9 @@ from edge.config.schema import (
     Demo,
     DevProvider,
     DevUser,
+    Group,
     Issuer,
+    List,
     Login,
     OidcProvider,
     Policy,
@@ -115,6 +118,9 @@ def _tables(config: Config) -> Problems:
         yield from _under(("apps", i), _then(_app_tables(app), check_app(app)))
     yield from _each("issuers", config.issuers, check_issuer)
     yield from _each("service_tokens", config.service_tokens, check_service_token)
+    for i, group in enumerate(config.groups):
+        yield from _under(("groups", i), _then(_rules(group), check_group(group)))
+    yield from _each("lists", config.lists, check_list)
     yield from _under(("login",), check_login(config.login))
     if config.team is not None:
         providers = _each("providers", config.team.providers, _provider_tables)
@@ -130,7 +136,7 @@ def _app_tables(app: App) -> Problems:
         yield from _under(("cors",), check_cors(app.cors))
 
 
-def _rules(policy: Policy) -> Problems:
+def _rules(policy: Policy | Group) -> Problems:
     for part in ("include", "require", "exclude"):
         yield from _each(part, getattr(policy, part), check_rule)
 
@@ -144,6 +150,7 @@ def _provider_tables(provider: DevProvider | OidcProvider) -> Problems:
 def _between_tables(config: Config) -> Problems:
     yield from check_apps(config)
     yield from check_references(config)
+    yield from check_groups_and_lists(config)
     yield from check_team_config(config)
     yield from check_client_certs(config)
 
@@ -288,6 +295,11 @@ _RULE_VALUE_PROBLEMS: dict[str, Callable[[str], str | None]] = {
     "groups": text_problem,
     "ip_ranges": cidr_problem,
     "service_tokens": text_problem,
+    "group": text_problem,
+    "email_list": text_problem,
+    "ip_list": text_problem,
+    "auth_method": text_problem,
+    "login_method": text_problem,
     "common_name": text_problem,
 }
 
@@ -451,6 +463,41 @@ def check_login(login: Login) -> Problems:
             return
 
 
+# -- [[groups]] and [[lists]] ------------------------------------------------------
+
+
+def check_group(group: Group) -> Problems:
+    """Its rules must have passed `check_rule`; references: `check_groups_and_lists`."""
+    yield from _name("name", group.name)
+    if not group.include:
+        yield Problem(("include",), "Expected at least one rule")
+
+
+def check_list(entry: List) -> Problems:
+    """The list's own keys; a file's entries are read and checked by `load`."""
+    yield from _name("name", entry.name)
+    yield from _choice(("type",), entry.type, LIST_TYPES)
+    given = [k for k in ("items", "file") if getattr(entry, k) is not None]
+    if len(given) != 1:
+        yield Problem((), "Expected exactly one of items or file, got " + (" and ".join(given) or "none"))
+        return
+    if entry.file is not None and not entry.file.strip():
+        yield Problem(("file",), "Expected a file path")
+    if entry.items is not None and entry.type in LIST_TYPES:
+        for i, item in enumerate(entry.items):
+            problem = list_entry_problem(entry.type, item)
+            if problem is not None:
+                yield Problem(("items", i), problem)
+
+
+def list_entry_problem(kind: str, value: str) -> str | None:
+    """What is wrong with one entry of a list of type `kind` ("email" or
+    "ip": an address or a network), or None."""
+    if kind == "email":
+        return email_problem(value)
+    return cidr_problem(value)
+
+
 # -- [team] and its providers ----------------------------------------------------
 
 
@@ -466,6 +513,10 @@ def check_dev_user(user: DevUser) -> Problems:
         problem = text_problem(group)
         if problem is not None:
             yield Problem(("groups", i), problem)
+    for i, method in enumerate(user.amr):
+        problem = text_problem(method)
+        if problem is not None:
+            yield Problem(("amr", i), problem)
 
 
 def check_dev_provider(provider: DevProvider) -> Problems:
@@ -650,6 +701,132 @@ def check_team_config(config: Config) -> Problems:
                 )
 
 
+Reference = tuple[KeyPath, Rule]
+
+
+def _policy_rules(config: Config) -> Iterator[tuple[KeyPath, str, Rule]]:
+    """Every rule of every application policy: (path, policy action, rule)."""
+    for i, app in enumerate(config.apps):
+        for j, policy in enumerate(app.policies):
+            for part in ("include", "require", "exclude"):
+                for k, rule in enumerate(getattr(policy, part)):
+                    yield ("apps", i, "policies", j, part, k), policy.action, rule
+
+
+def _group_rules(group: Group, g: int) -> Iterator[Reference]:
+    for part in ("include", "require", "exclude"):
+        for k, rule in enumerate(getattr(group, part)):
+            yield ("groups", g, part, k), rule
+
+
+def check_groups_and_lists(config: Config) -> Problems:
+    """Group and list names are unique and every reference resolves: to a
+    group (no cycle), to a list of the selector's type; a group used by a
+    bypass or service_auth policy has no selector that policy cannot use."""
+    yield from _unique_attr("groups", [g.name for g in config.groups], "name")
+    yield from _unique_attr("lists", [x.name for x in config.lists], "name")
+    groups = {g.name: g for g in config.groups}
+    kinds = {x.name: x.type for x in config.lists}
+    refs: list[Reference] = [(path, rule) for path, _, rule in _policy_rules(config)]
+    for g, group in enumerate(config.groups):
+        refs.extend(_group_rules(group, g))
+    clean = True
+    for path, rule in refs:
+        for problem in _reference_problems(rule, groups, kinds):
+            clean = False
+            yield Problem(path + problem.path, problem.message)
+    if not clean:
+        return
+    for g, group in enumerate(config.groups):
+        for path, rule in _group_rules(group, g):
+            for m, name in enumerate(rule.group or ()):
+                cycle = _cycle(groups, group.name, name)
+                if cycle is not None:
+                    yield Problem(
+                        (*path, "group", m), f"Expected no cycle of groups, got {' -> '.join(cycle)}"
+                    )
+    for path, action, rule in _policy_rules(config):
+        if action not in ("bypass", "service_auth"):
+            for m, name in enumerate(rule.group or ()):
+                if SERVICE_SELECTORS & _selectors(groups, name):
+                    yield Problem(
+                        (*path, "group", m),
+                        f"Expected no service token selector in group {name!r}: it is used by "
+                        f"{'an' if action == 'allow' else 'a'} {action} policy (service tokens count only "
+                        "in service_auth policies)",
+                    )
+            continue
+        for m, name in enumerate(rule.group or ()):
+            if IDENTITY_SELECTORS & _selectors(groups, name):
+                yield Problem(
+                    (*path, "group", m),
+                    f"Expected no identity selector in group {name!r}: it is used by a {action} policy, "
+                    "which is decided without a user token",
+                )
+
+
+def _reference_problems(rule: Rule, groups: dict[str, Group], kinds: dict[str, str]) -> Problems:
+    for m, name in enumerate(rule.group or ()):
+        if name not in groups:
+            yield Problem(
+                ("group", m), f"Expected the name of a [[groups]] entry, got {name!r}{_known(groups)}"
+            )
+    for key, kind in (("email_list", "email"), ("ip_list", "ip")):
+        for m, name in enumerate(getattr(rule, key) or ()):
+            if name not in kinds:
+                yield Problem(
+                    (key, m), f"Expected the name of a [[lists]] entry, got {name!r}{_known(kinds)}"
+                )
+            elif kinds[name] != kind:
+                yield Problem(
+                    (key, m), f"Expected a list of type {kind!r}, got {name!r} of type {kinds[name]!r}"
+                )
+
+
+def _known(names: Mapping[str, object]) -> str:
+    return f" (known: {', '.join(sorted(names))})" if names else " (none are configured)"
+
+
+def _cycle(groups: dict[str, Group], start: str, name: str) -> list[str] | None:
+    """The names from `start` back to itself through `name`, if there is
+    such a cycle (others are reported at their own groups). Depth-first,
+    each group visited once; references were checked to exist."""
+    visited: set[str] = set()
+
+    def walk(current: str, trail: list[str]) -> list[str] | None:
+        if current == start:
+            return [*trail, current]
+        if current in visited:
+            return None
+        visited.add(current)
+        for rule in _rules_of(groups[current]):
+            for inner in rule.group or ():
+                found = walk(inner, [*trail, current])
+                if found is not None:
+                    return found
+        return None
+
+    return walk(name, [start])
+
+
+def _rules_of(group: Group) -> list[Rule]:
+    return [*group.include, *group.require, *group.exclude]
+
+
+def _selectors(groups: dict[str, Group], name: str) -> set[str]:
+    """Every selector a group uses, through the groups it references."""
+    found: set[str] = set()
+    todo, seen = [name], {name}
+    while todo:
+        for rule in _rules_of(groups[todo.pop()]):
+            found.add(rule.selector)
+            for inner in rule.group or ():
+                if inner not in seen:
+                    seen.add(inner)
+                    todo.append(inner)
+    return found
+
+
 def check_client_certs(config: Config) -> Problems:
     """A certificate selector needs a listener that asks for certificates:
     without [server.tls] client_ca no request ever has one, and the rule
@@ -657,13 +834,13 @@ def check_client_certs(config: Config) -> Problems:
     tls = config.server.tls
     if tls is not None and tls.client_ca:
         return
-    for i, app in enumerate(config.apps):
-        for j, policy in enumerate(app.policies):
-            for part in ("include", "require", "exclude"):
-                for k, rule in enumerate(getattr(policy, part)):
-                    if rule.selector in CERT_SELECTORS:
-                        yield Problem(
-                            ("apps", i, "policies", j, part, k, rule.selector),
-                            "Expected [server.tls] client_ca to be set: without it no client "
-                            "certificate is asked for, so this rule could never match",
-                        )
+    rules: list[Reference] = [(path, rule) for path, _, rule in _policy_rules(config)]
+    for g, group in enumerate(config.groups):
+        rules.extend(_group_rules(group, g))
+    for path, rule in rules:
+        if rule.selector in CERT_SELECTORS:
+            yield Problem(
+                (*path, rule.selector),
+                "Expected [server.tls] client_ca to be set: without it no client "
+                "certificate is asked for, so this rule could never match",
+            )

@@ -3,6 +3,9 @@
 Loading never touches the network or the event loop and returns plain data;
 every failure is a `ConfigError` naming the file and the key path
 (``conf/edge.toml: $.server.header_timeout: Expected float >= 0.1, got -1``).
+
+The files of `[[lists]]` are read here, on every load (a reload reads them
+again), into the list's `items`; a bad line names the list file and line.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from pathlib import Path
 
 import msgspec
 
-from edge.config.checks import problems, template_problem
+from edge.config.checks import Problem, list_entry_problem, problems, template_problem
 from edge.config.errors import ConfigError, format_problem, format_validation_error
-from edge.config.schema import Config, TemplateReadError
+from edge.config.schema import Config, List, TemplateReadError
 
 
 def loads(text: str | bytes, source: str = "<config>") -> Config:
@@ -29,9 +32,37 @@ def loads(text: str | bytes, source: str = "<config>") -> Config:
     first = next(problems(config), None)
     if first is not None:
         raise ConfigError(format_problem(source, first))
+    if any(entry.file is not None for entry in config.lists):
+        lists = [_read_list(entry, i, source) for i, entry in enumerate(config.lists)]
+        config = msgspec.structs.replace(config, lists=lists)
     _derive(config)
     _read_templates(config, source)
     return config
+
+
+def _read_list(entry: List, index: int, source: str) -> List:
+    """A file list with its entries in `items`: one a line, blank lines and
+    `#` comments (whole-line or trailing) skipped."""
+    if entry.file is None:
+        return entry
+    where = ("lists", index, "file")
+    try:
+        text = Path(entry.file).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            format_problem(source, Problem(where, f"cannot read {entry.file!r}: {reason}"))
+        ) from None
+    items: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        value = line.partition("#")[0].strip()
+        if not value:
+            continue
+        problem = list_entry_problem(entry.type, value)
+        if problem is not None:
+            raise ConfigError(format_problem(source, Problem(where, f"{entry.file}:{number}: {problem}")))
+        items.append(value)
+    return msgspec.structs.replace(entry, items=items)
 
 
 def load(path: str | Path) -> Config:

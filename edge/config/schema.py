@@ -138,12 +138,20 @@ SELECTORS = (
     "ip_ranges",
     "service_tokens",
     "any_service_token",
+    "group",
+    "email_list",
+    "ip_list",
+    "auth_method",
+    "login_method",
     # client certificates
     "valid_certificate",
     "common_name",
 )
 # Selectors that need a verified user token, and those that need a service token.
-IDENTITY_SELECTORS = frozenset({"emails", "email_domains", "groups"})
+# (`group` is neither: a group is checked by what its own rules need.)
+IDENTITY_SELECTORS = frozenset(
+    {"emails", "email_domains", "groups", "email_list", "auth_method", "login_method"}
+)
 SERVICE_SELECTORS = frozenset({"service_tokens", "any_service_token"})
 # Selectors that read the client certificate: they need [server.tls] client_ca.
 CERT_SELECTORS = frozenset({"valid_certificate", "common_name"})
@@ -192,6 +200,11 @@ class Rule(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     ip_ranges: list[str] | None = None
     service_tokens: list[str] | None = None
     any_service_token: bool | None = None
+    group: list[str] | None = None  # [[groups]] names: any of them
+    email_list: list[str] | None = None  # [[lists]] names of type "email"
+    ip_list: list[str] | None = None  # [[lists]] names of type "ip"
+    auth_method: list[str] | None = None  # amr values reported at sign-in (mfa, hwk, otp, ...)
+    login_method: list[str] | None = None  # identity provider ids ([[team.providers]] id)
     # client certificates
     valid_certificate: bool | None = None
     common_name: list[str] | None = None
@@ -212,6 +225,34 @@ class Policy(Struct, frozen=True, forbid_unknown_fields=True):
     include: list[Rule]
     require: list[Rule] = msgspec.field(default_factory=list)
     exclude: list[Rule] = msgspec.field(default_factory=list)
+
+
+class Group(Struct, frozen=True, forbid_unknown_fields=True):
+    """Reusable rules, referenced as ``{ group = ["name"] }`` from a policy or
+    another group: it matches like a policy does (any include, every
+    require, no exclude)."""
+
+    name: str
+    include: list[Rule]
+    require: list[Rule] = msgspec.field(default_factory=list)
+    exclude: list[Rule] = msgspec.field(default_factory=list)
+
+
+LIST_TYPES = ("email", "ip")
+
+
+class List(Struct, frozen=True, forbid_unknown_fields=True):
+    """A named list of emails or IP networks, referenced as
+    ``{ email_list = [...] }`` / ``{ ip_list = [...] }``. Entries inline
+    (`items`) or one a line in `file` (relative to the working directory,
+    like jwks_file; `#` comments and blank lines allowed). `load` reads the
+    file and puts its entries in `items` (keeping `file`), so after load
+    `items` always holds the entries."""
+
+    name: str
+    type: str
+    items: list[str] | None = None
+    file: str | None = None
 
 
 class App(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
@@ -298,6 +339,9 @@ class DevUser(Struct, frozen=True, forbid_unknown_fields=True):
     email: str
     password: str  # an scrypt hash from `edge password`, never the password itself
     groups: list[str] = msgspec.field(default_factory=list)
+    # Authentication methods reported for this user's sign-ins (the token's
+    # `amr`, matched by auth_method rules), e.g. ["pwd", "mfa"].
+    amr: list[str] = msgspec.field(default_factory=lambda: ["pwd"])
 
 
 class DevProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="dev", tag_field="type"):
@@ -423,6 +467,8 @@ class Config(Struct, frozen=True, forbid_unknown_fields=True):
     apps: list[App] = msgspec.field(default_factory=list)
     issuers: list[Issuer] = msgspec.field(default_factory=list)
     service_tokens: list[ServiceToken] = msgspec.field(default_factory=list)
+    groups: list[Group] = msgspec.field(default_factory=list)
+    lists: list[List] = msgspec.field(default_factory=list)
     login: Login = Login()
     team: Team | None = None
     demo: Demo | None = None

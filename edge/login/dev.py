@@ -57,4 +57,6 @@ async def sign_in(
         await ctx.store.add(f"signin:{client}", FAILURE_WINDOW)
         log.info("dev sign-in failed for %r from %s", email[:100], client)
         return ctx.login_page(401, req, target, "Wrong email or password.", email)
-    return start_session(ctx, c, new_person(user.email, user.groups, provider.id), target, req, now)
+    return start_session(
+        ctx, c, new_person(user.email, user.groups, provider.id, amr=user.amr), target, req, now
+    )

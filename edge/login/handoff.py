@@ -60,8 +60,11 @@ JTI_BYTES = 16  # random bytes naming a code in the store
 
 
 def person_of(ident: Identity) -> Person:
-    """The same session, carried on to an application (same nonce)."""
-    return Person(ident.email, sorted(ident.groups), "", ident.sub, ident.identity_nonce)
+    """The same session, carried on to an application (same nonce, same
+    provider and authentication methods)."""
+    return Person(
+        ident.email, sorted(ident.groups), ident.idp, ident.sub, ident.identity_nonce, sorted(ident.amr)
+    )
 
 
 def start_session(

@@ -40,7 +40,9 @@ async def launcher(
     if not isinstance(ident, Identity):
         # The team's own sign-in ends at "/" again (Context.signed_in).
         return ctx.redirect(f"{ENDPOINT_PATH}/login")
-    subject = Subject(req.client_ip, req.values(b"x-forwarded-for"), c.trusted, identity=ident)
+    subject = Subject(
+        req.client_ip, req.values(b"x-forwarded-for"), c.trusted, identity=ident, client_cn=req.client_cert_cn
+    )
     tiles = launcher_tiles(c.apps, subject, ctx.team_url)
     page = pages.launcher_page(ident.email, tiles, f"{ENDPOINT_PATH}/logout", ctx.look)
     return ctx.html(200, page)

@@ -111,6 +111,9 @@ class Claims:
     email: str
     groups: tuple[str, ...]
     raw: Mapping[str, Any]
+    # The ID token's `amr` (RFC 8176: pwd, mfa, otp, hwk, ...), carried into
+    # the edge's tokens for auth_method rules; () when the provider sends none.
+    amr: tuple[str, ...] = ()
 
 
 class _DiscoveryDocument(msgspec.Struct):
@@ -388,7 +391,8 @@ class OidcClient:
                 f"ID token: no {self.email_claim!r} claim (a string) for sub {_clip(sub)}", NO_EMAIL
             )
         groups = _groups(claims.get(self.groups_claim), self.groups_claim)
-        return Claims(sub, email, groups, types.MappingProxyType(claims))
+        amr = _groups(claims.get("amr"), "amr")
+        return Claims(sub, email, groups, types.MappingProxyType(claims), amr)
 
 
 def _id_token(url: str, response: Response) -> str:

@@ -126,7 +126,9 @@ async def callback(
         )
         return ctx.html(502 if exc.public == UNAVAILABLE else 400, page, clear)
     target = _saved_target(c, state.target)
-    who = new_person(claims.email, claims.groups, provider.id, sub=f"{provider.id}:{claims.sub}")
+    who = new_person(
+        claims.email, claims.groups, provider.id, sub=f"{provider.id}:{claims.sub}", amr=claims.amr
+    )
     return start_session(ctx, c, who, target, req, now, clear)
 
 

@@ -36,15 +36,18 @@ class Person(msgspec.Struct, frozen=True):
     idp: str
     sub: str
     nonce: str
+    # The provider's authentication methods (the tokens' `amr`); a default,
+    # so a code sealed before this field existed still opens.
+    amr: list[str] = msgspec.field(default_factory=list)
 
     def claims(self) -> dict[str, Any]:
         """The mapping session.token_claims reads."""
         return msgspec.structs.asdict(self)
 
 
-def new_person(email: str, groups: Sequence[str], idp: str, sub: str = "") -> Person:
+def new_person(email: str, groups: Sequence[str], idp: str, sub: str = "", amr: Sequence[str] = ()) -> Person:
     """A new sign-in (a fresh session nonce); see session.person."""
-    return msgspec.convert(new_person_dict(email, groups, idp, sub), Person)
+    return msgspec.convert(new_person_dict(email, groups, idp, sub, amr), Person)
 
 
 class HandoffCode(msgspec.Struct, frozen=True):

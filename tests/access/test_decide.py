@@ -733,7 +733,10 @@ def test_explain_traces_the_evaluation(c: Compiled) -> None:
         'app "api" (pattern api.example.com, aud api-aud)',
         f"token: valid for alice@example.com until exp {NOW + 3600:.0f}",
         'policy "block" (deny): include: no rule matched',
+        "  include emails: alice@example.com not listed",
         'policy "staff" (allow): match',
+        "  include email_domains: domain example.com listed",
+        "  exclude ip_ranges: 192.0.2.1 not in range",
     ]
 
 

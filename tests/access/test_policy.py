@@ -10,15 +10,33 @@ from typing import Any
 import msgspec
 import pytest
 
-from edge.access.policy import Policies, ServiceTokens, Subject, client_ip, parse_ip
+from edge.access.policy import (
+    Catalog,
+    EmailList,
+    GroupRule,
+    IpList,
+    NetworkTable,
+    Policies,
+    ServiceTokens,
+    Subject,
+    client_ip,
+    parse_ip,
+)
 from edge.access.tokens import Identity
-from edge.config.schema import Policy, ServiceToken
+from edge.config.schema import Group, List, Policy, ServiceToken
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 
 
-def identity(email: str = "alice@example.com", groups: tuple[str, ...] = ()) -> Identity:
+def identity(
+    email: str = "alice@example.com",
+    groups: tuple[str, ...] = (),
+    amr: tuple[str, ...] = (),
+    idp: str = "",
+) -> Identity:
     return Identity(
+        amr=frozenset(amr),
+        idp=idp,
         token=b"t",
         iss="i",
         aud=frozenset({"a"}),
@@ -203,7 +221,10 @@ def test_no_match_reports_the_first_allow_miss_and_traces_everything() -> None:
     assert miss == 'policy "contractors" exclude ip_ranges: matched'
     assert trace == [
         'policy "contractors" (allow): exclude ip_ranges: matched',
+        "  include email_domains: domain example.com listed",
+        "  exclude ip_ranges: 192.0.2.10 in range",
         'policy "admins" (allow): include: no rule matched',
+        "  include groups: token groups [] not listed",
     ]
 
 
@@ -259,3 +280,238 @@ def test_service_tokens(client_id: bytes | None, secret: bytes | None, name: str
 def test_secrets_are_not_kept() -> None:
     tokens = _tokens()
     assert b"s3cret" not in repr(tokens.by_id).encode()
+
+
+# -- groups, lists, auth_method, login_method ---------------------------------------
+
+BIG = 100_000
+CONTRACTORS = [f"contractor{i}@example.com" for i in range(BIG - 1)] + ["Carol@Example.com"]
+# 100 000 networks of every prefix length from /16 to /32, and a few IPv6 ones.
+OFFICE = [f"10.{i >> 8 & 255}.{i & 255}.{(i * 7) & 255}/32" for i in range(BIG - 4)] + [
+    "192.0.2.0/24",
+    "172.16.0.0/12",
+    "2001:db8::/48",
+    "2001:db8:ffff::1",
+]
+GROUPS = [
+    # include only: spliced wherever it is used
+    {"name": "staff", "include": [{"email_domains": ["example.com"]}, {"groups": ["staff"]}]},
+    # two deep: a group of groups, with its own require and exclude
+    {
+        "name": "engineers",
+        "include": [{"group": ["staff"]}],
+        "require": [{"groups": ["eng"]}],
+        "exclude": [{"email_list": ["contractors"]}],
+    },
+    {"name": "oncall", "include": [{"group": ["engineers"]}], "require": [{"auth_method": ["mfa", "hwk"]}]},
+    {"name": "office", "include": [{"ip_list": ["office"]}]},
+    {"name": "not-in-office", "include": [{"everyone": True}], "exclude": [{"ip_list": ["office"]}]},
+    {
+        "name": "mfa-staff",
+        "include": [{"email_domains": ["example.com"]}],
+        "require": [{"auth_method": ["mfa"]}],
+        "exclude": [{"emails": ["eve@example.com"]}],
+    },
+]
+LISTS = [
+    {"name": "contractors", "type": "email", "items": CONTRACTORS},
+    {"name": "office", "type": "ip", "items": OFFICE},
+    {"name": "vendors", "type": "email", "items": ["vic@vendor.test"]},
+]
+CATALOG = Catalog([msgspec.convert(g, Group) for g in GROUPS], [msgspec.convert(x, List) for x in LISTS])
+
+
+def catalog_policies(*items: dict[str, Any]) -> Policies:
+    return Policies([msgspec.convert(item, Policy) for item in items], CATALOG)
+
+
+ALICE = identity(groups=("staff", "eng"), amr=("pwd", "mfa"), idp="dev")
+CAROL = identity("carol@example.com", groups=("eng",), amr=("pwd", "mfa"), idp="dev")
+BOB = identity("bob@elsewhere.test", groups=("eng",), amr=("pwd",), idp="sso")
+VIC = identity("vic@vendor.test", amr=("hwk",), idp="sso")
+
+CATALOG_CASES = [
+    # group, spliced (include-only) and nested, two deep, with their own require/exclude
+    ({"include": [{"group": ["staff"]}]}, subject(ident=BOB), False),
+    (
+        {"include": [{"group": ["staff"]}]},
+        subject(ident=identity("x@elsewhere.test", groups=("staff",))),
+        True,
+    ),
+    ({"include": [{"group": ["engineers"]}]}, subject(ident=ALICE), True),
+    ({"include": [{"group": ["engineers"]}]}, subject(ident=CAROL), False),  # excluded: a contractor
+    ({"include": [{"group": ["engineers"]}]}, subject(ident=identity(groups=("staff",))), False),  # no eng
+    ({"include": [{"group": ["oncall"]}]}, subject(ident=ALICE), True),
+    ({"include": [{"group": ["oncall"]}]}, subject(ident=identity(groups=("eng",), amr=("pwd",))), False),
+    # several names: any of them
+    ({"include": [{"group": ["oncall", "office"]}]}, subject(ip="192.0.2.7", ident=BOB), True),
+    ({"include": [{"group": ["oncall", "office"]}]}, subject(ip="198.51.100.1", ident=BOB), False),
+    # require and exclude positions
+    ({"include": [{"everyone": True}], "require": [{"group": ["engineers"]}]}, subject(ident=ALICE), True),
+    ({"include": [{"everyone": True}], "require": [{"group": ["engineers"]}]}, subject(ident=CAROL), False),
+    ({"include": [{"everyone": True}], "exclude": [{"group": ["engineers"]}]}, subject(ident=ALICE), False),
+    ({"include": [{"everyone": True}], "exclude": [{"group": ["engineers"]}]}, subject(ident=CAROL), True),
+    ({"include": [{"everyone": True}], "exclude": [{"group": ["staff"]}]}, subject(ident=BOB), True),
+    ({"include": [{"everyone": True}], "exclude": [{"group": ["office"]}]}, subject(ip="10.0.1.7"), False),
+    # unknowns never open access through a group: no identity, no client IP
+    ({"include": [{"group": ["engineers"]}]}, subject(), False),
+    ({"include": [{"everyone": True}], "require": [{"group": ["engineers"]}]}, subject(), False),
+    ({"include": [{"everyone": True}], "exclude": [{"group": ["engineers"]}]}, subject(), False),
+    ({"include": [{"everyone": True}], "exclude": [{"group": ["staff"]}]}, subject(), False),
+    ({"include": [{"group": ["not-in-office"]}]}, subject(ip="garbage"), False),  # its exclude: unknown
+    ({"include": [{"group": ["not-in-office"]}]}, subject(ip="198.51.100.1"), True),
+    (
+        {"include": [{"everyone": True}], "exclude": [{"group": ["not-in-office"]}]},
+        subject(ip="garbage"),
+        False,
+    ),
+    (
+        {"include": [{"everyone": True}], "exclude": [{"group": ["not-in-office"]}]},
+        subject(ip="10.0.1.7"),
+        True,
+    ),
+    # 100 000-entry lists: emails folded, networks of any prefix length, both families
+    ({"include": [{"email_list": ["contractors"]}]}, subject(ident=identity("CAROL@example.com")), True),
+    (
+        {"include": [{"email_list": ["contractors"]}]},
+        subject(ident=identity("contractor99998@example.com")),
+        True,
+    ),
+    (
+        {"include": [{"email_list": ["contractors"]}]},
+        subject(ident=identity("contractor100000@example.com")),
+        False,
+    ),
+    ({"include": [{"email_list": ["contractors", "vendors"]}]}, subject(ident=VIC), True),
+    ({"include": [{"email_list": ["contractors"]}]}, subject(), False),
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="10.0.1.7"), True),  # i = 1: 10.0.1.7/32
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="10.0.1.8"), False),
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="172.31.255.255"), True),
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="172.32.0.0"), False),
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="::ffff:192.0.2.200"), True),
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="2001:db8:0:ffff::9"), True),
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="2001:db8:1::9"), False),
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="2001:db8:ffff::1"), True),
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="2001:db8:ffff::2"), False),
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="not-an-ip"), False),
+    # auth_method: any of the sign-in's amr values
+    ({"include": [{"auth_method": ["mfa"]}]}, subject(ident=ALICE), True),
+    ({"include": [{"auth_method": ["mfa"]}]}, subject(ident=BOB), False),
+    ({"include": [{"auth_method": ["mfa", "hwk"]}]}, subject(ident=VIC), True),
+    ({"include": [{"auth_method": ["pwd"]}]}, subject(ident=identity()), False),  # a token without amr
+    ({"include": [{"everyone": True}], "require": [{"auth_method": ["mfa"]}]}, subject(), False),
+    # login_method: the provider's id; a token without one never matches
+    ({"include": [{"login_method": ["sso"]}]}, subject(ident=BOB), True),
+    ({"include": [{"login_method": ["sso"]}]}, subject(ident=ALICE), False),
+    ({"include": [{"login_method": ["dev", "sso"]}]}, subject(ident=ALICE), True),
+    ({"include": [{"login_method": ["dev"]}]}, subject(ident=identity()), False),
+    (
+        {"include": [{"everyone": True}], "exclude": [{"login_method": ["dev"]}]},
+        subject(ident=identity()),
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(("parts", "s", "matches"), CATALOG_CASES)
+def test_groups_lists_and_sign_in_selectors(parts: dict[str, Any], s: Subject, matches: bool) -> None:
+    ps = catalog_policies(allow(**parts))
+    assert (decided(ps, s) == "p") is matches
+
+
+def test_an_include_only_group_is_spliced_into_the_policy() -> None:
+    """Inline or through a group, the policy holds the same rules."""
+    inline = catalog_policies(allow(include=[{"email_domains": ["example.com"]}, {"groups": ["staff"]}]))
+    grouped = catalog_policies(
+        allow(include=[{"group": ["staff"]}], exclude=[{"group": ["office"]}], require=[{"group": ["staff"]}])
+    )
+    inline_rules = inline.second[0].include
+    assert [type(r) for r in grouped.second[0].include] == [type(r) for r in inline_rules]
+    assert [r.label for r in grouped.second[0].include] == [
+        "group staff -> email_domains",
+        "group staff -> groups",
+    ]
+    assert [type(r) for r in grouped.second[0].exclude] == [IpList]
+    # a group of two include rules in a require must stay one rule (any of them)
+    assert [type(r) for r in grouped.second[0].require] == [GroupRule]
+
+
+def test_a_group_with_one_include_is_spliced_into_a_require() -> None:
+    ps = catalog_policies(allow(include=[{"everyone": True}], require=[{"group": ["mfa-staff"]}]))
+    policy = ps.second[0]
+    assert [r.label for r in policy.require] == [
+        "group mfa-staff -> email_domains",
+        "group mfa-staff -> auth_method",
+    ]
+    assert [r.label for r in policy.exclude] == ["group mfa-staff -> emails"]
+    # oncall is engineers' rules (two includes, from staff) plus its own require: one nested rule
+    ps = catalog_policies(allow(include=[{"everyone": True}], require=[{"group": ["oncall"]}]))
+    assert [type(r) for r in ps.second[0].require] == [GroupRule]
+
+
+def test_a_group_that_is_the_only_include_becomes_the_policy() -> None:
+    """Two deep: oncall -> engineers -> staff, all spliced, labels keeping the path."""
+    policy = catalog_policies(allow(include=[{"group": ["oncall"]}])).second[0]
+    path = "group oncall -> group engineers -> "
+    assert [r.label for r in policy.include] == [
+        f"{path}group staff -> email_domains",
+        f"{path}group staff -> groups",
+    ]
+    assert [r.label for r in policy.require] == [f"{path}groups", "group oncall -> auth_method"]
+    assert [r.label for r in policy.exclude] == [f"{path}email_list contractors"]
+
+
+def test_lists_are_compiled_once_and_shared() -> None:
+    one = catalog_policies(allow(include=[{"email_list": ["contractors"]}]))
+    two = catalog_policies(allow(include=[{"group": ["engineers"]}, {"emails": ["root@example.com"]}]))
+    first = one.second[0].include[0]
+    assert isinstance(first, EmailList)
+    nested = two.second[0].include[0]
+    assert isinstance(nested, GroupRule)
+    inner = nested.clause.exclude[0]
+    assert isinstance(inner, EmailList) and inner.values is first.values
+    assert len(first.values) == BIG and "carol@example.com" in first.values  # lower-cased
+
+
+def test_network_table_probes_one_set_per_prefix_length() -> None:
+    table = NetworkTable(ipaddress.ip_network(n) for n in OFFICE)
+    assert table.size == BIG
+    assert [bin(mask).count("1") for mask, _ in table.v4] == [32, 24, 12]
+    assert [bin(mask).count("1") for mask, _ in table.v6] == [128, 48]
+    assert ipaddress.ip_address("172.20.1.1") in table
+    assert ipaddress.ip_address("11.0.0.1") not in table
+
+
+def test_explain_follows_groups_and_lists_without_dumping_them() -> None:
+    ps = catalog_policies(
+        allow("staff", include=[{"group": ["staff"]}], exclude=[{"email_list": ["contractors"]}]),
+        allow("oncall", include=[{"group": ["oncall"]}]),
+        allow("nested", include=[{"group": ["engineers"]}, {"emails": ["root@example.com"]}]),
+    )
+    trace: list[str] = []
+    found, _ = ps.second_phase(subject(ident=CAROL), trace)
+    assert found is None
+    path = "group oncall -> group engineers -> "
+    assert trace == [
+        'policy "staff" (allow): exclude email_list contractors: matched',
+        "  include group staff -> email_domains: domain example.com listed",
+        "  exclude email_list contractors: carol@example.com in list (100000 entries)",
+        f'policy "oncall" (allow): exclude {path}email_list contractors: matched',
+        f"  include {path}group staff -> email_domains: domain example.com listed",
+        f"  require {path}groups: token groups [eng] listed",
+        "  require group oncall -> auth_method: amr [mfa, pwd] listed",
+        f"  exclude {path}email_list contractors: carol@example.com in list (100000 entries)",
+        'policy "nested" (allow): include: no rule matched',
+        "  include group engineers: not matched",
+        "    include group staff -> email_domains: domain example.com listed",
+        "    require groups: token groups [eng] listed",
+        "    exclude email_list contractors: carol@example.com in list (100000 entries)",
+        "  include emails: carol@example.com not listed",
+    ]
+
+
+def test_policies_evaluate_a_subject_built_from_an_identity_alone() -> None:
+    """As the app launcher does: no request, just who the user is."""
+    ps = catalog_policies(allow(include=[{"group": ["oncall"]}]))
+    assert decided(ps, Subject("", [], (), identity=ALICE)) == "p"
+    assert decided(ps, Subject("", [], (), identity=BOB)) is None

@@ -571,3 +571,30 @@ def test_every_algorithm_key_kind_parses() -> None:
     keys, notes = parse_jwks(default_jwks())
     assert notes == []
     assert {k: v.algorithm_name for k, v in keys.items()} == {KIDS[a]: a for a in KEYS}
+
+
+# -- how the user signed in: amr and idp ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "amr", "idp"),
+    [
+        ({}, frozenset(), ""),
+        ({"amr": ["pwd", "mfa"], "idp": {"id": "sso", "type": "oidc"}}, frozenset({"pwd", "mfa"}), "sso"),
+        ({"amr": "hwk"}, frozenset({"hwk"}), ""),
+        # an idp of another shape names no provider (login_method never matches), the token stays usable
+        ({"idp": "sso"}, frozenset(), ""),
+        ({"idp": {"id": 7}}, frozenset(), ""),
+        ({"idp": {"id": "a\nb"}}, frozenset(), ""),
+    ],
+)
+def test_amr_and_idp(extra: dict[str, Any], amr: frozenset[str], idp: str) -> None:
+    ident = verifier().verify(mint(**extra), NOW)
+    assert isinstance(ident, Identity)
+    assert (ident.amr, ident.idp) == (amr, idp)
+
+
+def test_amr_of_another_type_is_refused_like_groups() -> None:
+    refusal = verifier().verify(mint(amr=[1, 2]), NOW)
+    assert not isinstance(refusal, Identity)
+    assert refusal.reason == "amr is not a string or a list of strings"

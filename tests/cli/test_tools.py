@@ -9,10 +9,13 @@ from pathlib import Path
 
 import jwt
 import pytest
-from access_fixtures import default_jwks
+from access_fixtures import NOW, default_jwks, mint
 
+from edge.access.compile import compile_config
 from edge.access.tokens import parse_jwks
 from edge.cli.main import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, main
+from edge.cli.tools import build_request, explain_text
+from edge.config.load import load
 from edge.login.keys import load_private, public_jwk, thumbprint
 
 ISS = "https://auth.example.com"
@@ -189,3 +192,109 @@ def test_explain_takes_the_method_as_a_browser_sends_it(
     path = write_config(tmp_path, APP)
     assert main(["explain", "-c", str(path), written, "https://api.example.com/x"]) == EXIT_OK
     assert f"request:  {explained} https://api.example.com/x" in capsys.readouterr().out
+
+
+# -- groups and lists -----------------------------------------------------------------
+
+TEAM_APP = """
+[[groups]]
+name = "staff"
+include = [{ email_domains = ["example.com"] }]
+exclude = [{ email_list = ["contractors"] }]
+
+[[groups]]
+name = "unused"
+include = [{ ip_list = ["office"] }]
+
+[[lists]]
+name = "contractors"
+type = "email"
+file = "{contractors}"
+
+[[lists]]
+name = "office"
+type = "ip"
+items = ["192.0.2.0/24"]
+
+[[apps]]
+name = "api"
+domains = ["api.example.com"]
+upstream = "http://127.0.0.1:9000"
+aud = "api-aud"
+[[apps.policies]]
+name = "staff"
+action = "allow"
+include = [{ group = ["staff"] }]
+[[apps.policies]]
+name = "office"
+action = "allow"
+include = [{ ip_list = ["office"] }]
+"""
+
+
+def team_config(tmp_path: Path, size: int) -> Path:
+    contractors = tmp_path / "contractors.txt"
+    lines = ["# contractors", "carol@example.com", *(f"c{i}@example.com" for i in range(size - 1))]
+    contractors.write_text("\n".join(lines) + "\n")
+    return write_config(tmp_path, TEAM_APP.replace("{contractors}", str(contractors)))
+
+
+def test_check_summarises_groups_and_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = team_config(tmp_path, 3)
+    assert main(["check", "-c", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert '  group "staff": 1 include, 0 require, 1 exclude; used by api/staff' in out
+    assert '  group "unused": 1 include, 0 require, 0 exclude; not used' in out
+    assert (
+        f'  list "contractors": email, 3 entries, from {tmp_path / "contractors.txt"}; used by group staff'
+        in out
+    )
+    assert '  list "office": ip, 1 entry; used by api/office, group unused' in out
+
+
+def test_explain_goes_through_groups_and_lists_without_dumping_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = team_config(tmp_path, 100_000)
+    token = mint(aud="api-aud", email="carol@example.com").decode()
+    argv = [
+        "explain",
+        "-c",
+        str(path),
+        "GET",
+        "https://api.example.com/",
+        "-H",
+        f"Cookie: CF_Authorization={token}",
+    ]
+    config = load(path)
+    req = build_request(
+        "GET", "https://api.example.com/", [f"Cookie: CF_Authorization={token}"], "198.51.100.7"
+    )
+    text = explain_text(compile_config(config, str(path)), req, NOW)
+    assert text.splitlines()[4:9] == [
+        '  policy "staff" (allow): exclude group staff -> email_list contractors: matched',
+        "    include group staff -> email_domains: domain example.com listed",
+        "    exclude group staff -> email_list contractors: carol@example.com in list (100000 entries)",
+        '  policy "office" (allow): include: no rule matched',
+        "    include ip_list office: 198.51.100.7 not in list (1 entry)",
+    ]
+    assert "c99@example.com" not in text
+    assert main(argv) == EXIT_OK  # the command itself, on the real clock: the token is not yet valid there
+    assert "token: refused" in capsys.readouterr().out
+
+
+def test_check_warns_of_a_login_method_no_provider_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(
+        tmp_path,
+        APP.replace(
+            'include = [{ email_domains = ["example.com"] }]', 'include = [{ login_method = ["ssso"] }]'
+        ),
+    )
+    assert main(["check", "-c", str(path)]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert (
+        '$.apps[0] ("api") policy "staff": login_method \'ssso\' is not the id of a [[team.providers]] entry'
+        in err
+    )

@@ -12,7 +12,7 @@ import pytest
 from edge.access.compile import compile_config
 from edge.config.errors import ConfigError
 from edge.config.load import load, loads
-from edge.config.schema import Config
+from edge.config.schema import SELECTORS, Config
 from edge.config.syntax import origin_problem, parse_domain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,17 +263,19 @@ def test_app_errors(text: str, message: str) -> None:
     assert error_of(text) == message
 
 
+# Every selector, in the order the schema declares them (the message lists them all).
+ALL_SELECTORS = ", ".join(SELECTORS)
+assert ALL_SELECTORS.startswith("everyone, emails, email_domains, groups, ip_ranges, service_tokens")
+
 POLICY_ERRORS = [
     ("include = []", "$.apps[0].policies[0].include: Expected at least one rule"),
     (
         "include = [{}]",
-        "$.apps[0].policies[0].include[0]: Expected exactly one selector (everyone, emails, email_domains, "
-        "groups, ip_ranges, service_tokens, any_service_token, valid_certificate, common_name), got none",
+        f"$.apps[0].policies[0].include[0]: Expected exactly one selector ({ALL_SELECTORS}), got none",
     ),
     (
         "include = [{ everyone = true, emails = ['a@b.c'] }]",
-        "$.apps[0].policies[0].include[0]: Expected exactly one selector (everyone, emails, email_domains, "
-        "groups, ip_ranges, service_tokens, any_service_token, valid_certificate, common_name), "
+        f"$.apps[0].policies[0].include[0]: Expected exactly one selector ({ALL_SELECTORS}), "
         "got everyone, emails",
     ),
     (

@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
+import msgspec
 import pytest
 
 from edge.access.actions import Endpoint
 from edge.access.compile import Compiled, compile_config
-from edge.access.decide import decide
+from edge.access.decide import decide, verify_token
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
 from edge.access.session import BINDING_COOKIE, CSRF_COOKIE, FLOW_COOKIE, HANDOFF_TTL, SealError
+from edge.access.tokens import Identity
 from edge.config.load import loads
 from edge.config.schema import Config, DevProvider
 from edge.login import dev, handoff, logout, oidc_flow, signin
@@ -35,6 +37,7 @@ from edge.login.sealed import (
     HANDOFF,
     FlowState,
     HandoffCode,
+    Person,
     SavedTarget,
     new_person,
     open_sealed,
@@ -190,7 +193,10 @@ def test_the_wire_names_stay_what_every_edge_of_a_team_reads(site: Site) -> None
     code = HandoffCode("h.localhost", "aud", "http://h.localhost/", who, "j", "b" * 16)
     opened = site.ctx.sealer.open(HANDOFF, seal(site.ctx.sealer, HANDOFF, code, NOW + 60), NOW)
     assert sorted(opened) == ["a", "b", "exp", "h", "j", "p", "r"]
-    assert sorted(opened["p"]) == ["email", "groups", "idp", "nonce", "sub"]
+    # amr came later: a code sealed without it (by an older edge) still opens.
+    assert sorted(opened["p"]) == ["amr", "email", "groups", "idp", "nonce", "sub"]
+    older = {k: v for k, v in opened["p"].items() if k != "amr"}
+    assert msgspec.convert(older, Person) == msgspec.structs.replace(who, amr=[])
     flow = FlowState(
         "sso", "st", "no", "v" * 43, SavedTarget("h.localhost", "aud", "http://h.localhost/", "")
     )
@@ -478,6 +484,20 @@ def test_oidc_callback_signs_in_and_hands_off(site: Site) -> None:
     assert location(r).startswith("http://app.localhost:8080/cdn-cgi/access/authorized?code=")
     assert cookies(r)[FLOW_COOKIE].startswith(f"{FLOW_COOKIE}=; Path=/cdn-cgi/access; Max-Age=0")
     assert "CF_Authorization" in cookies(r)
+
+
+def test_oidc_sign_in_carries_the_id_tokens_amr_and_the_provider_into_the_token(site: Site) -> None:
+    """The OIDC flow's part (the ID token's amr itself: test_oidc.py, against
+    a real provider): amr and idp reach the edge's own token, and the code
+    carries them on to the application's."""
+    ctx = with_provider(site, ScriptedProvider(Claims("u1", ALICE, (), {}, ("pwd", "otp"))))
+    flow = cookie_value(cookies(begin(ctx, site))[FLOW_COOKIE])
+    r = callback(ctx, site, flow, "code=c&state=state-1")
+    token = cookie_value(cookies(r)["CF_Authorization"])
+    ident = verify_token(site.c, token.encode(), NOW)
+    assert isinstance(ident, Identity)
+    assert (ident.amr, ident.idp) == (frozenset({"pwd", "otp"}), "sso")
+    assert handoff.person_of(ident).amr == ["otp", "pwd"] and handoff.person_of(ident).idp == "sso"
 
 
 @pytest.mark.parametrize("flow_cookie", [None, "garbage", base64.urlsafe_b64encode(os.urandom(60)).decode()])

@@ -68,7 +68,7 @@ key_overlap = {overlap}
 type = "dev"
 name = '{provider_name}'
 users = [
-  {{ email = "{alice}", password = "{hash}", groups = ["staff", "eng"] }},
+  {{ email = "{alice}", password = "{hash}", groups = ["staff", "eng"], amr = ["pwd", "mfa"] }},
   {{ email = "{bob}", password = "{hash}" }},
   {{ email = "{mallory}", password = "{hash}" }},
 ]
@@ -124,6 +124,21 @@ aud = "locked-aud"
 name = "root only"
 action = "allow"
 include = [{{ emails = ["root@example.com"] }}]
+[[apps]]
+name = "mfa"
+domains = ["mfa.localhost"]
+upstream = "{up}"
+aud = "mfa-aud"
+[[apps.policies]]
+name = "people with mfa"
+action = "allow"
+include = [{{ group = ["people"] }}]
+require = [{{ auth_method = ["mfa"] }}, {{ login_method = ["dev"] }}]
+
+[[groups]]
+name = "people"
+include = [{{ email_domains = ["example.com"] }}]
+exclude = [{{ emails = ["mallory@example.com"] }}]
 """
 
 
@@ -393,6 +408,28 @@ def test_full_dev_sign_in(team: Team) -> None:
     assert app["nbf"] <= app["iat"] < app["exp"]
     # The cookie itself is not passed on (the app does not keep_auth_cookie).
     assert "CF_Authorization" not in " ".join(seen.get("cookie", []))
+
+
+def test_tokens_carry_amr_and_idp_and_auth_method_rules_use_them(team: Team) -> None:
+    """alice's sign-in reports mfa, bob's only pwd (the dev provider's
+    default): the app that requires auth_method mfa admits alice only."""
+    url = team.url("mfa.localhost")
+    b = sign_in(team, url, ALICE)
+    org = verify(team, b.cookie("auth.localhost") or "", "auth.localhost")
+    app = verify(team, b.cookie("mfa.localhost") or "", "mfa-aud")
+    for token in (org, app):
+        assert sorted(token["amr"]) == ["mfa", "pwd"]
+        assert token["idp"] == {"id": "dev"}
+    assert b.get(url).status == 200
+
+    bob = team.browser()
+    answer = submit(bob, login_page(bob, url), BOB)
+    assert_denied(answer, BOB, "mfa")
+    bob_org = verify(team, bob.cookie("auth.localhost") or "", "auth.localhost")
+    assert bob_org["amr"] == ["pwd"] and bob_org["idp"] == {"id": "dev"}
+    # An app that does not ask for mfa takes bob's sign-in; its token says pwd.
+    bob_app = sign_in(team, team.url("app.localhost"), BOB).cookie("app.localhost") or ""
+    assert claims(bob_app)["amr"] == ["pwd"] and claims(bob_app)["idp"] == {"id": "dev"}
 
 
 # host, what its config says -> the cookie's attributes

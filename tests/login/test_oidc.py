@@ -355,3 +355,13 @@ def test_fetch_still_returns_a_200_body_and_refuses_others(provider: OidcProvide
 def test_request_to_a_closed_port() -> None:
     with pytest.raises(FetchError, match=r"GET http://127\.0\.0\.1"):
         run(request("GET", f"http://127.0.0.1:{free_port()}/", timeout=5))
+
+
+def test_amr_from_the_id_token(provider: OidcProvider) -> None:
+    """The provider's amr (RFC 8176) is what the edge's tokens will carry."""
+    assert sign_in(client_for(provider)).amr == ()
+    provider.extra_claims = {"amr": ["pwd", "otp"]}
+    assert sign_in(client_for(provider)).amr == ("pwd", "otp")
+    provider.extra_claims = {"amr": "mfa"}
+    error = refused(client_for(provider))
+    assert "'amr' claim is not a list of strings" in str(error)
