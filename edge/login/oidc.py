@@ -24,6 +24,11 @@ Invariants:
 - Every provider call is one `fetch.request`: bounded in time and size.
 - Failures are OidcError: ``str(exc)`` for the log (with the provider's error
   code), ``exc.public`` for the user (never provider-controlled text).
+- Who signed in comes from the verified ID token alone (`user_claims`): the
+  email claim must be a non-empty string; ``email_verified`` must be true or
+  absent (many providers omit it) unless the provider is configured with
+  allow_unverified_email; groups are what the groups claim holds, tolerantly
+  (a string is one group, non-strings are dropped), never a refusal.
 """
 
 from __future__ import annotations
@@ -212,6 +217,7 @@ class OidcClient:
         scopes: Sequence[str] = ("openid", "email", "profile"),
         email_claim: str = "email",
         groups_claim: str = "groups",
+        allow_unverified_email: bool = False,
         ssl_context: ssl.SSLContext | None = None,
         leeway: float = 60,
         timeout: float = FETCH_TIMEOUT,
@@ -225,6 +231,7 @@ class OidcClient:
         self.scopes = tuple(scopes)
         self.email_claim = email_claim
         self.groups_claim = groups_claim
+        self.allow_unverified_email = allow_unverified_email
         self.ssl_context = ssl_context
         self.leeway = leeway
         self.timeout = timeout
@@ -258,7 +265,7 @@ class OidcClient:
         d = await self.discovery()
         id_token = await self._redeem(d, code, flow.verifier, redirect_uri)
         claims = await self._verify(d, id_token, flow.nonce, now)
-        return self._claims(claims)
+        return user_claims(claims, self.email_claim, self.groups_claim, self.allow_unverified_email)
 
     # -- discovery and keys
 
@@ -376,20 +383,6 @@ class OidcClient:
         if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), nonce.encode()):
             raise OidcError("ID token: the nonce does not match the sign-in flow", STALE)
 
-    def _claims(self, claims: dict[str, Any]) -> Claims:
-        sub = claims["sub"]
-        if not isinstance(sub, str) or not sub:
-            raise OidcError("ID token: sub is not a non-empty string")
-        if claims.get("email_verified") in (False, "false"):
-            raise OidcError(f"ID token: email_verified is false for sub {_clip(sub)}", UNVERIFIED)
-        email = claims.get(self.email_claim)
-        if not isinstance(email, str) or not email:
-            raise OidcError(
-                f"ID token: no {self.email_claim!r} claim (a string) for sub {_clip(sub)}", NO_EMAIL
-            )
-        groups = _groups(claims.get(self.groups_claim), self.groups_claim)
-        return Claims(sub, email, groups, types.MappingProxyType(claims))
-
 
 def _id_token(url: str, response: Response) -> str:
     doc = _json_object(response.body)
@@ -437,12 +430,55 @@ def _check_audience(claims: Mapping[str, Any], client_id: str) -> None:
         raise OidcError(f"ID token: azp {_clip(azp)} is not our client_id {client_id!r}")
 
 
-def _groups(value: object, name: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
-        raise OidcError(f"ID token: the {name!r} claim is not a list of strings")
-    return tuple(value)
+# -- the user in the ID token ----------------------------------------------------
+
+
+def user_claims(
+    claims: Mapping[str, Any], email_claim: str, groups_claim: str, allow_unverified_email: bool = False
+) -> Claims:
+    """The user a verified ID token names, read the way common providers send it.
+
+    `email_claim` and `groups_claim` are claim names or dotted paths into
+    nested objects (`claim_at`). ``email_verified`` absent is accepted (Azure
+    AD, many SAML bridges and some Okta setups never send it); anything but
+    true (or Cognito's "true") is refused unless `allow_unverified_email`.
+    """
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise OidcError("ID token: sub is not a non-empty string")
+    if not allow_unverified_email and claims.get("email_verified", True) not in (True, "true"):
+        raise OidcError(
+            f"ID token: email_verified is {_clip(claims['email_verified'])} for sub {_clip(sub)}", UNVERIFIED
+        )
+    email = claim_at(claims, email_claim)
+    if not isinstance(email, str) or not email:
+        raise OidcError(f"ID token: no {email_claim!r} claim (a string) for sub {_clip(sub)}", NO_EMAIL)
+    groups = groups_of(claim_at(claims, groups_claim))
+    return Claims(sub, email, groups, types.MappingProxyType(dict(claims)))
+
+
+def claim_at(claims: Mapping[str, Any], name: str) -> object:
+    """The claim `name`, or None: a top-level claim of that exact name first
+    (namespaced claims such as Auth0's "https://example.com/roles" hold dots),
+    else a dotted path into nested objects ("realm_access.roles", Keycloak)."""
+    if name in claims:
+        return claims[name]
+    value: object = claims
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def groups_of(value: object) -> tuple[str, ...]:
+    """Groups from a claim's value: a list keeps its non-empty strings (in
+    order, once each), a non-empty string is one group, anything else none."""
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list):
+        return tuple(dict.fromkeys(g for g in value if isinstance(g, str) and g))
+    return ()
 
 
 def _check_endpoint(name: str, url: str, error: type[Exception] = ValueError) -> None:
