@@ -91,6 +91,7 @@ class NodeProvider:
         self.requests: list[str] = []
         self.output: list[str] = []
         self._proc: subprocess.Popen[str] | None = None
+        self._reader = threading.Thread()
         self._dir = tempfile.TemporaryDirectory(prefix="oidc-node-")
 
     def start(self) -> NodeProvider:
@@ -106,7 +107,8 @@ class NodeProvider:
         )
         self._proc = proc
         ready = threading.Event()
-        threading.Thread(target=self._read, args=(proc, ready), daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(proc, ready), daemon=True)
+        self._reader.start()
         if not ready.wait(START_TIMEOUT) or proc.poll() is not None:
             self.stop()
             raise RuntimeError("oidc-provider did not start:\n" + "\n".join(self.output[-30:]))
@@ -134,6 +136,10 @@ class NodeProvider:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(STOP_TIMEOUT)
+        # The pipe ends once the process is gone: read to the end, then close it.
+        self._reader.join(STOP_TIMEOUT)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def restart(self) -> None:
         """Again on the same port, with a new signing key under a new kid."""

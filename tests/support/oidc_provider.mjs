@@ -135,6 +135,9 @@ async function interaction(req, res, uid, action) {
 const callback = provider.callback();
 async function serve(req, res) {
   console.log(`REQ ${req.method} ${req.url.split('?')[0]}`);
+  // One request per connection, as the edge's fetch makes them: no idle
+  // keep-alive connections outlive a test's client.
+  res.setHeader('connection', 'close');
   const match = /^\/interaction\/([\w-]+)(?:\/(login|abort))?$/.exec(req.url.split('?')[0]);
   if (!match) {
     callback(req, res);
