@@ -21,8 +21,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
@@ -42,7 +41,12 @@ HOPS = 10  # redirects followed at most while signing in
 
 # What the provider knows about each user (claims by scope: see oidc_provider.mjs).
 USERS: dict[str, dict[str, Any]] = {
-    "alice": {"sub": "u-alice", "email": "alice@example.com", "email_verified": True, "groups": ["staff", "admins"]},
+    "alice": {
+        "sub": "u-alice",
+        "email": "alice@example.com",
+        "email_verified": True,
+        "groups": ["staff", "admins"],
+    },
     "bob": {"sub": "u-bob", "email": "bob@example.com", "email_verified": True},
     "eve": {"sub": "u-eve", "email": "eve@example.com", "email_verified": False},
     # Keycloak puts realm roles in a nested claim, not in "groups".
@@ -155,13 +159,6 @@ class NodeProvider:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@contextmanager
-def running(**options: Any) -> Iterator[NodeProvider]:
-    """A started provider for a pytest fixture: `yield from` nothing, just `with`."""
-    with NodeProvider(**options) as provider:
-        yield provider
 
 
 def _free_port() -> int:

@@ -1,4 +1,11 @@
-"""A small but real OpenID provider for tests: http.server on a thread, 127.0.0.1:<ephemeral>.
+"""An OpenID provider of our own for the faults a real one will not commit:
+http.server on a thread, 127.0.0.1:<ephemeral>.
+
+The OIDC tests sign in at oidc-provider, an OpenID-Certified provider
+(tests/support/oidc_node.py); this one serves only the tests of what the
+edge does when a provider misbehaves: a wrong nonce, an ID token with a
+foreign iss or aud, several audiences, an expired ID token, a kid the JWKS
+lacks, a discovery document naming another issuer.
 
 Endpoints (OpenID Connect Core 1.0 and Discovery 1.0, the code flow only):
 
