@@ -7,8 +7,12 @@ nothing here keeps per-login state.
 
 Invariants:
 - The issuer is compared exactly (no trailing-slash or case folding): the
-  discovery document's ``issuer`` and every ID token's ``iss`` must equal the
-  configured string (OpenID Connect Discovery 1.0 section 4.3).
+  discovery document's ``issuer``, every ID token's ``iss`` and the
+  callback's ``iss`` (RFC 9207) must equal the configured string (OpenID
+  Connect Discovery 1.0 section 4.3). The callback's ``iss`` is required
+  when the discovery document says the provider sends it, and checked
+  before the code is redeemed: a response from another provider (a mix-up)
+  never reaches our token request.
 - Plain http is accepted only for a loopback issuer and loopback endpoints;
   the client secret and the codes never travel unencrypted off the host.
 - An ID token is verified with a key of the provider's JWKS chosen by kid,
@@ -101,6 +105,7 @@ class Discovery:
     token_endpoint: str
     jwks_uri: str
     client_secret_post: bool = False  # the provider does not take client_secret_basic
+    iss_parameter: bool = False  # the provider names itself in the callback (RFC 9207)
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ class _DiscoveryDocument(msgspec.Struct):
     jwks_uri: str
     code_challenge_methods_supported: list[str] | None = None
     token_endpoint_auth_methods_supported: list[str] | None = None
+    authorization_response_iss_parameter_supported: bool = False
 
 
 # -- the browser leg -----------------------------------------------------------
@@ -251,21 +257,37 @@ class OidcClient:
         return authorization_url(d, self.client_id, redirect_uri, self.scopes, flow), flow
 
     async def finish(
-        self, code: str, returned_state: str, flow: Flow, redirect_uri: str, now: float
+        self,
+        code: str,
+        returned_state: str,
+        flow: Flow,
+        redirect_uri: str,
+        now: float,
+        returned_iss: str | None = None,
     ) -> Claims:
         """The verified user behind the code the browser brought back.
 
         `redirect_uri` must be the one given to `begin`; `now` is the clock
-        the ID token's times are checked against.
+        the ID token's times are checked against; `returned_iss` is the
+        callback's ``iss`` parameter (None when it has none).
         """
         if not hmac.compare_digest(returned_state.encode(), flow.state.encode()):
             raise OidcError("the callback's state does not match the sign-in flow", STALE)
         if not code:
             raise OidcError("the callback has no code", STALE)
         d = await self.discovery()
+        self._check_response_issuer(d, returned_iss)
         id_token = await self._redeem(d, code, flow.verifier, redirect_uri)
         claims = await self._verify(d, id_token, flow.nonce, now)
         return user_claims(claims, self.email_claim, self.groups_claim, self.allow_unverified_email)
+
+    def _check_response_issuer(self, d: Discovery, returned_iss: str | None) -> None:
+        # RFC 9207 section 2.4.
+        if returned_iss is None:
+            if d.iss_parameter:
+                raise OidcError("the callback has no iss, though the provider's discovery says it sends one")
+        elif returned_iss != self.issuer:
+            raise OidcError(f"the callback's iss {_clip(returned_iss)} is not {self.issuer!r}")
 
     # -- discovery and keys
 
@@ -292,7 +314,14 @@ class OidcClient:
             _check_endpoint(name, getattr(doc, name), OidcError)
         methods = doc.token_endpoint_auth_methods_supported or ["client_secret_basic"]
         post = "client_secret_basic" not in methods and "client_secret_post" in methods
-        return Discovery(doc.issuer, doc.authorization_endpoint, doc.token_endpoint, doc.jwks_uri, post)
+        return Discovery(
+            doc.issuer,
+            doc.authorization_endpoint,
+            doc.token_endpoint,
+            doc.jwks_uri,
+            post,
+            doc.authorization_response_iss_parameter_supported,
+        )
 
     async def _key(self, d: Discovery, kid: str, now: float) -> jwt.PyJWK:
         if self._keys.get(kid) is None:

@@ -407,6 +407,27 @@ def failed(reply: Reply, status: int, words: str) -> None:
     assert words in reply.text, reply.text[:500]
 
 
+@pytest.mark.parametrize("iss", ["http://127.0.0.1:1", None])
+def test_callback_naming_another_issuer_is_refused(site: Site, iss: str | None) -> None:
+    """RFC 9207: oidc-provider names itself in the callback (``iss``) and says
+    so in its discovery document; a response naming another issuer, or none,
+    is not from it (a mix-up attack) and is refused before the code is redeemed."""
+    browser = site.browser()
+    callback = at_provider(browser, to_provider(browser, site.url("app.localhost")))
+    assert query_of(callback)["iss"] == site.sso.issuer
+    if iss is None:
+        parts = urlsplit(callback)
+        kept = {k: v for k, v in query_of(callback).items() if k != "iss"}
+        callback = urlunsplit(parts._replace(query=urlencode(kept)))
+    else:
+        callback = with_query(callback, iss=iss)
+    tokens = site.sso.requests.count("/token")
+    failed(browser.get(callback), 400, "the sign-in could not be completed")
+    assert site.sso.requests.count("/token") == tokens
+    assert_no_session(browser)
+    assert_flow_cleared(browser)
+
+
 def test_tampered_state_is_refused(site: Site) -> None:
     browser = site.browser()
     callback = at_provider(browser, to_provider(browser, site.url("app.localhost")))

@@ -70,16 +70,23 @@ def browse(url: str, login: str = "alice", context: ssl.SSLContext | None = None
     return urlsplit(location).query
 
 
-def begin(client: OidcClient, login: str = "alice") -> tuple[str, str, Flow]:
-    """(code, state, flow) after the browser's round trip."""
+def begin(client: OidcClient, login: str = "alice") -> tuple[str, str, Flow, str | None]:
+    """(code, state, flow, iss) after the browser's round trip."""
     url, flow = run(client.begin(REDIRECT_URI))
-    code, state = callback_params(browse(url, login))
-    return code, state, flow
+    query = browse(url, login)
+    code, state = callback_params(query)
+    return code, state, flow, returned_iss(query)
+
+
+def returned_iss(query: str) -> str | None:
+    """The callback's iss parameter (RFC 9207), as the login service reads it."""
+    values = parse_qs(query).get("iss")
+    return values[0] if values else None
 
 
 def sign_in(client: OidcClient, login: str = "alice") -> Claims:
-    code, state, flow = begin(client, login)
-    return run(client.finish(code, state, flow, REDIRECT_URI, time.time()))
+    code, state, flow, iss = begin(client, login)
+    return run(client.finish(code, state, flow, REDIRECT_URI, time.time(), iss))
 
 
 def refused(client: OidcClient, login: str = "alice") -> OidcError:
@@ -159,8 +166,8 @@ def test_client_configuration_is_checked() -> None:
 
 def test_code_flow_returns_the_verified_user(provider: NodeProvider) -> None:
     client = client_for(provider)
-    code, state, flow = begin(client)
-    claims = run(client.finish(code, state, flow, REDIRECT_URI, time.time()))
+    code, state, flow, iss = begin(client)
+    claims = run(client.finish(code, state, flow, REDIRECT_URI, time.time(), iss))
     assert (claims.sub, claims.email, claims.groups) == ("u-alice", "alice@example.com", ("staff", "admins"))
     assert claims.raw["nonce"] == flow.nonce
     assert claims.raw["aud"] == CLIENT_ID
@@ -226,7 +233,7 @@ def published_kid(provider: NodeProvider) -> str:
 
 def test_bad_state_or_no_code_is_refused_before_the_provider_is_asked(provider: NodeProvider) -> None:
     client = client_for(provider)
-    code, _, flow = begin(client)
+    code, _, flow, _ = begin(client)
     before = provider.requests.count("/token")
     with pytest.raises(OidcError) as caught:
         run(client.finish(code, "forged-state", flow, REDIRECT_URI, time.time()))
@@ -234,6 +241,31 @@ def test_bad_state_or_no_code_is_refused_before_the_provider_is_asked(provider: 
     with pytest.raises(OidcError, match="no code"):
         run(client.finish("", flow.state, flow, REDIRECT_URI, time.time()))
     assert provider.requests.count("/token") == before
+
+
+def test_callback_iss_is_checked_before_the_code_is_redeemed(provider: NodeProvider) -> None:
+    """RFC 9207: oidc-provider sends iss and says so in its discovery document."""
+    client = client_for(provider)
+    code, state, flow, iss = begin(client)
+    assert iss == provider.issuer and run(client.discovery()).iss_parameter
+    before = provider.requests.count("/token")
+    for wrong in ("http://127.0.0.1:1", provider.issuer + "/", None):
+        with pytest.raises(OidcError, match="iss") as caught:
+            run(client.finish(code, state, flow, REDIRECT_URI, time.time(), wrong))
+        assert caught.value.public == oidc.FAILED
+    assert provider.requests.count("/token") == before
+    assert run(client.finish(code, state, flow, REDIRECT_URI, time.time(), iss)).sub == "u-alice"
+
+
+def test_callback_iss_optional_when_the_provider_does_not_send_it(rogue: RogueProvider) -> None:
+    """Our own provider: oidc-provider always sends iss (RFC 9207)."""
+    client = client_for(rogue)
+    code, state, flow, iss = begin(client)
+    assert iss is None and not run(client.discovery()).iss_parameter
+    assert run(client.finish(code, state, flow, REDIRECT_URI, time.time())).sub == "u-alice"
+    code, state, flow, _ = begin(client)
+    with pytest.raises(OidcError, match="iss"):  # sent anyway, it must still be the issuer
+        run(client.finish(code, state, flow, REDIRECT_URI, time.time(), "https://evil.example"))
 
 
 def test_bad_nonce(rogue: RogueProvider) -> None:
@@ -247,20 +279,20 @@ def test_bad_nonce(rogue: RogueProvider) -> None:
 def test_expired_code() -> None:
     with NodeProvider(code_ttl=1) as provider:
         client = client_for(provider)
-        code, state, flow = begin(client)
+        code, state, flow, iss = begin(client)
         time.sleep(2.1)  # the code lives 1 s (whole seconds at the provider)
         with pytest.raises(OidcError) as caught:
-            run(client.finish(code, state, flow, REDIRECT_URI, time.time()))
+            run(client.finish(code, state, flow, REDIRECT_URI, time.time(), iss))
     assert "invalid_grant" in str(caught.value)
     assert caught.value.public == oidc.EXPIRED
 
 
 def test_replayed_code(provider: NodeProvider) -> None:
     client = client_for(provider)
-    code, state, flow = begin(client)
-    run(client.finish(code, state, flow, REDIRECT_URI, time.time()))
+    code, state, flow, iss = begin(client)
+    run(client.finish(code, state, flow, REDIRECT_URI, time.time(), iss))
     with pytest.raises(OidcError) as caught:
-        run(client.finish(code, state, flow, REDIRECT_URI, time.time()))
+        run(client.finish(code, state, flow, REDIRECT_URI, time.time(), iss))
     assert "invalid_grant" in str(caught.value)
     assert caught.value.public == oidc.EXPIRED
 
@@ -268,10 +300,10 @@ def test_replayed_code(provider: NodeProvider) -> None:
 def test_code_redeemed_with_another_verifier(provider: NodeProvider) -> None:
     """PKCE at the token endpoint: a stolen code without its verifier is useless."""
     client = client_for(provider)
-    code, state, flow = begin(client)
+    code, state, flow, iss = begin(client)
     other = Flow(flow.state, flow.nonce, oidc.new_flow().verifier)
     with pytest.raises(OidcError) as caught:
-        run(client.finish(code, state, other, REDIRECT_URI, time.time()))
+        run(client.finish(code, state, other, REDIRECT_URI, time.time(), iss))
     assert "invalid_grant" in str(caught.value)
 
 
@@ -346,10 +378,10 @@ def test_provider_down() -> None:
 def test_provider_gone_after_discovery() -> None:
     with NodeProvider() as provider:
         client = client_for(provider)
-        code, state, flow = begin(client)
+        code, state, flow, iss = begin(client)
         provider.stop()
         with pytest.raises(OidcError) as caught:
-            run(client.finish(code, state, flow, REDIRECT_URI, time.time()))
+            run(client.finish(code, state, flow, REDIRECT_URI, time.time(), iss))
     assert caught.value.public == oidc.UNAVAILABLE
 
 
@@ -377,8 +409,9 @@ def test_https_provider_with_a_ca_file(tmp_path: Path) -> None:
     with NodeProvider(tls=(cert, key)) as provider:
         trusting = client_for(provider, ssl_context=client_ssl_context(True, str(cert)))
         url, flow = tls_run(trusting.begin(REDIRECT_URI))
-        code, state = callback_params(browse(url, context=ssl.create_default_context(cafile=str(cert))))
-        claims = tls_run(trusting.finish(code, state, flow, REDIRECT_URI, time.time()))
+        query = browse(url, context=ssl.create_default_context(cafile=str(cert)))
+        code, state = callback_params(query)
+        claims = tls_run(trusting.finish(code, state, flow, REDIRECT_URI, time.time(), returned_iss(query)))
         assert claims.email == "alice@example.com"
         with pytest.raises(OidcError, match="certificate verify failed") as caught:
             tls_run(client_for(provider).discovery())  # the system trust store does not know it
