@@ -122,7 +122,7 @@ async def callback(
             flow,
             ctx.team_url + CALLBACK,
             now,
-            query.get("iss"),
+            returned_iss=query.get("iss"),
         )
     except OidcError as exc:
         log.warning("oidc %s: %s", provider.id, exc)
