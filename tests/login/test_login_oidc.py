@@ -34,6 +34,7 @@ no CF_Authorization cookie anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -47,6 +48,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import jwt
 import pytest
 from browserless import Browser, Reply
+from chromium import CALL_TIMEOUT, chromium_binary
+from chromium import Browser as Chromium
 from conftest import EdgeProcess, allow_app_toml, free_port, write_config
 from oidc_node import CLIENT_ID, CLIENT_SECRET, NodeProvider, sign_in_at
 from oidc_provider import OidcProvider as RogueProvider
@@ -630,6 +633,61 @@ def test_provider_down_at_callback(site: Site) -> None:
     assert_flow_cleared(browser)
     # And the edge still signs people in with the other provider.
     assert sign_in(site.browser(), site.url("app.localhost")).status == 200
+
+
+# -- a real browser ------------------------------------------------------------------------
+
+
+PAGE_STATE = "[location.href, document.readyState, document.body ? document.body.innerText : '']"
+
+
+def test_sign_in_with_chromium(site: Site, tmp_path: Path) -> None:
+    """Headless Chromium takes the whole trip a person would: the app, the
+    team's login page, the provider's button, oidc-provider's sign-in form,
+    the callback and the handoff, back on the app as alice. Its own cookie
+    rules (SameSite, Secure on *.localhost) apply at every hop."""
+    browser = Chromium(chromium_binary(), tmp_path / "profile")
+    try:
+        assert browser.tools is not None
+        tools = browser.tools
+        target = tools.call("Target.createTarget", url="about:blank")["targetId"]
+        session = tools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+
+        def page(prefix: str, text: str) -> str:
+            """The text of the loaded page at a URL starting with `prefix`, showing `text`."""
+            deadline, state = time.monotonic() + CALL_TIMEOUT, None
+            while time.monotonic() < deadline:
+                with contextlib.suppress(AssertionError):  # navigated away under the call
+                    state = tools.call(
+                        "Runtime.evaluate",
+                        session,
+                        expression=PAGE_STATE,
+                        returnByValue=True,
+                    )["result"].get("value")
+                if state and state[0].startswith(prefix) and state[1] == "complete" and text in state[2]:
+                    return str(state[2])
+                time.sleep(0.05)
+            raise AssertionError(f"no page at {prefix} showing {text!r}: {state!r}")
+
+        def run_js(script: str) -> None:
+            tools.call("Runtime.evaluate", session, expression=script)
+
+        app = site.url("app.localhost", "/status/200")  # text/plain: shown, not downloaded
+        tools.call("Page.navigate", session, url=app)
+        page(site.team + "/cdn-cgi/access/login", "Continue with SSO provider")
+        run_js(
+            "[...document.querySelectorAll('button')]"
+            ".find(b => b.textContent === 'Continue with SSO provider').click()"
+        )
+        page(f"{site.sso.issuer}/interaction/", "Sign in to the test provider")
+        run_js("document.querySelector('input[name=login]').value = 'alice'; document.forms[0].submit()")
+        page(app, "")
+        identity = site.url("app.localhost", "/cdn-cgi/access/get-identity")
+        tools.call("Page.navigate", session, url=identity)
+        doc = json.loads(page(identity, "{"))
+        assert doc["email"] == ALICE and doc["groups"] == ["admins", "staff"]
+    finally:
+        browser.close()
 
 
 def test_no_oidc_error_leaves_a_traceback(site: Site) -> None:
