@@ -29,7 +29,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import jwt
 import pytest
 from conftest import free_port, self_signed_cert
-from oidc_node import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, NodeProvider, sign_in_at
+from oidc_node import (  # noqa: F401
+    CLIENT_ID,
+    CLIENT_SECRET,
+    REDIRECT_URI,
+    NodeProvider,
+    certified_provider,
+    sign_in_at,
+)
 from oidc_provider import OidcProvider as RogueProvider
 from procs import tcp_sockets
 
@@ -47,10 +54,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @pytest.fixture(scope="module")
-def provider() -> Iterator[NodeProvider]:
+def provider(certified_provider: NodeProvider) -> NodeProvider:  # noqa: F811
     """One oidc-provider for the module: tests that change it start their own."""
-    with NodeProvider() as p:
-        yield p
+    return certified_provider
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The certified OpenID provider in the tests: oidc-provider (npm) run by
-tests/support/oidc_provider.mjs as a child process on 127.0.0.1, and a user
-agent that signs in at it with plain HTTP.
+tests/support/oidc_provider.mjs as a child process on 127.0.0.1, the
+`certified_provider` fixture (module-scoped; import it into a test module to
+use it), and a user agent that signs in at it with plain HTTP.
 
 `NodeProvider(...)` starts it (bounded wait for its READY line), `stop()`
 kills it; `restart()` starts it again on the same port with a fresh signing
@@ -21,12 +22,14 @@ import ssl
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
 from urllib.parse import urlencode, urljoin, urlsplit
 from urllib.request import HTTPCookieProcessor, HTTPRedirectHandler, HTTPSHandler, Request, build_opener
+
+import pytest
 
 CLIENT_ID = "edge-test"
 CLIENT_SECRET = "edge-test-secret"
@@ -159,6 +162,13 @@ class NodeProvider:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@pytest.fixture(scope="module")
+def certified_provider() -> Iterator[NodeProvider]:
+    """oidc-provider with the default client and users, for a whole test module."""
+    with NodeProvider() as provider:
+        yield provider
 
 
 def _free_port() -> int:
