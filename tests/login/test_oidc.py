@@ -480,7 +480,7 @@ def test_request_limits_the_body(provider: NodeProvider) -> None:
 
 def test_fetch_still_returns_a_200_body_and_refuses_others(provider: NodeProvider) -> None:
     keys = json.loads(run(fetch(f"{provider.issuer}/jwks")))
-    assert jwt.PyJWK(keys["keys"][0]).key_id.startswith("rsa-")
+    assert str(jwt.PyJWK(keys["keys"][0]).key_id).startswith("rsa-")
     with pytest.raises(FetchError, match="status 404"):
         run(fetch(f"{provider.issuer}/nothing"))
 

@@ -200,6 +200,7 @@ def sign_in_at(
                 status, location, body = response.status, response.headers.get("Location"), response.read()
         except HTTPError as answer:  # 3xx (not followed) and errors
             status, location, body = answer.code, answer.headers.get("Location"), answer.read()
+        location = str(location or "")
         if status not in (302, 303) or not location:
             raise AssertionError(f"{url}: status {status}: {body[:300]!r}")
         url, form = urljoin(url, location), None
