@@ -107,6 +107,7 @@ class NodeProvider:
         env = {**os.environ, "NODE_PATH": str(NODE_MODULES), "NODE_ENV": "test"}
         proc = subprocess.Popen(
             [self.node, str(SCRIPT), str(config)],
+            stdin=subprocess.PIPE,  # the provider exits when this closes, even if we die
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -145,8 +146,9 @@ class NodeProvider:
             proc.wait(STOP_TIMEOUT)
         # The pipe ends once the process is gone: read to the end, then close it.
         self._reader.join(STOP_TIMEOUT)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
     def restart(self) -> None:
         """Again on the same port, with a new signing key under a new kid."""

@@ -19,6 +19,7 @@
 //   POST /interaction/<uid>/login   login=<name>: signs in and grants the
 //                                   requested scopes; an unknown name is access_denied
 //   POST /interaction/<uid>/abort   the user declines: access_denied
+// Exits on SIGTERM or when its stdin closes.
 // Stdout: "READY <issuer>" once listening, then "REQ <method> <path>" for
 // every request (the tests count discovery and JWKS fetches).
 
@@ -158,3 +159,7 @@ server.listen(config.port, '127.0.0.1', () => console.log(`READY ${issuer}`));
 for (const signal of ['SIGTERM', 'SIGINT']) {
   process.on(signal, () => process.exit(0));
 }
+// Our stdin is a pipe from the test process: when it closes (the tests ended,
+// or died without stopping us), so do we.
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();
