@@ -363,8 +363,9 @@ class OidcProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="oidc", 
     client_secret: str
     name: str = ""
     scopes: list[str] = msgspec.field(default_factory=lambda: ["openid", "email", "profile"])
-    email_claim: str = "email"
-    groups_claim: str = "groups"
+    email_claim: str = "email"  # a claim name or a dotted path into nested claims
+    groups_claim: str = "groups"  # e.g. "realm_access.roles"; a list of strings, or one string
+    allow_unverified_email: bool = False  # accept email_verified = false (absent is accepted)
     verify_tls: bool = True
     ca_file: str = ""
 

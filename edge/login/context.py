@@ -60,7 +60,13 @@ class RelyingParty(Protocol):
     async def begin(self, redirect_uri: str) -> tuple[str, Flow]: ...
 
     async def finish(
-        self, code: str, returned_state: str, flow: Flow, redirect_uri: str, now: float
+        self,
+        code: str,
+        returned_state: str,
+        flow: Flow,
+        redirect_uri: str,
+        now: float,
+        returned_iss: str | None = None,
     ) -> Claims: ...
 
 

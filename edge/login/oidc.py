@@ -7,8 +7,12 @@ nothing here keeps per-login state.
 
 Invariants:
 - The issuer is compared exactly (no trailing-slash or case folding): the
-  discovery document's ``issuer`` and every ID token's ``iss`` must equal the
-  configured string (OpenID Connect Discovery 1.0 section 4.3).
+  discovery document's ``issuer``, every ID token's ``iss`` and the
+  callback's ``iss`` (RFC 9207) must equal the configured string (OpenID
+  Connect Discovery 1.0 section 4.3). The callback's ``iss`` is required
+  when the discovery document says the provider sends it, and checked
+  before the code is redeemed: a response from another provider (a mix-up)
+  never reaches our token request.
 - Plain http is accepted only for a loopback issuer and loopback endpoints;
   the client secret and the codes never travel unencrypted off the host.
 - An ID token is verified with a key of the provider's JWKS chosen by kid,
@@ -24,6 +28,11 @@ Invariants:
 - Every provider call is one `fetch.request`: bounded in time and size.
 - Failures are OidcError: ``str(exc)`` for the log (with the provider's error
   code), ``exc.public`` for the user (never provider-controlled text).
+- Who signed in comes from the verified ID token alone (`user_claims`): the
+  email claim must be a non-empty string; ``email_verified`` must be true or
+  absent (many providers omit it) unless the provider is configured with
+  allow_unverified_email; groups are what the groups claim holds, tolerantly
+  (a string is one group, non-strings are dropped), never a refusal.
 """
 
 from __future__ import annotations
@@ -96,6 +105,7 @@ class Discovery:
     token_endpoint: str
     jwks_uri: str
     client_secret_post: bool = False  # the provider does not take client_secret_basic
+    iss_parameter: bool = False  # the provider names itself in the callback (RFC 9207)
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,7 @@ class _DiscoveryDocument(msgspec.Struct):
     jwks_uri: str
     code_challenge_methods_supported: list[str] | None = None
     token_endpoint_auth_methods_supported: list[str] | None = None
+    authorization_response_iss_parameter_supported: bool = False
 
 
 # -- the browser leg -----------------------------------------------------------
@@ -215,6 +226,7 @@ class OidcClient:
         scopes: Sequence[str] = ("openid", "email", "profile"),
         email_claim: str = "email",
         groups_claim: str = "groups",
+        allow_unverified_email: bool = False,
         ssl_context: ssl.SSLContext | None = None,
         leeway: float = 60,
         timeout: float = FETCH_TIMEOUT,
@@ -228,6 +240,7 @@ class OidcClient:
         self.scopes = tuple(scopes)
         self.email_claim = email_claim
         self.groups_claim = groups_claim
+        self.allow_unverified_email = allow_unverified_email
         self.ssl_context = ssl_context
         self.leeway = leeway
         self.timeout = timeout
@@ -247,21 +260,37 @@ class OidcClient:
         return authorization_url(d, self.client_id, redirect_uri, self.scopes, flow), flow
 
     async def finish(
-        self, code: str, returned_state: str, flow: Flow, redirect_uri: str, now: float
+        self,
+        code: str,
+        returned_state: str,
+        flow: Flow,
+        redirect_uri: str,
+        now: float,
+        returned_iss: str | None = None,
     ) -> Claims:
         """The verified user behind the code the browser brought back.
 
         `redirect_uri` must be the one given to `begin`; `now` is the clock
-        the ID token's times are checked against.
+        the ID token's times are checked against; `returned_iss` is the
+        callback's ``iss`` parameter (None when it has none).
         """
         if not hmac.compare_digest(returned_state.encode(), flow.state.encode()):
             raise OidcError("the callback's state does not match the sign-in flow", STALE)
         if not code:
             raise OidcError("the callback has no code", STALE)
         d = await self.discovery()
+        self._check_response_issuer(d, returned_iss)
         id_token = await self._redeem(d, code, flow.verifier, redirect_uri)
         claims = await self._verify(d, id_token, flow.nonce, now)
-        return self._claims(claims)
+        return user_claims(claims, self.email_claim, self.groups_claim, self.allow_unverified_email)
+
+    def _check_response_issuer(self, d: Discovery, returned_iss: str | None) -> None:
+        # RFC 9207 section 2.4.
+        if returned_iss is None:
+            if d.iss_parameter:
+                raise OidcError("the callback has no iss, though the provider's discovery says it sends one")
+        elif returned_iss != self.issuer:
+            raise OidcError(f"the callback's iss {_clip(returned_iss)} is not {self.issuer!r}")
 
     # -- discovery and keys
 
@@ -288,7 +317,14 @@ class OidcClient:
             _check_endpoint(name, getattr(doc, name), OidcError)
         methods = doc.token_endpoint_auth_methods_supported or ["client_secret_basic"]
         post = "client_secret_basic" not in methods and "client_secret_post" in methods
-        return Discovery(doc.issuer, doc.authorization_endpoint, doc.token_endpoint, doc.jwks_uri, post)
+        return Discovery(
+            doc.issuer,
+            doc.authorization_endpoint,
+            doc.token_endpoint,
+            doc.jwks_uri,
+            post,
+            doc.authorization_response_iss_parameter_supported,
+        )
 
     async def _key(self, d: Discovery, kid: str, now: float) -> jwt.PyJWK:
         if self._keys.get(kid) is None:
@@ -379,21 +415,6 @@ class OidcClient:
         if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), nonce.encode()):
             raise OidcError("ID token: the nonce does not match the sign-in flow", STALE)
 
-    def _claims(self, claims: dict[str, Any]) -> Claims:
-        sub = claims["sub"]
-        if not isinstance(sub, str) or not sub:
-            raise OidcError("ID token: sub is not a non-empty string")
-        if claims.get("email_verified") in (False, "false"):
-            raise OidcError(f"ID token: email_verified is false for sub {_clip(sub)}", UNVERIFIED)
-        email = claims.get(self.email_claim)
-        if not isinstance(email, str) or not email:
-            raise OidcError(
-                f"ID token: no {self.email_claim!r} claim (a string) for sub {_clip(sub)}", NO_EMAIL
-            )
-        groups = _groups(claims.get(self.groups_claim), self.groups_claim)
-        amr = _groups(claims.get("amr"), "amr")
-        return Claims(sub, email, groups, types.MappingProxyType(claims), amr)
-
 
 def _id_token(url: str, response: Response) -> str:
     doc = _json_object(response.body)
@@ -441,12 +462,58 @@ def _check_audience(claims: Mapping[str, Any], client_id: str) -> None:
         raise OidcError(f"ID token: azp {_clip(azp)} is not our client_id {client_id!r}")
 
 
-def _groups(value: object, name: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
-        raise OidcError(f"ID token: the {name!r} claim is not a list of strings")
-    return tuple(value)
+# -- the user in the ID token ----------------------------------------------------
+
+
+def user_claims(
+    claims: Mapping[str, Any], email_claim: str, groups_claim: str, allow_unverified_email: bool = False
+) -> Claims:
+    """The user a verified ID token names, read the way common providers send it.
+
+    `email_claim` and `groups_claim` are claim names or dotted paths into
+    nested objects (`claim_at`). ``email_verified`` absent is accepted (Azure
+    AD, many SAML bridges and some Okta setups never send it); anything but
+    true (or Cognito's "true") is refused unless `allow_unverified_email`.
+    """
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise OidcError("ID token: sub is not a non-empty string")
+    if not allow_unverified_email and claims.get("email_verified", True) not in (True, "true"):
+        raise OidcError(
+            f"ID token: email_verified is {_clip(claims['email_verified'])} for sub {_clip(sub)}", UNVERIFIED
+        )
+    email = claim_at(claims, email_claim)
+    if not isinstance(email, str) or not email:
+        raise OidcError(f"ID token: no {email_claim!r} claim (a string) for sub {_clip(sub)}", NO_EMAIL)
+    groups = groups_of(claim_at(claims, groups_claim))
+    # amr (RFC 8176) read as tolerantly as groups: a malformed one names no
+    # method, so an auth_method rule simply does not match.
+    amr = groups_of(claims.get("amr"))
+    return Claims(sub, email, groups, types.MappingProxyType(dict(claims)), amr)
+
+
+def claim_at(claims: Mapping[str, Any], name: str) -> object:
+    """The claim `name`, or None: a top-level claim of that exact name first
+    (namespaced claims such as Auth0's "https://example.com/roles" hold dots),
+    else a dotted path into nested objects ("realm_access.roles", Keycloak)."""
+    if name in claims:
+        return claims[name]
+    value: object = claims
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def groups_of(value: object) -> tuple[str, ...]:
+    """Groups from a claim's value: a list keeps its non-empty strings (in
+    order, once each), a non-empty string is one group, anything else none."""
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list):
+        return tuple(dict.fromkeys(g for g in value if isinstance(g, str) and g))
+    return ()
 
 
 def _check_endpoint(name: str, url: str, error: type[Exception] = ValueError) -> None:

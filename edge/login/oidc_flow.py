@@ -117,7 +117,12 @@ async def callback(
     flow = Flow(state=state.state, nonce=state.nonce, verifier=state.verifier)
     try:
         claims = await client.finish(
-            query.get("code", ""), query.get("state", ""), flow, ctx.team_url + CALLBACK, now
+            query.get("code", ""),
+            query.get("state", ""),
+            flow,
+            ctx.team_url + CALLBACK,
+            now,
+            returned_iss=query.get("iss"),
         )
     except OidcError as exc:
         log.warning("oidc %s: %s", provider.id, exc)

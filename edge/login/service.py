@@ -213,6 +213,7 @@ def _oidc_client(provider: OidcProvider) -> OidcClient:
         scopes=provider.scopes,
         email_claim=provider.email_claim,
         groups_claim=provider.groups_claim,
+        allow_unverified_email=provider.allow_unverified_email,
         ssl_context=client_ssl_context(provider.verify_tls, provider.ca_file),
     )
 

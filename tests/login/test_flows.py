@@ -433,7 +433,13 @@ class ScriptedProvider:
         return f"{PROVIDER_URL}?redirect_uri={quote(redirect_uri)}", flow
 
     async def finish(
-        self, code: str, returned_state: str, flow: Flow, redirect_uri: str, now: float
+        self,
+        code: str,
+        returned_state: str,
+        flow: Flow,
+        redirect_uri: str,
+        now: float,
+        returned_iss: str | None = None,
     ) -> Claims:
         assert flow == self.flows[-1] and returned_state == flow.state
         if isinstance(self.claims, OidcError):

@@ -2,21 +2,31 @@
 
 One module-wide edge (one worker, memory store) serves the team host
 auth.localhost and two applications on the port reserved for it; its
-`[team]` lists several OpenID Connect providers, each a real server on
-127.0.0.1 (tests/support/oidc_provider.py) or a stand-in for a broken one:
+`[team]` lists several OpenID Connect providers. The real ones are
+oidc-provider, an OpenID-Certified provider from npm, on 127.0.0.1
+(tests/support/oidc_node.py runs tests/support/oidc_provider.mjs):
 
-- ``sso``: the provider most tests use; its knobs (deny, wrong_nonce,
-  code_lifetime, user) are reset after every test;
+- ``sso``: the provider most tests use; users (alice, bob, eve, kim, ...)
+  in tests/support/oidc_node.py;
+- ``kc`` and ``lax``: the same provider registered again, with
+  groups_claim = "realm_access.roles" (Keycloak's roles) and with
+  allow_unverified_email = true;
+- ``badsecret``: the same provider with a wrong client secret;
+- ``brief``: a provider whose codes live 1 s;
 - ``flaky``: a second provider, stopped half-way through a sign-in;
 - ``late``: nothing listens at its issuer at first; a provider is started
   there later (a failed discovery must not be remembered);
-- ``hung``: accepts connections and never answers.
+- ``hung``: accepts connections and never answers;
+- ``rogue``: a provider of our own (tests/support/oidc_provider.py) that
+  sends a wrong nonce, a fault oidc-provider cannot be made to produce.
 
 The browser is tests/support/browserless.py: a cookie jar and real sockets; *.localhost
-URLs go to the edge, the provider's 127.0.0.1 URLs go to the provider. The
-tests take the redirects one at a time, so that every hop can be checked:
+URLs go to the edge. Its visit to the provider (the authorize URL, the
+provider's sign-in form, back) is `oidc_node.sign_in_at`. The tests take
+the edge's redirects one at a time, so that every hop can be checked:
 app -> login page -> POST the provider's button -> the provider's authorize
-URL -> the edge's callback -> team cookie and handoff -> app cookie -> upstream.
+URL and sign-in -> the edge's callback -> team cookie and handoff -> app
+cookie -> upstream.
 
 Every failure must end on a page of ours with a 4xx or 502 status, and with
 no CF_Authorization cookie anywhere.
@@ -24,6 +34,7 @@ no CF_Authorization cookie anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -37,8 +48,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import jwt
 import pytest
 from browserless import Browser, Reply
+from chromium import CALL_TIMEOUT, chromium_binary
+from chromium import Browser as Chromium
 from conftest import EdgeProcess, allow_app_toml, free_port, write_config
-from oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider
+from oidc_node import CLIENT_ID, CLIENT_SECRET, NodeProvider, sign_in_at
+from oidc_provider import OidcProvider as RogueProvider
 from upstream_server import Upstream
 
 from edge.access.session import FLOW_COOKIE, Sealer
@@ -48,6 +62,7 @@ AUTH = "CF_Authorization"
 CALLBACK_PATH = "/cdn-cgi/access/callback"
 HEALTH = "/cdn-cgi/edge/health"
 ALICE, BOB = "alice@example.com", "bob@example.com"  # alice is in "admins", bob in no group
+KIM = "kim@example.com"  # in no "groups", but has "admins" in realm_access.roles
 
 
 # -- the site ------------------------------------------------------------------------
@@ -92,6 +107,7 @@ name = "{name}"
 issuer = "{issuer}"
 client_id = "{client_id}"
 client_secret = "{client_secret}"
+{extra}
 """
 
 
@@ -108,10 +124,11 @@ class Site:
     edge: EdgeProcess
     port: int
     key_dir: Path
-    sso: OidcProvider
-    flaky: OidcProvider
+    sso: NodeProvider
+    flaky: NodeProvider
     late_port: int
     hung: HungServer
+    rogue: RogueProvider
 
     @property
     def team(self) -> str:
@@ -128,14 +145,15 @@ class Site:
         return Browser(self.port)
 
 
-def provider_toml(ident: str, issuer: str) -> str:
-    """A provider entry with the test provider's client registration (tests/support/oidc_provider.py)."""
+def provider_toml(ident: str, issuer: str, secret: str = CLIENT_SECRET, extra: str = "") -> str:
+    """A provider entry with the test providers' client registration (tests/support/oidc_node.py)."""
     return PROVIDER.format(
         id=ident,
         name=f"{ident.upper()} provider",
         issuer=issuer,
         client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
+        client_secret=secret,
+        extra=extra,
     )
 
 
@@ -146,36 +164,34 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     # name the port before the edge starts: reserve one.
     port = free_port()
     callback = f"http://auth.localhost:{port}{CALLBACK_PATH}"
-    sso = OidcProvider(redirect_uris=(callback,)).start()
-    flaky = OidcProvider(redirect_uris=(callback,)).start()
+    sso = NodeProvider(redirect_uris=(callback,)).start()
+    flaky = NodeProvider(redirect_uris=(callback,)).start()
+    brief = NodeProvider(redirect_uris=(callback,), code_ttl=1).start()
+    rogue = RogueProvider(redirect_uris=(callback,)).start()
+    rogue.wrong_nonce = True
     hung = HungServer()
     late_port = free_port()
     upstream = Upstream().start()
     extra = (
         TEAM.format(team_url=f"http://auth.localhost:{port}", key_dir=tmp / "keys")
         + provider_toml("sso", sso.issuer)
+        + provider_toml("kc", sso.issuer, extra='groups_claim = "realm_access.roles"')
+        + provider_toml("lax", sso.issuer, extra="allow_unverified_email = true")
+        + provider_toml("badsecret", sso.issuer, secret="not-the-secret")
+        + provider_toml("brief", brief.issuer)
         + provider_toml("flaky", flaky.issuer)
         + provider_toml("late", f"http://127.0.0.1:{late_port}")
         + provider_toml("hung", f"http://127.0.0.1:{hung.port}")
+        + provider_toml("rogue", rogue.issuer)
         + apps_toml(upstream.url)
     )
     edge = EdgeProcess(write_config(tmp, f'listen = ["127.0.0.1:{port}"]', extra))
     try:
-        yield Site(edge, port, tmp / "keys", sso, flaky, late_port, hung)
+        yield Site(edge, port, tmp / "keys", sso, flaky, late_port, hung, rogue)
     finally:
         edge.stop()
-        for closer in (sso.stop, flaky.stop, hung.close, upstream.close):
+        for closer in (sso.close, flaky.close, brief.close, rogue.stop, hung.close, upstream.close):
             closer()
-
-
-@pytest.fixture(autouse=True)
-def fresh_provider(site: Site) -> Iterator[None]:
-    """Every test starts with the `sso` provider's defaults."""
-    yield
-    sso = site.sso
-    sso.deny = sso.wrong_nonce = False
-    sso.code_lifetime = 60.0
-    sso.user = "alice"
 
 
 # -- the steps of a sign-in ---------------------------------------------------------------
@@ -201,11 +217,10 @@ def to_provider(browser: Browser, url: str, provider: str = "sso") -> Reply:
     return answer
 
 
-def at_provider(browser: Browser, authorize: Reply) -> str:
-    """Visit the authorize URL; the provider "logs in" at once: the callback URL it sends back."""
-    reply = browser.get(location(authorize), follow=False)
-    assert reply.status == 302, (reply.status, reply.text[:300])
-    callback = location(reply)
+def at_provider(browser: Browser, authorize: Reply, login: str = "alice", decline: bool = False) -> str:
+    """Visit the authorize URL and sign in there as `login` (or decline): the
+    callback URL the provider sends the browser back to."""
+    callback = sign_in_at(location(authorize), login, decline=decline)
     assert callback.startswith("http://auth.localhost:")
     return callback
 
@@ -225,9 +240,9 @@ def with_query(url: str, **changes: str) -> str:
     return urlunsplit(parts._replace(query=urlencode({**query_of(url), **changes})))
 
 
-def sign_in(browser: Browser, url: str) -> Reply:
+def sign_in(browser: Browser, url: str, login: str = "alice", provider: str = "sso") -> Reply:
     """The whole happy path from `url` back to `url`, each hop followed."""
-    callback = at_provider(browser, to_provider(browser, url))
+    callback = at_provider(browser, to_provider(browser, url, provider), login)
     return browser.get(callback)
 
 
@@ -273,7 +288,7 @@ def test_sign_in_through_the_provider(site: Site) -> None:
     answer = choose(browser, page, "sso")
     assert answer.status == 302
     authorize = location(answer)
-    assert authorize.startswith(f"{site.sso.issuer}/authorize?")
+    assert authorize.startswith(f"{site.sso.issuer}/auth?")
     q = query_of(authorize)
     assert q["response_type"] == "code" and q["client_id"] == CLIENT_ID
     assert q["redirect_uri"] == site.callback
@@ -317,7 +332,7 @@ def test_sign_in_through_the_provider(site: Site) -> None:
     assert claims["iss"] == site.team and claims["type"] == "app"
 
     # The provider saw one authorization and one code redemption for it.
-    assert site.sso.requests.count("/authorize") >= 1 and site.sso.requests.count("/token") >= 1
+    assert site.sso.requests.count("/auth") >= 1 and site.sso.requests.count("/token") >= 1
 
 
 def test_team_session_serves_a_second_app_without_the_provider(site: Site) -> None:
@@ -375,9 +390,8 @@ def test_groups_policy_admits_a_member(site: Site) -> None:
 
 
 def test_groups_policy_refuses_a_non_member(site: Site) -> None:
-    site.sso.user = "bob"
     browser = site.browser()
-    r = sign_in(browser, site.url("admin.localhost"))
+    r = sign_in(browser, site.url("admin.localhost"), "bob")
     assert r.status == 403
     assert "Access denied" in r.text and BOB in r.text
     assert browser.cookie("admin.localhost") is None
@@ -395,6 +409,27 @@ def failed(reply: Reply, status: int, words: str) -> None:
     assert reply.status == status, (reply.status, reply.text[:300])
     assert reply.header("content-type") == "text/html; charset=utf-8"
     assert words in reply.text, reply.text[:500]
+
+
+@pytest.mark.parametrize("iss", ["http://127.0.0.1:1", None])
+def test_callback_naming_another_issuer_is_refused(site: Site, iss: str | None) -> None:
+    """RFC 9207: oidc-provider names itself in the callback (``iss``) and says
+    so in its discovery document; a response naming another issuer, or none,
+    is not from it (a mix-up attack) and is refused before the code is redeemed."""
+    browser = site.browser()
+    callback = at_provider(browser, to_provider(browser, site.url("app.localhost")))
+    assert query_of(callback)["iss"] == site.sso.issuer
+    if iss is None:
+        parts = urlsplit(callback)
+        kept = {k: v for k, v in query_of(callback).items() if k != "iss"}
+        callback = urlunsplit(parts._replace(query=urlencode(kept)))
+    else:
+        callback = with_query(callback, iss=iss)
+    tokens = site.sso.requests.count("/token")
+    failed(browser.get(callback), 400, "the sign-in could not be completed")
+    assert site.sso.requests.count("/token") == tokens
+    assert_no_session(browser)
+    assert_flow_cleared(browser)
 
 
 def test_tampered_state_is_refused(site: Site) -> None:
@@ -419,27 +454,74 @@ def test_callback_finished_in_another_browser_is_refused(site: Site) -> None:
 
 
 def test_wrong_nonce_is_refused(site: Site) -> None:
-    site.sso.wrong_nonce = True
+    """Our own provider (`rogue`): oidc-provider always returns the nonce it was sent."""
     browser = site.browser()
-    r = sign_in(browser, site.url("app.localhost"))
+    r = sign_in(browser, site.url("app.localhost"), provider="rogue")
     failed(r, 400, "did not start in this browser")
     assert_no_session(browser)
     assert_flow_cleared(browser)
 
 
 def test_unverified_email_is_refused(site: Site) -> None:
-    site.sso.user = "eve"  # email_verified is false
     browser = site.browser()
-    failed(sign_in(browser, site.url("app.localhost")), 400, "not verified")
+    r = sign_in(browser, site.url("app.localhost"), "eve")  # email_verified is false
+    failed(r, 400, "your email address is not verified with the identity provider")
+    assert "Start again" in r.text
     assert_no_session(browser)
+    assert_flow_cleared(browser)
+
+
+def test_unverified_email_allowed_when_configured(site: Site) -> None:
+    browser = site.browser()
+    r = sign_in(browser, site.url("app.localhost"), "eve", provider="lax")
+    assert r.status == 200, (r.status, r.text[:300])
+    assert forwarded_headers(r)["cf-access-authenticated-user-email"] == "eve@example.com"
+
+
+def test_nested_groups_claim_drives_a_groups_policy(site: Site) -> None:
+    """kim's "admins" is in realm_access.roles: through `kc` (groups_claim =
+    "realm_access.roles") the admins-only app lets her in; through `sso`
+    (groups_claim = "groups", which she lacks) it does not."""
+    browser = site.browser()
+    r = sign_in(browser, site.url("admin.localhost"), "kim", provider="kc")
+    assert r.status == 200, (r.status, r.text[:300])
+    seen = forwarded_headers(r)
+    assert seen["cf-access-authenticated-user-email"] == KIM
+    claims = verified_assertion(site, browser, seen["cf-access-jwt-assertion"], "admin.localhost")
+    assert claims["groups"] == ["admins", "offline_access"]
+
+    other = site.browser()
+    r = sign_in(other, site.url("admin.localhost"), "kim", provider="sso")
+    assert r.status == 403 and KIM in r.text
+
+
+def test_wrong_client_secret(site: Site) -> None:
+    """The provider refuses the code redemption (invalid_client): a page of ours, no session."""
+    browser = site.browser()
+    r = sign_in(browser, site.url("app.localhost"), provider="badsecret")
+    failed(r, 400, "the sign-in could not be completed")
+    assert_no_session(browser)
+    assert_flow_cleared(browser)
 
 
 def test_expired_code_is_refused(site: Site) -> None:
-    site.sso.code_lifetime = 0.0  # expired by the time the edge redeems it
     browser = site.browser()
-    r = sign_in(browser, site.url("app.localhost"))
-    failed(r, 400, "expired or was already used")
+    callback = at_provider(browser, to_provider(browser, site.url("app.localhost"), "brief"))
+    time.sleep(2.1)  # `brief` codes live 1 s (whole seconds at the provider)
+    failed(browser.get(callback), 400, "expired or was already used")
     assert_no_session(browser)
+
+
+def test_provider_key_rotation(site: Site) -> None:
+    """The provider restarts with a new signing key (same issuer, new kid):
+    the edge fetches the new JWKS and signs people in as before."""
+    assert sign_in(site.browser(), site.url("app.localhost")).status == 200
+    before = site.sso.requests.count("/jwks")
+    site.sso.restart()
+    r = sign_in(site.browser(), site.url("app.localhost"))
+    assert r.status == 200, (r.status, r.text[:300])
+    assert forwarded_headers(r)["cf-access-authenticated-user-email"] == ALICE
+    assert site.sso.requests.count("/jwks") == before + 1
 
 
 def test_replayed_callback_is_refused(site: Site) -> None:
@@ -459,9 +541,9 @@ def test_replayed_callback_is_refused(site: Site) -> None:
 
 
 def test_provider_says_access_denied(site: Site) -> None:
-    site.sso.deny = True
+    """The user declines at the provider: it sends error=access_denied back."""
     browser = site.browser()
-    callback = at_provider(browser, to_provider(browser, site.url("app.localhost")))
+    callback = at_provider(browser, to_provider(browser, site.url("app.localhost")), decline=True)
     assert query_of(callback)["error"] == "access_denied"
     r = browser.get(callback)
     failed(r, 403, "the sign-in was refused by the identity provider")
@@ -511,10 +593,10 @@ def test_provider_down_at_sign_in_then_back(site: Site) -> None:
     assert browser.get(site.url("app.localhost", HEALTH)).status == 200
 
     callback = f"http://auth.localhost:{site.port}{CALLBACK_PATH}"
-    with OidcProvider(port=site.late_port, redirect_uris=(callback,)):
+    with NodeProvider(port=site.late_port, redirect_uris=(callback,)):
         answer = choose(browser, login_page(browser, site.url("app.localhost")), "late")
         assert answer.status == 302
-        assert location(answer).startswith(f"http://127.0.0.1:{site.late_port}/authorize?")
+        assert location(answer).startswith(f"http://127.0.0.1:{site.late_port}/auth?")
         r = browser.get(at_provider(browser, answer))
         assert r.status == 200
         assert forwarded_headers(r)["cf-access-authenticated-user-email"] == ALICE
@@ -552,6 +634,61 @@ def test_provider_down_at_callback(site: Site) -> None:
     assert_flow_cleared(browser)
     # And the edge still signs people in with the other provider.
     assert sign_in(site.browser(), site.url("app.localhost")).status == 200
+
+
+# -- a real browser ------------------------------------------------------------------------
+
+
+PAGE_STATE = "[location.href, document.readyState, document.body ? document.body.innerText : '']"
+
+
+def test_sign_in_with_chromium(site: Site, tmp_path: Path) -> None:
+    """Headless Chromium takes the whole trip a person would: the app, the
+    team's login page, the provider's button, oidc-provider's sign-in form,
+    the callback and the handoff, back on the app as alice. Its own cookie
+    rules (SameSite, Secure on *.localhost) apply at every hop."""
+    browser = Chromium(chromium_binary(), tmp_path / "profile")
+    try:
+        assert browser.tools is not None
+        tools = browser.tools
+        target = tools.call("Target.createTarget", url="about:blank")["targetId"]
+        session = tools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+
+        def page(prefix: str, text: str) -> str:
+            """The text of the loaded page at a URL starting with `prefix`, showing `text`."""
+            deadline, state = time.monotonic() + CALL_TIMEOUT, None
+            while time.monotonic() < deadline:
+                with contextlib.suppress(AssertionError):  # navigated away under the call
+                    state = tools.call(
+                        "Runtime.evaluate",
+                        session,
+                        expression=PAGE_STATE,
+                        returnByValue=True,
+                    )["result"].get("value")
+                if state and state[0].startswith(prefix) and state[1] == "complete" and text in state[2]:
+                    return str(state[2])
+                time.sleep(0.05)
+            raise AssertionError(f"no page at {prefix} showing {text!r}: {state!r}")
+
+        def run_js(script: str) -> None:
+            tools.call("Runtime.evaluate", session, expression=script)
+
+        app = site.url("app.localhost", "/status/200")  # text/plain: shown, not downloaded
+        tools.call("Page.navigate", session, url=app)
+        page(site.team + "/cdn-cgi/access/login", "Continue with SSO provider")
+        run_js(
+            "[...document.querySelectorAll('button')]"
+            ".find(b => b.textContent === 'Continue with SSO provider').click()"
+        )
+        page(f"{site.sso.issuer}/interaction/", "Sign in to the test provider")
+        run_js("document.querySelector('input[name=login]').value = 'alice'; document.forms[0].submit()")
+        page(app, "")
+        identity = site.url("app.localhost", "/cdn-cgi/access/get-identity")
+        tools.call("Page.navigate", session, url=identity)
+        doc = json.loads(page(identity, "{"))
+        assert doc["email"] == ALICE and doc["groups"] == ["admins", "staff"]
+    finally:
+        browser.close()
 
 
 def test_no_oidc_error_leaves_a_traceback(site: Site) -> None:

@@ -1,41 +1,42 @@
-"""A small but real OpenID provider for tests: http.server on a thread, 127.0.0.1:<ephemeral>.
+"""An OpenID provider of our own for the faults a real one will not commit:
+http.server on a thread, 127.0.0.1:<ephemeral>.
+
+The OIDC tests sign in at oidc-provider, an OpenID-Certified provider
+(tests/support/oidc_node.py); this one serves only the tests of what the
+edge does when a provider misbehaves: a wrong nonce, an ID token with a
+foreign iss or aud, several audiences, an expired ID token, a kid the JWKS
+lacks, a discovery document naming another issuer.
 
 Endpoints (OpenID Connect Core 1.0 and Discovery 1.0, the code flow only):
 
   /.well-known/openid-configuration   the discovery document
   /authorize    checks client_id, redirect_uri (registered, exact), response_type=code,
-                scope with openid, PKCE S256; then "logs in" `users[login_hint]` (a user
-                name or email) or `users[user]` at once and 302s to redirect_uri with
-                code and state. Errors about the client or redirect_uri are a 400 page
-                (never a redirect, as RFC 6749 4.1.2.1 requires); others redirect.
+                scope with openid, PKCE S256; then "logs in" alice at once and 302s to
+                redirect_uri with code and state. Errors about the client or
+                redirect_uri are a 400 page (never a redirect, as RFC 6749 4.1.2.1
+                requires); others redirect.
   /token        client_secret_basic or client_secret_post; the code is single use and
-                lives `code_lifetime` seconds; PKCE is verified; an RS256 ID token.
+                lives CODE_LIFETIME seconds; PKCE is verified; an RS256 ID token.
   /jwks         the public signing key
 
-Knobs (attributes; change them between requests): `user`, `users`, `deny`,
-`code_lifetime`, `id_token_lifetime` (negative: already expired), `wrong_nonce`,
-`token_issuer`, `token_audience`, `unknown_kid`, `discovery_issuer`,
-`auth_methods`, `extra_claims`; `rotate_key()`. `requests` lists the paths
-served, in order. Pass `tls=(cert, key)` for an https issuer.
-
-Run it by hand: `python tests/support/oidc_provider.py --redirect-uri URL [--port N]`.
+Faults (attributes; change them between requests): `id_token_lifetime`
+(negative: already expired), `wrong_nonce`, `token_issuer`, `token_audience`,
+`unknown_kid`, `discovery_issuer`, `extra_claims`. `requests` lists the paths
+served, in order.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import functools
 import hashlib
 import hmac
 import json
 import secrets
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 
@@ -46,6 +47,8 @@ CLIENT_ID = "edge-test"
 CLIENT_SECRET = "edge-test-secret"
 REDIRECT_URI = "http://127.0.0.1/cdn-cgi/access/callback"
 BODY_LIMIT = 64 * 1024  # bytes of a /token request
+CODE_LIFETIME = 60.0  # seconds a code may wait for its redemption
+AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 POLL_INTERVAL = 0.05  # seconds; how long stop() may wait for the serving loop (default 0.5)
 
 
@@ -68,12 +71,7 @@ class Grant:
     issued: float
 
 
-def default_users() -> dict[str, User]:
-    return {
-        "alice": User("u-alice", "alice@example.com", groups=["staff", "admins"]),
-        "bob": User("u-bob", "bob@example.com"),
-        "eve": User("u-eve", "eve@example.com", email_verified=False),
-    }
+ALICE = User("u-alice", "alice@example.com", groups=["staff", "admins"])
 
 
 class OidcProvider:
@@ -84,18 +82,14 @@ class OidcProvider:
         client_secret: str = CLIENT_SECRET,
         redirect_uris: tuple[str, ...] = (REDIRECT_URI,),
         port: int = 0,
-        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.client_id, self.client_secret = client_id, client_secret
         self.redirect_uris = list(redirect_uris)
-        self.users, self.user = default_users(), "alice"
-        self.deny = False
-        self.code_lifetime, self.id_token_lifetime = 60.0, 300.0
+        self.id_token_lifetime = 300.0
         self.wrong_nonce = self.unknown_kid = False
         self.token_issuer: str | None = None
         self.token_audience: str | list[str] | None = None
         self.discovery_issuer: str | None = None
-        self.auth_methods = ["client_secret_basic", "client_secret_post"]
         self.extra_claims: dict[str, Any] = {}
         self.requests: list[str] = []
         self.codes: dict[str, Grant] = {}
@@ -104,16 +98,8 @@ class OidcProvider:
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self._server.daemon_threads = True
         self._server.provider = self  # type: ignore[attr-defined]
-        scheme = "https" if tls else "http"
-        if tls:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(*tls)
-            # The handshake runs on the request's thread (see _Handler.setup).
-            self._server.socket = ctx.wrap_socket(
-                self._server.socket, server_side=True, do_handshake_on_connect=False
-            )
         self.port = self._server.server_address[1]
-        self.issuer = f"{scheme}://127.0.0.1:{self.port}"
+        self.issuer = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL_INTERVAL,), daemon=True)
 
     def start(self) -> OidcProvider:
@@ -149,7 +135,7 @@ class OidcProvider:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "code_challenge_methods_supported": ["S256"],
-            "token_endpoint_auth_methods_supported": self.auth_methods,
+            "token_endpoint_auth_methods_supported": AUTH_METHODS,
         }
 
     def jwks(self) -> dict[str, Any]:
@@ -165,18 +151,11 @@ class OidcProvider:
         error = self._authorize_error(q)
         if error:
             return _redirect(redirect_uri, error=error, state=q.get("state"))
-        user = self.users.get(q.get("login_hint") or self.user) or next(
-            (u for u in self.users.values() if u.email == q.get("login_hint")), None
-        )
-        if user is None:
-            return _redirect(redirect_uri, error="access_denied", state=q.get("state"))
         code = secrets.token_urlsafe(24)
-        self.codes[code] = Grant(redirect_uri, q["code_challenge"], q.get("nonce"), user, time.time())
+        self.codes[code] = Grant(redirect_uri, q["code_challenge"], q.get("nonce"), ALICE, time.time())
         return _redirect(redirect_uri, code=code, state=q.get("state"))
 
     def _authorize_error(self, q: dict[str, str]) -> str:
-        if self.deny:
-            return "access_denied"
         if q.get("response_type") != "code":
             return "unsupported_response_type"
         if "openid" not in q.get("scope", "").split():
@@ -195,7 +174,7 @@ class OidcProvider:
         if grant is None:
             return _error(400, "invalid_grant", "code already used" if code in self.used else "unknown code")
         self.used.add(code)
-        if time.time() >= grant.issued + self.code_lifetime:
+        if time.time() >= grant.issued + CODE_LIFETIME:
             return _error(400, "invalid_grant", "code expired")
         if form.get("redirect_uri") != grant.redirect_uri:
             return _error(400, "invalid_grant", "redirect_uri differs from the authorization request")
@@ -206,13 +185,13 @@ class OidcProvider:
         return 200, {"Cache-Control": "no-store"}, json.dumps(answer).encode()
 
     def _authenticated(self, authorization: str, form: dict[str, str]) -> bool:
-        if authorization.startswith("Basic ") and "client_secret_basic" in self.auth_methods:
+        if authorization.startswith("Basic ") and "client_secret_basic" in AUTH_METHODS:
             try:
                 pair = base64.b64decode(authorization[6:], validate=True).decode()
             except (ValueError, UnicodeError):
                 return False
             client_id, _, secret = (unquote_plus(part) for part in pair.partition(":"))
-        elif "client_secret" in form and "client_secret_post" in self.auth_methods:
+        elif "client_secret" in form and "client_secret_post" in AUTH_METHODS:
             client_id, secret = form.get("client_id", ""), form["client_secret"]
         else:
             return False
@@ -261,11 +240,6 @@ def _error(status: int, error: str, description: str) -> tuple[int, dict[str, st
 class _Handler(BaseHTTPRequestHandler):
     timeout = 10  # seconds per socket operation: a stuck test client cannot hang a thread
 
-    def setup(self) -> None:
-        super().setup()
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.do_handshake()
-
     @property
     def provider(self) -> OidcProvider:
         return self.server.provider  # type: ignore[attr-defined,no-any-return]
@@ -305,17 +279,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # `requests` keeps the record; stderr stays quiet
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--redirect-uri", action="append", default=[])
-    args = parser.parse_args()
-    provider = OidcProvider(port=args.port, redirect_uris=tuple(args.redirect_uri or [REDIRECT_URI]))
-    print(provider.issuer, flush=True)
-    provider._server.serve_forever()
-
-
-if __name__ == "__main__":
-    main()
