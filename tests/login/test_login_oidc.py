@@ -330,6 +330,9 @@ def test_sign_in_through_the_provider(site: Site) -> None:
     assert claims["groups"] == ["staff", "admins"]
     assert claims["sub"] == "sso:u-alice"
     assert claims["iss"] == site.team and claims["type"] == "app"
+    # How she signed in, as the provider reported it, for auth_method and
+    # login_method rules (sub "sso:..." names the provider id "sso").
+    assert claims["amr"] == ["pwd", "mfa"] and claims["idp"] == {"id": "sso"}
 
     # The provider saw one authorization and one code redemption for it.
     assert site.sso.requests.count("/auth") >= 1 and site.sso.requests.count("/token") >= 1

@@ -71,7 +71,8 @@ const provider = new Provider(issuer, {
   // groups and a Keycloak-style nested realm_access.roles ride on `profile`,
   // a scope the edge asks for by default.
   claims: {
-    openid: ['sub'],
+    // amr rides on openid: the sign-in's methods (RFC 8176), set by our login result.
+    openid: ['sub', 'amr'],
     email: ['email', 'email_verified'],
     profile: ['name', 'groups', 'realm_access'],
   },
