@@ -66,11 +66,17 @@ async def _login_get(ctx: Context, c: Compiled, action: Endpoint, req: Request, 
     if isinstance(target, str):
         return ctx.message(400, "Sign-in link not valid", target)
     ident = ctx.team_identity(c, req, now)
+    offered = ctx.offered(target)
+    error = ""
     if isinstance(ident, Identity):
         if target is None:
             return ctx.signed_in()
-        return issue(ctx, c, ident, person_of(ident), target, req, now)
-    offered = ctx.offered(target)
+        if target.app.config.allowed_idps is None or ident.idp in {p.id for p in offered}:
+            return issue(ctx, c, ident, person_of(ident), target, req, now)
+        # allowed_idps holds for a team session too: one from a provider this
+        # application does not offer is not carried on; the user signs in
+        # again with one it offers (a session without an idp, with any).
+        error = f"You are signed in with another provider; {target.app.name} asks you to sign in again."
     # auto_redirect_to_identity (checked at load: one allowed provider): an
     # OIDC provider is gone to at once; the dev provider's form is all this
     # page shows anyway. Not for a HEAD: a link previewer starts no flow.
@@ -82,7 +88,7 @@ async def _login_get(ctx: Context, c: Compiled, action: Endpoint, req: Request, 
         and isinstance(offered[0], OidcProvider)
     ):
         return await oidc_flow.begin(ctx, offered[0], target, now)
-    return ctx.login_page(200, req, target)
+    return ctx.login_page(200, req, target, error)
 
 
 async def _login_post(

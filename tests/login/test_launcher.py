@@ -223,11 +223,11 @@ class Site:
     def target(self, app: str) -> Target:
         return Target(self.c.apps_by_aud[f"{app}-aud"], f"{app}.localhost", f"http://{app}.localhost:8080/")
 
-    def team_cookie(self, email: str, groups: Sequence[str] = ()) -> str:
+    def team_cookie(self, email: str, groups: Sequence[str] = (), idp: str = "dev") -> str:
         r = handoff.start_session(
             self.ctx,
             self.c,
-            new_person(email, groups, "dev"),
+            new_person(email, groups, idp),
             None,
             build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
             NOW,
@@ -303,6 +303,29 @@ def test_a_provider_the_app_does_not_allow_is_refused_when_posted_to(site: Site)
     assert header(login_post(site, "devonly", "dev", ctx), "location")[0].startswith(
         "http://devonly.localhost:8080/cdn-cgi/access/authorized?code="
     )
+
+
+def login_with_session(site: Site, app: str, idp: str) -> LocalResponse:
+    cookie = site.team_cookie(ALICE, ["staff"], idp)
+    action, req = site.endpoint("GET", site.link(app), [("Cookie", cookie)])
+    ctx = dataclasses.replace(site.ctx, oidc={"sso": (site.ctx.oidc["sso"][0], ScriptedProvider())})
+    return run(signin.login(ctx, site.c, action, req, b"", NOW))
+
+
+def test_a_team_session_from_a_provider_the_app_does_not_allow_signs_in_again(site: Site) -> None:
+    """allowed_idps holds for a user already signed in at the team: a session
+    from another provider is not carried on to the app; the user signs in
+    with one the app offers (as Cloudflare Access asks for re-authentication)."""
+    same = login_with_session(site, "devonly", "dev")
+    assert same.status == 302 and "/cdn-cgi/access/authorized" in header(same, "location")[0]
+    other = login_with_session(site, "devonly", "sso")
+    assert other.status == 200 and offered(other) == ["dev"]
+    assert "signed in with another provider" in other.body.decode()
+    # auto_redirect_to_identity: straight on to the one provider the app allows.
+    auto = login_with_session(site, "ssoonly", "dev")
+    assert auto.status == 302 and header(auto, "location")[0].startswith(PROVIDER_URL)
+    # No allowed_idps: any provider's session is carried on.
+    assert login_with_session(site, "polite", "sso").status == 302
 
 
 def test_auto_redirect_goes_straight_to_the_one_provider(site: Site) -> None:
@@ -425,5 +448,7 @@ def test_the_csp_allows_only_the_logos_origins() -> None:
     got = pages.csp(
         ["https://b.example.com/x.png", "https://a.example.com:8443/y.png", "https://b.example.com/z"]
     )
-    assert got == pages.CSP.replace(b"img-src data:", b"img-src data: https://a.example.com:8443 https://b.example.com")
+    assert got == pages.CSP.replace(
+        b"img-src data:", b"img-src data: https://a.example.com:8443 https://b.example.com"
+    )
     assert got.count(b"img-src") == 1  # a second directive would be ignored
