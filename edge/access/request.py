@@ -57,6 +57,9 @@ class Request(msgspec.Struct, frozen=True, gc=False):
     chunked: bool  # Transfer-Encoding frames the body
     upgrade: bool  # asks to switch to a protocol the edge tunnels (is_upgrade)
     started: float  # epoch seconds: when the head was complete
+    # The request's id (edge.http.request_id): SAFE, so it may go into a log
+    # line, a header or a page as it is. b"" only for a Request built by hand.
+    request_id: bytes = b""
 
     def values(self, name: bytes) -> Sequence[bytes]:
         """Every value of the (lower-case) field `name`, in order."""
@@ -102,6 +105,7 @@ def build(
     *,
     version: bytes = b"1.1",
     started: float = 0.0,
+    request_id: bytes = b"",
 ) -> Request:
     """A Request from its parts, as the connection would build it for a head
     carrying `headers` (lower-case names): for `edge explain`, the bench and
@@ -124,4 +128,5 @@ def build(
         b"transfer-encoding" in index,
         is_upgrade(index),
         started,
+        request_id,
     )

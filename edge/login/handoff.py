@@ -106,7 +106,9 @@ def issue(
     policy, _ = target.app.policies.second_phase(subject, None)
     if policy is None or policy.action == "deny":
         log.info("login: %s has no access to %s", ident.email, target.app.name)
-        page = pages.denied_page(ident.email, target.app.name, f"{ENDPOINT_PATH}/logout")
+        page = pages.denied_page(
+            ident.email, target.app.name, f"{ENDPOINT_PATH}/logout", req.request_id.decode("ascii")
+        )
         return ctx.html(403, page, extra)
     code = HandoffCode(
         host=target.host,

@@ -36,12 +36,14 @@ class Choice:
     kind: str  # "dev" (email + password form) or "oidc" (a button)
 
 
-def _page(title: str, body: str) -> bytes:
+def _page(title: str, body: str, request_id: str = "") -> bytes:
+    # The request id names the access log line a user's screenshot shows.
+    footer = f'<footer class="note">Request id: {escape(request_id)}</footer>\n' if request_id else ""
     return (
         '<!doctype html>\n<html lang="en">\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{escape(title)}</title>\n<style>{_STYLE}</style>\n"
-        f"<main>\n{body}\n</main>\n"
+        f"<main>\n{body}\n</main>\n{footer}"
     ).encode()
 
 
@@ -107,17 +109,20 @@ def logout_page(*, action: str, csrf: str, who: str | None, error: str = "") -> 
     return _page("Sign out?", "\n".join(parts))
 
 
-def message_page(title: str, message: str, *, link: tuple[str, str] | None = None) -> bytes:
+def message_page(
+    title: str, message: str, *, link: tuple[str, str] | None = None, request_id: str = ""
+) -> bytes:
     """A page that says one thing (signed out, denied, link expired...)."""
     body = f'<h1>{escape(title)}</h1>\n<p role="status">{escape(message)}</p>'
     if link is not None:
         body += f'\n<p><a href="{escape(link[0])}">{escape(link[1])}</a></p>'
-    return _page(title, body)
+    return _page(title, body, request_id)
 
 
-def denied_page(email: str, app_name: str, logout: str) -> bytes:
+def denied_page(email: str, app_name: str, logout: str, request_id: str = "") -> bytes:
     return message_page(
         "Access denied",
         f"That account ({email}) does not have access to {app_name}.",
         link=(logout, "Sign in with another account"),
+        request_id=request_id,
     )
