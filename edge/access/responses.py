@@ -2,9 +2,11 @@
 
 A `LocalResponse` holds its status line, headers and body as bytes. Per request
 only the cached ``date`` line, the request's ``x-request-id`` line and, when
-the connection is closing, a ``connection: close`` line are spliced in. The matching h11 event is built once
-too, so the protocol can advance h11's state machine without re-validating and
-re-serialising the same headers on every request.
+the connection is closing, a ``connection: close`` line are spliced in. The
+matching h11 event is built once too, so the protocol can advance h11's state
+machine without re-validating and re-serialising the same headers on every
+request (none of the spliced lines changes what h11 tracks: framing and
+keep-alive).
 """
 
 from __future__ import annotations
