@@ -11,7 +11,7 @@ secret: it is an index into the logs, not a credential.
 Generation: a per-process random prefix and a counter. Measured with timeit
 on the build machine (Python 3.11, per id, best of 5 x 200 000):
 
-    prefix + "%06x" counter             ~150 ns   (new_id, call included: ~190 ns)
+    prefix + "%06x" counter             ~150 ns   (new_id: map over a range, below)
     random.getrandbits(96), b64url      ~240 ns
     os.urandom(12), b64url              ~600 ns   (a system call per id)
     secrets.token_urlsafe(12)           ~790 ns
@@ -31,10 +31,9 @@ Invariants:
 from __future__ import annotations
 
 import base64
-import itertools
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 # Longest id accepted from a trusted proxy, in bytes. Common formats fit with
 # room to spare (a UUID is 36, nginx's $request_id 32, a ULID 26, AWS's
@@ -57,14 +56,18 @@ def _draw_prefix() -> bytes:
     return base64.urlsafe_b64encode(os.urandom(8))[:PREFIX_CHARS]
 
 
-_prefix = _draw_prefix()
-_counter = itertools.count()
+def _sequence() -> Iterator[bytes]:
+    # The ids of one prefix, formatted in C by map: next() on it took 30%
+    # less than a counter and a %-format in Python (~190 ns per id).
+    return map((_draw_prefix() + b"%06x").__mod__, range(COUNTER_LIMIT))
+
+
+_ids = _sequence()
 
 
 def _reseed() -> None:
-    global _prefix, _counter
-    _prefix = _draw_prefix()
-    _counter = itertools.count()
+    global _ids
+    _ids = _sequence()
 
 
 # A forked worker must not continue its parent's sequence under the same prefix.
@@ -74,11 +77,11 @@ os.register_at_fork(after_in_child=_reseed)
 def new_id() -> bytes:
     """A fresh id: 16 URL-safe characters, unique in practice across
     workers and restarts (see the invariants)."""
-    n = next(_counter)
-    if n >= COUNTER_LIMIT:
+    found = next(_ids, None)
+    if found is None:  # COUNTER_LIMIT ids drawn under this prefix
         _reseed()
-        n = next(_counter)
-    return b"%s%06x" % (_prefix, n)
+        found = next(_ids)
+    return found
 
 
 def accepted(values: Sequence[bytes] | None, trusted: bool) -> bytes | None:
