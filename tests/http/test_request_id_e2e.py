@@ -192,7 +192,9 @@ def upstream() -> Iterator[Upstream]:
 def edge(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     """No trusted proxy; names with `_` kept, so only EDGE_OWNED_PREFIXES
     stands between an `X_Request_Id` and the upstream."""
-    e = start(tmp_path_factory.mktemp("untrusted") / "edge", upstream, "underscores_in_headers = true")
+    # Small limits, so 413 and 408 come at once.
+    server = "underscores_in_headers = true\nmax_body_bytes = 1000\nheader_timeout = 0.5"
+    e = start(tmp_path_factory.mktemp("untrusted") / "edge", upstream, server)
     yield e
     e.proc.stop()
 
@@ -331,8 +333,11 @@ def test_the_401_json_names_the_id(edge: Edge) -> None:
         (b"GET /no-host HTTP/1.1\r\n\r\n", 400, "-"),
         (b"GET /v HTTP/2.0\r\nHost: open.test\r\n\r\n", 505, "/v"),
         (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: open.test\r\n\r\n", 414, None),
+        (b"GET /h HTTP/1.1\r\nHost: open.test\r\nX-Pad: " + b"p" * 20000 + b"\r\n\r\n", 431, "/h"),
+        (b"POST /big HTTP/1.1\r\nHost: open.test\r\nContent-Length: 5000\r\n\r\n", 413, "/big"),
+        (b"GET /slow HTTP/1.1\r\nHost: open.test\r\n", 408, "-"),  # the head never ends
     ],
-    ids=["400-fragment", "400-no-host", "505-version", "414-target"],
+    ids=["400-fragment", "400-no-host", "505-version", "414-target", "431-head", "413-body", "408-head"],
 )
 def test_a_refused_request_gets_an_id_too(
     edge: Edge, data: bytes, status: int, logged_path: str | None
