@@ -281,7 +281,7 @@ class Conn:
         await self.body()
         raw = bytes(self.raw[: len(self.raw) - len(self.h11.trailing_data[0])])
         await self.respond(
-            200, raw, [("content-type", "application/octet-stream"), ("x-request-id", "upstream-own")]
+            200, raw, [("content-type", "application/octet-stream"), ("X-Request-Id", "upstream-own")]
         )
 
     async def do_status(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
