@@ -294,7 +294,10 @@ def _unauthenticated(
         fields = [(b"location", login.encode("ascii")), NO_STORE, *cookies]
         response = c.responses.text(302, b"login required\n", fields)
         return Redirect(response, app.name, f"redirect: login ({why.reason})", login, binding)
-    body = msgspec.json.encode({"error": _public_error(why), "login_url": login})
+    # The id names the access log line (edge.http.request_id: SAFE, ASCII).
+    body = msgspec.json.encode(
+        {"error": _public_error(why), "login_url": login, "request_id": req.request_id.decode("ascii")}
+    )
     fields = [
         (b"content-type", b"application/json"),
         NO_STORE,

@@ -30,6 +30,10 @@ IDENTITY_HEADERS = frozenset({JWT_ASSERTION, USER_EMAIL})
 # A service token's credentials (BEHAVIOUR.md section 2).
 CLIENT_ID = b"cf-access-client-id"
 CLIENT_SECRET = b"cf-access-client-secret"
+# The request id's field (edge.http.request_id): the edge's own, like the
+# identity headers. A client's copies are never forwarded; the edge sends
+# the one id it chose, to the upstream and back on every response.
+REQUEST_ID = b"x-request-id"
 # What the proxy removes from every forwarded request: the identity headers,
 # and a service token's secret (the upstream has no use for it).
 STRIP_HEADERS = IDENTITY_HEADERS | frozenset({CLIENT_SECRET})

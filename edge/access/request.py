@@ -61,6 +61,9 @@ class Request(msgspec.Struct, frozen=True, gc=False):
     # [server.tls] client_ca on this request's connection: None without one,
     # "" for a verified certificate without exactly one CN. Never from a header.
     client_cert_cn: str | None = None
+    # The request's id (edge.http.request_id): SAFE, so it may go into a log
+    # line, a header or a page as it is. b"" only for a Request built by hand.
+    request_id: bytes = b""
 
     def values(self, name: bytes) -> Sequence[bytes]:
         """Every value of the (lower-case) field `name`, in order."""
@@ -107,6 +110,7 @@ def build(
     version: bytes = b"1.1",
     started: float = 0.0,
     client_cert_cn: str | None = None,
+    request_id: bytes = b"",
 ) -> Request:
     """A Request from its parts, as the connection would build it for a head
     carrying `headers` (lower-case names): for `edge explain`, the bench and
@@ -130,4 +134,5 @@ def build(
         is_upgrade(index),
         started,
         client_cert_cn,
+        request_id,
     )

@@ -1,10 +1,12 @@
 """Local responses: serialised once, written many times.
 
 A `LocalResponse` holds its status line, headers and body as bytes. Per request
-only the cached ``date`` line and, when the connection is closing, a
-``connection: close`` line are spliced in. The matching h11 event is built once
-too, so the protocol can advance h11's state machine without re-validating and
-re-serialising the same headers on every request.
+only the cached ``date`` line, the request's ``x-request-id`` line and, when
+the connection is closing, a ``connection: close`` line are spliced in. The
+matching h11 event is built once too, so the protocol can advance h11's state
+machine without re-validating and re-serialising the same headers on every
+request (none of the spliced lines changes what h11 tracks: framing and
+keep-alive).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from http import HTTPStatus
 
 import h11
 
-from edge.access.headers import Header
+from edge.access.headers import REQUEST_ID, Header
 
 CRLF = b"\r\n"
 CLOSE_LINE = b"connection: close\r\n"
+REQUEST_ID_FIELD = b"x-request-id: "  # REQUEST_ID's line, up to the value
 HEALTH_PATH = b"/cdn-cgi/edge/health"  # liveness: the process answers
 READY_PATH = b"/cdn-cgi/edge/ready"  # readiness: send it traffic (edge.runtime.readiness)
 
@@ -38,7 +41,8 @@ def date_line(epoch_seconds: float) -> bytes:
 
 
 class LocalResponse:
-    """A complete response, prebuilt; `render` only splices date and close."""
+    """A complete response, prebuilt; `render` only splices date, request id
+    and close."""
 
     __slots__ = ("status", "event", "status_line", "rest", "body")
 
@@ -49,6 +53,8 @@ class LocalResponse:
         if any(k == b"connection" for k, _ in fields):
             # render() splices the close; h11_internals.commit_local relies on it.
             raise ValueError("a local response never carries a Connection field")
+        if any(k == REQUEST_ID for k, _ in fields):
+            raise ValueError("render() splices the request id; a local response never carries one")
         if server:
             fields.append((b"server", server))
         fields.append((b"content-length", str(len(body)).encode("ascii")))
@@ -57,10 +63,16 @@ class LocalResponse:
         self.status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
         self.rest = b"".join(k + b": " + v + CRLF for k, v in fields)
 
-    def render(self, date: bytes, close: bool, head_only: bool) -> bytes:
+    def render(self, date: bytes, close: bool, head_only: bool, request_id: bytes = b"") -> bytes:
+        """The response's bytes; `request_id` (SAFE, so written as it is)
+        goes in an x-request-id line, none when b"" (a response rendered
+        outside a connection: `edge explain`)."""
         end = CLOSE_LINE + CRLF if close else CRLF
         body = b"" if head_only else self.body
-        return b"".join((self.status_line, date, self.rest, end, body))
+        if not request_id:
+            return b"".join((self.status_line, date, self.rest, end, body))
+        # One join either way: the id costs two more parts, no copy of rest.
+        return b"".join((self.status_line, date, REQUEST_ID_FIELD, request_id, CRLF, self.rest, end, body))
 
 
 class Responses:

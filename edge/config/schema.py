@@ -88,12 +88,13 @@ class Server(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     # Access log: "off", "stdout", or a file path.
     access_log: Annotated[str, Meta(min_length=1)] = "stdout"
     # Peers (CIDR) whose X-Forwarded-For is believed: the client IP that
-    # ip_ranges rules see, and the chain passed on upstream.
+    # ip_ranges rules see, and the chain passed on upstream. Their (safe)
+    # X-Request-Id is kept as the request's id (edge.http.request_id).
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     # Forward client header fields whose name has `_` (nginx's option of the
     # same name). Off: an upstream on WSGI/CGI, PHP or Rack reads `X_A` and
-    # `X-A` as one variable. On, a name that reads as Cf-Access-* or
-    # X-Forwarded-* is still dropped (forwarding.EDGE_OWNED_PREFIXES).
+    # `X-A` as one variable. On, a name that reads as Cf-Access-*,
+    # X-Forwarded-* or X-Request-Id is still dropped (forwarding.EDGE_OWNED_PREFIXES).
     underscores_in_headers: bool = False
 
     @cached_property

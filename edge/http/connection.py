@@ -36,6 +36,7 @@ from typing import Protocol, cast
 import h11
 import msgspec
 
+from edge.access.headers import REQUEST_ID, TrustedProxies
 from edge.access.request import Index, Request, is_upgrade
 from edge.access.responses import LocalResponse, Responses
 from edge.config.schema import Server
@@ -64,6 +65,7 @@ from edge.http.h11_internals import (
     take_body,
 )
 from edge.http.message import TOKEN, Headers, ResponseHead
+from edge.http.request_id import new_id, request_id
 
 log = logging.getLogger("edge.protocol")
 
@@ -129,10 +131,12 @@ class LogEntry(msgspec.Struct, gc=False):
 
 
 def _unparsed(method: bytes, target: bytes, client_ip: str, scheme: str, started: float) -> Request:
-    """What the access log shows of a head that was refused: no Host, no fields."""
+    """What the access log shows of a head that was refused: no Host, no
+    fields (so no client id either: its own, generated)."""
     return Request(
-        method, b"", target, target, b"", b"", [], {}, client_ip, scheme, None, False, False, started
-    )
+        method, b"", target, target, b"", b"", [], {},
+        client_ip, scheme, None, False, False, started, None, new_id(),
+    )  # fmt: skip
 
 
 def verified_cn(transport: asyncio.BaseTransport) -> str | None:
@@ -246,6 +250,7 @@ class HttpProtocol(asyncio.Protocol):
         "since_head",
         "state",
         "transport",
+        "trusted_peer",
         "write_paused",
     )
 
@@ -284,6 +289,7 @@ class HttpProtocol(asyncio.Protocol):
         self.lingered = 0
         self.since_head = 0
         self.scanned = 0
+        self.trusted_peer: bool | None = None  # known once a request carries an X-Request-Id
         state = self.state
         if len(state.connections) >= self.limits.max_connections or state.draining:
             # Not registered, so not swept: answer and close at once.
@@ -292,7 +298,7 @@ class HttpProtocol(asyncio.Protocol):
                     transport.get_extra_info("sockname"), self.limits.max_connections, state.now
                 )
             self.closing = True
-            transport.write(state.responses.error(503).render(state.date, True, False))
+            transport.write(state.responses.error(503).render(state.date, True, False, new_id()))
             transport.close()
             return
         state.connections.add(self)
@@ -586,10 +592,23 @@ class HttpProtocol(asyncio.Protocol):
         # Most heads name no Connection: then nothing asks for an upgrade.
         upgrade = b"connection" in index and is_upgrade(index)
         path, _, query = target.partition(b"?")
+        # Most requests carry no X-Request-Id: then the id is generated
+        # without asking whether the peer is trusted.
+        given = index.get(REQUEST_ID)
+        rid = new_id() if given is None else request_id(given, self._trusted_peer())
         return Request(
             method, host, target, path, query, version, headers, index,
-            self.client_ip, self.scheme, length, te, upgrade, started, self.client_cn,
+            self.client_ip, self.scheme, length, te, upgrade, started, self.client_cn, rid,
         )  # fmt: skip
+
+    def _trusted_peer(self) -> bool:
+        """Whether the peer is a trusted proxy (its X-Request-Id may name the
+        request): asked once per connection, and only when one is sent."""
+        trusted = self.trusted_peer
+        if trusted is None:
+            networks = TrustedProxies(self.limits.trusted_networks)
+            trusted = self.trusted_peer = networks.trusts(self.client_ip)
+        return trusted
 
     def _on_data(self, data: bytes) -> None:
         entry = self.entry
@@ -623,9 +642,10 @@ class HttpProtocol(asyncio.Protocol):
         conn = self.conn
         commit_local(conn, response.event)
         close = close or self.closing or self.state.draining or conn.our_state is h11.MUST_CLOSE
-        data = response.render(self.state.date, close, head_only)
-        self.transport.write(data)
         entry = self.entry
+        rid = entry.request.request_id if entry is not None else new_id()
+        data = response.render(self.state.date, close, head_only, rid)
+        self.transport.write(data)
         if entry is not None:
             entry.status = response.status
             entry.bytes_out = len(data)
@@ -659,11 +679,12 @@ class HttpProtocol(asyncio.Protocol):
             cycle.client_lost()
         if self.conn.our_state in _SEND_OK:
             response = self.state.responses.error(status)
-            data = response.render(self.state.date, True, False)
-            self.transport.write(data)
             entry = self.entry
             if entry is None and status != 503:
                 entry = self.entry = LogEntry(_unparsed(b"-", b"-", self.client_ip, self.scheme, time.time()))
+            rid = entry.request.request_id if entry is not None else new_id()
+            data = response.render(self.state.date, True, False, rid)
+            self.transport.write(data)
             if entry is not None:
                 entry.status = status
                 entry.bytes_out = len(data)

@@ -117,7 +117,12 @@ def issue(
             return ctx.redirect(app.custom_deny_url, extra)
         back = urlencode({"kid": target.app.aud, "redirect_url": target.redirect_url})
         page = pages.denied_page(
-            ident.email, target.app.name, f"{ENDPOINT_PATH}/logout?{back}", app.custom_deny_message, ctx.look
+            ident.email,
+            target.app.name,
+            f"{ENDPOINT_PATH}/logout?{back}",
+            app.custom_deny_message,
+            ctx.look,
+            request_id=req.request_id.decode("ascii"),
         )
         return ctx.html(403, page, extra)
     code = HandoffCode(

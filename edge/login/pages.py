@@ -90,9 +90,12 @@ class Choice:
     kind: str  # "dev" (email + password form) or "oidc" (a button)
 
 
-def _page(title: str, body: str, look: Look = PLAIN, kind: str = "") -> bytes:
+def _page(title: str, body: str, look: Look = PLAIN, kind: str = "", request_id: str = "") -> bytes:
     """A whole page: the team's template for `kind` if it has one, else the
-    built-in one, with the team's name, logo and accent."""
+    built-in one, with the team's name, logo and accent. The request id, when
+    given, names the access log line a user's screenshot shows."""
+    if request_id:
+        body += f'\n<footer class="note">Request id: {escape(request_id)}</footer>'
     template = look.templates.get(kind)
     if template is not None:
         values = {
@@ -196,6 +199,7 @@ def message_page(
     look: Look = PLAIN,
     kind: str = "",
     note: str = "",
+    request_id: str = "",
 ) -> bytes:
     """A page that says one thing (signed out, denied, link expired...);
     `kind` names the team template it may take, `note` is a second paragraph."""
@@ -204,10 +208,12 @@ def message_page(
         body += f'\n<p class="custom">{escape(note)}</p>'
     if link is not None:
         body += f'\n<p><a href="{escape(link[0])}">{escape(link[1])}</a></p>'
-    return _page(title, body, look, kind)
+    return _page(title, body, look, kind, request_id)
 
 
-def denied_page(email: str, app_name: str, logout: str, message: str = "", look: Look = PLAIN) -> bytes:
+def denied_page(
+    email: str, app_name: str, logout: str, message: str = "", look: Look = PLAIN, request_id: str = ""
+) -> bytes:
     """The policies refused a signed-in user; `message` is the app's custom_deny_message."""
     return message_page(
         "Access denied",
@@ -216,6 +222,7 @@ def denied_page(email: str, app_name: str, logout: str, message: str = "", look:
         look=look,
         kind="denied",
         note=message,
+        request_id=request_id,
     )
 
 

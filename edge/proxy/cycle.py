@@ -213,7 +213,7 @@ class ProxyCycle:
         self.response_started = True
         self.status = head.status
         self.head_at = time.monotonic()
-        headers = response_headers(head.headers, vary_origin=self.plan.vary_origin)
+        headers = response_headers(head.headers, self.plan.vary_origin, False, self.request.request_id)
         self.client.send(ResponseHead(head.status, head.reason, headers))
         self.client.arm(self.settings.idle_timeout)
 
@@ -250,7 +250,7 @@ class ProxyCycle:
         self.switch = None
         self.response_started = True
         self.status = 101
-        headers = response_headers(head.headers, switching=True)
+        headers = response_headers(head.headers, switching=True, request_id=self.request.request_id)
         self.client.send(h11.InformationalResponse(status_code=101, headers=headers, reason=head.reason))
         leftover = up.start_tunnel()
         self.client.start_tunnel(self, self.plan.expires)

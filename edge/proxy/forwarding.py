@@ -12,7 +12,14 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from edge.access.cache import BoundedCache
-from edge.access.headers import AUTH_COOKIE_BYTES, IDENTITY_HEADERS, Header, Headers, TrustedProxies
+from edge.access.headers import (
+    AUTH_COOKIE_BYTES,
+    IDENTITY_HEADERS,
+    REQUEST_ID,
+    Header,
+    Headers,
+    TrustedProxies,
+)
 from edge.access.request import Request
 
 # Hop-by-hop fields (RFC 9110 section 7.6.1): they describe one connection,
@@ -39,15 +46,20 @@ FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-for
 # (nginx's `underscores_in_headers off`, Envoy's
 # `headers_with_underscores_action`) unless [server] underscores_in_headers
 # keeps them; even then a name that reads, `_` as `-`, as one of the edge's
-# own families is dropped. When the edge sets a request id (BEHAVIOUR.md
-# section 5), its header is added here.
-EDGE_OWNED_PREFIXES = (b"cf-access-", b"x-forwarded-")
+# own families is dropped, and so is X-Request-Id, which the edge sets
+# (BEHAVIOUR.md section 5: the request's id, edge.http.request_id).
+EDGE_OWNED_PREFIXES = (b"cf-access-", b"x-forwarded-", REQUEST_ID)
 # `_` as an int: `int in bytes` is one memchr (~20 ns), where the substring
 # test `b"_" in name` costs ~140 ns, and it runs for every forwarded field.
 UNDERSCORE = ord("_")
 # Fields the edge handles itself rather than passing on: Expect (the edge
-# answers 100-continue after authorising), and the framing fields it sets.
-EDGE_HANDLED = frozenset({b"expect", b"content-length"})
+# answers 100-continue after authorising), the framing fields it sets, and
+# the request id (a trusted proxy's accepted value comes back as the id).
+EDGE_HANDLED = frozenset({b"expect", b"content-length", REQUEST_ID})
+# What a proxied response loses on its way to the client besides the
+# hop-by-hop fields: an upstream's own X-Request-Id, replaced by the edge's
+# so the client sees one id, the one in the access log.
+RESPONSE_DROP = HOP_BY_HOP | {REQUEST_ID}
 # Never dropped because the Connection header names it: an HTTP/1.1 request
 # without Host is invalid (RFC 9112 3.2): upstreams answer it with a 400.
 NEVER_HOP = frozenset({b"host"})
@@ -134,7 +146,7 @@ def request_headers(
     rewrite_host: bool = False,
 ) -> Headers:
     """The head sent upstream: hop-by-hop and spoofable fields removed,
-    identity and X-Forwarded-* fields set, framing re-declared. Names with
+    identity, X-Forwarded-* and X-Request-Id fields set, framing re-declared. Names with
     `_` are dropped, or with `ctx.keep_underscores` only those an upstream
     could read as the edge's own. `upstream_host` (host[:port]) replaces the
     Host with `rewrite_host`."""
@@ -165,6 +177,8 @@ def request_headers(
         # HTTP/1.0 allows a request without Host; the upstream gets HTTP/1.1.
         out.insert(0, (b"host", upstream_host if rewrite_host or not req.host else req.host))
     _add_forwarded(out, req, ctx, prior_for, trusted)
+    if req.request_id:
+        out.append((REQUEST_ID, req.request_id))
     if req.upgrade:
         out.append((b"connection", b"upgrade"))
     if req.chunked:
@@ -222,9 +236,12 @@ def response_headers(
     headers: Sequence[Header],
     vary_origin: bool = False,
     switching: bool = False,
+    request_id: bytes = b"",
 ) -> Headers:
     """The head sent to the client: hop-by-hop removed (the edge re-frames
-    the body), `Origin` merged into Vary when the app has CORS settings.
+    the body), `Origin` merged into Vary when the app has CORS settings,
+    the upstream's X-Request-Id replaced by `request_id` (none added when
+    b"").
 
     One pass with the usual drop set (HOP_BY_HOP), collecting Connection's
     values on the way; only when they name other fields (rare: nearly every
@@ -233,14 +250,15 @@ def response_headers(
     walk over its fields (bench/proxy.py GET); tests/proxy/test_forwarding.py
     checks the one pass against the two-pass reference."""
     if switching:
-        return _response_headers(headers, hop_by_hop(headers, keep_upgrade=True), vary_origin, True)
+        drop = hop_by_hop(headers, keep_upgrade=True)
+        return _response_headers(headers, drop, vary_origin, True, request_id)
     out: Headers = []
     vary: list[bytes] = []
     connection: list[bytes] = []
     chunked = False
     for field in headers:
         name = field[0]
-        if name in HOP_BY_HOP or name[:6] == b"proxy-":  # is_hop
+        if name in RESPONSE_DROP or name[:6] == b"proxy-":  # is_hop, or the upstream's id
             if name == b"connection":
                 connection.append(field[1])
             chunked = chunked or name == b"transfer-encoding"
@@ -250,30 +268,30 @@ def response_headers(
             continue
         out.append(field)
     if connection and connection_hops(connection, False) is not HOP_BY_HOP:
-        return _response_headers(headers, connection_hops(connection, False), vary_origin, False)
-    return _finish_response(out, vary, chunked, vary_origin, False)
+        return _response_headers(headers, connection_hops(connection, False), vary_origin, False, request_id)
+    return _finish_response(out, vary, chunked, vary_origin, False, request_id)
 
 
 def _response_headers(
-    headers: Sequence[Header], drop: frozenset[bytes], vary_origin: bool, switching: bool
+    headers: Sequence[Header], drop: frozenset[bytes], vary_origin: bool, switching: bool, request_id: bytes
 ) -> Headers:
     """response_headers with the drop set known (the general case)."""
     out: Headers = []
     vary: list[bytes] = []
     chunked = False
     for name, value in headers:
-        if name in drop or name[:6] == b"proxy-":  # is_hop; Transfer-Encoding always is
+        if name in drop or name[:6] == b"proxy-" or name == REQUEST_ID:  # is_hop; Transfer-Encoding always is
             chunked = chunked or name == b"transfer-encoding"
             continue
         if name == b"vary" and vary_origin:
             vary.append(value)
             continue
         out.append((name, value))
-    return _finish_response(out, vary, chunked, vary_origin, switching)
+    return _finish_response(out, vary, chunked, vary_origin, switching, request_id)
 
 
 def _finish_response(
-    out: Headers, vary: list[bytes], chunked: bool, vary_origin: bool, switching: bool
+    out: Headers, vary: list[bytes], chunked: bool, vary_origin: bool, switching: bool, request_id: bytes
 ) -> Headers:
     if chunked:
         # RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and an
@@ -285,6 +303,8 @@ def _finish_response(
         out.append((b"connection", b"upgrade"))
     if vary_origin:
         out.append((b"vary", merge_vary(vary, b"Origin")))
+    if request_id:
+        out.append((REQUEST_ID, request_id))
     return out
 
 

@@ -51,6 +51,7 @@ class AccessRecord(msgspec.Struct, omit_defaults=False):
     decision: str | None = None
     upstream_status: int | None = None
     upstream_ms: float | None = None
+    request_id: str = ""  # edge.http.request_id: also in X-Request-Id and the edge's pages
 
 
 @functools.lru_cache(maxsize=4)

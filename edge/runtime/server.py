@@ -381,6 +381,7 @@ class ServerState:
                 decision=entry.decision,
                 upstream_status=entry.upstream_status,
                 upstream_ms=entry.upstream_ms,
+                request_id=request.request_id.decode("ascii"),
             )
         )
 

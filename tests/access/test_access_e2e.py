@@ -620,11 +620,13 @@ def test_unauthenticated_fetch_gets_401_json_with_courtesy_headers(edge: Edge) -
     assert r.json() == {
         "error": "login required",
         "login_url": login_location("api.test", "api-aud", "/echo/fetch"),
+        "request_id": r.header("x-request-id"),  # the log line's, below
     }
     assert r.cors() == COURTESY
     assert r.header("vary") == "Origin"
     rec = edge.logged("/echo/fetch")
     assert (rec["status"], rec["app"], rec["decision"]) == (401, "api", "unauthenticated: no token")
+    assert rec["request_id"] == r.header("x-request-id")
 
 
 def test_unauthenticated_fetch_from_a_disallowed_origin_gets_no_cors(edge: Edge) -> None:
@@ -669,7 +671,11 @@ def test_bad_tokens(edge: Edge, case: str, make: Any, error: str, reason: str) -
     fetch_path, nav_path = f"/echo/{case}-fetch", f"/echo/{case}-nav"
     r = edge.local("GET", fetch_path, headers=[*FETCH, cookie(tok)])
     assert r.status == 401
-    assert r.json() == {"error": error, "login_url": login_location("api.test", "api-aud", fetch_path)}
+    assert r.json() == {
+        "error": error,
+        "login_url": login_location("api.test", "api-aud", fetch_path),
+        "request_id": r.header("x-request-id"),
+    }
     assert r.cors() == COURTESY
     r = edge.local("GET", nav_path, headers=[*NAVIGATE, cookie(tok)])
     assert r.status == 302

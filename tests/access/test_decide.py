@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from access_fixtures import (
     AUD,
@@ -522,10 +523,16 @@ def test_navigation_without_token_is_redirected_to_login(c: Compiled, headers: d
     ],
 )
 def test_fetch_without_token_gets_401(c: Compiled, headers: dict[str, str]) -> None:
-    action = run(c, "GET", "https://api.example.com/v1/me?a=1&b=%C3%A9", headers)
+    req = request("GET", "https://api.example.com/v1/me?a=1&b=%C3%A9", headers)
+    action = decide(c, msgspec.structs.replace(req, request_id=b"rid-1"), NOW)
     assert isinstance(action, Unauthorized)
     assert action.response.status == 401
-    assert json.loads(action.response.body) == {"error": "login required", "login_url": LOGIN}
+    # The request's id, so a client's error report names the log line.
+    assert json.loads(action.response.body) == {
+        "error": "login required",
+        "login_url": LOGIN,
+        "request_id": "rid-1",
+    }
     assert fields(action.response)["content-type"] == "application/json"
     assert fields(action.response)["www-authenticate"] == 'Bearer realm="api.example.com"'
 

@@ -3,6 +3,7 @@ tested in tests/http/test_h11_internals.py)."""
 
 from __future__ import annotations
 
+import h11
 import pytest
 
 from edge.access.responses import Responses, date_line
@@ -37,3 +38,38 @@ def test_render_exact_bytes(close: bool, head_only: bool, expected: bytes) -> No
 
 def test_no_server_header_when_empty() -> None:
     assert b"server:" not in Responses("").health.render(DATE, False, False)
+
+
+def test_render_splices_the_request_id_after_the_date() -> None:
+    assert Responses("edge").health.render(DATE, True, False, b"rid-1") == (
+        b"HTTP/1.1 200 OK\r\n" + DATE + b"x-request-id: rid-1\r\n"
+        b"content-type: text/plain; charset=utf-8\r\nserver: edge\r\ncontent-length: 3\r\n"
+        b"connection: close\r\n\r\nok\n"
+    )
+
+
+@pytest.mark.parametrize("head_only", [False, True])
+@pytest.mark.parametrize("status", [200, 302, 401, 403, 404, 503])
+def test_render_with_a_request_id_is_what_h11_would_send(status: int, head_only: bool) -> None:
+    """The prebuilt bytes with the id spliced in are exactly h11's own
+    serialisation of the same response with that field: the splice cannot
+    break the framing commit_local assumes (tests/http/test_h11_internals.py)."""
+    response = Responses("edge").text(status, b"body\n", [(b"vary", b"Origin")])
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"%s / HTTP/1.1\r\nHost: a\r\n\r\n" % (b"HEAD" if head_only else b"GET"))
+    assert isinstance(conn.next_event(), h11.Request)
+    fields = [
+        (b"date", DATE[6:-2]),
+        (b"x-request-id", b"AbC-_09xyz000001"),
+        *response.event.headers.raw_items(),
+    ]
+    sent = conn.send(h11.Response(status_code=status, headers=fields, reason=response.event.reason))
+    if not head_only:
+        sent += conn.send(h11.Data(data=response.body))
+    sent += conn.send(h11.EndOfMessage())
+    assert response.render(DATE, False, head_only, b"AbC-_09xyz000001") == sent
+
+
+def test_a_local_response_never_carries_its_own_request_id() -> None:
+    with pytest.raises(ValueError, match="request id"):
+        Responses("edge").text(200, b"x\n", [(b"X-Request-Id", b"fixed")])

@@ -361,6 +361,11 @@ def test_message_and_denied_pages_escape() -> None:
     denied = pages.denied_page("a@example.com", NASTY, "/cdn-cgi/access/logout").decode()
     assert f"That account (a@example.com) does not have access to {NASTY_ESCAPED}." in denied
     assert '<a href="/cdn-cgi/access/logout">' in denied
+    # The request id names the log line; escaped all the same (it is SAFE
+    # when it comes from the edge, but the page does not rely on that).
+    named = pages.denied_page("a@example.com", "app", "/cdn-cgi/access/logout", NASTY).decode()
+    assert f"Request id: {NASTY_ESCAPED}</footer>" in named and "<script" not in named
+    assert "Request id" not in denied
 
 
 def test_logout_page_escapes_and_posts_back() -> None:

@@ -3,13 +3,17 @@
 `HttpProtocol` is driven through a fake transport that records every byte
 written and every call made. The server state is real (built from a config
 string); only its clock and Date line are pinned, so the output is exact.
-Timeouts are fired by calling `expire()`, as the server's sweep would.
+Each response's generated request id, the one part that is new every time,
+is taken out of the bytes where it is spliced (after the Date line) and kept
+in `FakeTransport.ids`. Timeouts are fired by calling `expire()`, as the
+server's sweep would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,6 +29,8 @@ from edge.runtime.server import ServerState
 DATE = b"date: Tue, 24 Nov 2026 22:42:08 GMT\r\n"
 CONFIG = '[server]\naccess_log = "off"\n'
 PLAIN = b"content-type: text/plain; charset=utf-8\r\nserver: edge\r\n"
+# A generated request id's line, where LocalResponse.render splices it.
+ID_LINE = re.compile(re.escape(DATE) + rb"x-request-id: ([A-Za-z0-9_-]{16})\r\n")
 
 
 def wire(status: bytes, body: bytes, *, close: bool = False, head: bool = False) -> bytes:
@@ -65,6 +71,7 @@ class FakeTransport:
 
     def __init__(self) -> None:
         self.written = bytearray()
+        self.ids: list[bytes] = []  # request ids, in the order written
         self.calls: list[str] = []
         self.closing = False
         self.eof = False
@@ -76,7 +83,8 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         if self.closing or self.eof:
             self.calls.append("write after close")
-        self.written += data
+        self.ids += ID_LINE.findall(data)
+        self.written += ID_LINE.sub(DATE, data)
         if self.fill_on_write and self.protocol is not None:
             self.fill_on_write = False
             self.protocol.pause_writing()
@@ -258,6 +266,8 @@ def run_case(connect: Connect, case: Case, split: str) -> None:
     protocol, transport = connect()
     feed(protocol, case.sent, split)
     assert bytes(transport.written) == case.expected
+    # Each response named its request, with an id of its own.
+    assert len(transport.ids) == case.expected.count(b"HTTP/1.1 ") == len(set(transport.ids))
     assert "write after close" not in transport.calls
     if case.end == OPEN:
         assert not transport.ended

@@ -23,6 +23,7 @@ from edge.access.responses import LocalResponse
 from edge.config.load import loads
 from edge.http.connection import HttpProtocol, LogEntry
 from edge.http.cycle import Cycle
+from edge.http.request_id import SAFE
 from edge.runtime.server import ServerState
 
 
@@ -124,7 +125,9 @@ def test_the_connection_builds_the_request(
     state: RecordingState, data: bytes, want: Request, split: str
 ) -> None:
     [request] = served(state, data, split)
-    assert request == msgspec.structs.replace(want, started=request.started)
+    # A generated id (no trusted peer here): edge.http.request_id's shape.
+    assert SAFE.fullmatch(request.request_id) is not None and len(request.request_id) == 16
+    assert request == msgspec.structs.replace(want, started=request.started, request_id=request.request_id)
 
 
 def test_one_request_from_head_to_log(state: RecordingState) -> None:

@@ -355,10 +355,11 @@ def test_a_denied_user_gets_no_code(site: Site) -> None:
         site.c,
         new_person("eve@elsewhere.test", [], "dev"),
         site.target(),
-        build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
+        build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1", request_id=b"rid-denied-1"),
         NOW,
     )
     assert r.status == 403 and b"does not have access to app" in r.body
+    assert b"Request id: rid-denied-1" in r.body  # a screenshot names the log line
     assert "CF_Authorization" in cookies(r)  # signed in at the team all the same
 
 

@@ -486,6 +486,7 @@ def test_signed_in_user_goes_straight_to_a_second_app(team: Team) -> None:
 def assert_denied(reply: Reply, email: str, app: str) -> None:
     assert reply.status == 403, (reply.status, reply.text[:300])
     assert f"does not have access to {app}" in reply.text
+    assert f"Request id: {reply.header('x-request-id')}</footer>" in reply.text
     assert email in reply.text
     assert reply.header("location") is None and "authorized?code" not in reply.text
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import h11
 import msgspec
@@ -501,10 +502,10 @@ def test_response_keeps_end_to_end_fields_in_order() -> None:
 # -- shortcuts against their reference ---------------------------------------------
 
 
-def reference_response_headers(headers: H, vary_origin: bool, switching: bool) -> H:
+def reference_response_headers(headers: H, vary_origin: bool, switching: bool, request_id: bytes = b"") -> H:
     """response_headers as two passes: the drop set from Connection first,
     then the filter (what the one-pass shortcut must always equal)."""
-    drop = hop_by_hop(headers, keep_upgrade=switching)
+    drop = hop_by_hop(headers, keep_upgrade=switching) | {b"x-request-id"}
     out = [(n, v) for n, v in headers if not is_hop(n, drop) and not (n == b"vary" and vary_origin)]
     if any(n == b"transfer-encoding" for n, _ in headers):
         out = [f for f in out if f[0] != b"content-length"]
@@ -512,15 +513,27 @@ def reference_response_headers(headers: H, vary_origin: bool, switching: bool) -
         out.append((b"connection", b"upgrade"))
     if vary_origin:
         out.append((b"vary", merge_vary([v for n, v in headers if n == b"vary"], b"Origin")))
+    if request_id:
+        out.append((b"x-request-id", request_id))
     return out
 
 
 RESPONSE_NAMES = st.sampled_from(
     [b"server", b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"vary",
-     b"x-a", b"etag", b"upgrade", b"proxy-x", b"te", b"trailer", b"host"]
+     b"x-a", b"etag", b"upgrade", b"proxy-x", b"te", b"trailer", b"host", b"x-request-id"]
 )  # fmt: skip
 CONNECTION_VALUES = st.sampled_from(
-    [b"keep-alive", b"close", b"Keep-Alive, close", b"x-a", b"etag, keep-alive", b"upgrade", b"host", b""]
+    [
+        b"keep-alive",
+        b"close",
+        b"Keep-Alive, close",
+        b"x-a",
+        b"etag, keep-alive",
+        b"upgrade",
+        b"host",
+        b"",
+        b"x-request-id",
+    ]
 )
 
 
@@ -534,13 +547,58 @@ def response_fields(draw: st.DrawFn) -> H:
 
 
 @settings(max_examples=400, deadline=None)
-@given(response_fields(), st.booleans(), st.booleans())
+@given(response_fields(), st.booleans(), st.booleans(), st.sampled_from([b"", b"AbCdEfGhIj000001"]))
 def test_response_headers_one_pass_equals_the_reference(
-    headers: H, vary_origin: bool, switching: bool
+    headers: H, vary_origin: bool, switching: bool, request_id: bytes
 ) -> None:
-    assert response_headers(headers, vary_origin, switching) == reference_response_headers(
-        headers, vary_origin, switching
+    assert response_headers(headers, vary_origin, switching, request_id) == reference_response_headers(
+        headers, vary_origin, switching, request_id
     )
+
+
+# -- the request id ---------------------------------------------------------------------
+
+
+def with_id(headers: H, request_id: bytes = b"rid-1", **kw: Any) -> H:
+    """fwd for a request whose id (edge.http.request_id) is `request_id`."""
+    req = msgspec.structs.replace(build(b"GET", b"app", b"/", headers, "203.0.113.7"), request_id=request_id)
+    return request_headers(req, ForwardContext(b"http", kw.pop("trusted", NOBODY), **kw), b"127.0.0.1:9000")
+
+
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize(
+    "name", [b"x-request-id", b"x_request_id", b"X_Request_Id", b"x-request_id", b"X-REQUEST-ID"]
+)
+def test_a_clients_request_id_is_replaced_by_the_requests(name: bytes, keep: bool) -> None:
+    # Names as the connection gives them: lower-cased.
+    out = with_id([(b"host", b"app"), (name.lower(), b"client")], keep_underscores=keep)
+    assert [f for f in out if f[0].lower().replace(b"_", b"-") == b"x-request-id"] == [
+        (b"x-request-id", b"rid-1")
+    ]
+    assert out[-1] == (b"x-request-id", b"rid-1")
+
+
+def test_a_trusted_proxys_id_travels_as_the_requests() -> None:
+    # The connection accepted it (edge.http.request_id); forwarding sends the Request's id only.
+    out = with_id([(b"host", b"app"), (b"x-request-id", b"lb-7")], b"lb-7", trusted=TRUSTED)
+    assert [f for f in out if f[0] == b"x-request-id"] == [(b"x-request-id", b"lb-7")]
+
+
+def test_a_request_built_without_an_id_forwards_none() -> None:
+    assert b"x-request-id" not in names(with_id([(b"host", b"app"), (b"x-request-id", b"c")], b""))
+
+
+def test_an_upstreams_request_id_is_replaced() -> None:
+    # Names as edge.proxy.wire gives them: lower-cased.
+    head = [(b"x-request-id", b"upstream"), (b"content-length", b"0"), (b"x-request-id", b"again")]
+    assert response_headers(head, request_id=b"rid-1") == [
+        (b"content-length", b"0"),
+        (b"x-request-id", b"rid-1"),
+    ]
+    assert response_headers([(b"x-request-id", b"up")], switching=True, request_id=b"r") == [
+        (b"connection", b"upgrade"),
+        (b"x-request-id", b"r"),
+    ]
 
 
 def declared_framing(headers: H) -> tuple[bool, bool]:

@@ -47,6 +47,14 @@ XFF = [
 # -- helpers -------------------------------------------------------------------
 
 
+def rid(r: Resp) -> tuple[bytes, bytes]:
+    """The X-Request-Id field the upstream must have received for the
+    request answered by `r`: the one id the client got back (the edge sets
+    it after X-Forwarded-*, before the framing fields)."""
+    [value] = [v for k, v in r.headers if k == b"x-request-id"]
+    return (b"x-request-id", value)
+
+
 def proxy_toml(upstream: str, **settings: float | str) -> str:
     lines = ["[proxy]"]
     lines += [f"{k} = {v}" for k, v in settings.items()]
@@ -297,7 +305,7 @@ def test_get_forwarded_head_exact(edge: Edge) -> None:
     assert r.status == 200
     req, body = forwarded(r.body)
     assert (req.method, req.target, req.http_version) == (b"GET", b"/echo/a?b=c&d=%20e", b"1.1")
-    assert list(req.headers) == CLEAN
+    assert list(req.headers) == [*CLEAN, rid(r)]
     assert body == b""
     assert r.body.endswith(b"\r\n\r\n")
 
@@ -315,7 +323,7 @@ def test_h2c_upgrade_is_never_offered_upstream(edge: Edge, upgrade: str) -> None
     r = fetch(edge.port, build("GET", "/echo", head))
     assert r.status == 200
     req, _ = forwarded(r.body)
-    assert list(req.headers) == [(b"host", b"app.test"), *XFF]
+    assert list(req.headers) == [(b"host", b"app.test"), *XFF, rid(r)]
 
 
 def test_post_content_length_forwarded(edge: Edge) -> None:
@@ -328,7 +336,13 @@ def test_post_content_length_forwarded(edge: Edge) -> None:
     )
     req, body = forwarded(r.body)
     assert req.method == b"POST"
-    assert list(req.headers) == [*CLEAN[:4], (b"content-type", b"x/y"), *XFF, (b"content-length", b"10240")]
+    assert list(req.headers) == [
+        *CLEAN[:4],
+        (b"content-type", b"x/y"),
+        *XFF,
+        rid(r),
+        (b"content-length", b"10240"),
+    ]
     assert body == data
 
 
@@ -338,7 +352,7 @@ def test_chunked_upload_forwarded(edge: Edge) -> None:
     head = [("Transfer-Encoding", "chunked"), ("Trailer", "X-Sum"), ("TE", "trailers")]
     r = fetch(edge.port, build("PUT", "/echo/chunked", head, raw))
     req, body = forwarded(r.body)
-    assert list(req.headers) == [(b"host", b"app.test"), *XFF, (b"transfer-encoding", b"chunked")]
+    assert list(req.headers) == [(b"host", b"app.test"), *XFF, rid(r), (b"transfer-encoding", b"chunked")]
     assert body == b"".join(pieces)
     assert b"X-Sum" not in r.body and b"ext=1" not in r.body
 
@@ -346,7 +360,7 @@ def test_chunked_upload_forwarded(edge: Edge) -> None:
 def test_empty_body_post(edge: Edge) -> None:
     r = fetch(edge.port, build("POST", "/echo", [("Content-Length", "0")]))
     req, body = forwarded(r.body)
-    assert list(req.headers) == [(b"host", b"app.test"), *XFF, (b"content-length", b"0")]
+    assert list(req.headers) == [(b"host", b"app.test"), *XFF, rid(r), (b"content-length", b"0")]
     assert body == b""
 
 
@@ -371,7 +385,12 @@ def test_pipelined_requests(edge: Edge) -> None:
     conns = {r.header(b"x-conn") for r in [*got, head, last]}
     assert len(conns) == 1
     # Connection: close is the client's business: not forwarded.
-    assert list(parsed[-1][0].headers) == [(b"host", b"app.test"), *XFF]
+    assert list(parsed[-1][0].headers) == [(b"host", b"app.test"), *XFF, rid(last)]
+    # Each request its own id, the upstream's copy the client's.
+    assert len({rid(r) for r in [*got, head, last]}) == 5
+    assert [[f for f in req.headers if f[0] == b"x-request-id"] for req, _ in parsed] == [
+        [rid(r)] for r in [*got, last]
+    ]
 
 
 def test_keep_alive_reuses_upstream_connection(edge: Edge, upstream: Upstream) -> None:
@@ -398,14 +417,14 @@ def test_http10_request_without_host_matches_no_application(edge: Edge, upstream
 def test_connection_naming_host_keeps_host(edge: Edge) -> None:
     r = fetch(edge.port, build("GET", "/echo/c", [("Connection", "host")]))
     assert r.status == 200
-    assert list(forwarded(r.body)[0].headers) == [(b"host", b"app.test"), *XFF]
+    assert list(forwarded(r.body)[0].headers) == [(b"host", b"app.test"), *XFF, rid(r)]
 
 
 def test_absolute_form_target_forwarded_in_origin_form(edge: Edge) -> None:
     r = fetch(edge.port, build("GET", "http://app.test/echo/abs?q=1", [("Accept", "*/*")]))
     req, _ = forwarded(r.body)
     assert req.target == b"/echo/abs?q=1"
-    assert list(req.headers) == [(b"host", b"app.test"), (b"accept", b"*/*"), *XFF]
+    assert list(req.headers) == [(b"host", b"app.test"), (b"accept", b"*/*"), *XFF, rid(r)]
 
 
 # -- the response, re-framed ---------------------------------------------------------
@@ -542,7 +561,7 @@ def test_https_upstream_verified(own_edge: Callable[..., Edge], tls_upstream: tu
         r = c.exchange(build("POST", "/echo/tls", [("Content-Length", "3")], b"tls"))
         again = c.exchange(build("GET", "/echo/tls-again"))
     req, body = forwarded(r.body)
-    assert list(req.headers) == [(b"host", b"app.test"), *XFF, (b"content-length", b"3")]
+    assert list(req.headers) == [(b"host", b"app.test"), *XFF, rid(r), (b"content-length", b"3")]
     assert body == b"tls"
     assert again.header(b"x-conn") == r.header(b"x-conn")  # TLS connections are pooled too
 
@@ -630,7 +649,7 @@ def test_expect_100_continue(edge: Edge) -> None:
         r = c.response(b"POST")
     assert r.status == 200
     req, body = forwarded(r.body)
-    assert list(req.headers) == [(b"host", b"app.test"), *XFF, (b"content-length", b"5")]
+    assert list(req.headers) == [(b"host", b"app.test"), *XFF, rid(r), (b"content-length", b"5")]
     assert body == b"hello"
 
 
@@ -872,6 +891,7 @@ def test_upgrade_declined_by_upstream(edge: Edge) -> None:
             (b"upgrade", b"websocket"),
             (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
             *XFF,
+            rid(r),
             (b"connection", b"upgrade"),
         ]
         # No switch happened: the connection carries the next request as usual.

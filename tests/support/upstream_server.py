@@ -4,6 +4,7 @@ The behaviour is chosen by the request path (query string for parameters):
 
   /echo...            200; the body is the exact raw request (head + body) as received
   /status/<code>      that status; a small body unless HEAD, 204 or 304
+  /own-id             as /echo, answered with an X-Request-Id of its own ("upstream-own")
   /hop                200 with hop-by-hop fields (and Connection: close) in the head
   /cl-te              200 with both Content-Length and Transfer-Encoding (then close)
   /close-delimited    200 without length or chunking, ended by closing the connection
@@ -274,6 +275,14 @@ class Conn:
         raw = bytes(self.raw[: len(self.raw) - len(self.h11.trailing_data[0])])
         headers = [("content-type", "application/octet-stream"), ("x-conn", str(self.ident))]
         await self.respond(200, raw, [*headers, ("x-served", str(self.served))])
+
+    async def do_own_id(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
+        """/echo, answered with an X-Request-Id of the upstream's own."""
+        await self.body()
+        raw = bytes(self.raw[: len(self.raw) - len(self.h11.trailing_data[0])])
+        await self.respond(
+            200, raw, [("content-type", "application/octet-stream"), ("X-Request-Id", "upstream-own")]
+        )
 
     async def do_status(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
         await self.body()
