@@ -108,12 +108,19 @@ class Context:
         return LocalResponse(status, [*self.html_headers, *extra], page, self.server)
 
     def message(
-        self, status: int, title: str, text: str, link: tuple[str, str] | None = None
+        self, req: Request, status: int, title: str, text: str, link: tuple[str, str] | None = None
     ) -> LocalResponse:
-        return self.html(status, pages.message_page(title, text, link=link, look=self.look))
+        """A page that says one thing; it names the request's id, so a user's
+        screenshot names the access log line."""
+        rid = req.request_id.decode("ascii")
+        return self.html(status, pages.message_page(title, text, link=link, look=self.look, request_id=rid))
 
     def json(self, status: int, doc: Any, extra: Sequence[Header] = ()) -> LocalResponse:
         return LocalResponse(status, [*JSON_HEADERS, *extra], msgspec.json.encode(doc), self.server)
+
+    def json_error(self, req: Request, status: int, error: str) -> LocalResponse:
+        """A JSON error, naming the request's id (as the edge's 401 does)."""
+        return self.json(status, {"error": error, "request_id": req.request_id.decode("ascii")})
 
     def redirect(self, location: str, extra: Sequence[Header] = ()) -> LocalResponse:
         fields = [(b"location", location.encode("ascii")), (b"cache-control", b"no-store"), *extra]
@@ -121,11 +128,13 @@ class Context:
             302, [(b"content-type", b"text/plain; charset=utf-8"), *fields], b"", self.server
         )
 
-    def no_login_service(self) -> LocalResponse:
-        return self.message(404, "No login service", "This edge has no login service configured ([team]).")
+    def no_login_service(self, req: Request) -> LocalResponse:
+        return self.message(
+            req, 404, "No login service", "This edge has no login service configured ([team])."
+        )
 
-    def not_allowed(self) -> LocalResponse:
-        return self.message(405, "Not allowed", "Nothing to see here.")
+    def not_allowed(self, req: Request) -> LocalResponse:
+        return self.message(req, 405, "Not allowed", "Nothing to see here.")
 
     # -- who is asking ---------------------------------------------------------------
 

@@ -87,7 +87,7 @@ def start_session(
     ident = verify_token(c, token.encode(), now)
     if not isinstance(ident, Identity):  # our own fresh token: only a key problem gets here
         log.error("a token just issued does not verify: %s", ident.reason)
-        return ctx.message(500, "Sign-in failed", "Please try again.")
+        return ctx.message(req, 500, "Sign-in failed", "Please try again.")
     if target is None:
         return ctx.signed_in([cookie, *extra])
     return issue(ctx, c, ident, who, target, req, now, [cookie, *extra])
@@ -144,22 +144,24 @@ async def authorized(
     """/cdn-cgi/access/authorized?code=...: exchange a one-time code for the
     application's cookie."""
     if action.team:
-        return ctx.not_allowed()
+        return ctx.not_allowed(req)
     if ctx.sealer is None or ctx.ring is None:
-        return ctx.no_login_service()
+        return ctx.no_login_service(req)
     if req.method != b"GET":  # a HEAD (a link previewer) must not use the code up
-        return ctx.message(405, "Not allowed", "Use the sign-in link as it was given.")
+        return ctx.message(req, 405, "Not allowed", "Use the sign-in link as it was given.")
     try:
         code, exp = open_sealed(ctx.sealer, HANDOFF, query_of(req).get("code", ""), now, HandoffCode)
     except SealError as exc:
         log.info("handoff refused: %s", exc)
-        return ctx.message(400, "Sign-in link not valid", "This sign-in link is not valid or has expired.")
+        return ctx.message(
+            req, 400, "Sign-in link not valid", "This sign-in link is not valid or has expired."
+        )
     app = c.apps_by_aud.get(code.aud)
     host = host_of(req)
     url = same_host_url(code.redirect_url, host)
     if code.host != host or app is None or url is None or url != code.redirect_url:
         log.warning("handoff refused: code for %r used on %r", code.host, host)
-        return ctx.message(400, "Sign-in link not valid", "This sign-in link is for another site.")
+        return ctx.message(req, 400, "Sign-in link not valid", "This sign-in link is for another site.")
     unbound = _unbound(ctx, c, code, req, url)
     if unbound is not None:
         return unbound
@@ -170,12 +172,20 @@ async def authorized(
         # code), never this link again.
         log.warning("handoff for %s on %s: the store is unreachable (503)", code.person.email, host)
         return ctx.message(
-            503, "Try again", "Sign-in is briefly unavailable; please try again.", link=(url, "Try again")
+            req,
+            503,
+            "Try again",
+            "Sign-in is briefly unavailable; please try again.",
+            link=(url, "Try again"),
         )
     if not first:
         log.warning("handoff refused: code replayed on %s", host)
         return ctx.message(
-            400, "Sign-in link already used", "This sign-in link was already used.", link=(url, "Continue")
+            req,
+            400,
+            "Sign-in link already used",
+            "This sign-in link was already used.",
+            link=(url, "Continue"),
         )
     return _set_app_cookie(ctx, c, app, code.person, url, host, now)
 
@@ -193,6 +203,7 @@ def _unbound(ctx: Context, c: Compiled, code: HandoffCode, req: Request, url: st
     log.info("handoff on %s: not the browser that started this login; starting again", host_of(req))
     if held is None and bound:
         return ctx.message(
+            req,
             400,
             "Sign-in not started here",
             "This sign-in link was started in another browser, or this browser blocks cookies.",

@@ -35,7 +35,7 @@ async def launcher(
     ctx: Context, c: Compiled, action: Endpoint, req: Request, body: bytes, now: float
 ) -> LocalResponse:
     if req.method not in (b"GET", b"HEAD"):
-        return ctx.not_allowed()
+        return ctx.not_allowed(req)
     ident = ctx.team_identity(c, req, now)
     if not isinstance(ident, Identity):
         # The team's own sign-in ends at "/" again (Context.signed_in).

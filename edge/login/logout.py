@@ -91,7 +91,12 @@ async def sign_out(
         return ctx.redirect(f"{ctx.team_url}{ENDPOINT_PATH}/logout{back}", clear)
     link = _sign_in_link(c, action, req)
     page = pages.message_page(
-        "Signed out", "You are signed out.", link=link, look=ctx.look, kind="signed_out"
+        "Signed out",
+        "You are signed out.",
+        link=link,
+        look=ctx.look,
+        kind="signed_out",
+        request_id=req.request_id.decode("ascii"),
     )
     return ctx.html(200, page, clear)
 

@@ -53,14 +53,16 @@ CALLBACK = f"{ENDPOINT_PATH}/callback"
 FLOW_COOKIE_LIMIT = 4000
 
 
-async def begin(ctx: Context, provider: OidcProvider, target: Target | None, now: float) -> LocalResponse:
+async def begin(
+    ctx: Context, provider: OidcProvider, target: Target | None, req: Request, now: float
+) -> LocalResponse:
     assert ctx.sealer is not None
     client = ctx.oidc[provider.id][1]
     try:
         url, flow = await client.begin(ctx.team_url + CALLBACK)
     except OidcError as exc:
         log.warning("oidc %s: %s", provider.id, exc)
-        return ctx.message(502, "Sign-in unavailable", exc.public)
+        return ctx.message(req, 502, "Sign-in unavailable", exc.public)
     saved = None
     if target is not None:
         saved = SavedTarget(target.host, target.app.aud, target.redirect_url, target.binding)
@@ -80,7 +82,7 @@ async def begin(ctx: Context, provider: OidcProvider, target: Target | None, now
         sealed = seal(ctx.sealer, FLOW, state, now + FLOW_TTL)
     if len(sealed) > FLOW_COOKIE_LIMIT:
         return ctx.message(
-            414, "Address too long", "This address is too long to sign in from; open a shorter one."
+            req, 414, "Address too long", "This address is too long to sign in from; open a shorter one."
         )
     cookie = set_cookie(FLOW_COOKIE, sealed, max_age=int(FLOW_TTL), path=ENDPOINT_PATH)
     return ctx.redirect(url, [cookie, clear_cookie(BINDING_COOKIE, BINDING_PATH)])
@@ -91,7 +93,7 @@ async def callback(
 ) -> LocalResponse:
     """/cdn-cgi/access/callback on the team host: the provider sent the browser back."""
     if not action.team:
-        return ctx.no_login_service()
+        return ctx.no_login_service(req)
     assert ctx.sealer is not None
     clear = [clear_cookie(FLOW_COOKIE, ENDPOINT_PATH)]
     try:
@@ -100,7 +102,7 @@ async def callback(
         )
         provider, client = ctx.oidc[state.provider]
     except (SealError, KeyError):
-        return ctx.html(400, _start_again(ctx.team_url), clear)
+        return ctx.html(400, _start_again(ctx, req), clear)
     query = query_of(req)
     if "error" in query:
         try:
@@ -112,6 +114,8 @@ async def callback(
                 "Sign-in refused" if status == 403 else "Sign-in failed",
                 exc.public,
                 link=(f"{ctx.team_url}{ENDPOINT_PATH}/login", "Try again"),
+                look=ctx.look,
+                request_id=req.request_id.decode("ascii"),
             )
             return ctx.html(status, page, clear)
     flow = Flow(state=state.state, nonce=state.nonce, verifier=state.verifier)
@@ -127,7 +131,11 @@ async def callback(
     except OidcError as exc:
         log.warning("oidc %s: %s", provider.id, exc)
         page = pages.message_page(
-            "Sign-in failed", exc.public, link=(f"{ENDPOINT_PATH}/login", "Start again")
+            "Sign-in failed",
+            exc.public,
+            link=(f"{ENDPOINT_PATH}/login", "Start again"),
+            look=ctx.look,
+            request_id=req.request_id.decode("ascii"),
         )
         return ctx.html(502 if exc.public == UNAVAILABLE else 400, page, clear)
     target = _saved_target(c, state.target)
@@ -148,9 +156,11 @@ def _saved_target(c: Compiled, saved: SavedTarget | None) -> Target | None:
     return Target(app, saved.host, url, valid_binding(saved.binding))
 
 
-def _start_again(team_url: str) -> bytes:
+def _start_again(ctx: Context, req: Request) -> bytes:
     return pages.message_page(
         "Sign-in expired",
         "This sign-in took too long or was started elsewhere; please start again.",
-        link=(f"{team_url}{ENDPOINT_PATH}/login", "Start again"),
+        link=(f"{ctx.team_url}{ENDPOINT_PATH}/login", "Start again"),
+        look=ctx.look,
+        request_id=req.request_id.decode("ascii"),
     )

@@ -83,7 +83,7 @@ async def certs(
 ) -> LocalResponse:
     """The built-in issuer's keys and certificates (Cloudflare's certs document)."""
     if ctx.ring is None:
-        return ctx.json(404, {"error": "this edge issues no tokens (no [team] configured)"})
+        return ctx.json_error(req, 404, "this edge issues no tokens (no [team] configured)")
     return LocalResponse(
         200,
         [(b"content-type", b"application/json"), (b"cache-control", b"public, max-age=60")],
@@ -99,7 +99,7 @@ async def get_identity(
     if isinstance(ident, Identity) and action.aud is not None and action.aud not in ident.aud:
         ident = Refusal("token is for another application")
     if not isinstance(ident, Identity):
-        return ctx.json(401, {"error": "not signed in"})
+        return ctx.json_error(req, 401, "not signed in")
     return ctx.json(200, identity_document(ident))
 
 

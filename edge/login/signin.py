@@ -39,7 +39,7 @@ async def login(
 def _app_login(ctx: Context, action: Endpoint, req: Request) -> LocalResponse:
     """/cdn-cgi/access/login/<host> on a protected host: the team's page."""
     if ctx.team is None:
-        return ctx.no_login_service()
+        return ctx.no_login_service(req)
     query = req.query.decode("latin-1")
     return ctx.redirect(f"{ctx.team_url}{ENDPOINT_PATH}/login/{quote(action.rest)}?{query}")
 
@@ -64,7 +64,7 @@ def target_of(c: Compiled, host: str, req: Request) -> Target | str | None:
 async def _login_get(ctx: Context, c: Compiled, action: Endpoint, req: Request, now: float) -> LocalResponse:
     target = target_of(c, action.rest, req)
     if isinstance(target, str):
-        return ctx.message(400, "Sign-in link not valid", target)
+        return ctx.message(req, 400, "Sign-in link not valid", target)
     ident = ctx.team_identity(c, req, now)
     offered = ctx.offered(target)
     error = ""
@@ -87,7 +87,7 @@ async def _login_get(ctx: Context, c: Compiled, action: Endpoint, req: Request, 
         and len(offered) == 1
         and isinstance(offered[0], OidcProvider)
     ):
-        return await oidc_flow.begin(ctx, offered[0], target, now)
+        return await oidc_flow.begin(ctx, offered[0], target, req, now)
     return ctx.login_page(200, req, target, error)
 
 
@@ -97,10 +97,10 @@ async def _login_post(
     assert ctx.sealer is not None
     form = read_form(req, body)
     if form is None:
-        return ctx.message(400, "Bad request", "Expected a sign-in form.")
+        return ctx.message(req, 400, "Bad request", "Expected a sign-in form.")
     target = target_of(c, action.rest, req)
     if isinstance(target, str):
-        return ctx.message(400, "Sign-in link not valid", target)
+        return ctx.message(req, 400, "Sign-in link not valid", target)
     if not ctx.csrf_ok(req, form):
         return ctx.login_page(403, req, target, "The form expired; please sign in again.")
     provider = ctx.providers.get(form.get("provider", ""))
@@ -108,7 +108,7 @@ async def _login_post(
         # Hidden from this application's page is not enough: refused here too.
         return ctx.login_page(403, req, target, "This application does not offer that way to sign in.")
     if isinstance(provider, OidcProvider):
-        return await oidc_flow.begin(ctx, provider, target, now)
+        return await oidc_flow.begin(ctx, provider, target, req, now)
     if provider is None:
         return ctx.login_page(400, req, target, "Choose a way to sign in.")
     return await dev.sign_in(ctx, c, provider, form, req, target, now)

@@ -363,7 +363,7 @@ def test_message_and_denied_pages_escape() -> None:
     assert '<a href="/cdn-cgi/access/logout">' in denied
     # The request id names the log line; escaped all the same (it is SAFE
     # when it comes from the edge, but the page does not rely on that).
-    named = pages.denied_page("a@example.com", "app", "/cdn-cgi/access/logout", NASTY).decode()
+    named = pages.denied_page("a@example.com", "app", "/cdn-cgi/access/logout", request_id=NASTY).decode()
     assert f"Request id: {NASTY_ESCAPED}</footer>" in named and "<script" not in named
     assert "Request id" not in denied
 

@@ -455,7 +455,8 @@ def with_provider(site: Site, provider: ScriptedProvider) -> Context:
 def begin(ctx: Context, site: Site, redirect_url: str = APP_URL) -> LocalResponse:
     provider = ctx.oidc["sso"][0]
     target = Target(site.c.apps_by_aud["app-aud"], "app.localhost", redirect_url, BINDING)
-    return run(oidc_flow.begin(ctx, provider, target, NOW))
+    req = build(b"POST", b"auth.localhost", b"/cdn-cgi/access/login", [], "127.0.0.1", request_id=b"rid-1")
+    return run(oidc_flow.begin(ctx, provider, target, req, NOW))
 
 
 def test_oidc_begin_keeps_the_flow_in_a_sealed_cookie(site: Site) -> None:

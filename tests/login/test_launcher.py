@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
+import msgspec
 import pytest
 
 from edge.access.actions import Endpoint
@@ -32,7 +33,7 @@ from edge.login.launcher import launcher, launcher_tiles
 from edge.login.oidc import Claims, Flow
 from edge.login.passwords import hash_password
 from edge.login.sealed import new_person
-from edge.login.service import LoginService, ensure_keys
+from edge.login.service import LoginService, ensure_keys, get_identity
 from edge.login.store import MemoryStore
 
 NOW = 1_700_000_000.0
@@ -452,3 +453,19 @@ def test_the_csp_allows_only_the_logos_origins() -> None:
         b"img-src data:", b"img-src data: https://a.example.com:8443 https://b.example.com"
     )
     assert got.count(b"img-src") == 1  # a second directive would be ignored
+
+
+def test_login_pages_and_json_errors_name_the_request_id(site: Site) -> None:
+    """A user's screenshot of any edge page names its access log line."""
+
+    def endpoint(url: str, rid: bytes) -> tuple[Endpoint, Request]:
+        action, req = site.endpoint("GET", url)
+        return action, msgspec.structs.replace(req, request_id=rid)
+
+    action, req = endpoint("http://auth.localhost/cdn-cgi/access/login/nowhere.localhost?kid=x", b"rid-400")
+    bad = run(signin.login(site.ctx, site.c, action, req, b"", NOW))
+    assert bad.status == 400 and '<footer class="note">Request id: rid-400</footer>' in bad.body.decode()
+    action, req = endpoint("http://auth.localhost/cdn-cgi/access/get-identity", b"rid-401")
+    anonymous = run(get_identity(site.ctx, site.c, action, req, b"", NOW))
+    assert anonymous.status == 401
+    assert msgspec.json.decode(anonymous.body) == {"error": "not signed in", "request_id": "rid-401"}

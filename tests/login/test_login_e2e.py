@@ -1025,7 +1025,8 @@ def test_get_identity(team: Team) -> None:
 def test_get_identity_when_not_signed_in(team: Team, host: str) -> None:
     reply = team.call("GET", host, f"{ENDPOINTS}/get-identity")
     assert reply.status == 401 and reply.header("content-type") == "application/json"
-    assert json.loads(reply.body) == {"error": "not signed in"}
+    # The id names the access log line, as the X-Request-Id header does.
+    assert json.loads(reply.body) == {"error": "not signed in", "request_id": reply.header("x-request-id")}
 
 
 def test_certs(team: Team) -> None:
