@@ -143,26 +143,46 @@ class CompiledApp:
         return self._responses.text(403, DENIED_BODY, fields)
 
 
-def _custom_deny(app: App, responses: Responses) -> LocalResponse | None:
-    """custom_deny_url: a redirect there; custom_deny_message: a small HTML
-    403 page saying it (escaped, framing forbidden, nothing loaded)."""
+class DenyPage:
+    """custom_deny_message's small HTML 403 (escaped, framing forbidden,
+    nothing loaded). The page names the request's id, so a user's screenshot
+    names the access log line: its head is built once, the page per request
+    (a refused navigation, never a hot path)."""
+
+    __slots__ = ("fields", "head", "tail", "server", "plain")
+
+    def __init__(self, app_name: str, message: str, server: bytes) -> None:
+        self.fields = [
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"x-frame-options", b"DENY"),
+            (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+            NO_STORE,
+        ]
+        self.head = (
+            '<!doctype html>\n<html lang="en">\n<meta charset="utf-8">\n<title>Access denied</title>\n'
+            f"<main>\n<h1>Access denied</h1>\n<p>You do not have access to {escape(app_name)}.</p>\n"
+            f'<p class="custom">{escape(message)}</p>\n'
+        ).encode()
+        self.tail = b"</main>\n"
+        self.server = server
+        self.plain = LocalResponse(403, self.fields, self.head + self.tail, server)  # no id: explain
+
+    def response(self, request_id: bytes) -> LocalResponse:
+        if not request_id:
+            return self.plain
+        # request_id is SAFE (edge.http.request_id); escaped all the same.
+        footer = f'<p class="note">Request id: {escape(request_id.decode("ascii"))}</p>\n'.encode()
+        return LocalResponse(403, self.fields, self.head + footer + self.tail, self.server)
+
+
+def _custom_deny(app: App, responses: Responses) -> LocalResponse | DenyPage | None:
+    """custom_deny_url: a redirect there; custom_deny_message: a DenyPage."""
     if app.custom_deny_url:
         fields = [(b"location", app.custom_deny_url.encode("ascii")), NO_STORE]
         return responses.text(302, b"access denied\n", fields)
     if not app.custom_deny_message:
         return None
-    body = (
-        '<!doctype html>\n<html lang="en">\n<meta charset="utf-8">\n<title>Access denied</title>\n'
-        f"<main>\n<h1>Access denied</h1>\n<p>You do not have access to {escape(app.name)}.</p>\n"
-        f'<p class="custom">{escape(app.custom_deny_message)}</p>\n</main>\n'
-    ).encode()
-    fields = [
-        (b"content-type", b"text/html; charset=utf-8"),
-        (b"x-frame-options", b"DENY"),
-        (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
-        NO_STORE,
-    ]
-    return LocalResponse(403, fields, body, responses.server)
+    return DenyPage(app.name, app.custom_deny_message, responses.server)
 
 
 class RemoteKeys(msgspec.Struct, frozen=True, gc=False):

@@ -184,25 +184,25 @@ def _authorize(
         token = subject.service_token if policy.action == "service_auth" else None
         return _forward(app, policy.reason, service_token=token)
     if not policies.second:
-        return _deny(app, h, "deny: no policy matched")
+        return _deny(app, h, "deny: no policy matched", req.request_id)
     ident = _identity(c, app, h, now, trace)
     if isinstance(ident, Refusal):
         if ident.ambiguous:
             return Reject(c.ambiguous_token, app.name, f"reject: {ident.reason}")
         return _unauthenticated(c, app, req, h, ident, binding)
     subject.identity = ident
-    return _second_phase(app, policies, subject, h, ident, trace)
+    return _second_phase(app, policies, subject, req, ident, trace)
 
 
 def _second_phase(
-    app: CompiledApp, policies: Policies, subject: Subject, h: Index, ident: Identity, trace: Trace
+    app: CompiledApp, policies: Policies, subject: Subject, req: Request, ident: Identity, trace: Trace
 ) -> Action:
     policy, first_miss = policies.second_phase(subject, trace)
     if policy is None:
         detail = f" ({first_miss})" if first_miss else ""
-        return _deny(app, h, f"deny: no policy matched{detail}")
+        return _deny(app, req.index, f"deny: no policy matched{detail}", req.request_id)
     if policy.action == "deny":
-        return _deny(app, h, policy.reason)
+        return _deny(app, req.index, policy.reason, req.request_id)
     return _forward(app, policy.reason, ident)
 
 
@@ -265,12 +265,12 @@ def _forward(
     )
 
 
-def _deny(app: CompiledApp, h: Index, reason: str) -> Deny:
+def _deny(app: CompiledApp, h: Index, reason: str, request_id: bytes) -> Deny:
     # custom_deny_message/url: a page or a redirect for a navigation only; a
     # fetch or an API client reads the plain 403 as before.
     page = app.deny_page
     if page is not None and is_navigation(h):
-        return Deny(page, app.name, reason)
+        return Deny(page if isinstance(page, LocalResponse) else page.response(request_id), app.name, reason)
     return Deny(app.deny_response(_one(h, b"origin")), app.name, reason)
 
 

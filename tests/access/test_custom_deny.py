@@ -4,6 +4,7 @@ policies refuse gets the page or the redirect on a navigation, and the plain
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from access_fixtures import AUD, NOW, compiled, cookie, mint, request
 
@@ -106,6 +107,21 @@ def test_an_allowed_user_is_not_affected(c: Compiled) -> None:
 
 
 def test_custom_deny_pages_are_built_once(c: Compiled) -> None:
+    """Without a request id (`edge explain`) the prebuilt page is answered."""
     first = decide(c, request(url="https://polite.example.com/a", headers=eve(AUD, **NAVIGATE)), NOW)
     second = decide(c, request(url="https://polite.example.com/b", headers=eve(AUD, **NAVIGATE)), NOW)
     assert first.response is second.response
+
+
+def test_a_custom_deny_page_names_the_request_id(c: Compiled) -> None:
+    """A user's screenshot names the access log line; the page is otherwise the same."""
+    req = request(url="https://polite.example.com/a", headers=eve(AUD, **NAVIGATE))
+    plain = decide(c, req, NOW)
+    named = decide(c, msgspec.structs.replace(req, request_id=b"rid-7"), NOW)
+    assert isinstance(named, Deny) and named.response.status == 403
+    body = named.response.body.decode()
+    assert '<p class="note">Request id: rid-7</p>' in body
+    assert body.replace('<p class="note">Request id: rid-7</p>\n', "") == plain.response.body.decode()
+    assert named.response.rest.replace(b"%d" % len(body), b"") == plain.response.rest.replace(
+        b"%d" % len(plain.response.body), b""
+    )
