@@ -112,10 +112,22 @@ client_secret = "{client_secret}"
 
 
 def apps_toml(upstream: str) -> str:
-    """One app for any example.com address, one for the group "admins" only."""
+    """One app for any example.com address, one for the group "admins" only,
+    one for a sign-in with a second factor through the "sso" provider."""
     admins = '{ groups = ["admins"] }'
-    return allow_app_toml("app", "app.localhost", upstream) + allow_app_toml(
-        "admin", "admin.localhost", upstream, admins, "admins"
+    return (
+        allow_app_toml("app", "app.localhost", upstream)
+        + allow_app_toml("admin", "admin.localhost", upstream, admins, "admins")
+        + allow_app_toml(
+            "vault",
+            "vault.localhost",
+            upstream,
+            '{ auth_method = ["mfa"] }',
+            "mfa",
+        ).replace(
+            'include = [{ auth_method = ["mfa"] }]',
+            'include = [{ auth_method = ["mfa"] }]\nrequire = [{ login_method = ["sso"] }]',
+        )
     )
 
 
@@ -390,6 +402,15 @@ def test_groups_policy_admits_a_member(site: Site) -> None:
     r = sign_in(browser, site.url("admin.localhost"))
     assert r.status == 200
     assert forwarded_headers(r)["cf-access-authenticated-user-email"] == ALICE
+
+
+def test_auth_and_login_method_from_the_providers_amr(site: Site) -> None:
+    """The provider reports alice's sign-in as pwd + mfa and bob's without
+    amr: an app requiring mfa through "sso" admits her and refuses him."""
+    r = sign_in(site.browser(), site.url("vault.localhost"))
+    assert r.status == 200 and forwarded_headers(r)["cf-access-authenticated-user-email"] == ALICE
+    refused = sign_in(site.browser(), site.url("vault.localhost"), "bob")
+    assert refused.status == 403 and "Access denied" in refused.text
 
 
 def test_groups_policy_refuses_a_non_member(site: Site) -> None:
