@@ -56,7 +56,7 @@ from edge.proxy.forwarding import ForwardContext, request_headers
 from edge.proxy.upstream import Pool
 from edge.runtime import metrics_server, readiness, snapshots
 from edge.runtime.accesslog import AccessLog, AccessRecord, iso_time
-from edge.runtime.metrics import K_BYPASS, K_ENDPOINT, KIND_OF, Family, WorkerMetrics, render
+from edge.runtime.metrics import K_BYPASS, K_ENDPOINT, KIND_OF, Family, WorkerMetrics, merge, render
 
 log = logging.getLogger("edge.server")
 
@@ -498,7 +498,9 @@ async def serve(
     elif channel is None and state.boot.metrics is not None:
         metrics_sock = listen_socket(state.boot.metrics.address)
         servers.append(
-            await metrics_server.serve_local(metrics_sock, lambda: render(state.metric_families()))
+            await metrics_server.serve_local(
+                metrics_sock, lambda: render(merge([(0, state.metric_families())]))
+            )
         )
         log.info("metrics on http://%s/metrics", ListenAddress(*metrics_sock.getsockname()[:2]).display())
     stop = asyncio.Event()
