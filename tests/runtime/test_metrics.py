@@ -5,12 +5,14 @@ and the config rules of [metrics]."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from prometheus import labels, parse_text
 
 from edge.access.actions import Deny, Endpoint, Forward, NotFound, Preflight, Redirect, Reject, Unauthorized
 from edge.access.request import Request
+from edge.cli.main import main
 from edge.config.errors import ConfigError
 from edge.config.load import loads
 from edge.http.connection import LogEntry
@@ -202,3 +204,16 @@ def test_metrics_table() -> None:
     assert config.metrics is not None and config.metrics.address.port == 9301
     with pytest.raises(ConfigError, match=r"\$\.metrics\.listen"):
         loads(b'[metrics]\nlisten = "nope"\n', "t")
+
+
+def test_edge_check_says_where_metrics_are_served(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text('[server]\nlisten = ["127.0.0.1:8080"]\naccess_log = "off"\n')
+    assert main(["check", "-c", str(path)]) == 0
+    assert "  metrics:    off (no [metrics] table)\n" in capsys.readouterr().out
+    path.write_text(
+        '[server]\nlisten = ["127.0.0.1:8080"]\nworkers = 2\n[metrics]\nlisten = "127.0.0.1:9400"\n'
+    )
+    assert main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  metrics:    http://127.0.0.1:9400/metrics (the supervisor sums the 2 workers)\n" in out
