@@ -414,13 +414,7 @@ class WorkerMetrics:
         )
 
     def _config(self) -> Iterable[Family]:
-        yield Family(
-            "edge_config_reloads_total",
-            "counter",
-            "Configuration reloads, by result.",
-            SUM,
-            tuple(Sample("", (("result", r),), n) for r, n in self.reloads.items()),
-        )
+        yield reloads_family(self.reloads)
         yield Family(
             "edge_config_generation",
             "gauge",
@@ -443,6 +437,16 @@ class WorkerMetrics:
             (Sample("", (), self.started),),
         )
         yield build_info()
+
+
+def reloads_family(reloads: dict[str, int]) -> Family:
+    return Family(
+        "edge_config_reloads_total",
+        "counter",
+        "Configuration reloads, by result.",
+        SUM,
+        tuple(Sample("", (("result", r),), n) for r, n in reloads.items()),
+    )
 
 
 def build_info() -> Family:
@@ -502,6 +506,14 @@ def merge(per_worker: Sequence[tuple[int, Sequence[Family]]]) -> list[Family]:
         )
         for name in order
     ]
+
+
+def overlay(families: Sequence[Family], own: Sequence[Family]) -> list[Family]:
+    """`families` with those of the same name replaced by `own` (the
+    supervisor's word on what it alone decides), the others of `own` added."""
+    mine = {f.name: f for f in own}
+    out = [mine.pop(f.name, f) for f in families]
+    return out + list(mine.values())
 
 
 # -- the text format 0.0.4 -------------------------------------------------------------

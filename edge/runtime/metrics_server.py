@@ -102,10 +102,14 @@ class SupervisorMetrics:
     """The supervisor's metrics thread (see the module invariants)."""
 
     def __init__(
-        self, listener: socket.socket, channels: Callable[[], list[tuple[int, socket.socket]]]
+        self,
+        listener: socket.socket,
+        channels: Callable[[], list[tuple[int, socket.socket]]],
+        own: Callable[[], list[metrics.Family]],
     ) -> None:
         self.listener = listener
         self.channels = channels  # (slot, the supervisor's end) of every live worker, now
+        self.own = own  # the supervisor's families: they replace the workers' of the same name
         self.seq = 0
         self.stopping = False
         # Channels a reply was cut in the middle of: no longer in step, so
@@ -158,8 +162,7 @@ class SupervisorMetrics:
             families = self._ask(channel, self.seq)
             if families is not None:
                 got.append((slot, families))
-        merged = metrics.merge(got)
-        return merged or [metrics.build_info()]
+        return metrics.overlay(metrics.merge(got) or [metrics.build_info()], self.own())
 
     def _ask(self, channel: socket.socket, seq: int) -> list[metrics.Family] | None:
         try:

@@ -52,7 +52,7 @@ from edge.config.schema import Config
 from edge.config.syntax import ListenAddress
 from edge.login.keydir import KeyDirError
 from edge.login.service import ensure_keys
-from edge.runtime import metrics_server, snapshots
+from edge.runtime import metrics, metrics_server, snapshots
 from edge.runtime.accesslog import AccessLog
 from edge.runtime.server import Listeners, check_config, keep_restart_settings, listen_socket, server_ssl
 
@@ -137,6 +137,8 @@ class Supervisor:
         self.restarts: list[tuple[float, int]] = []  # (monotonic time, slot): a dead worker's replacement
         self.kill_at: float | None = None  # set once stopping
         self.scrapes: metrics_server.SupervisorMetrics | None = None
+        # The supervisor checks reloads: with it, the edge's reload count is its own.
+        self.reloads = {"ok": 0, "refused": 0}
 
     def run(self) -> int:
         # Fail here, once, on what would make every worker die at startup
@@ -156,7 +158,9 @@ class Supervisor:
             if self.boot.metrics is not None:
                 # Blocked above first, so its thread never takes a signal.
                 self.scrapes = metrics_server.SupervisorMetrics(
-                    listen_socket(self.boot.metrics.address), self._scrape_channels
+                    listen_socket(self.boot.metrics.address),
+                    self._scrape_channels,
+                    lambda: [metrics.reloads_family(dict(self.reloads))],
                 )
                 log.info("metrics on http://%s/metrics", self.boot.metrics.address.display())
             for slot in range(len(self.slots)):
@@ -288,10 +292,13 @@ class Supervisor:
             check_config(config, self.source)
         except KeyDirError as exc:
             log.error("%s %s: $.team.key_dir: %s", REFUSED, self.source, exc)
+            self.reloads["refused"] += 1
             return
         except ConfigError as exc:
             log.error("%s %s", REFUSED, exc)
+            self.reloads["refused"] += 1
             return
+        self.reloads["ok"] += 1
         if kept:
             log.warning("reload: %s take effect only after a restart", ", ".join(kept))
         self.config = config

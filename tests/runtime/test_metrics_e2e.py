@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -187,3 +188,34 @@ def test_real_prometheus_scrapes_the_counters(
         'histogram_quantile(0.99, sum by (le) (edge_request_duration_seconds_bucket{app="open"}))'
     )
     assert p99 is not None and 0 < p99 <= 60
+
+
+def logged(edge: EdgeProcess, word: str, times: int, before: int) -> Callable[[], bool]:
+    return lambda: sum(word in line for line in edge.lines) >= before + times
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reloads_counted_and_generation_per_worker(
+    edge_factory: Factory, upstream: BodyCountingUpstream, workers: int
+) -> None:
+    edge, port = start(edge_factory, upstream, workers)
+    first = samples(port)
+    hashes = {dict(k[1])["hash"] for k in first if k[0] == "edge_config_info"}
+    text = edge.config_path.read_text()
+    seen = sum("reloaded" in line for line in edge.lines)
+    edge.config_path.write_text(text + open_app_toml(upstream.url, domains=("new.test",), name="new"))
+    edge.signal(signal.SIGHUP)
+    assert wait_for(logged(edge, "reloaded", workers, seen), WAIT), edge.stderr_text()
+    refused = sum("reload refused" in line for line in edge.lines)
+    edge.config_path.write_text(text + "[server\n")  # not TOML
+    edge.signal(signal.SIGHUP)
+    assert wait_for(logged(edge, "reload refused", 1, refused), WAIT), edge.stderr_text()
+    assert request(edge.port, "new.test")[0] == 200  # the reloaded config is in force
+    got = samples(port)
+    assert got[("edge_config_reloads_total", labels(result="ok"))] == 1
+    assert got[("edge_config_reloads_total", labels(result="refused"))] == 1
+    for slot in range(workers):
+        assert got[("edge_config_generation", labels(worker=str(slot)))] == 2
+    now_hashes = {dict(k[1])["hash"] for k in got if k[0] == "edge_config_info"}
+    assert len(now_hashes) == 1 and now_hashes != hashes
+    assert got[("edge_requests_total", labels(app="new", kind="bypass", status="2xx"))] == 1
