@@ -4,11 +4,14 @@ and the config rules of [metrics]."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from pathlib import Path
 
 import pytest
 from prometheus import labels, parse_text
+from redis_fixture import RedisServer, redis_server  # noqa: F401
 
 from edge.access.actions import Deny, Endpoint, Forward, NotFound, Preflight, Redirect, Reject, Unauthorized
 from edge.access.request import Request
@@ -17,6 +20,7 @@ from edge.config.errors import ConfigError
 from edge.config.load import loads
 from edge.http.connection import LogEntry
 from edge.http.faults import FaultLog
+from edge.login.store import MemoryStore, RedisStore, Store
 from edge.runtime import metrics
 from edge.runtime.metrics import (
     DURATION_BUCKETS,
@@ -217,3 +221,31 @@ def test_edge_check_says_where_metrics_are_served(tmp_path: Path, capsys: pytest
     assert main(["check", "-c", str(path)]) == 0
     out = capsys.readouterr().out
     assert "  metrics:    http://127.0.0.1:9400/metrics (the supervisor sums the 2 workers)\n" in out
+
+
+def store_state(store: Store) -> dict[str, float]:
+    got = parse_text(render(WorkerMetrics(started=0.0)._store(store)).decode())
+    return {dict(k[1])["state"]: v for k, v in got.items() if k[0] == "edge_revocation_store_state"}
+
+
+def test_revocation_store_state_and_count(redis_server: RedisServer) -> None:  # noqa: F811
+    memory = MemoryStore()
+    asyncio.run(memory.revoke("session-1", time.time() + 60))
+    assert store_state(memory) == {"memory": 1, "redis_up": 0, "redis_down": 0}
+    got = parse_text(render(WorkerMetrics(started=0.0)._store(memory)).decode())
+    assert got[("edge_revocations", labels())] == 1
+
+    redis = RedisStore(redis_server.url)
+    assert store_state(redis) == {"memory": 0, "redis_up": 0, "redis_down": 1}  # not connected yet
+
+    async def connected() -> dict[str, float]:
+        await redis.start()
+        try:
+            deadline = time.monotonic() + 10  # seconds
+            while not redis.healthy and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return store_state(redis)
+        finally:
+            await redis.close()
+
+    assert asyncio.run(connected()) == {"memory": 0, "redis_up": 1, "redis_down": 0}

@@ -7,11 +7,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from access_fixtures import HS_SECRET, ISS, mint
+from access_fixtures import EC_KEY, HS_SECRET, ISS, jwks, mint, public_jwk
 from conftest import BodyCountingUpstream, EdgeProcess, allow_app_toml, free_port, open_app_toml, wait_for
 from prometheus import Labels, Prometheus, labels, parse_text, prometheus  # noqa: F401
 
@@ -219,3 +221,54 @@ def test_reloads_counted_and_generation_per_worker(
     now_hashes = {dict(k[1])["hash"] for k in got if k[0] == "edge_config_info"}
     assert len(now_hashes) == 1 and now_hashes != hashes
     assert got[("edge_requests_total", labels(app="new", kind="bypass", status="2xx"))] == 1
+
+
+class JwksServer:
+    """A JWKS URL on 127.0.0.1 answering every GET with `answer` (status, body)."""
+
+    def __init__(self, answer: tuple[int, bytes]) -> None:
+        self.answer = answer
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = owner.answer
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/certs"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(WAIT)
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_jwks_fetches_keys_held_and_age(edge_factory: Factory, good: bool) -> None:
+    answer = (200, jwks(public_jwk(EC_KEY, "ec-1", use="sig"))) if good else (500, b"oops")
+    server = JwksServer(answer)
+    try:
+        port = free_port()
+        issuer = f'[[issuers]]\niss = "{ISS}"\njwks_url = "{server.url}"\nalgorithms = ["ES256"]\n'
+        edge_factory(extra=issuer + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        fetched = ("edge_jwks_fetches_total", labels(issuer=ISS, result="ok" if good else "error"))
+        assert wait_for(lambda: samples(port).get(fetched, 0) >= 1, WAIT)
+        got = samples(port)
+        assert got[("edge_jwks_keys", labels(issuer=ISS, worker="0"))] == (1 if good else 0)
+        age = got.get(("edge_jwks_last_fetch_age_seconds", labels(issuer=ISS, worker="0")))
+        if good:
+            assert age is not None and age >= 0
+        else:
+            assert age is None  # never fetched well: no age to tell
+    finally:
+        server.close()
