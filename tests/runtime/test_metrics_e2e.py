@@ -272,3 +272,22 @@ def test_jwks_fetches_keys_held_and_age(edge_factory: Factory, good: bool) -> No
             assert age is None  # never fetched well: no age to tell
     finally:
         server.close()
+
+
+def test_open_tunnels_gauge(edge_factory: Factory) -> None:
+    from upstream_server import Upstream
+    from websockets.sync.client import connect
+
+    with Upstream() as ws_upstream:
+        port = free_port()
+        app = open_app_toml(ws_upstream.url, domains=("127.0.0.1",))
+        edge = edge_factory(extra=app + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        tunnels = ("edge_open_tunnels", labels())
+        assert samples(port)[tunnels] == 0
+        with connect(f"ws://127.0.0.1:{edge.port}/ws", open_timeout=WAIT, close_timeout=WAIT) as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=WAIT) == "hello"
+            assert samples(port)[tunnels] == 1
+        assert wait_for(lambda: samples(port)[tunnels] == 0, WAIT)
+        got = samples(port)
+        assert got[("edge_requests_total", labels(app="open", kind="bypass", status="1xx"))] == 1
