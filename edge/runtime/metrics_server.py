@@ -7,11 +7,14 @@ Invariants:
 - With one worker, its event loop serves the scrape (asyncio streams).
 - With several, the supervisor serves it from one thread of its own (the
   supervisor's main thread waits in sigtimedwait and must stay free for
-  signals). The thread holds no lock and shares only the listening socket
-  and each worker's `metrics` channel (a socketpair made at fork), so a
-  fork while it runs leaves the child nothing half-held; the child closes
-  both. Per scrape it sends each worker a 4-byte sequence number and reads
-  back (sequence, length, msgpack families); a reply with another sequence
+  signals). The thread holds no lock and shares only the listening socket,
+  the scrape connection in progress (`conn`) and each worker's `metrics`
+  channel (a socketpair made at fork), so a fork while it runs leaves the
+  child nothing half-held; the child closes them all. Scrapes are served
+  one at a time (Prometheus scrapes a target once per interval); a scraper
+  that stalls holds the next for at most SCRAPE_TIMEOUT.
+- Per scrape the supervisor sends each worker a 4-byte sequence number and
+  reads back (sequence, length, msgpack families); a reply with another sequence
   (one that came too late for an earlier scrape) is dropped, a worker that
   does not answer within WORKER_TIMEOUT is left out of that scrape.
 """
@@ -112,6 +115,7 @@ class SupervisorMetrics:
         self.own = own  # the supervisor's families: they replace the workers' of the same name
         self.seq = 0
         self.stopping = False
+        self.conn: socket.socket | None = None  # the scrape being served
         # Channels a reply was cut in the middle of: no longer in step, so
         # left out until their worker is replaced (with a new channel).
         self.broken: weakref.WeakSet[socket.socket] = weakref.WeakSet()
@@ -134,6 +138,7 @@ class SupervisorMetrics:
                 continue
             except OSError:
                 return
+            self.conn = conn
             with conn:
                 try:
                     self._serve(conn)
@@ -141,6 +146,7 @@ class SupervisorMetrics:
                     pass
                 except Exception:  # a scrape must never take the supervisor down
                     log.exception("metrics scrape failed")
+            self.conn = None
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(metrics.SCRAPE_TIMEOUT)

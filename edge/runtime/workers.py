@@ -2,8 +2,10 @@
 and hands them reloads.
 
 Invariants:
-- The supervisor never runs an event loop and never accepts a connection. It
-  handles its signals one at a time, synchronously (they stay blocked and are
+- The supervisor never runs an event loop and never accepts a connection on
+  a public listener (with [metrics], one thread of its own serves the
+  metrics listener: edge.runtime.metrics_server). It handles its signals
+  one at a time, synchronously (they stay blocked, in every thread, and are
   taken with sigtimedwait), so a reload, a death and a restart never
   interleave: a worker is either forked before a reload and sent it, or
   forked after it with the reloaded configuration.
@@ -230,6 +232,7 @@ class Supervisor:
                 scrape[0].close()
             if self.scrapes is not None:  # the supervisor's thread is not in this process
                 self.scrapes.listener.close()
+                metrics_server.close_quietly(self.scrapes.conn)
             for sibling in self.workers.values():  # so the worker sees EOF when the supervisor dies
                 sibling.channel.close()
                 metrics_server.close_quietly(sibling.metrics)
