@@ -7,14 +7,27 @@ from __future__ import annotations
 import hashlib
 import http.client
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from access_fixtures import EC_KEY, HS_SECRET, ISS, jwks, mint, public_jwk
-from conftest import BodyCountingUpstream, EdgeProcess, allow_app_toml, free_port, open_app_toml, wait_for
+from conftest import (
+    ROOT,
+    BodyCountingUpstream,
+    EdgeProcess,
+    allow_app_toml,
+    free_port,
+    open_app_toml,
+    wait_for,
+    write_config,
+)
 from prometheus import Labels, Prometheus, labels, parse_text, prometheus  # noqa: F401
 
 Factory = Callable[..., EdgeProcess]
@@ -291,3 +304,20 @@ def test_open_tunnels_gauge(edge_factory: Factory) -> None:
         assert wait_for(lambda: samples(port)[tunnels] == 0, WAIT)
         got = samples(port)
         assert got[("edge_requests_total", labels(app="open", kind="bypass", status="1xx"))] == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_address_in_use_fails_the_start(tmp_path: Path, workers: int) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, f"workers = {workers}", f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        done = subprocess.run(
+            [sys.executable, "-m", "edge", "serve", "-c", str(config)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == f"edge: cannot listen on 127.0.0.1:{port}: Address already in use"
