@@ -72,43 +72,13 @@ KIND_OF: dict[type, int] = {
 STATUS_CLASSES = 10
 # Request durations, seconds: from a cached preflight (well under a
 # millisecond) to a slow upload; beyond a minute only the +Inf bucket.
-DURATION_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
-# Upstream response-head times, seconds (up to the default response_timeout).
-UPSTREAM_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
+# fmt: off
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# fmt: on
+# Upstream response-head times, seconds: the same scale (a part of a
+# request's duration), so the two histograms compare bucket by bucket.
+UPSTREAM_BUCKETS = DURATION_BUCKETS
 # The proxy's failure kinds (edge.proxy's UpstreamError.kind) as metric labels.
 UPSTREAM_FAILURES = {
     "connect refused": "connect_refused",
