@@ -365,7 +365,7 @@ class ServerState:
             return
         now = time.time()
         if metrics is not None:
-            metrics.observe(entry, now)
+            metrics.record(entry, now)
         if sink is None:
             return
         request = entry.request
@@ -412,6 +412,8 @@ class ServerState:
             conn.expire()
         self.pool.sweep(now)
         self.faults.flush(now)
+        if self.metrics is not None:
+            self.metrics.flush()
         if self.access_log is not None:
             self.access_log.flush()
 

@@ -149,6 +149,14 @@ class Supervisor:
         if access_log is not None:
             access_log.close()
         self.slots = open_slots(self.config, self.config.server.workers)
+        # Bound before the line that says the edge is up, as the public sockets are.
+        metrics_sock = None
+        if self.boot.metrics is not None:
+            try:
+                metrics_sock = listen_socket(self.boot.metrics.address)
+            except OSError:
+                self._close_slots()
+                raise
         log.info(
             "supervisor %d: %d workers on %s",
             os.getpid(),
@@ -157,14 +165,15 @@ class Supervisor:
         )
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
-            if self.boot.metrics is not None:
+            if metrics_sock is not None:
                 # Blocked above first, so its thread never takes a signal.
                 self.scrapes = metrics_server.SupervisorMetrics(
-                    listen_socket(self.boot.metrics.address),
+                    metrics_sock,
                     self._scrape_channels,
                     lambda: [metrics.reloads_family(dict(self.reloads))],
                 )
-                log.info("metrics on http://%s/metrics", self.boot.metrics.address.display())
+                where = ListenAddress(*metrics_sock.getsockname()[:2]).display()
+                log.info("metrics on http://%s/metrics", where)
             for slot in range(len(self.slots)):
                 self._spawn(slot)
             if self.scrapes is not None:

@@ -110,11 +110,12 @@ def test_observe_counts_by_app_kind_and_status_class() -> None:
     config = loads(APPS.encode(), "t")
     m = WorkerMetrics(started=100.0)
     m.install(config)
-    m.observe(entry("api", "bypass", 200, started=10.0, upstream_ms=2.0), now=10.003)
-    m.observe(entry("api", "bypass", 502, started=10.0), now=10.2)
-    m.observe(entry(None, "not_found", 404, started=10.0), now=10.0001)
-    m.observe(entry("gone", "forward", 200, started=10.0), now=10.0)  # an app no longer configured
-    m.observe(entry(None, "error", 400, started=10.0), now=10.0)
+    m.record(entry("api", "bypass", 200, started=10.0, upstream_ms=2.0), now=10.003)
+    m.record(entry("api", "bypass", 502, started=10.0), now=10.2)
+    m.record(entry(None, "not_found", 404, started=10.0), now=10.0001)
+    m.record(entry("gone", "forward", 200, started=10.0), now=10.0)  # an app no longer configured
+    m.record(entry(None, "error", 400, started=10.0), now=10.0)
+    m.flush()
     text = render(m._requests()).decode()
     got = parse_text(text)
     assert got[("edge_requests_total", labels(app="api", kind="bypass", status="2xx"))] == 1
@@ -147,10 +148,11 @@ def test_upstream_failures_by_kind() -> None:
 def test_slots_survive_a_reload_that_drops_the_app() -> None:
     m = WorkerMetrics(started=0.0)
     m.install(loads(APPS.encode(), "t"))
-    m.observe(entry("api", "bypass", 200, started=1.0), now=1.0)
+    m.record(entry("api", "bypass", 200, started=1.0), now=1.0)
     first = m.config_hash
     m.install(loads(b"", "t"))
-    m.observe(entry("api", "bypass", 200, started=1.0), now=1.0)
+    m.record(entry("api", "bypass", 200, started=1.0), now=1.0)
+    m.flush()
     got = parse_text(render(m._requests()).decode())
     assert got[("edge_requests_total", labels(app="api", kind="bypass", status="2xx"))] == 2
     assert m.generation == 2 and m.config_hash != first
