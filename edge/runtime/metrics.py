@@ -2,12 +2,14 @@
 over workers.
 
 Invariants:
-- The request path only increments preallocated slots: one `RequestSlot`
-  per (app, decision kind), made when a configuration naming the app is
-  installed, found by one dict lookup on the app name and one list index on
-  the kind; a histogram bucket is a bisect on a small tuple. No tuple, dict
-  or string is built per request, and nothing takes a lock (one worker is
-  one thread).
+- The request path only appends five values (app, kind, status, seconds,
+  upstream time) to `pending`: no lookup, no lock (one worker is one
+  thread), and the list's tail is the only memory it touches. `flush` (the
+  sweep's, at least every SWEEP_MAX_INTERVAL, and every scrape's) counts
+  them into preallocated slots: one per (app, decision kind), made when a
+  configuration naming the app is installed; a histogram bucket is a
+  bisect on a small tuple. So `pending` holds at most one sweep interval
+  of requests, and a scrape sees every request answered before it.
 - Counters only grow: the slots of an app a reload removed are kept (app
   names come from configuration files, so their number stays bounded), and
   the token counts of a replaced verifier are carried into the next.
