@@ -104,7 +104,9 @@ def test_allowed_edges_follow_the_layers() -> None:
 
 
 def test_imports_between_packages_flow_down_the_layers() -> None:
-    wrong = {edge: files for edge, files in package_edges().items() if edge not in ALLOWED}
+    wrong = {
+        edge: files for edge, files in package_edges().items() if edge not in ALLOWED
+    }
     assert not wrong, (
         "imports against the layering "
         + " > ".join(LAYERS)
