@@ -3,7 +3,11 @@ floor (a canned response of the same bytes, no logic) and uvicorn running the
 same preflight logic with each of its parsers (h11, httptools), in one run,
 interleaved.
 
-    python bench/preflight.py [--rounds R] [--duration S] [--quick]
+    python bench/preflight.py [--rounds R] [--duration S] [--quick] [--metrics]
+
+With --metrics, only the edge runs, with and without a [metrics] table
+(counting on, nobody scraping), interleaved: issue 11 wants the preflight to
+lose no more than 3 % to the counting.
 
 Targets (issue 10): edge >= 1.0x uvicorn-httptools (the fastest stock Python
 ASGI server, running the logic per request where edge's answers are prebuilt)
@@ -36,6 +40,7 @@ from load import (
     cpu_model,
     cpu_seconds,
     ensure_tools,
+    free_port,
     git_revision,
     parse_wrk,
     pinned,
@@ -52,6 +57,8 @@ ORIGIN = "http://app.localhost:8080"
 HEADERS = {"Host": "api.localhost", "Origin": ORIGIN, "Access-Control-Request-Method": "PUT"}
 TARGET_VS_FLOOR = 2.0
 TARGET_VS_HTTPTOOLS = 1.0
+EDGE_METRICS = "edge (metrics on)"
+TARGET_METRICS_ON = 0.97  # issue 11: metrics on keeps >= 97 % of the preflight rate
 
 EDGE_CONFIG = """\
 [server]
@@ -83,6 +90,13 @@ def edge_argv(port: int, scratch: Path) -> list[str]:
     return [sys.executable, "-m", "edge", "serve", "-c", str(config)]
 
 
+def edge_metrics_argv(port: int, scratch: Path) -> list[str]:
+    config = scratch / "edge.toml"
+    metrics = f'\n[metrics]\nlisten = "127.0.0.1:{free_port()}"\n'
+    config.write_text(EDGE_CONFIG.format(port=port, origin=ORIGIN) + metrics)
+    return [sys.executable, "-m", "edge", "serve", "-c", str(config)]
+
+
 def floor_argv(port: int, scratch: Path) -> list[str]:
     return [sys.executable, str(PEERS / "preflight_floor.py"), "--port", str(port)]
 
@@ -105,6 +119,10 @@ SPECS = (
     ServerSpec(FLOOR, floor_argv, ((PATH, 200),)),
     ServerSpec(UVICORN, uvicorn_argv("h11"), ((PATH, 200),)),
     ServerSpec(HTTPTOOLS, uvicorn_argv("httptools"), ((PATH, 200),)),
+)
+METRICS_SPECS = (
+    ServerSpec(EDGE, edge_argv, ((PATH, 200),)),
+    ServerSpec(EDGE_METRICS, edge_metrics_argv, ((PATH, 200),)),
 )
 
 
@@ -144,12 +162,12 @@ def wrk(port: int, script: Path, seconds: int, cfg: Settings, pid: int = 0) -> S
     return replace(parse_wrk(done.stdout), server_cpu=cpu if pid else 0.0)
 
 
-def run(cfg: Settings, script: Path) -> list[Row]:
-    rows = {s.name: Row(s.name, PATH, 200) for s in SPECS}
+def run(cfg: Settings, script: Path, specs: Sequence[ServerSpec] = SPECS) -> list[Row]:
+    rows = {s.name: Row(s.name, PATH, 200) for s in specs}
     for n in range(cfg.rounds):
         print(f"round {n + 1}/{cfg.rounds}", flush=True)
-        shift = n % len(SPECS)
-        for spec in [*SPECS[shift:], *SPECS[:shift]]:
+        shift = n % len(specs)
+        for spec in [*specs[shift:], *specs[:shift]]:
             with running(spec, cfg.server_core) as (port, pid):
                 status, head = preflight_once(port)
                 if status != 200 or b"access-control-allow-origin" not in head.lower():
@@ -180,6 +198,28 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def metrics_table(rows: Sequence[Row]) -> str:
+    by = {r.server: r.median("rps") for r in rows}
+    lines = [
+        "| server | req/s (median) | p50 | p99 | ratio vs metrics off |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        rps = r.median("rps")
+        lines.append(
+            f"| {r.server} | {rps:,.0f} | {r.median('p50_ms'):.2f} ms | {r.median('p99_ms'):.2f} ms"
+            f" | {ratio(rps, by[EDGE])} |"
+        )
+    return "\n".join(lines)
+
+
+def metrics_verdict(rows: Sequence[Row]) -> str:
+    by = {r.server: r.median("rps") for r in rows}
+    v = by[EDGE_METRICS] / by[EDGE] if by[EDGE] else 0.0
+    ok = "met" if v >= TARGET_METRICS_ON else "MISSED"
+    return f"preflight with metrics on: {v:.3f}x metrics off (target >= {TARGET_METRICS_ON}x: {ok})"
+
+
 def verdict(rows: Sequence[Row]) -> str:
     by = {r.server: r.median("rps") for r in rows}
     vh, vf = by[EDGE] / by[HTTPTOOLS], by[EDGE] / by[FLOOR]
@@ -198,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="1 round x 2 s")
+    parser.add_argument("--metrics", action="store_true", help="only the edge, metrics off and on")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 2
@@ -208,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     started = dt.datetime.now(dt.UTC)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = run(cfg, lua_script(RESULTS))
+    rows = run(cfg, lua_script(RESULTS), METRICS_SPECS if args.metrics else SPECS)
+    render_table, render_verdict = (metrics_table, metrics_verdict) if args.metrics else (table, verdict)
     command = " ".join(["python", "bench/preflight.py", *(argv if argv is not None else sys.argv[1:])])
     text = "\n".join(
         [
@@ -219,9 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" OPTIONS {PATH} with Origin + Access-Control-Request-Method; server core 0, wrk core 1",
             f"- machine: {os.cpu_count()} CPU(s), {cpu_model()}; versions: {versions()}",
             "",
-            table(rows),
+            render_table(rows),
             "",
-            verdict(rows),
+            render_verdict(rows),
             "",
             "## Raw runs",
             "",
@@ -232,9 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = RESULTS / f"preflight-{started:%Y%m%d-%H%M%S}.md"
     out.write_text(text)
     print()
-    print(table(rows))
+    print(render_table(rows))
     print()
-    print(verdict(rows))
+    print(render_verdict(rows))
     print(f"\nwritten: {out.relative_to(ROOT)}")
     return 0
 

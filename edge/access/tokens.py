@@ -432,12 +432,19 @@ class Verifier:
     """Verifies tokens against the configured issuers, with caches (see the
     module invariants for what a hit still checks)."""
 
-    __slots__ = ("issuers", "cache", "failures")
+    __slots__ = ("issuers", "cache", "failures", "hits", "misses", "verified", "refused")
 
     def __init__(self, issuers: Sequence[IssuerKeys], limit: int = CACHE_ENTRIES) -> None:
         self.issuers = {i.iss: i for i in issuers}
         self.cache: BoundedCache[bytes, _Entry] = BoundedCache(limit)
         self.failures: BoundedCache[bytes, Refusal] = BoundedCache(limit)
+        # Counts for the metrics (plain integers, read by the runtime): a hit
+        # is a valid token served from the cache; `verified` and `refused`
+        # are the outcomes of the rest.
+        self.hits = 0
+        self.misses = 0
+        self.verified = 0
+        self.refused = 0
 
     def trusts(self, value: bytes) -> bool:
         """Whether `value` claims to be a token of ours, unverified: a
@@ -459,12 +466,20 @@ class Verifier:
         entry = self.cache.get(token)
         if entry is not None:
             if now < entry.deadline and (entry.keys is None or entry.keys.keys.get(entry.kid) is entry.key):
+                self.hits += 1
                 return entry.identity
             self.cache.discard(token)
+        self.misses += 1
         failure = self.failures.get(token)
         if failure is not None:
+            self.refused += 1
             return failure
-        return self._verify_slow(token, now)
+        result = self._verify_slow(token, now)
+        if isinstance(result, Refusal):
+            self.refused += 1
+        else:
+            self.verified += 1
+        return result
 
     def _verify_slow(self, token: bytes, now: float) -> Identity | Refusal:
         if len(token) > MAX_TOKEN_BYTES or _JWS_RE.match(token) is None:

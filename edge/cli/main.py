@@ -186,8 +186,18 @@ def summary(path: str, config: Config) -> str:
         f"keep-alive {s.keepalive_timeout:g} s, drain {s.drain_timeout:g} s",
         f"  access log: {s.access_log}",
         f"  server:     {s.server_header or '(no Server header)'}",
+        f"  metrics:    {_metrics_line(config)}",
     ]
     return "\n".join(lines)
+
+
+def _metrics_line(config: Config) -> str:
+    if config.metrics is None:
+        return "off (no [metrics] table)"
+    where = f"http://{config.metrics.address.display()}/metrics"
+    if config.server.workers > 1:
+        return f"{where} (the supervisor sums the {config.server.workers} workers)"
+    return where
 
 
 def _check(path: str, config: Config) -> int:

@@ -50,6 +50,7 @@ from edge.config.schema import (
     Issuer,
     List,
     Login,
+    Metrics,
     OidcProvider,
     Policy,
     Rule,
@@ -127,6 +128,8 @@ def _tables(config: Config) -> Problems:
         yield from _under(("team",), _then(providers, check_team(config.team)))
     if config.demo is not None:
         yield from _under(("demo",), check_demo(config.demo))
+    if config.metrics is not None:
+        yield from _under(("metrics",), check_metrics(config.metrics))
 
 
 def _app_tables(app: App) -> Problems:
@@ -153,6 +156,7 @@ def _between_tables(config: Config) -> Problems:
     yield from check_groups_and_lists(config)
     yield from check_team_config(config)
     yield from check_client_certs(config)
+    yield from check_metrics_listener(config)
 
 
 def _then(inner: Iterable[Problem], outer: Iterable[Problem]) -> Problems:
@@ -607,7 +611,33 @@ def check_demo(demo: Demo) -> Problems:
             yield Problem((key,), str(exc))
 
 
+def check_metrics(metrics: Metrics) -> Problems:
+    try:
+        parse_listen(metrics.listen)
+    except ValueError as exc:
+        yield Problem(("listen",), str(exc))
+
+
 # -- rules between top-level tables (every table passed its own checks) -----------
+
+
+_WILDCARDS = {"0.0.0.0", "::"}
+
+
+def check_metrics_listener(config: Config) -> Problems:
+    """Metrics on a public listener would be served to whoever reaches it
+    (a wildcard address covers every host on its port)."""
+    if config.metrics is None:
+        return
+    addr = parse_listen(config.metrics.listen)
+    for item in config.server.listen:
+        public = parse_listen(item)
+        hosts = {public.host, addr.host}
+        if addr.port != 0 and public.port == addr.port and (len(hosts) == 1 or hosts & _WILDCARDS):
+            yield Problem(
+                ("metrics", "listen"),
+                f"{config.metrics.listen!r} is a public listener ($.server.listen: {item!r})",
+            )
 
 
 def check_apps(config: Config) -> Problems:

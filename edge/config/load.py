@@ -92,6 +92,8 @@ def _derive(config: Config) -> None:
     if config.demo is not None:
         config.demo.address  # noqa: B018
         config.demo.web_address  # noqa: B018
+    if config.metrics is not None:
+        config.metrics.address  # noqa: B018
 
 
 def _read_templates(config: Config, source: str) -> None:

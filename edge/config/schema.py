@@ -463,6 +463,17 @@ class Demo(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
         return parse_listen(self.web_listen)
 
 
+class Metrics(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
+    """Prometheus metrics (`GET /metrics`) on a listener of their own, never
+    on a public one: a protected host cannot expose them."""
+
+    listen: str = "127.0.0.1:9301"
+
+    @cached_property
+    def address(self) -> ListenAddress:
+        return parse_listen(self.listen)
+
+
 class Config(Struct, frozen=True, forbid_unknown_fields=True):
     server: Server = Server()
     proxy: Proxy = Proxy()
@@ -474,3 +485,4 @@ class Config(Struct, frozen=True, forbid_unknown_fields=True):
     login: Login = Login()
     team: Team | None = None
     demo: Demo | None = None
+    metrics: Metrics | None = None  # off unless the table is present

@@ -128,6 +128,7 @@ class LogEntry(msgspec.Struct, gc=False):
     decision: str | None = None
     upstream_status: int | None = None
     upstream_ms: float | None = None
+    kind: int = 0  # the dispatcher's decision kind, as the metrics number it (0: none made)
 
 
 def _unparsed(method: bytes, target: bytes, client_ip: str, scheme: str, started: float) -> Request:

@@ -49,6 +49,8 @@ class FaultLog:
     def __init__(self, interval: float = INTERVAL) -> None:
         self.interval = interval
         self.windows: dict[str, _Window] = {}
+        # Every upstream failure by kind since the worker started (the metrics).
+        self.upstream_totals: dict[str, int] = {}
 
     def record(self, subject: str, kind: str, now: float, detail: str, noun: str) -> None:
         """One fault of `subject`: logged at once (`detail`) when it opens a
@@ -60,6 +62,7 @@ class FaultLog:
         window.counts[kind] = window.counts.get(kind, 0) + 1
 
     def upstream_failed(self, url: str, kind: str, now: float, detail: str) -> None:
+        self.upstream_totals[kind] = self.upstream_totals.get(kind, 0) + 1
         self.record(f"upstream {url}", kind, now, detail, "requests failed")
 
     def shed(self, sockname: object, limit: int, now: float) -> None:

@@ -44,7 +44,7 @@ from edge.config.errors import ConfigError
 from edge.config.load import load, loads
 from edge.config.schema import TLS, Config
 from edge.config.syntax import ListenAddress
-from edge.http.connection import HttpProtocol, LogEntry
+from edge.http.connection import TUNNEL, HttpProtocol, LogEntry
 from edge.http.cycle import Cycle
 from edge.http.faults import FaultLog
 from edge.login import keydir
@@ -54,8 +54,9 @@ from edge.proxy.cycle import ForwardPlan, ProxyCycle, Upstreams
 from edge.proxy.fetch import FetchError, fetch
 from edge.proxy.forwarding import ForwardContext, request_headers
 from edge.proxy.upstream import Pool
-from edge.runtime import readiness, snapshots
+from edge.runtime import metrics_server, readiness, snapshots
 from edge.runtime.accesslog import AccessLog, AccessRecord, iso_time
+from edge.runtime.metrics import K_BYPASS, K_ENDPOINT, KIND_OF, Family, WorkerMetrics, merge, render
 
 log = logging.getLogger("edge.server")
 
@@ -89,6 +90,9 @@ def keep_restart_settings(boot: Config, new: Config) -> tuple[Config, list[str]]
     if fixed:
         server = msgspec.structs.replace(new.server, **{k: getattr(boot.server, k) for k in fixed})
         new = msgspec.structs.replace(new, server=server)
+    if new.metrics != boot.metrics:  # its listener is made at start
+        new = msgspec.structs.replace(new, metrics=boot.metrics)
+        kept.append("metrics")
     if new.team is not None and boot.team is not None and new.team.key_dir != boot.team.key_dir:
         # Every worker seals one-time codes and login state with the key
         # directory's secret: a worker restarted after a reload that moved it
@@ -249,6 +253,7 @@ class ServerState:
         # randomness); drawn in the worker, after any fork, never shared.
         self.binding = new_binding_value()
         self.store = make_store(self.boot)
+        self.metrics = None if self.boot.metrics is None else WorkerMetrics(time.time())
         try:
             ensure_keys(config)
             self.login = LoginService(config, self.store, config.server.server_header.encode("ascii"))
@@ -277,6 +282,8 @@ class ServerState:
         self.pool.configure(
             config.proxy.max_idle, config.proxy.pool_idle_timeout, config.proxy.connect_timeout
         )
+        if self.metrics is not None:
+            self.metrics.install(config)
 
     def reload(self, text: bytes | None = None) -> bool:
         """SIGHUP: load and compile the config file again (or `text`, the
@@ -291,6 +298,8 @@ class ServerState:
         except (keydir.KeyDirError, ConfigError) as exc:
             log.error("reload refused, still serving the previous configuration: %s", exc)
             self.login.configure(self.config)
+            if self.metrics is not None:
+                self.metrics.reloads["refused"] += 1
             return False
         if kept and text is None:  # a supervisor has said so already
             log.warning("reload: %s take effect only after a restart", ", ".join(kept))
@@ -299,6 +308,9 @@ class ServerState:
             old = held.get((remote.iss, remote.url))
             if old is not None:
                 remote.keys.inherit(old)  # BEHAVIOUR.md 3: the keys already held keep working
+        if self.metrics is not None:
+            self.metrics.retire(self.compiled.verifier)
+            self.metrics.reloads["ok"] += 1
         self._install(config, compiled)
         freeze_heap()
         log.info("reloaded %s: %d application(s)", self.source, len(compiled.apps))
@@ -309,18 +321,23 @@ class ServerState:
         local response, or the cycle (not yet started) that answers it."""
         path = req.path
         if path == HEALTH_PATH:
+            entry.kind = K_ENDPOINT
             return self.responses.health
         if path == READY_PATH:
+            entry.kind = K_ENDPOINT
             return self.readiness()
         action = decide(self.compiled, req, req.started, binding=self.binding)
         entry.app = action.app
         entry.decision = action.reason
+        entry.kind = KIND_OF[type(action)]
         if isinstance(action, Endpoint):
             return EndpointCycle(client, self.login.endpoint(self.compiled, action, req), self.responses)
         if not isinstance(action, Forward):
             if isinstance(action, Redirect | Unauthorized) and action.binding:
                 self.binding = new_binding_value()  # one login, one binding
             return action.response
+        if action.reason.startswith("bypass"):  # a bypass policy's reason (edge.access.policy)
+            entry.kind = K_BYPASS
         return ProxyCycle(client, req, self.forward_plan(req, action), self.upstreams)
 
     def readiness(self) -> LocalResponse:
@@ -361,11 +378,15 @@ class ServerState:
         )
 
     def access(self, client: str, entry: LogEntry) -> None:
-        sink = self.access_log
+        sink, metrics = self.access_log, self.metrics
+        if sink is None and metrics is None:
+            return
+        now = time.time()
+        if metrics is not None:
+            metrics.record(entry, now)
         if sink is None:
             return
         request = entry.request
-        now = time.time()
         sink.write(
             AccessRecord(
                 time=iso_time(request.started),
@@ -385,6 +406,18 @@ class ServerState:
             )
         )
 
+    def metric_families(self) -> list[Family]:
+        """This worker's metrics now (a scrape; not the request path)."""
+        assert self.metrics is not None
+        return self.metrics.families(
+            self.compiled,
+            self.store,
+            self.faults,
+            len(self.connections),
+            sum(1 for c in self.connections if c.phase == TUNNEL),
+            time.time(),
+        )
+
     # -- timers ----------------------------------------------------------
 
     def tick_date(self) -> None:
@@ -398,6 +431,8 @@ class ServerState:
             conn.expire()
         self.pool.sweep(now)
         self.faults.flush(now)
+        if self.metrics is not None:
+            self.metrics.flush()
         if self.access_log is not None:
             self.access_log.flush()
 
@@ -415,7 +450,7 @@ async def _key_refresher(state: ServerState) -> None:
         now = time.time()
         for remote in state.compiled.remote_keys:
             if remote.keys.claim_fetch(now):
-                task = state.loop.create_task(_refresh(remote))
+                task = state.loop.create_task(_refresh(remote, state.metrics))
                 state.tasks.add(task)
                 task.add_done_callback(state.tasks.discard)
         await asyncio.sleep(KEY_POLL_INTERVAL)
@@ -440,14 +475,18 @@ async def _login_keeper(state: ServerState) -> None:
         state.store.revocations.sweep(now)
 
 
-async def _refresh(remote: RemoteKeys) -> None:
+async def _refresh(remote: RemoteKeys, metrics: WorkerMetrics | None) -> None:
     try:
         body = await fetch(remote.url)
         notes = remote.keys.update(body, time.time())
     except (FetchError, JwksError) as exc:
         remote.keys.fetch_failed(time.time(), str(exc))
+        if metrics is not None:
+            metrics.jwks_fetched(remote.iss, ok=False)
         log.warning("keys for %s: %s (keeping the keys already held)", remote.iss, exc)
         return
+    if metrics is not None:
+        metrics.jwks_fetched(remote.iss, ok=True)
     for note in notes:
         log.info("keys for %s: %s", remote.iss, note)
 
@@ -460,17 +499,31 @@ async def serve(
     boot: Config | None = None,
     channel: socket.socket | None = None,
     on_ready: Callable[[list[str]], None] | None = None,
+    metrics_channel: socket.socket | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain. On its own, it opens its
-    listeners and SIGHUP reloads `source`; a supervisor's worker is handed the
-    `listeners`, the `boot` configuration and the `channel` its reloads come
-    on. Raises OSError if a listen fails, ConfigError if a key file is unusable."""
+    listeners (and with [metrics], serves them itself) and SIGHUP reloads
+    `source`; a supervisor's worker is handed the `listeners`, the `boot`
+    configuration, the `channel` its reloads come on and the
+    `metrics_channel` the supervisor's scrapes come on. Raises OSError if a
+    listen fails, ConfigError if a key file is unusable."""
     loop = asyncio.get_running_loop()
     state = ServerState(config, loop, source=source, boot=boot)
     if listeners is None:
         listeners = open_listeners(config)
     bound = listeners.bound
     servers = [await _serve_on(loop, state, sock, listeners.ssl) for sock in listeners.sockets]
+    if metrics_channel is not None:
+        metrics_server.worker_channel(metrics_channel)
+        loop.add_reader(metrics_channel.fileno(), _answer_scrape, state, metrics_channel)
+    elif channel is None and state.boot.metrics is not None:
+        metrics_sock = listen_socket(state.boot.metrics.address)
+        servers.append(
+            await metrics_server.serve_local(
+                metrics_sock, lambda: render(merge([(0, state.metric_families())]))
+            )
+        )
+        log.info("metrics on http://%s/metrics", ListenAddress(*metrics_sock.getsockname()[:2]).display())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -498,6 +551,11 @@ async def serve(
         await state.store.close()
         if state.access_log is not None:
             state.access_log.close()
+
+
+def _answer_scrape(state: ServerState, channel: socket.socket) -> None:
+    if not metrics_server.answer_supervisor(channel, state.metric_families):
+        state.loop.remove_reader(channel.fileno())
 
 
 def _take_snapshots(state: ServerState, channel: socket.socket, stop: asyncio.Event) -> None:
@@ -556,11 +614,21 @@ def run(
     listeners: Listeners | None = None,
     boot: Config | None = None,
     channel: socket.socket | None = None,
+    metrics_channel: socket.socket | None = None,
 ) -> None:
     """Run one worker on uvloop until it is told to stop (see `serve`)."""
     import uvloop
 
-    uvloop.run(serve(config, source=source, listeners=listeners, boot=boot, channel=channel))
+    uvloop.run(
+        serve(
+            config,
+            source=source,
+            listeners=listeners,
+            boot=boot,
+            channel=channel,
+            metrics_channel=metrics_channel,
+        )
+    )
 
 
 def setup_logging() -> None:

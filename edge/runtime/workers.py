@@ -2,8 +2,10 @@
 and hands them reloads.
 
 Invariants:
-- The supervisor never runs an event loop and never accepts a connection. It
-  handles its signals one at a time, synchronously (they stay blocked and are
+- The supervisor never runs an event loop and never accepts a connection on
+  a public listener (with [metrics], one thread of its own serves the
+  metrics listener: edge.runtime.metrics_server). It handles its signals
+  one at a time, synchronously (they stay blocked, in every thread, and are
   taken with sigtimedwait), so a reload, a death and a restart never
   interleave: a worker is either forked before a reload and sent it, or
   forked after it with the reloaded configuration.
@@ -52,7 +54,7 @@ from edge.config.schema import Config
 from edge.config.syntax import ListenAddress
 from edge.login.keydir import KeyDirError
 from edge.login.service import ensure_keys
-from edge.runtime import snapshots
+from edge.runtime import metrics, metrics_server, snapshots
 from edge.runtime.accesslog import AccessLog
 from edge.runtime.server import Listeners, check_config, keep_restart_settings, listen_socket, server_ssl
 
@@ -71,6 +73,7 @@ class Worker:
     slot: int  # which of the supervisor's sets of listening sockets it accepts on
     started: float  # monotonic seconds
     channel: socket.socket  # the supervisor's end of its snapshot channel
+    metrics: socket.socket | None = None  # the supervisor's end of its scrape channel
 
 
 def open_slots(config: Config, count: int) -> list[Listeners]:
@@ -135,6 +138,9 @@ class Supervisor:
         self.slots: list[Listeners] = []
         self.restarts: list[tuple[float, int]] = []  # (monotonic time, slot): a dead worker's replacement
         self.kill_at: float | None = None  # set once stopping
+        self.scrapes: metrics_server.SupervisorMetrics | None = None
+        # The supervisor checks reloads: with it, the edge's reload count is its own.
+        self.reloads = {"ok": 0, "refused": 0}
 
     def run(self) -> int:
         # Fail here, once, on what would make every worker die at startup
@@ -143,6 +149,14 @@ class Supervisor:
         if access_log is not None:
             access_log.close()
         self.slots = open_slots(self.config, self.config.server.workers)
+        # Bound before the line that says the edge is up, as the public sockets are.
+        metrics_sock = None
+        if self.boot.metrics is not None:
+            try:
+                metrics_sock = listen_socket(self.boot.metrics.address)
+            except OSError:
+                self._close_slots()
+                raise
         log.info(
             "supervisor %d: %d workers on %s",
             os.getpid(),
@@ -151,13 +165,27 @@ class Supervisor:
         )
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
+            if metrics_sock is not None:
+                # Blocked above first, so its thread never takes a signal.
+                self.scrapes = metrics_server.SupervisorMetrics(
+                    metrics_sock,
+                    self._scrape_channels,
+                    lambda: [metrics.reloads_family(dict(self.reloads))],
+                )
+                where = ListenAddress(*metrics_sock.getsockname()[:2]).display()
+                log.info("metrics on http://%s/metrics", where)
             for slot in range(len(self.slots)):
                 self._spawn(slot)
+            if self.scrapes is not None:
+                self.scrapes.start()
             self._loop()
         finally:
+            if self.scrapes is not None:
+                self.scrapes.stop()
             self._close_slots()
             for worker in self.workers.values():
                 worker.channel.close()
+                metrics_server.close_quietly(worker.metrics)
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return 0
 
@@ -181,23 +209,42 @@ class Supervisor:
         due = [t for t, _ in self.restarts] if self.kill_at is None else [self.kill_at]
         return max(0.0, min(due) - time.monotonic()) if due else 3600.0
 
+    def _scrape_channels(self) -> list[tuple[int, socket.socket]]:
+        """For the metrics thread: (slot, scrape channel) of each live worker."""
+        return [(w.slot, w.metrics) for w in list(self.workers.values()) if w.metrics is not None]
+
     def _spawn(self, slot: int) -> None:
         ours, theirs = snapshots.pair()
+        scrape = socket.socketpair() if self.scrapes is not None else None
         pid = os.fork()
         if pid == 0:
-            self._work(slot, ours, theirs)
+            self._work(slot, ours, theirs, scrape)
         theirs.close()
-        self.workers[pid] = Worker(slot, time.monotonic(), ours)
+        if scrape is not None:
+            scrape[1].close()
+        self.workers[pid] = Worker(slot, time.monotonic(), ours, None if scrape is None else scrape[0])
         log.info("worker %d started", pid)
 
-    def _work(self, slot: int, ours: socket.socket, theirs: socket.socket) -> NoReturn:
+    def _work(
+        self,
+        slot: int,
+        ours: socket.socket,
+        theirs: socket.socket,
+        scrape: tuple[socket.socket, socket.socket] | None,
+    ) -> NoReturn:
         """The child after fork: serve, then exit without unwinding the
         supervisor's stack."""
         code = 1
         try:
             ours.close()
+            if scrape is not None:
+                scrape[0].close()
+            if self.scrapes is not None:  # the supervisor's thread is not in this process
+                self.scrapes.listener.close()
+                metrics_server.close_quietly(self.scrapes.conn)
             for sibling in self.workers.values():  # so the worker sees EOF when the supervisor dies
                 sibling.channel.close()
+                metrics_server.close_quietly(sibling.metrics)
             for other, listeners in enumerate(self.slots):
                 if other != slot:
                     listeners.close()
@@ -207,7 +254,14 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
             from edge.runtime.server import run
 
-            run(self.config, source=self.source, listeners=self.slots[slot], boot=self.boot, channel=theirs)
+            run(
+                self.config,
+                source=self.source,
+                listeners=self.slots[slot],
+                boot=self.boot,
+                channel=theirs,
+                metrics_channel=None if scrape is None else scrape[1],
+            )
             code = 0
         except BaseException:
             log.exception("worker %d failed", os.getpid())
@@ -227,6 +281,7 @@ class Supervisor:
             if worker is None:  # not a worker (the demo origin)
                 continue
             worker.channel.close()
+            metrics_server.close_quietly(worker.metrics)
             if self.kill_at is not None:
                 log.info("worker %d exited", pid)
                 continue
@@ -249,10 +304,13 @@ class Supervisor:
             check_config(config, self.source)
         except KeyDirError as exc:
             log.error("%s %s: $.team.key_dir: %s", REFUSED, self.source, exc)
+            self.reloads["refused"] += 1
             return
         except ConfigError as exc:
             log.error("%s %s", REFUSED, exc)
+            self.reloads["refused"] += 1
             return
+        self.reloads["ok"] += 1
         if kept:
             log.warning("reload: %s take effect only after a restart", ", ".join(kept))
         self.config = config

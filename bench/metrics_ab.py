@@ -1,0 +1,126 @@
+"""What counting costs: the edge with and without [metrics], side by side.
+
+    python bench/metrics_ab.py [--rounds 7] [--duration 5] [--part preflight|get]
+
+On a shared machine, runs of one server after the other (preflight.py and
+proxy.py with --metrics) see different neighbours, and their req/s swing by
+more than the few per cent measured here. So both edges run AT THE SAME
+TIME, pinned to the same core, each loaded by its own wrk (same settings) on
+the other core, and each round compares the CPU microseconds per request of
+the pair: whatever the neighbours do, they do it to both. The proxied GET
+goes through an nginx upstream (on the client core), with a token as in
+proxy.py. Reported: the median over rounds of on/off (target <= 1.03, issue
+11), and each round's figures. Every run is bounded (wrk -d).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+import preflight as pf
+import proxy as px
+from load import CLIENT_CORE, RESULTS, SERVER_CORE, ServerSpec, cpu_seconds, ensure_tools, running, wrk
+
+TARGET = 1.03  # issue 11: metrics on may cost at most 3 %
+CONNECTIONS = 20  # per wrk; two run at once
+WARMUP = 1  # seconds of wrk before each measured run
+
+
+# Loads one edge (port, pid) for `seconds`; returns its CPU us per request.
+Load = Callable[[int, int, int], float]
+
+
+def pair(specs: tuple[ServerSpec, ServerSpec], load: Load, seconds: int) -> tuple[float, float]:
+    """CPU us per request of (off, on), loaded at the same time."""
+    with running(specs[0], SERVER_CORE) as (p0, pid0), running(specs[1], SERVER_CORE) as (p1, pid1):
+        out: dict[int, float] = {}
+
+        def run(i: int, port: int, pid: int) -> None:
+            out[i] = load(port, pid, seconds)
+
+        threads = [
+            threading.Thread(target=run, args=(0, p0, pid0)),
+            threading.Thread(target=run, args=(1, p1, pid1)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if len(out) != 2:
+        raise RuntimeError("a load run failed (see above)")
+    return out[0], out[1]
+
+
+def rounds(name: str, specs: tuple[ServerSpec, ServerSpec], load: Load, n: int, seconds: int) -> str:
+    ratios = []
+    lines = [f"## {name}", "", "| round | off us/req | on us/req | on/off |", "| ---: | ---: | ---: | ---: |"]
+    for r in range(n):
+        off, on = pair(specs, load, seconds)
+        ratios.append(on / off)
+        lines.append(f"| {r + 1} | {off:.2f} | {on:.2f} | {on / off:.3f} |")
+        print(
+            f"{name} round {r + 1}: off {off:.2f} us/req, on {on:.2f} us/req, on/off {on / off:.3f}",
+            flush=True,
+        )
+    median = statistics.median(ratios)
+    verdict = "met" if median <= TARGET else "MISSED"
+    lines += ["", f"{name}: median on/off CPU per request {median:.3f} (target <= {TARGET}: {verdict})", ""]
+    return "\n".join(lines)
+
+
+def preflight_part(n: int, seconds: int) -> str:
+    script = pf.lua_script(RESULTS)  # the OPTIONS and its headers
+    cfg = pf.Settings(seconds, WARMUP, CONNECTIONS, 1, SERVER_CORE, CLIENT_CORE)
+
+    def load(port: int, pid: int, seconds: int) -> float:
+        pf.wrk(port, script, WARMUP, cfg)
+        before = cpu_seconds(pid)
+        sample = pf.wrk(port, script, seconds, cfg)
+        return (cpu_seconds(pid) - before) * 1e6 / sample.requests
+
+    specs = (ServerSpec(pf.EDGE, pf.edge_argv, ()), ServerSpec(pf.EDGE_METRICS, pf.edge_metrics_argv, ()))
+    return rounds("preflight", specs, load, n, seconds)
+
+
+def get_part(n: int, seconds: int) -> str:
+    headers = (f"Cookie: CF_Authorization={px.mint_token()}",)
+
+    def load(port: int, pid: int, seconds: int) -> float:
+        wrk(port, px.SMALL_PATH, WARMUP, CONNECTIONS, CLIENT_CORE, headers=headers)
+        before = cpu_seconds(pid)
+        sample = wrk(port, px.SMALL_PATH, seconds, CONNECTIONS, CLIENT_CORE, 0, headers)
+        if sample.non_2xx:
+            raise RuntimeError(f"{sample.non_2xx} non-2xx answers under load")
+        return (cpu_seconds(pid) - before) * 1e6 / sample.requests
+
+    with px.files(1 << 20) as (www, _), running(px.static_spec(www), CLIENT_CORE) as (up, _pid):
+        specs = (px.edge_spec(px.EDGE, up, 1 << 21), px.edge_spec(px.EDGE_METRICS, up, 1 << 21, metrics=True))
+        return rounds("proxied GET", specs, load, n, seconds)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--duration", type=int, default=5, help="whole seconds per wrk run (default 5)")
+    parser.add_argument(
+        "--part", action="append", choices=["preflight", "get"], help="only this part (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    ensure_tools()
+    parts = args.part or ["preflight", "get"]
+    text = []
+    if "preflight" in parts:
+        text.append(preflight_part(args.rounds, args.duration))
+    if "get" in parts:
+        text.append(get_part(args.rounds, args.duration))
+    print()
+    print("\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

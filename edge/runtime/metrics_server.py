@@ -1,0 +1,216 @@
+"""Serving `GET /metrics` on the metrics listener: by the one worker itself,
+or, with several, by the supervisor, which asks every worker on each scrape.
+
+Invariants:
+- The metrics listener is never a public listener (config checks), and this
+  module answers nothing but /metrics on it.
+- With one worker, its event loop serves the scrape (asyncio streams).
+- With several, the supervisor serves it from one thread of its own (the
+  supervisor's main thread waits in sigtimedwait and must stay free for
+  signals). The thread holds no lock and shares only the listening socket,
+  the scrape connection in progress (`conn`) and each worker's `metrics`
+  channel (a socketpair made at fork), so a fork while it runs leaves the
+  child nothing half-held; the child closes them all. Scrapes are served
+  one at a time (Prometheus scrapes a target once per interval); a scraper
+  that stalls holds the next for at most SCRAPE_TIMEOUT.
+- Per scrape the supervisor sends each worker a 4-byte sequence number and
+  reads back (sequence, length, msgpack families); a reply with another sequence
+  (one that came too late for an earlier scrape) is dropped, a worker that
+  does not answer within WORKER_TIMEOUT is left out of that scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from edge.runtime import metrics
+
+log = logging.getLogger("edge.metrics")
+
+WORKER_TIMEOUT = 2.0  # seconds a worker has to send its snapshot (it is one loop turn of work)
+ACCEPT_POLL = 0.5  # seconds; how often the supervisor's thread looks whether it should stop
+_REQUEST = struct.Struct("!I")
+_REPLY = struct.Struct("!II")
+MAX_SNAPSHOT = 64 * 1024 * 1024  # bytes; a snapshot is a few KiB per application
+
+
+# -- one worker: its own loop serves ---------------------------------------------------
+
+
+async def serve_local(sock: socket.socket, gather: Callable[[], bytes]) -> asyncio.Server:
+    """Serve /metrics on the listening `sock`; `gather` renders them now."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(_read_head(reader), metrics.SCRAPE_TIMEOUT)
+            body = gather() if metrics.wants_metrics(head) else None
+            writer.write(metrics.answer(head, body))
+            await writer.drain()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, sock=sock, limit=metrics.MAX_HEAD_BYTES)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+# -- a supervisor's worker: answer the supervisor --------------------------------------
+
+
+def worker_channel(sock: socket.socket) -> None:
+    """Make the worker's end ready: reads come when readable; the reply is
+    sent whole, waiting at most WORKER_TIMEOUT for the supervisor to read."""
+    sock.settimeout(WORKER_TIMEOUT)
+
+
+def answer_supervisor(sock: socket.socket, families: Callable[[], Sequence[metrics.Family]]) -> bool:
+    """Answer the requests waiting on `sock`; False once the supervisor is gone."""
+    try:
+        data = sock.recv(64 * _REQUEST.size)
+    except (TimeoutError, BlockingIOError):
+        return True
+    except OSError:
+        return False
+    if not data:
+        return False
+    if len(data) < _REQUEST.size:  # never split in practice (4 bytes on a local stream)
+        return True
+    # Several requests queued (a late reply's scrape, then the next): answer the last.
+    seq = _REQUEST.unpack_from(data, len(data) - len(data) % _REQUEST.size - _REQUEST.size)[0]
+    payload = metrics.encode(families())
+    try:
+        sock.sendall(_REPLY.pack(seq, len(payload)) + payload)
+    except OSError:
+        return False
+    return True
+
+
+# -- several workers: the supervisor serves ------------------------------------------------
+
+
+class SupervisorMetrics:
+    """The supervisor's metrics thread (see the module invariants)."""
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        channels: Callable[[], list[tuple[int, socket.socket]]],
+        own: Callable[[], list[metrics.Family]],
+    ) -> None:
+        self.listener = listener
+        self.channels = channels  # (slot, the supervisor's end) of every live worker, now
+        self.own = own  # the supervisor's families: they replace the workers' of the same name
+        self.seq = 0
+        self.stopping = False
+        self.conn: socket.socket | None = None  # the scrape being served
+        # Channels a reply was cut in the middle of: no longer in step, so
+        # left out until their worker is replaced (with a new channel).
+        self.broken: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self.thread = threading.Thread(target=self._run, name="edge-metrics", daemon=True)
+
+    def start(self) -> None:
+        self.listener.settimeout(ACCEPT_POLL)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.thread.join(ACCEPT_POLL * 4)
+        self.listener.close()
+
+    def _run(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.conn = conn
+            with conn:
+                try:
+                    self._serve(conn)
+                except OSError:
+                    pass
+                except Exception:  # a scrape must never take the supervisor down
+                    log.exception("metrics scrape failed")
+            self.conn = None
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(metrics.SCRAPE_TIMEOUT)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk or len(head) + len(chunk) > metrics.MAX_HEAD_BYTES:
+                return
+            head += chunk
+        body = metrics.render(self.gather()) if metrics.wants_metrics(head) else None
+        conn.sendall(metrics.answer(head, body))
+
+    def gather(self) -> list[metrics.Family]:
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        got: list[tuple[int, list[metrics.Family]]] = []
+        for slot, channel in self.channels():
+            if channel in self.broken:
+                continue
+            families = self._ask(channel, self.seq)
+            if families is not None:
+                got.append((slot, families))
+        return metrics.overlay(metrics.merge(got) or [metrics.build_info()], self.own())
+
+    def _ask(self, channel: socket.socket, seq: int) -> list[metrics.Family] | None:
+        try:
+            channel.settimeout(WORKER_TIMEOUT)
+            channel.sendall(_REQUEST.pack(seq))
+            while True:
+                got, size = _REPLY.unpack(_exactly(channel, _REPLY.size, whole=False))
+                if size > MAX_SNAPSHOT:
+                    self.broken.add(channel)
+                    return None
+                payload = _exactly(channel, size, whole=True)
+                if got == seq:
+                    return metrics.decode(payload)
+        except _CutShort:
+            self.broken.add(channel)
+            return None
+        except (OSError, EOFError, msgspec.DecodeError):
+            return None
+
+
+class _CutShort(Exception):
+    """A reply stopped arriving in its middle."""
+
+
+def _exactly(sock: socket.socket, size: int, *, whole: bool) -> bytes:
+    """`size` bytes; `whole`: the message has begun, so a timeout now cuts it."""
+    parts: list[bytes] = []
+    while size:
+        try:
+            chunk = sock.recv(min(size, 1 << 20))
+        except TimeoutError:
+            if whole or parts:
+                raise _CutShort from None
+            raise
+        if not chunk:
+            raise EOFError
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def close_quietly(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
