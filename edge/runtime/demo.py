@@ -88,7 +88,9 @@ def urls(config: Config) -> dict[str, str]:
     app = next((a for a in config.apps if a.cors is not None and not a.domains[0].count("/")), None)
     host = app.domains[0] if app is not None else "app.localhost"
     web = config.demo.web_address if config.demo is not None else None
+    team = config.team.hostname if config.team is not None else ""
     return {
+        "team": f"{scheme}://{team}{suffix}",
         "app": f"{scheme}://{host}{suffix}",
         "web": f"http://{host}:{web.port}" if web is not None else "",
         "api": f"{scheme}://{host}{suffix}/api/me",
@@ -110,6 +112,10 @@ def banner(config: Config) -> str:
         "     browser's preflight, the edge's answer, and what the browser did (two are refused)",
         f"  sign out: {u['app']}/cdn-cgi/access/logout",
     ]
+    if config.team is not None:
+        lines.insert(-1, f"  your apps (the launcher): {u['team']}/")
+    if config.metrics is not None:
+        lines.append(f"  metrics: http://{config.metrics.listen}/metrics (Prometheus text format)")
     log = config.server.access_log
     if log not in ("stdout", "off"):
         lines.append(f"  access log: {log} (one JSON line per request: tail -f {log})")

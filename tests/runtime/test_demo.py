@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,9 +70,15 @@ def test_startup_output_says_what_to_open_and_who_to_be(demo: Demo) -> None:
     # log, in a file, does not bury it.
     assert text.index("listening on") < text.index("edge demo:")
     assert f"access log: {demo.access_log}" in text
+    assert f"your apps (the launcher): {demo.team}/" in text
     demo.client().get(demo.app + "/")
     assert wait_for(lambda: demo.records(), timeout=5)
     assert '"method":' not in demo.edge.stderr_text() and not demo.edge.stdout
+    # The metrics the banner names are served, and count that request.
+    [url] = re.findall(r"metrics: (http://\S+/metrics)", text)
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        scraped = reply.read().decode()
+    assert re.search(r'edge_requests_total\{app="demo",kind="redirect",status="3xx"\} [1-9]', scraped), scraped
 
 
 def test_demo_flow_without_a_browser(demo: Demo) -> None:

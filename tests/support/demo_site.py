@@ -57,13 +57,14 @@ class Demo:
         return [json.loads(line) for line in self.access_log.read_text().splitlines() if line]
 
 
-def demo_config(tmp: Path, port: int, origin_port: int, web_port: int) -> Path:
+def demo_config(tmp: Path, port: int, origin_port: int, web_port: int, metrics_port: int) -> Path:
     """conf/edge.toml with its ports, key directory and access log moved."""
     text = (ROOT / "conf" / "edge.toml").read_text()
     for old, new in (
         ("127.0.0.1:8080", f"127.0.0.1:{port}"),
         ("127.0.0.1:9000", f"127.0.0.1:{origin_port}"),
         ("127.0.0.1:9001", f"127.0.0.1:{web_port}"),
+        ("127.0.0.1:9301", f"127.0.0.1:{metrics_port}"),
         ("http://app.localhost:9001", f"http://app.localhost:{web_port}"),
         ('key_dir = "var/keys"', f'key_dir = "{tmp / "keys"}"'),
         ('access_log = "var/access.log"', f'access_log = "{tmp / "access.log"}"'),
@@ -81,8 +82,10 @@ QUICK_START_PORTS = (8080, 9000, 9001)
 
 @contextmanager
 def running_demo(tmp: Path, ports: tuple[int, int, int] | None = None) -> Iterator[Demo]:
-    port, origin_port, web_port = ports or free_ports(3)
-    edge = EdgeProcess(demo_config(tmp, port, origin_port, web_port))
+    chosen = free_ports(4)  # the edge, the demo origin, the web origin, metrics
+    port, origin_port, web_port = ports or chosen[:3]
+    metrics_port = chosen[3]
+    edge = EdgeProcess(demo_config(tmp, port, origin_port, web_port, metrics_port))
     try:
         # The demo origin starts beside the edge: wait until it answers.
         assert wait_for(lambda: _listening(web_port) and _listening(origin_port), timeout=10)
