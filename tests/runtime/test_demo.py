@@ -78,7 +78,8 @@ def test_startup_output_says_what_to_open_and_who_to_be(demo: Demo) -> None:
     [url] = re.findall(r"metrics: (http://\S+/metrics)", text)
     with urllib.request.urlopen(url, timeout=5) as reply:
         scraped = reply.read().decode()
-    assert re.search(r'edge_requests_total\{app="demo",kind="redirect",status="3xx"\} [1-9]', scraped), scraped
+    counted = r'edge_requests_total\{app="demo",kind="redirect",status="3xx"\} [1-9]'
+    assert re.search(counted, scraped), scraped
 
 
 def test_demo_flow_without_a_browser(demo: Demo) -> None:
