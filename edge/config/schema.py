@@ -355,6 +355,11 @@ class DevProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="dev", ta
     name: str = "Development sign-in (not for production)"
 
 
+# A claim name, or a dotted path into nested claims: no empty name or step
+# (one would read nothing, and every sign-in would lack an email).
+ClaimPath = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^.]+(?:\.[^.]+)*$")]
+
+
 class OidcProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="oidc", tag_field="type"):
     """An OpenID Connect provider: discovery from `issuer`, code flow with PKCE."""
 
@@ -364,8 +369,8 @@ class OidcProvider(Struct, frozen=True, forbid_unknown_fields=True, tag="oidc", 
     client_secret: str
     name: str = ""
     scopes: list[str] = msgspec.field(default_factory=lambda: ["openid", "email", "profile"])
-    email_claim: str = "email"  # a claim name or a dotted path into nested claims
-    groups_claim: str = "groups"  # e.g. "realm_access.roles"; a list of strings, or one string
+    email_claim: ClaimPath = "email"  # a claim name or a dotted path into nested claims
+    groups_claim: ClaimPath = "groups"  # e.g. "realm_access.roles"; a list of strings, or one string
     allow_unverified_email: bool = False  # accept email_verified = false (absent is accepted)
     verify_tls: bool = True
     ca_file: str = ""

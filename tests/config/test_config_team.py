@@ -76,6 +76,19 @@ def test_a_team_with_both_providers() -> None:
             "$.apps[0].domains[0]: '*.localhost' covers the team host",
         ),
         ('[demo]\nlisten = "nowhere"\n', "$.demo.listen: Expected 'host:port'"),
+        # An empty claim name would refuse every sign-in (no email) or read no groups.
+        (
+            TEAM + OIDC + 'email_claim = ""\n',
+            '$.team.providers[0].email_claim: Expected str of length >= 1, got ""',
+        ),
+        (
+            TEAM + OIDC + 'groups_claim = ""\n',
+            '$.team.providers[0].groups_claim: Expected str of length >= 1, got ""',
+        ),
+        (
+            TEAM + OIDC + 'groups_claim = "realm_access..roles"\n',
+            "$.team.providers[0].groups_claim: Expected str matching",
+        ),
     ],
 )
 def test_team_errors(text: str, expected: str) -> None:
