@@ -49,8 +49,10 @@ class FaultLog:
     def __init__(self, interval: float = INTERVAL) -> None:
         self.interval = interval
         self.windows: dict[str, _Window] = {}
-        # Every upstream failure by kind since the worker started (the metrics).
+        # Every upstream failure by kind, and every connection shed, since the
+        # worker started (the metrics).
         self.upstream_totals: dict[str, int] = {}
+        self.shed_total = 0
 
     def record(self, subject: str, kind: str, now: float, detail: str, noun: str) -> None:
         """One fault of `subject`: logged at once (`detail`) when it opens a
@@ -67,6 +69,7 @@ class FaultLog:
 
     def shed(self, sockname: object, limit: int, now: float) -> None:
         """A connection refused at `max_connections` on the listener `sockname`."""
+        self.shed_total += 1
         where = "-"
         if isinstance(sockname, tuple):
             where = ListenAddress(host=str(sockname[0]), port=int(sockname[1])).display()

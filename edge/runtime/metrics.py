@@ -331,6 +331,13 @@ class WorkerMetrics:
             SUM,
             tuple(Sample("", (("kind", kind),), count) for kind, count in failures.items()),
         )
+        yield Family(
+            "edge_connections_shed_total",
+            "counter",
+            "Connections refused at max_connections (a 503 and a close; no request is read).",
+            SUM,
+            (Sample("", (), faults.shed_total),),
+        )
 
     def _tokens(self, verifier: Verifier) -> Iterable[Family]:
         before = self.tokens_before

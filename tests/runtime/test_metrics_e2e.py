@@ -169,6 +169,28 @@ def test_open_connections_gauge(edge_factory: Factory, upstream: BodyCountingUps
     assert wait_for(lambda: samples(port)[("edge_open_connections", labels())] == 0, WAIT)
 
 
+def test_connections_shed_counted(edge_factory: Factory, upstream: BodyCountingUpstream) -> None:
+    """A connection refused at max_connections makes no request (no head is
+    read), so it has a counter of its own."""
+    port = free_port()
+    edge = edge_factory(
+        server="max_connections = 1",
+        extra=open_app_toml(upstream.url, domains=("app.test",))
+        + f'[metrics]\nlisten = "127.0.0.1:{port}"\n',
+    )
+    held = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=WAIT)
+    try:
+        held.request("GET", "/", headers={"Host": "app.test"})
+        held.getresponse().read()  # kept alive: the one connection allowed
+        for _ in range(3):
+            assert request(edge.port, "app.test")[0] == 503
+        got = samples(port)
+        assert got[("edge_connections_shed_total", labels())] == 3
+        assert got[("edge_requests_total", labels(app="open", kind="bypass", status="2xx"))] == 1
+    finally:
+        held.close()
+
+
 def test_upstream_failures_counted(edge_factory: Factory) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nobody listens: connect refused
     port = free_port()
