@@ -1,4 +1,4 @@
-"""edge.config.checks: cross-field rules as values, no file and no exception.
+"""edge.config.checks and checks_*: cross-field rules as values, no file and no exception.
 
 Each check is called on structs built in Python and must return its problems
 as (key path, message); load's wording of the same problems is covered by
@@ -406,7 +406,7 @@ def test_two_problems_load_reports_the_first_and_both_are_known() -> None:
 
 
 def test_schema_structs_have_no_checks() -> None:
-    """Cross-field rules live in checks.py: a __post_init__ that raised would
+    """Cross-field rules live in checks*.py: a __post_init__ that raised would
     reach the user through msgspec's exception text again."""
     structs = [v for v in vars(schema).values() if isinstance(v, type) and issubclass(v, msgspec.Struct)]
     assert Config in structs
