@@ -2,7 +2,7 @@
 
 Two sources feed one format: msgspec's decoding errors (types, bounds,
 unknown or missing keys), reworded from JSON's vocabulary to TOML's, and the
-`checks.Problem`s of the cross-field rules, whose path and message arrive as
+`problem.Problem`s of the cross-field rules, whose path and message arrive as
 values and are printed as they are.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from edge.config.checks import KeyPath, Problem
+from edge.config.problem import KeyPath, Problem
 from edge.config.schema import SERVER_HEADER_PATTERN, Config
 
 

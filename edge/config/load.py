@@ -14,8 +14,11 @@ from pathlib import Path
 
 import msgspec
 
-from edge.config.checks import Problem, list_entry_problem, problems, template_problem
+from edge.config.checks import problems
+from edge.config.checks_groups import list_entry_problem
+from edge.config.checks_team import template_problem
 from edge.config.errors import ConfigError, format_problem, format_validation_error
+from edge.config.problem import Problem
 from edge.config.schema import Config, List, TemplateReadError
 
 

@@ -28,7 +28,7 @@ _CSP_REST = (
     b"; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'"
 )
 CSP = b"default-src 'none'; " + _IMG_SRC + _CSP_REST
-# As config.checks.PLACEHOLDER_RE, which checked every template at load.
+# As config.checks_team.PLACEHOLDER_RE, which checked every template at load.
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
 

@@ -1,4 +1,4 @@
-"""edge.config.checks: cross-field rules as values, no file and no exception.
+"""edge.config.checks and checks_*: cross-field rules as values, no file and no exception.
 
 Each check is called on structs built in Python and must return its problems
 as (key path, message); load's wording of the same problems is covered by
@@ -17,10 +17,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from edge.config import checks, schema
-from edge.config.checks import Problem, problems
+from edge.config import checks_apps, checks_server, checks_team, schema
+from edge.config.checks import problems
 from edge.config.errors import ConfigError, key_path
 from edge.config.load import loads
+from edge.config.problem import Problem
 from edge.config.schema import (
     TLS,
     App,
@@ -67,16 +68,16 @@ Check = Callable[[Any], Iterator[Problem]]
 P = tuple[tuple[str | int, ...], str]
 
 CASES: list[tuple[Check, Any, list[P]]] = [
-    (checks.check_tls, TLS(cert="c", key="k"), []),
+    (checks_server.check_tls, TLS(cert="c", key="k"), []),
     (
-        checks.check_tls,
+        checks_server.check_tls,
         TLS(cert="c", key="k", min_version="1.1"),
         [(("min_version",), "Expected '1.2' or '1.3', got '1.1'")],
     ),
-    (checks.check_server, Server(), []),
-    (checks.check_server, Server(listen=[]), [(("listen",), "Expected at least one address")]),
+    (checks_server.check_server, Server(), []),
+    (checks_server.check_server, Server(listen=[]), [(("listen",), "Expected at least one address")]),
     (
-        checks.check_server,
+        checks_server.check_server,
         Server(listen=["8080", "a:1", "a:1", "[::1]:0", "[0::1]:0"]),
         [
             (("listen", 0), "Expected 'host:port' or '[ipv6]:port', got '8080'"),
@@ -84,7 +85,7 @@ CASES: list[tuple[Check, Any, list[P]]] = [
         ],
     ),
     (
-        checks.check_server,
+        checks_server.check_server,
         Server(trusted_proxies=["10.0.0.0/8", "10.0.0.1/8"], max_target_bytes=16384),
         [
             (
@@ -95,9 +96,9 @@ CASES: list[tuple[Check, Any, list[P]]] = [
             (("max_target_bytes",), "Expected less than max_header_bytes (16384), got 16384"),
         ],
     ),
-    (checks.check_cors, Cors(), []),
+    (checks_apps.check_cors, Cors(), []),
     (
-        checks.check_cors,
+        checks_apps.check_cors,
         Cors(allow_all_origins=True, allow_credentials=True, allowed_methods=["GET", "*", "GET"]),
         [
             (
@@ -110,7 +111,7 @@ CASES: list[tuple[Check, Any, list[P]]] = [
         ],
     ),
     (
-        checks.check_cors,
+        checks_apps.check_cors,
         Cors(allowed_origins=["null", "https://a.example/"], allow_credentials=True),
         [
             (
@@ -128,34 +129,34 @@ CASES: list[tuple[Check, Any, list[P]]] = [
             ),
         ],
     ),
-    (checks.check_rule, EVERYONE, []),
+    (checks_apps.check_rule, EVERYONE, []),
     (
-        checks.check_rule,
+        checks_apps.check_rule,
         Rule(),
         [((), "Expected exactly one selector (" + ", ".join(schema.SELECTORS) + "), got none")],
     ),
     (
-        checks.check_rule,
+        checks_apps.check_rule,
         Rule(everyone=True, groups=["g"]),
         [((), "Expected exactly one selector (" + ", ".join(schema.SELECTORS) + "), got everyone, groups")],
     ),
     (
-        checks.check_rule,
+        checks_apps.check_rule,
         Rule(everyone=False),
         [(("everyone",), "Expected true (leave the rule out instead of false)")],
     ),
-    (checks.check_rule, Rule(emails=[]), [(("emails",), "Expected at least one value")]),
+    (checks_apps.check_rule, Rule(emails=[]), [(("emails",), "Expected at least one value")]),
     (
-        checks.check_rule,
+        checks_apps.check_rule,
         Rule(emails=["a@x.com", "nope", "A@x.com"]),
         [
             (("emails", 1), "Expected an email address, got 'nope'"),
             (("emails", 2), "'A@x.com' is listed twice"),
         ],
     ),
-    (checks.check_policy, ALLOW, []),
+    (checks_apps.check_policy, ALLOW, []),
     (
-        checks.check_policy,
+        checks_apps.check_policy,
         Policy(name="p", action="bypass", include=[], require=[Rule(groups=["g"])]),
         [
             (("include",), "Expected at least one rule"),
@@ -166,7 +167,7 @@ CASES: list[tuple[Check, Any, list[P]]] = [
         ],
     ),
     (
-        checks.check_policy,
+        checks_apps.check_policy,
         Policy(name="p", action="allow", include=[Rule(any_service_token=True)]),
         [
             (
@@ -176,9 +177,9 @@ CASES: list[tuple[Check, Any, list[P]]] = [
             )
         ],
     ),
-    (checks.check_app, an_app(), []),
+    (checks_apps.check_app, an_app(), []),
     (
-        checks.check_app,
+        checks_apps.check_app,
         an_app(domains=["a.example.com:80"], upstream="ftp://x", policies=[ALLOW, ALLOW], same_site="lux"),
         [
             (("domains", 0), "Expected no port (ports are ignored when matching), got 'a.example.com:80'"),
@@ -188,7 +189,7 @@ CASES: list[tuple[Check, Any, list[P]]] = [
         ],
     ),
     (
-        checks.check_app,
+        checks_apps.check_app,
         an_app(cors=Cors(), options_preflight_bypass=True, policies=[]),
         [
             (("policies",), "Expected at least one policy (with none, every request is denied)"),
@@ -199,9 +200,9 @@ CASES: list[tuple[Check, Any, list[P]]] = [
             ),
         ],
     ),
-    (checks.check_issuer, Issuer(iss="i", jwks_file="k.json"), []),
+    (checks_apps.check_issuer, Issuer(iss="i", jwks_file="k.json"), []),
     (
-        checks.check_issuer,
+        checks_apps.check_issuer,
         Issuer(iss="i", algorithms=["RS256", "XX"]),
         [
             ((), "Expected exactly one of jwks_file, jwks_url or secret, got none"),
@@ -209,28 +210,28 @@ CASES: list[tuple[Check, Any, list[P]]] = [
         ],
     ),
     (
-        checks.check_issuer,
+        checks_apps.check_issuer,
         Issuer(iss="i", secret="s" * 32, algorithms=["HS256", "ES256"]),
         [(("algorithms", 1), "Expected only HS256 with a secret")],
     ),
-    (checks.check_service_token, ServiceToken(name="ci", client_id="ci", secret_sha256=SHA), []),
+    (checks_apps.check_service_token, ServiceToken(name="ci", client_id="ci", secret_sha256=SHA), []),
     (
-        checks.check_service_token,
+        checks_apps.check_service_token,
         ServiceToken(name="ci", client_id="c i", secret_sha256="x"),
         [
             (("client_id",), "Expected a header-safe token (no spaces), got 'c i'"),
             (("secret_sha256",), "Expected 64 lower-case hex digits (sha256 of the secret)"),
         ],
     ),
-    (checks.check_login, Login(), []),
+    (checks_team.check_login, Login(), []),
     (
-        checks.check_login,
+        checks_team.check_login,
         Login(url="/x?{who}"),
         [(("url",), "Expected placeholders among {host}, {aud}, {redirect_url}, got {who}")],
     ),
-    (checks.check_dev_user, DevUser(email="a@example.com", password=HASH), []),
+    (checks_team.check_dev_user, DevUser(email="a@example.com", password=HASH), []),
     (
-        checks.check_dev_user,
+        checks_team.check_dev_user,
         DevUser(email="a", password="plain", groups=["", "ok"]),
         [
             (("email",), "Expected an email address, got 'a'"),
@@ -239,7 +240,7 @@ CASES: list[tuple[Check, Any, list[P]]] = [
         ],
     ),
     (
-        checks.check_dev_provider,
+        checks_team.check_dev_provider,
         DevProvider(users=[], id="Dev"),
         [
             (("id",), "Expected 1-32 of a-z 0-9 _ - (starting with a letter or digit), got 'Dev'"),
@@ -247,7 +248,7 @@ CASES: list[tuple[Check, Any, list[P]]] = [
         ],
     ),
     (
-        checks.check_oidc_provider,
+        checks_team.check_oidc_provider,
         OidcProvider(
             id="o", issuer="http://idp.example.com", client_id="c", client_secret="s", scopes=["email"]
         ),
@@ -259,9 +260,9 @@ CASES: list[tuple[Check, Any, list[P]]] = [
             (("scopes",), "Expected 'openid' among the scopes (OpenID Connect needs it)"),
         ],
     ),
-    (checks.check_team, a_team(), []),
+    (checks_team.check_team, a_team(), []),
     (
-        checks.check_team,
+        checks_team.check_team,
         a_team(host="*.example.com", url="https://other.example.com", store="disk"),
         [
             (("host",), "Expected a plain host name (no path, no wildcard), got '*.example.com'"),
@@ -269,7 +270,7 @@ CASES: list[tuple[Check, Any, list[P]]] = [
         ],
     ),
     (
-        checks.check_team,
+        checks_team.check_team,
         a_team(url="https://other.example.com", providers=[]),
         [
             (
@@ -279,14 +280,14 @@ CASES: list[tuple[Check, Any, list[P]]] = [
             (("providers",), "Expected at least one identity provider"),
         ],
     ),
-    (checks.check_demo, Demo(), []),
+    (checks_server.check_demo, Demo(), []),
     (
-        checks.check_demo,
+        checks_server.check_demo,
         Demo(web_listen="9001"),
         [(("web_listen",), "Expected 'host:port' or '[ipv6]:port', got '9001'")],
     ),
     (
-        checks.check_apps,
+        checks_apps.check_apps,
         Config(apps=[an_app(), an_app(name="two")]),
         [
             (
@@ -297,7 +298,7 @@ CASES: list[tuple[Check, Any, list[P]]] = [
         ],
     ),
     (
-        checks.check_apps,
+        checks_apps.check_apps,
         Config(apps=[an_app(aud="t"), an_app(name="api", aud="t", domains=["b.example.com"])]),
         [
             (("apps", 1, "name"), "'api' is already the name of $.apps[0]"),
@@ -305,7 +306,7 @@ CASES: list[tuple[Check, Any, list[P]]] = [
         ],
     ),
     (
-        checks.check_references,
+        checks_apps.check_references,
         Config(
             apps=[
                 an_app(
@@ -321,7 +322,7 @@ CASES: list[tuple[Check, Any, list[P]]] = [
         ],
     ),
     (
-        checks.check_team_config,
+        checks_team.check_team_config,
         Config(
             server=Server(workers=2, listen=["127.0.0.1:0"]),
             team=a_team(),
@@ -405,7 +406,7 @@ def test_two_problems_load_reports_the_first_and_both_are_known() -> None:
 
 
 def test_schema_structs_have_no_checks() -> None:
-    """Cross-field rules live in checks.py: a __post_init__ that raised would
+    """Cross-field rules live in checks*.py: a __post_init__ that raised would
     reach the user through msgspec's exception text again."""
     structs = [v for v in vars(schema).values() if isinstance(v, type) and issubclass(v, msgspec.Struct)]
     assert Config in structs
