@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import msgspec
 
+from edge.access.claims import Identity
 from edge.access.endpoints import EndpointKind
 from edge.access.headers import STRIP_HEADERS, Header
 from edge.access.responses import LocalResponse
-from edge.access.tokens import Identity
 
 # -- actions -------------------------------------------------------------------
 

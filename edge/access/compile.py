@@ -26,11 +26,12 @@ from edge.access.actions import Preflight
 from edge.access.cache import BoundedCache
 from edge.access.cors import VARY_ORIGIN, CorsPolicy, refused_preflight
 from edge.access.headers import Header, TrustedProxies
+from edge.access.keysets import JwksError, KeySet, parse_jwks
 from edge.access.policy import EMPTY_CATALOG, Catalog, IPNetwork, Policies, ServiceTokens
 from edge.access.responses import LocalResponse, Responses
 from edge.access.revocation import Revocations
 from edge.access.router import Route, Router
-from edge.access.tokens import IssuerKeys, JwksError, KeySet, Verifier, parse_jwks
+from edge.access.tokens import IssuerKeys, Verifier
 from edge.config.errors import ConfigError
 from edge.config.schema import (
     DEFAULT_LEEWAY,

@@ -31,6 +31,7 @@ from edge.access.actions import (
     Reject,
     Unauthorized,
 )
+from edge.access.claims import Identity, Refusal
 from edge.access.compile import NO_STORE, Compiled, CompiledApp, PreflightKey
 from edge.access.cors import is_preflight
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS
@@ -40,7 +41,7 @@ from edge.access.request import Index, Request
 from edge.access.responses import LocalResponse
 from edge.access.router import normalize_host, path_segments
 from edge.access.session import binding_cookie
-from edge.access.tokens import Identity, Refusal, extract_token
+from edge.access.tokens import extract_token
 
 # -- the decision ----------------------------------------------------------------
 

@@ -39,7 +39,7 @@ import ipaddress
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 
-from edge.access.tokens import Identity
+from edge.access.claims import Identity
 from edge.config.schema import CERT_SELECTORS, Group, List, Policy, Rule, ServiceToken
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -1,10 +1,11 @@
-"""User tokens: where they are found, how they are verified, and the key sets.
+"""User tokens: where they are found, how they are verified, and the caches.
 
 Invariants:
 - Verification pins the algorithms per issuer *before* PyJWT sees the token,
-  chooses the key by ``kid`` from the issuer's own key set, and checks that the
-  key's algorithm is the token's; time and type checks on the claims are ours
-  (against the caller's clock, and stricter than PyJWT's: no numeric strings).
+  chooses the key by ``kid`` from the issuer's own key set
+  (edge.access.keysets), and checks that the key's algorithm is the token's;
+  time and type checks on the claims are edge.access.claims's (against the
+  caller's clock, and stricter than PyJWT's: no numeric strings).
 - A verified token is cached (a BoundedCache of CACHE_ENTRIES, keyed by the
   token's bytes) until its ``exp`` (+ leeway): every hit re-checks that
   deadline against the caller's `now`, and that the key that verified it is
@@ -20,21 +21,14 @@ Invariants:
 - `Verifier.trusts` only peeks (no signature check, no cache): it tells
   whether a second value claims to be one of our tokens, so that a request
   carrying two identities is refused rather than half-forwarded.
-- A `KeySet` is only mutated by `update`/`fetch_failed`, called by the I/O
-  shell; a failed or empty fetch keeps the keys already held. The edge's
-  remote issuers and the OIDC client (edge.login.oidc) share this one
-  implementation, each with its own refetch and refresh intervals.
-- The JWT time checks (`check_times`) are the ones every token the edge
-  reads goes through: user tokens here, ID tokens in edge.login.oidc.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jwt
@@ -42,8 +36,9 @@ import msgspec
 from jwt.types import Options
 
 from edge.access.cache import BoundedCache
-from edge.access.headers import AUTH_COOKIE_BYTES, JWT_ASSERTION, USER_EMAIL, Header
-from edge.access.revocation import session_key
+from edge.access.claims import Identity, Refusal, identity_from_claims
+from edge.access.headers import AUTH_COOKIE_BYTES
+from edge.access.keysets import KeySet
 
 _COOKIE_PREFIX = AUTH_COOKIE_BYTES + b"="
 _PREFIX_LENGTH = len(_COOKIE_PREFIX)
@@ -57,25 +52,14 @@ MAX_TOKEN_BYTES = 16 * 1024
 # Verified tokens and permanent failures, each: enough for every active user
 # of a large deployment, small enough (a few MiB) for each worker to hold.
 CACHE_ENTRIES = 10_000
-# An unknown kid asks the shell for a JWKS refetch at most this often, so a
-# stream of forged kids cannot turn the edge into a load generator.
-REFETCH_MIN_INTERVAL = 30.0  # seconds
-# Remote key sets are refreshed this often even without unknown kids, so a
-# key removed by the issuer stops being honoured.
-REFRESH_INTERVAL = 300.0  # seconds
 
 # Compact JWS (RFC 7515 7.1): three base64url segments, the last may be empty
 # only for alg "none" (refused later, with a clear reason).
 _JWS_RE = re.compile(rb"^[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]*={0,2}$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
-# The time claims are epoch seconds within 1970-01-01 .. 9999-12-31T23:59:59Z
-# (what datetime can represent): outside it a value is no time any issuer
-# means, and from some size on it cannot even be made a float.
-MAX_TIME = 253_402_300_799  # seconds
 
 # PyJWT checks the signature, the issuer and the presence of the required
-# claims; the time claims are checked here against the caller's clock.
+# claims; the time claims are checked by edge.access.claims against the
+# caller's clock.
 _DECODE_OPTIONS: Options = {
     "verify_signature": True,
     "require": ["exp", "iat", "iss", "aud"],
@@ -87,41 +71,6 @@ _DECODE_OPTIONS: Options = {
     "enforce_minimum_key_length": True,
 }
 _PEEK_OPTIONS: Options = {"verify_signature": False}
-
-
-class Refusal(msgspec.Struct, frozen=True, gc=False):
-    """Why a request carries no usable token."""
-
-    reason: str
-    permanent: bool = False  # the same token will always fail (cacheable)
-    ambiguous: bool = False  # two different tokens: refused outright
-
-
-class Identity(msgspec.Struct, frozen=True):
-    """The verified claims of one user token."""
-
-    token: bytes
-    iss: str
-    aud: frozenset[str]
-    exp: float
-    iat: float
-    valid_until: float = 0.0  # exp + the issuer's leeway: accepted until then
-    email: str = ""
-    sub: str = ""
-    groups: frozenset[str] = frozenset()
-    type: str = ""
-    country: str = ""
-    identity_nonce: str = ""
-    # How the user signed in: the `amr` values (RFC 8176: pwd, mfa, otp, hwk,
-    # ...) and the id of the identity provider (the `idp` claim's "id"; ""
-    # when the token names none, and then no login_method rule matches).
-    amr: frozenset[str] = frozenset()
-    idp: str = ""
-    # Derived once per token, so policies, forwarding and revocation only look them up.
-    session: str = ""  # the sign-in's revocation key (issuer + identity_nonce); "" without a nonce
-    email_lower: str = ""
-    email_domain: str = ""
-    add_headers: tuple[Header, ...] = ()
 
 
 NO_TOKEN = Refusal("no token")
@@ -224,158 +173,6 @@ def _peek(segment: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
         return decoder.decode(base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4)))
     except (ValueError, RecursionError):  # binascii.Error and msgspec.DecodeError are ValueErrors
         return None
-
-
-# -- key sets ---------------------------------------------------------------
-
-
-class JwksError(ValueError):
-    """A JWKS document that cannot be used at all."""
-
-
-def parse_jwks(body: bytes | str) -> tuple[dict[str, jwt.PyJWK], list[str]]:
-    """Signature keys by kid, and one note per key left out (and why).
-
-    Keys whose ``use`` is not ``sig`` or whose ``key_ops`` lack ``verify`` are
-    left out (PyJWT does not look at either), as are private keys, keys
-    without a kid and keys PyJWT considers too short.
-    """
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise JwksError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise JwksError('Expected a JSON object with a "keys" array')
-    keys: dict[str, jwt.PyJWK] = {}
-    notes: list[str] = []
-    for i, jwk in enumerate(doc["keys"]):
-        key, note = _signature_key(jwk)
-        if key is None:
-            notes.append(f"keys[{i}]: {note}")
-            continue
-        kid = jwk["kid"]
-        if kid in keys:
-            notes.append(f"keys[{i}]: kid {kid!r} appears twice; the first is used")
-            continue
-        keys[kid] = key
-    return keys, notes
-
-
-def _signature_key(jwk: Any) -> tuple[jwt.PyJWK | None, str]:
-    if not isinstance(jwk, dict):
-        return None, "not a JSON object"
-    if jwk.get("use", "sig") != "sig":
-        return None, f"use is {jwk.get('use')!r}, not 'sig'"
-    ops = jwk.get("key_ops")
-    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
-        return None, "key_ops does not include 'verify'"
-    if not isinstance(jwk.get("kid"), str) or not jwk["kid"]:
-        return None, "no kid"
-    if "d" in jwk or jwk.get("kty") == "oct":
-        return None, f"kid {jwk['kid']!r} is secret or private key material; publish only public keys"
-    try:
-        key = jwt.PyJWK(jwk)
-    except jwt.PyJWTError as exc:
-        return None, f"kid {jwk['kid']!r}: {exc}"
-    weak = key.Algorithm.check_key_length(key.key)
-    if weak:
-        return None, f"kid {jwk['kid']!r}: {weak}"
-    return key, ""
-
-
-def _canonical(key: jwt.PyJWK) -> str:
-    return json.dumps(key._jwk_data, sort_keys=True)
-
-
-class KeySet:
-    """The signature keys of one issuer, by kid.
-
-    For a ``jwks_url`` the I/O shell polls `claim_fetch(now)`; when it returns
-    True the shell fetches the URL and calls `update(body, now)` or, on any
-    failure, `fetch_failed(now)`. Nothing here performs I/O.
-    """
-
-    __slots__ = (
-        "source",
-        "keys",
-        "remote",
-        "wanted",
-        "last_attempt",
-        "last_success",
-        "last_error",
-        "min_interval",
-        "refresh",
-    )
-
-    def __init__(
-        self,
-        source: str,
-        keys: Mapping[str, jwt.PyJWK] | None = None,
-        remote: bool = False,
-        *,
-        min_interval: float = REFETCH_MIN_INTERVAL,
-        refresh: float = REFRESH_INTERVAL,
-    ) -> None:
-        self.source = source
-        self.keys: dict[str, jwt.PyJWK] = dict(keys or {})
-        self.remote = remote
-        self.min_interval = min_interval  # seconds between two fetch attempts, at least
-        self.refresh = refresh  # seconds after a successful fetch before the next one
-        self.wanted = remote and not self.keys  # a remote set starts empty: fetch at once
-        self.last_attempt = -math.inf
-        self.last_success = -math.inf
-        self.last_error = ""
-
-    def get(self, kid: str) -> jwt.PyJWK | None:
-        return self.keys.get(kid)
-
-    def note_unknown_kid(self) -> None:
-        """A token named a kid we do not hold: maybe the issuer rotated."""
-        if self.remote:
-            self.wanted = True
-
-    def claim_fetch(self, now: float) -> bool:
-        """Whether the shell should fetch now; claiming it starts the
-        rate-limit window, so concurrent pollers fetch once."""
-        if not self.remote or now - self.last_attempt < self.min_interval:
-            return False
-        if not (self.wanted or now - self.last_success >= self.refresh):
-            return False
-        self.last_attempt = now
-        self.wanted = False
-        return True
-
-    def update(self, body: bytes, now: float) -> list[str]:
-        """Replace the keys with a fetched JWKS; returns notes on keys left
-        out. Raises JwksError (keeping the old keys) when nothing is usable."""
-        self.last_attempt = now
-        try:
-            keys, notes = parse_jwks(body)
-        except JwksError as exc:
-            self.last_error = str(exc)
-            raise
-        if not keys:
-            self.last_error = "no usable signature key"
-            raise JwksError(f"{self.last_error}: {'; '.join(notes) or 'empty keys array'}")
-        # Identical keys keep their object, so tokens cached under them stay valid.
-        held = {_canonical(k): k for k in self.keys.values()}
-        self.keys = {kid: held.get(_canonical(k), k) for kid, k in keys.items()}
-        self.last_success = now
-        self.last_error = ""
-        return notes
-
-    def fetch_failed(self, now: float, error: str = "fetch failed") -> None:
-        self.last_attempt = now
-        self.last_error = error
-
-    def inherit(self, old: KeySet) -> None:
-        """After a reload: start from the keys `old` fetched from the same
-        URL. A fetch is still wanted at once, but until one succeeds tokens
-        keep verifying: a JWKS URL that is down (or slow) must not log
-        everyone out on SIGHUP."""
-        if self.remote and not self.keys and old.remote and old.source == self.source and old.keys:
-            self.keys = dict(old.keys)
-            self.last_success = old.last_success
 
 
 # -- verification -------------------------------------------------------------
@@ -539,143 +336,3 @@ class Verifier:
         if refusal.permanent:
             self.failures.put(token, refusal)
         return refusal
-
-
-# -- claims -------------------------------------------------------------------
-
-
-def _number(claims: Mapping[str, Any], name: str) -> float | Refusal | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return Refusal(f"{name} is not a number", permanent=True)
-    # Compared before any conversion: an int of hundreds of digits has no
-    # float, and NaN fails every comparison, so both land here.
-    if not 0 <= value <= MAX_TIME:
-        return Refusal(f"{name} is out of range", permanent=True)
-    return float(value)
-
-
-def _text(claims: Mapping[str, Any], name: str) -> str | Refusal:
-    value = claims.get(name, "")
-    if not isinstance(value, str):
-        return Refusal(f"{name} is not a string", permanent=True)
-    if _CONTROL_RE.search(value):
-        return Refusal(f"{name} contains control characters", permanent=True)
-    if not _encodable(value):
-        return Refusal(f"{name} is not valid Unicode", permanent=True)
-    return value
-
-
-def _strings(claims: Mapping[str, Any], name: str) -> frozenset[str] | Refusal:
-    value = claims.get(name)
-    if value is None:
-        return frozenset()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        return Refusal(f"{name} is not a string or a list of strings", permanent=True)
-    if not all(_encodable(v) for v in value):
-        return Refusal(f"{name} is not valid Unicode", permanent=True)
-    return frozenset(value)
-
-
-def _encodable(value: str) -> bool:
-    """Whether `value` has a UTF-8 form: JSON's \\u escapes can spell lone
-    surrogates, which no header, log line or JSON answer can carry."""
-    return value.isascii() or _SURROGATE_RE.search(value) is None
-
-
-def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[float, float] | Refusal:
-    """(exp, iat) of claims whose time claims are usable at `now`, else why
-    not: exp and iat required, nbf optional, each a number in 0..MAX_TIME,
-    and `leeway` seconds of clock skew allowed either way."""
-    values: dict[str, float | None] = {}
-    for name in ("exp", "nbf", "iat"):
-        value = _number(claims, name)
-        if isinstance(value, Refusal):
-            return value
-        values[name] = value
-    exp, nbf, iat = values["exp"], values["nbf"], values["iat"]
-    if exp is None or iat is None:
-        return Refusal("missing exp or iat", permanent=True)
-    if exp <= now - leeway:
-        return Refusal("expired", permanent=True)
-    if nbf is not None and nbf > now + leeway:
-        return Refusal("not yet valid (nbf in the future)")
-    if iat > now + leeway:
-        return Refusal("issued in the future (iat)")
-    return exp, iat
-
-
-def identity_from_claims(
-    token: bytes, claims: Mapping[str, Any], now: float, leeway: float
-) -> Identity | Refusal:
-    """Type and time checks on verified claims, then the Identity."""
-    times = check_times(claims, now, leeway)
-    if isinstance(times, Refusal):
-        return times
-    aud = _strings(claims, "aud")
-    if isinstance(aud, Refusal) or not aud:
-        return aud if isinstance(aud, Refusal) else Refusal("aud is empty", permanent=True)
-    groups = _strings(claims, "groups")
-    if isinstance(groups, Refusal):
-        return groups
-    amr = _strings(claims, "amr")
-    if isinstance(amr, Refusal):
-        return amr
-    texts: dict[str, str] = {"idp": _idp(claims)}
-    for name in ("email", "sub", "type", "country", "identity_nonce", "iss"):
-        value = _text(claims, name)
-        if isinstance(value, Refusal):
-            return value
-        texts[name] = value
-    return _identity(token, aud, times, groups, amr, texts, leeway)
-
-
-def _idp(claims: Mapping[str, Any]) -> str:
-    """The identity provider's id: the `idp` claim is an object with an
-    "id" (as in Cloudflare's identity), which the edge's own tokens carry.
-    Any other shape names no provider: login_method rules then never match,
-    while the token stays usable for every other rule."""
-    value = claims.get("idp")
-    ident = value.get("id") if isinstance(value, dict) else None
-    if not isinstance(ident, str) or _CONTROL_RE.search(ident) or not _encodable(ident):
-        return ""
-    return ident
-
-
-def _identity(
-    token: bytes,
-    aud: frozenset[str],
-    times: tuple[float, float],
-    groups: frozenset[str],
-    amr: frozenset[str],
-    texts: dict[str, str],
-    leeway: float,
-) -> Identity:
-    email = texts["email"]
-    headers = [(JWT_ASSERTION, token)]
-    if email:
-        headers.append((USER_EMAIL, email.encode("utf-8")))
-    return Identity(
-        token=token,
-        iss=texts["iss"],
-        aud=aud,
-        exp=times[0],
-        iat=times[1],
-        valid_until=times[0] + leeway,
-        email=email,
-        sub=texts["sub"],
-        groups=groups,
-        type=texts["type"],
-        country=texts["country"],
-        identity_nonce=texts["identity_nonce"],
-        amr=amr,
-        idp=texts["idp"],
-        session=session_key(texts["iss"], texts["identity_nonce"]) if texts["identity_nonce"] else "",
-        email_lower=email.lower(),
-        email_domain=email.rpartition("@")[2].lower(),
-        add_headers=tuple(headers),
-    )

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from edge.access.claims import Identity, Refusal
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import verify_token
 from edge.access.headers import Header
@@ -32,7 +33,7 @@ from edge.access.session import (
     random_token,
     set_cookie,
 )
-from edge.access.tokens import Identity, Refusal, extract_token
+from edge.access.tokens import extract_token
 from edge.config.schema import DevProvider, DevUser, OidcProvider, Team
 from edge.login import pages
 from edge.login.call import target_text

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from urllib.parse import urlencode, urlsplit
 
 from edge.access.actions import Endpoint
+from edge.access.claims import Identity
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import verify_token
 from edge.access.headers import Header
@@ -47,7 +48,6 @@ from edge.access.session import (
     set_cookie,
     token_claims,
 )
-from edge.access.tokens import Identity
 from edge.login import pages
 from edge.login.call import host_of, query_of
 from edge.login.context import Context, Target

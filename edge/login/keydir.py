@@ -52,8 +52,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
+from edge.access.keysets import parse_jwks
 from edge.access.session import Sealer
-from edge.access.tokens import parse_jwks
 from edge.login import keys as keylib
 from edge.login.keyring import KeyRing, SigningKey
 from edge.login.keys import PrivateKey

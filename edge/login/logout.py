@@ -22,12 +22,12 @@ import logging
 from urllib.parse import urlencode, urlsplit
 
 from edge.access.actions import Endpoint
+from edge.access.claims import Identity, Refusal
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.revocation import revoked_until
 from edge.access.session import AUTH_COOKIE, ENDPOINT_PATH, clear_cookie, cross_site
-from edge.access.tokens import Identity, Refusal
 from edge.login import pages
 from edge.login.call import host_of, query_of, read_form
 from edge.login.context import Context

@@ -19,10 +19,11 @@ Invariants:
   with the algorithm that key is for; "none", HS* and any algorithm not in
   `SIGNING_ALGORITHMS` are refused before a key is looked at.
 - The discovery document is fetched once and kept; a failed fetch is not
-  kept, so the next call tries again. The JWKS is an edge.access.tokens
+  kept, so the next call tries again. The JWKS is an edge.access.keysets
   KeySet (the one JWKS cache), kept for JWKS_MAX_AGE and refetched at most
   once per `finish` when the token names an unknown kid; a failed fetch
-  keeps the keys held. Its time claims go through tokens.check_times.
+  keeps the keys held. Its time claims go through
+  edge.access.claims.check_times.
   ID tokens come only from the token endpoint, over a connection we opened,
   so an unknown kid cannot be injected by a browser to make us fetch.
 - Every provider call is one `fetch.request`: bounded in time and size.
@@ -53,7 +54,8 @@ import jwt
 import msgspec
 from jwt.types import Options
 
-from edge.access.tokens import JwksError, KeySet, Refusal, check_times
+from edge.access.claims import Refusal, check_times
+from edge.access.keysets import JwksError, KeySet
 from edge.config.syntax import is_loopback_host
 from edge.proxy.fetch import FETCH_TIMEOUT, FetchError, Response, request
 

@@ -48,13 +48,14 @@ from typing import Any
 import jwt
 
 from edge.access.actions import Endpoint
+from edge.access.claims import Identity, Refusal
 from edge.access.compile import Compiled, team_base_url
 from edge.access.endpoints import EndpointKind
 from edge.access.headers import Header
+from edge.access.keysets import parse_jwks
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import Sealer
-from edge.access.tokens import Identity, Refusal, parse_jwks
 from edge.config.errors import ConfigError
 from edge.config.schema import Config, DevProvider, DevUser, OidcProvider
 from edge.login import keydir, logout, oidc_flow, pages, signin

@@ -13,12 +13,12 @@ from __future__ import annotations
 from urllib.parse import quote, urlsplit
 
 from edge.access.actions import Endpoint
+from edge.access.claims import Identity
 from edge.access.compile import Compiled
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.router import path_segments
 from edge.access.session import ENDPOINT_PATH, same_host_url, valid_binding
-from edge.access.tokens import Identity
 from edge.config.schema import OidcProvider
 from edge.login import dev, oidc_flow
 from edge.login.call import query_of, read_form

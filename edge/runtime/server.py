@@ -36,10 +36,10 @@ import msgspec
 from edge.access.actions import Endpoint, Forward, Redirect, Unauthorized
 from edge.access.compile import NO_STORE, Compiled, RemoteKeys, compile_config
 from edge.access.decide import decide
+from edge.access.keysets import JwksError
 from edge.access.request import Request
 from edge.access.responses import HEALTH_PATH, READY_PATH, LocalResponse, date_line
 from edge.access.session import new_binding_value
-from edge.access.tokens import JwksError
 from edge.config.errors import ConfigError
 from edge.config.load import load, loads
 from edge.config.schema import TLS, Config

@@ -39,7 +39,7 @@ from conftest import ROOT, EdgeProcess, wait_for, write_config
 from cryptography.hazmat.primitives.asymmetric import ec
 from upstream_server import Upstream
 
-from edge.access.tokens import REFETCH_MIN_INTERVAL
+from edge.access.keysets import REFETCH_MIN_INTERVAL
 
 TIMEOUT = 10.0  # seconds, on every client socket and single wait
 Headers = list[tuple[bytes, bytes]]

@@ -20,8 +20,9 @@ from edge.access.actions import Deny, Preflight
 from edge.access.cache import BoundedCache
 from edge.access.compile import Compiled
 from edge.access.decide import decide
+from edge.access.keysets import KeySet, parse_jwks
 from edge.access.responses import LocalResponse
-from edge.access.tokens import IssuerKeys, KeySet, Verifier, parse_jwks
+from edge.access.tokens import IssuerKeys, Verifier
 
 APPS = """
 [[apps]]

@@ -1,7 +1,7 @@
 """One of each: the auth cookie name, the header-pair type and the identity
 header names are defined once (edge.access.headers); JWT time checks and
-JWKS caching have one implementation (edge.access.tokens), which the OIDC
-client uses too."""
+JWKS caching have one implementation each (edge.access.claims,
+edge.access.keysets), which the OIDC client uses too."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 from access_fixtures import NOW
 
 import edge
-from edge.access import headers, tokens
-from edge.access.tokens import KeySet, Refusal, check_times
+from edge.access import headers
+from edge.access.claims import Refusal, check_times
+from edge.access.keysets import KeySet
 from edge.login import oidc
 
 EDGE = Path(edge.__file__).parent
@@ -86,7 +87,7 @@ TIMES: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("claims", TIMES, ids=range(len(TIMES)))
 def test_id_tokens_and_user_tokens_share_the_time_checks(claims: dict[str, Any]) -> None:
-    assert oidc.check_times is tokens.check_times
+    assert oidc.check_times is check_times
     client = oidc.OidcClient("https://idp.example.com", "client", "secret", leeway=60)
     full = {"iss": "https://idp.example.com", "aud": "client", "nonce": "n", **claims}
     verdict = check_times(full, NOW, 60)

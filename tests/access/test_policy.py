@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from edge.access.claims import Identity
 from edge.access.policy import (
     Catalog,
     EmailList,
@@ -22,7 +23,6 @@ from edge.access.policy import (
     client_ip,
     parse_ip,
 )
-from edge.access.tokens import Identity
 from edge.config.schema import Group, List, Policy, ServiceToken
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))

@@ -1,5 +1,6 @@
-"""edge.tokens: extraction, verification failures, key sets, caches. Pure:
-a fixed clock (access_fixtures.NOW), keys generated in-process."""
+"""edge.access.tokens: extraction, verification failures, caches (key sets:
+test_keysets.py). Pure: a fixed clock (access_fixtures.NOW), keys generated
+in-process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from access_fixtures import (
     EC_KEY,
     HS_SECRET,
     ISS,
-    KEYS,
     KIDS,
     NOW,
     OTHER_EC_KEY,
@@ -28,25 +28,12 @@ from access_fixtures import (
     unsigned,
 )
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.access.tokens import (
-    AMBIGUOUS,
-    NO_TOKEN,
-    REFETCH_MIN_INTERVAL,
-    REFRESH_INTERVAL,
-    Identity,
-    IssuerKeys,
-    JwksError,
-    KeySet,
-    Refusal,
-    Verifier,
-    cookie_tokens,
-    extract_token,
-    parse_jwks,
-)
+from edge.access.claims import Identity, Refusal
+from edge.access.keysets import REFRESH_INTERVAL, KeySet, parse_jwks
+from edge.access.tokens import AMBIGUOUS, NO_TOKEN, IssuerKeys, Verifier, cookie_tokens, extract_token
 
 # -- extraction ----------------------------------------------------------------
 
@@ -473,72 +460,7 @@ def test_refetch_keeping_the_same_keys_keeps_the_cache() -> None:
     assert v.verify(token, NOW) is first
 
 
-# -- JWKS and key sets -------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("jwk", "note"),
-    [
-        (public_jwk(EC_KEY, "k", use="enc"), "use is 'enc', not 'sig'"),
-        (public_jwk(EC_KEY, "k", key_ops=["encrypt"]), "key_ops does not include 'verify'"),
-        (public_jwk(EC_KEY, "k", key_ops="verify"), "key_ops does not include 'verify'"),
-        ({k: v for k, v in public_jwk(EC_KEY, "k").items() if k != "kid"}, "no kid"),
-        ({"kty": "oct", "k": "c2VjcmV0", "kid": "k"}, "secret or private key material"),
-        ({**public_jwk(EC_KEY, "k"), "d": "AAAA"}, "secret or private key material"),
-        ({"kty": "XYZ", "kid": "k"}, "Unsupported kty"),
-        ("a string", "not a JSON object"),
-        (
-            public_jwk(rsa.generate_private_key(public_exponent=65537, key_size=1024), "k"),
-            "below the minimum",
-        ),
-    ],
-)
-def test_unusable_jwks_keys_are_left_out(jwk: Any, note: str) -> None:
-    keys, notes = parse_jwks(jwks(jwk, public_jwk(RSA_KEY, "good")))
-    assert list(keys) == ["good"]
-    assert len(notes) == 1 and note in notes[0], notes
-
-
-@pytest.mark.parametrize(
-    "jwk", [public_jwk(EC_KEY, "k", use="sig"), public_jwk(EC_KEY, "k", key_ops=["verify", "sign"])]
-)
-def test_signature_keys_are_kept(jwk: dict[str, Any]) -> None:
-    keys, notes = parse_jwks(jwks(jwk))
-    assert list(keys) == ["k"] and notes == []
-
-
-@pytest.mark.parametrize("body", [b"{", b"[]", b'{"keys": {}}', b'{"nokeys": []}'])
-def test_unusable_jwks_documents(body: bytes) -> None:
-    with pytest.raises(JwksError):
-        parse_jwks(body)
-
-
-def test_duplicate_kid_keeps_the_first() -> None:
-    keys, notes = parse_jwks(jwks(public_jwk(EC_KEY, "k"), public_jwk(OTHER_EC_KEY, "k")))
-    assert jwt.PyJWK(public_jwk(EC_KEY, "k")).key.public_numbers() == keys["k"].key.public_numbers()
-    assert "appears twice" in notes[0]
-
-
-def test_remote_key_set_fetch_schedule() -> None:
-    ks = KeySet("https://idp/certs", remote=True)
-    assert ks.claim_fetch(NOW)  # empty: fetch at once
-    assert not ks.claim_fetch(NOW + 1)  # claimed: nobody else fetches
-    ks.update(jwks(public_jwk(EC_KEY, "ec-1")), NOW + 1)
-    ks.note_unknown_kid()
-    assert not ks.claim_fetch(NOW + REFETCH_MIN_INTERVAL - 1)  # rate limited
-    assert ks.claim_fetch(NOW + REFETCH_MIN_INTERVAL + 1)
-    ks.fetch_failed(NOW + REFETCH_MIN_INTERVAL + 2, "timeout")
-    assert ks.last_error == "timeout"
-    assert ks.get("ec-1") is not None  # a failed fetch keeps the keys
-    assert not ks.claim_fetch(NOW + 100)  # nothing wanted, refresh not due
-    assert ks.claim_fetch(NOW + 1 + REFRESH_INTERVAL)  # periodic refresh
-
-
-def test_file_key_sets_never_ask_for_fetches() -> None:
-    keys, _ = parse_jwks(default_jwks())
-    ks = KeySet("jwks.json", keys)
-    ks.note_unknown_kid()
-    assert not ks.claim_fetch(NOW)
+# -- key rotation, seen by the verifier (key sets: test_keysets.py) ----------------
 
 
 def test_unknown_kid_flags_a_refetch_then_rotation_is_honoured() -> None:
@@ -555,22 +477,6 @@ def test_unknown_kid_flags_a_refetch_then_rotation_is_honoured() -> None:
     ks.update(jwks(public_jwk(RSA_KEY, "new"), public_jwk(EC_KEY, "old")), NOW)
     assert isinstance(v.verify(new, NOW), Identity)
     assert isinstance(v.verify(old, NOW), Identity)
-
-
-@pytest.mark.parametrize("body", [b"not json", jwks(public_jwk(EC_KEY, "k", use="enc")), jwks()])
-def test_bad_fetch_keeps_the_old_keys(body: bytes) -> None:
-    ks = KeySet("https://idp/certs", remote=True)
-    ks.update(jwks(public_jwk(EC_KEY, "ec-1")), NOW)
-    with pytest.raises(JwksError):
-        ks.update(body, NOW + 60)
-    assert list(ks.keys) == ["ec-1"]
-    assert ks.last_error
-
-
-def test_every_algorithm_key_kind_parses() -> None:
-    keys, notes = parse_jwks(default_jwks())
-    assert notes == []
-    assert {k: v.algorithm_name for k, v in keys.items()} == {KIDS[a]: a for a in KEYS}
 
 
 # -- how the user signed in: amr and idp ---------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from access_fixtures import NOW, default_jwks, mint
 
 from edge.access.compile import compile_config
-from edge.access.tokens import parse_jwks
+from edge.access.keysets import parse_jwks
 from edge.cli.main import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, main
 from edge.cli.tools import build_request, explain_text
 from edge.config.load import load

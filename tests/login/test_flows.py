@@ -19,13 +19,13 @@ import msgspec
 import pytest
 
 from edge.access.actions import Endpoint
+from edge.access.claims import Identity
 from edge.access.compile import Compiled, compile_config
 from edge.access.decide import decide, verify_token
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
 from edge.access.session import BINDING_COOKIE, CSRF_COOKIE, FLOW_COOKIE, HANDOFF_TTL, SealError
-from edge.access.tokens import Identity
 from edge.config.load import loads
 from edge.config.schema import Config, DevProvider
 from edge.login import dev, handoff, logout, oidc_flow, signin

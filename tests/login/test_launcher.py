@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from edge.access.actions import Endpoint
+from edge.access.claims import Identity
 from edge.access.compile import Compiled, compile_config
 from edge.access.decide import decide
 from edge.access.endpoints import EndpointKind
@@ -24,7 +25,6 @@ from edge.access.policy import Subject
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
 from edge.access.session import CSRF_COOKIE, FLOW_COOKIE
-from edge.access.tokens import Identity
 from edge.config.load import loads
 from edge.config.schema import Config
 from edge.login import handoff, pages, signin

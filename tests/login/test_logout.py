@@ -19,12 +19,12 @@ from access_fixtures import ISS, NOW, default_jwks, mint
 from redis_fixture import RedisServer, redis_server  # noqa: F401
 
 from edge.access.actions import Endpoint
+from edge.access.claims import Identity, Refusal
 from edge.access.compile import Compiled, compile_config
 from edge.access.decide import REVOKED, decide, verify_token
 from edge.access.endpoints import EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
-from edge.access.tokens import Identity, Refusal
 from edge.config.load import loads
 from edge.config.schema import Config
 from edge.login.service import LoginService

@@ -13,7 +13,8 @@ import pytest
 from access_fixtures import EC_KEY, RSA_KEY, public_jwk
 from access_fixtures import jwks as jwks_doc
 
-from edge.access.tokens import IssuerKeys, KeySet, parse_jwks
+from edge.access.keysets import KeySet, parse_jwks
+from edge.access.tokens import IssuerKeys
 from edge.runtime.readiness import Facts, answer, issuer_facts, usable
 
 A, B = "https://a.test", "https://b.test"
