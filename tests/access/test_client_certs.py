@@ -15,8 +15,9 @@ from access_fixtures import AUD, NOW, compiled, cookie, mint, request
 
 from edge.access.actions import Deny, Forward, Preflight, Unauthorized
 from edge.access.decide import decide, explain
-from edge.access.policy import Policies, Subject
+from edge.access.policy import Policies
 from edge.access.request import Request
+from edge.access.subject import Subject
 from edge.access.tokens import Identity
 from edge.config.schema import Policy
 

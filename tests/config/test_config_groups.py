@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge.access.compile import compile_config
-from edge.access.policy import Subject
+from edge.access.subject import Subject
 from edge.access.tokens import Identity
 from edge.config.errors import ConfigError
 from edge.config.load import load, loads
