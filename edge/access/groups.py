@@ -139,15 +139,7 @@ def compile_clause(
         group = _group(include[0].group, catalog, prefix)
         inc, req, exc = list(group.include), list(group.require), list(group.exclude)
         include = ()
-    for rule in include:
-        if rule.group is None:
-            inc.append(compile_rule(rule, catalog.lists, prefix))
-            continue
-        group = _group(rule.group, catalog, prefix)
-        if group.require or group.exclude:
-            inc.append(_nested(rule.group, catalog, prefix))
-        else:
-            inc += group.include
+    inc += _any_of(include, catalog, prefix)
     for rule in require:
         if rule.group is None:
             req.append(compile_rule(rule, catalog.lists, prefix))
@@ -158,16 +150,24 @@ def compile_clause(
             exc += group.exclude
         else:
             req.append(_nested(rule.group, catalog, prefix))
-    for rule in exclude:
+    exc += _any_of(exclude, catalog, prefix)
+    return Clause(inc, req, exc)
+
+
+def _any_of(rules: Sequence[Rule], catalog: Catalog, prefix: str) -> list[CompiledRule]:
+    """Include or exclude rules (any of them counts): a group of include
+    rules only joins them, any other group is one nested rule."""
+    found: list[CompiledRule] = []
+    for rule in rules:
         if rule.group is None:
-            exc.append(compile_rule(rule, catalog.lists, prefix))
+            found.append(compile_rule(rule, catalog.lists, prefix))
             continue
         group = _group(rule.group, catalog, prefix)
         if group.require or group.exclude:
-            exc.append(_nested(rule.group, catalog, prefix))
+            found.append(_nested(rule.group, catalog, prefix))
         else:
-            exc += group.include
-    return Clause(inc, req, exc)
+            found += group.include
+    return found
 
 
 def _group(names: Sequence[str], catalog: Catalog, prefix: str) -> Clause:
