@@ -25,12 +25,14 @@ import msgspec
 from edge.access.actions import Preflight
 from edge.access.cache import BoundedCache
 from edge.access.cors import VARY_ORIGIN, CorsPolicy, refused_preflight
+from edge.access.groups import EMPTY_CATALOG, Catalog
 from edge.access.headers import Header, TrustedProxies
 from edge.access.keysets import JwksError, KeySet, parse_jwks
-from edge.access.policy import EMPTY_CATALOG, Catalog, IPNetwork, Policies, ServiceTokens
+from edge.access.policy import Policies
 from edge.access.responses import LocalResponse, Responses
 from edge.access.revocation import Revocations
 from edge.access.router import Route, Router
+from edge.access.subject import IPNetwork, ServiceTokens
 from edge.access.tokens import IssuerKeys, Verifier
 from edge.config.errors import ConfigError
 from edge.config.schema import (

@@ -36,11 +36,12 @@ from edge.access.compile import NO_STORE, Compiled, CompiledApp, PreflightKey
 from edge.access.cors import is_preflight
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS
 from edge.access.headers import CLIENT_ID, CLIENT_SECRET, Header
-from edge.access.policy import Policies, Subject, Trace
+from edge.access.policy import Policies, Trace
 from edge.access.request import Index, Request
 from edge.access.responses import LocalResponse
 from edge.access.router import normalize_host, path_segments
 from edge.access.session import binding_cookie
+from edge.access.subject import Subject
 from edge.access.tokens import extract_token
 
 # -- the decision ----------------------------------------------------------------

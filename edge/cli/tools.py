@@ -14,7 +14,7 @@ from edge.access.actions import Action, Forward
 from edge.access.compile import Compiled
 from edge.access.cors import fetch_method
 from edge.access.decide import explain
-from edge.access.policy import entries
+from edge.access.lists import entries
 from edge.access.request import Request, build
 from edge.access.responses import date_line
 from edge.config.schema import TEMPLATE_PAGES, App, Branding, Config, DevProvider, Rule

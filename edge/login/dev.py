@@ -17,9 +17,9 @@ import logging
 from collections.abc import Mapping
 
 from edge.access.compile import Compiled
-from edge.access.policy import client_ip
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
+from edge.access.subject import client_ip
 from edge.config.schema import DevProvider
 from edge.login.context import Context, Target
 from edge.login.handoff import start_session

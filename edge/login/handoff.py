@@ -29,7 +29,6 @@ from edge.access.claims import Identity
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import verify_token
 from edge.access.headers import Header
-from edge.access.policy import Subject
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.router import path_segments
@@ -48,6 +47,7 @@ from edge.access.session import (
     set_cookie,
     token_claims,
 )
+from edge.access.subject import Subject
 from edge.login import pages
 from edge.login.call import host_of, query_of
 from edge.login.context import Context, Target

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 from edge.access.actions import Endpoint
 from edge.access.claims import Identity
 from edge.access.compile import Compiled, CompiledApp
-from edge.access.policy import Subject
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import ENDPOINT_PATH
+from edge.access.subject import Subject
 from edge.config.syntax import DomainPattern
 from edge.login import pages
 from edge.login.context import Context

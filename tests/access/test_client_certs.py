@@ -16,8 +16,9 @@ from access_fixtures import AUD, NOW, compiled, cookie, mint, request
 from edge.access.actions import Deny, Forward, Preflight, Unauthorized
 from edge.access.claims import Identity
 from edge.access.decide import decide, explain
-from edge.access.policy import Policies, Subject
+from edge.access.policy import Policies
 from edge.access.request import Request
+from edge.access.subject import Subject
 from edge.config.schema import Policy
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)

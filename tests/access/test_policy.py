@@ -1,31 +1,21 @@
-"""edge.policy: selectors, include/require/exclude, evaluation order, client
-IPs behind proxies, service tokens. Pure."""
+"""edge.access.policy, with its rules and groups: selectors,
+include/require/exclude, evaluation order, groups and lists. Pure."""
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 from typing import Any
 
 import msgspec
 import pytest
+from test_lists import BIG, OFFICE
+from test_subject import TRUSTED
 
 from edge.access.claims import Identity
-from edge.access.policy import (
-    Catalog,
-    EmailList,
-    GroupRule,
-    IpList,
-    NetworkTable,
-    Policies,
-    ServiceTokens,
-    Subject,
-    client_ip,
-    parse_ip,
-)
-from edge.config.schema import Group, List, Policy, ServiceToken
-
-TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
+from edge.access.groups import Catalog, GroupRule
+from edge.access.policy import Policies
+from edge.access.rules import EmailList, IpList
+from edge.access.subject import Subject
+from edge.config.schema import Group, List, Policy
 
 
 def identity(
@@ -228,71 +218,9 @@ def test_no_match_reports_the_first_allow_miss_and_traces_everything() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    ("peer", "xff", "expected"),
-    [
-        ("192.0.2.1", [b"198.51.100.7"], "192.0.2.1"),  # untrusted peer: XFF ignored
-        ("10.0.0.2", [b"198.51.100.7"], "198.51.100.7"),
-        ("10.0.0.2", [b"203.0.113.9, 198.51.100.7, 10.1.1.1"], "198.51.100.7"),  # right to left
-        ("10.0.0.2", [b"203.0.113.9", b"198.51.100.7"], "198.51.100.7"),  # several header lines
-        ("10.0.0.2", [b"10.0.0.9, 10.0.0.8"], "10.0.0.9"),  # all trusted: the leftmost
-        ("10.0.0.2", [b"198.51.100.7, garbage"], "10.0.0.2"),  # trust stops at garbage
-        ("10.0.0.2", [], "10.0.0.2"),
-        ("fd00::1", [b"2001:db8::9"], "2001:db8::9"),
-        ("::ffff:10.0.0.2", [b"198.51.100.7"], "198.51.100.7"),
-        ("nonsense", [b"198.51.100.7"], None),
-    ],
-)
-def test_client_ip(peer: str, xff: list[bytes], expected: str | None) -> None:
-    found = client_ip(peer, xff, TRUSTED)
-    assert (None if found is None else str(found)) == expected
-
-
-def test_client_ip_without_trusted_proxies_is_the_peer() -> None:
-    assert str(client_ip("10.0.0.2", [b"198.51.100.7"], ())) == "10.0.0.2"
-
-
-def test_parse_ip() -> None:
-    assert str(parse_ip(b"::ffff:1.2.3.4")) == "1.2.3.4"
-    assert parse_ip(b"\xff") is None
-
-
-def _tokens() -> ServiceTokens:
-    digest = hashlib.sha256(b"s3cret").hexdigest()
-    return ServiceTokens([ServiceToken(name="ci", client_id="ci.example", secret_sha256=digest)])
-
-
-@pytest.mark.parametrize(
-    ("client_id", "secret", "name", "reason"),
-    [
-        (b"ci.example", b"s3cret", "ci", '"ci": valid'),
-        (b" ci.example ", b" s3cret ", "ci", '"ci": valid'),
-        (b"ci.example", b"wrong", None, '"ci": wrong secret'),
-        (b"nobody", b"s3cret", None, "unknown client id"),
-        (b"ci.example", None, None, "none presented"),
-        (None, b"s3cret", None, "none presented"),
-    ],
-)
-def test_service_tokens(client_id: bytes | None, secret: bytes | None, name: str | None, reason: str) -> None:
-    assert _tokens().check(client_id, secret) == (name, reason)
-
-
-def test_secrets_are_not_kept() -> None:
-    tokens = _tokens()
-    assert b"s3cret" not in repr(tokens.by_id).encode()
-
-
 # -- groups, lists, auth_method, login_method ---------------------------------------
 
-BIG = 100_000
 CONTRACTORS = [f"contractor{i}@example.com" for i in range(BIG - 1)] + ["Carol@Example.com"]
-# 100 000 networks of every prefix length from /16 to /32, and a few IPv6 ones.
-OFFICE = [f"10.{i >> 8 & 255}.{i & 255}.{(i * 7) & 255}/32" for i in range(BIG - 4)] + [
-    "192.0.2.0/24",
-    "172.16.0.0/12",
-    "2001:db8::/48",
-    "2001:db8:ffff::1",
-]
 GROUPS = [
     # include only: spliced wherever it is used
     {"name": "staff", "include": [{"email_domains": ["example.com"]}, {"groups": ["staff"]}]},
@@ -471,15 +399,6 @@ def test_lists_are_compiled_once_and_shared() -> None:
     inner = nested.clause.exclude[0]
     assert isinstance(inner, EmailList) and inner.values is first.values
     assert len(first.values) == BIG and "carol@example.com" in first.values  # lower-cased
-
-
-def test_network_table_probes_one_set_per_prefix_length() -> None:
-    table = NetworkTable(ipaddress.ip_network(n) for n in OFFICE)
-    assert table.size == BIG
-    assert [bin(mask).count("1") for mask, _ in table.v4] == [32, 24, 12]
-    assert [bin(mask).count("1") for mask, _ in table.v6] == [128, 48]
-    assert ipaddress.ip_address("172.20.1.1") in table
-    assert ipaddress.ip_address("11.0.0.1") not in table
 
 
 def test_explain_follows_groups_and_lists_without_dumping_them() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from edge.access.claims import Identity
 from edge.access.compile import compile_config
-from edge.access.policy import Subject
+from edge.access.subject import Subject
 from edge.config.errors import ConfigError
 from edge.config.load import load, loads
 

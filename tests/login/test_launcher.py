@@ -21,10 +21,10 @@ from edge.access.claims import Identity
 from edge.access.compile import Compiled, compile_config
 from edge.access.decide import decide
 from edge.access.endpoints import EndpointKind
-from edge.access.policy import Subject
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
 from edge.access.session import CSRF_COOKIE, FLOW_COOKIE
+from edge.access.subject import Subject
 from edge.config.load import loads
 from edge.config.schema import Config
 from edge.login import handoff, pages, signin
