@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edge.access.groups import EMPTY_CATALOG, Catalog, compile_clause
+from edge.access.groups import EMPTY_CATALOG, Catalog, GroupRule, compile_clause
+from edge.access.rules import CompiledRule
 from edge.access.subject import Subject
 from edge.config.schema import CERT_SELECTORS, Policy
 
@@ -54,8 +55,9 @@ class CompiledPolicy:
         self.reason = f'{self.action}: policy "{self.name}"'
         self.no_include = "include: no rule matched"
         # A certificate rule in include or require makes the certificate a
-        # credential of its own (an exclude rule only narrows one).
-        self.cert_credential = any(r.selector in CERT_SELECTORS for r in self.include + self.require)
+        # credential of its own (an exclude rule only narrows one), through
+        # the groups that were not spliced in too.
+        self.cert_credential = _reads_certificate(self.include + self.require)
 
     def miss(self, s: Subject) -> str | None:
         """None when the policy matches, else which part failed."""
@@ -71,6 +73,17 @@ class CompiledPolicy:
             if rule.match(s, True):
                 return rule.exclude_miss
         return None
+
+
+def _reads_certificate(rules: Sequence[CompiledRule]) -> bool:
+    """Whether a rule, or one in the include or require of a group kept as
+    one rule, reads the client certificate."""
+    for rule in rules:
+        if rule.selector in CERT_SELECTORS:
+            return True
+        if isinstance(rule, GroupRule) and _reads_certificate(rule.clause.include + rule.clause.require):
+            return True
+    return False
 
 
 class Policies:

@@ -162,6 +162,13 @@ def warnings(compiled: Compiled) -> list[str]:
                 f"{where}: no [[issuers]] and no [team]: no user token can be verified, "
                 "so allow policies never match"
             )
+    metrics = config.metrics
+    if metrics is not None and not is_loopback_host(metrics.address.host):
+        out.append(
+            f"$.metrics.listen: metrics are served without authentication on {metrics.address.display()}: "
+            "anyone who reaches it reads the app names, issuers and traffic; keep it on loopback or "
+            "let a firewall admit only Prometheus"
+        )
     return out + _team_warnings(config, plain_http) + _login_method_warnings(config)
 
 

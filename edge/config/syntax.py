@@ -157,11 +157,22 @@ def email_domain_problem(value: str) -> str | None:
     return None
 
 
+# IPv4-mapped IPv6 (::ffff:a.b.c.d): the edge compares a client's address as
+# IPv4 (a dual-stack socket's mapped peer is unmapped first), so a network
+# written in this form would never match: in an exclude or a block list, it
+# would let the very clients it names through.
+IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def cidr_problem(value: str) -> str | None:
     try:
-        ipaddress.ip_network(value, strict=True)
+        net = ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
         return f"Expected an IP network like '10.0.0.0/8' or '2001:db8::/32', got {value!r} ({exc})"
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(IPV4_MAPPED):
+        mapped = net.network_address.ipv4_mapped
+        written = f"{mapped}/{net.prefixlen - 96}"
+        return f"Expected an IPv4 network written as one ({written!r}), got the IPv4-mapped {value!r}"
     return None
 
 

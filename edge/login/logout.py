@@ -108,7 +108,10 @@ def _sign_in_link(c: Compiled, action: Endpoint, req: Request) -> tuple[str, str
         # signed-out browser to its login URL.
         return ("/", "Sign in again") if action.aud is not None else None
     url = query_of(req).get("redirect_url", "")
-    host = (urlsplit(url).hostname or "") if url.isascii() else ""
+    try:
+        host = (urlsplit(url).hostname or "") if url.isascii() else ""
+    except ValueError:  # e.g. "http://[x/": a hint that names no host
+        host = ""
     target = target_of(c, host, req) if host else None
     if target is None or isinstance(target, str):
         return (f"{ENDPOINT_PATH}/login", "Sign in")

@@ -12,7 +12,8 @@ Invariants:
   channel (a socketpair made at fork), so a fork while it runs leaves the
   child nothing half-held; the child closes them all. Scrapes are served
   one at a time (Prometheus scrapes a target once per interval); a scraper
-  that stalls holds the next for at most SCRAPE_TIMEOUT.
+  that stalls holds the next for at most SCRAPE_TIMEOUT to send its whole
+  head, and as long again to take the whole answer.
 - Per scrape the supervisor sends each worker a 4-byte sequence number and
   reads back (sequence, length, msgpack families); a reply with another sequence
   (one that came too late for an earlier scrape) is dropped, a worker that
@@ -27,6 +28,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -54,7 +56,8 @@ async def serve_local(sock: socket.socket, gather: Callable[[], bytes]) -> async
             head = await asyncio.wait_for(_read_head(reader), metrics.SCRAPE_TIMEOUT)
             body = gather() if metrics.wants_metrics(head) else None
             writer.write(metrics.answer(head, body))
-            await writer.drain()
+            # A scraper that never reads holds the answer's memory no longer.
+            await asyncio.wait_for(writer.drain(), metrics.SCRAPE_TIMEOUT)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
@@ -149,14 +152,22 @@ class SupervisorMetrics:
             self.conn = None
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(metrics.SCRAPE_TIMEOUT)
+        # One deadline for the whole head, not one per recv: a client sending
+        # a byte at a time would otherwise hold this one thread (and every
+        # scrape behind it) for MAX_HEAD_BYTES timeouts.
+        deadline = time.monotonic() + metrics.SCRAPE_TIMEOUT
         head = b""
         while b"\r\n\r\n" not in head:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            conn.settimeout(left)
             chunk = conn.recv(4096)
             if not chunk or len(head) + len(chunk) > metrics.MAX_HEAD_BYTES:
                 return
             head += chunk
         body = metrics.render(self.gather()) if metrics.wants_metrics(head) else None
+        conn.settimeout(metrics.SCRAPE_TIMEOUT)  # and one for the whole answer (sendall's total)
         conn.sendall(metrics.answer(head, body))
 
     def gather(self) -> list[metrics.Family]:

@@ -16,10 +16,11 @@ from access_fixtures import AUD, NOW, compiled, cookie, mint, request
 from edge.access.actions import Deny, Forward, Preflight, Unauthorized
 from edge.access.claims import Identity
 from edge.access.decide import decide, explain
+from edge.access.groups import Catalog
 from edge.access.policy import Policies
 from edge.access.request import Request
 from edge.access.subject import Subject
-from edge.config.schema import Policy
+from edge.config.schema import Group, Policy
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
 NO_CERT = None
@@ -239,3 +240,29 @@ def test_explain_shows_the_certificate_rule_outcome(c: Any) -> None:
     action, trace = explain(c, with_cn(req, "svc-a"), NOW)
     assert isinstance(action, Forward)
     assert 'policy "machines" (service_auth): match' in trace
+
+
+def test_a_certificate_rule_inside_a_group_is_a_machine_credential() -> None:
+    """A group that is not spliced (it has a require, beside another include
+    rule) is one rule: the certificate rule inside it still makes the
+    certificate a credential of the service_auth policy."""
+    machines = msgspec.convert(
+        {
+            "name": "machines",
+            "include": [{"common_name": ["svc"]}],
+            "require": [{"ip_ranges": ["192.0.2.0/24"]}],
+        },
+        Group,
+    )
+    policy = msgspec.convert(
+        {
+            "name": "m",
+            "action": "service_auth",
+            "include": [{"group": ["machines"]}, {"service_tokens": ["ci"]}],
+        },
+        Policy,
+    )
+    policies = Policies([policy], Catalog([machines], []))
+    assert policies.first_phase(Subject("192.0.2.1", [], (), client_cn="svc"), None) is not None
+    assert policies.first_phase(Subject("198.51.100.1", [], (), client_cn="svc"), None) is None
+    assert policies.first_phase(Subject("192.0.2.1", [], ()), None) is None  # no certificate, no token

@@ -298,3 +298,17 @@ def test_check_warns_of_a_login_method_no_provider_has(
         '$.apps[0] ("api") policy "staff": login_method \'ssso\' is not the id of a [[team.providers]] entry'
         in err
     )
+
+
+@pytest.mark.parametrize(
+    ("listen", "warned"), [("0.0.0.0:9301", True), ("[::]:9301", True), ("127.0.0.1:9301", False)]
+)
+def test_check_warns_of_metrics_beyond_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str, warned: bool
+) -> None:
+    """Metrics name the apps, issuers and traffic, without authentication:
+    legal on another interface (a remote Prometheus), but said out loud."""
+    path = write_config(tmp_path, APP + f'\n[metrics]\nlisten = "{listen}"\n')
+    assert main(["check", "-c", str(path)]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert ("$.metrics.listen: metrics are served without authentication on " in err) is warned

@@ -303,6 +303,13 @@ POLICY_ERRORS = [
         "'2001:db8::/32', got 'nope' ('nope' does not appear to be an IPv4 or IPv6 network)",
     ),
     (
+        # The client's address is compared as IPv4 (a dual-stack socket's
+        # ::ffff:a.b.c.d is unmapped): a mapped network would never match.
+        "include = [{ everyone = true }]\nexclude = [{ ip_ranges = ['::ffff:203.0.113.0/120'] }]",
+        "$.apps[0].policies[0].exclude[0].ip_ranges[0]: Expected an IPv4 network written as one "
+        "('203.0.113.0/24'), got the IPv4-mapped '::ffff:203.0.113.0/120'",
+    ),
+    (
         "include = [{ service_tokens = ['ci'] }]",
         "$.apps[0].policies[0].include[0].service_tokens: Expected service token selectors only in "
         "service_auth policies (elsewhere a user login is needed)",

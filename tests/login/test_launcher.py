@@ -469,3 +469,17 @@ def test_login_pages_and_json_errors_name_the_request_id(site: Site) -> None:
     anonymous = run(get_identity(site.ctx, site.c, action, req, b"", NOW))
     assert anonymous.status == 401
     assert msgspec.json.decode(anonymous.body) == {"error": "not signed in", "request_id": "rid-401"}
+
+
+@pytest.mark.parametrize(
+    "redirect_url",
+    ["http://%5Bx/", "http://[::1/", "http://a:99999/", "%FF%FE", "http://devonly.localhost:8080/"],
+)
+def test_the_signed_out_page_takes_any_return_address(site: Site, redirect_url: str) -> None:
+    """A client's redirect_url is only a hint for the signed-out page's link:
+    a malformed one gets the team's sign-in link, never a 500."""
+    action, req = site.endpoint(
+        "GET", f"http://auth.localhost/cdn-cgi/access/logout?redirect_url={redirect_url}"
+    )
+    page = run(site.service.handle(site.c, action, req, b"", NOW))
+    assert page.status == 200 and "You are signed out." in page.body.decode()

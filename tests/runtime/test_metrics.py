@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from edge.runtime.metrics import (
     merge,
     render,
 )
+from edge.runtime.metrics_server import SupervisorMetrics
 
 APPS = """
 [[apps]]
@@ -251,3 +254,37 @@ def test_revocation_store_state_and_count(redis_server: RedisServer) -> None:  #
             await redis.close()
 
     assert asyncio.run(connected()) == {"memory": 0, "redis_up": 1, "redis_down": 0}
+
+
+def test_a_drip_fed_scrape_holds_the_supervisor_no_longer_than_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The supervisor serves scrapes one at a time: a client sending its head
+    a byte at a time (each within SCRAPE_TIMEOUT) must not hold the next
+    scrape longer than SCRAPE_TIMEOUT for the whole head."""
+    monkeypatch.setattr(metrics, "SCRAPE_TIMEOUT", 0.5)  # time scaled down
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    supervisor = SupervisorMetrics(listener, lambda: [], lambda: [])
+    supervisor.start()
+    stop = threading.Event()
+    try:
+        attacker = socket.create_connection(("127.0.0.1", port))
+
+        def drip() -> None:
+            while not stop.is_set():
+                try:
+                    attacker.send(b"X")  # never a blank line
+                except OSError:
+                    return
+                time.sleep(0.3)
+
+        threading.Thread(target=drip, daemon=True).start()
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=4 * metrics.SCRAPE_TIMEOUT) as scraper:
+            scraper.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert scraper.recv(100).startswith(b"HTTP/1.1 200")  # before the test's own 2 s
+    finally:
+        stop.set()
+        attacker.close()
+        supervisor.stop()
