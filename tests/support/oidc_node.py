@@ -6,7 +6,11 @@ use it), and a user agent that signs in at it with plain HTTP.
 `NodeProvider(...)` starts it (bounded wait for its READY line), `stop()`
 kills it; `restart()` starts it again on the same port with a fresh signing
 key (a key rotation: same issuer, new kid). `requests` lists the paths it
-served, in order. `sign_in_at(url, login)` is the browser's visit: the
+served, in order, up to the moment it is read: the log comes through a pipe
+read by a thread, so reading it first sends a marker request and waits for
+its line (the provider logs in order); without that, a count taken just
+after a request could miss it, and one taken later see it (it did, in CI).
+`sign_in_at(url, login)` is the browser's visit: the
 authorization URL, our interaction's form, back to the authorization
 endpoint, and the redirect to the client: it returns that redirect's URL.
 
@@ -22,6 +26,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,7 @@ START_TIMEOUT = 30.0  # seconds for node to load oidc-provider and listen (about
 STOP_TIMEOUT = 10.0  # seconds after SIGTERM before SIGKILL
 HTTP_TIMEOUT = 10.0  # seconds per request of the signing-in user agent
 HOPS = 10  # redirects followed at most while signing in
+MARK = "/__logged/"  # a path the provider does not serve: the marker of `requests`
 
 # What the provider knows about each user (claims by scope: see oidc_provider.mjs).
 USERS: dict[str, dict[str, Any]] = {
@@ -96,7 +102,8 @@ class NodeProvider:
         }
         if tls:
             self.config["tls"] = {"cert": str(tls[0]), "key": str(tls[1])}
-        self.requests: list[str] = []
+        self._requests: list[str] = []
+        self._marks = 0
         self.output: list[str] = []
         self._proc: subprocess.Popen[str] | None = None
         self._reader = threading.Thread()
@@ -128,7 +135,7 @@ class NodeProvider:
         for line in proc.stdout:
             line = line.rstrip("\n")
             if line.startswith("REQ "):
-                self.requests.append(line.split(" ", 2)[2])
+                self._requests.append(line.split(" ", 2)[2])
             else:
                 self.output.append(line)
                 if line.startswith("READY "):
@@ -150,6 +157,27 @@ class NodeProvider:
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 pipe.close()
+
+    @property
+    def requests(self) -> list[str]:
+        """The paths served so far, every one logged before this read (see
+        the module's docstring); marker requests left out."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._marks += 1
+            mark = f"{MARK}{self._marks}"
+            context = ssl._create_unverified_context()  # our own loopback test server
+            try:
+                opener = build_opener(HTTPSHandler(context=context))
+                with opener.open(self.issuer + mark, timeout=HTTP_TIMEOUT):
+                    pass
+            except HTTPError:
+                pass  # a 404: logged all the same
+            except OSError:
+                mark = ""  # gone meanwhile: what was read is all there is
+            deadline = time.monotonic() + HTTP_TIMEOUT
+            while mark and mark not in self._requests and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return [path for path in self._requests if not path.startswith(MARK)]
 
     def restart(self) -> None:
         """Again on the same port, with a new signing key under a new kid."""
