@@ -17,7 +17,10 @@ Invariants:
 - Per scrape the supervisor sends each worker a 4-byte sequence number and
   reads back (sequence, length, msgpack families); a reply with another sequence
   (one that came too late for an earlier scrape) is dropped, a worker that
-  does not answer within WORKER_TIMEOUT is left out of that scrape.
+  does not answer within WORKER_TIMEOUT is left out of that scrape. A worker
+  writes its reply from its loop as the supervisor reads it, one reply at a
+  time (`WorkerReplies`): never a blocking send that a supervisor which gave
+  up reading could hold.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from edge.runtime import metrics
 
 log = logging.getLogger("edge.metrics")
 
-WORKER_TIMEOUT = 2.0  # seconds a worker has to send its snapshot (it is one loop turn of work)
+WORKER_TIMEOUT = 2.0  # seconds the supervisor waits for a worker's snapshot (one loop turn of work)
 ACCEPT_POLL = 0.5  # seconds; how often the supervisor's thread looks whether it should stop
 _REQUEST = struct.Struct("!I")
 _REPLY = struct.Struct("!II")
@@ -73,32 +76,75 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes:
 # -- a supervisor's worker: answer the supervisor --------------------------------------
 
 
-def worker_channel(sock: socket.socket) -> None:
-    """Make the worker's end ready: reads come when readable; the reply is
-    sent whole, waiting at most WORKER_TIMEOUT for the supervisor to read."""
-    sock.settimeout(WORKER_TIMEOUT)
+class WorkerReplies:
+    """The worker's end of its metrics channel, served by the worker's loop.
 
+    A reply is written as the supervisor reads it (add_writer), never with a
+    blocking send: a supervisor that gave up on this worker (it timed out)
+    stops reading, and a snapshot bigger than the socket buffer would
+    otherwise hold the worker's loop, and every client on it, in the send.
+    One reply at a time: a request that comes while one is going out waits
+    for the supervisor's next scrape (the supervisor drops replies to
+    sequences it no longer waits for), so two replies never interleave.
+    """
 
-def answer_supervisor(sock: socket.socket, families: Callable[[], Sequence[metrics.Family]]) -> bool:
-    """Answer the requests waiting on `sock`; False once the supervisor is gone."""
-    try:
-        data = sock.recv(64 * _REQUEST.size)
-    except (TimeoutError, BlockingIOError):
-        return True
-    except OSError:
-        return False
-    if not data:
-        return False
-    if len(data) < _REQUEST.size:  # never split in practice (4 bytes on a local stream)
-        return True
-    # Several requests queued (a late reply's scrape, then the next): answer the last.
-    seq = _REQUEST.unpack_from(data, len(data) - len(data) % _REQUEST.size - _REQUEST.size)[0]
-    payload = metrics.encode(families())
-    try:
-        sock.sendall(_REPLY.pack(seq, len(payload)) + payload)
-    except OSError:
-        return False
-    return True
+    __slots__ = ("loop", "sock", "families", "sending", "open")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        families: Callable[[], Sequence[metrics.Family]],
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.families = families
+        self.sending = b""  # the rest of the reply going out
+        self.open = True
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        """Stop serving the channel (the supervisor is gone, or the worker stops)."""
+        if self.open:
+            self.open = False
+            self.loop.remove_reader(self.sock.fileno())
+            if self.sending:
+                self.loop.remove_writer(self.sock.fileno())
+            self.sending = b""
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(64 * _REQUEST.size)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        if self.sending or len(data) < _REQUEST.size:  # busy; or never split in practice
+            return
+        # Several requests queued (a late reply's scrape, then the next): answer the last.
+        seq = _REQUEST.unpack_from(data, len(data) - len(data) % _REQUEST.size - _REQUEST.size)[0]
+        payload = metrics.encode(self.families())
+        self.sending = _REPLY.pack(seq, len(payload)) + payload
+        self._writable()
+        if self.sending and self.open:
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        try:
+            sent = self.sock.send(self.sending)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        self.sending = self.sending[sent:]
+        if not self.sending:
+            self.loop.remove_writer(self.sock.fileno())
 
 
 # -- several workers: the supervisor serves ------------------------------------------------

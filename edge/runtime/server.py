@@ -514,8 +514,7 @@ async def serve(
     bound = listeners.bound
     servers = [await _serve_on(loop, state, sock, listeners.ssl) for sock in listeners.sockets]
     if metrics_channel is not None:
-        metrics_server.worker_channel(metrics_channel)
-        loop.add_reader(metrics_channel.fileno(), _answer_scrape, state, metrics_channel)
+        metrics_server.WorkerReplies(loop, metrics_channel, state.metric_families)
     elif channel is None and state.boot.metrics is not None:
         metrics_sock = listen_socket(state.boot.metrics.address)
         servers.append(
@@ -551,11 +550,6 @@ async def serve(
         await state.store.close()
         if state.access_log is not None:
             state.access_log.close()
-
-
-def _answer_scrape(state: ServerState, channel: socket.socket) -> None:
-    if not metrics_server.answer_supervisor(channel, state.metric_families):
-        state.loop.remove_reader(channel.fileno())
 
 
 def _take_snapshots(state: ServerState, channel: socket.socket, stop: asyncio.Event) -> None:

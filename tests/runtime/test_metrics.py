@@ -5,8 +5,10 @@ and the config rules of [metrics]."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -37,7 +39,7 @@ from edge.runtime.metrics import (
     merge,
     render,
 )
-from edge.runtime.metrics_server import SupervisorMetrics
+from edge.runtime.metrics_server import SupervisorMetrics, WorkerReplies
 
 APPS = """
 [[apps]]
@@ -288,3 +290,44 @@ def test_a_drip_fed_scrape_holds_the_supervisor_no_longer_than_the_timeout(
         stop.set()
         attacker.close()
         supervisor.stop()
+
+
+def test_a_worker_never_blocks_its_loop_on_a_supervisor_that_does_not_read() -> None:
+    """A snapshot larger than the socket buffer, asked for by a supervisor
+    that gave up reading (it timed out on this worker): the worker's loop
+    must not wait in a blocking send. The reply goes out as the supervisor
+    reads, whole and in one piece, and a request that comes meanwhile waits
+    for the next scrape rather than interleave a second reply."""
+    sample = metrics.Sample("", (("a", "b" * 200),), 1)
+    families = [
+        metrics.Family(f"edge_big_{i}", "counter", "x" * 64, metrics.SUM, (sample,)) for i in range(20_000)
+    ]
+    payload = metrics.encode(families)
+    assert len(payload) > 4 * 1024 * 1024  # far more than a socket buffer
+
+    async def scenario() -> bytes:
+        loop = asyncio.get_running_loop()
+        supervisor, worker = socket.socketpair()
+        with supervisor, worker:
+            replies = WorkerReplies(loop, worker, lambda: families)
+            supervisor.sendall(struct.pack("!I", 7))
+            await asyncio.sleep(0.05)  # the worker's reader runs
+            assert replies.sending  # not sent whole: the rest waits for the supervisor
+            supervisor.sendall(struct.pack("!I", 8))  # a second scrape's request, meanwhile
+            await asyncio.sleep(0.05)
+            supervisor.setblocking(False)
+            got = bytearray()
+            while len(got) < 8 + len(payload):
+                try:
+                    got += supervisor.recv(1 << 20)
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)  # the worker's loop sends on
+            await asyncio.sleep(0.05)
+            with contextlib.suppress(BlockingIOError):
+                assert supervisor.recv(1) == b""  # nothing more: no second reply interleaved
+                raise AssertionError("a second reply")
+            replies.close()
+            return bytes(got)
+
+    got = asyncio.run(scenario())
+    assert struct.unpack("!II", got[:8]) == (7, len(payload)) and got[8:] == payload
