@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chromium import CALL_TIMEOUT, Browser, DevTools, chromium_binary
+from chromium import Browser, Tab, chromium_binary
 from conftest import EdgeProcess, allow_app_toml, free_port, write_config
 from upstream_server import Upstream
 
@@ -118,53 +117,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         upstream.close()
 
 
-@dataclass
-class Tab:
-    tools: DevTools
-    session: str
-
-    def evaluate(self, expression: str) -> Any:
-        reply = self.tools.call("Runtime.evaluate", self.session, expression=expression, returnByValue=True)
-        return reply["result"].get("value")
-
-    def go(self, url: str) -> None:
-        self.tools.call("Page.navigate", self.session, url=url)
-
-    def wait(self, prefix: str, text: str = "") -> str:
-        """Wait until the page at a URL starting with `prefix` has loaded (and
-        shows `text`); returns its text."""
-        deadline = time.monotonic() + CALL_TIMEOUT
-        state: Any = None
-        while time.monotonic() < deadline:
-            try:
-                state = self.evaluate(
-                    "[location.href, document.readyState, document.body ? document.body.innerText : '']"
-                )
-            except AssertionError as exc:  # the page went away under the call: ask the next one
-                if "navigated or closed" not in str(exc):
-                    raise
-            if state and state[0].startswith(prefix) and state[1] == "complete" and text in state[2]:
-                return str(state[2])
-            time.sleep(0.05)
-        raise AssertionError(f"no page at {prefix} showing {text!r}: {state!r}")
-
-    def click(self, element: str) -> None:
-        assert self.evaluate(f"!!document.querySelector({json.dumps(element)})"), element
-        self.evaluate(f"document.querySelector({json.dumps(element)}).click()")
-
-
-class LogoutBrowser(Browser):
-    def tab(self) -> Tab:
-        assert self.tools is not None
-        target = self.tools.call("Target.createTarget", url="about:blank")["targetId"]
-        session = self.tools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        self.tools.call("Page.enable", session)
-        return Tab(self.tools, session)
-
-
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[LogoutBrowser]:
-    opened = LogoutBrowser(chromium_binary(), tmp_path / "profile")
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    opened = Browser(chromium_binary(), tmp_path / "profile")
     try:
         yield opened
     finally:
@@ -201,7 +156,7 @@ def signed_out_everywhere(world: World, checker: Tab) -> bool:
 
 
 @pytest.mark.parametrize("host", ["app.localhost", "auth.localhost"])
-def test_another_sites_link_to_logout_asks_first(world: World, browser: LogoutBrowser, host: str) -> None:
+def test_another_sites_link_to_logout_asks_first(world: World, browser: Browser, host: str) -> None:
     tab, checker = browser.tab(), browser.tab()
     sign_in(world, tab)
     assert signed_in_everywhere(world, checker)
@@ -219,7 +174,7 @@ def test_another_sites_link_to_logout_asks_first(world: World, browser: LogoutBr
     assert signed_out_everywhere(world, checker)
 
 
-def test_a_same_site_link_to_logout_signs_out_at_once(world: World, browser: LogoutBrowser) -> None:
+def test_a_same_site_link_to_logout_signs_out_at_once(world: World, browser: Browser) -> None:
     tab, checker = browser.tab(), browser.tab()
     sign_in(world, tab)
     assert signed_in_everywhere(world, checker)
@@ -234,7 +189,7 @@ def test_a_same_site_link_to_logout_signs_out_at_once(world: World, browser: Log
     assert signed_out_everywhere(world, checker)
 
 
-def test_the_team_pages_own_sign_out_link_signs_out_at_once(world: World, browser: LogoutBrowser) -> None:
+def test_the_team_pages_own_sign_out_link_signs_out_at_once(world: World, browser: Browser) -> None:
     tab, checker = browser.tab(), browser.tab()
     sign_in(world, tab)
     tab.go(world.url("auth.localhost", "/"))

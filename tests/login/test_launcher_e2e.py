@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from browserless import Browser as Client
 from browserless import Reply
-from chromium import CALL_TIMEOUT, Browser, DevTools, chromium_binary
+from chromium import Browser, Tab, chromium_binary
 from conftest import EdgeProcess, free_port, write_config
 from oidc_provider import OidcProvider
 from upstream_server import Upstream
@@ -232,36 +230,7 @@ def test_auto_redirect_goes_straight_to_the_oidc_provider(sso_world: tuple[World
 # -- in headless Chromium --------------------------------------------------------------------
 
 
-@dataclass
-class Tab:
-    tools: DevTools
-    session: str
-
-    def evaluate(self, expression: str) -> Any:
-        reply = self.tools.call("Runtime.evaluate", self.session, expression=expression, returnByValue=True)
-        return reply["result"].get("value")
-
-    def go(self, url: str) -> None:
-        self.tools.call("Page.navigate", self.session, url=url)
-
-    def wait(self, prefix: str, text: str = "") -> str:
-        """Wait until the page at a URL starting with `prefix` has loaded (and
-        shows `text`); returns its text."""
-        deadline = time.monotonic() + CALL_TIMEOUT
-        state: Any = None
-        while time.monotonic() < deadline:
-            try:
-                state = self.evaluate(
-                    "[location.href, document.readyState, document.body ? document.body.innerText : '']"
-                )
-            except AssertionError as exc:  # the page went away under the call: ask the next one
-                if "navigated or closed" not in str(exc):
-                    raise
-            if state and state[0].startswith(prefix) and state[1] == "complete" and text in state[2]:
-                return str(state[2])
-            time.sleep(0.05)
-        raise AssertionError(f"no page at {prefix} showing {text!r}: {state!r}")
-
+class LauncherTab(Tab):
     def sign_in(self, email: str) -> None:
         self.evaluate(
             f"document.querySelector('input[name=email]').value = {json.dumps(email)};"
@@ -270,20 +239,12 @@ class Tab:
         )
 
 
-class LauncherBrowser(Browser):
-    def tab(self) -> Tab:
-        assert self.tools is not None
-        target = self.tools.call("Target.createTarget", url="about:blank")["targetId"]
-        session = self.tools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        self.tools.call("Page.enable", session)
-        return Tab(self.tools, session)
-
-
 @pytest.fixture
-def tab(tmp_path: Path) -> Iterator[Tab]:
-    opened = LauncherBrowser(chromium_binary(), tmp_path / "profile")
+def tab(tmp_path: Path) -> Iterator[LauncherTab]:
+    opened = Browser(chromium_binary(), tmp_path / "profile")
     try:
-        yield opened.tab()
+        page = opened.tab()
+        yield LauncherTab(page.tools, page.session)
     finally:
         opened.close()
 
@@ -293,7 +254,7 @@ LINKS = "[...document.querySelectorAll('li.app a')].map(a => [a.textContent, a.h
 
 @pytest.mark.parametrize(("email", "apps"), [(ALICE, ["wiki", "chat", "hr"]), (MALLORY, ["chat"])])
 def test_browser_launcher_shows_exactly_the_apps_the_user_may_open(
-    world: World, tab: Tab, email: str, apps: list[str]
+    world: World, tab: LauncherTab, email: str, apps: list[str]
 ) -> None:
     tab.go(world.url("auth.localhost"))
     tab.wait(world.url("auth.localhost", f"{ENDPOINTS}/login"), "Password")
@@ -306,7 +267,7 @@ def test_browser_launcher_shows_exactly_the_apps_the_user_may_open(
     assert "Example Inc" in tab.evaluate("document.title")
 
 
-def test_browser_opening_an_app_from_the_launcher(world: World, tab: Tab) -> None:
+def test_browser_opening_an_app_from_the_launcher(world: World, tab: LauncherTab) -> None:
     tab.go(world.url("auth.localhost"))
     tab.wait(world.url("auth.localhost", f"{ENDPOINTS}/login"), "Password")
     tab.sign_in(ALICE)
@@ -315,7 +276,7 @@ def test_browser_opening_an_app_from_the_launcher(world: World, tab: Tab) -> Non
     assert tab.wait(world.url("chat.localhost")).strip() == UPSTREAM_ROOT.decode().strip()
 
 
-def test_browser_one_allowed_provider_goes_straight_to_its_form(world: World, tab: Tab) -> None:
+def test_browser_one_allowed_provider_goes_straight_to_its_form(world: World, tab: LauncherTab) -> None:
     tab.go(world.url("wiki.localhost"))
     tab.wait(world.url("auth.localhost", f"{ENDPOINTS}/login/wiki.localhost"), "Password")
     forms = tab.evaluate("[...document.forms].map(f => f.elements.provider.value)")
@@ -324,7 +285,7 @@ def test_browser_one_allowed_provider_goes_straight_to_its_form(world: World, ta
     tab.wait(world.url("wiki.localhost"))
 
 
-def test_browser_a_custom_deny_message_is_shown(world: World, tab: Tab) -> None:
+def test_browser_a_custom_deny_message_is_shown(world: World, tab: LauncherTab) -> None:
     tab.go(world.url("hr.localhost"))
     tab.wait(world.url("auth.localhost", f"{ENDPOINTS}/login/hr.localhost"), "Password")
     tab.sign_in(MALLORY)

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,43 @@ class DevTools:
         self._stack.close()
 
 
+@dataclass
+class Tab:
+    """One page of the browser, driven by Runtime.evaluate (`Browser.tab`)."""
+
+    tools: DevTools
+    session: str
+
+    def evaluate(self, expression: str) -> Any:
+        reply = self.tools.call("Runtime.evaluate", self.session, expression=expression, returnByValue=True)
+        return reply["result"].get("value")
+
+    def go(self, url: str) -> None:
+        self.tools.call("Page.navigate", self.session, url=url)
+
+    def wait(self, prefix: str, text: str = "") -> str:
+        """Wait until the page at a URL starting with `prefix` has loaded (and
+        shows `text`); returns its text."""
+        deadline = time.monotonic() + CALL_TIMEOUT
+        state: Any = None
+        while time.monotonic() < deadline:
+            try:
+                state = self.evaluate(
+                    "[location.href, document.readyState, document.body ? document.body.innerText : '']"
+                )
+            except AssertionError as exc:  # the page went away under the call: ask the next one
+                if "navigated or closed" not in str(exc):
+                    raise
+            if state and state[0].startswith(prefix) and state[1] == "complete" and text in state[2]:
+                return str(state[2])
+            time.sleep(0.05)
+        raise AssertionError(f"no page at {prefix} showing {text!r}: {state!r}")
+
+    def click(self, element: str) -> None:
+        assert self.evaluate(f"!!document.querySelector({json.dumps(element)})"), element
+        self.evaluate(f"document.querySelector({json.dumps(element)}).click()")
+
+
 class Browser:
     def __init__(self, binary: str, profile: Path) -> None:
         profile.mkdir()
@@ -106,6 +144,14 @@ class Browser:
         except BaseException:
             self.kill()
             raise
+
+    def tab(self) -> Tab:
+        """A new page (about:blank) with its own DevTools session."""
+        assert self.tools is not None
+        target = self.tools.call("Target.createTarget", url="about:blank")["targetId"]
+        session = self.tools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.tools.call("Page.enable", session)
+        return Tab(self.tools, session)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
