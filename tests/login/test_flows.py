@@ -92,8 +92,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 class Site:
     """The login service of a config with a team, as a worker holds it."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.config: Config = loads(CONFIG.format(key_dir=tmp_path / "keys"))
+    def __init__(self, tmp_path: Path, config: str = CONFIG) -> None:
+        self.config: Config = loads(config.format(key_dir=tmp_path / "keys"))
         ensure_keys(self.config)
         self.store = MemoryStore(clock=lambda: NOW)
         self.service = LoginService(self.config, self.store, b"edge")

@@ -11,30 +11,28 @@ import re
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import msgspec
 import pytest
+from test_flows import Site as FlowsSite
 
 from edge.access.actions import Endpoint
 from edge.access.claims import Identity
 from edge.access.compile import Compiled, compile_config
-from edge.access.decide import decide
 from edge.access.endpoints import EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
 from edge.access.session import CSRF_COOKIE, FLOW_COOKIE
 from edge.access.subject import Subject
 from edge.config.load import loads
-from edge.config.schema import Config
 from edge.login import handoff, pages, signin
 from edge.login.context import Context, Target
 from edge.login.launcher import launcher, launcher_tiles
 from edge.login.oidc import Claims, Flow
 from edge.login.passwords import hash_password
 from edge.login.sealed import new_person
-from edge.login.service import LoginService, ensure_keys, get_identity
-from edge.login.store import MemoryStore
+from edge.login.service import get_identity
 
 NOW = 1_700_000_000.0
 ALICE, MALLORY = "alice@example.com", "mallory@example.com"
@@ -191,37 +189,17 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-class Site:
+class Site(FlowsSite):
+    """test_flows' login service, with this module's team and applications."""
+
     def __init__(self, tmp_path: Path) -> None:
-        self.config: Config = loads(CONFIG.format(key_dir=tmp_path / "keys"))
-        ensure_keys(self.config)
-        self.store = MemoryStore(clock=lambda: NOW)
-        self.service = LoginService(self.config, self.store, b"edge")
-        self.c: Compiled = compile_config(
-            self.config, team_keys=self.service.verify_keys(), revoked=self.store.revocations
-        )
-
-    @property
-    def ctx(self) -> Context:
-        return self.service.context
-
-    def endpoint(
-        self, method: str, url: str, headers: Sequence[tuple[str, str]] = ()
-    ) -> tuple[Endpoint, Request]:
-        parts = urlsplit(url)
-        target = (parts.path + ("?" + parts.query if parts.query else "")).encode()
-        host = parts.netloc.encode()
-        fields = [(b"host", host), *((k.lower().encode(), v.encode()) for k, v in headers)]
-        req = build(method.encode(), host, target, fields, "127.0.0.1")
-        action = decide(self.c, req, NOW)
-        assert isinstance(action, Endpoint), action
-        return action, req
+        super().__init__(tmp_path, CONFIG)
 
     def link(self, app: str) -> str:
         back = quote(f"http://{app}.localhost:8080/", safe="")
         return f"http://auth.localhost/cdn-cgi/access/login/{app}.localhost?kid={app}-aud&redirect_url={back}"
 
-    def target(self, app: str) -> Target:
+    def app_target(self, app: str) -> Target:
         return Target(self.c.apps_by_aud[f"{app}-aud"], f"{app}.localhost", f"http://{app}.localhost:8080/")
 
     def team_cookie(self, email: str, groups: Sequence[str] = (), idp: str = "dev") -> str:
@@ -346,7 +324,7 @@ def test_a_custom_deny_message_is_shown_escaped(site: Site) -> None:
         site.ctx,
         site.c,
         new_person(MALLORY, [], "dev"),
-        site.target("polite"),
+        site.app_target("polite"),
         build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
         NOW,
     )
@@ -360,7 +338,7 @@ def test_a_custom_deny_url_is_a_redirect(site: Site) -> None:
         site.ctx,
         site.c,
         new_person(MALLORY, [], "dev"),
-        site.target("elsewhere"),
+        site.app_target("elsewhere"),
         build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
         NOW,
     )
