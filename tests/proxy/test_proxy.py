@@ -406,6 +406,37 @@ def test_keep_alive_reuses_upstream_connection(edge: Edge, upstream: Upstream) -
     assert served == sorted(served) and len(set(served)) == 10
 
 
+# More requests at once than the old default max_idle (32) kept: a burst of
+# this size must not close connections the next burst then opens again.
+BURST = 40
+
+
+def requests_since(upstream: Upstream, mark: int) -> int:
+    return sum(1 for kind, _ in upstream.events[mark:] if kind == "request")
+
+
+def test_a_burst_reuses_its_upstream_connections(own_edge: Callable[..., Edge], upstream: Upstream) -> None:
+    """With the default pool settings, BURST requests in flight at once need
+    BURST upstream connections; once they are answered, all of them wait in
+    the pool, and a second burst of the same size opens none."""
+    e = own_edge(upstream.url)
+    before = upstream.accepted
+    clients = [Client(e.port) for _ in range(BURST)]
+    try:
+        for burst in ("burst-1", "burst-2"):
+            mark = upstream.mark()
+            for c in clients:
+                c.send(build("GET", f"/gate?name={burst}"))
+            # Every request is at the upstream, each on a connection of its own.
+            assert wait_for(lambda since=mark: requests_since(upstream, since) == BURST)
+            upstream.open_gate(burst)
+            assert all(c.response().status == 200 for c in clients)
+    finally:
+        for c in clients:
+            c.close()
+    assert upstream.accepted - before == BURST
+
+
 def test_http10_request_without_host_matches_no_application(edge: Edge, upstream: Upstream) -> None:
     """No Host, no application: refused locally, never forwarded by accident."""
     with Client(edge.port) as c:

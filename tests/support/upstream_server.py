@@ -12,6 +12,8 @@ The behaviour is chosen by the request path (query string for parameters):
   /download?size=&chunked=1 `size` deterministic bytes (see `payload`), length or chunked
   /sink               reads the body, answers {"sha256": ..., "bytes": ...}
   /sse?wait=NAME      text/event-stream: one event, then holds until signal(NAME)
+  /gate?name=NAME     a small 200, once open_gate(NAME) was called (it stays open,
+                      so any number of requests can wait at one gate)
   /ws                 WebSocket echo (minimal RFC 6455 server, enough for the tests)
   /stall-head?t=      reads the request, then sends nothing for t seconds
   /stall-body?t=      head (Content-Length 1000) and 100 bytes, then nothing
@@ -99,6 +101,7 @@ class Upstream:
         self.errors: list[BaseException] = []
         self.port = 0
         self._signals: set[str] = set()
+        self.gates: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -131,6 +134,9 @@ class Upstream:
 
     def signal(self, name: str) -> None:
         self._loop.call_soon_threadsafe(self._signals.add, name)
+
+    def open_gate(self, name: str) -> None:
+        self._loop.call_soon_threadsafe(self.gates.add, name)
 
     def mark(self) -> int:
         """A position in `events`: pass it to wait_event as `since`."""
@@ -373,6 +379,14 @@ class Conn:
         await self.send(h11.Data(data=b"event: hello\ndata: first\n\n"))
         await self.up.wait_signal(q.get("wait", "sse"))
         await self.send(h11.Data(data=b"data: last\n\n"), h11.EndOfMessage())
+
+    async def do_gate(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
+        await self.body()
+        name = q.get("name", "gate")
+        deadline = time.monotonic() + 10.0
+        while name not in self.up.gates and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await self.respond(200, b"through the gate\n", [("x-conn", str(self.ident))])
 
     async def do_stall_head(self, req: h11.Request, path: str, q: dict[str, str]) -> None:
         await self.body()
