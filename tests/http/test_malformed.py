@@ -63,6 +63,8 @@ def leaks_in(raw: bytes) -> list[bytes]:
     """The LEAKS in what the edge wrote, its request id lines left out."""
     scrubbed = _REQUEST_ID_LINE.sub(b"", raw)
     return [leak for leak in LEAKS if leak in scrubbed]
+
+
 STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) [^\r\n]*\r\n")
 
 
