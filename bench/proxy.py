@@ -11,7 +11,10 @@ process, serving the file):
 - Caddy's reverse_proxy (GOMAXPROCS=1), no token check either: it stands for
   the Go proxy class (oauth2-proxy, Pomerium) without their token check;
 - bench/peers/aiohttp_proxy.py: aiohttp + PyJWT doing the same check with a
-  cache of verified tokens, on uvloop: the Python user's obvious alternative.
+  cache of verified tokens, on uvloop: the Python user's obvious alternative;
+- bench/peers/byte_pump.py: not a proxy but a floor, bytes pumped between a
+  client connection and an upstream connection of its own, nothing parsed:
+  what uvloop and the socket calls alone cost a Python process per request.
 
 Part 2, one large upload and one large download (1 GiB; 256 MiB with
 --quick) through edge and through nginx, with curl, to an upstream that
@@ -99,6 +102,7 @@ EDGE_METRICS = "edge (metrics on)"
 NGINX = "nginx (no token check)"
 CADDY = "Caddy (no token check)"
 AIOHTTP = "aiohttp proxy"
+PUMP = "uvloop byte pump (no HTTP)"
 DIRECT = "direct (no proxy)"
 
 
@@ -272,6 +276,14 @@ def aiohttp_spec(upstream: int) -> ServerSpec:
     return ServerSpec(AIOHTTP, argv, ())
 
 
+def pump_spec(upstream: int) -> ServerSpec:
+    def argv(port: int, scratch: Path) -> list[str]:
+        script = str(PEERS / "byte_pump.py")
+        return [sys.executable, script, "--port", str(port), "--upstream-port", str(upstream)]
+
+    return ServerSpec(PUMP, argv, ())
+
+
 def mint_token() -> str:
     done = subprocess.run(
         [sys.executable, "-m", "edge", "token", "--key", str(PRIVATE_KEY), "--iss", ISS,
@@ -385,6 +397,7 @@ def run_get(
             specs.append(edge_spec(EDGE_METRICS, up_port, cfg.size * 2, metrics=True))
         if peers:
             specs += [nginx_proxy_spec(up_port), caddy_spec(up_port), aiohttp_spec(up_port)]
+            specs.append(pump_spec(up_port))
         if candidate is not None:
             specs.append(edge_spec(CANDIDATE, up_port, cfg.size * 2, cwd=candidate))
         rows = {s.name: GetRow(s.name) for s in specs}
