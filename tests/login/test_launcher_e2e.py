@@ -13,6 +13,11 @@ mallory) and "contractors" (carol); the applications:
 - status: bypass only; hidden: app_launcher_visible = false (never listed).
 
 So alice's launcher lists wiki, chat and hr; mallory's only chat.
+
+A second team (`sso_world`) adds an OpenID provider, oidc-provider (npm,
+OpenID-Certified; tests/support/oidc_node.py), and the app ssoapp that allows
+only it, with auto_redirect_to_identity: the ordinary sign-in there runs
+against the certified provider, with plain HTTP and in Chromium.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from browserless import Browser as Client
 from browserless import Reply
 from chromium import Browser, Tab, chromium_binary
 from conftest import EdgeProcess, free_port, write_config
-from oidc_provider import OidcProvider
+from oidc_node import CLIENT_ID, CLIENT_SECRET, NodeProvider, sign_in_at
 from upstream_server import Upstream
 
 from edge.login.passwords import hash_password
@@ -180,22 +185,24 @@ def test_a_custom_deny_message_after_sign_in(world: World) -> None:
 
 
 @pytest.fixture(scope="module")
-def sso_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, OidcProvider]]:
-    """A team with the dev provider and a real OpenID provider; the app
-    "ssoapp" allows only the latter, with auto_redirect_to_identity."""
+def sso_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, NodeProvider]]:
+    """A team with the dev provider and oidc-provider; the app "ssoapp"
+    allows only the latter, with auto_redirect_to_identity."""
     tmp = tmp_path_factory.mktemp("launcher-sso")
     port = free_port()
-    sso = OidcProvider(redirect_uris=(f"http://auth.localhost:{port}{ENDPOINTS}/callback",)).start()
-    upstream = Upstream().start()
+    sso = NodeProvider(redirect_uris=(f"http://auth.localhost:{port}{ENDPOINTS}/callback",))
+    upstream: Upstream | None = None
     edge: EdgeProcess | None = None
     try:
+        sso.start()
+        upstream = Upstream().start()
         config = (
             f'[team]\nhost = "auth.localhost"\nurl = "http://auth.localhost:{port}"\n'
             f'key_dir = "{tmp / "keys"}"\n'
             '[[team.providers]]\ntype = "dev"\nid = "dev"\n'
             f'users = [{{ email = "{ALICE}", password = "{hash_password(PASSWORD, log2_n=10)}" }}]\n'
             f'[[team.providers]]\ntype = "oidc"\nid = "sso"\nissuer = "{sso.issuer}"\n'
-            f'client_id = "{sso.client_id}"\nclient_secret = "{sso.client_secret}"\n'
+            f'client_id = "{CLIENT_ID}"\nclient_secret = "{CLIENT_SECRET}"\n'
             + app_toml(
                 "ssoapp",
                 upstream.url,
@@ -208,21 +215,23 @@ def sso_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World,
     finally:
         if edge is not None:
             edge.stop()
-        sso.stop()
-        upstream.close()
+        sso.close()
+        if upstream is not None:
+            upstream.close()
 
 
-def test_auto_redirect_goes_straight_to_the_oidc_provider(sso_world: tuple[World, OidcProvider]) -> None:
+def test_auto_redirect_goes_straight_to_the_oidc_provider(sso_world: tuple[World, NodeProvider]) -> None:
     world, sso = sso_world
     client = Client(world.port)
     to_login = client.get(world.url("ssoapp.localhost", "/status/200"), follow=False)
     login = to_login.header("location") or ""
     assert to_login.status == 302 and login.startswith(world.url("auth.localhost", f"{ENDPOINTS}/login/"))
     straight = client.get(login, follow=False)  # no chooser page: on to the provider
-    assert straight.status == 302 and (straight.header("location") or "").startswith(
-        f"{sso.issuer}/authorize?"
-    )
-    done = client.get(straight.header("location") or "")  # the provider signs alice in at once
+    authorize = straight.header("location") or ""
+    assert straight.status == 302 and authorize.startswith(f"{sso.issuer}/auth?")
+    callback = sign_in_at(authorize, "alice")  # alice signs in at the provider's own page
+    assert callback.startswith(world.url("auth.localhost", f"{ENDPOINTS}/callback?"))
+    done = client.get(callback)
     assert done.url == world.url("ssoapp.localhost", "/status/200") and done.status == 200
     assert client.cookie("ssoapp.localhost") is not None
 
@@ -283,6 +292,31 @@ def test_browser_one_allowed_provider_goes_straight_to_its_form(world: World, ta
     assert forms == ["dev"]  # no chooser: the dev provider's form only
     tab.sign_in(ALICE)
     tab.wait(world.url("wiki.localhost"))
+
+
+def test_browser_one_allowed_oidc_provider_goes_straight_to_it(
+    sso_world: tuple[World, NodeProvider], tab: LauncherTab
+) -> None:
+    """ssoapp allows only the OpenID provider, with auto_redirect_to_identity:
+    the first page the browser shows is the provider's own sign-in page (the
+    edge's login page only redirects, so it commits no page), and signing in
+    there brings the browser back to the app, signed in as alice."""
+    world, sso = sso_world
+    app = world.url("ssoapp.localhost", "/status/200")
+    tab.go(app)
+    tab.wait(f"{sso.issuer}/interaction/", "Sign in to the test provider")
+    shown = tab.shown()
+    assert len(shown) == 1 and shown[0].startswith(f"{sso.issuer}/interaction/"), shown
+    tab.evaluate(
+        "document.querySelector('input[name=login]').value = 'alice';"
+        "document.querySelector('input[name=login]').form.submit()"
+    )
+    assert tab.wait(app, "status body").strip() == "status body"
+    # Provider page, then the app: no page of the edge's in between.
+    assert tab.shown()[1:] == [app]
+    tab.go(world.url("ssoapp.localhost", f"{ENDPOINTS}/get-identity"))
+    identity = json.loads(tab.wait(world.url("ssoapp.localhost", f"{ENDPOINTS}/get-identity"), ALICE))
+    assert identity["email"] == ALICE and identity["iss"] == world.url("auth.localhost").rstrip("/")
 
 
 def test_browser_a_custom_deny_message_is_shown(world: World, tab: LauncherTab) -> None:

@@ -117,6 +117,20 @@ class Tab:
         assert self.evaluate(f"!!document.querySelector({json.dumps(element)})"), element
         self.evaluate(f"document.querySelector({json.dumps(element)}).click()")
 
+    def shown(self) -> list[str]:
+        """The URLs of the pages this tab has shown so far, in order: its main
+        frame's committed navigations (Page.frameNavigated). A redirect
+        commits nothing, so a hop answered with a 3xx is not among them, while
+        a page the user saw on the way (a chooser, a form) is. Events reach
+        `tools.events` during calls: read this after a `wait`."""
+        return [
+            str(event["params"]["frame"]["url"])
+            for event in self.tools.events
+            if event.get("sessionId") == self.session
+            and event["method"] == "Page.frameNavigated"
+            and "parentId" not in event["params"]["frame"]
+        ]
+
 
 class Browser:
     def __init__(self, binary: str, profile: Path) -> None:
