@@ -130,6 +130,12 @@ def test_a_missing_list_file(tmp_path: Path) -> None:
 GROUP = '[[groups]]\nname = "{name}"\ninclude = [{rule}]\n'
 
 
+TOKEN = (
+    '[[service_tokens]]\nname = "ci"\nclient_id = "ci.access"\n'
+    'secret_sha256 = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"\n'
+)
+
+
 def group(name: str, rule: str = "{ everyone = true }", extra: str = "") -> str:
     return GROUP.format(name=name, rule=rule) + extra
 
@@ -235,6 +241,27 @@ ERRORS = [
     (
         app('include = [{ login_method = [""] }]'),
         "$.apps[0].policies[0].include[0].login_method[0]: Expected a non-empty printable string, got ''",
+    ),
+    # service token names are checked inside groups as in policies: directly, two deep, and in a
+    # group no policy uses yet (like group and list names)
+    (
+        group("machines", '{ service_tokens = ["nope"] }')
+        + app('include = [{ group = ["machines"] }]', "service_auth"),
+        "$.groups[0].include[0].service_tokens[0]: Expected the name of a [[service_tokens]] entry, "
+        "got 'nope' (none are configured)",
+    ),
+    (
+        TOKEN
+        + group("deploy", '{ service_tokens = ["ci"] }', 'exclude = [{ service_tokens = ["c1"] }]\n')
+        + group("machines", '{ group = ["deploy"] }')
+        + app('include = [{ group = ["machines"] }]', "service_auth"),
+        "$.groups[0].exclude[0].service_tokens[0]: Expected the name of a [[service_tokens]] entry, "
+        "got 'c1' (known: ci)",
+    ),
+    (
+        TOKEN + group("spare", '{ service_tokens = ["ci", "cd"] }') + app("include = [{ everyone = true }]"),
+        "$.groups[0].include[0].service_tokens[1]: Expected the name of a [[service_tokens]] entry, "
+        "got 'cd' (known: ci)",
     ),
     # identity selectors are for allow/deny policies, also through groups
     (
