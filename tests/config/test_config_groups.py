@@ -233,6 +233,19 @@ ERRORS = [
         + app("include = [{ everyone = true }]"),
         "$.lists[2].name: 'office' is already used by $.lists[1]",
     ),
+    # ... and inside groups, also in a group no policy uses
+    (
+        STAFF + group("remote", '{ email_list = ["vendors"] }') + app('include = [{ group = ["staff"] }]'),
+        "$.groups[1].include[0].email_list[0]: Expected the name of a [[lists]] entry, "
+        "got 'vendors' (known: contractors, office)",
+    ),
+    (
+        STAFF
+        + group("remote", "{ everyone = true }", 'require = [{ ip_list = ["contractors"] }]\n')
+        + group("outer", '{ group = ["remote"] }')
+        + app('include = [{ group = ["outer"] }]'),
+        "$.groups[1].require[0].ip_list[0]: Expected a list of type 'ip', got 'contractors' of type 'email'",
+    ),
     # the selectors' values
     (
         app("include = [{ auth_method = [] }]"),
@@ -273,6 +286,20 @@ ERRORS = [
         STAFF + app('include = [{ group = ["staff"] }]', action="bypass"),
         "$.apps[0].policies[0].include[0].group[0]: Expected no identity selector in group 'staff': it is "
         "used by a bypass policy, which is decided without a user token",
+    ),
+    (
+        STAFF
+        + group("outer", '{ group = ["staff"] }')
+        + app('include = [{ group = ["outer"] }]', "service_auth"),
+        "$.apps[0].policies[0].include[0].group[0]: Expected no identity selector in group 'outer': it is "
+        "used by a service_auth policy, which is decided without a user token",
+    ),
+    (
+        group("machines", "{ everyone = true }", "exclude = [{ any_service_token = true }]\n")
+        + group("outer", '{ group = ["machines"] }')
+        + app('include = [{ group = ["outer"] }]', "deny"),
+        "$.apps[0].policies[0].include[0].group[0]: Expected no service token selector in group 'outer': "
+        "it is used by a deny policy (service tokens count only in service_auth policies)",
     ),
     (
         group("machines", "{ any_service_token = true }") + app('include = [{ group = ["machines"] }]'),
