@@ -3,13 +3,16 @@ login_method selectors: what loads, and each error with its key path."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from certs import client_certs
 
 from edge.access.claims import Identity
 from edge.access.compile import compile_config
 from edge.access.subject import Subject
+from edge.cli.main import EXIT_OK, main
 from edge.config.errors import ConfigError
 from edge.config.load import load, loads
 
@@ -390,3 +393,76 @@ def test_the_worked_example_decides_as_it_says(
     policies = next(a for a in compiled.apps if a.name == app).policies
     found, _ = policies.second_phase(Subject(ip, [], (), identity=who), None)
     assert (found is not None and found.action == "allow") is allowed
+
+
+# The certificate block is commented out (the example serves plain HTTP): used
+# as its comment says, every "#> " removed and real files for /etc/edge/*.
+UNCOMMENT = re.compile(r"^#> ?", re.MULTILINE)
+CERT_FILES = ("/etc/edge/server.pem", "/etc/edge/server-key.pem", "/etc/edge/client-ca.pem")
+
+
+def uncommented(tmp_path: Path) -> tuple[str, Path]:
+    """The example with its certificate block, and the client CA's file."""
+    text = UNCOMMENT.sub("", (ROOT / "conf" / "team.toml").read_text())
+    certs = client_certs(tmp_path / "certs")
+    real = (certs.server.cert, certs.server.key, certs.client_ca.cert_path)
+    for placeholder, path in zip(CERT_FILES, real, strict=True):
+        assert placeholder in text
+        text = text.replace(placeholder, str(path))
+    return text, certs.client_ca.cert_path
+
+
+def test_the_certificate_block_checks_once_uncommented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert [g.name for g in load(ROOT / "conf" / "team.toml").groups] == ["staff", "admins"]  # as shipped
+    monkeypatch.chdir(ROOT)
+    text, ca = uncommented(tmp_path)
+    path = tmp_path / "team.toml"
+    path.write_text(text)
+    assert main(["check", "-c", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"  client_ca:  {ca} (client certificates asked for, optional)" in out
+    assert '  group "machines": 1 include, 0 require, 0 exclude; used by api/machines' in out
+
+
+def test_the_certificate_block_needs_its_tls_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What its comment says: the rules alone are refused."""
+    monkeypatch.chdir(ROOT)
+    text, _ = uncommented(tmp_path)
+    text = re.sub(r"^\[server\.tls\]\n(.*\n){3}", "", text, flags=re.MULTILINE)
+    with pytest.raises(
+        ConfigError, match=r"require\[0\]\.valid_certificate: Expected \[server\.tls\] client_ca"
+    ):
+        loads(text, SOURCE)
+
+
+@pytest.mark.parametrize(
+    ("cn", "who", "decided_by"),
+    [
+        ("build-bot", None, "machines"),  # the certificate alone: no service token, no login
+        ("backup-bot", None, "machines"),
+        ("build-bot", MALLORY, "machines"),
+        ("svc-a", None, None),  # from client_ca, but not one of the machines
+        (None, None, None),
+        ("alice", ALICE, "admins on a managed device"),
+        (None, ALICE, None),  # an admin, but no certificate
+        ("", ALICE, "admins on a managed device"),  # a verified certificate without a CN
+        ("mallory", MALLORY, None),  # a certificate, but no second factor
+    ],
+)
+def test_the_certificate_block_decides_as_it_says(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cn: str | None,
+    who: Identity | None,
+    decided_by: str | None,
+) -> None:
+    monkeypatch.chdir(ROOT)
+    text, _ = uncommented(tmp_path)
+    policies = next(a for a in compile_config(loads(text, SOURCE)).apps if a.name == "api").policies
+    subject = Subject("203.0.113.9", [], (), identity=who, client_cn=cn)
+    found = policies.first_phase(subject, None)
+    if found is None:
+        found, _ = policies.second_phase(subject, None)
+    assert (found.name if found is not None else None) == decided_by
