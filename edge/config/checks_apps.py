@@ -1,7 +1,8 @@
 """The checks of the applications and what their policies name: [[apps]]
 with their domains, CORS, policies and rules; [[issuers]] and
 [[service_tokens]]; and, between tables, unique application names, audience
-tags and domain patterns, and service tokens that policies name existing.
+tags and domain patterns, and service tokens that policies and groups name
+existing.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from edge.config.problem import (
     check_unique,
     check_unique_attr,
     check_web_url,
+    every_rule,
     known_names,
-    policy_rules,
 )
 from edge.config.schema import (
     ACTIONS,
@@ -262,13 +263,15 @@ def check_apps(config: Config) -> Problems:
 
 
 def check_references(config: Config) -> Problems:
-    """Service tokens named in policies exist; names, ids and issuers are unique."""
+    """Service tokens named in policies and groups exist (a group's rules are
+    a policy's once used, so a typo there would silently never match); names,
+    ids and issuers are unique."""
     yield from check_unique_attr("service_tokens", [t.name for t in config.service_tokens], "name")
     yield from check_unique_attr("service_tokens", [t.client_id for t in config.service_tokens], "client_id")
     yield from check_unique_attr("issuers", [x.iss for x in config.issuers], "iss")
     known = {t.name for t in config.service_tokens}
     listed = known_names(known)
-    for path, _, rule in policy_rules(config):
+    for path, rule in every_rule(config):
         for m, name in enumerate(rule.service_tokens or ()):
             if name not in known:
                 yield Problem(

@@ -72,6 +72,16 @@ def test_check_default_config() -> None:
     assert result.stderr == ""
 
 
+def test_check_the_worked_team_example() -> None:
+    """conf/team.toml is the README's worked example of groups, lists and the
+    sign-in selectors: `edge check` accepts it as shipped, with no warning."""
+    result = run_edge("check", "-c", "conf/team.toml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "conf/team.toml: ok"
+    assert '  group "admins": 1 include, 2 require, 0 exclude; used by admin/admins' in result.stdout
+    assert result.stderr == ""
+
+
 def test_check_config_from_environment(tmp_path: Path) -> None:
     path = tmp_path / "env.toml"
     path.write_text('[server]\nlisten = ["[::1]:9000", "127.0.0.1:9001"]\nworkers = 3\nserver_header = ""\n')

@@ -30,6 +30,10 @@ def policy(action: str, include: str, extra: str = "") -> str:
     return f'[[apps.policies]]\nname = "p"\naction = "{action}"\ninclude = [{include}]\n{extra}'
 
 
+def group(name: str, include: str, extra: str = "") -> str:
+    return f'[[groups]]\nname = "{name}"\ninclude = [{include}]\n{extra}'
+
+
 def error(text: str) -> str:
     with pytest.raises(ConfigError) as info:
         loads(text, SOURCE)
@@ -58,6 +62,26 @@ def error(text: str) -> str:
             "",
             policy("allow", "{ everyone = true }", 'exclude = [{ common_name = ["x"] }]\n'),
             "$.apps[0].policies[0].exclude[0].common_name",
+        ),
+        # inside a group, and two deep: the error names the group's own rule
+        (
+            "",
+            group("machines", "{ valid_certificate = true }") + policy("allow", '{ group = ["machines"] }'),
+            "$.groups[0].include[0].valid_certificate",
+        ),
+        (
+            TLS_TABLE,
+            group("machines", "{ everyone = true }", 'exclude = [{ common_name = ["old"] }]\n')
+            + group("fleet", '{ group = ["machines"] }')
+            + policy("service_auth", '{ group = ["fleet"] }'),
+            "$.groups[0].exclude[0].common_name",
+        ),
+        (
+            "",
+            group("fleet", '{ group = ["machines"] }')
+            + group("machines", '{ common_name = ["svc-a"] }')
+            + policy("service_auth", "{ any_service_token = true }", 'require = [{ group = ["fleet"] }]\n'),
+            "$.groups[1].include[0].common_name",
         ),
     ],
 )

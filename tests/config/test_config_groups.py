@@ -3,13 +3,16 @@ login_method selectors: what loads, and each error with its key path."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from certs import client_certs
 
 from edge.access.claims import Identity
 from edge.access.compile import compile_config
 from edge.access.subject import Subject
+from edge.cli.main import EXIT_OK, main
 from edge.config.errors import ConfigError
 from edge.config.load import load, loads
 
@@ -130,6 +133,12 @@ def test_a_missing_list_file(tmp_path: Path) -> None:
 GROUP = '[[groups]]\nname = "{name}"\ninclude = [{rule}]\n'
 
 
+TOKEN = (
+    '[[service_tokens]]\nname = "ci"\nclient_id = "ci.access"\n'
+    'secret_sha256 = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"\n'
+)
+
+
 def group(name: str, rule: str = "{ everyone = true }", extra: str = "") -> str:
     return GROUP.format(name=name, rule=rule) + extra
 
@@ -227,6 +236,19 @@ ERRORS = [
         + app("include = [{ everyone = true }]"),
         "$.lists[2].name: 'office' is already used by $.lists[1]",
     ),
+    # ... and inside groups, also in a group no policy uses
+    (
+        STAFF + group("remote", '{ email_list = ["vendors"] }') + app('include = [{ group = ["staff"] }]'),
+        "$.groups[1].include[0].email_list[0]: Expected the name of a [[lists]] entry, "
+        "got 'vendors' (known: contractors, office)",
+    ),
+    (
+        STAFF
+        + group("remote", "{ everyone = true }", 'require = [{ ip_list = ["contractors"] }]\n')
+        + group("outer", '{ group = ["remote"] }')
+        + app('include = [{ group = ["outer"] }]'),
+        "$.groups[1].require[0].ip_list[0]: Expected a list of type 'ip', got 'contractors' of type 'email'",
+    ),
     # the selectors' values
     (
         app("include = [{ auth_method = [] }]"),
@@ -235,6 +257,27 @@ ERRORS = [
     (
         app('include = [{ login_method = [""] }]'),
         "$.apps[0].policies[0].include[0].login_method[0]: Expected a non-empty printable string, got ''",
+    ),
+    # service token names are checked inside groups as in policies: directly, two deep, and in a
+    # group no policy uses yet (like group and list names)
+    (
+        group("machines", '{ service_tokens = ["nope"] }')
+        + app('include = [{ group = ["machines"] }]', "service_auth"),
+        "$.groups[0].include[0].service_tokens[0]: Expected the name of a [[service_tokens]] entry, "
+        "got 'nope' (none are configured)",
+    ),
+    (
+        TOKEN
+        + group("deploy", '{ service_tokens = ["ci"] }', 'exclude = [{ service_tokens = ["c1"] }]\n')
+        + group("machines", '{ group = ["deploy"] }')
+        + app('include = [{ group = ["machines"] }]', "service_auth"),
+        "$.groups[0].exclude[0].service_tokens[0]: Expected the name of a [[service_tokens]] entry, "
+        "got 'c1' (known: ci)",
+    ),
+    (
+        TOKEN + group("spare", '{ service_tokens = ["ci", "cd"] }') + app("include = [{ everyone = true }]"),
+        "$.groups[0].include[0].service_tokens[1]: Expected the name of a [[service_tokens]] entry, "
+        "got 'cd' (known: ci)",
     ),
     # identity selectors are for allow/deny policies, also through groups
     (
@@ -246,6 +289,20 @@ ERRORS = [
         STAFF + app('include = [{ group = ["staff"] }]', action="bypass"),
         "$.apps[0].policies[0].include[0].group[0]: Expected no identity selector in group 'staff': it is "
         "used by a bypass policy, which is decided without a user token",
+    ),
+    (
+        STAFF
+        + group("outer", '{ group = ["staff"] }')
+        + app('include = [{ group = ["outer"] }]', "service_auth"),
+        "$.apps[0].policies[0].include[0].group[0]: Expected no identity selector in group 'outer': it is "
+        "used by a service_auth policy, which is decided without a user token",
+    ),
+    (
+        group("machines", "{ everyone = true }", "exclude = [{ any_service_token = true }]\n")
+        + group("outer", '{ group = ["machines"] }')
+        + app('include = [{ group = ["outer"] }]', "deny"),
+        "$.apps[0].policies[0].include[0].group[0]: Expected no service token selector in group 'outer': "
+        "it is used by a deny policy (service tokens count only in service_auth policies)",
     ),
     (
         group("machines", "{ any_service_token = true }") + app('include = [{ group = ["machines"] }]'),
@@ -336,3 +393,76 @@ def test_the_worked_example_decides_as_it_says(
     policies = next(a for a in compiled.apps if a.name == app).policies
     found, _ = policies.second_phase(Subject(ip, [], (), identity=who), None)
     assert (found is not None and found.action == "allow") is allowed
+
+
+# The certificate block is commented out (the example serves plain HTTP): used
+# as its comment says, every "#> " removed and real files for /etc/edge/*.
+UNCOMMENT = re.compile(r"^#> ?", re.MULTILINE)
+CERT_FILES = ("/etc/edge/server.pem", "/etc/edge/server-key.pem", "/etc/edge/client-ca.pem")
+
+
+def uncommented(tmp_path: Path) -> tuple[str, Path]:
+    """The example with its certificate block, and the client CA's file."""
+    text = UNCOMMENT.sub("", (ROOT / "conf" / "team.toml").read_text())
+    certs = client_certs(tmp_path / "certs")
+    real = (certs.server.cert, certs.server.key, certs.client_ca.cert_path)
+    for placeholder, path in zip(CERT_FILES, real, strict=True):
+        assert placeholder in text
+        text = text.replace(placeholder, str(path))
+    return text, certs.client_ca.cert_path
+
+
+def test_the_certificate_block_checks_once_uncommented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert [g.name for g in load(ROOT / "conf" / "team.toml").groups] == ["staff", "admins"]  # as shipped
+    monkeypatch.chdir(ROOT)
+    text, ca = uncommented(tmp_path)
+    path = tmp_path / "team.toml"
+    path.write_text(text)
+    assert main(["check", "-c", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"  client_ca:  {ca} (client certificates asked for, optional)" in out
+    assert '  group "machines": 1 include, 0 require, 0 exclude; used by api/machines' in out
+
+
+def test_the_certificate_block_needs_its_tls_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What its comment says: the rules alone are refused."""
+    monkeypatch.chdir(ROOT)
+    text, _ = uncommented(tmp_path)
+    text = re.sub(r"^\[server\.tls\]\n(.*\n){3}", "", text, flags=re.MULTILINE)
+    with pytest.raises(
+        ConfigError, match=r"require\[0\]\.valid_certificate: Expected \[server\.tls\] client_ca"
+    ):
+        loads(text, SOURCE)
+
+
+@pytest.mark.parametrize(
+    ("cn", "who", "decided_by"),
+    [
+        ("build-bot", None, "machines"),  # the certificate alone: no service token, no login
+        ("backup-bot", None, "machines"),
+        ("build-bot", MALLORY, "machines"),
+        ("svc-a", None, None),  # from client_ca, but not one of the machines
+        (None, None, None),
+        ("alice", ALICE, "admins on a managed device"),
+        (None, ALICE, None),  # an admin, but no certificate
+        ("", ALICE, "admins on a managed device"),  # a verified certificate without a CN
+        ("mallory", MALLORY, None),  # a certificate, but no second factor
+    ],
+)
+def test_the_certificate_block_decides_as_it_says(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cn: str | None,
+    who: Identity | None,
+    decided_by: str | None,
+) -> None:
+    monkeypatch.chdir(ROOT)
+    text, _ = uncommented(tmp_path)
+    policies = next(a for a in compile_config(loads(text, SOURCE)).apps if a.name == "api").policies
+    subject = Subject("203.0.113.9", [], (), identity=who, client_cn=cn)
+    found = policies.first_phase(subject, None)
+    if found is None:
+        found, _ = policies.second_phase(subject, None)
+    assert (found.name if found is not None else None) == decided_by
