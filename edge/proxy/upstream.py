@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Literal, Protocol, cast
 from urllib.parse import urlsplit
 
 from edge.http.flow import MAX_READ_SIZE, READ_SIZE, WRITE_HIGH_WATER, ReadGate, ReadPacer
@@ -38,12 +38,29 @@ from edge.http.message import LAST_CHUNK, Headers, ResponseHead, chunk
 from edge.proxy.fetch import client_ssl_context
 from edge.proxy.wire import END, ProtocolError, ResponseParser, request_head
 
+# Every kind of upstream failure the proxy reports, in a few words: the fault
+# log counts by them, and edge.runtime.metrics maps each to a metric label
+# (its table must name every one: a kind it misses would count as "other").
+# A Literal so that mypy refuses a kind not listed here.
+UpstreamKind = Literal[
+    "connect refused",  # nothing listens at the upstream's address
+    "connect timeout",  # no connection within [proxy] connect_timeout
+    "connect failed",  # any other error connecting (unreachable, ...)
+    "tls",  # the TLS handshake failed
+    "timeout",  # no response head (or body progress) in time
+    "reset",  # the upstream reset the connection
+    "closed",  # the upstream closed before a whole response
+    "connection error",  # any other error on an established connection
+    "invalid response",  # bytes that are not an HTTP/1.1 response
+    "internal error",  # a bug of the edge's while forwarding
+]
+
 
 class UpstreamError(Exception):
     """An upstream failure, with the status the client should get and its
-    kind: a few words the fault log counts by ("connect refused", "reset")."""
+    kind (UpstreamKind)."""
 
-    def __init__(self, status: int, message: str, kind: str) -> None:
+    def __init__(self, status: int, message: str, kind: UpstreamKind) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
@@ -218,7 +235,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.exchange = None
         self.abort()
         # A response cut short by the upstream's close is not a garbled one.
-        kind = "closed" if self.at_eof else "invalid response"
+        kind: UpstreamKind = "closed" if self.at_eof else "invalid response"
         exchange.upstream_lost(UpstreamError(502, f"upstream sent an invalid response: {exc}", kind))
 
     # -- the request
@@ -285,7 +302,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.transport.abort()
 
 
-def _connect_kind(exc: OSError) -> str:
+def _connect_kind(exc: OSError) -> UpstreamKind:
     if isinstance(exc, ssl.SSLError):
         return "tls"
     if isinstance(exc, ConnectionRefusedError):

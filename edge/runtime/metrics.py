@@ -43,6 +43,7 @@ from edge.config.schema import Config
 from edge.http.connection import LogEntry
 from edge.http.faults import FaultLog
 from edge.login.store import MemoryStore, Store
+from edge.proxy.upstream import UpstreamKind
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -82,8 +83,10 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 # Upstream response-head times, seconds: the same scale (a part of a
 # request's duration), so the two histograms compare bucket by bucket.
 UPSTREAM_BUCKETS = DURATION_BUCKETS
-# The proxy's failure kinds (edge.proxy's UpstreamError.kind) as metric labels.
-UPSTREAM_FAILURES = {
+# The proxy's failure kinds (UpstreamKind, its owner) as metric labels: one
+# entry for each (tests/runtime/test_metrics.py holds the two lists equal),
+# else a kind would count as "other".
+UPSTREAM_FAILURES: dict[UpstreamKind, str] = {
     "connect refused": "connect_refused",
     "connect timeout": "connect_timeout",
     "connect failed": "connect_error",
@@ -96,6 +99,9 @@ UPSTREAM_FAILURES = {
     "internal error": "internal",
 }
 FAILURE_KINDS = tuple(dict.fromkeys(UPSTREAM_FAILURES.values()))
+# The same, looked up by the fault log's kinds (plain strings: edge.http's
+# FaultLog sits below edge.proxy and cannot name UpstreamKind).
+_FAILURE_LABEL: dict[str, str] = {kind: label for kind, label in UPSTREAM_FAILURES.items()}
 NO_APP = ""  # the app label of a request no application covers (Prometheus: absent)
 JWKS_RESULTS = ("ok", "error")
 
@@ -322,7 +328,7 @@ class WorkerMetrics:
         )
         failures = dict.fromkeys(FAILURE_KINDS, 0)
         for kind, count in faults.upstream_totals.items():
-            label = UPSTREAM_FAILURES.get(kind, "other")
+            label = _FAILURE_LABEL.get(kind, "other")
             failures[label] = failures.get(label, 0) + count
         yield Family(
             "edge_upstream_failures_total",

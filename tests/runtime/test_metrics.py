@@ -4,20 +4,25 @@ and the config rules of [metrics]."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import math
+import re
 import socket
 import struct
 import threading
 import time
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from prometheus import labels, parse_text
 from redis_fixture import RedisServer, redis_server  # noqa: F401
 
+import edge
 from edge.access.actions import Deny, Endpoint, Forward, NotFound, Preflight, Redirect, Reject, Unauthorized
+from edge.access.compile import compile_config
 from edge.access.request import Request
 from edge.cli.main import main
 from edge.config.errors import ConfigError
@@ -25,13 +30,16 @@ from edge.config.load import loads
 from edge.http.connection import LogEntry
 from edge.http.faults import FaultLog
 from edge.login.store import MemoryStore, RedisStore, Store
+from edge.proxy.upstream import UpstreamKind
 from edge.runtime import metrics
 from edge.runtime.metrics import (
     DURATION_BUCKETS,
+    FAILURE_KINDS,
     KIND_OF,
     KINDS,
     PER_WORKER,
     SUM,
+    UPSTREAM_FAILURES,
     Family,
     Histogram,
     Sample,
@@ -148,6 +156,197 @@ def test_upstream_failures_by_kind() -> None:
     assert got[("edge_upstream_failures_total", labels(kind="response_timeout"))] == 1
     assert got[("edge_upstream_failures_total", labels(kind="other"))] == 1
     assert got[("edge_upstream_failures_total", labels(kind="reset"))] == 0
+
+
+# Each failure kind the proxy reports (UpstreamKind) and the label it is
+# counted under, as the README documents them: written out here, not read
+# from metrics.py, so that dropping or changing an entry there fails.
+FAILURE_LABELS = {
+    "connect refused": "connect_refused",
+    "connect timeout": "connect_timeout",
+    "connect failed": "connect_error",
+    "tls": "tls",
+    "timeout": "response_timeout",
+    "reset": "reset",
+    "connection error": "reset",
+    "closed": "closed",
+    "invalid response": "bad_response",
+    "internal error": "internal",
+}
+
+
+def failures(faults: FaultLog) -> dict[str, float]:
+    """edge_upstream_failures_total by its kind label, as a scrape renders it."""
+    got = parse_text(render(WorkerMetrics(started=0.0)._upstream(faults)).decode())
+    return {dict(k[1])["kind"]: v for k, v in got.items() if k[0] == "edge_upstream_failures_total"}
+
+
+@pytest.mark.parametrize(("kind", "label"), FAILURE_LABELS.items(), ids=list(FAILURE_LABELS))
+def test_each_upstream_failure_kind_counts_under_its_label(kind: str, label: str) -> None:
+    faults = FaultLog()
+    faults.upstream_failed("http://127.0.0.1:9", kind, 1.0, "detail")
+    got = failures(faults)
+    assert got[label] == 1
+    assert sum(got.values()) == 1  # under that label only: not under "other"
+    # Every label is there from the start (0), so a rate over it is defined.
+    assert set(got) == set(FAILURE_LABELS.values())
+
+
+def test_the_failure_table_names_every_kind_the_proxy_has() -> None:
+    """UpstreamKind (edge.proxy.upstream) owns the list; a kind metrics.py
+    does not map would count as "other"."""
+    assert set(UPSTREAM_FAILURES) == set(get_args(UpstreamKind))
+    assert set(FAILURE_LABELS) == set(get_args(UpstreamKind))
+    assert set(FAILURE_KINDS) == set(FAILURE_LABELS.values())
+
+
+def _is_kind(annotation: ast.expr | None) -> bool:
+    return (isinstance(annotation, ast.Name) and annotation.id == "UpstreamKind") or (
+        isinstance(annotation, ast.Constant) and annotation.value == "UpstreamKind"
+    )
+
+
+def _kinds(module: ast.Module, scope: ast.AST, expr: ast.expr, where: str) -> set[str]:
+    """The string constants `expr` (an UpstreamError's kind) can be: a
+    literal, a conditional of them, a local annotated UpstreamKind, or the
+    call of a module function returning UpstreamKind. Anything else fails:
+    a kind this test cannot read is one the table might miss."""
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+        return {expr.value}
+    if isinstance(expr, ast.IfExp):
+        return _kinds(module, scope, expr.body, where) | _kinds(module, scope, expr.orelse, where)
+    if isinstance(expr, ast.Name):
+        for node in ast.walk(scope):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and node.target.id == expr.id
+                and _is_kind(node.annotation)
+                and node.value is not None
+            ):
+                return _kinds(module, scope, node.value, where)
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
+        for func in module.body:
+            if isinstance(func, ast.FunctionDef) and func.name == expr.func.id and _is_kind(func.returns):
+                found: set[str] = set()
+                for node in ast.walk(func):
+                    if isinstance(node, ast.Return):
+                        assert node.value is not None, f"{where}: {func.name} returns no kind"
+                        found |= _kinds(module, func, node.value, where)
+                return found
+    raise AssertionError(f"{where}: cannot tell which kinds {ast.unparse(expr)} can be")
+
+
+def proxy_kinds() -> tuple[set[str], int]:
+    """Every kind an UpstreamError is made with anywhere in edge/, read from
+    the source; and how many places make one."""
+    kinds: set[str] = set()
+    places = 0
+    for path in sorted(Path(edge.__file__).parent.rglob("*.py")):
+        module = ast.parse(path.read_text(), str(path))
+        for func in ast.walk(module):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for call in ast.walk(func):
+                if not (
+                    isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Name)
+                    and call.func.id == "UpstreamError"
+                ):
+                    continue
+                where = f"{path.name}:{call.lineno}"
+                kind = call.args[2] if len(call.args) > 2 else None
+                kind = next((k.value for k in call.keywords if k.arg == "kind"), kind)
+                assert kind is not None, f"{where}: an UpstreamError without a kind"
+                kinds |= _kinds(module, func, kind, where)
+                places += 1
+    return kinds, places
+
+
+def test_every_kind_the_proxy_reports_is_in_the_table() -> None:
+    """Read from the source, so a kind added without its label fails here
+    (mypy also refuses a kind UpstreamKind does not list)."""
+    kinds, places = proxy_kinds()
+    assert places >= 9  # the search found the proxy's failures (upstream.py, cycle.py)
+    assert kinds == set(get_args(UpstreamKind))  # each one listed, none listed but never made
+    assert kinds <= set(UPSTREAM_FAILURES)
+    # The fault log, which metrics reads, is only ever told an UpstreamError's kind.
+    for path in sorted(Path(edge.__file__).parent.rglob("*.py")):
+        for call in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr == "upstream_failed"
+            ):
+                assert isinstance(call.args[1], ast.Attribute) and call.args[1].attr == "kind", (
+                    f"{path.name}:{call.lineno}"
+                )
+
+
+def test_process_start_time_is_a_gauge_per_worker() -> None:
+    config = loads(APPS.encode(), "t")
+    compiled = compile_config(config, "t")
+
+    def families(started: float) -> list[Family]:
+        m = WorkerMetrics(started=started)
+        m.install(config)
+        return m.families(compiled, MemoryStore(), FaultLog(), 0, 0, now=started + 5)
+
+    one = families(1700000000.25)
+    text = render(one).decode()
+    assert "# TYPE edge_process_start_time_seconds gauge" in text.splitlines()
+    got = parse_text(text)
+    assert got[("edge_process_start_time_seconds", labels())] == 1700000000.25
+    # With several workers, one sample each, under its slot: the starts differ
+    # (a restarted worker's is later), so a sum or any one of them would lie.
+    merged = parse_text(render(merge([(0, one), (1, families(1700000100.5))])).decode())
+    starts = {k: v for k, v in merged.items() if k[0] == "edge_process_start_time_seconds"}
+    assert starts == {
+        ("edge_process_start_time_seconds", labels(worker="0")): 1700000000.25,
+        ("edge_process_start_time_seconds", labels(worker="1")): 1700000100.5,
+    }
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_families() -> dict[str, tuple[str, set[str], str]]:
+    """The README's Metrics table: family -> (type, label names, what)."""
+    text = README.read_text()
+    section = text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, tuple[str, set[str], str]] = {}
+    for line in section.splitlines():
+        m = re.fullmatch(r"\| `(edge_\w+)` \| (\w+) \|([^|]*)\| (.*) \|", line)
+        if m:
+            rows[m[1]] = (m[2], set(re.findall(r"`(\w+)`", m[3])), m[4])
+    return rows
+
+
+def test_readme_lists_every_family_with_its_type_and_labels() -> None:
+    config = loads(APPS.encode(), "t")
+    m = WorkerMetrics(started=1.0)
+    m.install(config)
+    m.record(entry("api", "bypass", 200, started=1.0, upstream_ms=2.0), now=1.0)
+    m.jwks_fetched("https://issuer.test", ok=True)
+    faults = FaultLog()
+    faults.upstream_failed("http://127.0.0.1:9", "never heard of", 1.0, "detail")  # -> other
+    families = m.families(compile_config(config, "t"), MemoryStore(), faults, 0, 0, now=2.0)
+    rows = readme_families()
+    assert set(rows) == {f.name for f in families}
+    for family in families:
+        kind, names, _ = rows[family.name]
+        assert kind == family.type, family.name
+        if family.samples:
+            emitted = {k for s in family.samples for k, _ in s.labels if k != "le"}
+            if family.merge == PER_WORKER:
+                emitted.add("worker")
+            assert names == emitted, family.name
+    # The failure kinds, exactly as emitted and in their order (parentheses explain).
+    emitted = [
+        dict(s.labels)["kind"] for s in next(f for f in families if f.name.endswith("failures_total")).samples
+    ]
+    what = re.sub(r"\([^)]*\)", "", rows["edge_upstream_failures_total"][2])
+    assert re.findall(r"`(\w+)`", what) == emitted == [*FAILURE_KINDS, "other"]
 
 
 def test_slots_survive_a_reload_that_drops_the_app() -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -25,10 +27,13 @@ from conftest import (
     allow_app_toml,
     free_port,
     open_app_toml,
+    self_signed_cert,
     wait_for,
     write_config,
 )
+from procs import children
 from prometheus import Labels, Prometheus, labels, parse_text, prometheus  # noqa: F401
+from upstream_server import Upstream
 
 Factory = Callable[..., EdgeProcess]
 WAIT = 30.0  # seconds: the most an expected event may take on a loaded box
@@ -204,6 +209,113 @@ def test_upstream_failures_counted(edge_factory: Factory) -> None:
     assert got[("edge_requests_total", labels(app="open", kind="bypass", status="5xx"))] == 3
 
 
+# Upstream failures made with real sockets, one request each: (host, path,
+# the status the client gets (None: the response head came, then the
+# connection was cut), the kind label it must count under). Not made here:
+# connect_error (an unreachable address needs a route off this box),
+# internal (a bug of the edge's), and the errors besides a reset on an
+# established connection (counted as `reset` too): test_metrics.py holds
+# their labels.
+FAILURE_CASES = [
+    ("refused.test", "/", 502, "connect_refused"),  # nobody listens
+    ("full.test", "/", 502, "connect_timeout"),  # a listener whose backlog is full
+    ("tls.test", "/", 502, "tls"),  # an upstream certificate the edge does not trust
+    ("up.test", "/stall-head?t=10", 504, "response_timeout"),
+    ("up.test", "/reset-head", 502, "reset"),
+    ("up.test", "/close-body?wait=close", None, "closed"),
+    ("up.test", "/garbage", 502, "bad_response"),
+]
+UPSTREAM_WAIT = "0.5"  # seconds: the connect and response timeouts here (what a case waits)
+
+
+def failing(edge: EdgeProcess, host: str, path: str, up: Upstream) -> int | None:
+    """The status of one GET on a fresh connection; None when the answer
+    was cut off after its head (the upstream closed within the body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=WAIT)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        if path.startswith("/close-body"):
+            response.read(1000)  # the part the upstream sent
+            up.signal("close")
+        try:
+            response.read()
+        except (http.client.IncompleteRead, ConnectionError):
+            return None
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_upstream_failures_counted_by_kind_through_real_sockets(
+    edge_factory: Factory, tmp_path: Path
+) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    untrusted = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    untrusted.load_cert_chain(cert, key)
+    with (
+        Upstream() as up,
+        Upstream(ssl=untrusted) as tls,
+        socket.create_server(("127.0.0.1", 0), backlog=0) as full,
+    ):
+        # The backlog takes one connection, never accepted; SYNs beyond it are
+        # dropped, so a connect waits until its timeout.
+        filler = socket.create_connection(full.getsockname())
+        port = free_port()
+        extra = (
+            open_app_toml(f"http://127.0.0.1:{free_port()}", domains=("refused.test",), name="refused")
+            + open_app_toml(f"http://127.0.0.1:{full.getsockname()[1]}", domains=("full.test",), name="full")
+            + open_app_toml(tls.url, domains=("tls.test",), name="tls")
+            + open_app_toml(up.url, domains=("up.test",), name="up")
+            + f"[proxy]\nconnect_timeout = {UPSTREAM_WAIT}\nresponse_timeout = {UPSTREAM_WAIT}\n"
+            + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        )
+        try:
+            edge = edge_factory(extra=extra)
+            for host, path, status, label in FAILURE_CASES:
+                assert failing(edge, host, path, up) == status, (host, path, label)
+            got = samples(port)
+        finally:
+            filler.close()
+    failures = {dict(k[1])["kind"]: v for k, v in got.items() if k[0] == "edge_upstream_failures_total"}
+    counted = {kind: n for kind, n in failures.items() if n}
+    assert counted == {label: 1 for *_, label in FAILURE_CASES}, edge.stderr_text()
+    assert "other" not in failures
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_process_start_time_is_each_workers(
+    edge_factory: Factory, upstream: BodyCountingUpstream, workers: int
+) -> None:
+    """A gauge, one sample per worker (its slot), the time that worker
+    started: after the edge was launched, before its first scrape answered.
+    A restarted worker's slot takes the new process's start time."""
+    name = "edge_process_start_time_seconds"
+    before = time.time()
+    edge, port = start(edge_factory, upstream, workers)
+
+    def starts() -> dict[str, float]:
+        status, _, body = scrape(port)
+        assert status == 200 and f"# TYPE {name} gauge" in body.splitlines(), body
+        return {dict(k[1])["worker"]: v for k, v in parse_text(body).items() if k[0] == name}
+
+    # A worker not yet serving is left out of a scrape: wait for all of them.
+    assert wait_for(lambda: len(starts()) == workers, WAIT), edge.stderr_text()
+    first = starts()
+    after = time.time()
+    assert sorted(first) == [str(slot) for slot in range(workers)]
+    assert all(before <= t <= after for t in first.values()), (before, first, after)
+    if workers == 1:
+        return
+    killed = time.time()
+    os.kill(min(children(edge.proc.pid)), signal.SIGKILL)
+    assert wait_for(lambda: len(starts()) == workers and starts() != first, WAIT), edge.stderr_text()
+    now, after = starts(), time.time()
+    restarted = [slot for slot in now if now[slot] != first[slot]]
+    assert len(restarted) == 1, (first, now)
+    assert killed <= now[restarted[0]] <= after
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_real_prometheus_scrapes_the_counters(
     edge_factory: Factory,
@@ -211,6 +323,7 @@ def test_real_prometheus_scrapes_the_counters(
     prometheus: Callable[[str], Prometheus],  # noqa: F811
     workers: int,
 ) -> None:
+    before = time.time()
     edge, port = start(edge_factory, upstream, workers)
     server = prometheus(f"127.0.0.1:{port}")
     assert server.wait_value('up{job="edge"}', 1, WAIT) == 1  # scraped, and the text parsed
@@ -220,6 +333,11 @@ def test_real_prometheus_scrapes_the_counters(
         selector = ",".join(f'{k}="{v}"' for k, v in sorted(pairs))
         assert server.value(f"sum({name}{{{selector}}})") == value, (name, pairs)
     assert server.value("count(edge_config_generation)") == workers
+    # One start time per worker, each since the edge was launched.
+    assert server.value("count(edge_process_start_time_seconds)") == workers
+    earliest = server.value("min(edge_process_start_time_seconds)")
+    latest = server.value("max(edge_process_start_time_seconds)")
+    assert earliest is not None and latest is not None and before <= earliest <= latest <= time.time()
     # The buckets make a histogram Prometheus can take quantiles of.
     p99 = server.value(
         'histogram_quantile(0.99, sum by (le) (edge_request_duration_seconds_bucket{app="open"}))'
