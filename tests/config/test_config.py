@@ -211,7 +211,8 @@ def test_shutdown_delay_out_of_range(value: float, bound: str) -> None:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), "2", True])
 def test_shutdown_delay_not_a_number_of_seconds(value: object) -> None:
-    assert error_of(server(shutdown_delay=value)).startswith(f"{SOURCE}: $.server.shutdown_delay: Expected float")
+    message = error_of(server(shutdown_delay=value))
+    assert message.startswith(f"{SOURCE}: $.server.shutdown_delay: Expected float")
 
 
 @pytest.mark.parametrize("value", [0, 0.0, 0.05, 2, 86400])
