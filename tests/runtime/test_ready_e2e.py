@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import re
 import signal
 import socket
 import threading
@@ -326,12 +328,20 @@ def test_shutdown_delay_ends_in_the_usual_drain(edge_factory: Factory, origin: U
 def test_shutdown_delay_with_workers(edge_factory: Factory, origin: Upstream) -> None:
     edge = edge_factory(f"workers = 2\nshutdown_delay = {LONG_DELAY}", open_app_toml(origin.url))
     assert wait_for(lambda: edge.stderr_text().count("listening on") == 2, READY_WAIT)
+    workers = [int(m) for m in re.findall(r"worker (\d+) started", edge.stderr_text())]
+    assert len(workers) == 2
+    # As systemd stops a service (KillMode=control-group) or Ctrl-C a
+    # terminal's process group: every process gets the signal, and the
+    # workers one more from the supervisor. That is no second signal.
     edge.signal(signal.SIGTERM)
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
     assert wait_for(lambda: edge.stderr_text().count(DELAY_LOG) == 2, READY_WAIT), edge.stderr_text()
     for _ in range(PROBES):
         stopping_json(ask(edge.port))
     assert ask(edge.port, path="/status/200", host="app.test").status == 200
     assert ask(edge.port, path=HEALTH).status == 200
+    assert "draining" not in edge.stderr_text()
     # The supervisor passes a second signal on: both workers drain now.
     edge.signal(signal.SIGTERM)
     assert edge.proc.wait(READY_WAIT) == 0
