@@ -539,7 +539,7 @@ async def serve(
     stop = Stop(state)
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Alone, a second signal hurries; a supervisor's worker waits for HURRY.
-        loop.add_signal_handler(sig, stop.begin if channel is not None else stop.signal)
+        loop.add_signal_handler(sig, stop.begin if channel is not None else stop.on_signal)
     if channel is None:
         loop.add_signal_handler(signal.SIGHUP, state.reload)
     else:
@@ -586,7 +586,7 @@ class Stop:
         self.begin()
         self.hurried.set()
 
-    def signal(self) -> None:
+    def on_signal(self) -> None:
         """SIGTERM/SIGINT to an edge on its own: the first begins, the next hurries."""
         if self.begun.is_set():
             self.hurry()
@@ -602,7 +602,7 @@ class Stop:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.hurried.wait(), delay)
         if self.hurried.is_set():
-            log.info("shutdown delay cut short by a second signal")
+            log.info("shutdown delay cut short")
 
 
 def _take_snapshots(state: ServerState, channel: socket.socket, stop: Stop) -> None:
