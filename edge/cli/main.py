@@ -183,7 +183,8 @@ def summary(path: str, config: Config) -> str:
         f"  limits:     header {s.max_header_bytes} B, target {s.max_target_bytes} B, "
         f"body {s.max_body_bytes} B, {s.max_connections} connections/worker",
         f"  timeouts:   header {s.header_timeout:g} s, body idle {s.body_idle_timeout:g} s, "
-        f"keep-alive {s.keepalive_timeout:g} s, drain {s.drain_timeout:g} s",
+        f"keep-alive {s.keepalive_timeout:g} s, drain {s.drain_timeout:g} s"
+        + (f", shutdown delay {s.shutdown_delay:g} s (readiness 503 first)" if s.shutdown_delay else ""),
         f"  access log: {s.access_log}",
         f"  server:     {s.server_header or '(no Server header)'}",
         f"  metrics:    {_metrics_line(config)}",

@@ -49,6 +49,8 @@ TargetBytes = Annotated[int, Meta(ge=64, le=1 * MIB)]
 BodyBytes = Annotated[int, Meta(ge=0, le=1 << 50)]
 Connections = Annotated[int, Meta(ge=1, le=1_000_000)]
 Workers = Annotated[int, Meta(ge=1, le=256)]
+# A wait that may be off: 0 (none), else bounded as the timeouts are.
+Delay = Annotated[float, Meta(ge=0.0, le=86400.0)]
 # Printable ASCII words separated by single spaces, or "" for no header: h11
 # refuses a value with leading or trailing whitespace (RFC 9110 5.5).
 SERVER_HEADER_PATTERN = r"^(?:[\x21-\x7e]+(?: [\x21-\x7e]+)*)?$"
@@ -85,6 +87,10 @@ class Server(Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     body_idle_timeout: Timeout = 30 * SECONDS
     keepalive_timeout: Timeout = 75 * SECONDS
     drain_timeout: Timeout = 30 * SECONDS
+    # Seconds from SIGTERM/SIGINT to the drain, serving as usual but with
+    # readiness 503, so load balancers stop sending while the edge still
+    # accepts (Caddy's shutdown_delay). 0: drain at once.
+    shutdown_delay: Delay = 0.0
     # Access log: "off", "stdout", or a file path.
     access_log: Annotated[str, Meta(min_length=1)] = "stdout"
     # Peers (CIDR) whose X-Forwarded-For is believed: the client IP that

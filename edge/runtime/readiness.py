@@ -3,8 +3,9 @@
 Liveness (`/cdn-cgi/edge/health`) says the process answers; readiness says a
 load balancer should send it traffic: the config is loaded, every issuer can
 verify a token, and a shared revocation store is reachable when one is
-configured. Draining after SIGTERM is never ready, so traffic stops before
-connections close.
+configured. An edge on its way out is never ready, from the first SIGTERM
+on: during its `shutdown_delay`, while it still accepts and serves as usual,
+and during the drain; so traffic stops before connections close.
 
 Pure: the runtime (edge.runtime.server) gathers the facts from what it owns;
 nothing here performs I/O or reads a clock. The body names each part in a
@@ -34,7 +35,7 @@ class Facts:
     config_loaded: bool
     issuers: tuple[tuple[str, bool], ...]  # (iss, holds a usable key), in config order
     store_reachable: bool  # True when no shared store is configured (the in-process one always is)
-    draining: bool
+    draining: bool  # stopping: SIGTERM/SIGINT seen (the shutdown delay, then the drain)
 
 
 def usable(issuer: IssuerKeys) -> bool:

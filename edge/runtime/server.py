@@ -8,8 +8,12 @@ Invariants:
   clock.
 - The sweep is the only place timeouts fire: every SWEEP interval it expires
   connections whose deadline has passed and flushes the access log.
-- On SIGTERM/SIGINT: stop accepting, close idle connections, let requests in
-  flight finish until `drain_timeout`, abort what remains, return.
+- On SIGTERM/SIGINT: `stopping` at once (readiness answers 503), then for
+  `shutdown_delay` seconds everything else as usual, listeners included; then
+  the drain (`draining`): stop accepting, close idle connections, let
+  requests in flight finish until `drain_timeout`, abort what remains,
+  return. `draining` implies `stopping`, and neither is ever undone (a
+  reload does not touch them).
 - The settings a running worker cannot change (`RESTART_KEYS`, the team store)
   come from `boot`, the configuration the edge started with, for every worker
   and every reload; a worker a supervisor forks later is set up like the first.
@@ -21,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -72,6 +77,11 @@ KEY_POLL_INTERVAL = 1.0  # seconds between checks of whether a JWKS wants fetchi
 # Never cached: a cached "ready" would outlive a drain or an outage.
 READY_HEADERS = ((b"content-type", b"application/json"), NO_STORE)
 LISTEN_BACKLOG = 1024  # nginx's default on Linux is 511; bursts of wrk connections need more
+# The supervisor's word to a worker already stopping: skip the rest of the
+# shutdown delay. Not a second SIGTERM: systemd (KillMode=control-group) and
+# a terminal's Ctrl-C signal every process of the edge besides the
+# supervisor, so a worker may see two before anyone asked to hurry.
+HURRY = signal.SIGUSR1
 
 
 def _store_of(config: Config) -> tuple[str, ...] | None:
@@ -242,6 +252,9 @@ class ServerState:
         self.connections: set[HttpProtocol] = set()
         self.now = loop.time()
         self.date = date_line(time.time())
+        # From the first SIGTERM/SIGINT: readiness answers 503. Connections
+        # read only `draining`, so they carry on through the shutdown delay.
+        self.stopping = False
         self.draining = False
         self.access_log = AccessLog.open(config.server.access_log)
         proxy = config.proxy
@@ -349,7 +362,7 @@ class ServerState:
             config_loaded=True,
             issuers=readiness.issuer_facts(self.compiled.verifier.issuers.values()),
             store_reachable=self.store.healthy,  # the in-process store always is
-            draining=self.draining,
+            draining=self.stopping,  # the shutdown delay too: traffic should go elsewhere
         )
         status, body = readiness.answer(facts)
         return LocalResponse(status, READY_HEADERS, body, self.responses.server)
@@ -523,12 +536,14 @@ async def serve(
             )
         )
         log.info("metrics on http://%s/metrics", ListenAddress(*metrics_sock.getsockname()[:2]).display())
-    stop = asyncio.Event()
+    stop = Stop(state)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        # Alone, a second signal hurries; a supervisor's worker waits for HURRY.
+        loop.add_signal_handler(sig, stop.begin if channel is not None else stop.on_signal)
     if channel is None:
         loop.add_signal_handler(signal.SIGHUP, state.reload)
     else:
+        loop.add_signal_handler(HURRY, stop.hurry)
         loop.add_reader(channel.fileno(), _take_snapshots, state, channel, stop)
     state.tick_date()
     freeze_heap()
@@ -552,17 +567,55 @@ async def serve(
             state.access_log.close()
 
 
-def _take_snapshots(state: ServerState, channel: socket.socket, stop: asyncio.Event) -> None:
+class Stop:
+    """How a worker comes to its drain. `begin` (the first SIGTERM/SIGINT)
+    sets `stopping`, so readiness answers 503 from then on; `wait` returns
+    once the shutdown delay (as last reloaded, read when the stop begins) has
+    passed, or at once when `hurry` is called before or during it."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.begun = asyncio.Event()
+        self.hurried = asyncio.Event()
+
+    def begin(self) -> None:
+        self.state.stopping = True
+        self.begun.set()
+
+    def hurry(self) -> None:
+        self.begin()
+        self.hurried.set()
+
+    def on_signal(self) -> None:
+        """SIGTERM/SIGINT to an edge on its own: the first begins, the next hurries."""
+        if self.begun.is_set():
+            self.hurry()
+        else:
+            self.begin()
+
+    async def wait(self) -> None:
+        await self.begun.wait()
+        delay = self.state.config.server.shutdown_delay
+        if delay <= 0 or self.hurried.is_set():
+            return
+        log.info("shutting down in %g s: readiness answers 503, requests are served as usual", delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.hurried.wait(), delay)
+        if self.hurried.is_set():
+            log.info("shutdown delay cut short")
+
+
+def _take_snapshots(state: ServerState, channel: socket.socket, stop: Stop) -> None:
     """Apply the supervisor's reloads. Its end closing means it is gone: with
-    nobody to restart or reload it, the worker drains and exits rather than
-    hold the port against the next edge."""
+    nobody to restart or reload it, the worker drains at once and exits rather
+    than hold the port against the next edge."""
     try:
         while (text := snapshots.receive(channel)) is not None:
             state.reload(text)
     except snapshots.Closed:
         state.loop.remove_reader(channel.fileno())
         log.warning("the supervisor is gone; stopping")
-        stop.set()
+        stop.hurry()
 
 
 async def _serve_on(
@@ -583,7 +636,7 @@ async def _serve_on(
 
 async def _drain(state: ServerState, servers: list[asyncio.Server], timeout: float) -> None:
     log.info("draining %d connection(s), up to %.1f s", len(state.connections), timeout)
-    state.draining = True
+    state.stopping = state.draining = True
     for server in servers:
         server.close()
     for conn in list(state.connections):

@@ -30,7 +30,10 @@ Invariants:
 - On SIGTERM/SIGINT the supervisor stops restarting, tells every worker,
   closes its own copies of the listening sockets (so once the workers close
   theirs, new connections are refused rather than queued), kills any worker
-  still alive `drain_timeout + KILL_GRACE` seconds later, and returns 0.
+  still alive `shutdown_delay + drain_timeout + KILL_GRACE` seconds later,
+  and returns 0. A second SIGTERM/SIGINT sends the workers HURRY (they skip
+  the rest of their shutdown delay) and brings the kill forward to
+  `drain_timeout + KILL_GRACE` from then, if that is sooner.
 """
 
 from __future__ import annotations
@@ -56,11 +59,18 @@ from edge.login.keydir import KeyDirError
 from edge.login.service import ensure_keys
 from edge.runtime import metrics, metrics_server, snapshots
 from edge.runtime.accesslog import AccessLog
-from edge.runtime.server import Listeners, check_config, keep_restart_settings, listen_socket, server_ssl
+from edge.runtime.server import (
+    HURRY,
+    Listeners,
+    check_config,
+    keep_restart_settings,
+    listen_socket,
+    server_ssl,
+)
 
 log = logging.getLogger("edge.workers")
 
-KILL_GRACE = 5.0  # seconds past drain_timeout before a stuck worker is killed
+KILL_GRACE = 5.0  # seconds past shutdown_delay + drain_timeout before a stuck worker is killed
 RESTART_BACKOFF = 1.0  # seconds; a worker that dies this young is restarted after a pause
 SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
 LOCK_NAME = "edge-listen.lock"
@@ -335,10 +345,17 @@ class Supervisor:
             pass  # it has exited; reaping restarts it with the configuration in force
 
     def _stop(self) -> None:
+        # The configuration in force is the one the workers were sent, so
+        # they wait as long as is counted here.
+        server = self.config.server
+        now = time.monotonic()
         if self.kill_at is None:
-            self.kill_at = time.monotonic() + self.config.server.drain_timeout + KILL_GRACE
+            self.kill_at = now + server.shutdown_delay + server.drain_timeout + KILL_GRACE
             self.restarts.clear()
-        self._signal_all(signal.SIGTERM)
+            self._signal_all(signal.SIGTERM)
+        else:
+            self.kill_at = min(self.kill_at, now + server.drain_timeout + KILL_GRACE)
+            self._signal_all(HURRY)
         self._close_slots()
 
     def _close_slots(self) -> None:

@@ -82,6 +82,15 @@ def test_check_the_worked_team_example() -> None:
     assert result.stderr == ""
 
 
+def test_check_prints_the_shutdown_delay_when_set(tmp_path: Path) -> None:
+    path = tmp_path / "delay.toml"
+    path.write_text("[server]\nshutdown_delay = 15.0\ndrain_timeout = 20.0\n")
+    result = run_edge("check", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "keep-alive 75 s, drain 20 s, shutdown delay 15 s (readiness 503 first)" in result.stdout
+    assert "shutdown delay" not in run_edge("check").stdout  # off by default, not mentioned
+
+
 def test_check_config_from_environment(tmp_path: Path) -> None:
     path = tmp_path / "env.toml"
     path.write_text('[server]\nlisten = ["[::1]:9000", "127.0.0.1:9001"]\nworkers = 3\nserver_header = ""\n')

@@ -198,6 +198,31 @@ def test_timeout_wrong_type(name: str, value: object) -> None:
     assert error_of(server(**{name: value})).startswith(f"{SOURCE}: $.server.{name}: Expected float, got ")
 
 
+def test_shutdown_delay_is_off_by_default() -> None:
+    assert Server().shutdown_delay == 0.0
+
+
+@pytest.mark.parametrize(("value", "bound"), [(-0.5, ">= 0.0"), (-1, ">= 0.0"), (86400.5, "<= 86400.0")])
+def test_shutdown_delay_out_of_range(value: float, bound: str) -> None:
+    assert error_of(server(shutdown_delay=value)) == (
+        f"{SOURCE}: $.server.shutdown_delay: Expected float {bound}, got {value}"
+    )
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "2", True])
+def test_shutdown_delay_not_a_number_of_seconds(value: object) -> None:
+    message = error_of(server(shutdown_delay=value))
+    assert message.startswith(f"{SOURCE}: $.server.shutdown_delay: Expected float")
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 0.05, 2, 86400])
+def test_shutdown_delay_in_range(value: float) -> None:
+    # 0 is allowed, unlike a timeout's: no delay is today's drain at once.
+    got = loads(server(shutdown_delay=value)).server.shutdown_delay
+    assert got == value
+    assert isinstance(got, float)
+
+
 # -- listen ------------------------------------------------------------------
 
 

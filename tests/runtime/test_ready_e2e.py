@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import re
 import signal
 import socket
 import threading
@@ -24,8 +26,9 @@ from pathlib import Path
 import pytest
 from access_fixtures import EC_KEY, public_jwk
 from access_fixtures import jwks as jwks_doc
-from conftest import EdgeProcess, read_all, wait_for
+from conftest import EdgeProcess, open_app_toml, read_all, wait_for
 from redis_fixture import RedisServer, redis_server  # noqa: F401
+from upstream_server import Upstream
 
 from edge.login.passwords import hash_password
 
@@ -205,9 +208,10 @@ def test_redis_store_outage_makes_it_not_ready(
 
 
 def test_draining_is_not_ready_at_once(edge_factory: Factory) -> None:
-    # On SIGTERM the edge stops listening at once, so the answer is seen on a
-    # connection already open: its request head still arriving keeps the
-    # edge draining (an idle keep-alive connection would be closed).
+    # Without a shutdown_delay, on SIGTERM the edge stops listening at once,
+    # so the answer is seen on a connection already open: its request head
+    # still arriving keeps the edge draining (an idle keep-alive connection
+    # would be closed).
     edge = edge_factory("header_timeout = 30.0\ndrain_timeout = 20.0")
     with socket.create_connection(("127.0.0.1", edge.port), timeout=TIMEOUT) as sock:
         sock.sendall(f"GET {READY} HTTP/1.1\r\nHost: a\r\n".encode())
@@ -223,3 +227,138 @@ def test_draining_is_not_ready_at_once(edge_factory: Factory) -> None:
     assert parsed["draining"] is True
     assert parsed["ready"] is False
     assert edge.proc.wait(TIMEOUT) == 0
+
+
+# -- shutdown_delay: readiness 503 while still serving ---------------------------------
+
+# Longer than any test waits: a test that sees the delay end sent the second signal.
+LONG_DELAY = 60.0  # seconds
+DELAY_LOG = "shutting down in"  # the line the edge logs when its shutdown delay starts
+# Probes of a two-worker edge, each on a new connection: the kernel spreads
+# them over the SO_REUSEPORT group, so all going to one worker is a 2**-15 chance.
+PROBES = 16
+
+
+@pytest.fixture
+def origin() -> Iterator[Upstream]:
+    with Upstream() as up:
+        yield up
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def stopping_json(r: Answer) -> None:
+    """The readiness answer of an edge on its way out."""
+    assert r.status == 503, r
+    assert r.headers["cache-control"] == "no-store"
+    assert r.json["ready"] is False
+    assert r.json["draining"] is True
+    assert r.json["config"] == "ok"  # nothing else is wrong: the body names why
+
+
+def test_shutdown_delay_serves_as_usual_but_is_not_ready(edge_factory: Factory, origin: Upstream) -> None:
+    edge = edge_factory(f"shutdown_delay = {LONG_DELAY}", open_app_toml(origin.url))
+    assert ask(edge.port).status == 200
+    kept = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=TIMEOUT)
+    kept.request("GET", "/status/200", headers={"Host": "app.test"})
+    assert kept.getresponse().read() and kept.sock is not None
+    opened = kept.sock
+
+    edge.signal(signal.SIGTERM)
+    assert wait_for(lambda: DELAY_LOG in edge.stderr_text(), READY_WAIT), edge.stderr_text()
+    for _ in range(3):  # each on a new connection: the listeners are open
+        stopping_json(ask(edge.port))
+        assert ask(edge.port, path=HEALTH).status == 200  # liveness
+        proxied = ask(edge.port, path="/status/200", host="app.test")
+        assert proxied.status == 200, proxied
+        assert proxied.headers.get("connection") != "close"
+    # A keep-alive connection opened before the signal carries on as before.
+    for path in ("/status/200", READY):
+        kept.request("GET", path, headers={"Host": "app.test"})
+        r = kept.getresponse()
+        r.read()
+        assert (r.status, r.will_close) == (200 if path != READY else 503, False)
+        assert kept.sock is opened
+    # A reload does not make it ready again.
+    edge.signal(signal.SIGHUP)
+    assert wait_for(lambda: "reloaded" in edge.stderr_text(), READY_WAIT), edge.stderr_text()
+    stopping_json(ask(edge.port))
+    assert "draining" not in edge.stderr_text()  # the drain has not begun
+
+    # A second signal ends the delay (far shorter than LONG_DELAY to wait).
+    edge.signal(signal.SIGTERM)
+    assert edge.proc.wait(READY_WAIT) == 0
+    kept.close()
+    text = edge.stderr_text()
+    assert "draining" in text and "stopped" in text
+    assert text.index(DELAY_LOG) < text.index("draining")
+    assert refused(edge.port)
+
+
+def test_shutdown_delay_ends_in_the_usual_drain(edge_factory: Factory, origin: Upstream) -> None:
+    edge = edge_factory("shutdown_delay = 0.5\ndrain_timeout = 30.0", open_app_toml(origin.url))
+    # A request in flight through the delay and into the drain.
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=TIMEOUT) as held:
+        mark = origin.mark()
+        held.sendall(b"GET /gate?name=held HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        origin.wait_event("request", mark, (b"GET", b"/gate?name=held"))
+        edge.signal(signal.SIGINT)
+        # After the delay: the drain as without one, listeners closed while
+        # the request in flight is still answered.
+        assert wait_for(lambda: "draining" in edge.stderr_text(), READY_WAIT), edge.stderr_text()
+        assert wait_for(lambda: refused(edge.port), READY_WAIT)
+        assert edge.proc.poll() is None
+        origin.open_gate("held")
+        raw = read_all(held, TIMEOUT)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), raw
+    assert b"\r\nconnection: close" in head.lower()
+    assert body == b"through the gate\n"
+    assert edge.proc.wait(READY_WAIT) == 0
+    text = edge.stderr_text()
+    assert text.index(DELAY_LOG) < text.index("draining") < text.index("stopped")
+
+
+def test_shutdown_delay_with_workers(edge_factory: Factory, origin: Upstream) -> None:
+    edge = edge_factory(f"workers = 2\nshutdown_delay = {LONG_DELAY}", open_app_toml(origin.url))
+    assert wait_for(lambda: edge.stderr_text().count("listening on") == 2, READY_WAIT)
+    workers = [int(m) for m in re.findall(r"worker (\d+) started", edge.stderr_text())]
+    assert len(workers) == 2
+    # As systemd stops a service (KillMode=control-group) or Ctrl-C a
+    # terminal's process group: every process gets the signal, and the
+    # workers one more from the supervisor. That is no second signal.
+    edge.signal(signal.SIGTERM)
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: edge.stderr_text().count(DELAY_LOG) == 2, READY_WAIT), edge.stderr_text()
+    for _ in range(PROBES):
+        stopping_json(ask(edge.port))
+    assert ask(edge.port, path="/status/200", host="app.test").status == 200
+    assert ask(edge.port, path=HEALTH).status == 200
+    assert "draining" not in edge.stderr_text()
+    # The supervisor passes a second signal on: both workers drain now.
+    edge.signal(signal.SIGTERM)
+    assert edge.proc.wait(READY_WAIT) == 0
+    text = edge.stderr_text()
+    assert text.count("stopped") == 2, text
+    assert "killing" not in text
+    assert refused(edge.port)
+
+
+def test_workers_are_not_killed_during_the_shutdown_delay(edge_factory: Factory) -> None:
+    # A delay longer than drain_timeout plus the supervisor's grace before it
+    # kills a stuck worker (edge.runtime.workers.KILL_GRACE, 5 s): the
+    # supervisor must wait for the delay too.
+    edge = edge_factory("workers = 2\nshutdown_delay = 6.0\ndrain_timeout = 0.5")
+    assert wait_for(lambda: edge.stderr_text().count("listening on") == 2, READY_WAIT)
+    edge.signal(signal.SIGTERM)
+    assert edge.proc.wait(3 * READY_WAIT) == 0
+    text = edge.stderr_text()
+    assert "killing" not in text, text
+    assert text.count("stopped") == 2, text
