@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import signal
 import socket
@@ -70,6 +71,7 @@ from edge.runtime.server import (
 
 log = logging.getLogger("edge.workers")
 
+IDLE_WAIT = 3600.0  # seconds: the longest the supervisor sleeps with nothing due (signals wake it)
 KILL_GRACE = 5.0  # seconds past shutdown_delay + drain_timeout before a stuck worker is killed
 RESTART_BACKOFF = 1.0  # seconds; a worker that dies this young is restarted after a pause
 SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
@@ -210,14 +212,21 @@ class Supervisor:
                 self._stop()
             self._reap()
             self._restart_due()
-            if self.kill_at is not None and time.monotonic() >= self.kill_at:
-                log.error("workers still running after the drain timeout; killing them")
-                self._signal_all(signal.SIGKILL)
+            self._kill_if_due()
+
+    def _kill_if_due(self) -> None:
+        """Past the kill deadline: SIGKILL every worker left, once. The
+        deadline then moves to never, so the loop sleeps until SIGCHLD says
+        they are gone instead of waking at once until they are reaped."""
+        if self.kill_at is not None and time.monotonic() >= self.kill_at:
+            log.error("workers still running after the drain timeout; killing them")
+            self._signal_all(signal.SIGKILL)
+            self.kill_at = math.inf
 
     def _timeout(self) -> float:
-        """Seconds until the next thing the loop must do on its own."""
+        """Seconds until the next thing the loop must do on its own (at most IDLE_WAIT)."""
         due = [t for t, _ in self.restarts] if self.kill_at is None else [self.kill_at]
-        return max(0.0, min(due) - time.monotonic()) if due else 3600.0
+        return min(IDLE_WAIT, max(0.0, min(due) - time.monotonic())) if due else IDLE_WAIT
 
     def _scrape_channels(self) -> list[tuple[int, socket.socket]]:
         """For the metrics thread: (slot, scrape channel) of each live worker."""

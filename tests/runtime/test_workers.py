@@ -5,16 +5,21 @@ port an edge already serves exits 1 instead of sharing the traffic."""
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import BodyCountingUpstream, EdgeProcess, free_port, open_app_toml, wait_for, write_config
 from procs import TIME_WAIT, alive, children, connections_on, serving_pids, tcp_sockets
+
+from edge.config.schema import Config
+from edge.runtime.workers import Supervisor
 
 Factory = Callable[..., EdgeProcess]
 WAIT = 30.0  # seconds: the most any single expected event may take (a restart waits 1 s first;
@@ -254,3 +259,19 @@ def test_workers_leave_when_the_supervisor_is_killed(edge_factory: Factory) -> N
     assert wait_for(lambda: len(serving_pids(again.lines)) == 2, WAIT)
     assert ask(port, path=HEALTH)[0] == 200
     assert again.stop() == 0
+
+
+def test_the_supervisor_kills_stuck_workers_once_and_then_waits(caplog: pytest.LogCaptureFixture) -> None:
+    """Past its kill deadline the supervisor sends SIGKILL once and then
+    sleeps until SIGCHLD: it used to keep the deadline, so its wait timed
+    out at once and it spun (and logged "killing them") until the killed
+    workers were reaped."""
+    supervisor = Supervisor(Config())
+    supervisor.kill_at = time.monotonic() - 1.0  # stopping, and the drain time is up
+    with caplog.at_level(logging.ERROR, logger="edge"):
+        supervisor._kill_if_due()
+        assert supervisor._timeout() > 1.0  # not a spin
+        supervisor._kill_if_due()
+    assert [r.getMessage() for r in caplog.records].count(
+        "workers still running after the drain timeout; killing them"
+    ) == 1
