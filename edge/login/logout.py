@@ -63,7 +63,14 @@ def confirm(
     csrf, extra = ctx.csrf_field(req)
     who = (ident.email or ident.sub) if isinstance(ident, Identity) else None
     query = f"?{req.query.decode('latin-1')}" if req.query else ""  # where the signed-out page leads
-    page = pages.logout_page(action=f"{ENDPOINT_PATH}/logout{query}", csrf=csrf, who=who, error=error)
+    page = pages.logout_page(
+        action=f"{ENDPOINT_PATH}/logout{query}",
+        csrf=csrf,
+        who=who,
+        error=error,
+        look=ctx.look,
+        request_id=req.request_id.decode("ascii"),
+    )
     return ctx.html(status, page, extra)
 
 
