@@ -461,3 +461,51 @@ def test_the_signed_out_page_takes_any_return_address(site: Site, redirect_url: 
     )
     page = run(site.service.handle(site.c, action, req, b"", NOW))
     assert page.status == 200 and "You are signed out." in page.body.decode()
+
+
+# -- "Sign in with another account" --------------------------------------------------------------
+
+
+def test_sign_in_with_another_account_signs_out_then_goes_to_the_apps_form(site: Site) -> None:
+    """The denied page's link: one logout, then straight to the sign-in form
+    for the same application (with the login binding it came with)."""
+    denied = handoff.start_session(
+        site.ctx,
+        site.c,
+        new_person(MALLORY, [], "dev"),
+        dataclasses.replace(site.app_target("polite"), binding="b" * 24),
+        build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
+        NOW,
+    )
+    m = re.search(r'<a href="([^"]*)">Sign in with another account</a>', denied.body.decode())
+    assert denied.status == 403 and m is not None
+    link = m.group(1).replace("&amp;", "&")
+    assert link.startswith("/cdn-cgi/access/logout?")
+    cookie = header(denied, "set-cookie")[0].partition(";")[0]
+    action, req = site.endpoint("GET", f"http://auth.localhost{link}", [("Cookie", cookie)])
+    out = run(site.service.handle(site.c, action, req, b"", NOW))
+    back = quote("http://polite.localhost:8080/", safe="")
+    assert out.status == 302 and header(out, "location") == [
+        f"/cdn-cgi/access/login/polite.localhost?kid=polite-aud&redirect_url={back}&b={'b' * 24}"
+    ]
+    assert any(c.startswith("CF_Authorization=;") or "Max-Age=0" in c for c in header(out, "set-cookie"))
+    # The session is over: its team cookie no longer signs anyone in.
+    assert not isinstance(site.ctx.team_identity(site.c, req, NOW), Identity)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "kid=polite-aud&redirect_url=https%3A%2F%2Fevil.example%2F",
+        "kid=polite-aud&redirect_url=http%3A%2F%2Fdevonly.localhost%3A8080%2F",  # another app's host
+        "kid=nope&redirect_url=http%3A%2F%2Fpolite.localhost%3A8080%2F",
+        "redirect_url=%2F%2Fevil.example%2F",
+        "",
+    ],
+)
+def test_sign_in_with_another_account_never_leaves_the_team_host(site: Site, query: str) -> None:
+    """A link that names no application of ours (or a return address off its
+    host) still signs out, then goes to the team's own sign-in form."""
+    action, req = site.endpoint("GET", f"http://auth.localhost/cdn-cgi/access/logout?{query}&then=login")
+    out = run(site.service.handle(site.c, action, req, b"", NOW))
+    assert out.status == 302 and header(out, "location") == ["/cdn-cgi/access/login"]
