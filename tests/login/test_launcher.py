@@ -19,7 +19,7 @@ from test_flows import Site as FlowsSite
 
 from edge.access.actions import Endpoint
 from edge.access.claims import Identity
-from edge.access.compile import Compiled, compile_config
+from edge.access.compile import Compiled, DenyPage, compile_config
 from edge.access.endpoints import EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
@@ -395,6 +395,33 @@ def test_branding_on_the_pages(site: Site) -> None:
         assert "<span>Example Inc</span>" in text and "h1{color:#0a7d3b}" in text
     plain = pages.login_page(app_name="x", action="/a", csrf="c", providers=[]).decode()
     assert "Example Inc" not in plain and "<img" not in plain and "#0a7d3b" not in plain
+
+
+def test_the_edges_own_deny_page_is_branded(site: Site) -> None:
+    """custom_deny_message's 403 on the app host (compile.DenyPage) carries the
+    team's branding like the login service's pages, built at compile time."""
+    deny = site.c.apps_by_aud["polite-aud"].deny_page
+    assert isinstance(deny, DenyPage)
+    named = deny.response(b"rid-9")
+    text = named.body.decode()
+    assert '<header class="team"><img src="https://cdn.example.com/logo.png"' in text
+    assert "<span>Example Inc</span>" in text and "h1{color:#0a7d3b}" in text
+    assert "<title>Access denied · Example Inc</title>" in text
+    assert f'<p class="custom">Ask in #access. {NASTY_ESCAPED}</p>' in text and "<script" not in text
+    assert '<footer class="note">Request id: rid-9</footer>' in text
+    assert deny.response(b"") is deny.plain and "Request id" not in deny.plain.body.decode()
+    csp = header(named, "content-security-policy")[0]
+    assert "img-src data: https://cdn.example.com;" in csp and "frame-ancestors 'none'" in csp
+
+
+def test_the_deny_page_escapes_a_hostile_team() -> None:
+    look = pages.Look(NASTY, f"https://x.example.com/{NASTY}", "#abcdef", {})
+    text = DenyPage(NASTY, NASTY, b"edge", look).response(NASTY.encode()).body.decode()
+    assert "<script" not in text and text.count(NASTY_ESCAPED) == 6  # title, header, logo, app, message, id
+    templated = pages.Look(NASTY, "", "#abcdef", {"denied": "<p>{{team_name}}</p>{{content}}"})
+    text = DenyPage("app", "m", b"edge", templated).response(b"rid").body.decode()
+    assert text.startswith(f"<p>{NASTY_ESCAPED}</p><h1>Access denied</h1>") and "<script" not in text
+    assert text.endswith('<footer class="note">Request id: rid</footer>')
 
 
 def test_a_template_escapes_every_value_but_the_content() -> None:
