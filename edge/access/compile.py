@@ -169,12 +169,13 @@ class DenyPage:
             f'<h1>Access denied</h1>\n<p role="status">You do not have access to {escape(app_name)}.</p>\n'
             f'<p class="custom">{escape(message)}</p>'
         )
-        # Where the footer goes: a NUL, which no escaped value and no
-        # template (UTF-8 text checked at load) is expected to hold; a
+        # Where the footer goes: a run of NULs the page does not hold (the
+        # config's values are printable; a template might hold some). A
         # template naming {{content}} twice gets the footer twice.
-        self.parts = page("Access denied", body + _FOOTER_SLOT, look, "denied").encode().split(
-            _FOOTER_SLOT.encode()
-        )
+        slot = "\x00"
+        while slot in page("Access denied", body, look, "denied"):
+            slot += "\x00"
+        self.parts = page("Access denied", body + slot, look, "denied").encode().split(slot.encode())
         self.server = server
         self.plain = LocalResponse(403, self.fields, b"".join(self.parts), server)  # no id: explain
 
@@ -184,9 +185,6 @@ class DenyPage:
         # request_id is SAFE (edge.http.request_id); escaped all the same.
         named = footer(request_id.decode("ascii")).encode().join(self.parts)
         return LocalResponse(403, self.fields, named, self.server)
-
-
-_FOOTER_SLOT = "\x00"
 
 
 def _custom_deny(app: App, responses: Responses, look: Look) -> LocalResponse | DenyPage | None:
