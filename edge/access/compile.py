@@ -28,6 +28,7 @@ from edge.access.cors import VARY_ORIGIN, CorsPolicy, refused_preflight
 from edge.access.groups import EMPTY_CATALOG, Catalog
 from edge.access.headers import Header, TrustedProxies
 from edge.access.keysets import JwksError, KeySet, parse_jwks
+from edge.access.look import PLAIN, Look, csp, footer, look_of, page
 from edge.access.policy import Policies
 from edge.access.responses import LocalResponse, Responses
 from edge.access.revocation import Revocations
@@ -67,10 +68,11 @@ class Shared:
     """Responses every application would build identically, built once per
     configuration."""
 
-    __slots__ = ("responses", "deny_plain", "deny_vary", "preflight_refused", "cors_refused")
+    __slots__ = ("responses", "deny_plain", "deny_vary", "preflight_refused", "cors_refused", "look")
 
-    def __init__(self, responses: Responses) -> None:
+    def __init__(self, responses: Responses, look: Look = PLAIN) -> None:
         self.responses = responses
+        self.look = look  # the team's branding, for the deny pages
         self.deny_plain = responses.text(403, DENIED_BODY, [NO_STORE])
         self.deny_vary = responses.text(403, DENIED_BODY, [NO_STORE, VARY_ORIGIN])
         # BEHAVIOUR.md section 4, first row: no cookie on a preflight, so
@@ -117,7 +119,7 @@ class CompiledApp:
         self._responses = responses
         self.deny_plain = shared.deny_plain if self.cors is None else shared.deny_vary
         # What a refused navigation gets instead (decide._deny), if the app says.
-        self.deny_page = _custom_deny(app, responses)
+        self.deny_page = _custom_deny(app, responses, shared.look)
         self.preflight_refused = shared.preflight_refused
         # 403s for allowed origins, keyed by their Access-Control-Allow-Origin
         # value: the response depends on nothing else (no token, no client
@@ -147,45 +149,52 @@ class CompiledApp:
 
 
 class DenyPage:
-    """custom_deny_message's small HTML 403 (escaped, framing forbidden,
-    nothing loaded). The page names the request's id, so a user's screenshot
-    names the access log line: its head is built once, the page per request
-    (a refused navigation, never a hot path)."""
+    """custom_deny_message's HTML 403: the team's "denied" page (its branding
+    and template, as the login service's access-denied page), escaped,
+    framing forbidden, nothing loaded but the team's logo. The page names
+    the request's id, so a user's screenshot names the access log line: it
+    is built once around the footer's place, the footer joined in per
+    request (a refused navigation, never a hot path)."""
 
-    __slots__ = ("fields", "head", "tail", "server", "plain")
+    __slots__ = ("fields", "parts", "server", "plain")
 
-    def __init__(self, app_name: str, message: str, server: bytes) -> None:
+    def __init__(self, app_name: str, message: str, server: bytes, look: Look = PLAIN) -> None:
         self.fields = [
             (b"content-type", b"text/html; charset=utf-8"),
             (b"x-frame-options", b"DENY"),
-            (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+            (b"content-security-policy", csp([look.logo_url])),
             NO_STORE,
         ]
-        self.head = (
-            '<!doctype html>\n<html lang="en">\n<meta charset="utf-8">\n<title>Access denied</title>\n'
-            f"<main>\n<h1>Access denied</h1>\n<p>You do not have access to {escape(app_name)}.</p>\n"
-            f'<p class="custom">{escape(message)}</p>\n'
-        ).encode()
-        self.tail = b"</main>\n"
+        body = (
+            f'<h1>Access denied</h1>\n<p role="status">You do not have access to {escape(app_name)}.</p>\n'
+            f'<p class="custom">{escape(message)}</p>'
+        )
+        # Where the footer goes: a run of NULs the page does not hold (the
+        # config's values are printable; a template might hold some). A
+        # template naming {{content}} twice gets the footer twice.
+        slot = "\x00"
+        while slot in page("Access denied", body, look, "denied"):
+            slot += "\x00"
+        self.parts = page("Access denied", body + slot, look, "denied").encode().split(slot.encode())
         self.server = server
-        self.plain = LocalResponse(403, self.fields, self.head + self.tail, server)  # no id: explain
+        self.plain = LocalResponse(403, self.fields, b"".join(self.parts), server)  # no id: explain
 
     def response(self, request_id: bytes) -> LocalResponse:
         if not request_id:
             return self.plain
         # request_id is SAFE (edge.http.request_id); escaped all the same.
-        footer = f'<p class="note">Request id: {escape(request_id.decode("ascii"))}</p>\n'.encode()
-        return LocalResponse(403, self.fields, self.head + footer + self.tail, self.server)
+        named = footer(request_id.decode("ascii")).encode().join(self.parts)
+        return LocalResponse(403, self.fields, named, self.server)
 
 
-def _custom_deny(app: App, responses: Responses) -> LocalResponse | DenyPage | None:
+def _custom_deny(app: App, responses: Responses, look: Look) -> LocalResponse | DenyPage | None:
     """custom_deny_url: a redirect there; custom_deny_message: a DenyPage."""
     if app.custom_deny_url:
         fields = [(b"location", app.custom_deny_url.encode("ascii")), NO_STORE]
         return responses.text(302, b"access denied\n", fields)
     if not app.custom_deny_message:
         return None
-    return DenyPage(app.name, app.custom_deny_message, responses.server)
+    return DenyPage(app.name, app.custom_deny_message, responses.server, look)
 
 
 class RemoteKeys(msgspec.Struct, frozen=True, gc=False):
@@ -251,7 +260,7 @@ def compile_config(
             _longest_session(config),
         )
         issuers.append(builtin)
-    shared = Shared(responses)
+    shared = Shared(responses, PLAIN if config.team is None else look_of(config.team.branding))
     # Groups and lists once, for every application: a list is one set however
     # many policies name it.
     catalog = Catalog(config.groups, config.lists)

@@ -195,6 +195,7 @@ class Context:
             error=error,
             email=email,
             look=self.look,
+            request_id=req.request_id.decode("ascii"),
         )
         return self.html(status, page, extra)
 

@@ -57,6 +57,9 @@ from edge.login.store import StoreUnavailable
 log = logging.getLogger("edge.login")
 
 JTI_BYTES = 16  # random bytes naming a code in the store
+# The logout query field that sends a signed-out browser on to the sign-in
+# form instead of the signed-out page (edge.login.logout.sign_out).
+THEN_LOGIN = {"then": "login"}
 
 
 def person_of(ident: Identity) -> Person:
@@ -111,15 +114,13 @@ def issue(
     policy, _ = target.app.policies.second_phase(subject, None)
     if policy is None or policy.action == "deny":
         log.info("login: %s has no access to %s", ident.email, target.app.name)
-        # "Sign in with another account": sign out, then back to this app's sign-in.
         app = target.app.config
         if app.custom_deny_url:
             return ctx.redirect(app.custom_deny_url, extra)
-        back = urlencode({"kid": target.app.aud, "redirect_url": target.redirect_url})
         page = pages.denied_page(
             ident.email,
             target.app.name,
-            f"{ENDPOINT_PATH}/logout?{back}",
+            another_account(target),
             app.custom_deny_message,
             ctx.look,
             request_id=req.request_id.decode("ascii"),
@@ -136,6 +137,16 @@ def issue(
     sealed = seal(ctx.sealer, HANDOFF, code, now + HANDOFF_TTL)
     location = f"{origin_of(target.redirect_url)}{ENDPOINT_PATH}/authorized?code={sealed}"
     return ctx.redirect(location, extra)
+
+
+def another_account(target: Target) -> str:
+    """The denied page's "Sign in with another account": sign out, then
+    (THEN_LOGIN) straight on to this application's sign-in form, in the same
+    login (its binding, so the new account's code works in this browser)."""
+    fields = {"kid": target.app.aud, "redirect_url": target.redirect_url}
+    if target.binding:
+        fields["b"] = target.binding
+    return f"{ENDPOINT_PATH}/logout?{urlencode({**fields, **THEN_LOGIN})}"
 
 
 async def authorized(

@@ -44,7 +44,8 @@ async def launcher(
         req.client_ip, req.values(b"x-forwarded-for"), c.trusted, identity=ident, client_cn=req.client_cert_cn
     )
     tiles = launcher_tiles(c.apps, subject, ctx.team_url)
-    page = pages.launcher_page(ident.email, tiles, f"{ENDPOINT_PATH}/logout", ctx.look)
+    rid = req.request_id.decode("ascii")
+    page = pages.launcher_page(ident.email, tiles, f"{ENDPOINT_PATH}/logout", ctx.look, rid)
     return ctx.html(200, page)
 
 

@@ -12,14 +12,19 @@ Invariants:
   app logout (cross-site when the team is another site) just clears its cookie.
 - The signed-out page leads to a sign-in form: back to the application named
   by the logout's `kid` and `redirect_url` (the login link's own fields, as
-  the app leg and the access-denied page pass them) when signin.target_of
-  accepts them, else the team's own sign-in page. Only ever a link.
+  the app leg passes them) when signin.target_of accepts them, else the
+  team's own sign-in page. Only ever a link.
+- With `then=login` (handoff.THEN_LOGIN: the access-denied page's "Sign in
+  with another account") the team host's logout goes on at once to that
+  sign-in form instead: a redirect to a path on the team host itself, for an
+  application target_of accepted (kid, redirect_url and binding checked as
+  for the login link), never to an address the query names.
 """
 
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from edge.access.actions import Endpoint
 from edge.access.claims import Identity, Refusal
@@ -30,7 +35,8 @@ from edge.access.revocation import revoked_until
 from edge.access.session import AUTH_COOKIE, ENDPOINT_PATH, clear_cookie, cross_site
 from edge.login import pages
 from edge.login.call import host_of, query_of, read_form
-from edge.login.context import Context
+from edge.login.context import Context, Target
+from edge.login.handoff import THEN_LOGIN
 from edge.login.signin import target_of
 
 log = logging.getLogger("edge.login")
@@ -63,7 +69,14 @@ def confirm(
     csrf, extra = ctx.csrf_field(req)
     who = (ident.email or ident.sub) if isinstance(ident, Identity) else None
     query = f"?{req.query.decode('latin-1')}" if req.query else ""  # where the signed-out page leads
-    page = pages.logout_page(action=f"{ENDPOINT_PATH}/logout{query}", csrf=csrf, who=who, error=error)
+    page = pages.logout_page(
+        action=f"{ENDPOINT_PATH}/logout{query}",
+        csrf=csrf,
+        who=who,
+        error=error,
+        look=ctx.look,
+        request_id=req.request_id.decode("ascii"),
+    )
     return ctx.html(status, page, extra)
 
 
@@ -89,7 +102,10 @@ async def sign_out(
             home = f"{req.scheme}://{req.host.decode('latin-1')}/"
             back = "?" + urlencode({"kid": action.aud, "redirect_url": home})
         return ctx.redirect(f"{ctx.team_url}{ENDPOINT_PATH}/logout{back}", clear)
-    link = _sign_in_link(c, action, req)
+    target = _sign_in_target(c, action, req)
+    if action.team and all(query_of(req).get(k) == v for k, v in THEN_LOGIN.items()):
+        return ctx.redirect(_sign_in_form(target), clear)
+    link = _sign_in_link(action, target)
     page = pages.message_page(
         "Signed out",
         "You are signed out.",
@@ -101,23 +117,42 @@ async def sign_out(
     return ctx.html(200, page, clear)
 
 
-def _sign_in_link(c: Compiled, action: Endpoint, req: Request) -> tuple[str, str] | None:
-    """Where the signed-out page leads: a sign-in form (see the invariants)."""
+def _sign_in_target(c: Compiled, action: Endpoint, req: Request) -> Target | None:
+    """The application the logout's query names, if signin.target_of accepts
+    it (on the team host only: an app host has no login service)."""
     if not action.team:
-        # No login service here: the application's own page sends a
-        # signed-out browser to its login URL.
-        return ("/", "Sign in again") if action.aud is not None else None
+        return None
     url = query_of(req).get("redirect_url", "")
     try:
         host = (urlsplit(url).hostname or "") if url.isascii() else ""
     except ValueError:  # e.g. "http://[x/": a hint that names no host
         host = ""
     target = target_of(c, host, req) if host else None
-    if target is None or isinstance(target, str):
+    return None if target is None or isinstance(target, str) else target
+
+
+def _sign_in_link(action: Endpoint, target: Target | None) -> tuple[str, str] | None:
+    """Where the signed-out page leads: a sign-in form (see the invariants)."""
+    if not action.team:
+        # No login service here: the application's own page sends a
+        # signed-out browser to its login URL.
+        return ("/", "Sign in again") if action.aud is not None else None
+    if target is None:
         return (f"{ENDPOINT_PATH}/login", "Sign in")
     # The application sends a signed-out browser to its sign-in form, with
     # a fresh login binding (a direct link to the form would carry none).
     return (target.redirect_url, f"Sign in to {target.app.name}")
+
+
+def _sign_in_form(target: Target | None) -> str:
+    """The team's sign-in form for `target` (the login link's own fields), or
+    the team's own sign-in form: a path on this host, whatever the query said."""
+    if target is None:
+        return f"{ENDPOINT_PATH}/login"
+    fields = {"kid": target.app.aud, "redirect_url": target.redirect_url}
+    if target.binding:
+        fields["b"] = target.binding
+    return f"{ENDPOINT_PATH}/login/{quote(target.host, safe='')}?{urlencode(fields)}"
 
 
 def _revoked_until(c: Compiled, ident: Identity, now: float) -> float:

@@ -1,84 +1,33 @@
 """The login service's pages: plain, small, accessible HTML.
 
 Every value that comes from a request or a config is escaped here, once.
-Pages load nothing from anywhere (no script, no style sheet) but the logos a
-config names, so the Content-Security-Policy sent with them can forbid
-everything but the inline style and icon below, images from those logos'
-origins (`csp`) and form posts to the page's own origin.
-
-The team's branding (`Look`) sets a name, a logo and an accent colour; a
-custom template replaces the page around its content. In a template, every
-placeholder's value is escaped except {{content}}, the markup built here.
+The frame around a page's content (edge.access.look) is shared with the
+edge's own deny page: the team's branding (`Look`: a name, a logo and an
+accent colour), a custom template per page, and the Content-Security-Policy
+the pages are sent with (they load nothing but the logos a config names).
+Every page names the request's id, so a user's screenshot names the access
+log line.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
-from urllib.parse import urlsplit
 
-from edge.config.schema import TEMPLATE_CONTENT, Branding
-
-# One img-src directive (a second one would be ignored): the inline icon's
-# data: URL, then the configured logos' origins (`csp`).
-_IMG_SRC = b"img-src data:"
-_CSP_REST = (
-    b"; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'"
-)
-CSP = b"default-src 'none'; " + _IMG_SRC + _CSP_REST
-# As config.checks_team.PLACEHOLDER_RE, which checked every template at load.
-_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+# Re-exported: the login service knows them as pages.*.
+from edge.access.look import CSP as CSP
+from edge.access.look import ICON as ICON
+from edge.access.look import PLAIN as PLAIN
+from edge.access.look import Look as Look
+from edge.access.look import csp as csp
+from edge.access.look import look_of as look_of
+from edge.access.look import page
 
 
-def csp(logo_urls: Iterable[str]) -> bytes:
-    """The pages' CSP: CSP, plus images from the origins of the configured logos."""
-    origins = sorted({_origin(url) for url in logo_urls if url})
-    if not origins:
-        return CSP
-    logos = " ".join(origins).encode("ascii")
-    return b"default-src 'none'; " + _IMG_SRC + b" " + logos + _CSP_REST
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-@dataclass(frozen=True, slots=True)
-class Look:
-    """The team's branding as the pages use it (`look_of`)."""
-
-    team_name: str = ""
-    logo_url: str = ""
-    accent: str = ""  # "#rrggbb" (checked at load) or "" for the built-in look
-    templates: Mapping[str, str] = field(default_factory=dict)  # page -> template text
-
-
-PLAIN = Look()
-
-
-def look_of(branding: Branding) -> Look:
-    return Look(branding.name, branding.logo_url, branding.accent.lower(), dict(branding.templates.texts))
-
-
-# The favicon, inline (a data: URL, allowed by the CSP's img-src): a page
-# that loads nothing needs no /favicon.ico route. Also used by the demo origin.
-ICON = (
-    "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E"
-    "%3Crect width='16' height='16' rx='3' fill='%23246'/%3E"
-    "%3Cpath d='M4 4h8v2H6v1h5v2H6v1h6v2H4z' fill='%23fff'/%3E%3C/svg%3E"
-)
-
-_STYLE = (
-    "body{font:16px/1.5 system-ui,sans-serif;max-width:26rem;margin:3rem auto;padding:0 1rem;color:#222}"
-    "h1{font-size:1.4rem}h2{font-size:1.1rem}label{display:block;margin:.6rem 0 .2rem}"
-    "input{width:100%;padding:.45rem;font:inherit;box-sizing:border-box}"
-    "button{margin-top:1rem;padding:.5rem 1rem;font:inherit;cursor:pointer}"
-    ".note{color:#555;font-size:.9rem}.error{color:#a00;border-left:3px solid #a00;padding-left:.6rem}"
-    "section{border-top:1px solid #ddd;margin-top:1.5rem;padding-top:.5rem}"
-)
+def _page(title: str, body: str, look: Look = PLAIN, kind: str = "", request_id: str = "") -> bytes:
+    """A whole page (look.page), encoded."""
+    return page(title, body, look, kind, request_id).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,44 +39,6 @@ class Choice:
     kind: str  # "dev" (email + password form) or "oidc" (a button)
 
 
-def _page(title: str, body: str, look: Look = PLAIN, kind: str = "", request_id: str = "") -> bytes:
-    """A whole page: the team's template for `kind` if it has one, else the
-    built-in one, with the team's name, logo and accent. The request id, when
-    given, names the access log line a user's screenshot shows."""
-    if request_id:
-        body += f'\n<footer class="note">Request id: {escape(request_id)}</footer>'
-    template = look.templates.get(kind)
-    if template is not None:
-        values = {
-            "title": escape(title),
-            "team_name": escape(look.team_name),
-            "logo_url": escape(look.logo_url),
-            "accent": escape(look.accent),
-            TEMPLATE_CONTENT: body,
-        }
-        # Unknown names were refused at load; keep one as it is regardless.
-        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template).encode()
-    style = _STYLE
-    if look.accent:
-        accent = escape(look.accent)
-        style += (
-            f"h1{{color:{accent}}}a{{color:{accent}}}"
-            f"button{{background:{accent};color:#fff;border:1px solid {accent};border-radius:3px}}"
-        )
-    header = ""
-    if look.team_name or look.logo_url:
-        logo = f'<img src="{escape(look.logo_url)}" alt="" height="32"> ' if look.logo_url else ""
-        header = f'<header class="team">{logo}<span>{escape(look.team_name)}</span></header>\n'
-    full_title = f"{title} · {look.team_name}" if look.team_name else title
-    return (
-        '<!doctype html>\n<html lang="en">\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f'<title>{escape(full_title)}</title>\n<link rel="icon" href="{escape(ICON)}">\n'
-        f"<style>{style}</style>\n"
-        f"{header}<main>\n{body}\n</main>\n"
-    ).encode()
-
-
 def login_page(
     *,
     app_name: str | None,
@@ -137,6 +48,7 @@ def login_page(
     error: str = "",
     email: str = "",
     look: Look = PLAIN,
+    request_id: str = "",
 ) -> bytes:
     """The sign-in page: a form per provider, all posting back to `action`."""
     title = f"Sign in to {app_name}" if app_name else "Sign in"
@@ -145,7 +57,7 @@ def login_page(
         parts.append(f'<p class="error" role="alert">{escape(error)}</p>')
     for choice in providers:
         parts.append(_provider_form(choice, action, csrf, email))
-    return _page(title, "\n".join(parts), look, "login")
+    return _page(title, "\n".join(parts), look, "login", request_id)
 
 
 def _provider_form(choice: Choice, action: str, csrf: str, email: str) -> str:
@@ -174,9 +86,18 @@ def _provider_form(choice: Choice, action: str, csrf: str, email: str) -> str:
     )
 
 
-def logout_page(*, action: str, csrf: str, who: str | None, error: str = "") -> bytes:
+def logout_page(
+    *,
+    action: str,
+    csrf: str,
+    who: str | None,
+    error: str = "",
+    look: Look = PLAIN,
+    request_id: str = "",
+) -> bytes:
     """Asks before signing out, when another site sent the user here: one
-    button that posts back (with the CSRF token) to `action`."""
+    button that posts back (with the CSRF token) to `action`. Branded; no
+    template of its own (the templates are the four pages TEMPLATE_PAGES names)."""
     parts = ["<h1>Sign out?</h1>"]
     if error:
         parts.append(f'<p class="error" role="alert">{escape(error)}</p>')
@@ -188,7 +109,7 @@ def logout_page(*, action: str, csrf: str, who: str | None, error: str = "") -> 
         f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
         '<button type="submit">Sign out</button></form>'
     )
-    return _page("Sign out?", "\n".join(parts))
+    return _page("Sign out?", "\n".join(parts), look, request_id=request_id)
 
 
 def message_page(
@@ -235,7 +156,9 @@ class Tile:
     logo_url: str = ""
 
 
-def launcher_page(email: str, tiles: Sequence[Tile], logout: str, look: Look = PLAIN) -> bytes:
+def launcher_page(
+    email: str, tiles: Sequence[Tile], logout: str, look: Look = PLAIN, request_id: str = ""
+) -> bytes:
     """The team host's "/": the applications a signed-in user may open."""
     title = "Your applications"
     parts = [
@@ -251,4 +174,4 @@ def launcher_page(email: str, tiles: Sequence[Tile], logout: str, look: Look = P
     else:
         parts.append('<p class="note">There are no applications for you to open here.</p>')
     parts.append(f'<p><a href="{escape(logout)}">Sign out</a></p>')
-    return _page(title, "\n".join(parts), look, "launcher")
+    return _page(title, "\n".join(parts), look, "launcher", request_id)

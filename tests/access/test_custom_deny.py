@@ -120,8 +120,10 @@ def test_a_custom_deny_page_names_the_request_id(c: Compiled) -> None:
     named = decide(c, msgspec.structs.replace(req, request_id=b"rid-7"), NOW)
     assert isinstance(named, Deny) and named.response.status == 403
     body = named.response.body.decode()
-    assert '<p class="note">Request id: rid-7</p>' in body
-    assert body.replace('<p class="note">Request id: rid-7</p>\n', "") == plain.response.body.decode()
+    assert '<footer class="note">Request id: rid-7</footer>' in body
+    assert (
+        body.replace('\n<footer class="note">Request id: rid-7</footer>', "") == plain.response.body.decode()
+    )
     assert named.response.rest.replace(b"%d" % len(body), b"") == plain.response.rest.replace(
         b"%d" % len(plain.response.body), b""
     )

@@ -19,7 +19,7 @@ from test_flows import Site as FlowsSite
 
 from edge.access.actions import Endpoint
 from edge.access.claims import Identity
-from edge.access.compile import Compiled, compile_config
+from edge.access.compile import Compiled, DenyPage, compile_config
 from edge.access.endpoints import EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
@@ -397,6 +397,33 @@ def test_branding_on_the_pages(site: Site) -> None:
     assert "Example Inc" not in plain and "<img" not in plain and "#0a7d3b" not in plain
 
 
+def test_the_edges_own_deny_page_is_branded(site: Site) -> None:
+    """custom_deny_message's 403 on the app host (compile.DenyPage) carries the
+    team's branding like the login service's pages, built at compile time."""
+    deny = site.c.apps_by_aud["polite-aud"].deny_page
+    assert isinstance(deny, DenyPage)
+    named = deny.response(b"rid-9")
+    text = named.body.decode()
+    assert '<header class="team"><img src="https://cdn.example.com/logo.png"' in text
+    assert "<span>Example Inc</span>" in text and "h1{color:#0a7d3b}" in text
+    assert "<title>Access denied · Example Inc</title>" in text
+    assert f'<p class="custom">Ask in #access. {NASTY_ESCAPED}</p>' in text and "<script" not in text
+    assert '<footer class="note">Request id: rid-9</footer>' in text
+    assert deny.response(b"") is deny.plain and "Request id" not in deny.plain.body.decode()
+    csp = header(named, "content-security-policy")[0]
+    assert "img-src data: https://cdn.example.com;" in csp and "frame-ancestors 'none'" in csp
+
+
+def test_the_deny_page_escapes_a_hostile_team() -> None:
+    look = pages.Look(NASTY, f"https://x.example.com/{NASTY}", "#abcdef", {})
+    text = DenyPage(NASTY, NASTY, b"edge", look).response(NASTY.encode()).body.decode()
+    assert "<script" not in text and text.count(NASTY_ESCAPED) == 6  # title, header, logo, app, message, id
+    templated = pages.Look(NASTY, "", "#abcdef", {"denied": "<p>{{team_name}}</p>{{content}}"})
+    text = DenyPage("app", "m", b"edge", templated).response(b"rid").body.decode()
+    assert text.startswith(f"<p>{NASTY_ESCAPED}</p><h1>Access denied</h1>") and "<script" not in text
+    assert text.endswith('<footer class="note">Request id: rid</footer>')
+
+
 def test_a_template_escapes_every_value_but_the_content() -> None:
     template = (
         "<title>{{title}}</title><h2 style='color:{{accent}}'>{{ team_name }}</h2>"
@@ -461,3 +488,51 @@ def test_the_signed_out_page_takes_any_return_address(site: Site, redirect_url: 
     )
     page = run(site.service.handle(site.c, action, req, b"", NOW))
     assert page.status == 200 and "You are signed out." in page.body.decode()
+
+
+# -- "Sign in with another account" --------------------------------------------------------------
+
+
+def test_sign_in_with_another_account_signs_out_then_goes_to_the_apps_form(site: Site) -> None:
+    """The denied page's link: one logout, then straight to the sign-in form
+    for the same application (with the login binding it came with)."""
+    denied = handoff.start_session(
+        site.ctx,
+        site.c,
+        new_person(MALLORY, [], "dev"),
+        dataclasses.replace(site.app_target("polite"), binding="b" * 24),
+        build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
+        NOW,
+    )
+    m = re.search(r'<a href="([^"]*)">Sign in with another account</a>', denied.body.decode())
+    assert denied.status == 403 and m is not None
+    link = m.group(1).replace("&amp;", "&")
+    assert link.startswith("/cdn-cgi/access/logout?")
+    cookie = header(denied, "set-cookie")[0].partition(";")[0]
+    action, req = site.endpoint("GET", f"http://auth.localhost{link}", [("Cookie", cookie)])
+    out = run(site.service.handle(site.c, action, req, b"", NOW))
+    back = quote("http://polite.localhost:8080/", safe="")
+    assert out.status == 302 and header(out, "location") == [
+        f"/cdn-cgi/access/login/polite.localhost?kid=polite-aud&redirect_url={back}&b={'b' * 24}"
+    ]
+    assert any(c.startswith("CF_Authorization=;") or "Max-Age=0" in c for c in header(out, "set-cookie"))
+    # The session is over: its team cookie no longer signs anyone in.
+    assert not isinstance(site.ctx.team_identity(site.c, req, NOW), Identity)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "kid=polite-aud&redirect_url=https%3A%2F%2Fevil.example%2F",
+        "kid=polite-aud&redirect_url=http%3A%2F%2Fdevonly.localhost%3A8080%2F",  # another app's host
+        "kid=nope&redirect_url=http%3A%2F%2Fpolite.localhost%3A8080%2F",
+        "redirect_url=%2F%2Fevil.example%2F",
+        "",
+    ],
+)
+def test_sign_in_with_another_account_never_leaves_the_team_host(site: Site, query: str) -> None:
+    """A link that names no application of ours (or a return address off its
+    host) still signs out, then goes to the team's own sign-in form."""
+    action, req = site.endpoint("GET", f"http://auth.localhost/cdn-cgi/access/logout?{query}&then=login")
+    out = run(site.service.handle(site.c, action, req, b"", NOW))
+    assert out.status == 302 and header(out, "location") == ["/cdn-cgi/access/login"]

@@ -197,9 +197,10 @@ def test_sign_in_with_another_account_leads_to_a_sign_in_form(demo: Demo) -> Non
     client = demo.client()
     denied = client.sign_in(demo.app + "/", DENIED, PASSWORD)
     assert denied.status == 403 and "does not have access to demo" in denied.text
-    out = client.get(_link(denied, "Sign in with another account"))
-    assert out.status == 200 and "You are signed out." in out.text
-    page = client.sign_in(_link(out, "Sign in to demo"), EMAIL, PASSWORD)
+    # One click: signed out, and straight on to the sign-in form for demo.
+    form = client.get(_link(denied, "Sign in with another account"))
+    assert form.status == 200 and "<h1>Sign in to demo</h1>" in form.text and 'name="password"' in form.text
+    page = client.sign_in(form.url, EMAIL, PASSWORD)
     assert page.url.startswith(demo.app) and f'<span id="email">{EMAIL}</span>' in page.text
 
 
