@@ -95,6 +95,7 @@ TARGET_GET_VS_AIOHTTP = 2.0
 # Issue 11: counting requests may cost the proxied GET no more than 3 %.
 TARGET_METRICS_ON = 0.97
 TARGET_TRANSFER_VS_NGINX = 0.9  # issue 10: no regression on the 1 GiB transfers
+TARGET_PEAK_RSS = 64 * MIB  # issue 10: the edge's peak RSS over the transfers (bytes)
 
 EDGE = "edge"
 CANDIDATE = "edge candidate"
@@ -598,6 +599,11 @@ def transfer_verdict(results: dict[tuple[str, str], list[Transfer]]) -> str:
             v = edge / nginx
             ok = "met" if v >= TARGET_TRANSFER_VS_NGINX else "MISSED"
             parts.append(f"{direction} {v:.2f}x nginx (target >= {TARGET_TRANSFER_VS_NGINX}x: {ok})")
+    peaks = [t.peak_rss_kib for (server, _), runs in results.items() if server == EDGE for t in runs]
+    if peaks:
+        peak = max(peaks) * KIB
+        ok = "met" if peak < TARGET_PEAK_RSS else "MISSED"
+        parts.append(f"peak RSS {peak / MIB:.1f} MiB (target < {TARGET_PEAK_RSS // MIB} MiB: {ok})")
     return "transfer targets: edge " + "; ".join(parts) if parts else "transfer targets: not evaluated"
 
 
