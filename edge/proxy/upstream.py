@@ -302,6 +302,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.transport.abort()
 
 
+# How a TLS handshake ends when the peer closes the connection midway.
+_CUT_OFF = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ssl.SSLEOFError)
+
+
 def _connect_kind(exc: OSError) -> UpstreamKind:
     if isinstance(exc, ssl.SSLError):
         return "tls"
@@ -373,6 +377,12 @@ class Pool:
         except TimeoutError:
             raise UpstreamError(502, f"connect to {target.url} timed out", "connect timeout") from None
         except (OSError, ssl.SSLError) as exc:
+            if target.ssl is not None and isinstance(exc, _CUT_OFF):
+                # Connected, then closed during the handshake: most often a
+                # plain-HTTP server at an https:// URL (its reply to the
+                # ClientHello is an error page and a close).
+                detail = "TLS handshake cut off by the upstream (does the upstream speak TLS?)"
+                raise UpstreamError(502, f"cannot connect to {target.url}: {detail}", "tls") from None
             raise UpstreamError(502, f"cannot connect to {target.url}: {exc}", _connect_kind(exc)) from None
         return proto
 

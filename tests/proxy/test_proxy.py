@@ -607,6 +607,18 @@ def test_https_upstream_unknown_ca(
     assert_serving(e.port)
 
 
+def test_https_upstream_that_speaks_plain_http(own_edge: Callable[..., Edge], upstream: Upstream) -> None:
+    """An https:// upstream URL pointed at a plain-HTTP server: the server
+    closes during the handshake. That is a TLS failure, and the log says
+    what to check, not an empty error."""
+    e = own_edge(upstream.url.replace("http://", "https://"))
+    assert fetch(e.port, build("GET", "/echo/x")).status == 502
+    assert wait_for(lambda: "TLS handshake" in e.proc.stderr_text()), e.proc.stderr_text()
+    line = next(x for x in e.proc.stderr_text().splitlines() if "TLS handshake" in x)
+    assert "does the upstream speak TLS?" in line and ": :" not in line, line
+    assert_serving(e.port)
+
+
 # -- big bodies, streamed --------------------------------------------------------------
 
 
