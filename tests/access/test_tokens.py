@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from edge.access.claims import Identity, Refusal
 from edge.access.keysets import REFRESH_INTERVAL, KeySet, parse_jwks
+from edge.access.revocation import session_key, sid_key, token_key
 from edge.access.tokens import AMBIGUOUS, NO_TOKEN, IssuerKeys, Verifier, cookie_tokens, extract_token
 
 # -- extraction ----------------------------------------------------------------
@@ -624,3 +625,34 @@ def test_amr_of_another_type_is_refused_like_groups() -> None:
     refusal = verifier().verify(mint(amr=[1, 2]), NOW)
     assert not isinstance(refusal, Identity)
     assert refusal.reason == "amr is not a string or a list of strings"
+
+
+# -- the sign-in a token belongs to: what a logout revokes ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind", "sid"),
+    [
+        (
+            {"identity_nonce": "n1", "sid": "s1"},
+            "nonce",
+            "s1",
+        ),  # the nonce first: keys stored today still match
+        ({"identity_nonce": "n1"}, "nonce", ""),
+        ({"identity_nonce": DROP, "sid": "s1"}, "sid", "s1"),  # most OIDC providers
+        ({"identity_nonce": "", "sid": "s1"}, "sid", "s1"),
+        ({"identity_nonce": DROP}, "token", ""),
+        # A sid the edge cannot use names no session: the token stays usable, revocable on its own.
+        ({"identity_nonce": DROP, "sid": 7}, "token", ""),
+        ({"identity_nonce": DROP, "sid": "a\nb"}, "token", ""),
+        ({"identity_nonce": DROP, "sid": "\ud800"}, "token", ""),
+        ({"identity_nonce": DROP, "sid": ""}, "token", ""),
+    ],
+)
+def test_every_token_has_a_session_key(extra: dict[str, Any], kind: str, sid: str) -> None:
+    token = mint(**extra)
+    ident = verifier().verify(token, NOW)
+    assert isinstance(ident, Identity)
+    expected = {"nonce": session_key(ISS, "n1"), "sid": sid_key(ISS, "s1"), "token": token_key(ISS, token)}
+    assert ident.session == expected[kind]
+    assert ident.sid == sid
