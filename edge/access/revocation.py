@@ -21,9 +21,9 @@ Invariants:
   providers send it), else `token_key(iss, token)` (that token alone). Each
   kind hashes its own namespace, so an issuer's session can neither revoke
   nor be revoked by another issuer's, nor a sid by a nonce of the same
-  value. Keys without the SESSION_PREFIX are bare nonces written by older edges; while one is held
-  (`legacy`), a bare nonce is refused for every issuer, as those edges did,
-  rather than reopen their sessions at an upgrade.
+  value. Keys without the SESSION_PREFIX are bare nonces written by older
+  edges; while one is held (`legacy`), a bare nonce is refused for every
+  issuer, as those edges did, rather than reopen their sessions at an upgrade.
 """
 
 from __future__ import annotations
