@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from edge.access.headers import JWT_ASSERTION, USER_EMAIL, Header
-from edge.access.revocation import session_key
+from edge.access.revocation import sign_in_key
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
@@ -57,7 +57,11 @@ class Identity(msgspec.Struct, frozen=True):
     amr: frozenset[str] = frozenset()
     idp: str = ""
     # Derived once per token, so policies, forwarding and revocation only look them up.
-    session: str = ""  # the sign-in's revocation key (issuer + identity_nonce); "" without a nonce
+    # The issuer's own session id (OpenID Connect's `sid`), "" when absent or unusable.
+    sid: str = ""
+    # The sign-in's revocation key (revocation.sign_in_key: by identity_nonce,
+    # else sid, else this token); "" only in an Identity built by hand.
+    session: str = ""
     email_lower: str = ""
     email_domain: str = ""
     add_headers: tuple[Header, ...] = ()
@@ -144,7 +148,7 @@ def identity_from_claims(
     amr = _strings(claims, "amr")
     if isinstance(amr, Refusal):
         return amr
-    texts: dict[str, str] = {"idp": _idp(claims)}
+    texts: dict[str, str] = {"idp": _idp(claims), "sid": _sid(claims)}
     for name in ("email", "sub", "type", "country", "identity_nonce", "iss"):
         value = _text(claims, name)
         if isinstance(value, Refusal):
@@ -163,6 +167,16 @@ def _idp(claims: Mapping[str, Any]) -> str:
     if not isinstance(ident, str) or _CONTROL_RE.search(ident) or not _encodable(ident):
         return ""
     return ident
+
+
+def _sid(claims: Mapping[str, Any]) -> str:
+    """The issuer's session id. A value the edge cannot use (another type,
+    control characters, a lone surrogate) names no session: the token stays
+    usable, and a logout revokes it alone (revocation.token_key)."""
+    value = claims.get("sid")
+    if not isinstance(value, str) or _CONTROL_RE.search(value) or not _encodable(value):
+        return ""
+    return value
 
 
 def _identity(
@@ -193,7 +207,8 @@ def _identity(
         identity_nonce=texts["identity_nonce"],
         amr=amr,
         idp=texts["idp"],
-        session=session_key(texts["iss"], texts["identity_nonce"]) if texts["identity_nonce"] else "",
+        sid=texts["sid"],
+        session=sign_in_key(texts["iss"], texts["identity_nonce"], texts["sid"], token),
         email_lower=email.lower(),
         email_domain=email.rpartition("@")[2].lower(),
         add_headers=tuple(headers),

@@ -15,12 +15,15 @@ Invariants:
 - Every dict value has its heap entry, so after `sweep(now)` every key left in
   the dict is unexpired.
 - Lookups are one dict access. Nothing here does I/O, sleeps or reads a clock.
-- A revoked sign-in is keyed by `session_key(iss, identity_nonce)`: an
-  issuer's session can neither revoke nor be revoked by another issuer's
-  session that happens to use the same nonce value. Keys without the
-  SESSION_PREFIX are bare nonces written by older edges; while one is held
-  (`legacy`), a bare nonce is refused for every issuer, as those edges did,
-  rather than reopen their sessions at an upgrade.
+- A revoked sign-in is keyed by `sign_in_key`: `session_key(iss,
+  identity_nonce)` when the token carries a nonce (the edge's own tokens),
+  else `sid_key(iss, sid)` (the issuer's own session id, as OpenID Connect
+  providers send it), else `token_key(iss, token)` (that token alone). Each
+  kind hashes its own namespace, so an issuer's session can neither revoke
+  nor be revoked by another issuer's, nor a sid by a nonce of the same
+  value. Keys without the SESSION_PREFIX are bare nonces written by older
+  edges; while one is held (`legacy`), a bare nonce is refused for every
+  issuer, as those edges did, rather than reopen their sessions at an upgrade.
 """
 
 from __future__ import annotations
@@ -41,7 +44,42 @@ _SESSION_DIGEST_BYTES = 18
 def session_key(iss: str, nonce: str) -> str:
     """The revocation key of one issuer's sign-in. Token claims hold no
     control characters, so the NUL between the two is unambiguous."""
-    raw = f"{iss}\x00{nonce}".encode("utf-8", "surrogatepass")
+    return _key(f"{iss}\x00{nonce}".encode("utf-8", "surrogatepass"))
+
+
+def sid_key(iss: str, sid: str) -> str:
+    """The revocation key of a sign-in named by the issuer's own session id
+    (`sid`). The "sid" between NULs sets it apart from every session_key:
+    a nonce holds no NUL."""
+    return _key(f"{iss}\x00sid\x00{sid}".encode("utf-8", "surrogatepass"))
+
+
+def token_key(iss: str, token: bytes) -> str:
+    """The revocation key of one token that names no sign-in (no nonce, no
+    sid): a logout then refuses at least that token until it expires."""
+    return _key(f"{iss}\x00token\x00".encode("utf-8", "surrogatepass") + token)
+
+
+def sign_in_key(iss: str, nonce: str, sid: str, token: bytes) -> str:
+    """The revocation key of the sign-in `token` belongs to (see the invariants)."""
+    if nonce:
+        return session_key(iss, nonce)
+    if sid:
+        return sid_key(iss, sid)
+    return token_key(iss, token)
+
+
+def sign_in_label(nonce: str, sid: str, key: str) -> str:
+    """What a log line says of the sign-in `key` (sign_in_key) names: its
+    kind and a short prefix, enough to find it again, never a whole value."""
+    if nonce:
+        return f"nonce {nonce[:6]}…"
+    if sid:
+        return f"sid {sid[:6]}…"
+    return f"this token only, key {key[:8]}…"
+
+
+def _key(raw: bytes) -> str:
     digest = hashlib.sha256(raw).digest()[:_SESSION_DIGEST_BYTES]
     return SESSION_PREFIX + base64.urlsafe_b64encode(digest).decode("ascii")
 

@@ -26,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -166,13 +167,31 @@ _PEEK_HEADER = msgspec.json.Decoder(_PeekHeader)
 _PEEK_CLAIMS = msgspec.json.Decoder(_PeekClaims)
 
 
-def _peek(segment: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
-    """One unverified JWS segment decoded, or None for anything that is not
-    a JSON object of the expected shape (never raises)."""
+def _peek(segment: bytes, decoder: msgspec.json.Decoder[Any], name: str) -> Any:
+    """The member `name` of one unverified JWS segment, or None when the
+    segment is no JSON object (never raises; the caller checks the type).
+
+    msgspec first: it is fast and reads every segment a real issuer writes.
+    It is stricter than Python's json module, which PyJWT reads segments
+    with (NaN, Infinity, lone surrogate escapes, a BOM, UTF-16/32, a
+    duplicate key of another type first): where it refuses, json.loads reads
+    the same bytes as PyJWT does, so nothing PyJWT would verify as one of
+    our tokens passes for the application's own credential. Both are bounded
+    by MAX_TOKEN_BYTES, checked by the caller.
+    """
     try:
-        return decoder.decode(base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4)))
-    except (ValueError, RecursionError):  # binascii.Error and msgspec.DecodeError are ValueErrors
+        raw = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+    except ValueError:  # binascii.Error
         return None
+    try:
+        return getattr(decoder.decode(raw), name)
+    except (ValueError, RecursionError):  # msgspec.DecodeError and ValidationError are ValueErrors
+        pass
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, int digit limits
+        return None
+    return value.get(name) if isinstance(value, dict) else None
 
 
 # -- verification -------------------------------------------------------------
@@ -246,18 +265,19 @@ class Verifier:
     def trusts(self, value: bytes) -> bool:
         """Whether `value` claims to be a token of ours, unverified: a
         compact JWS whose header names a kid some trusted key set holds, or
-        whose payload names a trusted iss. Cheap (two small decodes, no
-        signature check) and total: garbage is simply not ours."""
+        whose payload names a trusted iss, read at least as leniently as PyJWT
+        reads it (_peek). Cheap (two small decodes, no signature check) and
+        total: garbage is simply not ours."""
         if len(value) > MAX_TOKEN_BYTES or _JWS_RE.match(value) is None:
             return False
         head, payload, _ = value.split(b".")
-        header: _PeekHeader | None = _peek(head, _PEEK_HEADER)
-        if header is not None and header.kid is not None:
+        kid = _peek(head, _PEEK_HEADER, "kid")
+        if isinstance(kid, str):
             for issuer in self.issuers.values():
-                if issuer.keys is not None and header.kid in issuer.keys.keys:
+                if issuer.keys is not None and kid in issuer.keys.keys:
                     return True
-        claims: _PeekClaims | None = _peek(payload, _PEEK_CLAIMS)
-        return claims is not None and claims.iss in self.issuers
+        iss = _peek(payload, _PEEK_CLAIMS, "iss")
+        return isinstance(iss, str) and iss in self.issuers
 
     def verify(self, token: bytes, now: float) -> Identity | Refusal:
         entry = self.cache.get(token)

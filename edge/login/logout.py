@@ -31,7 +31,7 @@ from edge.access.claims import Identity, Refusal
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
-from edge.access.revocation import revoked_until
+from edge.access.revocation import revoked_until, sign_in_label
 from edge.access.session import AUTH_COOKIE, ENDPOINT_PATH, clear_cookie, cross_site
 from edge.login import pages
 from edge.login.call import host_of, query_of, read_form
@@ -85,7 +85,8 @@ async def sign_out(
 ) -> LocalResponse:
     if isinstance(ident, Identity) and ident.session:
         await ctx.store.revoke(ident.session, _revoked_until(c, ident, now))
-        log.info("signed out %s (session %s…)", ident.email or ident.sub, ident.identity_nonce[:6])
+        label = sign_in_label(ident.identity_nonce, ident.sid, ident.session)
+        log.info("signed out %s (session: %s)", ident.email or ident.sub, label)
     clear = [clear_cookie(AUTH_COOKIE)]
     if not action.team:
         # A path-scoped cookie (Path=/area) is never sent to /cdn-cgi/access,

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import quote
 
 import h11
+import jwt
 import pytest
 from access_fixtures import ISS, mint, public_jwk, sha256_hex
 from access_fixtures import jwks as jwks_doc
@@ -419,6 +420,17 @@ def edge(upstream: Upstream, tiny: Tiny, tmp_path_factory: pytest.TempPathFactor
     proc.stop()
 
 
+def quirky_token(member: bytes) -> str:
+    """A token of ours signed over claims JSON with `member` spliced in first:
+    JSON that Python's json module (PyJWT's) reads, whatever msgspec makes of it."""
+    now = time.time()
+    text = json.dumps(
+        {"iss": ISS, "aud": ["api-aud"], "email": "bob@example.com", "exp": now + 600, "iat": now}
+    )
+    payload = b"{" + member + b", " + text[1:].encode()
+    return jwt.api_jws.encode(payload, KEY, algorithm="ES256", headers={"kid": "nobody"})
+
+
 def cookie(tok: str) -> tuple[str, str]:
     return ("Cookie", f"theme=dark; CF_Authorization={tok}")
 
@@ -709,6 +721,10 @@ def test_two_different_tokens_are_refused(edge: Edge) -> None:
         ("other-user", lambda: token(email="bob@example.com")),  # another user's, from our issuer
         ("our-kid", lambda: token(key=OTHER, iss="https://evil.test")),  # a foreign iss, our kid
         ("our-iss", lambda: token(kid="nobody")),  # our iss, a kid we do not hold
+        # Our iss behind JSON that msgspec refuses and PyJWT reads (a kid we do not hold).
+        ("our-iss-nan", lambda: quirky_token(b'"x": NaN')),
+        ("our-iss-surrogate", lambda: quirky_token(b'"x": "\\ud800"')),
+        ("our-iss-duplicate", lambda: quirky_token(b'"iss": 7')),
     ],
 )
 def test_a_second_token_in_authorization_is_refused(edge: Edge, case: str, bearer: Any) -> None:

@@ -13,6 +13,10 @@ from edge.access.revocation import (
     parse_message,
     revoked_until,
     session_key,
+    sid_key,
+    sign_in_key,
+    sign_in_label,
+    token_key,
 )
 
 
@@ -163,3 +167,63 @@ def test_bare_nonce_entries_of_older_edges_are_still_enforced() -> None:
 )
 def test_revoked_until_covers_the_longest_token_of_the_session(valid_until: float, expected: float) -> None:
     assert revoked_until(1_000.0, valid_until, max_lifetime=3600.0, leeway=60.0) == expected
+
+
+# -- the key of a sign-in of each kind: nonce, the issuer's sid, the token itself ------------
+
+
+def test_sid_keys_are_per_issuer_and_never_a_nonces() -> None:
+    a = sid_key("https://a.example", "s1")
+    assert a == sid_key("https://a.example", "s1")
+    assert a != sid_key("https://b.example", "s1") and a != sid_key("https://a.example", "s2")
+    # Another namespace: a sid never names the sign-in whose nonce has the same value.
+    assert a != session_key("https://a.example", "s1")
+    assert sid_key("https://a.example", "") != session_key("https://a.example", "sid")
+    for key in (a, sid_key("i", "y" * 10_000), sid_key("i", "with space \ud800")):
+        assert key.startswith(SESSION_PREFIX) and len(key) == len(a) and key.isascii() and " " not in key
+        assert parse_message(format_message(key, 1.0)) == (key, 1.0)
+
+
+def test_token_keys_are_per_issuer_and_per_token() -> None:
+    a = token_key("https://a.example", b"t1.t1.t1")
+    assert a == token_key("https://a.example", b"t1.t1.t1")
+    assert a != token_key("https://b.example", b"t1.t1.t1") and a != token_key(
+        "https://a.example", b"t2.t2.t2"
+    )
+    assert a != session_key("https://a.example", "t1.t1.t1") and a != sid_key("https://a.example", "t1.t1.t1")
+    key = token_key("i", b"x" * 16_384)
+    assert key.startswith(SESSION_PREFIX) and len(key) == len(a) and key.isascii()
+
+
+@pytest.mark.parametrize(
+    ("nonce", "sid", "expected"),
+    [
+        ("n1", "s1", session_key("https://a.example", "n1")),  # the nonce wins: today's keys unchanged
+        ("n1", "", session_key("https://a.example", "n1")),
+        ("", "s1", sid_key("https://a.example", "s1")),
+        ("", "", token_key("https://a.example", b"h.p.s")),
+    ],
+)
+def test_sign_in_key_by_kind(nonce: str, sid: str, expected: str) -> None:
+    assert sign_in_key("https://a.example", nonce, sid, b"h.p.s") == expected
+
+
+def test_revoking_a_sid_leaves_the_same_sid_of_another_issuer_and_a_nonce_alone() -> None:
+    revoked = Revocations()
+    revoked.revoke(sid_key("https://a.example", "s1"), 100.0)
+    assert revoked.session_revoked(sid_key("https://a.example", "s1"), "", 99.0)
+    assert not revoked.session_revoked(sid_key("https://b.example", "s1"), "", 99.0)
+    assert not revoked.session_revoked(session_key("https://a.example", "s1"), "s1", 99.0)
+    assert not revoked.legacy
+
+
+@pytest.mark.parametrize(
+    ("nonce", "sid", "label"),
+    [
+        ("n0nce-long", "s1", "nonce n0nce-…"),
+        ("", "sid-value", "sid sid-va…"),
+        ("", "", "this token only, key s:AbCdEf…"),
+    ],
+)
+def test_sign_in_label_names_the_kind_and_a_prefix_only(nonce: str, sid: str, label: str) -> None:
+    assert sign_in_label(nonce, sid, "s:AbCdEfGhIj") == label

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from edge.access.claims import Identity, Refusal
 from edge.access.keysets import REFRESH_INTERVAL, KeySet, parse_jwks
+from edge.access.revocation import session_key, sid_key, token_key
 from edge.access.tokens import AMBIGUOUS, NO_TOKEN, IssuerKeys, Verifier, cookie_tokens, extract_token
 
 # -- extraction ----------------------------------------------------------------
@@ -383,6 +384,126 @@ def test_deeply_nested_authorization_is_not_ours() -> None:
     assert verifier().trusts(nested + b"." + nested + b".") is False
 
 
+# JSON texts that Python's json module (PyJWT's parser) reads and msgspec
+# refuses or reads otherwise: an issuer's claims hidden behind each must still
+# be "ours", since PyJWT verifies them (and so may the application).
+_CLAIMS_TEXT = json.dumps(claims()).encode()
+
+
+def _quirk(extra: bytes) -> bytes:
+    """The claims with `extra` members spliced in after the opening brace."""
+    return b"{" + extra + b", " + _CLAIMS_TEXT[1:]
+
+
+QUIRKY_PAYLOADS = {
+    "nan": _quirk(b'"x": NaN'),
+    "infinity": _quirk(b'"x": Infinity'),
+    "minus-infinity": _quirk(b'"x": -Infinity'),
+    "lone-surrogate": _quirk(b'"x": "\\ud800"'),
+    "utf8-bom": b"\xef\xbb\xbf" + _CLAIMS_TEXT,
+    "utf16": _CLAIMS_TEXT.decode().encode("utf-16"),
+    "utf32-le": _CLAIMS_TEXT.decode().encode("utf-32-le"),
+    "duplicate-iss-int-first": _quirk(b'"iss": 7'),
+    "duplicate-iss-list-first": _quirk(b'"iss": ["https://app.internal"]'),
+    "whitespace": b" \r\n\t" + _CLAIMS_TEXT.replace(b": ", b" :\n\t ").replace(b", ", b"\r\n,") + b"\n ",
+}
+
+
+def sign_text(payload: bytes, header: dict[str, Any] | None = None) -> bytes:
+    """An HS256 token signed over exactly these payload bytes."""
+    return jwt.api_jws.encode(payload, HS_SECRET.encode(), algorithm="HS256", headers=header).encode()
+
+
+@pytest.mark.parametrize("payload", QUIRKY_PAYLOADS.values(), ids=QUIRKY_PAYLOADS.keys())
+def test_a_trusted_iss_behind_a_json_quirk_is_ours(payload: bytes) -> None:
+    v = hs_verifier()  # a secret issuer: no kid to recognise, only the iss
+    token = sign_text(payload)
+    assert isinstance(v.verify(token, NOW), Identity)  # PyJWT reads it, and so does the edge
+    assert v.trusts(token) is True
+    good = sign_text(_CLAIMS_TEXT)
+    assert extract_token([b"CF_Authorization=" + good], [], [b"Bearer " + token], v.trusts) is AMBIGUOUS
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b'{"alg": "none", "kid": "ec-1", "x": NaN}', b'\xef\xbb\xbf{"alg": "none", "kid": "ec-1"}'],
+    ids=["nan", "utf8-bom"],
+)
+def test_a_trusted_kid_behind_a_json_quirk_is_ours(header: bytes) -> None:
+    value = b64(header) + b"." + b64(json.dumps({"iss": "https://app.internal"}).encode()) + b"."
+    assert verifier().trusts(value) is True
+
+
+_WS = st.text(alphabet=" \t\r\n", max_size=3)
+# Member values as JSON text: what json.dumps writes and what it never does.
+_VALUE_TEXTS = (
+    st.sampled_from(
+        [
+            json.dumps(ISS),
+            '"https://app.internal"',
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            '"\\ud800"',
+            '"a\\udfffb"',
+            "1e999",
+            "-0",
+            "null",
+            "7",
+            "true",
+            "[]",
+            '["x", {}]',
+            "{}",
+            "1" + "0" * 30,
+        ]
+    )
+    | st.builds(json.dumps, st.text(max_size=8))
+    | st.builds(str, st.integers())
+)
+_KEY_TEXTS = st.sampled_from(['"iss"', '"\\u0069ss"', '"aud"', '"x"', '"kid"'])
+
+
+@st.composite
+def payload_texts(draw: st.DrawFn) -> bytes:
+    """A JSON object as text (duplicate keys, any whitespace, non-standard
+    numbers, surrogate escapes), then encoded as json.loads detects it."""
+    members = draw(st.lists(st.tuples(_KEY_TEXTS, _VALUE_TEXTS), max_size=5))
+    if draw(st.booleans()):  # often our iss last (the one json.loads keeps), quirks before it
+        members.append(('"iss"', json.dumps(ISS)))
+    parts = [f"{draw(_WS)}{k}{draw(_WS)}:{draw(_WS)}{v}{draw(_WS)}" for k, v in members]
+    text = draw(_WS) + "{" + ",".join(parts) + draw(_WS) + "}" + draw(_WS)
+    encoding = draw(st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32-be"]))
+    return text.encode(encoding, "surrogatepass")
+
+
+def _pyjwt_iss(token: bytes) -> Any:
+    """The iss PyJWT reads in `token`, verifying nothing (None if it refuses)."""
+    try:
+        return jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError:
+        return None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(payload_texts(), st.sampled_from([b"", b"=="]))
+def test_whatever_pyjwt_reads_as_a_trusted_iss_is_ours(payload: bytes, padding: bytes) -> None:
+    v = _PROPERTY_VERIFIER
+    token = b64(b'{"alg":"none"}') + b"." + b64(payload) + padding[: -len(b64(payload)) % 4] + b".sig"
+    raw = json.loads(payload) if _loads_ok(payload) else None  # as PyJWT's _decode_payload reads it
+    trusted_iss = (isinstance(raw, dict) and raw.get("iss") == ISS) or _pyjwt_iss(token) == ISS
+    if trusted_iss:
+        assert v.trusts(token) is True
+    assert isinstance(v.trusts(token), bool)
+
+
+def _loads_ok(payload: bytes) -> bool:
+    try:
+        json.loads(payload)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
 @settings(max_examples=500, deadline=None)
 @given(
     st.lists(
@@ -504,3 +625,34 @@ def test_amr_of_another_type_is_refused_like_groups() -> None:
     refusal = verifier().verify(mint(amr=[1, 2]), NOW)
     assert not isinstance(refusal, Identity)
     assert refusal.reason == "amr is not a string or a list of strings"
+
+
+# -- the sign-in a token belongs to: what a logout revokes ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind", "sid"),
+    [
+        (
+            {"identity_nonce": "n1", "sid": "s1"},
+            "nonce",
+            "s1",
+        ),  # the nonce first: keys stored today still match
+        ({"identity_nonce": "n1"}, "nonce", ""),
+        ({"identity_nonce": DROP, "sid": "s1"}, "sid", "s1"),  # most OIDC providers
+        ({"identity_nonce": "", "sid": "s1"}, "sid", "s1"),
+        ({"identity_nonce": DROP}, "token", ""),
+        # A sid the edge cannot use names no session: the token stays usable, revocable on its own.
+        ({"identity_nonce": DROP, "sid": 7}, "token", ""),
+        ({"identity_nonce": DROP, "sid": "a\nb"}, "token", ""),
+        ({"identity_nonce": DROP, "sid": "\ud800"}, "token", ""),
+        ({"identity_nonce": DROP, "sid": ""}, "token", ""),
+    ],
+)
+def test_every_token_has_a_session_key(extra: dict[str, Any], kind: str, sid: str) -> None:
+    token = mint(**extra)
+    ident = verifier().verify(token, NOW)
+    assert isinstance(ident, Identity)
+    expected = {"nonce": session_key(ISS, "n1"), "sid": sid_key(ISS, "s1"), "token": token_key(ISS, token)}
+    assert ident.session == expected[kind]
+    assert ident.sid == sid
