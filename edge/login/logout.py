@@ -2,9 +2,11 @@
 sent the browser here.
 
 Invariants:
-- A logout revokes the session in the store (keyed by issuer and nonce,
-  kept until its last token is past: revocation.revoked_until): every worker
-  and instance refuses every token of it, team and application tokens alike.
+- A logout revokes the session in the store (Identity.session: keyed by
+  issuer and nonce, else by issuer and the issuer's own `sid`, else by the
+  token itself; kept until its last token is past: revocation.revoked_until):
+  every worker and instance refuses every token of it, team and application
+  tokens alike.
 - Another site cannot end a live session: a cross-site GET only shows the
   confirmation page, whose button posts back with the CSRF token; a POST
   without a valid CSRF token changes nothing.
