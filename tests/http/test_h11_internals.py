@@ -10,15 +10,23 @@ take_body, ...) must say what trailing_data and next_event say.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import itertools
+import re
+import tomllib
 import types
+from pathlib import Path
 
 import h11
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from edge.access.responses import Responses
+from edge.http import h11_internals
 from edge.http.h11_internals import (
     FastRequest,
     _stand_in,
@@ -633,3 +641,62 @@ def test_the_shared_end_is_an_end_without_trailers() -> None:
     conn.send(h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")]))
     assert commit_end(conn) == b"0\r\n\r\n"
     assert conn.our_state is h11.DONE
+
+
+# -- what the module says it relies on, and the pin that holds it still ----------------------
+
+OWNER = Path(h11_internals.__file__)
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def pinned_range() -> str:
+    """The h11 range the module's opening comment names (`h11>=x,<y`)."""
+    doc = ast.get_docstring(ast.parse(OWNER.read_text())) or ""
+    ranges = re.findall(r"`h11([<>=!~][^`]*)`", doc)
+    assert len(ranges) == 1, f"the opening comment names one h11 range, not {ranges}"
+    return ranges[0]
+
+
+def test_h11_is_pinned_to_the_range_the_module_names() -> None:
+    """pyproject.toml requires h11 in exactly that range, and the h11
+    installed is in it: widen or drop the pin and this fails, until the
+    module's list is checked against the new h11 and the comment says so."""
+    dependencies = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    h11_requirements = [Requirement(d) for d in dependencies if Requirement(d).name == "h11"]
+    assert len(h11_requirements) == 1, dependencies
+    named = SpecifierSet(pinned_range())
+    assert h11_requirements[0].specifier == named
+    # A closed range within one minor series: a lower and an upper bound.
+    assert {s.operator for s in named} == {">=", "<"}
+    assert importlib.metadata.version("h11") in named and h11.__version__ in named
+
+
+def test_the_opening_comment_names_every_internal_used() -> None:
+    """Every private module and name imported from h11, every `_private`
+    attribute read, every attribute assigned (on h11's objects: the module
+    assigns to no other) and every private keyword passed appears in the
+    opening comment's list."""
+    tree = ast.parse(OWNER.read_text())
+    doc = ast.get_docstring(tree) or ""
+    used: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("h11._"):
+            used.add(node.module or "")
+            used.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Attribute):
+            if node.attr.startswith("_") and not node.attr.startswith("__"):
+                used.add(node.attr)
+            if isinstance(node.ctx, ast.Store | ast.Del) and ast.unparse(node.value) != "self":
+                used.add(node.attr)
+        elif isinstance(node, ast.keyword) and (node.arg or "").startswith("_"):
+            used.add(node.arg or "")
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in (
+            "object.__setattr__",
+            "object.__new__",
+        ):
+            used.add(ast.unparse(node.func).removeprefix("object."))
+            if len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+                used.add(str(node.args[1].value))
+    assert {"_cstate", "_length", "client_is_waiting_for_100_continue", "_receive_buffer"} <= used
+    missing = sorted(name for name in used if re.search(rf"(?<!\w){re.escape(name)}(?!\w)", doc) is None)
+    assert not missing, f"h11 internals used but not in the opening comment: {missing}"
