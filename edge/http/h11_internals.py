@@ -52,7 +52,8 @@ of an h11 object below is one of these:
   value), for heads this module has already checked as h11 would;
 - `Response(..., _parsed=True)`: a stand-in event without re-validation;
   the stand-ins are cached and shared by every connection (`_STAND_INS`),
-  as is `_EOM`, which relies on h11 never changing an event handed to
+  as are `_EOM` and the prebuilt LocalResponse events `commit_local` is
+  handed, which relies on h11 never changing an event given to
   `_process_event` or send() (it reads their status, headers and version
   only).
 
