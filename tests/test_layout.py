@@ -193,41 +193,198 @@ def test_every_module_imports_on_its_own() -> None:
     assert not failed, "modules that do not import on their own:\n" + "\n".join(failed)
 
 
-# h11's private parts: its modules `h11._x`, and the attributes of its
-# Connection and Headers that edge reads (their readers, writers and receive
-# buffer are reached only through these).
+# h11's insides, as a scan of the source finds them. Outside the one owner,
+# edge may use h11's public API only: no `h11._x` module or name, no private
+# keyword (`h11.Response(..., _parsed=True)`), no event built or changed
+# around its __init__ (`object.__new__`, `object.__setattr__`), no assignment
+# to an attribute of an h11 object, no private attribute read.
+#
+# Which expressions hold h11 objects is found structurally: names bound to a
+# call of something from h11 (`conn = h11.Connection(...)`), or annotated
+# with an h11 type (`conn: h11.Connection`, a parameter or a class field:
+# `self.conn` then), and attributes of those. The attribute names below are
+# caught on any object besides (an alias or a container hides the type):
+# h11's private attributes that edge's internals module reads, and the
+# public connection state that only h11 (or that module) may move.
 H11_PRIVATE_ATTRS = frozenset(
     {"_cstate", "_reader", "_writer", "_receive_buffer", "_receive_buffer_closed", "_process_event",
-     "_request_method", "_full_items"}
+     "_request_method", "_full_items", "_bytes_in_chunk", "_remaining", "_length", "_parsed"}
+)  # fmt: skip
+H11_STATE_ATTRS = frozenset(
+    {"client_is_waiting_for_100_continue", "their_http_version", "our_state", "their_state", "our_role",
+     "their_role", "states", "trailing_data"}
 )  # fmt: skip
 H11_OWNER = EDGE / "http" / "h11_internals.py"
 
 
-def h11_private_uses(path: Path) -> list[str]:
-    """Where `path` imports an h11._ module or reads one of H11_PRIVATE_ATTRS
-    (code only: prose in comments and docstrings may name them)."""
-    uses = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+class H11Scan(ast.NodeVisitor):
+    """The uses of h11's insides in one module's source (code only: prose in
+    comments and docstrings may name them)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.h11_names: set[str] = set()  # local names of h11 and of what was imported from it
+        self.held: set[str] = set()  # expressions (as unparsed) that hold an h11 object
+        self.uses: list[str] = []
+
+    def scan(self, tree: ast.Module) -> list[str]:
+        for node in ast.walk(tree):  # first what is h11's, wherever it is bound
+            self._note_imports(node)
+        for node in ast.walk(tree):
+            self._note_held(node)
+        self.visit(tree)
+        return self.uses
+
+    def _flag(self, node: ast.AST, why: str) -> None:
+        self.uses.append(f"{self.where}:{getattr(node, 'lineno', 0)}: {why}: {ast.unparse(node)}")
+
+    def _note_imports(self, node: ast.AST) -> None:
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        elif isinstance(node, ast.Attribute):
-            private = node.attr in H11_PRIVATE_ATTRS
-            on_h11 = isinstance(node.value, ast.Name) and node.value.id == "h11" and node.attr[:1] == "_"
-            names = ["h11._" if private or on_h11 else ""]
-        else:
-            continue
-        if any(name.startswith("h11._") for name in names):
-            uses.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
-    return uses
+            for alias in node.names:
+                if alias.name == "h11" or alias.name.startswith("h11."):
+                    self.h11_names.add((alias.asname or alias.name).split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "h11":
+            self.h11_names.update(alias.asname or alias.name for alias in node.names)
+
+    def _from_h11(self, node: ast.AST) -> bool:
+        """`node` names something of h11's (h11.X, an imported name, or an
+        annotation mentioning one, quoted or not)."""
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            try:
+                node = ast.parse(node.value, mode="eval")
+            except SyntaxError:
+                return False
+        return any(isinstance(n, ast.Name) and n.id in self.h11_names for n in ast.walk(node))
+
+    def _note_held(self, node: ast.AST) -> None:
+        call = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+        if (
+            isinstance(node, ast.Assign | ast.AnnAssign)
+            and isinstance(call, ast.Call)
+            and self._from_h11(call.func)
+        ):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            self.held.update(ast.unparse(t) for t in targets)
+        if isinstance(node, ast.AnnAssign) and self._from_h11(node.annotation):
+            self.held.add(ast.unparse(node.target))
+        elif isinstance(node, ast.arg) and node.annotation is not None and self._from_h11(node.annotation):
+            self.held.add(node.arg)
+        elif isinstance(node, ast.ClassDef):
+            for field in node.body:  # a class field holding an h11 object: self.<field> in its methods
+                if not (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)):
+                    continue
+                if self._from_h11(field.annotation):
+                    self.held.add(f"self.{field.target.id}")
+
+    def _holds_h11(self, node: ast.expr) -> bool:
+        text = ast.unparse(node)
+        return text in self.held or text in self.h11_names
+
+    def visit_Import(self, node: ast.Import) -> None:
+        if any(alias.name.startswith("h11._") for alias in node.names):
+            self._flag(node, "imports an h11 private module")
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        module = node.module or ""
+        if module.startswith("h11._"):
+            self._flag(node, "imports from an h11 private module")
+        elif module == "h11" and any(alias.name.startswith("_") for alias in node.names):
+            self._flag(node, "imports a private name of h11")
+
+    def visit_Call(self, node: ast.Call) -> None:
+        func = ast.unparse(node.func)
+        if func in ("object.__setattr__", "object.__new__", "object.__delattr__"):
+            # An object filling in its own frozen fields (`self`) is edge's
+            # own; anything else is an object made or changed around __init__.
+            if not (func != "object.__new__" and node.args and ast.unparse(node.args[0]) == "self"):
+                self._flag(node, "builds or changes an object around its __init__")
+        elif func in ("setattr", "delattr", "getattr") and len(node.args) >= 2:
+            name = node.args[1]
+            named = isinstance(name, ast.Constant) and name.value in H11_PRIVATE_ATTRS | H11_STATE_ATTRS
+            if named or (func != "getattr" and self._holds_h11(node.args[0])):
+                self._flag(node, f"{func} on h11's insides")
+        if self._from_h11(node.func) and any((k.arg or "").startswith("_") for k in node.keywords):
+            self._flag(node, "passes h11 a private keyword")
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        attr, owner = node.attr, node.value
+        private = attr.startswith("_") and not attr.startswith("__")
+        is_self = isinstance(owner, ast.Name) and owner.id == "self"
+        if isinstance(node.ctx, ast.Store | ast.Del):
+            if (
+                attr in H11_STATE_ATTRS
+                or (attr in H11_PRIVATE_ATTRS and not is_self)
+                or self._holds_h11(owner)
+            ):
+                self._flag(node, "assigns to an attribute of an h11 object")
+        elif private and (self._holds_h11(owner) or (attr in H11_PRIVATE_ATTRS and not is_self)):
+            self._flag(node, "reads a private attribute of h11's")
+        self.generic_visit(node)
+
+
+def h11_private_uses(source: str, where: str) -> list[str]:
+    """Where `source` (the module `where`) touches h11's insides."""
+    return H11Scan(where).scan(ast.parse(source, where))
 
 
 def test_h11_internals_are_used_in_one_module() -> None:
-    uses = [use for _, path in modules() if path != H11_OWNER for use in h11_private_uses(path)]
+    uses = [
+        use
+        for _, path in modules()
+        if path != H11_OWNER
+        for use in h11_private_uses(path.read_text(), str(path.relative_to(ROOT)))
+    ]
     assert not uses, "h11 internals outside edge/http/h11_internals.py:\n" + "\n".join(uses)
 
 
 def test_the_h11_scan_sees_the_owner() -> None:
     """The scan does find the real uses, so finding none elsewhere means something."""
-    assert len(h11_private_uses(H11_OWNER)) > 10
+    assert len(h11_private_uses(H11_OWNER.read_text(), "h11_internals.py")) > 10
+
+
+# Each line one way to reach h11's insides, and the scan must see each
+# (line numbers are what it reports); the public uses at the end, none.
+VIOLATIONS = """\
+import h11
+import h11._readers
+from h11._receivebuffer import ReceiveBuffer
+from h11 import _util
+from h11 import Response as R, Connection
+a = h11.Response(status_code=200, headers=[], _parsed=True)
+b = R(status_code=200, headers=[], _parsed=True)
+object.__setattr__(a, "status_code", 204)
+c = object.__new__(h11.Request)
+conn = h11.Connection(h11.SERVER)
+conn.client_is_waiting_for_100_continue = False
+conn.their_http_version = b"1.0"
+other.our_state = h11.DONE
+x.their_state = h11.IDLE
+def f(d: h11.Data, k: "Connection") -> None: d.data = b""
+def g(k: Connection) -> None: k.anything = 1
+class Holder:
+    conn: h11.Connection
+    def m(self) -> None: self.conn.our_role = None
+    def n(self) -> None: self.conn.extra = 1
+n = conn._cstate
+o = whatever._reader
+p = conn._anything_private
+setattr(conn, "anything", 1)
+q = getattr(thing, "_receive_buffer")
+conn._reader._remaining -= 1
+e = h11._util
+y = h11.Response(status_code=200, headers=[])
+z = conn.send(h11.Data(data=b"x"))
+w = conn.their_state is h11.IDLE
+object.__setattr__(self, "_own_field", 1)
+self._remaining = 3
+"""
+CLEAN_FROM = VIOLATIONS.splitlines().index("y = h11.Response(status_code=200, headers=[])") + 1
+
+
+def test_the_h11_scan_sees_each_way_in() -> None:
+    uses = h11_private_uses(VIOLATIONS, "snippet")
+    lines = {int(use.split(":")[1]) for use in uses}
+    expected = set(range(2, CLEAN_FROM))
+    expected -= {5, 10, 17, 18}  # public imports, `conn = h11.Connection(...)`, `class Holder:`, its field
+    assert lines == expected, "\n".join(uses)

@@ -332,7 +332,9 @@ class HttpProtocol(asyncio.Protocol):
         conn = self.conn
         if phase == BODY and self.cycle is not None and not self.held:
             # A Content-Length body with nothing buffered: straight to the
-            # upstream, without h11's receive buffer (three copies).
+            # upstream, without h11's receive buffer (three copies): 0.36 us
+            # per read against 4.9 us for 1 KiB, 46 us for 64 KiB through
+            # h11 (h11_internals.take_body has the measurement and its test).
             take = take_body(conn, len(data))
             if take:
                 self._on_data(data if take == len(data) else data[:take])

@@ -10,15 +10,24 @@ take_body, ...) must say what trailing_data and next_event say.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import itertools
+import re
+import tomllib
 import types
+from collections.abc import Callable
+from pathlib import Path
 
 import h11
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from edge.access.responses import Responses
+from edge.http import h11_internals
 from edge.http.h11_internals import (
     FastRequest,
     _stand_in,
@@ -633,3 +642,154 @@ def test_the_shared_end_is_an_end_without_trailers() -> None:
     conn.send(h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")]))
     assert commit_end(conn) == b"0\r\n\r\n"
     assert conn.our_state is h11.DONE
+
+
+# -- what the module says it relies on, and the pin that holds it still ----------------------
+
+OWNER = Path(h11_internals.__file__)
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def pinned_range() -> str:
+    """The h11 range the module's opening comment names (`h11>=x,<y`)."""
+    doc = ast.get_docstring(ast.parse(OWNER.read_text())) or ""
+    ranges = re.findall(r"`h11([<>=!~][^`]*)`", doc)
+    assert len(ranges) == 1, f"the opening comment names one h11 range, not {ranges}"
+    return ranges[0]
+
+
+def test_h11_is_pinned_to_the_range_the_module_names() -> None:
+    """pyproject.toml requires h11 in exactly that range, and the h11
+    installed is in it: widen or drop the pin and this fails, until the
+    module's list is checked against the new h11 and the comment says so."""
+    dependencies = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    h11_requirements = [Requirement(d) for d in dependencies if Requirement(d).name == "h11"]
+    assert len(h11_requirements) == 1, dependencies
+    named = SpecifierSet(pinned_range())
+    assert h11_requirements[0].specifier == named
+    # A closed range within one minor series: a lower and an upper bound.
+    assert {s.operator for s in named} == {">=", "<"}
+    assert importlib.metadata.version("h11") in named and h11.__version__ in named
+
+
+def test_the_opening_comment_names_every_internal_used() -> None:
+    """Every private module and name imported from h11, every `_private`
+    attribute read, every attribute assigned (on h11's objects: the module
+    assigns to no other) and every private keyword passed appears in the
+    opening comment's list."""
+    tree = ast.parse(OWNER.read_text())
+    doc = ast.get_docstring(tree) or ""
+    used: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("h11._"):
+            used.add(node.module or "")
+            used.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Attribute):
+            if node.attr.startswith("_") and not node.attr.startswith("__"):
+                used.add(node.attr)
+            if isinstance(node.ctx, ast.Store | ast.Del) and ast.unparse(node.value) != "self":
+                used.add(node.attr)
+        elif isinstance(node, ast.keyword) and (node.arg or "").startswith("_"):
+            used.add(node.arg or "")
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in (
+            "object.__setattr__",
+            "object.__new__",
+        ):
+            used.add(ast.unparse(node.func).removeprefix("object."))
+            if len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+                used.add(str(node.args[1].value))
+    assert {"_cstate", "_length", "client_is_waiting_for_100_continue", "_receive_buffer"} <= used
+    missing = sorted(name for name in used if re.search(rf"(?<!\w){re.escape(name)}(?!\w)", doc) is None)
+    assert not missing, f"h11 internals used but not in the opening comment: {missing}"
+
+
+# -- send_body and the stand-in cache against h11's own paths -----------------------------
+
+
+BODY_HEADS = [
+    ("length", GET, head(200, b"OK", length_of(7))),
+    ("chunked", GET, head(200, b"OK")),
+    ("http/1.0: close-delimited", GET10, head(200, b"OK")),
+]
+
+
+@pytest.mark.parametrize(("name", "request_", "response"), BODY_HEADS, ids=[c[0] for c in BODY_HEADS])
+@given(pieces=st.lists(st.binary(min_size=1, max_size=5), max_size=4))
+@settings(max_examples=50, deadline=None)
+def test_send_body_writes_what_send_data_writes(
+    name: str, request_: bytes, response: ResponseHead, pieces: list[bytes]
+) -> None:
+    """Body pieces through send_body write the bytes h11's send(Data(...))
+    writes and leave h11 in its state; past a Content-Length both refuse,
+    writing nothing."""
+    ours, theirs = client_conn(request_), client_conn(request_)
+    assert commit_head(ours, response, False) == commit_head(theirs, response, False)
+    written: list[bytes] = []
+    for piece in pieces:
+        try:
+            reference = theirs.send(h11.Data(data=piece)) or b""
+        except h11.LocalProtocolError:
+            with pytest.raises(h11.LocalProtocolError):
+                send_body(ours, piece, written.append)
+            assert not written
+            return  # h11 is now in ERROR; send_body leaves that to the end (commit_end)
+        send_body(ours, piece, written.append)
+        assert b"".join(written) == reference
+        written.clear()
+        assert snapshot(ours) == snapshot(theirs)
+    assert ending(lambda: commit_end(ours)) == ending(lambda: theirs.send(h11.EndOfMessage()) or b"")
+    assert snapshot(ours) == snapshot(theirs)
+
+
+def ending(end: Callable[[], bytes]) -> bytes | str:
+    """The bytes ending a response, or "refused" (a body short of its length)."""
+    try:
+        return end()
+    except h11.LocalProtocolError:
+        return "refused"
+
+
+def test_send_body_refuses_where_send_data_does() -> None:
+    """Before a response head, body bytes are an error either way."""
+    ours, theirs = client_conn(GET), client_conn(GET)
+    with pytest.raises(h11.LocalProtocolError):
+        theirs.send(h11.Data(data=b"x"))
+    with pytest.raises(h11.LocalProtocolError):
+        send_body(ours, b"x", lambda _: None)
+
+
+def test_a_cached_stand_in_moves_h11_as_a_fresh_one_and_the_real_head_do() -> None:
+    """Through _process_event, the shared stand-in (second use: from the
+    cache) leaves h11 as a Response built for it alone and as h11's own
+    send() of the real head does; h11 leaves it unchanged. Framings that
+    differ only in `close` follow each other, so a key missing a part would
+    hand the wrong one back."""
+    for (_, request_, response, body), close in itertools.product(FRAMING_CASES, (False, True)):
+        for _use in range(2):
+            cached_conn, fresh_conn, real_conn = (client_conn(request_) for _ in range(3))
+            stand_in = _stand_in_for(cached_conn, response, close)
+            before = (stand_in.status_code, list(stand_in.headers), stand_in.http_version, stand_in.reason)
+            cached_conn._process_event(h11.SERVER, stand_in)
+            fresh = h11.Response(status_code=stand_in.status_code, headers=list(stand_in.headers))
+            fresh_conn._process_event(h11.SERVER, fresh)
+            h11_bytes(real_conn, response, body, close)
+            after = (stand_in.status_code, list(stand_in.headers), stand_in.http_version, stand_in.reason)
+            assert before == after
+            assert snapshot(cached_conn) == snapshot(fresh_conn)
+            # the real head, its body and end sent by h11: the same after them
+            cached_conn.send(h11.Data(data=body))
+            cached_conn.send(h11.EndOfMessage())
+            assert snapshot(cached_conn) == snapshot(real_conn), (request_, response, close)
+        assert _stand_in_for(cached_conn, response, close) is stand_in
+
+
+def test_the_stand_in_cache_stays_bounded_and_right() -> None:
+    """Distinct Content-Lengths past the bound: the cache stays within it,
+    and every answer, evicted or not, is framed as asked."""
+    from edge.http.h11_internals import _STAND_INS, _STAND_INS_LIMIT
+
+    for n in range(2 * _STAND_INS_LIMIT + 3):
+        event = _stand_in(200, b"%d" % n, False, n % 2 == 1)
+        expected = [(b"content-length", b"%d" % n), *([(b"connection", b"close")] if n % 2 else [])]
+        assert list(event.headers) == expected and event.status_code == 200
+        assert len(_STAND_INS) <= _STAND_INS_LIMIT
