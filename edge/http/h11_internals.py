@@ -68,6 +68,9 @@ event; anything else is left to h11's parser. `commit_request`,
 `commit_request_end`, `commit_end` and `next_cycle` move h11's state machine
 exactly as its own events would, by assignment in the plain keep-alive case
 and through h11 otherwise (tests/http/test_h11_internals.py compares the two).
+
+The microseconds the comments below quote for a shortcut against its h11
+path are measured by `python bench/h11_shortcuts.py` (both in one run).
 """
 
 from __future__ import annotations
