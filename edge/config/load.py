@@ -38,7 +38,7 @@ def loads(text: str | bytes, source: str = "<config>") -> Config:
     if any(entry.file is not None for entry in config.lists):
         lists = [_read_list(entry, i, source) for i, entry in enumerate(config.lists)]
         config = msgspec.structs.replace(config, lists=lists)
-    _derive(config)
+    derive(config)
     _read_templates(config, source)
     return config
 
@@ -78,10 +78,13 @@ def load(path: str | Path) -> Config:
     return loads(text, source)
 
 
-def _derive(config: Config) -> None:
+def derive(config: Config) -> None:
     """Parse every derived value now, once: nothing downstream parses the
-    strings again, and a parser that disagreed with its check fails here, at
-    load, not when a listener or a route is built."""
+    strings again (nor writes a frozen struct's cache: compiling only reads),
+    and a parser that disagreed with its check fails here, at load, not when
+    a listener or a route is built. Whoever rebuilds a struct with
+    `msgspec.structs.replace` (a reload keeping the boot settings) calls it
+    again: the copy starts with an empty cache."""
     config.server.addresses  # noqa: B018 - a cached property: computing it is the point
     config.server.trusted_networks  # noqa: B018
     for app in config.apps:
@@ -90,6 +93,9 @@ def _derive(config: Config) -> None:
         for policy in app.policies:
             for rule in (*policy.include, *policy.require, *policy.exclude):
                 rule.networks  # noqa: B018
+    for group in config.groups:
+        for rule in (*group.include, *group.require, *group.exclude):
+            rule.networks  # noqa: B018
     if config.team is not None:
         config.team.hostname  # noqa: B018
     if config.demo is not None:

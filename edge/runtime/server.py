@@ -46,7 +46,7 @@ from edge.access.request import Request
 from edge.access.responses import HEALTH_PATH, READY_PATH, LocalResponse, date_line
 from edge.access.session import new_binding_value
 from edge.config.errors import ConfigError
-from edge.config.load import load, loads
+from edge.config.load import derive, load, loads
 from edge.config.schema import TLS, Config
 from edge.config.syntax import ListenAddress
 from edge.http.connection import TUNNEL, HttpProtocol, LogEntry
@@ -93,6 +93,7 @@ def keep_restart_settings(boot: Config, new: Config) -> tuple[Config, list[str]]
     """`new` with the [server] keys a running worker cannot change taken from
     `boot`, and the names of the settings that stay as they were (the team
     store among them: workers make it from `boot`)."""
+    original = new
     fixed = [k for k in RESTART_KEYS if getattr(new.server, k) != getattr(boot.server, k)]
     kept = [f"server.{k}" for k in fixed]
     if _store_of(new) != _store_of(boot):
@@ -109,6 +110,8 @@ def keep_restart_settings(boot: Config, new: Config) -> tuple[Config, list[str]]
         # would open nothing the others sealed, and they nothing of its.
         new = msgspec.structs.replace(new, team=msgspec.structs.replace(new.team, key_dir=boot.team.key_dir))
         kept.append("team.key_dir")
+    if new is not original:
+        derive(new)  # a replaced struct starts with no derived value: parse them now, as load did
     return new, kept
 
 

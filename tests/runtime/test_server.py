@@ -60,3 +60,16 @@ def test_restart_only_settings_stay_as_the_edge_started(changed: dict[str, objec
     assert new.server.max_connections == boot.server.max_connections
     assert new.team is not None and boot.team is not None
     assert new.team.key_dir == boot.team.key_dir
+
+
+def test_a_reloaded_config_carries_its_derived_values() -> None:
+    """keep_restart_settings rebuilds structs with msgspec.structs.replace,
+    whose copies start with no cached derived value: they are derived again
+    there, as load does, not parsed later by whoever first reads them."""
+    boot = config()
+    new, kept = keep_restart_settings(boot, config(max_connections=5, key_dir="var/other-keys"))
+    assert {"server.max_connections", "team.key_dir"} <= set(kept)
+    assert new.team is not None and new.server is not boot.server and new.team is not boot.team
+    assert {"addresses", "trusted_networks"} <= set(vars(new.server))
+    assert "hostname" in vars(new.team)
+    assert new.server.addresses == boot.server.addresses
