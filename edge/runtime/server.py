@@ -198,7 +198,9 @@ def make_ssl_context(tls: TLS) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(tls.cert, tls.key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"$.server.tls: cannot load cert {tls.cert!r} / key {tls.key!r}: {exc}") from None
+        raise ConfigError.at(
+            ("server", "tls"), f"cannot load cert {tls.cert!r} / key {tls.key!r}: {exc}"
+        ) from None
     # A connection's client certificate is read once, after the handshake
     # (edge.http.connection): a TLS 1.2 renegotiation could present another.
     ctx.options |= ssl.OP_NO_RENEGOTIATION
@@ -213,8 +215,8 @@ def make_ssl_context(tls: TLS) -> ssl.SSLContext:
         try:
             ctx.load_verify_locations(cafile=tls.client_ca)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"$.server.tls.client_ca: cannot load CA file {tls.client_ca!r}: {exc}"
+            raise ConfigError.at(
+                ("server", "tls", "client_ca"), f"cannot load CA file {tls.client_ca!r}: {exc}"
             ) from None
         ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
@@ -274,9 +276,9 @@ class ServerState:
             ensure_keys(config)
             self.login = LoginService(config, self.store, config.server.server_header.encode("ascii"))
         except keydir.KeyDirError as exc:
-            raise ConfigError(f"{source}: $.team.key_dir: {exc}") from None
+            raise ConfigError.at(("team", "key_dir"), str(exc), source) from None
         except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            raise exc.named(source) from None
         self._install(config, compiled or self._compile(config))
 
     def _compile(self, config: Config) -> Compiled:

@@ -72,9 +72,7 @@ def structs(value: Any, path: str = "$") -> Iterator[tuple[str, msgspec.Struct]]
 
 def state(config: msgspec.Struct) -> dict[str, tuple[Any, dict[str, Any]]]:
     """Each struct's fields and its cached derived values (its __dict__)."""
-    return {
-        path: (msgspec.to_builtins(s), dict(getattr(s, "__dict__", {}))) for path, s in structs(config)
-    }
+    return {path: (msgspec.to_builtins(s), dict(getattr(s, "__dict__", {}))) for path, s in structs(config)}
 
 
 def test_compiling_a_loaded_config_writes_none_of_its_structs() -> None:
