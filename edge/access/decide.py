@@ -42,7 +42,7 @@ from edge.access.responses import LocalResponse
 from edge.access.router import normalize_host, path_segments
 from edge.access.session import binding_cookie
 from edge.access.subject import Subject
-from edge.access.tokens import extract_token
+from edge.access.tokens import NO_TOKEN, extract_token
 
 # -- the decision ----------------------------------------------------------------
 
@@ -162,7 +162,7 @@ def _preflight(c: Compiled, app: CompiledApp, req: Request, h: Index, trace: Tra
     subject = Subject(req.client_ip, h.get(b"x-forwarded-for", ()), c.trusted, None, None, req.client_cert_cn)
     policy = app.policies.first_phase(subject, trace)
     if policy is not None:
-        return _forward(app, f"{policy.reason} (preflight)")
+        return _forward(app, f"{policy.reason} (preflight)", bypass=policy.bypass)
     return Preflight(app.preflight_refused, app.name, "preflight: no CORS settings")
 
 
@@ -184,7 +184,7 @@ def _authorize(
     policy = policies.first_phase(subject, trace)
     if policy is not None:
         token = subject.service_token if policy.action == "service_auth" else None
-        return _forward(app, policy.reason, service_token=token)
+        return _forward(app, policy.reason, service_token=token, bypass=policy.bypass)
     if not policies.second:
         return _deny(app, h, "deny: no policy matched", req.request_id)
     ident = _identity(c, app, h, now, trace)
@@ -250,7 +250,11 @@ def verify_token(c: Compiled, token: bytes | Refusal, now: float) -> Identity | 
 
 
 def _forward(
-    app: CompiledApp, reason: str, ident: Identity | None = None, service_token: str | None = None
+    app: CompiledApp,
+    reason: str,
+    ident: Identity | None = None,
+    service_token: str | None = None,
+    bypass: bool = False,
 ) -> Forward:
     return Forward(
         app=app.name,
@@ -264,6 +268,7 @@ def _forward(
         exp=None if ident is None else ident.valid_until,
         identity=ident,
         service_token=service_token,
+        bypass=bypass,
     )
 
 
@@ -314,7 +319,7 @@ def _unauthenticated(
 
 def _public_error(why: Refusal) -> str:
     """What a client is told: enough to act on, no verification details."""
-    if why.reason == "no token":
+    if why is NO_TOKEN:  # the one instance extract_token returns for "none sent"
         return "login required"
     if why.reason == "expired":
         return "session expired"

@@ -354,7 +354,7 @@ class ServerState:
             if isinstance(action, Redirect | Unauthorized) and action.binding:
                 self.binding = new_binding_value()  # one login, one binding
             return action.response
-        if action.reason.startswith("bypass"):  # a bypass policy's reason (edge.access.policy)
+        if action.bypass:
             entry.kind = K_BYPASS
         return ProxyCycle(client, req, self.forward_plan(req, action), self.upstreams)
 
