@@ -35,7 +35,7 @@ from edge.access.claims import Identity, Refusal
 from edge.access.compile import NO_STORE, Compiled, CompiledApp, PreflightKey
 from edge.access.cors import is_preflight
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS
-from edge.access.headers import CLIENT_ID, CLIENT_SECRET, Header
+from edge.access.headers import ACCESS_TOKEN, CLIENT_ID, CLIENT_SECRET, Header
 from edge.access.policy import Policies, Trace
 from edge.access.request import Index, Request
 from edge.access.responses import LocalResponse
@@ -217,7 +217,7 @@ def _service_token(c: Compiled, h: Index, trace: Trace) -> str | None:
 
 def _identity(c: Compiled, app: CompiledApp, h: Index, now: float, trace: Trace) -> Identity | Refusal:
     token = extract_token(
-        h.get(b"cookie", ()), h.get(b"cf-access-token", ()), h.get(b"authorization", ()), c.verifier.trusts
+        h.get(b"cookie", ()), h.get(ACCESS_TOKEN, ()), h.get(b"authorization", ()), c.verifier.trusts
     )
     result = verify_token(c, token, now)
     if isinstance(result, Identity) and app.aud not in result.aud:
