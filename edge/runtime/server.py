@@ -19,7 +19,7 @@ Invariants:
   and every reload; a worker a supervisor forks later is set up like the first.
 - One worker alone binds without SO_REUSEPORT, so the kernel refuses a
   second edge on its addresses; with several workers the supervisor makes
-  the sockets (edge.workers says how it keeps them to itself).
+  the sockets (edge.runtime.workers says how it keeps them to itself).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""edge.decide: the whole per-request decision (BEHAVIOUR.md sections 1-4),
+"""edge.access.decide: the whole per-request decision (BEHAVIOUR.md sections 1-4),
 table-driven, pure: a fixed clock, no event loop, no sockets."""
 
 from __future__ import annotations
