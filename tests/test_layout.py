@@ -237,7 +237,8 @@ def test_the_h11_scan_sees_the_owner() -> None:
 
 
 # `edge.<package>.<module>` (maybe followed by a name in it) or
-# `edge/<package>/<module>.py` as prose names them; not preceded by a path or word character ("conf/edge.toml").
+# `edge/<package>/<module>.py` as prose names them; not preceded by a path
+# or word character ("conf/edge.toml").
 DOTTED_RE = re.compile(r"(?<![\w/.-])edge\.([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)")
 PATH_RE = re.compile(r"(?<![\w/.-])edge/([a-z_][a-z0-9_/]*\.py)\b")
 NOT_MODULES = frozenset({"toml", "log", "pid", "sock"})  # file names: edge.toml, edge.log ...
@@ -257,11 +258,10 @@ def prose(path: Path) -> list[tuple[int, str]]:
     ]
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            first = node.body[0] if node.body else None
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-                if isinstance(first.value.value, str):
-                    lines = first.value.value.splitlines()
-                    found.extend((first.lineno + i, line) for i, line in enumerate(lines))
+            doc = ast.get_docstring(node, clean=False)
+            if doc is not None:
+                start = node.body[0].lineno
+                found.extend((start + i, line) for i, line in enumerate(doc.splitlines()))
     return sorted(found)
 
 
