@@ -18,6 +18,16 @@ CONFIG = """
 listen = ["127.0.0.1:8080"]
 trusted_proxies = ["10.0.0.0/8"]
 
+[metrics]
+listen = "127.0.0.1:9100"
+
+[team]
+host = "Auth.Example.com"
+
+[[team.providers]]
+type = "dev"
+users = [{ email = "a@example.com", password = "scrypt$15$8$1$ajQGKN8a2FLTxJ-7BZEQ3Q$exJqGh1glOXTKS5C-Zm_XqPh-A37Hy4nMsBCA4JIiZQ" }]
+
 [[lists]]
 name = "staff"
 type = "email"
