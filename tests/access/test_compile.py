@@ -26,7 +26,9 @@ host = "Auth.Example.com"
 
 [[team.providers]]
 type = "dev"
-users = [{ email = "a@example.com", password = "scrypt$15$8$1$ajQGKN8a2FLTxJ-7BZEQ3Q$exJqGh1glOXTKS5C-Zm_XqPh-A37Hy4nMsBCA4JIiZQ" }]
+[[team.providers.users]]
+email = "a@example.com"
+password = "scrypt$15$8$1$ajQGKN8a2FLTxJ-7BZEQ3Q$exJqGh1glOXTKS5C-Zm_XqPh-A37Hy4nMsBCA4JIiZQ"
 
 [[lists]]
 name = "staff"
