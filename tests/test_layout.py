@@ -11,9 +11,12 @@ Structure the README's Layout section promises, checked from the source:
 from __future__ import annotations
 
 import ast
+import io
+import re
 import subprocess
 import sys
 import time
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -164,7 +167,7 @@ def test_find_cycle_finds_one() -> None:
 
 
 def test_every_module_imports_on_its_own() -> None:
-    """`python -c "import edge.x.y"`, one fresh interpreter per module. The
+    """`python -c "import edge.<package>.<module>"`, one fresh interpreter per module. The
     entry point `edge.__main__` runs the CLI when imported; `python -m edge`
     is what the end-to-end tests start."""
     pending = [m for m, _ in modules() if m != "edge.__main__"]
@@ -388,3 +391,77 @@ def test_the_h11_scan_sees_each_way_in() -> None:
     expected = set(range(2, CLEAN_FROM))
     expected -= {5, 10, 17, 18}  # public imports, `conn = h11.Connection(...)`, `class Holder:`, its field
     assert lines == expected, "\n".join(uses)
+
+
+# `edge.<package>.<module>` (maybe followed by a name in it) or
+# `edge/<package>/<module>.py` as prose names them; not preceded by a path
+# or word character ("conf/edge.toml").
+DOTTED_RE = re.compile(r"(?<![\w/.-])edge\.([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)")
+PATH_RE = re.compile(r"(?<![\w/.-])edge/([a-z_][a-z0-9_/]*\.py)\b")
+NOT_MODULES = frozenset({"toml", "log", "pid", "sock"})  # file names: edge.toml, edge.log ...
+
+
+def prose(path: Path) -> list[tuple[int, str]]:
+    """The comments and docstrings of a Python file (a logger's name, a
+    string in code, is not prose about the layout); every line of a TOML file
+    after a `#`."""
+    text = path.read_text()
+    if path.suffix != ".py":
+        return [(n, line.partition("#")[2]) for n, line in enumerate(text.splitlines(), 1)]
+    found = [
+        (tok.start[0], tok.string)
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+        if tok.type == tokenize.COMMENT
+    ]
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            doc = ast.get_docstring(node, clean=False)
+            if doc is not None:
+                start = node.body[0].lineno
+                found.extend((start + i, line) for i, line in enumerate(doc.splitlines()))
+    return sorted(found)
+
+
+def names_a_module(parts: list[str]) -> bool:
+    """A module on the way down the dotted parts, whatever follows it (a name in it)."""
+    where = EDGE
+    for part in parts:
+        if (where / f"{part}.py").is_file():
+            return True
+        if not (where / part).is_dir():
+            return where != EDGE and (where / "__init__.py").is_file() and part.isupper()
+        where = where / part
+    return True
+
+
+def stale_names(paths: list[Path]) -> list[str]:
+    stale = []
+    for path in paths:
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+        for line, text in prose(path):
+            for m in DOTTED_RE.finditer(text):
+                parts = m.group(1).split(".")
+                if parts[0] not in NOT_MODULES and not names_a_module(parts):
+                    stale.append(f"{shown}:{line}: {m.group(0)}")
+            for m in PATH_RE.finditer(text):
+                if not (EDGE / m.group(1)).is_file():
+                    stale.append(f"{shown}:{line}: {m.group(0)}")
+    return stale
+
+
+def test_modules_named_in_comments_and_docstrings_exist() -> None:
+    """A comment naming a module by the flat name it had before the
+    sub-packages sends a reader to nothing."""
+    paths = [*sorted(EDGE.rglob("*.py")), *sorted((ROOT / "tests").rglob("*.py")), ROOT / "pyproject.toml"]
+    stale = stale_names(paths)
+    assert not stale, "names of modules that do not exist:\n" + "\n".join(stale)
+
+
+def test_the_stale_name_scan_finds_one(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        '"""edge.decide moved; edge.access.decide.decide is fine; so is conf/edge.toml."""\n'
+        "# see edge/store.py (moved) and edge/login/store.py\n"
+        'log = "edge.faults"  # a logger name in code is no prose\n'
+    )
+    assert stale_names([sample]) == ["sample.py:1: edge.decide", "sample.py:2: edge/store.py"]

@@ -80,6 +80,7 @@ class Forward(msgspec.Struct, frozen=True, gc=False):
     exp: float | None = None  # the authorising token's exp: a tunnel closes then
     identity: Identity | None = None
     service_token: str | None = None
+    bypass: bool = False  # a bypass policy let it through: counted as "bypass", not "forward"
 
 
 Local = Preflight | Redirect | Unauthorized | Deny | NotFound | Reject | Endpoint

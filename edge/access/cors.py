@@ -27,6 +27,7 @@ import re
 from edge.access.headers import Header
 from edge.access.responses import LocalResponse, Responses
 from edge.config.schema import Cors
+from edge.config.syntax import TOKEN
 
 # Exactly the Vary of BEHAVIOUR.md section 4: a preflight answer depends on
 # all three request headers.
@@ -41,8 +42,9 @@ ALWAYS_EXPOSED = b"WWW-Authenticate"
 
 # A method (RFC 9110 token) and a comma-separated list of header names, as a
 # browser sends them; anything else is not echoed back.
-_TOKEN_RE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_TOKEN_LIST_RE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*,[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*$")
+_TOKEN = TOKEN.encode("ascii")
+_TOKEN_RE = re.compile(_TOKEN)
+_TOKEN_LIST_RE = re.compile(_TOKEN + rb"(?:[ \t]*,[ \t]*" + _TOKEN + rb")*")
 
 
 # Fetch's "normalize a method": these are upper-cased whatever case a page
@@ -191,4 +193,4 @@ def _echo(value: bytes | None, shape: re.Pattern[bytes]) -> bytes | None:
     if value is None:
         return None
     value = value.strip()
-    return value if shape.match(value) else None
+    return value if shape.fullmatch(value) else None

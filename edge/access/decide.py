@@ -35,14 +35,14 @@ from edge.access.claims import Identity, Refusal
 from edge.access.compile import NO_STORE, Compiled, CompiledApp, PreflightKey
 from edge.access.cors import is_preflight
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS
-from edge.access.headers import CLIENT_ID, CLIENT_SECRET, Header
+from edge.access.headers import ACCESS_TOKEN, CLIENT_ID, CLIENT_SECRET, Header
 from edge.access.policy import Policies, Trace
 from edge.access.request import Index, Request
 from edge.access.responses import LocalResponse
 from edge.access.router import normalize_host, path_segments
 from edge.access.session import binding_cookie
 from edge.access.subject import Subject
-from edge.access.tokens import extract_token
+from edge.access.tokens import NO_TOKEN, extract_token
 
 # -- the decision ----------------------------------------------------------------
 
@@ -162,7 +162,7 @@ def _preflight(c: Compiled, app: CompiledApp, req: Request, h: Index, trace: Tra
     subject = Subject(req.client_ip, h.get(b"x-forwarded-for", ()), c.trusted, None, None, req.client_cert_cn)
     policy = app.policies.first_phase(subject, trace)
     if policy is not None:
-        return _forward(app, f"{policy.reason} (preflight)")
+        return _forward(app, f"{policy.reason} (preflight)", bypass=policy.bypass)
     return Preflight(app.preflight_refused, app.name, "preflight: no CORS settings")
 
 
@@ -184,7 +184,7 @@ def _authorize(
     policy = policies.first_phase(subject, trace)
     if policy is not None:
         token = subject.service_token if policy.action == "service_auth" else None
-        return _forward(app, policy.reason, service_token=token)
+        return _forward(app, policy.reason, service_token=token, bypass=policy.bypass)
     if not policies.second:
         return _deny(app, h, "deny: no policy matched", req.request_id)
     ident = _identity(c, app, h, now, trace)
@@ -217,7 +217,7 @@ def _service_token(c: Compiled, h: Index, trace: Trace) -> str | None:
 
 def _identity(c: Compiled, app: CompiledApp, h: Index, now: float, trace: Trace) -> Identity | Refusal:
     token = extract_token(
-        h.get(b"cookie", ()), h.get(b"cf-access-token", ()), h.get(b"authorization", ()), c.verifier.trusts
+        h.get(b"cookie", ()), h.get(ACCESS_TOKEN, ()), h.get(b"authorization", ()), c.verifier.trusts
     )
     result = verify_token(c, token, now)
     if isinstance(result, Identity) and app.aud not in result.aud:
@@ -250,7 +250,11 @@ def verify_token(c: Compiled, token: bytes | Refusal, now: float) -> Identity | 
 
 
 def _forward(
-    app: CompiledApp, reason: str, ident: Identity | None = None, service_token: str | None = None
+    app: CompiledApp,
+    reason: str,
+    ident: Identity | None = None,
+    service_token: str | None = None,
+    bypass: bool = False,
 ) -> Forward:
     return Forward(
         app=app.name,
@@ -264,6 +268,7 @@ def _forward(
         exp=None if ident is None else ident.valid_until,
         identity=ident,
         service_token=service_token,
+        bypass=bypass,
     )
 
 
@@ -314,7 +319,7 @@ def _unauthenticated(
 
 def _public_error(why: Refusal) -> str:
     """What a client is told: enough to act on, no verification details."""
-    if why.reason == "no token":
+    if why is NO_TOKEN:  # the one instance extract_token returns for "none sent"
         return "login required"
     if why.reason == "expired":
         return "session expired"

@@ -1,5 +1,6 @@
-"""Names the whole edge shares: the header-pair type, the auth cookie, the
-identity headers the edge owns, and which peers' X-Forwarded-* are believed.
+"""Names the whole edge shares: the header-pair type, the line end, the auth
+cookie and token header, the identity headers the edge owns, and which
+peers' X-Forwarded-* are believed.
 
 The one owner of these: edge.http, edge.proxy and edge.login import them
 from here (access imports neither), so a name cannot drift between the
@@ -15,12 +16,16 @@ from dataclasses import dataclass
 # A field as it travels: (lower-cased name, value).
 Header = tuple[bytes, bytes]
 Headers = list[Header]
+# The end of every line of a head (and of a chunk's size and data).
+CRLF = b"\r\n"
 
 # The cookie (and the cf-access-token header's value) carrying the user's
 # token (BEHAVIOUR.md section 3). The str form names it in Set-Cookie; the
 # request path compares bytes.
 AUTH_COOKIE = "CF_Authorization"
 AUTH_COOKIE_BYTES = AUTH_COOKIE.encode("ascii")
+# The header that may carry the token instead of the cookie.
+ACCESS_TOKEN = b"cf-access-token"
 
 # The identity headers the edge sets; a client's copies are always removed
 # first so they cannot be spoofed (BEHAVIOUR.md section 5).

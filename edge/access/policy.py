@@ -40,6 +40,7 @@ class CompiledPolicy:
         "require",
         "exclude",
         "reason",
+        "bypass",
         "no_include",
         "clause",
         "cert_credential",
@@ -53,6 +54,7 @@ class CompiledPolicy:
         self.require = self.clause.require
         self.exclude = self.clause.exclude
         self.reason = f'{self.action}: policy "{self.name}"'
+        self.bypass = self.action == "bypass"  # what its forwards are counted as (Forward.bypass)
         self.no_include = "include: no rule matched"
         # A certificate rule in include or require makes the certificate a
         # credential of its own (an exclude rule only narrows one), through

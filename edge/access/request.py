@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from edge.access.headers import Headers
+from edge.access.headers import Header, Headers
 
 # Field name -> its values, in the order they came.
 Index = dict[bytes, list[bytes]]
@@ -70,7 +70,7 @@ class Request(msgspec.Struct, frozen=True, gc=False):
         return self.index.get(name, NO_VALUES)
 
 
-def index_of(headers: Sequence[tuple[bytes, bytes]]) -> Index:
+def index_of(headers: Sequence[Header]) -> Index:
     """The index of `headers`, for requests not read off the wire (the
     connection builds its index while scanning the head)."""
     index: Index = {}

@@ -17,15 +17,15 @@ from http import HTTPStatus
 
 import h11
 
-from edge.access.headers import REQUEST_ID, Header
+from edge.access.headers import CRLF, REQUEST_ID, Header
 
-CRLF = b"\r\n"
 CLOSE_LINE = b"connection: close\r\n"
 REQUEST_ID_FIELD = b"x-request-id: "  # REQUEST_ID's line, up to the value
 HEALTH_PATH = b"/cdn-cgi/edge/health"  # liveness: the process answers
 READY_PATH = b"/cdn-cgi/edge/ready"  # readiness: send it traffic (edge.runtime.readiness)
 
-Headers = Iterable[Header]
+# Any iterable of header pairs (a list, a tuple, a generator): read once.
+HeaderPairs = Iterable[Header]
 
 
 def reason(status: int) -> bytes:
@@ -46,7 +46,7 @@ class LocalResponse:
 
     __slots__ = ("status", "event", "status_line", "rest", "body")
 
-    def __init__(self, status: int, headers: Headers, body: bytes, server: bytes) -> None:
+    def __init__(self, status: int, headers: HeaderPairs, body: bytes, server: bytes) -> None:
         self.status = status
         self.body = body
         fields = [(k.lower(), v) for k, v in headers]
@@ -86,7 +86,7 @@ class Responses:
         for status, body in ERROR_BODIES.items():
             self.errors[status] = self.text(status, body)
 
-    def text(self, status: int, body: bytes, headers: Headers = ()) -> LocalResponse:
+    def text(self, status: int, body: bytes, headers: HeaderPairs = ()) -> LocalResponse:
         fields = [(b"content-type", b"text/plain; charset=utf-8"), *headers]
         return LocalResponse(status, fields, body, self.server)
 

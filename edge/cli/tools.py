@@ -14,6 +14,7 @@ from edge.access.actions import Action, Forward
 from edge.access.compile import Compiled
 from edge.access.cors import fetch_method
 from edge.access.decide import explain
+from edge.access.headers import Headers
 from edge.access.lists import entries
 from edge.access.request import Request, build
 from edge.access.responses import date_line
@@ -229,7 +230,7 @@ def build_request(
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"Expected an http:// or https:// URL, got {url!r}")
-    fields: list[tuple[bytes, bytes]] = []
+    fields: Headers = []
     for line in headers:
         name, colon, value = line.partition(":")
         if not colon or not name.strip():

@@ -36,6 +36,7 @@ from edge.config.schema import (
     ServiceToken,
 )
 from edge.config.syntax import (
+    TOKEN_RE,
     DomainPattern,
     cidr_problem,
     email_domain_problem,
@@ -50,7 +51,6 @@ from edge.config.syntax import (
 MIN_HS256_SECRET = 32
 
 _AUD_RE = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
-_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 5.6.2 token
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 # Longest custom deny message: a sentence or a short paragraph, not a page.
 MAX_DENY_MESSAGE = 1000
@@ -95,7 +95,7 @@ def _tokens(key: str, values: list[str], all_switch: str | None) -> Problems:
     for i, value in enumerate(values):
         if value == "*" and all_switch is not None:
             yield Problem((key, i), f"Expected a name; for any, set {all_switch} = true")
-        elif not _TOKEN_RE.match(value) or value == "*":
+        elif not TOKEN_RE.fullmatch(value) or value == "*":
             yield Problem((key, i), f"Expected a method or header name (an HTTP token), got {value!r}")
 
 
@@ -228,7 +228,7 @@ def check_issuer(issuer: Issuer) -> Problems:
 
 def check_service_token(token: ServiceToken) -> Problems:
     yield from check_name("name", token.name)
-    if not _TOKEN_RE.match(token.client_id):
+    if not TOKEN_RE.fullmatch(token.client_id):
         yield Problem(("client_id",), f"Expected a header-safe token (no spaces), got {token.client_id!r}")
     if not _HEX64_RE.match(token.secret_sha256):
         yield Problem(("secret_sha256",), "Expected 64 lower-case hex digits (sha256 of the secret)")

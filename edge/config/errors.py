@@ -21,7 +21,25 @@ from edge.config.schema import SERVER_HEADER_PATTERN, Config
 
 class ConfigError(Exception):
     """A configuration that cannot be used; the message is ready for a user.
-    Only the CLI turns it into an exit code."""
+    Only the CLI turns it into an exit code. `problem` is the key path and
+    message when the error is about one setting (`at`), so a caller that
+    knows the file names it (`named`) without parsing the text."""
+
+    def __init__(self, message: str, problem: Problem | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+    @classmethod
+    def at(cls, path: KeyPath, message: str, source: str | None = None) -> ConfigError:
+        """The error about the setting at `path`, in the one wording."""
+        problem = Problem(path, message)
+        return cls(format_problem(source, problem), problem)
+
+    def named(self, source: str) -> ConfigError:
+        """The same error naming the file it came from."""
+        if self.problem is not None:
+            return ConfigError.at(self.problem.path, self.problem.message, source)
+        return ConfigError(f"{source}: {self}")
 
 
 def key_path(path: KeyPath) -> str:
@@ -29,8 +47,11 @@ def key_path(path: KeyPath) -> str:
     return "$" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
 
 
-def format_problem(source: str, problem: Problem) -> str:
-    return f"{source}: {key_path(problem.path)}: {problem.message}"
+def format_problem(source: str | None, problem: Problem) -> str:
+    """``FILE: $.key.path: message`` (without ``FILE: `` when the file is not
+    known where the problem is found; `ConfigError.named` adds it)."""
+    where = key_path(problem.path)
+    return f"{where}: {problem.message}" if source is None else f"{source}: {where}: {problem.message}"
 
 
 _PATH_RE = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.S)

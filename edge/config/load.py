@@ -17,8 +17,8 @@ import msgspec
 from edge.config.checks import problems
 from edge.config.checks_groups import list_entry_problem
 from edge.config.checks_team import template_problem
-from edge.config.errors import ConfigError, format_problem, format_validation_error
-from edge.config.problem import Problem
+from edge.config.errors import ConfigError, format_validation_error
+from edge.config.problem import KeyPath
 from edge.config.schema import Config, List, TemplateReadError
 
 
@@ -34,11 +34,11 @@ def loads(text: str | bytes, source: str = "<config>") -> Config:
         raise ConfigError(format_validation_error(source, raw, exc)) from None
     first = next(problems(config), None)
     if first is not None:
-        raise ConfigError(format_problem(source, first))
+        raise ConfigError.at(first.path, first.message, source)
     if any(entry.file is not None for entry in config.lists):
         lists = [_read_list(entry, i, source) for i, entry in enumerate(config.lists)]
         config = msgspec.structs.replace(config, lists=lists)
-    _derive(config)
+    derive(config)
     _read_templates(config, source)
     return config
 
@@ -48,14 +48,12 @@ def _read_list(entry: List, index: int, source: str) -> List:
     `#` comments (whole-line or trailing) skipped."""
     if entry.file is None:
         return entry
-    where = ("lists", index, "file")
+    where: KeyPath = ("lists", index, "file")
     try:
         text = Path(entry.file).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(
-            format_problem(source, Problem(where, f"cannot read {entry.file!r}: {reason}"))
-        ) from None
+        raise ConfigError.at(where, f"cannot read {entry.file!r}: {reason}", source) from None
     items: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         value = line.partition("#")[0].strip()
@@ -63,7 +61,7 @@ def _read_list(entry: List, index: int, source: str) -> List:
             continue
         problem = list_entry_problem(entry.type, value)
         if problem is not None:
-            raise ConfigError(format_problem(source, Problem(where, f"{entry.file}:{number}: {problem}")))
+            raise ConfigError.at(where, f"{entry.file}:{number}: {problem}", source)
         items.append(value)
     return msgspec.structs.replace(entry, items=items)
 
@@ -78,10 +76,13 @@ def load(path: str | Path) -> Config:
     return loads(text, source)
 
 
-def _derive(config: Config) -> None:
+def derive(config: Config) -> None:
     """Parse every derived value now, once: nothing downstream parses the
-    strings again, and a parser that disagreed with its check fails here, at
-    load, not when a listener or a route is built."""
+    strings again (nor writes a frozen struct's cache: compiling only reads),
+    and a parser that disagreed with its check fails here, at load, not when
+    a listener or a route is built. Whoever rebuilds a struct with
+    `msgspec.structs.replace` (a reload keeping the boot settings) calls it
+    again: the copy starts with an empty cache."""
     config.server.addresses  # noqa: B018 - a cached property: computing it is the point
     config.server.trusted_networks  # noqa: B018
     for app in config.apps:
@@ -90,6 +91,9 @@ def _derive(config: Config) -> None:
         for policy in app.policies:
             for rule in (*policy.include, *policy.require, *policy.exclude):
                 rule.networks  # noqa: B018
+    for group in config.groups:
+        for rule in (*group.include, *group.require, *group.exclude):
+            rule.networks  # noqa: B018
     if config.team is not None:
         config.team.hostname  # noqa: B018
     if config.demo is not None:
@@ -106,12 +110,12 @@ def _read_templates(config: Config, source: str) -> None:
     if config.team is None:
         return
     templates = config.team.branding.templates
-    where = f"{source}: $.team.branding.templates"
+    where: KeyPath = ("team", "branding", "templates")
     try:
         texts = templates.texts
     except TemplateReadError as exc:
-        raise ConfigError(f"{where}.{exc.page}: {exc.reason}") from None
+        raise ConfigError.at((*where, exc.page), exc.reason, source) from None
     for page, text in texts.items():
         problem = template_problem(text)
         if problem is not None:
-            raise ConfigError(f"{where}.{page}: {getattr(templates, page)}: {problem}")
+            raise ConfigError.at((*where, page), f"{getattr(templates, page)}: {problem}", source)

@@ -43,7 +43,6 @@ GIB = 1024 * MIB
 # stands for, so every timeout is strictly positive; 0.1 s is the finest the
 # server's timer sweep can honour (see server.SWEEP_INTERVAL).
 Timeout = Annotated[float, Meta(ge=0.1, le=86400.0)]
-Port = Annotated[int, Meta(ge=0, le=65535)]
 HeaderBytes = Annotated[int, Meta(ge=1 * KIB, le=1 * MIB)]
 TargetBytes = Annotated[int, Meta(ge=64, le=1 * MIB)]
 BodyBytes = Annotated[int, Meta(ge=0, le=1 << 50)]

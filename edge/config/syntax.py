@@ -16,6 +16,12 @@ from msgspec import Struct
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# An RFC 9110 5.6.2 token (a method, a field name) as a regex fragment: the
+# one spelling, for config values here and, encoded, for the wire (edge.http,
+# edge.access.cors). Fullmatch it: a `^...$` match lets a trailing newline by.
+TOKEN = r"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+TOKEN_RE = re.compile(TOKEN)
+
 
 class ListenAddress(Struct, frozen=True):
     host: str

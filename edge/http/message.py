@@ -7,10 +7,12 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from edge.access.headers import CRLF as CRLF
 from edge.access.headers import Headers as Headers  # the one header-pair type
+from edge.config import syntax
 
-# An RFC 9110 token (field names, methods), as a regex fragment.
-TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+# An RFC 9110 token (field names, methods), as a regex fragment for the wire.
+TOKEN = syntax.TOKEN.encode("ascii")
 # h11's CONTENT_LENGTH_MAX_DIGITS: a longer value is a hostile one.
 MAX_LENGTH_DIGITS = 20
 DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_LENGTH_DIGITS)
@@ -30,5 +32,4 @@ def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
     return b"%x\r\n" % len(data), data, CRLF
 
 
-CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"

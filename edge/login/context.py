@@ -22,7 +22,7 @@ import msgspec
 from edge.access.claims import Identity, Refusal
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import verify_token
-from edge.access.headers import Header
+from edge.access.headers import ACCESS_TOKEN, Header
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import (
@@ -143,7 +143,7 @@ class Context:
         """The request's token (cookie, header or bearer), verified."""
         values = req.values
         token = extract_token(
-            values(b"cookie"), values(b"cf-access-token"), values(b"authorization"), c.verifier.trusts
+            values(b"cookie"), values(ACCESS_TOKEN), values(b"authorization"), c.verifier.trusts
         )
         return verify_token(c, token, now)
 

@@ -54,11 +54,11 @@ from cryptography.x509.oid import NameOID
 
 from edge.access.keysets import parse_jwks
 from edge.access.session import Sealer
+from edge.config.schema import SIGNING_ALGORITHMS
 from edge.login import keys as keylib
 from edge.login.keyring import KeyRing, SigningKey
 from edge.login.keys import PrivateKey
 
-SIGNING_ALGORITHMS = ("ES256", "RS256")
 MANIFEST, SECRET, LOCK = "manifest.json", "secret", ".lock"
 MANIFEST_VERSION = 1
 SECRET_BYTES = 32  # a full-strength key for HMAC-SHA256 or AES-256-GCM

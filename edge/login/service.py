@@ -147,7 +147,7 @@ class LoginService:
             try:
                 oidc[provider.id] = (provider, _oidc_client(provider))
             except (ValueError, FetchError) as exc:
-                raise ConfigError(f"$.team.providers[{i}]: {exc}") from None
+                raise ConfigError.at(("team", "providers", i), str(exc)) from None
         if team is not None and (self.keys is None or team.key_dir != self.keys.key_dir):
             sealer = None if self.keys is None else self.keys.sealer
             self.keys = TeamKeys(team.key_dir, team.key_overlap, time.time(), sealer)
@@ -261,7 +261,7 @@ def existing_team_keys(config: Config, source: str) -> dict[str, jwt.PyJWK] | No
     try:
         ring = keydir.load(team.key_dir, team.key_overlap, time.time())
     except keydir.KeyDirError as exc:
-        raise ConfigError(f"{source}: $.team.key_dir: {exc}") from None
+        raise ConfigError.at(("team", "key_dir"), str(exc), source) from None
     return parse_jwks(ring.jwks())[0]
 
 

@@ -29,6 +29,7 @@ import time
 import h11
 import msgspec
 
+from edge.access.headers import Headers
 from edge.access.request import Request
 from edge.config.schema import Proxy
 from edge.http import flow
@@ -49,7 +50,7 @@ class ForwardPlan(msgspec.Struct, frozen=True, gc=False):
     dataclass."""
 
     target: Target
-    headers: list[tuple[bytes, bytes]]  # already rewritten (forwarding.request_headers)
+    headers: Headers  # already rewritten (forwarding.request_headers)
     # The request target to send: origin-form (RFC 9112 3.2.1) even when the
     # client used absolute-form, which only proxies are required to accept.
     path: bytes = b""

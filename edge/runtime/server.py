@@ -19,7 +19,7 @@ Invariants:
   and every reload; a worker a supervisor forks later is set up like the first.
 - One worker alone binds without SO_REUSEPORT, so the kernel refuses a
   second edge on its addresses; with several workers the supervisor makes
-  the sockets (edge.workers says how it keeps them to itself).
+  the sockets (edge.runtime.workers says how it keeps them to itself).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from edge.access.request import Request
 from edge.access.responses import HEALTH_PATH, READY_PATH, LocalResponse, date_line
 from edge.access.session import new_binding_value
 from edge.config.errors import ConfigError
-from edge.config.load import load, loads
+from edge.config.load import derive, load, loads
 from edge.config.schema import TLS, Config
 from edge.config.syntax import ListenAddress
 from edge.http.connection import TUNNEL, HttpProtocol, LogEntry
@@ -93,6 +93,7 @@ def keep_restart_settings(boot: Config, new: Config) -> tuple[Config, list[str]]
     """`new` with the [server] keys a running worker cannot change taken from
     `boot`, and the names of the settings that stay as they were (the team
     store among them: workers make it from `boot`)."""
+    original = new
     fixed = [k for k in RESTART_KEYS if getattr(new.server, k) != getattr(boot.server, k)]
     kept = [f"server.{k}" for k in fixed]
     if _store_of(new) != _store_of(boot):
@@ -109,6 +110,8 @@ def keep_restart_settings(boot: Config, new: Config) -> tuple[Config, list[str]]
         # would open nothing the others sealed, and they nothing of its.
         new = msgspec.structs.replace(new, team=msgspec.structs.replace(new.team, key_dir=boot.team.key_dir))
         kept.append("team.key_dir")
+    if new is not original:
+        derive(new)  # a replaced struct starts with no derived value: parse them now, as load did
     return new, kept
 
 
@@ -195,7 +198,9 @@ def make_ssl_context(tls: TLS) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(tls.cert, tls.key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"$.server.tls: cannot load cert {tls.cert!r} / key {tls.key!r}: {exc}") from None
+        raise ConfigError.at(
+            ("server", "tls"), f"cannot load cert {tls.cert!r} / key {tls.key!r}: {exc}"
+        ) from None
     # A connection's client certificate is read once, after the handshake
     # (edge.http.connection): a TLS 1.2 renegotiation could present another.
     ctx.options |= ssl.OP_NO_RENEGOTIATION
@@ -210,8 +215,8 @@ def make_ssl_context(tls: TLS) -> ssl.SSLContext:
         try:
             ctx.load_verify_locations(cafile=tls.client_ca)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"$.server.tls.client_ca: cannot load CA file {tls.client_ca!r}: {exc}"
+            raise ConfigError.at(
+                ("server", "tls", "client_ca"), f"cannot load CA file {tls.client_ca!r}: {exc}"
             ) from None
         ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
@@ -271,9 +276,9 @@ class ServerState:
             ensure_keys(config)
             self.login = LoginService(config, self.store, config.server.server_header.encode("ascii"))
         except keydir.KeyDirError as exc:
-            raise ConfigError(f"{source}: $.team.key_dir: {exc}") from None
+            raise ConfigError.at(("team", "key_dir"), str(exc), source) from None
         except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            raise exc.named(source) from None
         self._install(config, compiled or self._compile(config))
 
     def _compile(self, config: Config) -> Compiled:
@@ -349,7 +354,7 @@ class ServerState:
             if isinstance(action, Redirect | Unauthorized) and action.binding:
                 self.binding = new_binding_value()  # one login, one binding
             return action.response
-        if action.reason.startswith("bypass"):  # a bypass policy's reason (edge.access.policy)
+        if action.bypass:
             entry.kind = K_BYPASS
         return ProxyCycle(client, req, self.forward_plan(req, action), self.upstreams)
 

@@ -24,7 +24,7 @@ Invariants:
   force: the last file a SIGHUP found valid (else `boot`), with `boot`'s
   restart-only settings. Every worker, restarted ones included, starts with
   `config`. On SIGHUP only the supervisor reads the file; if it is valid it
-  becomes `config` and its bytes go to every worker (edge.snapshots); if
+  becomes `config` and its bytes go to every worker (edge.runtime.snapshots); if
   not, nothing changes. Workers ignore SIGHUP, so nothing reaches them that
   the supervisor has not checked.
 - On SIGTERM/SIGINT the supervisor stops restarting, tells every worker,

@@ -1,4 +1,4 @@
-"""edge.cors: preflight detection and the edge's exact CORS answers
+"""edge.access.cors: preflight detection and the edge's exact CORS answers
 (BEHAVIOUR.md section 4). Pure."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""edge.decide: the whole per-request decision (BEHAVIOUR.md sections 1-4),
+"""edge.access.decide: the whole per-request decision (BEHAVIOUR.md sections 1-4),
 table-driven, pure: a fixed clock, no event loop, no sockets."""
 
 from __future__ import annotations
@@ -192,12 +192,17 @@ def test_preflight_bypass_forwards_unauthenticated(c: Compiled) -> None:
     assert action.app == "public" and action.add_headers == () and action.identity is None
     assert action.strip_headers == STRIP_HEADERS
     assert action.reason == "preflight: forwarded (options_preflight_bypass)"
+    # options_preflight_bypass is an app setting, not a bypass policy: the
+    # metrics count it as a forward.
+    assert not action.bypass
 
 
 @pytest.mark.parametrize(("ip", "forwarded"), [("203.0.113.7", True), ("192.0.2.1", False)])
 def test_preflight_on_a_bypassed_path_is_the_upstreams(c: Compiled, ip: str, forwarded: bool) -> None:
     action = run(c, "OPTIONS", "https://docs.example.com/", PREFLIGHT, client_ip=ip)
     assert isinstance(action, Forward) is forwarded
+    if isinstance(action, Forward):
+        assert action.bypass and action.reason == 'bypass: policy "office" (preflight)'
     if not forwarded:
         assert isinstance(action, Preflight) and action.response.status == 403
 
@@ -373,6 +378,7 @@ def test_bypass_forwards_without_identity_but_still_strips(c: Compiled) -> None:
     assert action.add_headers == () and action.identity is None and action.exp is None
     assert b"cf-access-authenticated-user-email" in action.strip_headers
     assert action.reason == 'bypass: policy "anyone"'
+    assert action.bypass  # the kind the metrics and access log count, said by the policy, not its text
 
 
 # -- policies through decide ---------------------------------------------------------------
@@ -404,6 +410,7 @@ def test_policy_outcomes(
 ) -> None:
     action = run(c, "GET", "https://api.example.com/", cookie(mint(email=email)), client_ip=ip)
     assert isinstance(action, kind) and action.reason == reason
+    assert not isinstance(action, Forward) or not action.bypass  # an allow policy's forward
 
 
 def test_deny_has_cors_courtesy_for_allowed_origins(c: Compiled) -> None:
@@ -467,6 +474,7 @@ def test_service_auth(
     assert isinstance(action, kind)
     if isinstance(action, Forward):
         assert action.service_token == service_token and action.add_headers == ()
+        assert not action.bypass
         assert b"cf-access-client-secret" in action.strip_headers
     else:
         assert action.reason == "deny: no policy matched"

@@ -1,4 +1,4 @@
-"""edge.router: host table, path tries, most specific wins. Pure."""
+"""edge.access.router: host table, path tries, most specific wins. Pure."""
 
 from __future__ import annotations
 

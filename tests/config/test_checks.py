@@ -456,3 +456,18 @@ def test_a_replaced_struct_derives_again() -> None:
     assert server.addresses == (ListenAddress("127.0.0.1", 8080),)
     kept = msgspec.structs.replace(server, listen=["127.0.0.1:9090"])
     assert kept.addresses == (ListenAddress("127.0.0.1", 9090),)
+
+
+def test_group_rules_are_derived_at_load() -> None:
+    """A [[groups]] rule is a config struct like a policy's: its networks are
+    parsed by load, not filled in later by whoever compiles it."""
+    config = loads(
+        '[[groups]]\nname = "office"\ninclude = [{ ip_ranges = ["198.51.100.0/24"] }]\n'
+        + 'require = [{ ip_ranges = ["198.51.100.0/25"] }]\nexclude = [{ ip_ranges = ["198.51.100.7/32"] }]\n'
+        + '[[apps]]\nname = "api"\ndomains = ["api.example.com"]\nupstream = "http://127.0.0.1:9"\n'
+        + '[[apps.policies]]\nname = "p"\naction = "allow"\ninclude = [{ group = ["office"] }]\n'
+    )
+    group = config.groups[0]
+    for rule in (*group.include, *group.require, *group.exclude):
+        assert "networks" in vars(rule)
+    assert group.include[0].networks == (ipaddress.ip_network("198.51.100.0/24"),)

@@ -141,6 +141,12 @@ CORS_ERRORS = [
         "$.apps[0].cors.allowed_headers[0]: Expected a method or header name (an HTTP token), got 'X A'",
     ),
     (
+        # A trailing newline is no part of a token (a `$` match let it through
+        # to the compiled response, where h11 refused the value).
+        "allowed_origins = ['https://a.example']\nallowed_methods = [\"GET\\n\"]",
+        "$.apps[0].cors.allowed_methods[0]: Expected a method or header name (an HTTP token), got 'GET\\n'",
+    ),
+    (
         "allowed_origins = ['https://a.example']\nallowed_methods = ['GET']\n"
         "allowed_headers = ['x-a', 'X-A']",
         "$.apps[0].cors.allowed_headers[1]: 'X-A' is listed twice",
@@ -443,6 +449,10 @@ def test_duplicate_issuer() -> None:
         (
             f'name = "ci"\nclient_id = "a b"\nsecret_sha256 = "{SHA}"',
             "$.service_tokens[0].client_id: Expected a header-safe token (no spaces), got 'a b'",
+        ),
+        (
+            f'name = "ci"\nclient_id = "ci\\n"\nsecret_sha256 = "{SHA}"',
+            "$.service_tokens[0].client_id: Expected a header-safe token (no spaces), got 'ci\\n'",
         ),
         (
             'name = "ci"\nclient_id = "ci"\nsecret_sha256 = "abc"',

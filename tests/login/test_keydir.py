@@ -1,4 +1,4 @@
-"""edge.keydir: the built-in issuer's key directory, and `edge keys rotate`.
+"""edge.login.keydir: the built-in issuer's key directory, and `edge keys rotate`.
 
 Every clock value is passed in (T0, T1, ...), so nothing here depends on how
 fast the machine is. Tokens carry no exp: PyJWT would check that against the

@@ -530,3 +530,49 @@ def test_a_worker_never_blocks_its_loop_on_a_supervisor_that_does_not_read() -> 
 
     got = asyncio.run(scenario())
     assert struct.unpack("!II", got[:8]) == (7, len(payload)) and got[8:] == payload
+
+
+DISPATCHED = (
+    APPS
+    + """
+[[apps]]
+name = "cors"
+domains = ["cors.test"]
+upstream = "http://127.0.0.1:9"
+options_preflight_bypass = true
+[[apps.policies]]
+name = "staff"
+action = "allow"
+include = [{ email_domains = ["example.com"] }]
+"""
+)
+PREFLIGHT = {"Origin": "https://web.test", "Access-Control-Request-Method": "GET"}
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "kind"),
+    [
+        ("GET", "http://api.test/", {}, "bypass"),  # a bypass policy
+        ("OPTIONS", "http://api.test/", PREFLIGHT, "bypass"),  # its preflight too
+        # options_preflight_bypass is an app setting forwarding preflights: a forward
+        ("OPTIONS", "http://cors.test/", PREFLIGHT, "forward"),
+    ],
+)
+def test_dispatch_names_a_bypass_as_the_policy_says(
+    method: str, url: str, headers: dict[str, str], kind: str
+) -> None:
+    """The kind the metrics and access log count comes from the decision's
+    own field (Forward.bypass), whatever its reason's text."""
+    from access_fixtures import request
+
+    from edge.runtime.server import ServerState
+
+    loop = asyncio.new_event_loop()
+    try:
+        state = ServerState(loads(DISPATCHED), loop)
+        req = request(method, url, headers)
+        log_entry = LogEntry(req)
+        state.dispatch(None, req, log_entry)  # type: ignore[arg-type]  # a forward only holds the client
+        assert KINDS[log_entry.kind] == kind
+    finally:
+        loop.close()

@@ -1,7 +1,7 @@
 """Keys, tokens and configs for the pure decision tests.
 
 Tokens are minted here with PyJWT and cryptography directly (not with
-edge.keys), so the verifier is checked against an independent signer.
+edge.login.keys), so the verifier is checked against an independent signer.
 """
 
 from __future__ import annotations
