@@ -28,7 +28,7 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _ESCAPE_RE = re.compile(rb"%([0-9A-Fa-f]{2})")
 # One DNS label, as a wildcard may stand for (the exact table needs no check:
 # only configured names are in it).
-_LABEL_RE = re.compile(rb"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+_LABEL_RE = re.compile(rb"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 # Escapes that would change the segment structure if an upstream decoded them.
 _AMBIGUOUS = (b"%2f", b"%5c", b"\\")
 _PERCENT, _BACKSLASH, _DOT = ord("%"), ord("\\"), ord(".")

@@ -56,7 +56,7 @@ CACHE_ENTRIES = 10_000
 
 # Compact JWS (RFC 7515 7.1): three base64url segments, the last may be empty
 # only for alg "none" (refused later, with a clear reason).
-_JWS_RE = re.compile(rb"^[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]*={0,2}$")
+_JWS_RE = re.compile(rb"^[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]*={0,2}\Z")
 
 # PyJWT checks the signature, the issuer and the presence of the required
 # claims; the time claims are checked by edge.access.claims against the

@@ -50,8 +50,8 @@ from edge.config.syntax import (
 # PyJWT warns below 32 bytes for HS256 (RFC 7518 3.2: key >= hash size).
 MIN_HS256_SECRET = 32
 
-_AUD_RE = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
-_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_AUD_RE = re.compile(r"^[A-Za-z0-9._~-]{1,128}\Z")
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
 # Longest custom deny message: a sentence or a short paragraph, not a page.
 MAX_DENY_MESSAGE = 1000
 

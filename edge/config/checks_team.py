@@ -44,9 +44,9 @@ from edge.config.syntax import (
 
 # A password hash as `edge password` writes it: scrypt$<log2 n>$<r>$<p>$<salt>$<hash>
 # (salt and hash base64url without padding).
-_SCRYPT_RE = re.compile(r"^scrypt\$(\d{1,2})\$(\d{1,2})\$(\d{1,2})\$[A-Za-z0-9_-]{16,}\$[A-Za-z0-9_-]{32,}$")
-_PROVIDER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-_ACCENT_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+_SCRYPT_RE = re.compile(r"^scrypt\$(\d{1,2})\$(\d{1,2})\$(\d{1,2})\$[A-Za-z0-9_-]{16,}\$[A-Za-z0-9_-]{32,}\Z")
+_PROVIDER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
+_ACCENT_RE = re.compile(r"^#[0-9a-fA-F]{6}\Z")
 # A template placeholder: {{name}}, spaces inside the braces allowed.
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 

@@ -54,7 +54,7 @@ def format_problem(source: str | None, problem: Problem) -> str:
     return f"{where}: {problem.message}" if source is None else f"{source}: {where}: {problem.message}"
 
 
-_PATH_RE = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.S)
+_PATH_RE = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`\Z", re.S)
 _PATH_PART_RE = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]")
 
 
@@ -84,9 +84,9 @@ def _show(value: Any) -> str:
 
 
 # msgspec speaks JSON ("object", "field"); a config file is TOML ("table", "key").
-_UNKNOWN_RE = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`$")
-_MISSING_RE = re.compile(r"^Object missing required field `(?P<key>[^`]*)`$")
-_REGEX_RE = re.compile(r"^Expected `str` matching regex '(?P<pattern>.*)'$", re.S)
+_UNKNOWN_RE = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`\Z")
+_MISSING_RE = re.compile(r"^Object missing required field `(?P<key>[^`]*)`\Z")
+_REGEX_RE = re.compile(r"^Expected `str` matching regex '(?P<pattern>.*)'\Z", re.S)
 _TYPE_WORDS = {"`object | null`": "a table", "`object`": "a table", "`array`": "an array"}
 _PATTERN_WORDS = {SERVER_HEADER_PATTERN: 'printable ASCII words separated by single spaces (or "" for none)'}
 

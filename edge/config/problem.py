@@ -31,7 +31,7 @@ class Problem(Struct, frozen=True):
 
 Problems = Iterator[Problem]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}\Z")
 
 
 def under(prefix: KeyPath, found: Iterable[Problem]) -> Problems:

@@ -468,3 +468,29 @@ def test_proxy_unknown_key() -> None:
     assert error_of("[proxy]\nconnect_timout = 1\n") == (
         f"{SOURCE}: $.proxy: unknown key 'connect_timout' (did you mean 'connect_timeout'?)"
     )
+
+
+# A trailing newline: `$` matches before one, so a pattern anchored with it
+# let "value\n" through wherever a value is checked with re.match (domains
+# are stripped of surrounding whitespace on purpose, so they are not here).
+@pytest.mark.parametrize(
+    ("toml", "where"),
+    [
+        ('[server]\nlisten = ["127.0.0.1:8080\\n"]\n', "$.server.listen[0]"),
+        (
+            '[[apps]]\nname = "a"\ndomains = ["a.example.com"]\nupstream = "http://127.0.0.1:9"\n'
+            '[apps.cors]\nallowed_origins = ["https://web.example.com\\n"]\n'
+            '[[apps.policies]]\nname = "p"\naction = "bypass"\ninclude = [{ everyone = true }]\n',
+            "$.apps[0].cors.allowed_origins[0]",
+        ),
+        (
+            '[[apps]]\nname = "a\\n"\ndomains = ["a.example.com"]\nupstream = "http://127.0.0.1:9"\n'
+            '[[apps.policies]]\nname = "p"\naction = "bypass"\ninclude = [{ everyone = true }]\n',
+            "$.apps[0].name",
+        ),
+    ],
+)
+def test_a_trailing_newline_is_not_a_valid_value(toml: str, where: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads(toml, "t.toml")
+    assert where in str(info.value)
