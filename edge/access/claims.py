@@ -36,6 +36,12 @@ class Refusal(msgspec.Struct, frozen=True, gc=False):
     ambiguous: bool = False  # two different tokens: refused outright
 
 
+# The one refusal of a token past its exp (+ leeway): decide tells the client
+# "session expired" for this instance alone, as it tells "login required" for
+# tokens.NO_TOKEN, rather than by the text of a reason.
+EXPIRED = Refusal("expired", permanent=True)
+
+
 class Identity(msgspec.Struct, frozen=True):
     """The verified claims of one user token."""
 
@@ -124,7 +130,7 @@ def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[f
     if exp is None or iat is None:
         return Refusal("missing exp or iat", permanent=True)
     if exp <= now - leeway:
-        return Refusal("expired", permanent=True)
+        return EXPIRED
     if nbf is not None and nbf > now + leeway:
         return Refusal("not yet valid (nbf in the future)")
     if iat > now + leeway:

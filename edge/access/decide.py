@@ -31,7 +31,7 @@ from edge.access.actions import (
     Reject,
     Unauthorized,
 )
-from edge.access.claims import Identity, Refusal
+from edge.access.claims import EXPIRED, Identity, Refusal
 from edge.access.compile import NO_STORE, Compiled, CompiledApp, PreflightKey
 from edge.access.cors import is_preflight
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS
@@ -321,7 +321,7 @@ def _public_error(why: Refusal) -> str:
     """What a client is told: enough to act on, no verification details."""
     if why is NO_TOKEN:  # the one instance extract_token returns for "none sent"
         return "login required"
-    if why.reason == "expired":
+    if why is EXPIRED:  # claims.check_times' one instance for a token past its exp
         return "session expired"
     return "invalid token"
 
