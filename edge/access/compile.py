@@ -36,6 +36,7 @@ from edge.access.router import Route, Router
 from edge.access.subject import IPNetwork, ServiceTokens
 from edge.access.tokens import IssuerKeys, Verifier
 from edge.config.errors import ConfigError
+from edge.config.problem import KeyPath
 from edge.config.schema import (
     DEFAULT_LEEWAY,
     DEFAULT_LOGIN_URL,
@@ -320,7 +321,7 @@ def _compile_issuers(
     for i, issuer in enumerate(issuers):
         keys: KeySet | None = None
         if issuer.jwks_file is not None:
-            keys = KeySet(issuer.jwks_file, _read_jwks(issuer, f"{source}: $.issuers[{i}].jwks_file"))
+            keys = KeySet(issuer.jwks_file, _read_jwks(issuer, ("issuers", i, "jwks_file"), source))
         elif issuer.jwks_url is not None:
             keys = KeySet(issuer.jwks_url, remote=True)
             remote.append(RemoteKeys(issuer.iss, issuer.jwks_url, keys))
@@ -331,22 +332,22 @@ def _compile_issuers(
     return compiled, tuple(remote)
 
 
-def _read_jwks(issuer: Issuer, where: str) -> dict[str, jwt.PyJWK]:
+def _read_jwks(issuer: Issuer, where: KeyPath, source: str) -> dict[str, jwt.PyJWK]:
     assert issuer.jwks_file is not None
     try:
         body = Path(issuer.jwks_file).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {issuer.jwks_file!r}: {exc.strerror or exc}") from None
+        message = f"cannot read {issuer.jwks_file!r}: {exc.strerror or exc}"
+        raise ConfigError.at(where, message, source) from None
     try:
         keys, notes = parse_jwks(body)
     except JwksError as exc:
-        raise ConfigError(f"{where}: {issuer.jwks_file}: {exc}") from None
+        raise ConfigError.at(where, f"{issuer.jwks_file}: {exc}", source) from None
     if notes:
-        raise ConfigError(f"{where}: {issuer.jwks_file}: {notes[0]}")
+        raise ConfigError.at(where, f"{issuer.jwks_file}: {notes[0]}", source)
     usable = {kid: k for kid, k in keys.items() if k.algorithm_name in issuer.algorithms}
     if not usable:
-        raise ConfigError(
-            f"{where}: {issuer.jwks_file}: no key for algorithms {', '.join(issuer.algorithms)}"
-            f" (found: {', '.join(sorted({k.algorithm_name for k in keys.values()})) or 'none'})"
-        )
+        found = ", ".join(sorted({k.algorithm_name for k in keys.values()})) or "none"
+        message = f"{issuer.jwks_file}: no key for algorithms {', '.join(issuer.algorithms)} (found: {found})"
+        raise ConfigError.at(where, message, source)
     return keys

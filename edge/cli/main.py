@@ -162,7 +162,7 @@ def _load_checked(path: str) -> Config:
         try:
             make_ssl_context(config.server.tls)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise exc.named(path) from None
     check_config(config, path)  # key files: exit 2 here
     return config
 
@@ -222,7 +222,7 @@ def _serve(path: str, config: Config) -> int:
         if ensure_keys(config):  # before any worker starts, so all share one first key
             log.info("created the signing key directory %s", config.team.key_dir if config.team else "")
     except KeyDirError as exc:
-        raise ConfigError(f"{path}: $.team.key_dir: {exc}") from None
+        raise ConfigError.at(("team", "key_dir"), str(exc), path) from None
     if config.demo is not None:
         _start_demo(config)
     if config.server.workers > 1:

@@ -786,6 +786,7 @@ def test_unusable_jwks_file_is_a_config_error(tmp_path: Path, body: bytes | None
         compile_config(loads(config_text(path, ONE_APP), "edge.toml"), "edge.toml")
     assert str(info.value).startswith("edge.toml: $.issuers[0].jwks_file: ")
     assert message in str(info.value)
+    assert info.value.problem is not None and info.value.problem.path == ("issuers", 0, "jwks_file")
 
 
 def test_jwks_file_without_a_key_for_the_pinned_algorithms(tmp_path: Path) -> None:
