@@ -29,7 +29,9 @@ FETCH_TIMEOUT = 5.0  # seconds for the whole exchange
 FETCH_LIMIT = 1024 * 1024  # bytes; a JWKS is a few KiB
 READ_SIZE = 65536  # bytes per read from the socket
 
-Headers = Sequence[tuple[str, str]]
+# Request fields as the login service passes them: str pairs, not the
+# proxy's (bytes, bytes) Headers.
+TextFields = Sequence[tuple[str, str]]
 
 
 class FetchError(Exception):
@@ -83,7 +85,7 @@ async def request(
     method: str,
     url: str,
     *,
-    headers: Headers = (),
+    headers: TextFields = (),
     body: bytes = b"",
     timeout: float = FETCH_TIMEOUT,
     limit: int = FETCH_LIMIT,
@@ -113,7 +115,7 @@ def _parse_url(method: str, url: str) -> tuple[SplitResult, int]:
 
 
 async def _exchange(
-    method: str, url: str, headers: Headers, body: bytes, limit: int, ssl_context: ssl.SSLContext | None
+    method: str, url: str, headers: TextFields, body: bytes, limit: int, ssl_context: ssl.SSLContext | None
 ) -> Response:
     parts, port = _parse_url(method, url)
     ctx = (ssl_context or _default_ssl_context()) if parts.scheme == "https" else None
@@ -133,7 +135,9 @@ def _target(parts: SplitResult) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-def _request_headers(parts: SplitResult, method: str, extra: Headers, body: bytes) -> list[tuple[str, str]]:
+def _request_headers(
+    parts: SplitResult, method: str, extra: TextFields, body: bytes
+) -> list[tuple[str, str]]:
     given = {name.lower() for name, _ in extra}
     headers = [("host", parts.netloc.rpartition("@")[2])] if "host" not in given else []
     headers.extend(extra)

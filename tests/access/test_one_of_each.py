@@ -58,14 +58,13 @@ def test_the_header_pair_type_has_one_owner() -> None:
         if any(is_header_pair_alias(node) for node in ast.parse(path.read_text()).body)
     ]
     assert owners == ["access/headers.py"]
-    # Nor does another module give its own type one of those names (fetch's
-    # str pairs for the OIDC client still do: outside this change's files).
+    # Nor does another module give its own type one of those names.
     named = [
         str(path.relative_to(EDGE))
         for path in sorted(EDGE.rglob("*.py"))
         if {"Header", "Headers"} & module_level_names(path)
     ]
-    assert named == ["access/headers.py", "proxy/fetch.py"]
+    assert named == ["access/headers.py"]
 
 
 def module_level_names(path: Path) -> set[str]:
