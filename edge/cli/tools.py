@@ -18,6 +18,8 @@ from edge.access.headers import Headers
 from edge.access.lists import entries
 from edge.access.request import Request, build
 from edge.access.responses import date_line
+from edge.config.errors import key_path
+from edge.config.problem import every_rule
 from edge.config.schema import TEMPLATE_PAGES, App, Branding, Config, DevProvider, Rule
 from edge.config.syntax import is_loopback_host
 from edge.login import keys as keylib
@@ -177,25 +179,14 @@ def _login_method_warnings(config: Config) -> list[str]:
     """login_method names no configured provider: legal (an external issuer's
     tokens may name their own), but a typo there silently never matches."""
     known = {p.id for p in config.team.providers} if config.team is not None else set()
-    rules = [
-        (f'$.apps[{i}] ("{app.name}") policy "{policy.name}"', rule)
-        for i, app in enumerate(config.apps)
-        for policy in app.policies
-        for rule in (*policy.include, *policy.require, *policy.exclude)
-    ]
-    rules += [
-        (f'$.groups ("{g.name}")', rule)
-        for g in config.groups
-        for rule in (*g.include, *g.require, *g.exclude)
-    ]
     out: list[str] = []
-    for where, rule in rules:
-        for name in rule.login_method or ():
+    for path, rule in every_rule(config):  # policies' rules, then groups'
+        for n, name in enumerate(rule.login_method or ()):
             if name not in known:
                 out.append(
-                    f"{where}: login_method {name!r} is not the id of a [[team.providers]] entry "
-                    f"({', '.join(sorted(known)) or 'none configured'}): only tokens of another issuer "
-                    "naming that provider can match it"
+                    f"{key_path((*path, 'login_method', n))}: login_method {name!r} is not the id of a "
+                    f"[[team.providers]] entry ({', '.join(sorted(known)) or 'none configured'}): only "
+                    "tokens of another issuer naming that provider can match it"
                 )
     return out
 

@@ -295,9 +295,27 @@ def test_check_warns_of_a_login_method_no_provider_has(
     assert main(["check", "-c", str(path)]) == EXIT_OK
     err = capsys.readouterr().err
     assert (
-        '$.apps[0] ("api") policy "staff": login_method \'ssso\' is not the id of a [[team.providers]] entry'
-        in err
+        "$.apps[0].policies[0].include[0].login_method[0]: login_method 'ssso' is not the id of a "
+        "[[team.providers]] entry" in err
     )
+
+
+def test_check_warns_of_a_login_method_no_provider_has_in_a_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    group = (
+        '[[groups]]\nname = "sso"\ninclude = [{ everyone = true }]\n'
+        'require = [{ login_method = ["okta", "ssso"] }]\n'
+    )
+    path = write_config(
+        tmp_path,
+        group
+        + APP.replace('include = [{ email_domains = ["example.com"] }]', 'include = [{ group = ["sso"] }]'),
+    )
+    assert main(["check", "-c", str(path)]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "$.groups[0].require[0].login_method[0]: login_method 'okta'" in err
+    assert "$.groups[0].require[0].login_method[1]: login_method 'ssso'" in err
 
 
 @pytest.mark.parametrize(
