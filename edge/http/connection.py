@@ -45,6 +45,7 @@ from edge.http.cycle import END, Cycle
 from edge.http.faults import FaultLog
 from edge.http.flow import ReadGate
 from edge.http.h11_internals import (
+    BLANK_START,
     FastRequest,
     awaiting_head,
     body_remaining,
@@ -62,6 +63,7 @@ from edge.http.h11_internals import (
     pending,
     scan_fields,
     send_body,
+    skip_blank_lines,
     take_body,
 )
 from edge.http.message import TOKEN, Headers, ResponseHead
@@ -342,6 +344,12 @@ class HttpProtocol(asyncio.Protocol):
                     return
                 data = data[take:]
         if awaiting_head(conn) and not (self.closing or self.write_paused or self.held):
+            if data[:1] in BLANK_START:
+                # Empty lines before a request line are ignored (RFC 9112
+                # 2.2; _next_events does the same for buffered bytes).
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    return
             # A new request head arriving whole (the keep-alive common case):
             # parsed by h11_internals.fast_request, which leaves any head it does not
             # take to h11's parser below, as it arrived.
@@ -413,6 +421,7 @@ class HttpProtocol(asyncio.Protocol):
         while not (self.closing or self.write_paused or self.held):
             their = conn.their_state
             if their is h11.IDLE:
+                skip_blank_lines(conn)  # RFC 9112 2.2: ignored before a request line
                 status = self._head_refused()
                 if status:
                     self._send_error(status)

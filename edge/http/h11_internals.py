@@ -44,8 +44,10 @@ of an h11 object below is one of these:
   whether bytes are buffered and whose `._data` is the bytearray itself)
   and `._receive_buffer_closed` (the peer's EOF), read in place instead of
   through `trailing_data`, which copies; and `_receive_buffer` replaced by a
-  new, empty `ReceiveBuffer()` (`discard_buffer`): h11 keeps no other
-  reference to it and holds the EOF apart, in `_receive_buffer_closed`;
+  new `ReceiveBuffer()`, empty (`discard_buffer`) or holding the old one's
+  bytes less their leading empty lines (`skip_blank_lines`, `+=`): h11 keeps
+  no other reference to it and holds the EOF apart, in
+  `_receive_buffer_closed`;
 - `Request` built without `__init__` (`object.__new__` plus
   `object.__setattr__` of method, target, http_version, headers) and
   `Headers(full_items)` / `Headers._full_items` (raw name, lower-cased name,
@@ -464,9 +466,25 @@ def pending(conn: h11.Connection) -> bool:
     return bool(conn._receive_buffer) or conn._receive_buffer_closed
 
 
+# The first byte of an empty line (CRLF, or a bare LF) before a request line.
+BLANK_START = (b"\r", b"\n")
+
+
 def discard_buffer(conn: h11.Connection) -> None:
     """Throw away the bytes h11 has buffered (the EOF, if seen, stays)."""
     conn._receive_buffer = ReceiveBuffer()
+
+
+def skip_blank_lines(conn: h11.Connection) -> None:
+    """Drop the CR and LF bytes at the start of h11's buffer while it waits
+    for a request line: empty lines there are to be ignored (RFC 9112 2.2),
+    and h11 would refuse them. The rest goes into a new buffer, as
+    discard_buffer's (the EOF, if seen, stays)."""
+    data = conn._receive_buffer._data
+    if data[:1] in BLANK_START:
+        rest = ReceiveBuffer()
+        rest += bytes(data).lstrip(b"\r\n")
+        conn._receive_buffer = rest
 
 
 def head_bytes(conn: h11.Connection) -> bytearray:

@@ -462,8 +462,16 @@ CASES = [
     Case("invalid method chars", req("Host: a", method="G@T"), 400),
     Case("double space", b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     Case("tabs as separators", b"GET\t/\tHTTP/1.1\r\nHost: a\r\n\r\n", 400),
-    Case("leading empty line", b"\r\n" + req("Host: a"), 400),
-    Case("only empty lines", b"\r\n\r\n", 400),
+    # RFC 9112 2.2: empty lines before a request line are ignored.
+    Case("leading empty line", b"\r\n" + req("Host: a"), 404),
+    Case("only empty lines, then the client's end", b"\r\n\r\n", CLOSE, half_close=True),
+    Case(
+        "a CRLF after a proxied body",
+        post("Content-Length: 5") + b"hello\r\n" + AFTER,
+        (200, 200),
+        "proxy",
+        forwarded=("POST /upload", "GET /after"),
+    ),
     Case("tls client hello", bytes.fromhex("160301020001") + b"\x00" * 64, 400),
     Case("binary garbage", bytes(range(0x80, 0x100)) + b"\r\n\r\n", 400),
     # -- through the proxy: framing the origin must read as the edge did (RFC 9112 11.2) --

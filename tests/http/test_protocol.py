@@ -22,7 +22,7 @@ import pytest
 from conftest import open_app_toml
 
 from edge.config.load import loads
-from edge.http.connection import BODY, DRAIN_LIMIT, IDLE, LINGER, HttpProtocol
+from edge.http.connection import BODY, DRAIN_LIMIT, HEAD, IDLE, LINGER, HttpProtocol
 from edge.proxy.upstream import UpstreamConnection
 from edge.runtime.server import ServerState
 
@@ -348,6 +348,19 @@ def test_idle_timeout_closes_silently(connect: Connect) -> None:
     assert transport.calls == ["close"]
 
 
+def test_only_empty_lines_are_closed_at_the_head_deadline(connect: Connect) -> None:
+    """Skipped empty lines still start the head's clock: a client sending
+    only those is closed when it runs out, with nothing to answer."""
+    protocol, transport = connect()
+    protocol.data_received(get())
+    for _ in range(3):
+        protocol.data_received(b"\r\n")
+    assert protocol.phase == HEAD
+    protocol.expire()
+    assert bytes(transport.written) == not_found()
+    assert transport.calls == ["close"]
+
+
 def test_body_timeout_after_early_answer_sends_nothing_more(connect: Connect) -> None:
     # The 404 is already on the wire: a 408 now would be read as the answer
     # to a request the client has not sent.
@@ -477,6 +490,13 @@ WIRE_CASES = [
         )
         for v in (b"1.2", b"1.9", b"2.0", b"3.0", b"0.9", b"9.9")
     ),
+    # RFC 9112 2.2: empty lines before a request line are ignored (an old
+    # client's CRLF after a POST body among them), as nginx does; h11 alone
+    # would refuse them.
+    Case("an empty line before the first request", b"\r\n" + get(), not_found()),
+    Case("empty lines and bare LFs before a request", b"\r\n\n\r\n" + get(), not_found()),
+    Case("a CRLF after a body, before the next request", post(b"hello") + b"\r\n" + get(), not_found() * 2),
+    Case("a CRLF between pipelined requests", get() + b"\r\n" + get(), not_found() * 2),
     Case("HTTP/0.9 simple request", b"GET /\r\n", VERSION_NOT_SUPPORTED, LINGERING),
     Case("HTTP/0.9 simple request, then more", b"GET /index.html\r\n\r\n", VERSION_NOT_SUPPORTED, LINGERING),
     # RFC 9112 6.3: one Content-Length, a plain integer; the strict choice
