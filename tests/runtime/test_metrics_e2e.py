@@ -12,10 +12,8 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -31,6 +29,7 @@ from conftest import (
     wait_for,
     write_config,
 )
+from jwks_server import JwksServer
 from procs import children
 from prometheus import Labels, Prometheus, labels, parse_text, prometheus  # noqa: F401
 from upstream_server import Upstream
@@ -376,40 +375,10 @@ def test_reloads_counted_and_generation_per_worker(
     assert got[("edge_requests_total", labels(app="new", kind="bypass", status="2xx"))] == 1
 
 
-class JwksServer:
-    """A JWKS URL on 127.0.0.1 answering every GET with `answer` (status, body)."""
-
-    def __init__(self, answer: tuple[int, bytes]) -> None:
-        self.answer = answer
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, body = owner.answer
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/certs"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(WAIT)
-
-
 @pytest.mark.parametrize("good", [True, False])
 def test_jwks_fetches_keys_held_and_age(edge_factory: Factory, good: bool) -> None:
     answer = (200, jwks(public_jwk(EC_KEY, "ec-1", use="sig"))) if good else (500, b"oops")
-    server = JwksServer(answer)
+    server = JwksServer(*answer)
     try:
         port = free_port()
         issuer = f'[[issuers]]\niss = "{ISS}"\njwks_url = "{server.url}"\nalgorithms = ["ES256"]\n'

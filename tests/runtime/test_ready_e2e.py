@@ -16,17 +16,16 @@ import os
 import re
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from access_fixtures import EC_KEY, public_jwk
 from access_fixtures import jwks as jwks_doc
 from conftest import EdgeProcess, open_app_toml, read_all, wait_for
+from jwks_server import JwksServer
 from redis_fixture import RedisServer, redis_server  # noqa: F401
 from upstream_server import Upstream
 
@@ -67,42 +66,6 @@ def becomes(port: int, status: int) -> Answer:
     seen: list[Answer] = []
     wait_for(lambda: seen.append(ask(port)) or seen[-1].status == status, READY_WAIT, 0.1)
     return seen[-1]
-
-
-# -- a JWKS server -------------------------------------------------------------------
-
-
-class JwksServer:
-    """ThreadingHTTPServer on 127.0.0.1 answering every GET with (status, body)."""
-
-    def __init__(self, status: int, body: bytes) -> None:
-        self.answer = (status, body)
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, body = owner.answer
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/certs"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(TIMEOUT)
 
 
 @pytest.fixture
