@@ -56,6 +56,7 @@ from edge.http.h11_internals import (
     commit_local,
     commit_request,
     commit_request_end,
+    commit_whole,
     discard_buffer,
     fast_request,
     head_bytes,
@@ -802,6 +803,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def send_body(self, data: bytes) -> None:
         send_body(self.conn, data, self._write)
+
+    def send_whole(self, head: ResponseHead, body: bytes) -> None:
+        if self.entry is not None:
+            self.entry.status = head.status
+        self._write(commit_whole(self.conn, head, body, self.state.draining or self.closing))
 
     def send_raw(self, data: bytes) -> None:
         self._write(data)

@@ -74,6 +74,10 @@ class Client(Protocol):
 
     def send_body(self, data: bytes) -> None: ...
 
+    def send_whole(self, head: ResponseHead, body: bytes) -> None:
+        """A proxied head, all of its body and its end, as send() and
+        send_body() would frame them, written at once."""
+
     def send_raw(self, data: bytes) -> None:
         """Bytes written as they are (after a 101)."""
 

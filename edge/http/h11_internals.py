@@ -32,7 +32,9 @@ of an h11 object below is one of these:
 - `ContentLengthReader._remaining`, read, and counted down (assigned) by
   `take_body` for body bytes that skip the receive buffer;
   `ChunkedReader._bytes_in_chunk`, read; `ContentLengthWriter._length`
-  (the bytes it still owes), read by `commit_end`;
+  (the bytes it still owes), read by `commit_end`, and set to 0 by
+  `commit_whole` for a body that is exactly what it owes (as its
+  `send_data` would);
   `BodyWriter.send_data(data, write)`, called by `send_body`;
 - `Connection._request_method`, assigned as h11 sets it on a request (None
   between cycles) and read to frame a response to HEAD; the public
@@ -67,7 +69,7 @@ Client request heads in the common case (`fast_request`): HTTP/1.1, one Host,
 framed by at most one Content-Length of digits, every byte within a strict
 subset of what h11 accepts, so h11 would parse the same bytes into the same
 event; anything else is left to h11's parser. `commit_request`,
-`commit_request_end`, `commit_end` and `next_cycle` move h11's state machine
+`commit_request_end`, `commit_end`, `commit_whole` and `next_cycle` move h11's state machine
 exactly as its own events would, by assignment in the plain keep-alive case
 and through h11 otherwise (tests/http/test_h11_internals.py compares the two).
 
@@ -375,6 +377,28 @@ def commit_head(conn: h11.Connection, head: ResponseHead, close: bool) -> bytes:
             CRLF,
         )
     )
+
+
+def commit_whole(conn: h11.Connection, head: ResponseHead, body: bytes, close: bool) -> bytes:
+    """The bytes of commit_head(head), send_body(body) and commit_end() in
+    one piece, with h11 left as those three leave it: for a proxied response
+    whose body is all here (upstream.UpstreamConnection passes a small
+    response on whole). A body that fills the Content-Length writer exactly
+    (nearly always: both come from the upstream's Content-Length) skips the
+    writer's call and list; tests/http/test_h11_internals.py compares bytes
+    and state with the three calls."""
+    data = commit_head(conn, head, close)
+    writer = conn._writer
+    if type(writer) is ContentLengthWriter and writer._length == len(body):
+        # h11 holds a writer only in SEND_BODY, where send_data(body) would
+        # leave it owing nothing; commit_end checks the rest.
+        writer._length = 0
+        return data + body + commit_end(conn) if body else data + commit_end(conn)
+    parts = [data]
+    if body:
+        send_body(conn, body, parts.append)
+    parts.append(commit_end(conn))
+    return b"".join(parts)
 
 
 def _stand_in(status: int, length: bytes | None, chunked: bool, close: bool) -> h11.Response:

@@ -218,11 +218,26 @@ class ProxyCycle:
         self.client.send(ResponseHead(head.status, head.reason, headers))
         self.client.arm(self.settings.idle_timeout)
 
+    def upstream_whole(self, head: ResponseHead, body: bytes) -> None:
+        """upstream_head, upstream_data and upstream_end, for a response
+        that arrived whole: written to the client as one piece."""
+        self.response_started = True
+        self.status = head.status
+        self.head_at = time.monotonic()
+        headers = response_headers(head.headers, self.plan.vary_origin, False, self.request.request_id)
+        self.client.send_whole(ResponseHead(head.status, head.reason, headers), body)
+        self._ended()
+
     def upstream_end(self) -> None:
+        self.client.send(END)
+        self._ended()
+
+    def _ended(self) -> None:
+        """The response is complete on both sides: the upstream connection
+        goes back to the pool (or closes), the client connection goes on."""
         self.finished = True
         up = self.up
         self.up = None
-        self.client.send(END)
         if up is not None:
             up.exchange = None
             if up.request_sent:

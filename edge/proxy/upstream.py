@@ -70,6 +70,11 @@ class Exchange(Protocol):
     """What an upstream connection reports to the proxy cycle using it."""
 
     def upstream_head(self, head: ResponseHead) -> None: ...
+    def upstream_whole(self, head: ResponseHead, body: bytes) -> None:
+        """A final head and all of its body, in one read: upstream_head,
+        upstream_data and upstream_end in one call."""
+        ...
+
     def upstream_data(self, data: bytes) -> None: ...
     def upstream_end(self) -> None: ...
     def upstream_switch(self, head: ResponseHead) -> None: ...
@@ -204,19 +209,32 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         """Hand the parser's events to the exchange, in order, until it needs
         more bytes, fails, or the exchange lets go of this connection; its
         writes to the client made meanwhile go out as one. One loop, not a
-        call per event: three events make a small response."""
-        exchange.upstream_batch(True)
+        call per event: three events make a small response, and one read
+        holding a whole response (the common case) is one event."""
+        batching = False
         try:
             while self.exchange is exchange:
                 try:
                     # Read each time: an exchange that ends here may start
                     # the next request on this connection, with a new parser.
-                    event = self.parser.next_event()
+                    parser = self.parser
+                    event = parser.next_event()
                 except ProtocolError as exc:
                     self._invalid(exchange, exc)
                     return
                 if event is None:
                     return
+                if type(event) is ResponseHead and event.status >= 200:
+                    # A small response usually arrives whole, in one read:
+                    # then it is passed on whole, as one write, and needs
+                    # no batch.
+                    body = parser.whole_body()
+                    if body is not None:
+                        exchange.upstream_whole(event, body)
+                        continue
+                if not batching:
+                    exchange.upstream_batch(True)
+                    batching = True
                 if type(event) is bytes:
                     exchange.upstream_data(event)
                 elif event is END:
@@ -229,7 +247,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                     # Other 1xx (100, 103) are consumed: the edge answers
                     # 100-continue itself, and early hints are not relayed.
         finally:
-            exchange.upstream_batch(False)
+            if batching:
+                exchange.upstream_batch(False)
 
     def _invalid(self, exchange: Exchange, exc: ProtocolError) -> None:
         self.exchange = None

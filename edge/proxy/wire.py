@@ -222,6 +222,22 @@ class ResponseParser:
             self._state = _UNTIL_EOF
             self.keep_alive = False
 
+    def whole_body(self) -> bytes | None:
+        """Within a response framed by Content-Length (or without a body),
+        after its final head: the rest of its body when every byte of it is
+        buffered (b"" for none), consumed, the response then complete; None,
+        nothing consumed, otherwise. What the next events would give (one
+        piece of the body, then END) in one call: right after the head, the
+        proxy forwards such a response as one write (ProxyCycle.upstream_whole)."""
+        remaining = self._remaining
+        if self._state != _LENGTH or len(self._buf) - self._pos < remaining:
+            return None
+        self._state = _DONE
+        if not remaining:
+            return b""
+        self._remaining = 0
+        return self._take(remaining)
+
     # -- bodies
 
     def _take(self, limit: int) -> bytes:

@@ -40,6 +40,7 @@ from edge.http.h11_internals import (
     commit_local,
     commit_request,
     commit_request_end,
+    commit_whole,
     discard_buffer,
     fast_request,
     head_bytes,
@@ -135,6 +136,48 @@ def test_commit_head_frames_as_h11_would(
     reference = h11_bytes(theirs, response, body, close)
     assert parsed(request_, mine) == parsed(request_, reference)
     assert (ours.our_state, ours.their_state) == (theirs.our_state, theirs.their_state)
+
+
+def three_calls(conn: h11.Connection, response: ResponseHead, body: bytes, close: bool) -> bytes | str:
+    """commit_head, send_body and commit_end, as a response in pieces takes them."""
+    written = [commit_head(conn, response, close)]
+    try:
+        if body:
+            send_body(conn, body, written.append)
+        written.append(commit_end(conn))
+    except h11.LocalProtocolError:
+        return "refused"
+    return b"".join(written)
+
+
+def whole(conn: h11.Connection, response: ResponseHead, body: bytes, close: bool) -> bytes | str:
+    try:
+        return commit_whole(conn, response, body, close)
+    except h11.LocalProtocolError:
+        return "refused"
+
+
+WHOLE_CASES = [
+    *FRAMING_CASES,
+    ("body short of its length", GET, head(200, b"OK", length_of(3)), b"ab"),
+    ("body past its length", GET, head(200, b"OK", length_of(3)), b"abcd"),
+    ("empty body, zero length", GET, head(200, b"OK", length_of(0)), b""),
+]
+
+
+@pytest.mark.parametrize("close", [False, True])
+@pytest.mark.parametrize(
+    ("name", "request_", "response", "body"), WHOLE_CASES, ids=[c[0] for c in WHOLE_CASES]
+)
+def test_commit_whole_is_the_three_calls_in_one(
+    name: str, request_: bytes, response: ResponseHead, body: bytes, close: bool
+) -> None:
+    """A response passed on whole writes the bytes, and leaves h11 in the
+    state, of its head, body and end passed on one by one; where those
+    refuse (a body that is not what the length says), it refuses too."""
+    ours, theirs = client_conn(request_), client_conn(request_)
+    assert whole(ours, response, body, close) == three_calls(theirs, response, body, close)
+    assert snapshot(ours) == snapshot(theirs)
 
 
 def test_commit_head_exact_bytes() -> None:

@@ -127,6 +127,12 @@ class Collector:
     def upstream_end(self) -> None:
         self.done.set_result(None)
 
+    def upstream_whole(self, head: ResponseHead, body: bytes) -> None:
+        self.upstream_head(head)
+        if body:
+            self.upstream_data(body)
+        self.upstream_end()
+
     def upstream_switch(self, head: ResponseHead) -> None:
         raise AssertionError("no upgrade was asked for")
 

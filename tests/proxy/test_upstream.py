@@ -389,6 +389,53 @@ def test_invalid_responses(case: Case, mode: str) -> None:
     assert case.error in str(caught.value)
 
 
+def run_whole(case: Case) -> tuple[list[Event], ResponseParser]:
+    """`run` in "whole" mode, taking the body with whole_body() after every
+    final head, as UpstreamConnection does."""
+    parser = ResponseParser(head_only=case.method == b"HEAD", upgrade=case.upgrade)
+    parser.feed(case.data)
+    events: list[Event] = []
+
+    def drain() -> None:
+        while (event := parser.next_event()) is not None:
+            if type(event) is bytes and events and type(events[-1]) is bytes:
+                events[-1] += event
+            else:
+                events.append(event)
+            if type(event) is ResponseHead and event.status >= 200:
+                body = parser.whole_body()
+                if body is not None:
+                    events.extend([body, END] if body else [END])
+
+    drain()
+    if case.eof:
+        parser.feed_eof()
+        drain()
+    return events, parser
+
+
+@pytest.mark.parametrize("case", VALID, ids=[c.id for c in VALID])
+def test_whole_body_gives_what_the_events_would(case: Case) -> None:
+    events, parser = run_whole(case)
+    assert events == case.events
+    assert parser.reusable() is case.reusable
+    assert parser.trailing == case.trailing
+
+
+def test_whole_body_only_when_all_of_it_is_here() -> None:
+    parser = ResponseParser()
+    parser.feed(OK + b"Content-Length: 4\r\n\r\nab")
+    assert parser.next_event() == head(200, b"OK", length_of(4))
+    assert parser.whole_body() is None  # nothing consumed:
+    assert parser.next_event() == b"ab"
+    parser.feed(b"cd")
+    assert parser.whole_body() == b"cd" and parser.done  # the rest, once it is all here
+    parser = ResponseParser()
+    parser.feed(OK + TE + b"\r\n2\r\nhi\r\n0\r\n\r\n")
+    parser.next_event()
+    assert parser.whole_body() is None  # chunked: piece by piece
+
+
 def test_events_before_a_fault_are_delivered() -> None:
     """A body broken halfway: what came before the fault was already handed
     on (the proxy then aborts the client connection: no fake success)."""
@@ -497,6 +544,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
         self.backlog = 0  # what write_backlog reports: the client's unsent bytes
+        self.wholes = 0  # upstream_whole calls
 
     def upstream_head(self, head: ResponseHead) -> None:
         self.calls.append(("head", head.status))
@@ -506,6 +554,15 @@ class Recorder:
 
     def upstream_end(self) -> None:
         self.calls.append(("end", None))
+
+    def upstream_whole(self, head: ResponseHead, body: bytes) -> None:
+        # Written down as the three calls it stands for, so that every test
+        # here checks it gives what they would; `wholes` counts it.
+        self.wholes += 1
+        self.upstream_head(head)
+        if body:
+            self.upstream_data(body)
+        self.upstream_end()
 
     def upstream_switch(self, head: ResponseHead) -> None:
         self.calls.append(("switch", head.status))
@@ -545,6 +602,18 @@ def test_connection_get_is_complete_with_its_head_and_reusable() -> None:
     assert transport.written == b"GET /x HTTP/1.1\r\nhost: app.test\r\n\r\n"
     conn.data_received(OK + b"Content-Length: 2\r\n\r\nok")
     assert exchange.calls == [("head", 200), ("data", b"ok"), ("end", None)]
+    assert exchange.wholes == 1  # one read, the whole response: one call
+    assert conn.reusable()
+
+
+def test_connection_passes_a_response_on_in_pieces_unless_whole_in_one_read() -> None:
+    conn, _, exchange = connection()
+    conn.send_request(b"GET", b"/x", HOST, chunked=False, upgrade=False)
+    conn.end_request()
+    conn.data_received(OK + b"Content-Length: 4\r\n\r\nok")
+    conn.data_received(b"ok")
+    assert exchange.calls == [("head", 200), ("data", b"ok"), ("data", b"ok"), ("end", None)]
+    assert exchange.wholes == 0
     assert conn.reusable()
 
 
