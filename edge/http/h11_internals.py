@@ -42,8 +42,9 @@ of an h11 object below is one of these:
 - `Connection.client_is_waiting_for_100_continue` (public), assigned False
   where h11's `_process_event` would clear it (a final response, the end of
   the request's body);
-- `Connection._receive_buffer` (a `ReceiveBuffer` whose `bool()` says
-  whether bytes are buffered and whose `._data` is the bytearray itself)
+- `Connection._receive_buffer` (a `ReceiveBuffer` whose `._data` is the
+  bytearray itself: its length is the buffer's, as `len()` and `bool()`
+  of the buffer say)
   and `._receive_buffer_closed` (the peer's EOF), read in place instead of
   through `trailing_data`, which copies; and `_receive_buffer` replaced by a
   new `ReceiveBuffer()`, empty (`discard_buffer`) or holding the old one's
@@ -467,6 +468,9 @@ def commit_local(conn: h11.Connection, head: h11.Response) -> None:
 
 # -- the receive side, read in place ---------------------------------------------
 # `trailing_data` would answer the same questions with a copy of the buffer:
+# The buffer's bytearray is asked, not the buffer: ReceiveBuffer's __bool__
+# and __len__ are Python calls, two per question, three questions per
+# proxied request.
 # buffered, pending, awaiting_head and head_bytes, once each, cost 0.37 us
 # against 0.79 us through trailing_data with nothing buffered, and 0.39 us
 # against 4.7 us with 64 KiB buffered (the copy grows with the buffer).
@@ -476,18 +480,18 @@ def commit_local(conn: h11.Connection, head: h11.Response) -> None:
 def awaiting_head(conn: h11.Connection) -> bool:
     """The client is between requests and nothing of the next one is
     buffered: a head arriving now starts at the first byte received."""
-    return conn._cstate.states[h11.CLIENT] is h11.IDLE and not conn._receive_buffer
+    return conn._cstate.states[h11.CLIENT] is h11.IDLE and not conn._receive_buffer._data
 
 
 def buffered(conn: h11.Connection) -> bool:
     """Received bytes wait in h11's buffer (`bool(conn.trailing_data[0])`)."""
-    return bool(conn._receive_buffer)
+    return bool(conn._receive_buffer._data)
 
 
 def pending(conn: h11.Connection) -> bool:
     """Bytes or the client's EOF wait in h11's buffer (either half of
     `conn.trailing_data`)."""
-    return bool(conn._receive_buffer) or conn._receive_buffer_closed
+    return bool(conn._receive_buffer._data) or conn._receive_buffer_closed
 
 
 # The first byte of an empty line (CRLF, or a bare LF) before a request line.

@@ -83,6 +83,18 @@ class Upstreams:
 
 
 class ProxyCycle:
+    # Where a cycle starts, as class attributes: one is made per proxied
+    # request, and an instance assigns only what changes.
+    up: UpstreamConnection | None = None
+    request_done = False  # the client's request was fully passed on
+    response_started = False
+    finished = False
+    body_sent = False
+    retried = False
+    switch: ResponseHead | None = None  # a 101 that came before the request's end
+    status = 0
+    head_at = 0.0
+
     def __init__(self, client: Client, request: Request, plan: ForwardPlan, upstreams: Upstreams) -> None:
         self.client = client
         self.request = request
@@ -90,26 +102,19 @@ class ProxyCycle:
         self.upstreams = upstreams
         self.settings = upstreams.settings
         self.pool = upstreams.pool
-        self.up: UpstreamConnection | None = None
-        self.request_done = False  # the client's request was fully passed on
-        self.response_started = False
-        self.finished = False
-        self.body_sent = False
-        self.retried = False
-        self.switch: ResponseHead | None = None  # a 101 that came before the request's end
-        self.status = 0
         self.started = time.monotonic()
-        self.head_at = 0.0
 
     # -- starting
 
     def start(self) -> None:
-        proxy = self.settings
-        self.client.arm(proxy.connect_timeout + proxy.response_timeout)
         conn = self.pool.take(self.plan.target)
         if conn is not None:
+            # Connected: the request is sent now, and its wait armed then
+            # (_request_sent), or the client's body awaited.
             self._attach(conn)
         else:
+            proxy = self.settings
+            self.client.arm(proxy.connect_timeout + proxy.response_timeout)
             self._connect_later()
 
     def _connect_later(self) -> None:

@@ -59,7 +59,9 @@ def test_generated_ids_are_unique_and_url_safe() -> None:
 
 def test_a_forked_child_draws_its_own_ids() -> None:
     """Workers are forked: a child continuing its parent's generator would
-    hand out the parent's next ids too."""
+    hand out the parent's next ids too, and one keeping its batch the rest
+    of that batch."""
+    new_id()  # the batch is drawn: the parent's next id waits in it
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its first id, leave at once
