@@ -131,7 +131,7 @@ class FastRequest(msgspec.Struct, frozen=True, gc=False):
 
     method: bytes
     target: bytes
-    items: list[tuple[bytes, bytes, bytes]]  # (raw name, lower-cased name, value): h11's _full_items
+    block: bytes  # the field lines as received, each ending in CRLF
     headers: Headers  # (lower-cased name, value), as scan_fields collects them
     index: Index  # the same by name, as scan_fields indexes them
     size: int  # of the head, as scan_fields measures it
@@ -149,8 +149,20 @@ class FastRequest(msgspec.Struct, frozen=True, gc=False):
         object.__setattr__(event, "method", self.method)
         object.__setattr__(event, "target", self.target)
         object.__setattr__(event, "http_version", b"1.1")
-        object.__setattr__(event, "headers", Headers_(self.items))
+        object.__setattr__(event, "headers", Headers_(_h11_items(self.block)))
         return event
+
+
+def _h11_items(block: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """(raw name, lower-cased name, value) of validated field lines: h11's
+    _full_items. Only the rare non-plain commit needs them (fast_request
+    keeps the block instead, 0.07 us less per field of every request)."""
+    items = []
+    if block:
+        for line in block[:-2].split(b"\r\n"):
+            raw, _, value = line.partition(b":")  # a token holds no colon
+            items.append((raw, raw.lower(), value.strip(_OWS)))
+    return items
 
 
 def fast_request(data: bytes) -> FastRequest | None:
@@ -171,7 +183,6 @@ def fast_request(data: bytes) -> FastRequest | None:
         return None
     end = match.end()
     method, target, block = match.groups()
-    items: list[tuple[bytes, bytes, bytes]] = []
     pairs: Headers = []
     index: Index = {}
     size = len(method) + len(target) + 13  # as scan_fields counts
@@ -194,7 +205,6 @@ def fast_request(data: bytes) -> FastRequest | None:
                     return None
                 else:
                     plain = False
-            items.append((raw, name, value))
             pairs.append((name, value))
             size += len(raw) + len(value) + 4
             values = index.get(name)
@@ -205,7 +215,7 @@ def fast_request(data: bytes) -> FastRequest | None:
     if hosts != 1:
         return None
     return FastRequest(
-        method, target, items, pairs, index, size, end,
+        method, target, block, pairs, index, size, end,
         int(length) if length is not None else 0, plain and method != b"CONNECT",
     )  # fmt: skip
 
