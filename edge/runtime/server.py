@@ -531,14 +531,15 @@ async def serve(
         listeners = open_listeners(config)
     bound = listeners.bound
     servers = [await _serve_on(loop, state, sock, listeners.ssl) for sock in listeners.sockets]
+    # An edge on its own serves /metrics itself, through its drain (which
+    # closes `servers`): a drain is when an operator most wants to watch it.
+    scrapes: asyncio.Server | None = None
     if metrics_channel is not None:
         metrics_server.WorkerReplies(loop, metrics_channel, state.metric_families)
     elif channel is None and state.boot.metrics is not None:
         metrics_sock = listen_socket(state.boot.metrics.address)
-        servers.append(
-            await metrics_server.serve_local(
-                metrics_sock, lambda: render(merge([(0, state.metric_families())]))
-            )
+        scrapes = await metrics_server.serve_local(
+            metrics_sock, lambda: render(merge([(0, state.metric_families())]))
         )
         log.info("metrics on http://%s/metrics", ListenAddress(*metrics_sock.getsockname()[:2]).display())
     stop = Stop(state)
@@ -564,6 +565,8 @@ async def serve(
         await stop.wait()
         await _drain(state, servers, state.config.server.drain_timeout)  # as last reloaded
     finally:
+        if scrapes is not None:
+            scrapes.close()
         sweeper.cancel()
         refresher.cancel()
         keeper.cancel()

@@ -430,3 +430,31 @@ def test_metrics_address_in_use_fails_the_start(tmp_path: Path, workers: int) ->
         )
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == f"edge: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_are_served_while_draining(
+    edge_factory: Factory, upstream: BodyCountingUpstream, workers: int
+) -> None:
+    """A drain is when an operator most wants to watch the edge: /metrics
+    answers until the last request in flight is done (here: a request head
+    still arriving keeps the drain going)."""
+    port = free_port()
+    extra = open_app_toml(upstream.url, domains=("app.test",)) + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    server = f"workers = {workers}\nheader_timeout = 30.0\ndrain_timeout = 20.0"
+    edge = edge_factory(server=server, extra=extra)
+    assert request(edge.port, "app.test")[0] == 200
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=WAIT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: app.test\r\n")
+        time.sleep(0.2)  # let a worker read the partial head
+        edge.signal(signal.SIGTERM)
+        assert wait_for(lambda: "draining" in edge.stderr_text(), WAIT)
+        got = samples(port)  # refused, before: one worker closed it with its listeners
+        if workers == 1:
+            # (With two, the request may have been the other worker's,
+            # gone now with its counts: a counter reset to Prometheus.)
+            assert total(got, "edge_requests_total") == 1
+        sock.sendall(b"\r\n")
+        sock.settimeout(WAIT)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    assert edge.proc.wait(WAIT) == 0
