@@ -343,9 +343,10 @@ def pieces(data: bytes, mode: str) -> list[bytes]:
     return data.splitlines(keepends=True)
 
 
-def run(case: Case, mode: str) -> tuple[list[Event], ResponseParser]:
+def run(case: Case, mode: str, whole: bool = False) -> tuple[list[Event], ResponseParser]:
     """Feed the case's bytes in pieces, collecting events after each; body
-    pieces are joined."""
+    pieces are joined. `whole`: take the body with whole_body() after every
+    final head, as UpstreamConnection does."""
     parser = ResponseParser(head_only=case.method == b"HEAD", upgrade=case.upgrade)
     events: list[Event] = []
 
@@ -355,6 +356,10 @@ def run(case: Case, mode: str) -> tuple[list[Event], ResponseParser]:
                 events[-1] += event
             else:
                 events.append(event)
+            if whole and type(event) is ResponseHead and event.status >= 200:
+                body = parser.whole_body()
+                if body is not None:
+                    events.extend([body, END] if body else [END])
 
     for piece in pieces(case.data, mode):
         parser.feed(piece)
@@ -389,34 +394,10 @@ def test_invalid_responses(case: Case, mode: str) -> None:
     assert case.error in str(caught.value)
 
 
-def run_whole(case: Case) -> tuple[list[Event], ResponseParser]:
-    """`run` in "whole" mode, taking the body with whole_body() after every
-    final head, as UpstreamConnection does."""
-    parser = ResponseParser(head_only=case.method == b"HEAD", upgrade=case.upgrade)
-    parser.feed(case.data)
-    events: list[Event] = []
-
-    def drain() -> None:
-        while (event := parser.next_event()) is not None:
-            if type(event) is bytes and events and type(events[-1]) is bytes:
-                events[-1] += event
-            else:
-                events.append(event)
-            if type(event) is ResponseHead and event.status >= 200:
-                body = parser.whole_body()
-                if body is not None:
-                    events.extend([body, END] if body else [END])
-
-    drain()
-    if case.eof:
-        parser.feed_eof()
-        drain()
-    return events, parser
-
-
 @pytest.mark.parametrize("case", VALID, ids=[c.id for c in VALID])
-def test_whole_body_gives_what_the_events_would(case: Case) -> None:
-    events, parser = run_whole(case)
+@pytest.mark.parametrize("mode", MODES)
+def test_whole_body_gives_what_the_events_would(case: Case, mode: str) -> None:
+    events, parser = run(case, mode, whole=True)
     assert events == case.events
     assert parser.reusable() is case.reusable
     assert parser.trailing == case.trailing
