@@ -391,12 +391,23 @@ def _framing(fields: Headers, http11: bool) -> tuple[bytes | None, bool, bool]:
 
 # -- the request head ---------------------------------------------------------------
 
+_FIELD_SEP = b": "
+
 
 def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
     """The bytes of a request head. Every name and value was validated where
     it came from (h11 parsed the client's; edge's own are checked when loaded
     or verified), so nothing is checked twice. Host goes first, as h11 wrote
     it (RFC 9110 7.2: a user agent SHOULD send it first)."""
+    if headers and headers[0][0] == b"host":
+        # Host first and the only one (clients send it first; a value holds
+        # no CRLF, so a CRLF followed by "host:" can only start another Host
+        # line): the lines joined in C, 0.7 us against 1.0 for six fields,
+        # 1.3 against 2.2 for sixteen. tests/proxy/test_upstream.py holds
+        # both paths to one reference.
+        fields = b"\r\n".join(map(_FIELD_SEP.join, headers))
+        if b"\r\nhost:" not in fields:
+            return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, target, fields)
     lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
     hosts = 1
     for name, value in headers:
