@@ -1,16 +1,20 @@
 """What counting costs: the edge with and without [metrics], side by side.
 
-    python bench/metrics_ab.py [--rounds 7] [--duration 5] [--part preflight|get]
+    python bench/metrics_ab.py [--rounds 7] [--duration 5] [--part preflight|get] [--same]
 
 On a shared machine, runs of one server after the other (preflight.py and
 proxy.py with --metrics) see different neighbours, and their req/s swing by
 more than the few per cent measured here. So both edges run AT THE SAME
 TIME, pinned to the same core, each loaded by its own wrk (same settings) on
 the other core, and each round compares the CPU microseconds per request of
-the pair: whatever the neighbours do, they do it to both. The proxied GET
+the pair: whatever the neighbours do, they do it to both; and every other
+round the two swap places (which starts first, which wrk thread starts
+first), so neither place's advantage falls on one side. The proxied GET
 goes through an nginx upstream (on the client core), with a token as in
 proxy.py. Reported: the median over rounds of on/off (target <= 1.03, issue
-11), and each round's figures. Every run is bounded (wrk -d).
+11), and each round's figures. `--same` runs metrics off on both sides: an
+A/A check of the method (its median should be 1.00; its rounds show the
+spread). Every run is bounded (wrk -d).
 """
 
 from __future__ import annotations
@@ -59,7 +63,12 @@ def rounds(name: str, specs: tuple[ServerSpec, ServerSpec], load: Load, n: int, 
     ratios = []
     lines = [f"## {name}", "", "| round | off us/req | on us/req | on/off |", "| ---: | ---: | ---: | ---: |"]
     for r in range(n):
-        off, on = pair(specs, load, seconds)
+        # Every other round the two swap places (started first, loaded by
+        # the first thread): neither gets a place's advantage in every round.
+        if r % 2:
+            on, off = pair((specs[1], specs[0]), load, seconds)
+        else:
+            off, on = pair(specs, load, seconds)
         ratios.append(on / off)
         lines.append(f"| {r + 1} | {off:.2f} | {on:.2f} | {on / off:.3f} |")
         print(
@@ -72,7 +81,7 @@ def rounds(name: str, specs: tuple[ServerSpec, ServerSpec], load: Load, n: int, 
     return "\n".join(lines)
 
 
-def preflight_part(n: int, seconds: int) -> str:
+def preflight_part(n: int, seconds: int, same: bool = False) -> str:
     script = pf.lua_script(RESULTS)  # the OPTIONS and its headers
     cfg = pf.Settings(seconds, WARMUP, CONNECTIONS, 1, SERVER_CORE, CLIENT_CORE)
 
@@ -83,10 +92,12 @@ def preflight_part(n: int, seconds: int) -> str:
         return (cpu_seconds(pid) - before) * 1e6 / sample.requests
 
     specs = (ServerSpec(pf.EDGE, pf.edge_argv, ()), ServerSpec(pf.EDGE_METRICS, pf.edge_metrics_argv, ()))
+    if same:
+        specs = (specs[0], ServerSpec(pf.EDGE + " (again)", pf.edge_argv, ()))
     return rounds("preflight", specs, load, n, seconds)
 
 
-def get_part(n: int, seconds: int) -> str:
+def get_part(n: int, seconds: int, same: bool = False) -> str:
     headers = (f"Cookie: CF_Authorization={px.mint_token()}",)
 
     def load(port: int, pid: int, seconds: int) -> float:
@@ -98,7 +109,8 @@ def get_part(n: int, seconds: int) -> str:
         return (cpu_seconds(pid) - before) * 1e6 / sample.requests
 
     with px.files(1 << 20) as (www, _), running(px.static_spec(www), CLIENT_CORE) as (up, _pid):
-        specs = (px.edge_spec(px.EDGE, up, 1 << 21), px.edge_spec(px.EDGE_METRICS, up, 1 << 21, metrics=True))
+        other = px.edge_spec(px.EDGE + " (again)" if same else px.EDGE_METRICS, up, 1 << 21, metrics=not same)
+        specs = (px.edge_spec(px.EDGE, up, 1 << 21), other)
         return rounds("proxied GET", specs, load, n, seconds)
 
 
@@ -109,14 +121,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--part", action="append", choices=["preflight", "get"], help="only this part (repeatable)"
     )
+    parser.add_argument(
+        "--same",
+        action="store_true",
+        help="an A/A check: metrics off on both sides (the method's own bias and noise)",
+    )
     args = parser.parse_args(argv)
     ensure_tools()
     parts = args.part or ["preflight", "get"]
     text = []
     if "preflight" in parts:
-        text.append(preflight_part(args.rounds, args.duration))
+        text.append(preflight_part(args.rounds, args.duration, args.same))
     if "get" in parts:
-        text.append(get_part(args.rounds, args.duration))
+        text.append(get_part(args.rounds, args.duration, args.same))
     print()
     print("\n".join(text))
     return 0

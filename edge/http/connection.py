@@ -31,6 +31,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import h11
@@ -218,6 +219,11 @@ class Worker(Protocol):
 
     def access(self, client: str, entry: LogEntry) -> None:
         """Log a finished request."""
+
+    @property
+    def log(self) -> Callable[[str, LogEntry], None]:
+        """What the connection calls for a finished request: `access`, or
+        what `access` would do for this worker, called directly."""
 
 
 class Dispatcher(Protocol):
@@ -743,7 +749,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if not entry.status:
             entry.status = 499  # the client went away before we answered
-        self.state.access(self.client, entry)
+        self.state.log(self.client, entry)
 
     # -- the proxy cycle's side of the connection ------------------------------
 

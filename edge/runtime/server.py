@@ -272,6 +272,11 @@ class ServerState:
         self.binding = new_binding_value()
         self.store = make_store(self.boot)
         self.metrics = None if self.boot.metrics is None else WorkerMetrics(time.time())
+        # What the connections call for every finished request. Both choices
+        # are fixed at start (access_log is a restart key, [metrics] too).
+        self.log: Callable[[str, LogEntry], None] = self.access
+        if self.access_log is None and self.metrics is not None:
+            self.log = self.metrics.count  # access() would only call it
         try:
             ensure_keys(config)
             self.login = LoginService(config, self.store, config.server.server_header.encode("ascii"))
@@ -403,7 +408,7 @@ class ServerState:
         if metrics is not None:
             metrics.record(entry, now)
         if sink is None:
-            return
+            return  # (not reached from `log`, which is then the metrics' own count)
         request = entry.request
         sink.write(
             AccessRecord(

@@ -48,6 +48,7 @@ from edge.runtime.metrics import (
     render,
 )
 from edge.runtime.metrics_server import SupervisorMetrics, WorkerReplies
+from edge.runtime.server import ServerState
 
 APPS = """
 [[apps]]
@@ -111,6 +112,40 @@ def test_numbers() -> None:
     assert metrics._number(3.0) == "3"
     assert metrics._number(0.25) == "0.25"
     assert metrics._number(1e20) == "1e+20"
+
+
+def test_count_is_record_at_the_time_now() -> None:
+    """The worker's log call when it writes no access log appends what
+    record() appends for the same entry at the same time."""
+    counted, recorded = WorkerMetrics(started=1.0), WorkerMetrics(started=1.0)
+    for e in (
+        entry("api", "bypass", 200, started=10.0, upstream_ms=2.0),
+        entry(None, "not_found", 404, started=10.0),
+    ):
+        counted.count("127.0.0.1:5000", e, _now=lambda: 10.25)
+        recorded.record(e, now=10.25)
+    assert counted.pending == recorded.pending
+
+
+@pytest.mark.parametrize(("to_file", "with_metrics"), [(False, True), (False, False), (True, True)])
+def test_a_worker_logs_through_count_only_when_it_writes_no_access_log(
+    tmp_path: Path, to_file: bool, with_metrics: bool
+) -> None:
+    access_log = str(tmp_path / "access.log") if to_file else "off"
+    text = f'[server]\naccess_log = "{access_log}"\n' + APPS
+    if with_metrics:
+        text += '\n[metrics]\nlisten = "127.0.0.1:9301"\n'
+    loop = asyncio.new_event_loop()
+    try:
+        state = ServerState(loads(text.encode(), "t"), loop)
+        if not to_file and with_metrics:
+            assert state.metrics is not None and state.log == state.metrics.count
+        else:
+            assert state.log == state.access
+        if state.access_log is not None:
+            state.access_log.close()
+    finally:
+        loop.close()
 
 
 def test_every_action_type_has_a_kind() -> None:
