@@ -216,22 +216,22 @@ class ProxyCycle:
         self.client.arm(self.settings.idle_timeout)
 
     def upstream_head(self, head: ResponseHead) -> None:
-        self.response_started = True
-        self.status = head.status
-        self.head_at = time.monotonic()
-        headers = response_headers(head.headers, self.plan.vary_origin, False, self.request.request_id)
-        self.client.send(ResponseHead(head.status, head.reason, headers))
+        self.client.send(self._client_head(head))
         self.client.arm(self.settings.idle_timeout)
 
     def upstream_whole(self, head: ResponseHead, body: bytes) -> None:
         """upstream_head, upstream_data and upstream_end, for a response
         that arrived whole: written to the client as one piece."""
+        self.client.send_whole(self._client_head(head), body)
+        self._ended()
+
+    def _client_head(self, head: ResponseHead) -> ResponseHead:
+        """The response has started: the head the client gets for `head`."""
         self.response_started = True
         self.status = head.status
         self.head_at = time.monotonic()
         headers = response_headers(head.headers, self.plan.vary_origin, False, self.request.request_id)
-        self.client.send_whole(ResponseHead(head.status, head.reason, headers), body)
-        self._ended()
+        return ResponseHead(head.status, head.reason, headers)
 
     def upstream_end(self) -> None:
         self.client.send(END)

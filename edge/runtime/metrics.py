@@ -164,7 +164,7 @@ BUCKET0 = STATUS_CLASSES
 SUM_AT = BUCKET0 + len(DURATION_BUCKETS) + 1
 PADDED_BUCKETS = (-math.inf,) * BUCKET0 + DURATION_BUCKETS
 RequestSlot = list[float]
-# What `record` appends per request to WorkerMetrics.pending.
+# What `count` appends per request to WorkerMetrics.pending.
 PENDING_FIELDS = 5  # app, kind, status, seconds, upstream_ms
 
 
@@ -215,22 +215,14 @@ class WorkerMetrics:
         for name in before:
             before[name] += getattr(verifier, name)
 
-    def record(self, entry: LogEntry, now: float) -> None:
-        """One request answered (or given up on); `now` in epoch seconds. The
-        hot path: five values appended to `pending`, counted by `flush`."""
-        self.pending += (entry.app, entry.kind, entry.status, now - entry.request.started, entry.upstream_ms)
-
-    def count(self, client: str, entry: LogEntry, _now: Callable[[], float] = time.time) -> None:
-        """record(entry, the time now), with the signature of a worker's
-        log call: what a worker writing no access log calls instead of its
-        `access` (ServerState.log), one call per request instead of two."""
-        self.pending += (
-            entry.app,
-            entry.kind,
-            entry.status,
-            _now() - entry.request.started,
-            entry.upstream_ms,
-        )
+    def count(self, client: str, entry: LogEntry, clock: Callable[[], float] = time.time) -> None:
+        """One request answered (or given up on), now by `clock` (epoch
+        seconds). The hot path: five values appended to `pending`, counted
+        by `flush`. The signature is a worker's log call: a worker writing
+        no access log calls this instead of its `access` (ServerState.log),
+        one call per request, not two."""
+        seconds = clock() - entry.request.started
+        self.pending += (entry.app, entry.kind, entry.status, seconds, entry.upstream_ms)
 
     def flush(
         self,

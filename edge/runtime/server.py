@@ -404,11 +404,11 @@ class ServerState:
         sink, metrics = self.access_log, self.metrics
         if sink is None and metrics is None:
             return
-        now = time.time()
         if metrics is not None:
-            metrics.record(entry, now)
+            metrics.count(client, entry)
         if sink is None:
-            return  # (not reached from `log`, which is then the metrics' own count)
+            return
+        now = time.time()
         request = entry.request
         sink.write(
             AccessRecord(
