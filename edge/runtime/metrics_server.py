@@ -16,8 +16,14 @@ Invariants:
   head, and as long again to take the whole answer.
 - Per scrape the supervisor sends each worker a 4-byte sequence number and
   reads back (sequence, length, msgpack families); a reply with another sequence
-  (one that came too late for an earlier scrape) is dropped, a worker that
-  does not answer within WORKER_TIMEOUT is left out of that scrape. A worker
+  (one that came too late for an earlier scrape) is dropped. A worker that
+  does not answer within WORKER_TIMEOUT counts with its last answer.
+- A sum never goes down while the edge runs (Prometheus would read a
+  counter reset and count the rest again): the supervisor keeps each slot's
+  last answer, and when a slot's worker is gone (died, or replaced by a new
+  one), its last counters and histograms are folded into `retired`, added to
+  every later scrape. What a dead worker counted after its last answer is
+  lost; its gauges (open connections) go with it. A worker
   writes its reply from its loop as the supervisor reads it, one reply at a
   time (`WorkerReplies`): never a blocking send that a supervisor which gave
   up reading could hold.
@@ -168,6 +174,10 @@ class SupervisorMetrics:
         # Channels a reply was cut in the middle of: no longer in step, so
         # left out until their worker is replaced (with a new channel).
         self.broken: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        # slot -> (the channel that answered, its last answer); the channel
+        # object tells a slot's replaced worker from the one that answered.
+        self.last: dict[int, tuple[socket.socket, list[metrics.Family]]] = {}
+        self.retired: list[metrics.Family] = []  # counters of workers gone
         self.thread = threading.Thread(target=self._run, name="edge-metrics", daemon=True)
 
     def start(self) -> None:
@@ -219,13 +229,30 @@ class SupervisorMetrics:
     def gather(self) -> list[metrics.Family]:
         self.seq = (self.seq + 1) & 0xFFFFFFFF
         got: list[tuple[int, list[metrics.Family]]] = []
-        for slot, channel in self.channels():
-            if channel in self.broken:
-                continue
-            families = self._ask(channel, self.seq)
+        live = self.channels()
+        for slot, channel in live:
+            families = None if channel in self.broken else self._ask(channel, self.seq)
+            held = self.last.get(slot)
+            if held is not None and held[0] is not channel:  # the slot's worker was replaced
+                self._retire(slot)
+                held = None
+            if families is not None:
+                self.last[slot] = (channel, families)
+            elif held is not None:
+                families = held[1]  # slow or stalled: its last word still counts
             if families is not None:
                 got.append((slot, families))
+        for slot in self.last.keys() - {slot for slot, _ in live}:
+            self._retire(slot)  # died, not (yet) replaced
+        if self.retired:
+            got.append((-1, self.retired))
         return metrics.overlay(metrics.merge(got) or [metrics.build_info()], self.own())
+
+    def _retire(self, slot: int) -> None:
+        """Fold the last counters of `slot`'s gone worker into `retired`."""
+        _, families = self.last.pop(slot)
+        kept = [f for f in families if f.merge == metrics.SUM and f.type in ("counter", "histogram")]
+        self.retired = metrics.merge([(-1, self.retired), (-1, kept)])
 
     def _ask(self, channel: socket.socket, seq: int) -> list[metrics.Family] | None:
         try:

@@ -410,6 +410,72 @@ def test_merge_sums_and_keeps_per_worker_samples() -> None:
     assert metrics.decode(metrics.encode(worker(3, 1))) == worker(3, 1)
 
 
+class FakeWorker:
+    """The worker's end of a scrape channel, answered from a thread with
+    `count` requests (and one open connection) while `answering` is set."""
+
+    def __init__(self, count: int) -> None:
+        self.supervisor, self.worker = socket.socketpair()
+        self.count = count
+        self.answering = True
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with self.worker:
+            while data := self.worker.recv(4):
+                if self.answering:
+                    families = [
+                        Family(
+                            "edge_r_total", "counter", "R.", SUM, (Sample("", (("app", "a"),), self.count),)
+                        ),
+                        Family("edge_open", "gauge", "O.", SUM, (Sample("", (), 1),)),
+                        Family("edge_h", "histogram", "H.", SUM, (Sample("_count", (), self.count),)),
+                    ]
+                    payload = metrics.encode(families)
+                    self.worker.sendall(
+                        struct.pack("!II", struct.unpack("!I", data)[0], len(payload)) + payload
+                    )
+
+
+def test_sums_never_go_down_when_a_worker_stalls_dies_or_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prometheus reads a sum that goes down as a counter reset and counts
+    all of it again: a stalled worker counts with its last answer, a gone
+    one's counters (not its gauges) stay in every later scrape."""
+    monkeypatch.setattr("edge.runtime.metrics_server.WORKER_TIMEOUT", 0.2)
+    a, b = FakeWorker(3), FakeWorker(4)
+    live = {0: a, 1: b}
+    made = [a, b]
+    listener = socket.socket()
+    supervisor = SupervisorMetrics(listener, lambda: [(s, w.supervisor) for s, w in live.items()], list)
+
+    def scrape() -> tuple[float, float, float]:
+        got = parse_text(render(supervisor.gather()).decode())
+        return (
+            got[("edge_r_total", labels(app="a"))],
+            got.get(("edge_open", labels()), 0),
+            got[("edge_h_count", labels())],
+        )
+
+    assert scrape() == (7, 2, 7)
+    b.answering = False  # stalled (SIGSTOP): its last answer stands in
+    assert scrape() == (7, 2, 7)
+    live[1] = FakeWorker(1)  # slot 1's worker replaced: the old one's counters are kept
+    made.append(live[1])
+    assert scrape() == (8, 2, 8)
+    a.count = 5
+    assert scrape() == (10, 2, 10)
+    del live[0]  # slot 0's worker died, not yet replaced
+    assert scrape() == (10, 1, 10)
+    live.clear()
+    assert scrape() == (10, 0, 10)
+    live[0] = FakeWorker(2)
+    made.append(live[0])
+    assert scrape() == (12, 1, 12)
+    listener.close()
+    for worker in made:
+        worker.supervisor.close()
+
+
 def test_answer() -> None:
     ok = metrics.answer(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", b"edge_up 1\n")
     assert ok.startswith(b"HTTP/1.1 200 OK\r\n")
