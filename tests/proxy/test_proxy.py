@@ -30,6 +30,7 @@ import pytest
 from conftest import EdgeProcess, open_app_toml, self_signed_cert, wait_for, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from required_tools import missing
 from upstream_server import MIB, Upstream, payload, payload_sha256
 
 NGINX = "/usr/sbin/nginx"
@@ -1022,7 +1023,7 @@ class Nginx:
 @pytest.fixture(scope="module")
 def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     if not os.access(NGINX, os.X_OK) or shutil.which(NGINX) is None:
-        pytest.skip(f"{NGINX} is not installed (apt-get install nginx; bin/test does)")
+        missing(f"{NGINX} is not installed (Debian package nginx)")
     d = tmp_path_factory.mktemp("nginx")
     (d / "www").mkdir()
     with open(d / "www" / "big.bin", "wb") as f:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from required_tools import missing
 
 BINARY = shutil.which("prometheus")
 START_TIMEOUT = 30.0  # seconds for Prometheus to answer /-/ready (a TSDB in tmp, a loaded box)
@@ -134,7 +135,7 @@ class Prometheus:
 def prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
     """prometheus(target "host:port") starts a server scraping it."""
     if BINARY is None:
-        pytest.skip("the prometheus binary is not installed (Debian package prometheus)")
+        missing("the prometheus binary is not installed (Debian package prometheus)")
     started: list[Prometheus] = []
 
     def start(target: str) -> Prometheus:
