@@ -282,12 +282,6 @@ class ProxyCycle:
         """Writes to the client made while one upstream read is processed go out as one."""
         (self.client.cork if start else self.client.uncork)()
 
-    def write_backlog(self) -> int:
-        # Asked once per upstream read (flow.ReadPacer): the gate holds the
-        # client's transport, and asking it costs less than a call through
-        # the connection.
-        return self.client.gate.transport.get_write_buffer_size()
-
     def upstream_raw(self, data: bytes) -> None:
         self.client.send_raw(data)
 

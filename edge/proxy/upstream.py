@@ -12,9 +12,8 @@ Invariants:
 - The pool holds at most `max_idle` idle connections per upstream, each for at
   most `idle_timeout` seconds (expired by the server's sweep).
 - Reading from an upstream is paused only through its `gate` (ReadGate), and
-  each read takes at most `pacer.size` bytes (flow.ReadPacer: READ_SIZE, more
-  only while the client keeps up; reset for each exchange), into the pool's
-  one read buffer: it is copied out before the read returns, so no two reads
+  each read takes at most READ_SIZE bytes (flow.py: the memory bound per
+  slow client), into the pool's one read buffer: it is copied out before the read returns, so no two reads
   share it. (uvloop keeps a reference to a memoryview it could not send at
   once, so handing it a view of the shared buffer would let the next read
   overwrite bytes still queued for the client.)
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from typing import Literal, Protocol, cast
 from urllib.parse import urlsplit
 
-from edge.http.flow import MAX_READ_SIZE, READ_SIZE, WRITE_HIGH_WATER, ReadGate, ReadPacer
+from edge.http.flow import READ_SIZE, WRITE_HIGH_WATER, ReadGate
 from edge.http.message import LAST_CHUNK, Headers, ResponseHead, chunk
 from edge.proxy.fetch import client_ssl_context
 from edge.proxy.wire import END, ProtocolError, ResponseParser, request_head
@@ -82,9 +81,6 @@ class Exchange(Protocol):
     def upstream_write_paused(self, paused: bool) -> None: ...
     def upstream_raw(self, data: bytes) -> None: ...
     def upstream_batch(self, start: bool) -> None: ...
-    def write_backlog(self) -> int:
-        """Bytes the client's transport still holds, not yet taken by its socket."""
-        ...
 
 
 class Target:
@@ -115,7 +111,7 @@ class Target:
 
 class UpstreamConnection(asyncio.BufferedProtocol):
     """A buffered protocol only to choose the read size (uvloop's is 250 KB,
-    all of which a slow client would have to buffer; flow.ReadPacer); every
+    all of which a slow client would have to buffer; flow.READ_SIZE); every
     read is handed on as bytes, as data_received."""
 
     def __init__(
@@ -125,7 +121,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         read_buffer: memoryview,
     ) -> None:
         self.target = target
-        self.pacer = ReadPacer(read_buffer)
+        self.read_buffer = read_buffer  # READ_SIZE bytes, shared (see the invariants)
         self.parser = ResponseParser()  # replaced by each request
         self.exchange: Exchange | None = None
         self.transport: asyncio.Transport | None = None
@@ -163,12 +159,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self._on_idle_close(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.pacer.view
+        return self.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         # The one copy uvloop makes for data_received too; the buffer is
         # free again once this returns.
-        self.data_received(bytes(self.pacer.view[:nbytes]))
+        self.data_received(bytes(self.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -181,10 +177,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             return
         self.parser.feed(data)
         self._pump(exchange)
-        if self.exchange is exchange:  # a response that ended here needs no next read
-            # Paced after the batch went out: what the client's socket did
-            # not take at once is what a bigger read would have added to.
-            self.pacer.forwarded(len(data), exchange.write_backlog())
 
     def eof_received(self) -> bool | None:
         self.at_eof = True
@@ -266,7 +258,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self.closed:
             return self.lost or UpstreamError(502, "upstream connection closed", "closed")
         self.exchange = exchange
-        self.pacer.reset()  # a new client has yet to show it keeps up
         return None
 
     def send_request(
@@ -359,7 +350,7 @@ class Pool:
         self.idle: dict[str, list[UpstreamConnection]] = {}
         self.targets: dict[str, Target] = {}
         # Shared by every connection of this loop (see the invariants).
-        self.read_buffer = memoryview(bytearray(MAX_READ_SIZE))
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
 
     def configure(self, max_idle: int, idle_timeout: float, connect_timeout: float) -> None:
         self.max_idle = max_idle

@@ -247,6 +247,45 @@ def test_slow_readers_cost_bounded_memory(tmp_path: Path) -> None:
             edge.stop()
 
 
+FAST_CLIENTS = 128
+FAST_FIRST = 10 * MIB  # bytes each takes at full speed before it stops reading (past 8 MiB)
+FAST_LIMIT = FAST_CLIENTS * 128 * KIB  # peak RSS growth for all: the README's bound per client (2-4 MiB seen)
+
+
+def test_readers_that_stall_after_a_fast_start_cost_bounded_memory(tmp_path: Path) -> None:
+    """128 clients each take 10 MiB as fast as they can, then stop reading,
+    all held open together: however fast a client was, it costs no more
+    than one READ_SIZE read plus the write high-water mark (128 KiB), the
+    README's bound. (That reads never grow is test_read_size's.)"""
+    with Upstream() as upstream:
+        edge = start_edge(tmp_path, upstream.url, server=f"max_connections = {4 * FAST_CLIENTS}")
+        pid = edge.proc.pid
+        socks: list[socket.socket] = []
+        try:
+            assert statuses(edge.port, build("GET", "/download?size=100000"), 20) == [200] * 20  # warm up
+            before = vm_kib(pid, "VmHWM") * KIB
+            request = build("GET", f"/download?size={DOWNLOAD}")
+            for _ in range(FAST_CLIENTS):
+                sock = socket.create_connection(("127.0.0.1", edge.port), timeout=DEADLINE)
+                socks.append(sock)
+                sock.sendall(request)
+                got = 0
+                while got < FAST_FIRST:
+                    data = sock.recv(1 * MIB)
+                    assert data, "the edge closed a fast reader"
+                    got += len(data)
+            time.sleep(0.5)  # the edge fills what each stopped client's socket does not take
+            growth = vm_kib(pid, "VmHWM") * KIB - before
+            assert growth < FAST_LIMIT, (
+                f"edge peak RSS grew by {growth / MIB:.1f} MiB for {FAST_CLIENTS} readers"
+                " stalled after a fast start"
+            )
+        finally:
+            for sock in socks:
+                sock.close()
+            edge.stop()
+
+
 # -- 3. logs under faults -------------------------------------------------------------------
 
 FAILURES = 60  # requests driven into a failing upstream

@@ -524,7 +524,6 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
-        self.backlog = 0  # what write_backlog reports: the client's unsent bytes
         self.wholes = 0  # upstream_whole calls
 
     def upstream_head(self, head: ResponseHead) -> None:
@@ -559,9 +558,6 @@ class Recorder:
 
     def upstream_batch(self, start: bool) -> None:
         pass
-
-    def write_backlog(self) -> int:
-        return self.backlog
 
 
 def connection() -> tuple[UpstreamConnection, Transport, Recorder]:

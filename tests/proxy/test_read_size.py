@@ -1,19 +1,13 @@
-"""Upstream reads paced by the client (flow.ReadPacer): the shortcut that
-makes downloads fast must never change a body's bytes.
+"""Upstream reads of READ_SIZE (flow.py): what bounds the memory a slow
+client costs. The same response must come out byte for byte whatever the
+upstream's writes and chunk edges, and no read may take more than READ_SIZE:
 
-Reads start at READ_SIZE and grow to MAX_READ_SIZE only for a client that
-keeps up; they fall back at the client's first backlog. The same response
-must come out byte for byte whatever sizes the reads took and wherever the
-upstream's writes and chunk edges fall:
-
-1. the pacer's own rules, by hand;
-2. an UpstreamConnection on a real loopback socket and a real loop, its
-   exchange reporting a backlog drawn by hypothesis (GROW_AFTER lowered so a
-   small body crosses several size changes), for Content-Length, chunked and
-   close-delimited responses;
-3. the edge itself, a body larger than GROW_AFTER in each framing, to a
-   client that stops reading for a while mid-way (reads grow, then shrink,
-   then grow again), compared by SHA-256.
+1. an UpstreamConnection on a real loopback socket and a real loop, the
+   upstream's writes split where hypothesis draws, for Content-Length,
+   chunked and close-delimited responses;
+2. the edge itself, a large body in each framing, to a client that reads
+   fast, stops reading for a while mid-way, then reads on, compared by
+   SHA-256.
 """
 
 from __future__ import annotations
@@ -33,8 +27,7 @@ from hypothesis import strategies as st
 from test_proxy import proxy_toml
 from upstream_server import KIB, MIB
 
-from edge.http import flow
-from edge.http.flow import MAX_READ_SIZE, READ_SIZE, WRITE_LOW_WATER, ReadPacer
+from edge.http.flow import READ_SIZE
 from edge.http.message import ResponseHead
 from edge.proxy.upstream import Pool, UpstreamConnection, UpstreamError
 
@@ -61,60 +54,14 @@ def response(framing: str, body: bytes, chunk: int) -> bytes:
     return b"".join(pieces)
 
 
-# -- 1. the pacer by hand ---------------------------------------------------------------
-
-
-def test_pacer_grows_only_after_grow_after_bytes_kept_up() -> None:
-    pacer = ReadPacer(memoryview(bytearray(MAX_READ_SIZE)))
-    sizes = []
-    for _ in range(flow.GROW_AFTER // READ_SIZE + 2):
-        sizes.append(len(pacer.view))
-        pacer.forwarded(len(pacer.view), 0)
-    # READ_SIZE until GROW_AFTER bytes went out, then doubling per write.
-    assert sizes[: flow.GROW_AFTER // READ_SIZE] == [READ_SIZE] * (flow.GROW_AFTER // READ_SIZE)
-    assert sizes[-2:] == [2 * READ_SIZE, 4 * READ_SIZE]
-    pacer.forwarded(len(pacer.view), 0)
-    assert pacer.size == len(pacer.view) == MAX_READ_SIZE  # and no further
-
-
-def test_pacer_shrinks_at_once_and_counts_only_writes_kept_up() -> None:
-    pacer = ReadPacer(memoryview(bytearray(MAX_READ_SIZE)))
-    # A client behind on every write never grows the reads, however much it took.
-    for _ in range(2 * flow.GROW_AFTER // READ_SIZE):
-        pacer.forwarded(READ_SIZE, WRITE_LOW_WATER + 1)
-    assert pacer.size == READ_SIZE
-    for _ in range(flow.GROW_AFTER // READ_SIZE + 2):
-        pacer.forwarded(pacer.size, WRITE_LOW_WATER)  # at the low-water mark: keeping up
-    assert pacer.size == MAX_READ_SIZE
-    pacer.forwarded(MAX_READ_SIZE, WRITE_LOW_WATER + 1)
-    assert pacer.size == len(pacer.view) == READ_SIZE
-    pacer.forwarded(READ_SIZE, 0)  # proven once: back up write by write
-    assert pacer.size == 2 * READ_SIZE
-    pacer.reset()  # a new client proves itself again
-    assert pacer.size == len(pacer.view) == READ_SIZE and pacer.kept_up == 0
-
-
-def test_pacer_never_exceeds_its_buffer() -> None:
-    """A buffer smaller than MAX_READ_SIZE (the hand-driven connections of
-    other tests pass one of READ_SIZE) caps the view, not an error."""
-    pacer = ReadPacer(memoryview(bytearray(READ_SIZE)))
-    for _ in range(flow.GROW_AFTER // READ_SIZE + 4):
-        pacer.forwarded(READ_SIZE, 0)
-    assert len(pacer.view) == READ_SIZE
-
-
-# -- 2. a real socket, a drawn backlog ------------------------------------------------------
+# -- 1. a real socket, drawn splits -------------------------------------------------------
 
 
 class Collector:
-    """An Exchange that keeps the body pieces and reports a drawn backlog."""
+    """An Exchange that keeps the body pieces (one or fewer per read)."""
 
-    def __init__(self, backlogs: list[int], pacer: ReadPacer) -> None:
-        self.backlogs = backlogs
-        self.pacer = pacer
-        self.turn = 0
+    def __init__(self) -> None:
         self.pieces: list[bytes] = []
-        self.sizes: list[int] = []  # the read size in force for each read
         self.done = asyncio.get_running_loop().create_future()
 
     def upstream_head(self, head: ResponseHead) -> None:
@@ -149,12 +96,6 @@ class Collector:
     def upstream_batch(self, start: bool) -> None:
         pass
 
-    def write_backlog(self) -> int:
-        self.sizes.append(self.pacer.size)
-        backlog = self.backlogs[self.turn % len(self.backlogs)]
-        self.turn += 1
-        return backlog
-
 
 # The most writes serve_once makes for one response: a drawn split of one
 # byte under a body of megabytes would be millions of drained writes, far
@@ -187,15 +128,13 @@ async def serve_once(data: bytes, splits: list[int], close: bool) -> tuple[async
     return server, server.sockets[0].getsockname()[1]
 
 
-async def fetch_paced(
-    framing: str, body: bytes, chunk: int, splits: list[int], backlogs: list[int]
-) -> Collector:
+async def fetch(framing: str, body: bytes, chunk: int, splits: list[int]) -> Collector:
     server, port = await serve_once(response(framing, body, chunk), splits, framing == "close")
     loop = asyncio.get_running_loop()
     pool = Pool(loop, max_idle=0, idle_timeout=1.0, connect_timeout=DEADLINE)
     try:
         conn: UpstreamConnection = await pool.connect(pool.target(f"http://127.0.0.1:{port}"))
-        exchange = Collector(backlogs, conn.pacer)
+        exchange = Collector()
         assert conn.attach(exchange) is None
         conn.send_request(b"GET", b"/", [(b"host", b"app.test")], chunked=False, upgrade=False)
         conn.end_request()
@@ -212,9 +151,6 @@ def run(coro: object) -> Collector:
         return runner.run(coro)  # type: ignore[arg-type]
 
 
-BACKLOG = st.sampled_from([0, 1, WRITE_LOW_WATER, WRITE_LOW_WATER + 1, 4 * WRITE_LOW_WATER])
-
-
 @settings(
     max_examples=40,
     deadline=None,
@@ -225,41 +161,29 @@ BACKLOG = st.sampled_from([0, 1, WRITE_LOW_WATER, WRITE_LOW_WATER + 1, 4 * WRITE
     size=st.integers(0, 3 * MIB),
     chunk=st.integers(1, 300 * KIB),
     splits=st.lists(st.integers(1, 400 * KIB), min_size=1, max_size=6),
-    backlogs=st.lists(BACKLOG, min_size=1, max_size=12),
 )
-def test_body_is_the_same_whatever_the_read_sizes(
-    monkeypatch: pytest.MonkeyPatch,
-    framing: str,
-    size: int,
-    chunk: int,
-    splits: list[int],
-    backlogs: list[int],
+def test_body_is_the_same_and_no_read_exceeds_read_size(
+    framing: str, size: int, chunk: int, splits: list[int]
 ) -> None:
-    monkeypatch.setattr(flow, "GROW_AFTER", 96 * KIB)  # several size changes within a few MiB
     body = body_of(size)
-    got = run(fetch_paced(framing, body, chunk, splits, backlogs))
+    got = run(fetch(framing, body, chunk, splits))
     assert b"".join(got.pieces) == body
-    assert set(got.sizes) <= {READ_SIZE, 2 * READ_SIZE, MAX_READ_SIZE}
+    assert max(map(len, got.pieces), default=0) <= READ_SIZE
 
 
-def test_reads_grow_and_shrink_on_a_real_socket(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The drawn cases above must actually cross sizes: one that must."""
-    monkeypatch.setattr(flow, "GROW_AFTER", 96 * KIB)
-    body = body_of(6 * MIB)
-    backlogs = [0] * 10 + [WRITE_LOW_WATER + 1]  # keeps up, then falls behind, again and again
-    got = run(fetch_paced("length", body, 0, [MAX_READ_SIZE], backlogs))
+def test_a_fast_upstream_is_still_read_read_size_at_a_time() -> None:
+    """The drawn cases above must include reads that could have been larger: one that must."""
+    body = body_of(12 * MIB)  # past the 8 MiB after which reads once grew for a fast client
+    got = run(fetch("length", body, 0, [4 * READ_SIZE]))
     assert b"".join(got.pieces) == body
-    assert {READ_SIZE, 2 * READ_SIZE, MAX_READ_SIZE} <= set(got.sizes)
-    falls = [i for i in range(1, len(got.sizes)) if got.sizes[i] < got.sizes[i - 1]]
-    assert falls and all(got.sizes[i] == READ_SIZE for i in falls)
-    assert max(len(p) for p in got.pieces) > READ_SIZE  # a grown read did fill up
+    assert max(map(len, got.pieces)) == READ_SIZE  # reads fill up, and no further
 
 
-# -- 3. through the edge ----------------------------------------------------------------
+# -- 2. through the edge ----------------------------------------------------------------
 
-BIG = flow.GROW_AFTER + 16 * MIB  # past the growth, with room to grow again after a stall
+BIG = 24 * MIB  # far more than the kernel's socket buffers hold
 STALL = 0.3  # seconds the client stops reading mid-body: the edge's buffer for it fills
-STALL_AT = flow.GROW_AFTER + 4 * MIB  # bytes read before the stall: reads have grown by then
+STALL_AT = 12 * MIB  # bytes read fast before the stall
 
 
 class RawUpstream:
@@ -303,10 +227,10 @@ class RawUpstream:
 
 
 @pytest.fixture(scope="module")
-def paced_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeProcess, RawUpstream]]:
+def edge_and_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeProcess, RawUpstream]]:
     upstream = RawUpstream()
     config = write_config(
-        tmp_path_factory.mktemp("pacing"), extra=proxy_toml(f"http://127.0.0.1:{upstream.port}")
+        tmp_path_factory.mktemp("read_size"), extra=proxy_toml(f"http://127.0.0.1:{upstream.port}")
     )
     edge = EdgeProcess(config)
     try:
@@ -324,7 +248,7 @@ def download_with_a_stall(port: int, path: str) -> tuple[bytes, bytes]:
         stalled = False
         end = time.monotonic() + 4 * DEADLINE  # the whole transfer: bounded
         while time.monotonic() < end:
-            got = sock.recv(MAX_READ_SIZE)
+            got = sock.recv(4 * READ_SIZE)
             if not got:
                 break
             data += got
@@ -336,10 +260,10 @@ def download_with_a_stall(port: int, path: str) -> tuple[bytes, bytes]:
 
 
 @pytest.mark.parametrize("framing", FRAMINGS)
-def test_edge_body_is_whole_across_read_size_changes(
-    paced_edge: tuple[EdgeProcess, RawUpstream], framing: str
+def test_edge_body_is_whole_across_a_stall(
+    edge_and_upstream: tuple[EdgeProcess, RawUpstream], framing: str
 ) -> None:
-    edge, upstream = paced_edge
+    edge, upstream = edge_and_upstream
     head, body = download_with_a_stall(edge.port, f"/{framing}")
     assert head.startswith(b"HTTP/1.1 200 ")
     # The edge keeps a Content-Length and chunks the rest (its own chunks).
