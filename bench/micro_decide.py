@@ -117,13 +117,17 @@ def contractors(n: int) -> list[str]:
 
 
 def office(n: int) -> list[str]:
-    """n networks of mixed prefix lengths, both families; 192.0.2.0/24 (the
-    GET's client) last."""
+    """n distinct networks of mixed prefix lengths, both families: /24s from
+    10.0.0.0 on, /32s from 172.16.0.0 on; 192.0.2.0/24 (the GET's client) last."""
     nets = [
-        f"10.{i >> 8 & 255}.{i & 255}.0/24" if i % 3 else f"172.{16 + (i >> 16)}.{i >> 8 & 255}.{i & 255}/32"
+        f"{10 + (i >> 16)}.{i >> 8 & 255}.{i & 255}.0/24"
+        if i % 3
+        else f"172.{16 + (i >> 16)}.{i >> 8 & 255}.{i & 255}/32"
         for i in range(n - 3)
     ]
-    return [*nets, "2001:db8::/48", "2001:db8:1::7", "192.0.2.0/24"]
+    listed = [*nets, "2001:db8::/48", "2001:db8:1::7", "192.0.2.0/24"]
+    assert len(set(listed)) == n, "every entry distinct: an n-entry list, not fewer"
+    return listed
 
 
 def policy_cases() -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:

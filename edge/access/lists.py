@@ -22,21 +22,30 @@ def entries(count: int) -> str:
     return f"{count} {'entry' if count == 1 else 'entries'}"
 
 
+def distinct_entries(entry: List) -> int:
+    """How many different entries a (loaded) list holds, as compiled: emails
+    compared case-insensitively, networks by value (``10.0.0.1`` is
+    ``10.0.0.1/32``)."""
+    items = entry.items or ()
+    if entry.type == "email":
+        return len({v.lower() for v in items})
+    return len({ipaddress.ip_network(v) for v in items})
+
+
 class NetworkTable:
     """IP networks for lookups: per address family, the network addresses
     (as ints) of each prefix length, longest first. A lookup masks the
     address once per distinct prefix length (at most 33 / 129 set probes),
-    whatever the number of networks."""
+    whatever the number of networks. `size` is the number of distinct
+    networks (a network listed twice is one entry)."""
 
     __slots__ = ("v4", "v6", "size")
 
     def __init__(self, networks: Iterable[IPNetwork]) -> None:
         by_length: dict[tuple[int, int], set[int]] = {}
-        size = 0
         for net in networks:
             by_length.setdefault((net.version, net.prefixlen), set()).add(int(net.network_address))
-            size += 1
-        self.size = size
+        self.size = sum(len(addresses) for addresses in by_length.values())
         self.v4 = self._table(by_length, 4, 32)
         self.v6 = self._table(by_length, 6, 128)
 

@@ -15,7 +15,7 @@ from edge.access.compile import Compiled
 from edge.access.cors import fetch_method
 from edge.access.decide import explain
 from edge.access.headers import Headers
-from edge.access.lists import entries
+from edge.access.lists import distinct_entries, entries
 from edge.access.request import Request, build
 from edge.access.responses import date_line
 from edge.config.errors import key_path
@@ -107,7 +107,8 @@ def _branding_summary(branding: Branding) -> str:
 
 
 def groups_and_lists_summary(config: Config) -> list[str]:
-    """One line per group and per list: what it holds and who names it
+    """One line per group and per list: what it holds (a list: its distinct
+    entries, as compiled, and how many lines repeated one) and who names it
     (policies as app/policy, and other groups); never a list's entries."""
     used: dict[tuple[str, str], list[str]] = {}
     holders: list[tuple[str, Sequence[Rule]]] = [
@@ -133,10 +134,14 @@ def groups_and_lists_summary(config: Config) -> list[str]:
         counts = f"{len(g.include)} include, {len(g.require)} require, {len(g.exclude)} exclude"
         lines.append(f'  group "{g.name}": {counts}; {where("group", g.name)}')
     for x in config.lists:
+        count = distinct_entries(x)
+        repeated = len(x.items or ()) - count
+        if repeated:
+            count_text = f"{entries(count)} ({repeated} duplicate{'' if repeated == 1 else 's'})"
+        else:
+            count_text = entries(count)
         source = f", from {x.file}" if x.file is not None else ""
-        lines.append(
-            f'  list "{x.name}": {x.type}, {entries(len(x.items or ()))}{source}; {where("list", x.name)}'
-        )
+        lines.append(f'  list "{x.name}": {x.type}, {count_text}{source}; {where("list", x.name)}')
     return lines
 
 

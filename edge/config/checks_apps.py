@@ -192,6 +192,12 @@ def check_app(app: App) -> Problems:
     if len(message) > MAX_DENY_MESSAGE or not message.replace("\n", " ").isprintable():
         yield Problem(("custom_deny_message",), f"Expected up to {MAX_DENY_MESSAGE} printable characters")
     yield from check_web_url("custom_deny_url", app.custom_deny_url)
+    if app.custom_deny_message and app.custom_deny_url:
+        yield Problem(
+            ("custom_deny_url",),
+            'Expected "" with a custom_deny_message: a refused navigation is either shown the message '
+            "or redirected to the URL, not both",
+        )
     yield from check_web_url("logo_url", app.logo_url)
 
 

@@ -61,8 +61,10 @@ def list_entry_problem(kind: str, value: str) -> str | None:
 
 def check_groups_and_lists(config: Config) -> Problems:
     """Group and list names are unique and every reference resolves: to a
-    group (no cycle), to a list of the selector's type; a group used by a
-    bypass or service_auth policy has no selector that policy cannot use."""
+    group (no cycle), to a list of the selector's type; a group has no
+    selector that a policy using it cannot use: no identity selector under a
+    bypass or service_auth policy, no service token selector under any but
+    service_auth (as `check_policy` refuses them inline)."""
     yield from check_unique_attr("groups", [g.name for g in config.groups], "name")
     yield from check_unique_attr("lists", [x.name for x in config.lists], "name")
     groups = {g.name: g for g in config.groups}
@@ -83,18 +85,16 @@ def check_groups_and_lists(config: Config) -> Problems:
                         (*path, "group", m), f"Expected no cycle of groups, got {' -> '.join(cycle)}"
                     )
     for path, action, rule in policy_rules(config):
-        if action not in ("bypass", "service_auth"):
-            for m, name in enumerate(rule.group or ()):
-                if SERVICE_SELECTORS & _selectors(groups, name):
-                    yield Problem(
-                        (*path, "group", m),
-                        f"Expected no service token selector in group {name!r}: it is used by "
-                        f"{'an' if action == 'allow' else 'a'} {action} policy (service tokens count only "
-                        "in service_auth policies)",
-                    )
-            continue
         for m, name in enumerate(rule.group or ()):
-            if IDENTITY_SELECTORS & _selectors(groups, name):
+            used = _selectors(groups, name)
+            if action != "service_auth" and SERVICE_SELECTORS & used:
+                yield Problem(
+                    (*path, "group", m),
+                    f"Expected no service token selector in group {name!r}: it is used by "
+                    f"{'an' if action == 'allow' else 'a'} {action} policy (service tokens count only "
+                    "in service_auth policies)",
+                )
+            if action in ("bypass", "service_auth") and IDENTITY_SELECTORS & used:
                 yield Problem(
                     (*path, "group", m),
                     f"Expected no identity selector in group {name!r}: it is used by a {action} policy, "

@@ -6,6 +6,12 @@ every failure is a `ConfigError` naming the file and the key path
 
 The files of `[[lists]]` are read here, on every load (a reload reads them
 again), into the list's `items`; a bad line names the list file and line.
+A caller may pass `files` to `loads`, a dict of those files' bytes by path
+(as the config writes it): a path found there is taken from it, not from the
+disk; one not found is read and added. So a supervisor checking a reload
+passes an empty dict and learns the very bytes it checked, and its workers,
+given them with the config text (edge.runtime.snapshots), load exactly those
+and read nothing: the same text names the same paths.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from edge.config.problem import KeyPath
 from edge.config.schema import Config, List, TemplateReadError
 
 
-def loads(text: str | bytes, source: str = "<config>") -> Config:
-    """Decode and validate TOML text; raise ConfigError naming `source`."""
+def loads(text: str | bytes, source: str = "<config>", files: dict[str, bytes] | None = None) -> Config:
+    """Decode and validate TOML text; raise ConfigError naming `source`.
+    `files`: the list files' bytes by path, taken instead of the disk and
+    added to as files are read (see the module docstring)."""
     try:
         raw = msgspec.toml.decode(text)
     except msgspec.DecodeError as exc:
@@ -36,21 +44,26 @@ def loads(text: str | bytes, source: str = "<config>") -> Config:
     if first is not None:
         raise ConfigError.at(first.path, first.message, source)
     if any(entry.file is not None for entry in config.lists):
-        lists = [_read_list(entry, i, source) for i, entry in enumerate(config.lists)]
+        known = {} if files is None else files
+        lists = [_read_list(entry, i, source, known) for i, entry in enumerate(config.lists)]
         config = msgspec.structs.replace(config, lists=lists)
     derive(config)
     _read_templates(config, source)
     return config
 
 
-def _read_list(entry: List, index: int, source: str) -> List:
+def _read_list(entry: List, index: int, source: str, files: dict[str, bytes]) -> List:
     """A file list with its entries in `items`: one a line, blank lines and
-    `#` comments (whole-line or trailing) skipped."""
+    `#` comments (whole-line or trailing) skipped. The file's bytes come from
+    `files` if it holds them, else from the disk (and are added to it)."""
     if entry.file is None:
         return entry
     where: KeyPath = ("lists", index, "file")
     try:
-        text = Path(entry.file).read_text("utf-8")
+        data = files.get(entry.file)
+        if data is None:
+            data = files[entry.file] = Path(entry.file).read_bytes()
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError.at(where, f"cannot read {entry.file!r}: {reason}", source) from None

@@ -308,12 +308,16 @@ class ServerState:
         if self.metrics is not None:
             self.metrics.install(config)
 
-    def reload(self, text: bytes | None = None) -> bool:
-        """SIGHUP: load and compile the config file again (or `text`, the
-        supervisor's checked snapshot of it); keep the old one (and say why)
-        if the new one is invalid."""
+    def reload(self, checked: snapshots.Snapshot | None = None) -> bool:
+        """SIGHUP: load and compile the config file again (or `checked`, the
+        supervisor's snapshot of it and of its list files, read from it and
+        not from the disk); keep the old one (and say why) if the new one is
+        invalid."""
         try:
-            config = load(self.source) if text is None else loads(text, self.source)
+            if checked is None:
+                config = load(self.source)
+            else:
+                config = loads(checked.text, self.source, dict(checked.files))
             config, kept = keep_restart_settings(self.boot, config)
             ensure_keys(config)
             self.login.configure(config)
@@ -324,7 +328,7 @@ class ServerState:
             if self.metrics is not None:
                 self.metrics.reloads["refused"] += 1
             return False
-        if kept and text is None:  # a supervisor has said so already
+        if kept and checked is None:  # a supervisor has said so already
             log.warning("reload: %s take effect only after a restart", ", ".join(kept))
         held = {(r.iss, r.url): r.keys for r in self.compiled.remote_keys}
         for remote in compiled.remote_keys:
@@ -623,8 +627,8 @@ def _take_snapshots(state: ServerState, channel: socket.socket, stop: Stop) -> N
     nobody to restart or reload it, the worker drains at once and exits rather
     than hold the port against the next edge."""
     try:
-        while (text := snapshots.receive(channel)) is not None:
-            state.reload(text)
+        while (checked := snapshots.receive(channel)) is not None:
+            state.reload(checked)
     except snapshots.Closed:
         state.loop.remove_reader(channel.fileno())
         log.warning("the supervisor is gone; stopping")

@@ -1,12 +1,17 @@
-"""The channel from the supervisor to one worker: snapshots of the config file.
+"""The channel from the supervisor to one worker: snapshots of the config file
+and of the list files it names.
 
 Invariants:
-- The supervisor reads the file once per SIGHUP, checks it, and sends every
-  worker the very bytes it checked; no worker reads the file itself, so a file
-  edited again meanwhile cannot split the workers between two versions.
+- The supervisor reads the file and its `[[lists]]` files once per SIGHUP,
+  checks them, and sends every worker the very bytes it checked (a
+  `Snapshot`: the config text, and each list file's bytes by the path the
+  config writes); a worker loads those (`edge.config.load.loads` given the
+  files) and reads neither itself, so a file edited again meanwhile cannot
+  split the workers between two versions.
 - One message per snapshot on a SOCK_SEQPACKET socketpair: one byte plus a
-  memfd holding the bytes (SCM_RIGHTS), so a config of any size is one small,
-  atomic message and a send never blocks the supervisor.
+  memfd holding the snapshot, msgpack-encoded (SCM_RIGHTS), so a config of
+  any size is one small, atomic message and a send never blocks the
+  supervisor.
 - Only the supervisor holds its end; a worker reading end-of-file knows its
   supervisor is gone.
 """
@@ -16,7 +21,20 @@ from __future__ import annotations
 import os
 import socket
 
+import msgspec
+
 TAG = b"c"  # the message body; the snapshot itself travels as the attached fd
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """What the supervisor checked: the config file's bytes, and the bytes of
+    each list file it names, by path as written in the config."""
+
+    text: bytes
+    files: dict[str, bytes] = msgspec.field(default_factory=dict)
+
+
+_decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
@@ -27,10 +45,10 @@ def pair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
-def snapshot(text: bytes) -> int:
-    """A memfd holding `text`; the caller closes it once sent."""
+def snapshot(checked: Snapshot) -> int:
+    """A memfd holding `checked`; the caller closes it once sent."""
     fd = os.memfd_create("edge-config", os.MFD_CLOEXEC)
-    view = memoryview(text)
+    view = memoryview(msgspec.msgpack.encode(checked))
     while view:
         view = view[os.write(fd, view) :]
     return fd
@@ -46,7 +64,7 @@ class Closed(Exception):
     """The supervisor's end is closed."""
 
 
-def receive(channel: socket.socket) -> bytes | None:
+def receive(channel: socket.socket) -> Snapshot | None:
     """The next snapshot, None if none is waiting; raises Closed."""
     try:
         data, fds, _flags, _addr = socket.recv_fds(channel, len(TAG), 1)
@@ -55,7 +73,7 @@ def receive(channel: socket.socket) -> bytes | None:
     if not data and not fds:
         raise Closed
     try:
-        return _read(fds[0]) if fds else None
+        return _decoder.decode(_read(fds[0])) if fds else None
     finally:
         for fd in fds:
             os.close(fd)

@@ -23,10 +23,10 @@ Invariants:
 - `boot` is the configuration the edge started with; `config` is the one in
   force: the last file a SIGHUP found valid (else `boot`), with `boot`'s
   restart-only settings. Every worker, restarted ones included, starts with
-  `config`. On SIGHUP only the supervisor reads the file; if it is valid it
-  becomes `config` and its bytes go to every worker (edge.runtime.snapshots); if
-  not, nothing changes. Workers ignore SIGHUP, so nothing reaches them that
-  the supervisor has not checked.
+  `config`. On SIGHUP only the supervisor reads the file and the list files
+  it names; if they are valid the result becomes `config` and their bytes go
+  to every worker (edge.runtime.snapshots); if not, nothing changes. Workers
+  ignore SIGHUP, so nothing reaches them that the supervisor has not checked.
 - On SIGTERM/SIGINT the supervisor stops restarting, tells every worker,
   closes its own copies of the listening sockets (so once the workers close
   theirs, new connections are refused rather than queued), kills any worker
@@ -318,7 +318,8 @@ class Supervisor:
     def _reload(self) -> None:
         try:
             text = _read(self.source)
-            config, kept = keep_restart_settings(self.boot, loads(text, self.source))
+            files: dict[str, bytes] = {}  # the list files' bytes, as this load read them
+            config, kept = keep_restart_settings(self.boot, loads(text, self.source, files))
             ensure_keys(config)
             check_config(config, self.source)
         except KeyDirError as exc:
@@ -333,7 +334,7 @@ class Supervisor:
         if kept:
             log.warning("reload: %s take effect only after a restart", ", ".join(kept))
         self.config = config
-        fd = snapshots.snapshot(text)
+        fd = snapshots.snapshot(snapshots.Snapshot(text, files))
         try:
             for pid, worker in list(self.workers.items()):
                 self._send(pid, worker, fd)

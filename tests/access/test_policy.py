@@ -312,8 +312,9 @@ CATALOG_CASES = [
     ),
     ({"include": [{"email_list": ["contractors", "vendors"]}]}, subject(ident=VIC), True),
     ({"include": [{"email_list": ["contractors"]}]}, subject(), False),
-    ({"include": [{"ip_list": ["office"]}]}, subject(ip="10.0.1.7"), True),  # i = 1: 10.0.1.7/32
-    ({"include": [{"ip_list": ["office"]}]}, subject(ip="10.0.1.8"), False),
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="10.0.1.7"), True),  # i = 263: 10.0.1.7/32
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="10.1.134.155"), True),  # the last /32
+    ({"include": [{"ip_list": ["office"]}]}, subject(ip="10.1.134.156"), False),
     ({"include": [{"ip_list": ["office"]}]}, subject(ip="172.31.255.255"), True),
     ({"include": [{"ip_list": ["office"]}]}, subject(ip="172.32.0.0"), False),
     ({"include": [{"ip_list": ["office"]}]}, subject(ip="::ffff:192.0.2.200"), True),

@@ -252,6 +252,26 @@ def test_check_summarises_groups_and_lists(tmp_path: Path, capsys: pytest.Captur
     assert '  list "office": ip, 1 entry; used by api/office, group unused' in out
 
 
+def test_check_and_explain_count_distinct_entries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A list counts what it compiles to: an email listed again in another
+    case, a network listed again (or as an address and as its /32) is one entry."""
+    contractors = tmp_path / "contractors.txt"
+    contractors.write_text("carol@example.com\nCarol@Example.com\ndave@example.com\n")
+    office = 'items = ["192.0.2.0/24", "192.0.2.0/24", "198.51.100.7", "198.51.100.7/32"]'
+    text = TEAM_APP.replace("{contractors}", str(contractors)).replace('items = ["192.0.2.0/24"]', office)
+    path = write_config(tmp_path, text)
+    assert main(["check", "-c", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f'  list "contractors": email, 2 entries (1 duplicate), from {contractors}; used by' in out
+    assert '  list "office": ip, 2 entries (2 duplicates); used by' in out
+    token = mint(aud="api-aud", email="carol@example.com").decode()
+    cookie = f"Cookie: CF_Authorization={token}"
+    req = build_request("GET", "https://api.example.com/", [cookie], "203.0.113.9")
+    explained = explain_text(compile_config(load(path), str(path)), req, NOW)
+    assert "carol@example.com in list (2 entries)" in explained
+    assert "    include ip_list office: 203.0.113.9 not in list (2 entries)" in explained
+
+
 def test_explain_goes_through_groups_and_lists_without_dumping_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

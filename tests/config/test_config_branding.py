@@ -46,7 +46,7 @@ def test_defaults() -> None:
 def test_every_option() -> None:
     extra = (
         'allowed_idps = ["sso"]\nauto_redirect_to_identity = true\n'
-        'custom_deny_message = "Ask #help for access."\ncustom_deny_url = "https://help.example.com/denied"\n'
+        'custom_deny_url = "https://help.example.com/denied"\n'
         'app_launcher_visible = false\nlogo_url = "https://cdn.example.com/a.png"\n'
     )
     branding = (
@@ -56,11 +56,13 @@ def test_every_option() -> None:
     config = loads(TEAM + branding + DEV + OIDC + app(extra))
     a = config.apps[0]
     assert a.allowed_idps == ["sso"] and a.auto_redirect_to_identity
-    assert a.custom_deny_message == "Ask #help for access."
     assert a.custom_deny_url == "https://help.example.com/denied"
     assert not a.app_launcher_visible and a.logo_url == "https://cdn.example.com/a.png"
     assert config.team is not None
     assert config.team.branding.name == "Example Inc" and config.team.branding.accent == "#1A2b3c"
+    # the message, or the URL above (both: an error, below)
+    polite = loads(TEAM + DEV + app('custom_deny_message = "Ask #help for access."\n')).apps[0]
+    assert polite.custom_deny_message == "Ask #help for access." and polite.custom_deny_url == ""
 
 
 def test_auto_redirect_with_the_only_provider_of_the_team() -> None:
@@ -114,6 +116,11 @@ def test_auto_redirect_with_the_only_provider_of_the_team() -> None:
             "$.apps[0].custom_deny_url: Expected an absolute http:// or https:// URL",
         ),
         (app('logo_url = "data:image/png;base64,AA"\n'), "$.apps[0].logo_url: Expected an absolute http"),
+        (
+            app('custom_deny_message = "Ask #help."\ncustom_deny_url = "https://help.example.com/denied"\n'),
+            '$.apps[0].custom_deny_url: Expected "" with a custom_deny_message: a refused navigation is '
+            "either shown the message or redirected to the URL, not both",
+        ),
         (
             app('custom_deny_message = "bell \\u0007"\n'),
             "$.apps[0].custom_deny_message: Expected up to 1000 printable characters",

@@ -130,6 +130,33 @@ def test_a_missing_list_file(tmp_path: Path) -> None:
     assert error_of(text) == f"$.lists[0].file: cannot read '{tmp_path}/nope.txt': No such file or directory"
 
 
+def test_a_load_hands_back_the_list_files_bytes_and_takes_them_instead_of_the_disk(tmp_path: Path) -> None:
+    """How a supervisor's workers serve the very list files it checked: its
+    load records each file's bytes in `files`; a worker's load given them
+    reads nothing from disk, even when the file has changed or gone."""
+    office = tmp_path / "office.txt"
+    office.write_bytes(b"# office\n192.0.2.0/24\n")
+    text = (
+        f'[[lists]]\nname = "office"\ntype = "ip"\nfile = "{office}"\n'
+        f'[[lists]]\nname = "again"\ntype = "ip"\nfile = "{office}"\n'
+        '[[lists]]\nname = "inline"\ntype = "ip"\nitems = ["198.51.100.0/24"]\n'
+        + app('include = [{ ip_list = ["office", "again", "inline"] }]')
+    )
+    files: dict[str, bytes] = {}
+    checked = loads(text, SOURCE, files)
+    assert files == {str(office): b"# office\n192.0.2.0/24\n"}  # each file once, inline lists not at all
+
+    office.write_bytes(b"10.0.0.0/8\n")
+    assert [x.items for x in loads(text, SOURCE, dict(files)).lists] == [x.items for x in checked.lists]
+    office.unlink()
+    assert loads(text, SOURCE, dict(files)).lists[0].items == ["192.0.2.0/24"]
+    with pytest.raises(ConfigError, match="No such file"):
+        loads(text, SOURCE)  # what the disk now says
+    # The bytes handed over are checked as the file's would be.
+    with pytest.raises(ConfigError, match=re.escape(f"$.lists[0].file: {office}:1: Expected an IP network")):
+        loads(text, SOURCE, {str(office): b"nope\n"})
+
+
 GROUP = '[[groups]]\nname = "{name}"\ninclude = [{rule}]\n'
 
 
@@ -308,6 +335,15 @@ ERRORS = [
         group("machines", "{ any_service_token = true }") + app('include = [{ group = ["machines"] }]'),
         "$.apps[0].policies[0].include[0].group[0]: Expected no service token selector in group 'machines': "
         "it is used by an allow policy (service tokens count only in service_auth policies)",
+    ),
+    # ... and in a bypass policy, as inline (a bypass policy is decided without any token)
+    (
+        TOKEN
+        + group("machines", '{ service_tokens = ["ci"] }')
+        + group("outer", '{ group = ["machines"] }')
+        + app('include = [{ group = ["outer"] }]', "bypass"),
+        "$.apps[0].policies[0].include[0].group[0]: Expected no service token selector in group 'outer': "
+        "it is used by a bypass policy (service tokens count only in service_auth policies)",
     ),
 ]
 
