@@ -24,6 +24,7 @@ import statistics
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import preflight as pf
 import proxy as px
@@ -136,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         text.append(get_part(args.rounds, args.duration, args.same))
     print()
     print("\n".join(text))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "metrics-aa" if args.same else "metrics-ab"
+    out = RESULTS / f"{name}-{datetime.now():%Y%m%d-%H%M%S}.md"
+    out.write_text(f"python bench/metrics_ab.py {' '.join(argv or sys.argv[1:])}\n\n" + "\n".join(text))
+    print(f"written to {out}")
     return 0
 
 

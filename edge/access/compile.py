@@ -74,8 +74,8 @@ class Shared:
     def __init__(self, responses: Responses, look: Look = PLAIN) -> None:
         self.responses = responses
         self.look = look  # the team's branding, for the deny pages
-        self.deny_plain = responses.text(403, DENIED_BODY, [NO_STORE])
-        self.deny_vary = responses.text(403, DENIED_BODY, [NO_STORE, VARY_ORIGIN])
+        self.deny_plain = responses.text(403, DENIED_BODY, [NO_STORE], tagged=True)
+        self.deny_vary = responses.text(403, DENIED_BODY, [NO_STORE, VARY_ORIGIN], tagged=True)
         # BEHAVIOUR.md section 4, first row: no cookie on a preflight, so
         # Access blocks it, as Cloudflare does.
         self.preflight_refused = responses.text(
@@ -146,7 +146,7 @@ class CompiledApp:
         """The 403 for an allowed origin, computed (deny_response's slow path)."""
         assert self.cors is not None
         fields = [NO_STORE, *self.cors.courtesy(origin)]
-        return self._responses.text(403, DENIED_BODY, fields)
+        return self._responses.text(403, DENIED_BODY, fields, tagged=True)
 
 
 class DenyPage:

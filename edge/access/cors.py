@@ -133,6 +133,25 @@ class CorsPolicy:
         response = self._build(self.allow_origin_value(origin), allow_methods, allow_headers, pna)
         return response, "preflight: allowed"
 
+    def unlisted(self, method: bytes, headers: bytes | None) -> list[str]:
+        """What a preflight from an allowed origin asks for that the answer
+        does not list: the browser then refuses the call (Fetch's CORS
+        check), though the edge answered 200. For explanations (`edge
+        explain`, the demo), never on the request path. GET, HEAD and POST
+        need no listing (CORS-safelisted methods); every header a browser
+        names in Access-Control-Request-Headers does, in any case."""
+        notes: list[str] = []
+        safelisted = method in (b"GET", b"HEAD", b"POST")
+        if self.methods is not None and not safelisted and method not in self.methods.split(b", "):
+            notes.append(f"method {method.decode('latin-1')} is not in allowed_methods")
+        if self.headers is not None and headers:
+            listed = {h.strip().lower() for h in self.headers.split(b",")}
+            for name in headers.split(b","):
+                name = name.strip()
+                if name and name.lower() not in listed:
+                    notes.append(f"header {name.decode('latin-1')} is not in allowed_headers")
+        return notes
+
     def _build(self, acao: bytes, methods: bytes | None, headers: bytes | None, pna: bool) -> LocalResponse:
         fields: list[Header] = [(ACAO, acao)]
         if self.credentials:

@@ -152,9 +152,13 @@ def _preflight(c: Compiled, app: CompiledApp, req: Request, h: Index, trace: Tra
         origin = _one(h, b"origin") or b""
         method = _one(h, b"access-control-request-method") or b""
         pna = _one(h, b"access-control-request-private-network") == b"true"
-        response, reason = app.cors.preflight(
-            origin, method, _joined(h, b"access-control-request-headers"), pna
-        )
+        requested = _joined(h, b"access-control-request-headers")
+        response, reason = app.cors.preflight(origin, method, requested, pna)
+        if trace is not None and response.status == 200:
+            # Explaining: say what the 200 does not allow (off the request path).
+            notes = app.cors.unlisted(method, requested)
+            if notes:
+                reason = f"{reason} (origin), but {'; '.join(notes)}: the browser refuses the call"
         return Preflight(response, app.name, reason)
     if app.preflight_bypass:
         return _forward(app, "preflight: forwarded (options_preflight_bypass)")
@@ -235,15 +239,18 @@ REVOKED = Refusal("session revoked (signed out)")
 
 
 def verify_token(c: Compiled, token: bytes | Refusal, now: float) -> Identity | Refusal:
-    """A token's identity, unless it is invalid or its session was revoked
-    (a cached token is checked against the revocations every time)."""
+    """A token's identity, unless it is invalid or a logout revoked it (a
+    cached token is checked against the revocations every time: those of its
+    sign-in that cover its iat, edge.access.revocation)."""
     if isinstance(token, Refusal):
         return token
     result = c.verifier.verify(token, now)
     if (
         isinstance(result, Identity)
         and result.session
-        and c.revoked.session_revoked(result.session, result.identity_nonce, now)
+        and c.revoked.session_revoked(
+            result.session, result.identity_nonce, now, result.iat, result.valid_until
+        )
     ):
         return REVOKED
     return result

@@ -2,7 +2,10 @@
 
 A `LocalResponse` holds its status line, headers and body as bytes. Per request
 only the cached ``date`` line, the request's ``x-request-id`` line and, when
-the connection is closing, a ``connection: close`` line are spliced in. The
+the connection is closing, a ``connection: close`` line are spliced in; a
+plain-text error also ends its body with a ``request id: ...`` line (and its
+Content-Length is written per response), so a screenshot of it names the
+access log line. The
 matching h11 event is built once too, so the protocol can advance h11's state
 machine without re-validating and re-serialising the same headers on every
 request (none of the spliced lines changes what h11 tracks: framing and
@@ -44,11 +47,14 @@ class LocalResponse:
     """A complete response, prebuilt; `render` only splices date, request id
     and close."""
 
-    __slots__ = ("status", "event", "status_line", "rest", "body")
+    __slots__ = ("status", "event", "status_line", "rest", "body", "tagged")
 
-    def __init__(self, status: int, headers: HeaderPairs, body: bytes, server: bytes) -> None:
+    def __init__(
+        self, status: int, headers: HeaderPairs, body: bytes, server: bytes, tagged: bool = False
+    ) -> None:
         self.status = status
         self.body = body
+        self.tagged = tagged  # the body ends with the request id (see render)
         fields = [(k.lower(), v) for k, v in headers]
         if any(k == b"connection" for k, _ in fields):
             # render() splices the close; h11_internals.commit_local relies on it.
@@ -57,18 +63,27 @@ class LocalResponse:
             raise ValueError("render() splices the request id; a local response never carries one")
         if server:
             fields.append((b"server", server))
-        fields.append((b"content-length", str(len(body)).encode("ascii")))
-        # Validated once by h11 here; never again on the request path.
-        self.event = h11.Response(status_code=status, headers=fields, reason=reason(status))
+        length = (b"content-length", str(len(body)).encode("ascii"))
+        # Validated once by h11 here; never again on the request path. (A
+        # tagged body's length differs from this one: h11 is told of the
+        # whole response at once, commit_local, and never counts its body.)
+        self.event = h11.Response(status_code=status, headers=[*fields, length], reason=reason(status))
         self.status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
-        self.rest = b"".join(k + b": " + v + CRLF for k, v in fields)
+        # A tagged response's Content-Length is written by render.
+        self.rest = b"".join(k + b": " + v + CRLF for k, v in (fields if tagged else [*fields, length]))
 
     def render(self, date: bytes, close: bool, head_only: bool, request_id: bytes = b"") -> bytes:
         """The response's bytes; `request_id` (SAFE, so written as it is)
         goes in an x-request-id line, none when b"" (a response rendered
         outside a connection: `edge explain`)."""
         end = CLOSE_LINE + CRLF if close else CRLF
-        body = b"" if head_only else self.body
+        if self.tagged:
+            body = self.body + (b"request id: %s\n" % request_id if request_id else b"")
+            end = b"content-length: %d\r\n%s" % (len(body), end)
+            if head_only:
+                body = b""
+        else:
+            body = b"" if head_only else self.body
         if not request_id:
             return b"".join((self.status_line, date, self.rest, end, body))
         # One join either way: the id costs two more parts, no copy of rest.
@@ -80,15 +95,18 @@ class Responses:
 
     def __init__(self, server_header: str) -> None:
         self.server = server_header.encode("ascii")
-        self.not_found = self.text(404, b"not found: no application here\n")
+        self.not_found = self.text(404, b"not found: no application here\n", tagged=True)
         self.health = self.text(200, b"ok\n")
         self.errors: dict[int, LocalResponse] = {}
         for status, body in ERROR_BODIES.items():
-            self.errors[status] = self.text(status, body)
+            self.errors[status] = self.text(status, body, tagged=True)
 
-    def text(self, status: int, body: bytes, headers: HeaderPairs = ()) -> LocalResponse:
+    def text(
+        self, status: int, body: bytes, headers: HeaderPairs = (), *, tagged: bool = False
+    ) -> LocalResponse:
+        """A text/plain response; `tagged`: its body ends with the request id."""
         fields = [(b"content-type", b"text/plain; charset=utf-8"), *headers]
-        return LocalResponse(status, fields, body, self.server)
+        return LocalResponse(status, fields, body, self.server, tagged)
 
     def error(self, status: int) -> LocalResponse:
         found = self.errors.get(status)

@@ -24,6 +24,18 @@ Invariants:
   value. Keys without the SESSION_PREFIX are bare nonces written by older
   edges; while one is held (`legacy`), a bare nonce is refused for every
   issuer, as those edges did, rather than reopen their sessions at an upgrade.
+- A revocation refuses the tokens of its sign-in issued up to its `cutoff`
+  (iat <= the logout time + the issuer's leeway: revocation_cutoff), and
+  only those that expire within its hold (valid_until <= until). Every token
+  issued before a logout expires within the hold it gets (revoked_until:
+  iat is required, exp - iat is bounded), so all of them are refused; and
+  from these two rules alone no token is ever refused and then accepted: a
+  refused token stays refused until it is past, whatever the configuration,
+  the merging of entries or an entry's age. A token the issuer mints after
+  the cutoff is not covered; it is accepted from the start. An entry
+  without a cutoff (math.inf: every iat) is an older edge's, which stored
+  none.
+- Revoking a held key again keeps the later `until` and the later cutoff.
 """
 
 from __future__ import annotations
@@ -84,14 +96,25 @@ def _key(raw: bytes) -> str:
     return SESSION_PREFIX + base64.urlsafe_b64encode(digest).decode("ascii")
 
 
+# Seconds added to a hold, so that rounding in the sums of floats here and in
+# the verifier (exp - iat) never leaves a covered token a hair outside it.
+_ROUNDING = 1.0
+
+
 def revoked_until(now: float, valid_until: float, max_lifetime: float, leeway: float) -> float:
     """How long a logout at `now` must refuse a sign-in: until the last of its
     tokens is past. The token presented is accepted until `valid_until`; its
     siblings (other applications, the team session) are not known here, but
     the issuer grants none a lifetime (exp - iat) above `max_lifetime` and
-    none issued by now carries an iat beyond now + leeway, so each is past
-    by now + max_lifetime + 2 * leeway."""
-    return max(valid_until, now + max_lifetime + 2 * leeway)
+    the logout covers none with an iat beyond now + leeway
+    (revocation_cutoff), so each is past by now + max_lifetime + 2 * leeway."""
+    return max(valid_until, now + max_lifetime + 2 * leeway + _ROUNDING)
+
+
+def revocation_cutoff(now: float, leeway: float) -> float:
+    """The latest iat a logout at `now` covers: every token issued up to the
+    logout, by an issuer whose clock may run `leeway` seconds ahead."""
+    return now + leeway
 
 
 class _ExpiringKeys:
@@ -107,7 +130,10 @@ class _ExpiringKeys:
         while heap and heap[0][0] <= now:
             until, key = heapq.heappop(heap)
             if until_of.get(key) == until:
-                del until_of[key]
+                self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        del self._until[key]
 
     def __len__(self) -> int:
         """Keys held, counting expired ones not swept yet."""
@@ -124,33 +150,60 @@ class _ExpiringKeys:
 
 
 class Revocations(_ExpiringKeys):
-    """Revoked session keys with their expiry; read on the request path (a dict lookup)."""
+    """Revoked session keys with their expiry and cutoff; read on the request
+    path (dict lookups). See the module invariants for what an entry refuses."""
 
-    __slots__ = ("legacy",)
+    __slots__ = ("legacy", "_cutoff")
 
     def __init__(self) -> None:
         super().__init__()
         self.legacy = False  # a bare-nonce key of an older edge has been held
+        self._cutoff: dict[str, float] = {}  # key -> the latest iat it covers (every held key)
 
-    def revoke(self, key: str, until: float) -> bool:
-        """True if `key` is newly revoked or its revocation now lasts longer."""
+    def revoke(self, key: str, until: float, cutoff: float = math.inf) -> bool:
+        """Refuse the tokens of `key` issued up to `cutoff` (math.inf: any iat,
+        as an older edge's entry) until `until`. True if that is news: `key`
+        is newly revoked, or held longer, or for later tokens."""
         if not key.startswith(SESSION_PREFIX):
             self.legacy = True
-        return self._hold(key, until)
+        held = self._cutoff.get(key)
+        wider = held is None or cutoff > held
+        longer = self._hold(key, until)
+        if wider:
+            self._cutoff[key] = cutoff
+        return longer or wider
+
+    def _forget(self, key: str) -> None:
+        super()._forget(key)
+        del self._cutoff[key]
 
     def is_revoked(self, key: str, now: float) -> bool:
         return self._until.get(key, _NEVER) > now
 
-    def session_revoked(self, session: str, nonce: str, now: float) -> bool:
-        """Whether the sign-in with key `session` (and `nonce`) is revoked."""
-        until = self._until
-        if until.get(session, _NEVER) > now:
+    def session_revoked(
+        self,
+        session: str,
+        nonce: str,
+        now: float,
+        iat: float = -math.inf,
+        valid_until: float = -math.inf,
+    ) -> bool:
+        """Whether the token of the sign-in with key `session` (and `nonce`)
+        issued at `iat` and accepted until `valid_until` is refused at `now`.
+        Without a token's times: whether the sign-in is signed out at all
+        (held for any token), so that no new token is minted for it."""
+        if self._refuses(session, now, iat, valid_until):
             return True
-        return self.legacy and until.get(nonce, _NEVER) > now
+        return self.legacy and self._refuses(nonce, now, iat, valid_until)
 
-    def items(self, now: float) -> list[tuple[str, float]]:
-        """The unexpired revocations as `(key, until)`, to publish them again."""
-        return [(key, until) for key, until in self._until.items() if until > now]
+    def _refuses(self, key: str, now: float, iat: float, valid_until: float) -> bool:
+        until = self._until.get(key, _NEVER)
+        return now < until and valid_until <= until and iat <= self._cutoff[key]
+
+    def items(self, now: float) -> list[tuple[str, float, float]]:
+        """The unexpired revocations as `(key, until, cutoff)`, to publish them again."""
+        cutoff = self._cutoff
+        return [(key, until, cutoff[key]) for key, until in self._until.items() if until > now]
 
 
 class OnceClaims(_ExpiringKeys):
@@ -170,21 +223,33 @@ class OnceClaims(_ExpiringKeys):
         return self._hold(key, until)
 
 
-def format_message(key: str, until: float) -> str:
-    """A revocation as published to the other workers: "<until> <key>"."""
-    return f"{until!r} {key}"
+def format_message(key: str, until: float, cutoff: float = math.inf) -> str:
+    """A revocation as published to the other workers: "<until>,<cutoff> <key>",
+    or "<until> <key>" for an entry without a cutoff (as older edges wrote
+    every entry). edge/login/store.py's SHARE_SCRIPT writes the same."""
+    if math.isinf(cutoff):
+        return f"{until!r} {key}"
+    return f"{until!r},{cutoff!r} {key}"
 
 
-def parse_message(data: str) -> tuple[str, float] | None:
-    """`(key, until)` from a published revocation, or None if it is malformed."""
+def parse_message(data: str) -> tuple[str, float, float] | None:
+    """`(key, until, cutoff)` from a published revocation (cutoff math.inf
+    when it names none), or None if it is malformed."""
     text, _, key = data.partition(" ")
+    until_text, comma, cutoff_text = text.partition(",")
+    until = _finite(until_text)
+    cutoff = _finite(cutoff_text) if comma else math.inf
+    if not key or until is None or cutoff is None:
+        return None
+    return key, until, cutoff
+
+
+def _finite(text: str) -> float | None:
     try:
-        until = float(text)
+        value = float(text)
     except ValueError:
         return None
-    if not key or not math.isfinite(until):
-        return None
-    return key, until
+    return value if math.isfinite(value) else None
 
 
 class Counters:

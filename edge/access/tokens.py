@@ -20,7 +20,10 @@ Invariants:
   value is either usable or a Refusal.
 - `Verifier.trusts` only peeks (no signature check, no cache): it tells
   whether a second value claims to be one of our tokens, so that a request
-  carrying two identities is refused rather than half-forwarded.
+  carrying two identities is refused rather than half-forwarded. Every
+  piece of every Authorization value is asked (authorization_pieces), not
+  only a ``Bearer`` credential: what the edge overlooks there, an
+  application that splits the value otherwise would read.
 """
 
 from __future__ import annotations
@@ -122,17 +125,19 @@ def extract_token(
     cf-access-token header, then ``Authorization: Bearer``.
 
     Two different values among the cookies and cf-access-token headers are
-    refused as ambiguous, and so is a bearer value that differs from the
-    token chosen when `trusted` (`Verifier.trusts`) calls it one of ours:
-    the upstream would see a second identity. Any other ``Authorization``
-    is the application's own credential and never conflicts.
+    refused as ambiguous, and so is any piece of any ``Authorization`` value
+    (authorization_pieces: split as the most lenient application splits it,
+    whatever the scheme) that differs from the token chosen when `trusted`
+    (`Verifier.trusts`) calls it one of ours: the upstream would see a second
+    identity. Anything else in ``Authorization`` is the application's own
+    credential and never conflicts.
     """
     candidates = cookie_tokens(cookies) if cookies else []
     for value in access_tokens:
         value = value.strip()
         if value:
             candidates.append(value)
-    bearers = _bearers(authorizations) if authorizations else []
+    bearers, pieces = authorization_pieces(authorizations) if authorizations else ([], [])
     if not candidates:
         if not bearers:
             return NO_TOKEN
@@ -140,19 +145,39 @@ def extract_token(
     first = candidates[0]
     if len(candidates) > 1 and candidates.count(first) != len(candidates):
         return AMBIGUOUS
-    if any(b != first and trusted(b) for b in bearers):
+    if any(piece != first and trusted(piece) for piece in pieces):
         return AMBIGUOUS
     return first
 
 
-def _bearers(authorizations: Sequence[bytes]) -> list[bytes]:
-    found: list[bytes] = []
+# Where an application may cut an Authorization value: frameworks split on
+# any whitespace (not only one space) and on commas (a list of credentials).
+_AUTH_SEPARATORS = re.compile(rb"[\s,]+")
+_QUOTE = b'"'
+
+
+def authorization_pieces(authorizations: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """The bearer credentials of the Authorization values (the piece after
+    each ``Bearer``, any case, anywhere in a value), and every piece an
+    application could read as a credential: each whitespace- or
+    comma-separated piece, without surrounding quotes, and the value of an
+    auth-param (``token="..."``). Never raises; bounded by the head size."""
+    bearers: list[bytes] = []
+    pieces: list[bytes] = []
     for value in authorizations:
-        scheme, _, rest = value.strip().partition(b" ")
-        rest = rest.strip()
-        if scheme.lower() == b"bearer" and rest:
-            found.append(rest)
-    return found
+        parts = [part for part in _AUTH_SEPARATORS.split(value) if part]
+        for i, part in enumerate(parts):
+            if part.lower() == b"bearer" and i + 1 < len(parts):
+                bearers.append(parts[i + 1])
+            pieces.append(part)
+            bare = part.strip(_QUOTE)
+            if bare and bare != part:
+                pieces.append(bare)
+            _, equals, param = part.partition(b"=")
+            param = param.strip(_QUOTE)
+            if equals and param:
+                pieces.append(param)
+    return bearers, pieces
 
 
 class _PeekHeader(msgspec.Struct, gc=False):

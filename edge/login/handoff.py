@@ -15,6 +15,9 @@ Invariants:
   started the login (the binding cookie); elsewhere the login starts again
   and the code stays unused.
 - A HEAD (a link previewer) never uses a code up.
+- A code mints no token for a sign-in a logout has revoked (a code issued
+  just before the logout): the revocation covers only tokens issued up to
+  it (edge.access.revocation), so the edge never issues a later one.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from edge.access.decide import verify_token
 from edge.access.headers import Header
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
+from edge.access.revocation import session_key
 from edge.access.router import path_segments
 from edge.access.session import (
     AUTH_COOKIE,
@@ -176,6 +180,16 @@ async def authorized(
     unbound = _unbound(ctx, c, code, req, url)
     if unbound is not None:
         return unbound
+    nonce = code.person.nonce
+    if c.revoked.session_revoked(session_key(ctx.team_url, nonce), nonce, now):
+        log.info("handoff refused: %s signed out of this sign-in", code.person.email)
+        return ctx.message(
+            req,
+            400,
+            "Signed out",
+            "This sign-in link belongs to a session that was signed out.",
+            link=(url, "Sign in again"),
+        )
     try:
         first = await ctx.store.claim_once(f"code:{code.jti}", exp)
     except StoreUnavailable:

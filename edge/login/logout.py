@@ -5,8 +5,9 @@ Invariants:
 - A logout revokes the session in the store (Identity.session: keyed by
   issuer and nonce, else by issuer and the issuer's own `sid`, else by the
   token itself; kept until its last token is past: revocation.revoked_until):
-  every worker and instance refuses every token of it, team and application
-  tokens alike.
+  every worker and instance refuses every token of it issued up to the
+  logout (revocation.revocation_cutoff), team and application tokens alike,
+  until that token expires.
 - Another site cannot end a live session: a cross-site GET only shows the
   confirmation page, whose button posts back with the CSRF token; a POST
   without a valid CSRF token changes nothing.
@@ -33,7 +34,7 @@ from edge.access.claims import Identity, Refusal
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
-from edge.access.revocation import revoked_until, sign_in_label
+from edge.access.revocation import revocation_cutoff, revoked_until, sign_in_label
 from edge.access.session import AUTH_COOKIE, ENDPOINT_PATH, clear_cookie, cross_site
 from edge.login import pages
 from edge.login.call import host_of, query_of, read_form
@@ -86,7 +87,8 @@ async def sign_out(
     ctx: Context, c: Compiled, action: Endpoint, req: Request, ident: Identity | Refusal, now: float
 ) -> LocalResponse:
     if isinstance(ident, Identity) and ident.session:
-        await ctx.store.revoke(ident.session, _revoked_until(c, ident, now))
+        until, cutoff = _revocation(c, ident, now)
+        await ctx.store.revoke(ident.session, until, cutoff)
         label = sign_in_label(ident.identity_nonce, ident.sid, ident.session)
         log.info("signed out %s (session: %s)", ident.email or ident.sub, label)
     clear = [clear_cookie(AUTH_COOKIE)]
@@ -158,10 +160,12 @@ def _sign_in_form(target: Target | None) -> str:
     return f"{ENDPOINT_PATH}/login/{quote(target.host, safe='')}?{urlencode(fields)}"
 
 
-def _revoked_until(c: Compiled, ident: Identity, now: float) -> float:
-    """Until when a logout refuses `ident`'s sign-in (see revoked_until)."""
+def _revocation(c: Compiled, ident: Identity, now: float) -> tuple[float, float]:
+    """Until when a logout refuses `ident`'s sign-in, and the latest iat it
+    covers (revoked_until, revocation_cutoff)."""
     issuer = c.verifier.issuers[ident.iss]  # it verified the token
-    return revoked_until(now, ident.valid_until, issuer.max_lifetime, issuer.leeway)
+    until = revoked_until(now, ident.valid_until, issuer.max_lifetime, issuer.leeway)
+    return until, revocation_cutoff(now, issuer.leeway)
 
 
 def _scoped_paths(app: CompiledApp, host: str) -> list[str]:

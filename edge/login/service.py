@@ -20,7 +20,8 @@ The flow (BEHAVIOUR.md section 6):
 
 Logout revokes the sign-in in the store (keyed by issuer and nonce, kept
 until its last token is past: revocation.revoked_until): every worker and
-instance refuses every token of it (team and application tokens alike). A
+instance refuses every token of it issued up to the logout (team and
+application tokens alike), and no code issued before it mints another. A
 logout that another site sent a signed-in browser to asks first: a page whose
 button posts back with the CSRF token.
 

@@ -8,11 +8,16 @@ REDIS_TIMEOUT.
 Invariants (RedisStore):
 - Local first: `revoke` adds to the local view before anything else, so this
   worker enforces a logout at once whatever Redis is doing.
-- Redis holds the union. The sorted set `{prefix}revoked` (score = until) is
-  what a (re)connecting worker loads; the channel `{prefix}revocations`
-  carries each new entry ("<until> <key>") to the workers already connected.
-  An entry is added to the set before it is published, and a worker
-  subscribes before it loads the set, so no entry falls in between.
+- Redis holds the union. The sorted set `{prefix}revoked` (score = until)
+  and the hash `{prefix}revoked-cutoff` (key -> the latest iat it covers;
+  no field: every iat, as the entries of older edges, which knew no hash)
+  are what a (re)connecting worker loads; the channel `{prefix}revocations`
+  carries each new or widened entry ("<until>,<cutoff> <key>", or
+  "<until> <key>" without a cutoff) to the workers already connected. An
+  entry is added to the set before it is published, and a worker subscribes
+  before it loads the set, so no entry falls in between. The scripts below
+  change and read the set and the hash together: a member's cutoff is the
+  latest any worker gave it, removed with the member when it expires.
 - After every (re)connect a worker writes back every unexpired revocation it
   knows and publishes those Redis did not have (ZADD GT CH, then PUBLISH, in
   one script so that neither happens without the other): a Redis that
@@ -51,7 +56,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from edge.access.revocation import Counters, OnceClaims, Revocations, format_message, parse_message
+from edge.access.revocation import Counters, OnceClaims, Revocations, parse_message
 
 logger = logging.getLogger("edge.store")
 
@@ -66,20 +71,87 @@ FIRST_RETRY = 0.05  # seconds; the reconnect backoff doubles from here up to `re
 START_WAIT = 2 * REDIS_TIMEOUT
 PUSH_BATCH = 500  # revocations per script call when writing them back
 
-# Add revocations to the set and publish the ones that are new or extended, in
-# one atomic step: were the two separate, a write that reached the set but not
-# the channel (a connection lost in between) would look old to every later
-# write-back, and the workers that stayed connected would never hear of it.
-# KEYS[1]: the set; ARGV[1]: the channel; then (until, key, message) triples.
+# Add revocations to the set and the hash, and publish the ones that are new,
+# held longer or for later tokens, in one atomic step: were the two separate,
+# a write that reached the set but not the channel (a connection lost in
+# between) would look old to every later write-back, and the workers that
+# stayed connected would never hear of it. What is published is the entry as
+# merged here, in edge.access.revocation.format_message's format.
+# KEYS[1]: the set; KEYS[2]: the hash of cutoffs; ARGV[1]: the channel;
+# ARGV[2]: now; then (until, key, cutoff) triples, cutoff "" for none (any iat).
 SHARE_SCRIPT = """
 local fresh = 0
-for i = 2, #ARGV, 3 do
-    if redis.call('ZADD', KEYS[1], 'GT', 'CH', ARGV[i], ARGV[i + 1]) == 1 then
-        redis.call('PUBLISH', ARGV[1], ARGV[i + 2])
+local now = tonumber(ARGV[2])
+for i = 3, #ARGV, 3 do
+    local expiry, key, cutoff = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    local score = redis.call('ZSCORE', KEYS[1], key)
+    local held = score and tonumber(score) > now
+    local field = redis.call('HGET', KEYS[2], key)
+    local changed = redis.call('ZADD', KEYS[1], 'GT', 'CH', expiry, key)
+    if not held then
+        -- a new entry (or one past its until, not trimmed yet): this cutoff is its
+        if cutoff == '' then
+            redis.call('HDEL', KEYS[2], key)
+        else
+            redis.call('HSET', KEYS[2], key, cutoff)
+        end
+        changed = 1
+    elseif field then
+        -- held with a cutoff: keep the later one ('' is later than any)
+        if cutoff == '' then
+            redis.call('HDEL', KEYS[2], key)
+            changed = 1
+        elseif tonumber(cutoff) > tonumber(field) then
+            redis.call('HSET', KEYS[2], key, cutoff)
+            changed = 1
+        end
+    end
+    -- (held without a field: it covers every iat already)
+    if changed == 1 then
+        local message = redis.call('ZSCORE', KEYS[1], key)
+        local merged = redis.call('HGET', KEYS[2], key)
+        if merged then
+            message = message .. ',' .. merged
+        end
+        redis.call('PUBLISH', ARGV[1], message .. ' ' .. key)
         fresh = fresh + 1
     end
 end
 return fresh
+"""
+
+# The unexpired entries, each as key, until, cutoff ("" for none).
+# KEYS[1]: the set; KEYS[2]: the hash; ARGV[1]: the lowest until, exclusive ("(<now>").
+LOAD_SCRIPT = """
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #found, 2 do
+    out[#out + 1] = found[i]
+    out[#out + 1] = found[i + 1]
+    out[#out + 1] = redis.call('HGET', KEYS[2], found[i]) or ''
+end
+return out
+"""
+
+# Remove the expired entries from the set and the hash; then look at the next
+# few fields of the hash (HSCAN from the cursor the last trim returned) and
+# drop those without a member: the trim of an older edge removes members only.
+# KEYS[1]: the set; KEYS[2]: the hash; ARGV[1]: now; ARGV[2]: the cursor.
+# Returns the next cursor.
+TRIM_SCRIPT = """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for i = 1, #gone, 500 do
+    redis.call('HDEL', KEYS[2], unpack(gone, i, math.min(i + 499, #gone)))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local scan = redis.call('HSCAN', KEYS[2], ARGV[2], 'COUNT', 200)
+local fields = scan[2]
+for i = 1, #fields, 2 do
+    if not redis.call('ZSCORE', KEYS[1], fields[i]) then
+        redis.call('HDEL', KEYS[2], fields[i])
+    end
+end
+return scan[1]
 """
 
 REDIS_ERRORS = (RedisError, OSError)
@@ -113,8 +185,10 @@ class Store(abc.ABC):
         """Stop background work and close connections."""
 
     @abc.abstractmethod
-    async def revoke(self, key: str, until: float) -> None:
-        """Revoke `key` until `until`: here at once, elsewhere when possible; never raises."""
+    async def revoke(self, key: str, until: float, cutoff: float = math.inf) -> None:
+        """Revoke the tokens of `key` issued up to `cutoff` (math.inf: any iat)
+        until `until` (edge.access.revocation): here at once, elsewhere when
+        possible; never raises."""
 
     @abc.abstractmethod
     async def claim_once(self, key: str, until: float) -> bool:
@@ -125,9 +199,9 @@ class Store(abc.ABC):
     def healthy(self) -> bool:
         """Whether revocations are being shared as designed."""
 
-    def _revoke_locally(self, key: str, until: float) -> bool:
+    def _revoke_locally(self, key: str, until: float, cutoff: float = math.inf) -> bool:
         self.revocations.sweep(self._clock())
-        return self.revocations.revoke(key, until)
+        return self.revocations.revoke(key, until, cutoff)
 
 
 class MemoryStore(Store):
@@ -137,8 +211,8 @@ class MemoryStore(Store):
         super().__init__(clock)
         self._claims = OnceClaims()
 
-    async def revoke(self, key: str, until: float) -> None:
-        self._revoke_locally(key, until)
+    async def revoke(self, key: str, until: float, cutoff: float = math.inf) -> None:
+        self._revoke_locally(key, until, cutoff)
 
     async def claim_once(self, key: str, until: float) -> bool:
         return self._claims.claim(key, until, self._clock())
@@ -162,6 +236,8 @@ class RedisStore(Store):
         super().__init__(clock)
         self._where = redact(url)
         self._zset, self._channel, self._once = f"{prefix}revoked", f"{prefix}revocations", f"{prefix}once:"
+        self._cutoffs = f"{prefix}revoked-cutoff"
+        self._cursor = "0"  # where the next trim goes on looking for cutoffs without an entry
         self._count = f"{prefix}count:"
         self._log = log or logger
         self._retry = retry
@@ -174,6 +250,8 @@ class RedisStore(Store):
             retry=Retry(NoBackoff(), 0),
         )
         self._share = self._client.register_script(SHARE_SCRIPT)
+        self._load = self._client.register_script(LOAD_SCRIPT)
+        self._trim_expired = self._client.register_script(TRIM_SCRIPT)
         self._task: asyncio.Task[None] | None = None
         self._attempted = asyncio.Event()  # set once the first connect succeeded or failed
         self._sharing = False  # connected: revoke() writes to Redis itself
@@ -199,11 +277,11 @@ class RedisStore(Store):
         self._sharing = self._healthy = False
         await self._client.aclose()
 
-    async def revoke(self, key: str, until: float) -> None:
-        if not self._revoke_locally(key, until) or not self._sharing:
+    async def revoke(self, key: str, until: float, cutoff: float = math.inf) -> None:
+        if not self._revoke_locally(key, until, cutoff) or not self._sharing:
             return
         try:
-            await self._push([(key, until)])
+            await self._push([(key, until, cutoff)])
         except REDIS_ERRORS as exc:
             self._dirty = True
             self._log.debug("revocation not shared yet (redis at %s: %s)", self._where, exc)
@@ -276,9 +354,10 @@ class RedisStore(Store):
         # From here on revoke() writes through; everything revoked before is in this snapshot.
         self._sharing, self._dirty = True, False
         await self._push(self.revocations.items(now))
-        known = await self._client.zrangebyscore(self._zset, f"({now!r}", "+inf", withscores=True)
-        for key, until in cast("list[tuple[str, float]]", known):
-            self._revoke_locally(key, until)
+        known = cast("list[str]", await self._load(keys=[self._zset, self._cutoffs], args=[f"({now!r}"]))
+        for i in range(0, len(known), 3):
+            key, until, cutoff = known[i], float(known[i + 1]), known[i + 2]
+            self._revoke_locally(key, until, float(cutoff) if cutoff else math.inf)
         self._healthy = True
         self._attempted.set()
         if self._warned:
@@ -307,18 +386,20 @@ class RedisStore(Store):
         else:
             self._revoke_locally(*parsed)
 
-    async def _push(self, items: list[tuple[str, float]]) -> None:
-        """Add `items` to the shared set and publish those it did not have (or had shorter)."""
+    async def _push(self, items: list[tuple[str, float, float]]) -> None:
+        """Add `items` (key, until, cutoff) to the shared set and hash, and
+        publish those it did not have (or had shorter, or for fewer tokens)."""
         for start in range(0, len(items), PUSH_BATCH):
-            args: list[str | float] = [self._channel]
-            for key, until in items[start : start + PUSH_BATCH]:
-                args += [until, key, format_message(key, until)]
-            await self._share(keys=[self._zset], args=args)
+            args: list[str | float] = [self._channel, self._clock()]
+            for key, until, cutoff in items[start : start + PUSH_BATCH]:
+                args += [until, key, "" if math.isinf(cutoff) else cutoff]
+            await self._share(keys=[self._zset, self._cutoffs], args=args)
 
     async def _trim(self) -> None:
         now = self._clock()
         self.revocations.sweep(now)
-        await self._client.zremrangebyscore(self._zset, "-inf", now)
+        cursor = await self._trim_expired(keys=[self._zset, self._cutoffs], args=[now, self._cursor])
+        self._cursor = str(cursor)
 
     def _lost(self, exc: Exception) -> bool:
         """Note a lost (or failed) connection; returns whether it had synced."""

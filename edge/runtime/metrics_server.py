@@ -20,11 +20,12 @@ Invariants:
   does not answer within WORKER_TIMEOUT counts with its last answer.
 - A sum never goes down while the edge runs (Prometheus would read a
   counter reset and count the rest again): the supervisor keeps each slot's
-  last answer, and when a slot's worker is gone (died, or replaced by a new
-  one), its last counters and histograms are folded into `retired`, added to
-  every later scrape. What a dead worker counted after its last answer is
-  lost; its gauges (open connections) go with it. A worker
-  writes its reply from its loop as the supervisor reads it, one reply at a
+  last answer, and when a slot's worker is gone (its channel closed, even
+  before the supervisor reaps it, or replaced by a new one), its last
+  counters and histograms are folded into `retired`, added to every later
+  scrape. What a dead worker counted after its last answer is lost; its
+  gauges (start time, open connections) are never reported again.
+- A worker writes its reply from its loop as the supervisor reads it, one reply at a
   time (`WorkerReplies`): never a blocking send that a supervisor which gave
   up reading could hold.
 """
@@ -231,17 +232,16 @@ class SupervisorMetrics:
         got: list[tuple[int, list[metrics.Family]]] = []
         live = self.channels()
         for slot, channel in live:
-            families = None if channel in self.broken else self._ask(channel, self.seq)
+            answer = None if channel in self.broken else self._ask(channel, self.seq)
             held = self.last.get(slot)
-            if held is not None and held[0] is not channel:  # the slot's worker was replaced
-                self._retire(slot)
+            if held is not None and (held[0] is not channel or answer is _GONE):
+                self._retire(slot)  # replaced, or dead and not reaped yet
                 held = None
-            if families is not None:
-                self.last[slot] = (channel, families)
+            if isinstance(answer, list):
+                self.last[slot] = (channel, answer)
+                got.append((slot, answer))
             elif held is not None:
-                families = held[1]  # slow or stalled: its last word still counts
-            if families is not None:
-                got.append((slot, families))
+                got.append((slot, held[1]))  # slow or stalled: its last word still counts
         for slot in self.last.keys() - {slot for slot, _ in live}:
             self._retire(slot)  # died, not (yet) replaced
         if self.retired:
@@ -254,7 +254,9 @@ class SupervisorMetrics:
         kept = [f for f in families if f.merge == metrics.SUM and f.type in ("counter", "histogram")]
         self.retired = metrics.merge([(-1, self.retired), (-1, kept)])
 
-    def _ask(self, channel: socket.socket, seq: int) -> list[metrics.Family] | None:
+    def _ask(self, channel: socket.socket, seq: int) -> list[metrics.Family] | object | None:
+        """The worker's families; None when it did not answer in time (or
+        garbled its answer); _GONE when its channel is closed: it died."""
         try:
             channel.settimeout(WORKER_TIMEOUT)
             channel.sendall(_REQUEST.pack(seq))
@@ -269,8 +271,15 @@ class SupervisorMetrics:
         except _CutShort:
             self.broken.add(channel)
             return None
-        except (OSError, EOFError, msgspec.DecodeError):
+        except TimeoutError:
             return None
+        except (OSError, EOFError):
+            return _GONE
+        except msgspec.DecodeError:
+            return None
+
+
+_GONE = object()  # _ask: the worker's end of the channel is closed
 
 
 class _CutShort(Exception):

@@ -275,6 +275,13 @@ class Resp:
         values = [v for k, v in self.headers if k == name.encode()]
         return b", ".join(values).decode("latin-1") if values else None
 
+    def untagged(self) -> bytes:
+        """The body without the line naming the request id that ends the
+        edge's plain-text errors (asserted to be there)."""
+        line = f"request id: {self.header('x-request-id')}\n".encode()
+        assert self.body.endswith(line), self.body
+        return self.body[: -len(line)]
+
     def cors(self) -> dict[str, str]:
         """Every Access-Control-* header (each must appear once)."""
         found = [(k.decode(), v.decode()) for k, v in self.headers if k.startswith(b"access-control-")]
@@ -753,17 +760,52 @@ def test_the_applications_own_authorization_passes_untouched(edge: Edge, credent
     assert values(headers, b"cf-access-jwt-assertion") == [tok.encode()]
 
 
+@pytest.mark.parametrize(
+    ("case", "spelling"),
+    [
+        ("tab", "Bearer\t{}"),
+        ("list", "Basic YWxp, Bearer {}"),
+        ("other-scheme-first", "Token x, Bearer {}"),
+        ("auth-param", 'Token token="{}"'),
+    ],
+)
+def test_a_second_token_in_authorization_is_refused_however_spelled(
+    edge: Edge, case: str, spelling: str
+) -> None:
+    """An application splits Authorization on any whitespace and on commas:
+    bob's token there, next to alice's cookie, never reaches it."""
+    path = f"/echo/second-token-spelled-{case}"
+    bob = token(email="bob@example.com")
+    r = edge.local("GET", path, headers=[cookie(token()), ("Authorization", spelling.format(bob))])
+    assert r.status == 400
+    assert r.body == b"bad request: two different access tokens\n"
+    assert edge.logged(path)["decision"] == "reject: ambiguous: two different tokens"
+
+
 @pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
 def test_absurd_claim_values_are_401_not_500(edge: Edge, claim: str) -> None:
     now = time.time()
     good = {"exp": now + 3600, "nbf": now - 5, "iat": now - 5}
     tok = mint("ES256", kid=KID, key=KEY, aud=["api-aud"], **{**good, claim: 10**400}).decode()
+    stderr_before = len(edge.proc.lines)
     for attempt in range(2):  # the repeat is answered from the failure cache
         path = f"/echo/absurd-{claim}-{attempt}"
         r = edge.local("GET", path, headers=[*FETCH, cookie(tok)])
         assert r.status == 401
         assert r.json()["error"] == "invalid token"
+        # One log line per refusal: its access-log record, one line, naming the reason...
         assert edge.logged(path)["decision"] == f"unauthenticated: {claim} is out of range"
+        lines = [line for line in edge.log.read_text().splitlines() if f'"{path}"' in line]
+        assert len(lines) == 1, lines
+    # ... and nothing on the edge's own log: no traceback, no warning, no second line about it.
+    about = [
+        line
+        for line in edge.proc.lines[stderr_before:]
+        if f"absurd-{claim}" in line
+        or "out of range" in line
+        or any(level in line for level in (" WARNING ", " ERROR ", " CRITICAL "))
+    ]
+    assert about == [], about
     assert not [line for line in edge.proc.lines if "Traceback" in line], edge.proc.lines
 
 
@@ -834,7 +876,7 @@ def test_policy_deny_is_403_with_courtesy_headers(edge: Edge, email: str, reason
     path = f"/echo/deny-{email}"
     r = edge.local("GET", path, headers=[*FETCH, cookie(token(email=email))])
     assert r.status == 403
-    assert r.body == b"forbidden: access denied by policy\n"
+    assert r.untagged() == b"forbidden: access denied by policy\n"
     assert r.cors() == COURTESY
     assert r.header("vary") == "Origin"
     assert r.header("cache-control") == "no-store"
@@ -872,7 +914,7 @@ def test_service_token(edge: Edge) -> None:
     bad = [("CF-Access-Client-Id", "ci.example"), ("CF-Access-Client-Secret", "wrong")]
     r = edge.local("GET", "/echo/internal/svc-bad", headers=bad)
     assert r.status == 403
-    assert r.body == b"forbidden: access denied by policy\n"
+    assert r.untagged() == b"forbidden: access denied by policy\n"
     rec = edge.logged("/echo/internal/svc-bad")
     assert (rec["app"], rec["decision"]) == ("api-internal", "deny: no policy matched")
     # A user's token opens no service-token path, navigation or not.
@@ -901,7 +943,7 @@ def test_public_path_without_a_token(edge: Edge) -> None:
 
 def test_unmatched_host_is_404_and_not_forwarded(edge: Edge) -> None:
     r = edge.local("GET", "/echo/nowhere", "nowhere.test", [cookie(token())])
-    assert (r.status, r.body) == (404, b"not found: no application here\n")
+    assert (r.status, r.untagged()) == (404, b"not found: no application here\n")
     rec = edge.logged("/echo/nowhere")
     assert (rec["app"], rec["decision"]) == (None, "not found: no application")
 

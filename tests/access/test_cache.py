@@ -366,7 +366,8 @@ def test_a_cached_token_is_still_checked_against_revocations(tmp_path: Path) -> 
     c = compiled(tmp_path, APPS)
     token = mint(aud=["api-aud"], identity_nonce="n-1")
     assert verify_token(c, token, NOW) is not REVOKED  # now cached
-    c.revoked.revoke(session_key(ISS, "n-1"), NOW + 3600)
+    # As a logout at NOW revokes it: every token issued up to then, for a day.
+    c.revoked.revoke(session_key(ISS, "n-1"), NOW + 86400, cutoff=NOW + 60)
     assert verify_token(c, token, NOW) is REVOKED
 
 

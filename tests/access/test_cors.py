@@ -353,3 +353,37 @@ def test_null_origin(settings: dict[str, Any], allowed: bool, acao: bytes | None
     courtesy = dict(p.courtesy(b"null"))
     assert courtesy.get(b"access-control-allow-origin") == acao
     assert b"access-control-allow-credentials" not in courtesy
+
+
+LISTS = {
+    "allowed_origins": ["https://web.test"],
+    "allowed_methods": ["GET", "PUT", "patch"],
+    "allowed_headers": ["Content-Type", "X-Trace"],
+}
+
+
+@pytest.mark.parametrize(
+    ("settings", "method", "headers", "notes"),
+    [
+        (LISTS, b"PUT", b"content-type, x-trace", []),
+        (LISTS, b"POST", None, []),  # safelisted: needs no listing
+        (LISTS, b"HEAD", b"X-TRACE", []),  # header names in any case
+        (LISTS, b"patch", None, []),  # as written: Fetch sends patch so
+        (LISTS, b"PATCH", None, ["method PATCH is not in allowed_methods"]),
+        (
+            LISTS,
+            b"DELETE",
+            b"x-trace, authorization",
+            [
+                "method DELETE is not in allowed_methods",
+                "header authorization is not in allowed_headers",
+            ],
+        ),
+        ({**LISTS, "allow_all_methods": True, "allowed_methods": []}, b"DELETE", None, []),
+        ({**LISTS, "allow_all_headers": True, "allowed_headers": []}, b"GET", b"x-any", []),
+    ],
+)
+def test_unlisted_names_what_the_browser_will_refuse(
+    settings: dict[str, Any], method: bytes, headers: bytes | None, notes: list[str]
+) -> None:
+    assert policy(**settings).unlisted(method, headers) == notes

@@ -140,7 +140,9 @@ def c(tmp_path_factory: pytest.TempPathFactory) -> Compiled:
 
 
 def fields(response: LocalResponse) -> dict[str, str]:
-    lines = response.rest.decode().split("\r\n")
+    """The header fields of a response rendered without a request id (so
+    with its Content-Length whether or not its body is tagged)."""
+    lines = response.render(b"", False, True).decode().split("\r\n")[1:]
     return dict(tuple(line.split(": ", 1)) for line in lines if line)  # type: ignore[misc]
 
 
@@ -287,15 +289,33 @@ def test_two_different_tokens_are_refused(c: Compiled) -> None:
 
 
 GOOD = mint()
-# Bearer values near the boundary of "ours", for the property below to splice.
-AUTHORIZATIONS = [
+BOB = mint(sub="u-bob", email="bob@example.com")  # valid too: a second identity of ours
+FOREIGN = mint(kid="app-key", key=OTHER_EC_KEY, iss="https://app.internal")
+# Authorization values that carry BOB however an application may read them:
+# any whitespace, a comma-separated list, another scheme, an auth-param.
+SECOND_TOKEN = [
+    b"Bearer " + BOB,
+    b"bearer\t" + BOB,
+    b"Bearer\t" + BOB,
+    b"Basic YWxp, Bearer " + BOB,
+    b"Token x, Bearer " + BOB,
+    b"Token x,bearer\t" + BOB,
+    b"Token " + BOB,
+    b'Token token="' + BOB + b'"',
+]
+# Values that name no other token of ours: GOOD itself in any spelling, the
+# application's own credentials, nothing at all.
+NOT_A_SECOND_TOKEN = [
     b"Bearer " + GOOD,
-    b"Bearer " + mint(sub="u-bob"),
-    b"Bearer " + mint(kid="app-key", key=OTHER_EC_KEY, iss="https://app.internal"),
+    b"bearer\t" + GOOD,
+    b"Basic YWxp, Bearer " + GOOD,
+    b"Bearer " + FOREIGN,
+    b"Basic YWxp,\tbearer " + FOREIGN,
     b"Bearer e30.e30.",
     b"Bearer ",
-    b"bearer\t" + GOOD,
+    b"Token x, Basic YWxp",
 ]
+AUTHORIZATIONS = SECOND_TOKEN + NOT_A_SECOND_TOKEN
 
 
 @pytest.mark.parametrize(
@@ -322,13 +342,30 @@ def test_a_second_token_of_ours_in_authorization_is_refused(c: Compiled, carrier
 
 
 @pytest.mark.parametrize(
+    "spelling",
+    ["Bearer\t{}", "bearer {}", "Basic YWxp, Bearer {}", "Token x, Bearer {}", "Token {}", 'Token t="{}"'],
+)
+def test_a_second_token_of_ours_is_refused_however_spelled(c: Compiled, spelling: str) -> None:
+    """A valid cookie for alice and a trusted JWT for bob: the application
+    would read bob wherever the edge overlooked him, so the request never
+    reaches it."""
+    headers = {**cookie(mint()), "Authorization": spelling.format(BOB.decode())}
+    action = run(c, "GET", "https://api.example.com/", headers)
+    assert isinstance(action, Reject), action
+    assert action.response.status == 400
+    assert action.reason == "reject: ambiguous: two different tokens"
+
+
+@pytest.mark.parametrize(
     "credential",
     [
         "Bearer app-secret-123",
         "Basic YWxpY2U6c2VjcmV0",
-        "Bearer " + mint(kid="app-key", key=OTHER_EC_KEY, iss="https://app.internal").decode(),
+        "Bearer " + FOREIGN.decode(),
+        "Basic YWxp, Bearer " + FOREIGN.decode(),
+        "Token x,\tBearer app-secret-123",
     ],
-    ids=["opaque-bearer", "basic", "foreign-jwt"],
+    ids=["opaque-bearer", "basic", "foreign-jwt", "foreign-jwt-in-a-list", "opaque-in-a-list"],
 )
 def test_the_applications_own_authorization_is_not_a_second_token(c: Compiled, credential: str) -> None:
     token = mint()
@@ -348,6 +385,16 @@ def test_any_authorization_is_decided_never_an_exception(
         fields.append((b"cookie", b"CF_Authorization=" + GOOD))
     action = decide(c, build(b"GET", b"api.example.com", b"/", fields, "192.0.2.1"), NOW)
     assert isinstance(action, (Forward, Reject, Unauthorized, Redirect))
+    second = any(value in SECOND_TOKEN for value in authorizations)
+    if with_cookie:
+        # GOOD is verified: BOB anywhere is a second identity, anything else the application's own.
+        if second:
+            assert isinstance(action, Reject) and action.reason == "reject: ambiguous: two different tokens"
+        else:
+            assert isinstance(action, Forward) and action.identity is not None
+            assert action.identity.token == GOOD
+    elif second and any(GOOD in value for value in authorizations):
+        assert isinstance(action, Reject)  # two identities of ours, whichever the edge verifies
 
 
 def test_the_same_token_in_cookie_and_authorization_is_one_token(c: Compiled) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.access.revocation import (
     SESSION_PREFIX,
@@ -11,6 +15,7 @@ from edge.access.revocation import (
     Revocations,
     format_message,
     parse_message,
+    revocation_cutoff,
     revoked_until,
     session_key,
     sid_key,
@@ -57,7 +62,7 @@ def test_sweep_keeps_an_extended_key() -> None:
     revoked.revoke("s1", 30.0)
     revoked.sweep(now=20.0)
     assert revoked.is_revoked("s1", 20.0)
-    assert revoked.items(20.0) == [("s1", 30.0)]
+    assert revoked.items(20.0) == [("s1", 30.0, math.inf)]
     revoked.sweep(now=31.0)
     assert len(revoked) == 0
 
@@ -66,8 +71,10 @@ def test_items_are_the_unexpired_entries() -> None:
     revoked = Revocations()
     revoked.revoke("a", 10.0)
     revoked.revoke("b", 30.0)
-    assert sorted(revoked.items(now=5.0)) == [("a", 10.0), ("b", 30.0)]
-    assert revoked.items(now=10.0) == [("b", 30.0)]  # expired but not swept: still left out
+    revoked.revoke("c", 40.0, cutoff=5.0)
+    assert sorted(revoked.items(now=5.0)) == [("a", 10.0, math.inf), ("b", 30.0, math.inf), ("c", 40.0, 5.0)]
+    # "a" expired but is not swept: still left out.
+    assert revoked.items(now=10.0) == [("b", 30.0, math.inf), ("c", 40.0, 5.0)]
 
 
 def test_claim_is_single_use_until_expiry() -> None:
@@ -93,11 +100,25 @@ def test_claims_memory_is_bounded_by_unexpired_claims() -> None:
 
 
 @pytest.mark.parametrize("key", ["s1", "with space", "ünïcode", "a:b:c"])
-def test_message_round_trip(key: str) -> None:
-    assert parse_message(format_message(key, 1732500000.123456)) == (key, 1732500000.123456)
+@pytest.mark.parametrize("cutoff", [math.inf, 1732400000.5, 0.0])
+def test_message_round_trip(key: str, cutoff: float) -> None:
+    until = 1732500000.123456
+    assert parse_message(format_message(key, until, cutoff)) == (key, until, cutoff)
 
 
-@pytest.mark.parametrize("data", ["", "123", "123 ", "abc key", "nan key", "inf key", " key"])
+def test_a_message_without_a_cutoff_is_an_older_edges() -> None:
+    """The format every edge wrote before revocations had a cutoff, "<until> <key>",
+    is still the one of an entry without one (math.inf: every token within the hold)."""
+    assert format_message("s:k", 10.0) == "10.0 s:k"
+    assert parse_message("10.0 s:k") == ("s:k", 10.0, math.inf)
+    assert format_message("s:k", 10.0, 4.5) == "10.0,4.5 s:k"
+    assert parse_message("1.7e+09,1.6e+09 s:k") == ("s:k", 1.7e9, 1.6e9)  # as Redis writes doubles
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["", "123", "123 ", "abc key", "nan key", "inf key", " key", "1, key", "1,x key", "1,nan key", "1,inf k"],
+)
 def test_malformed_messages(data: str) -> None:
     assert parse_message(data) is None
 
@@ -132,7 +153,7 @@ def test_session_keys_are_per_issuer() -> None:
     # Fixed size whatever the nonce, and safe in Redis and in a published message.
     for key in (a, session_key("i", "x" * 10_000), session_key("i", "with space \ud800")):
         assert key.startswith(SESSION_PREFIX) and len(key) == len(a) and key.isascii() and " " not in key
-        assert parse_message(format_message(key, 1.0)) == (key, 1.0)
+        assert parse_message(format_message(key, 1.0)) == (key, 1.0, math.inf)
 
 
 def test_session_revoked_by_its_key_only() -> None:
@@ -161,12 +182,131 @@ def test_bare_nonce_entries_of_older_edges_are_still_enforced() -> None:
 @pytest.mark.parametrize(
     ("valid_until", "expected"),
     [
-        (1_000.0 + 600 + 60, 1_000.0 + 3600 + 120),  # a short token: its siblings may live the bound
+        # A short token: its siblings may live the bound (+ 1 s, so that no
+        # rounding in these sums leaves one of them outside the hold).
+        (1_000.0 + 600 + 60, 1_000.0 + 3600 + 120 + 1),
         (1_000.0 + 5000.0, 1_000.0 + 5000.0),  # longer than the bound (refused from now on anyway)
     ],
 )
 def test_revoked_until_covers_the_longest_token_of_the_session(valid_until: float, expected: float) -> None:
     assert revoked_until(1_000.0, valid_until, max_lifetime=3600.0, leeway=60.0) == expected
+
+
+def test_the_cutoff_is_the_logout_plus_the_issuers_leeway() -> None:
+    """A token minted before the logout by an issuer whose clock runs ahead
+    (within the leeway) is still one the logout covers."""
+    assert revocation_cutoff(1_000.0, leeway=60.0) == 1_060.0
+
+
+# -- which tokens a revocation refuses: issued up to its cutoff, never refused then accepted -----
+
+
+def test_a_revocation_refuses_the_tokens_issued_up_to_its_cutoff() -> None:
+    revoked = Revocations()
+    revoked.revoke("s1", until=1_000.0, cutoff=100.0)
+    assert revoked.session_revoked("s1", "", 50.0, iat=100.0, valid_until=900.0)
+    assert revoked.session_revoked("s1", "", 899.0, iat=100.0, valid_until=900.0)
+    assert not revoked.session_revoked("s1", "", 150.0, iat=100.5, valid_until=900.0)  # minted later
+    assert not revoked.session_revoked("s1", "", 999.0, iat=100.5, valid_until=1_000.0)
+    # A token that would outlive the hold is never covered: it would be accepted once the hold lapsed.
+    assert not revoked.session_revoked("s1", "", 50.0, iat=90.0, valid_until=1_000.5)
+    # Without a token: whether the sign-in is signed out at all.
+    assert revoked.session_revoked("s1", "", 999.0)
+    assert not revoked.session_revoked("s1", "", 1_000.0)
+
+
+def test_revoking_again_extends_the_hold_and_the_cutoff() -> None:
+    revoked = Revocations()
+    assert revoked.revoke("s1", 1_000.0, cutoff=100.0)
+    assert not revoked.revoke("s1", 1_000.0, cutoff=100.0)
+    assert revoked.revoke("s1", 900.0, cutoff=200.0)  # covers later tokens: news for the others
+    assert revoked.items(0.0) == [("s1", 1_000.0, 200.0)]
+    assert revoked.revoke("s1", 1_100.0, cutoff=150.0)
+    assert revoked.items(0.0) == [("s1", 1_100.0, 200.0)]
+    assert revoked.revoke("s1", 1_100.0)  # an entry without a cutoff (an older edge's) covers every iat
+    assert not revoked.revoke("s1", 1_100.0, cutoff=300.0)
+    assert revoked.items(0.0) == [("s1", 1_100.0, math.inf)]
+
+
+def test_an_entry_without_a_cutoff_refuses_every_token_that_expires_within_it() -> None:
+    """What an older edge stored (no logout time): any iat, but only tokens
+    it can hold refused until they expire."""
+    revoked = Revocations()
+    revoked.revoke("s1", 1_000.0)
+    assert revoked.session_revoked("s1", "", 500.0, iat=400.0, valid_until=1_000.0)
+    assert not revoked.session_revoked("s1", "", 500.0, iat=400.0, valid_until=1_000.1)
+
+
+def test_sweep_forgets_the_cutoff_with_the_key() -> None:
+    revoked = Revocations()
+    revoked.revoke("s1", 10.0, cutoff=5.0)
+    revoked.sweep(10.0)
+    assert len(revoked) == 0
+    revoked.revoke("s1", 30.0)  # a new entry without a cutoff, not the old one's
+    assert revoked.items(0.0) == [("s1", 30.0, math.inf)]
+
+
+_SECONDS = st.floats(min_value=0, max_value=10**7, allow_nan=False)
+_MAX_LIFETIMES = st.floats(min_value=60, max_value=30 * 86400)
+_LEEWAYS = st.floats(min_value=0, max_value=600)
+
+
+@st.composite
+def logouts(draw: st.DrawFn) -> tuple[float, float, float, float, float]:
+    """(logout time, leeway, max_lifetime, presented token's valid_until, another logout's time)."""
+    logout, leeway, lifetime = draw(_SECONDS), draw(_LEEWAYS), draw(_MAX_LIFETIMES)
+    # The token presented at the logout was accepted then: iat <= now + leeway,
+    # exp - iat <= max_lifetime, exp + leeway > now.
+    iat = draw(st.floats(min_value=logout - lifetime, max_value=logout + leeway))
+    exp = draw(st.floats(min_value=max(iat, logout - leeway), max_value=iat + lifetime))
+    again = draw(st.floats(min_value=logout, max_value=logout + 3 * lifetime))
+    return logout, leeway, lifetime, exp + leeway, again
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    logouts(),
+    st.booleans(),
+    st.booleans(),
+    st.floats(min_value=-2, max_value=2),
+    st.floats(min_value=0, max_value=1),
+    st.lists(st.floats(min_value=0, max_value=3), min_size=1, max_size=8),
+)
+def test_no_token_is_refused_and_then_accepted(
+    logout: tuple[float, float, float, float, float],
+    legacy: bool,
+    twice: bool,
+    issued: float,
+    life: float,
+    checks: list[float],
+) -> None:
+    """Whatever the logout(s), the token and the times it is presented at: once
+    refused, refused until it expires. A token the issuer minted up to the
+    cutoff (and within its lifetime bound) is refused from the logout until
+    it expires; one minted later is never refused."""
+    at, leeway, lifetime, presented_until, again = logout
+    revoked = Revocations()
+    until = revoked_until(at, presented_until, lifetime, leeway)
+    cutoff = math.inf if legacy else revocation_cutoff(at, leeway)
+    revoked.revoke("s", until, cutoff)
+    iat = at + issued * lifetime
+    valid_until = iat + life * lifetime + leeway
+    refused_once = False
+    exact = not legacy  # the coverage of one logout with a cutoff is known exactly
+    for t in sorted(at + c * lifetime for c in checks):
+        if twice and t >= again:  # the same sign-in logged out again, e.g. with a later token
+            twice = False
+            until_again = revoked_until(again, again, lifetime, leeway)
+            revoked.revoke("s", until_again, revocation_cutoff(again, leeway))
+            exact = False
+        if not iat - leeway <= t < valid_until:
+            continue  # not a time the token is otherwise accepted at
+        revoked.sweep(t)
+        refused = revoked.session_revoked("s", "", t, iat=iat, valid_until=valid_until)
+        assert refused or not refused_once, f"refused, then accepted at {t}"
+        refused_once = refused
+        if exact:
+            assert refused is (iat <= cutoff), (t, iat, cutoff)
 
 
 # -- the key of a sign-in of each kind: nonce, the issuer's sid, the token itself ------------
@@ -181,7 +321,7 @@ def test_sid_keys_are_per_issuer_and_never_a_nonces() -> None:
     assert sid_key("https://a.example", "") != session_key("https://a.example", "sid")
     for key in (a, sid_key("i", "y" * 10_000), sid_key("i", "with space \ud800")):
         assert key.startswith(SESSION_PREFIX) and len(key) == len(a) and key.isascii() and " " not in key
-        assert parse_message(format_message(key, 1.0)) == (key, 1.0)
+        assert parse_message(format_message(key, 1.0)) == (key, 1.0, math.inf)
 
 
 def test_token_keys_are_per_issuer_and_per_token() -> None:

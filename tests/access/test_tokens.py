@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from edge.access.claims import Identity, Refusal
 from edge.access.keysets import REFRESH_INTERVAL, KeySet, parse_jwks
-from edge.access.revocation import session_key, sid_key, token_key
+from edge.access.revocation import SESSION_PREFIX, session_key, sid_key, token_key
 from edge.access.tokens import AMBIGUOUS, NO_TOKEN, IssuerKeys, Verifier, cookie_tokens, extract_token
 
 # -- extraction ----------------------------------------------------------------
@@ -289,6 +289,11 @@ CLAIM_NAMES = [
     "type",
     "sub",
     "country",
+    # Read by edge.access.claims too: the issuer's session id (what a logout
+    # revokes), how the user signed in, and the identity provider.
+    "sid",
+    "amr",
+    "idp",
 ]
 _PROPERTY_VERIFIER = verifier()
 
@@ -302,22 +307,42 @@ def sign_claims(payload: dict[str, Any]) -> bytes:
 
 def _usable(ident: Identity) -> None:
     """What the edge does with an identity must work: compare its times,
-    send its headers, encode it as JSON (get-identity, the access log)."""
+    send its headers, encode it as JSON (get-identity, the access log), name
+    its sign-in in a log line (sid, idp: one line, UTF-8) and revoke it."""
     assert ident.iat >= 0 and ident.exp <= ident.valid_until < float("inf")
     for name, value in ident.add_headers:
         assert isinstance(name, bytes) and isinstance(value, bytes)
     msgspec.json.encode(ident)
+    for text in (ident.sid, ident.idp, *ident.amr, *ident.groups, ident.email, ident.sub):
+        assert isinstance(text, str)
+        text.encode("utf-8")  # a lone surrogate raises
+    for text in (ident.sid, ident.idp):
+        assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in text), text
+    assert ident.session.startswith(SESSION_PREFIX)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(CLAIM_NAMES), JSON_VALUES, max_size=4))
 def test_any_claim_value_is_accepted_or_refused_never_an_exception(overrides: dict[str, Any]) -> None:
+    _accepted_or_refused(overrides)
+
+
+def _accepted_or_refused(overrides: dict[str, Any]) -> None:
     token = sign_claims(claims(**overrides))
     for _ in range(2):  # the repeat may come from a cache: it must not raise either
         result = _PROPERTY_VERIFIER.verify(token, NOW)
         assert isinstance(result, (Identity, Refusal))
         if isinstance(result, Identity):
             _usable(result)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(["sid", "amr", "idp"]), JSON_VALUES | _SCALARS, min_size=1))
+def test_any_sign_in_claim_value_is_accepted_or_refused_never_an_exception(overrides: dict[str, Any]) -> None:
+    """The claims that name the sign-in and how it was made, each drawn more
+    often than among all CLAIM_NAMES: a value the edge cannot use names no
+    session or provider (or refuses the token), never a broken log line."""
+    _accepted_or_refused(overrides)
 
 
 @settings(max_examples=300, deadline=None)
@@ -345,9 +370,36 @@ FOREIGN = mint(kid="app-key", key=OTHER_EC_KEY, iss="https://app.internal")
         ([b"CF_Authorization=" + OURS], [], [b"Bearer " + OURS], OURS),
         ([], [], [b"Bearer " + OURS, b"Bearer " + OURS], OURS),
         ([b"CF_Authorization=" + OURS], [], [b"Bearer app-secret"], OURS),
-        ([b"CF_Authorization=" + OURS], [], [b"Basic " + OURS_TOO], OURS),  # not a bearer token
         ([b"CF_Authorization=" + OURS], [], [b"Bearer " + FOREIGN], OURS),
         ([], [], [b"Bearer " + FOREIGN], FOREIGN),  # the only token: verification refuses it
+        # However it is spelled: an application splits Authorization on any
+        # whitespace and on commas, and may read any scheme's credential.
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer\t" + OURS_TOO], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"bearer " + OURS_TOO], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"BEARER\t\t" + OURS_TOO + b"\t"], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"Basic YWxp, Bearer " + OURS_TOO], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"Token x, Bearer " + OURS_TOO], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"Token x,Bearer " + OURS_TOO], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer app-secret," + OURS_TOO], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"Basic " + OURS_TOO], AMBIGUOUS),  # another scheme
+        ([b"CF_Authorization=" + OURS], [], [b"Token " + OURS_TOO], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b'Token token="' + OURS_TOO + b'"'], AMBIGUOUS),  # auth-param
+        ([b"CF_Authorization=" + OURS], [], [b'Bearer "' + OURS_TOO + b'"'], AMBIGUOUS),
+        ([b"CF_Authorization=" + OURS], [], [b"Basic YWxp", b"Token x, bearer\t" + OURS_TOO], AMBIGUOUS),
+        ([], [OURS], [b"Basic YWxp, Bearer " + OURS_TOO], AMBIGUOUS),
+        ([], [], [b"Basic YWxp, Bearer " + OURS + b", Bearer " + OURS_TOO], AMBIGUOUS),
+        ([], [], [b"Token " + OURS_TOO + b", Bearer " + OURS], AMBIGUOUS),
+        # The same token in any spelling is one token; the application's own
+        # credentials (no JWT of ours) pass, wherever they are.
+        ([b"CF_Authorization=" + OURS], [], [b"Basic YWxp, bearer\t" + OURS], OURS),
+        ([b"CF_Authorization=" + OURS], [], [b"Basic YWxp, Bearer " + FOREIGN], OURS),
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer\t" + FOREIGN + b", Token x"], OURS),
+        ([b"CF_Authorization=" + OURS], [], [b'Token token="' + FOREIGN + b'", Basic YWxp'], OURS),
+        ([b"CF_Authorization=" + OURS], [], [b"Bearer app-secret, Basic YWxp\tDigest a=b"], OURS),
+        ([], [], [b"Basic YWxp, Bearer " + OURS], OURS),  # the bearer credential, wherever it is
+        ([], [], [b"bearer\t" + OURS], OURS),
+        ([], [], [b"Token x, Bearer " + FOREIGN], FOREIGN),
+        ([], [], [b"Token " + OURS], NO_TOKEN),  # no bearer, no cookie: unauthenticated
     ],
 )
 def test_a_second_token_in_authorization(

@@ -82,6 +82,15 @@ class Response:
         return any(k == b"connection" and b"close" in v.lower() for k, v in self.headers)
 
     @property
+    def untagged_body(self) -> bytes:
+        """The body without the line naming the response's request id that
+        ends the edge's plain-text errors (asserted to be there, once)."""
+        [rid] = [v for k, v in self.headers if k == b"x-request-id"]
+        line = b"request id: %s\n" % rid
+        assert self.body.endswith(line), self.body
+        return self.body[: -len(line)]
+
+    @property
     def origin_request(self) -> int | None:
         """Which request of the origin's this answers (None: the edge's own answer)."""
         return next((int(v) for k, v in self.headers if k == b"x-origin-request"), None)

@@ -31,10 +31,19 @@ CONFIG = '[server]\naccess_log = "off"\n'
 PLAIN = b"content-type: text/plain; charset=utf-8\r\nserver: edge\r\n"
 # A generated request id's line, where LocalResponse.render splices it.
 ID_LINE = re.compile(re.escape(DATE) + rb"x-request-id: ([A-Za-z0-9_-]{16})\r\n")
+# The id a plain-text error's body ends with (LocalResponse.tagged): the same
+# as its header's, written down as ID_PLACEHOLDER (of the same length).
+BODY_ID = re.compile(rb"request id: ([A-Za-z0-9_-]{16})\n")
+ID_PLACEHOLDER = b"request id: " + b"#" * 16 + b"\n"
 
 
-def wire(status: bytes, body: bytes, *, close: bool = False, head: bool = False) -> bytes:
-    """A local response exactly as edge writes it."""
+def wire(
+    status: bytes, body: bytes, *, close: bool = False, head: bool = False, tagged: bool = True
+) -> bytes:
+    """A local response exactly as edge writes it; `tagged`: a plain-text
+    error, whose body ends with the request id."""
+    if tagged:
+        body += ID_PLACEHOLDER
     length = b"content-length: %d\r\n" % len(body)
     end = b"connection: close\r\n\r\n" if close else b"\r\n"
     return b"HTTP/1.1 " + status + b"\r\n" + DATE + PLAIN + length + end + (b"" if head else body)
@@ -47,7 +56,7 @@ def not_found(*, close: bool = False, head: bool = False) -> bytes:
     return wire(b"404 Not Found", NOT_FOUND_BODY, close=close, head=head)
 
 
-HEALTH = wire(b"200 OK", b"ok\n")
+HEALTH = wire(b"200 OK", b"ok\n", tagged=False)
 BAD_REQUEST = wire(b"400 Bad Request", b"bad request\n", close=True)
 TIMEOUT = wire(b"408 Request Timeout", b"request timeout\n", close=True)
 
@@ -83,8 +92,10 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         if self.closing or self.eof:
             self.calls.append("write after close")
-        self.ids += ID_LINE.findall(data)
-        self.written += ID_LINE.sub(DATE, data)
+        ids = ID_LINE.findall(data)
+        assert set(BODY_ID.findall(data)) <= set(ids)  # a body names its own response's id
+        self.ids += ids
+        self.written += BODY_ID.sub(ID_PLACEHOLDER, ID_LINE.sub(DATE, data))
         if self.fill_on_write and self.protocol is not None:
             self.fill_on_write = False
             self.protocol.pause_writing()

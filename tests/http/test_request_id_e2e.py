@@ -61,6 +61,9 @@ name = "staff"
 action = "allow"
 include = [{{ email_domains = ["example.com"] }}]
 
+[proxy]
+response_timeout = 1.0  # so a stalled upstream's 504 comes at once
+
 [[apps]]
 name = "dead"
 domains = ["dead.test"]
@@ -300,7 +303,10 @@ LOCAL = [
     pytest.param(("HEAD", "/cdn-cgi/edge/health", "open.test", []), 200, id="health-head"),
     pytest.param(("GET", "/cdn-cgi/edge/ready", "open.test", []), 200, id="ready"),
     pytest.param(("GET", "/x", "dead.test", []), 502, id="502-dead-upstream"),
+    pytest.param(("GET", "/stall-head?t=3", "open.test", []), 504, id="504-stalled-upstream"),
 ]
+# The edge's plain-text errors name the id in their body too (LocalResponse.tagged).
+TAGGED = {403, 404, 502, 504}
 
 
 @pytest.mark.parametrize(("request_", "status"), LOCAL)
@@ -315,6 +321,7 @@ def test_every_local_answer_names_its_log_line(edge: Edge, request_: Any, status
     for r in (first, second):
         assert r.status == status if status is not None else 200 <= r.status < 300
         assert generated(r.rid)
+        assert r.body.endswith(f"\nrequest id: {r.rid}\n".encode()) == (r.status in TAGGED), r.body
         record = edge.logged(r.rid)
         assert (record["method"], record["path"], record["status"]) == (method, target, r.status)
     assert first.rid != second.rid
@@ -347,6 +354,7 @@ def test_a_refused_request_gets_an_id_too(
         r = c.response()
     assert r.status == status
     assert generated(r.rid)
+    assert r.body.endswith(f"\nrequest id: {r.rid}\n".encode()), r.body
     record = edge.logged(r.rid)
     assert record["status"] == status
     if logged_path is not None:

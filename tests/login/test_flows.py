@@ -408,6 +408,36 @@ def test_a_logout_revokes_the_session(site: Site) -> None:
     assert len(site.store.revocations) == 1
 
 
+def test_a_code_issued_before_a_logout_signs_no_one_in_after_it(site: Site) -> None:
+    """A logout refuses the tokens issued up to it (revocation_cutoff); the
+    edge never mints a later one for that sign-in, not even from a code
+    issued just before the logout."""
+    r = handoff.start_session(
+        site.ctx,
+        site.c,
+        new_person(ALICE, ["staff"], "dev"),
+        site.target(),
+        build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
+        NOW,
+    )
+    code = parse_qs(urlsplit(location(r)).query)["code"][0]
+    token = cookie_value(cookies(r)["CF_Authorization"])
+    action, req = site.endpoint(
+        "GET",
+        "http://auth.localhost/cdn-cgi/access/logout",
+        [("Cookie", f"CF_Authorization={token}"), ("Sec-Fetch-Site", "same-origin")],
+    )
+    assert run(logout.logout(site.ctx, site.c, action, req, b"", NOW)).status == 200
+    action, req = site.endpoint(
+        "GET",
+        f"http://app.localhost/cdn-cgi/access/authorized?code={code}",
+        [("Cookie", f"{BINDING_COOKIE}={BINDING}")],
+    )
+    late = run(handoff.authorized(site.ctx, site.c, action, req, b"", NOW + HANDOFF_TTL - 1))
+    assert late.status == 400 and b"signed out" in late.body
+    assert "CF_Authorization" not in cookies(late)
+
+
 def test_an_app_logout_ends_the_team_session_too(site: Site) -> None:
     action, req = site.endpoint("GET", "http://app.localhost/cdn-cgi/access/logout")
     r = run(logout.logout(site.ctx, site.c, action, req, b"", NOW))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
-from access_fixtures import ISS, NOW, default_jwks, mint
+from access_fixtures import DROP, ISS, NOW, default_jwks, mint
 from redis_fixture import RedisServer, redis_server  # noqa: F401
 
 from edge.access.actions import Endpoint
@@ -25,6 +25,7 @@ from edge.access.decide import REVOKED, decide, verify_token
 from edge.access.endpoints import EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
+from edge.access.revocation import sid_key
 from edge.config.load import loads
 from edge.config.schema import Config
 from edge.login.service import LoginService
@@ -164,6 +165,120 @@ def test_logout_holds_until_the_token_expires_redis(tmp_path: Path, redis_server
     asyncio.run(main())
 
 
+# -- tokens minted after the logout: one answer, never refused and then accepted -------------------
+
+HOUR = 3600.0
+# When the sequence below is checked: soon after the late token was minted, and
+# after the revocation (a day's max_token_lifetime + 2 x 60 s leeway) has lapsed.
+CHECKS = (NOW + HOUR + 10, NOW + DAY + 200)
+
+
+def sid_token(iat: float, lifetime: float, sid: str = "sid-late") -> bytes:
+    """A token of an external issuer's sign-in named by `sid` (no nonce), minted at `iat`."""
+    return mint(iss=ISS, identity_nonce=DROP, sid=sid, iat=iat, nbf=iat, exp=iat + lifetime)
+
+
+def answers(c: Compiled, token: bytes, times: tuple[float, ...] = CHECKS) -> list[str]:
+    """What the edge makes of `token` at each time: accepted, or the refusal."""
+    results = [verify_token(c, token, t) for t in times]
+    return ["accepted" if isinstance(r, Identity) else r.reason for r in results]
+
+
+def test_a_token_minted_after_the_logout_gets_one_answer_memory(tmp_path: Path) -> None:
+    """Logout at T; the issuer mints a token of the same sid at T + 1 h with a
+    day's exp. It is not covered (issued after the logout): accepted at
+    T + 3610 s and still at T + 86600 s, where it used to be refused first,
+    then accepted once the revocation lapsed."""
+    clock = [NOW]
+    store = memory(clock)
+    config, c = setup(tmp_path, store, max_lifetime=DAY)
+    signed_out = sid_token(NOW - 10, 20 * HOUR)
+    assert asyncio.run(logout(LoginService(config, store, b"edge"), c, signed_out, NOW)).status == 200
+    late = sid_token(NOW + HOUR, DAY)
+
+    late_answers, signed_out_answers = [], []
+    for t in CHECKS:
+        clock[0] = t
+        store.revocations.sweep(t)
+        late_answers += answers(c, late, (t,))
+        signed_out_answers += answers(c, signed_out, (t,))
+    assert late_answers == ["accepted", "accepted"]
+    # The token signed out stays refused until it expires.
+    assert signed_out_answers == [REVOKED.reason, "expired"]
+
+
+def test_a_token_minted_after_the_logout_gets_one_answer_redis(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """The same sequence through Redis: a worker connected at the logout
+    (the published message) and workers started at each check (the set they
+    load) answer alike."""
+    signed_out = sid_token(NOW - 10, 20 * HOUR)
+    late = sid_token(NOW + HOUR, DAY)
+
+    async def main() -> None:
+        a = RedisStore(redis_server.url, clock=lambda: NOW)
+        b = RedisStore(redis_server.url, clock=lambda: NOW)
+        config, c_a = setup(tmp_path, a, max_lifetime=DAY)
+        c_b = compile_config(config, revoked=b.revocations)
+        await a.start()
+        await b.start()
+        try:
+            assert a.healthy and b.healthy
+            await logout(LoginService(config, a, b"edge"), c_a, signed_out, NOW)
+            assert await eventually(lambda: verify_token(c_b, signed_out, NOW + 1) is REVOKED)
+            assert answers(c_a, late) == answers(c_b, late) == ["accepted", "accepted"]
+        finally:
+            await a.close()
+            await b.close()
+        for t in CHECKS:
+            fresh = RedisStore(redis_server.url, clock=lambda t=t: t)
+            await fresh.start()
+            try:
+                assert fresh.healthy
+                c_fresh = compile_config(config, revoked=fresh.revocations)
+                assert answers(c_fresh, late, (t,)) == ["accepted"]
+                expected = REVOKED.reason if t < NOW + 20 * HOUR else "expired"
+                assert answers(c_fresh, signed_out, (t,)) == [expected]
+            finally:
+                await fresh.close()
+
+    asyncio.run(main())
+
+
+def test_an_entry_of_the_previous_edge_never_flips_either(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """An entry the previous edge wrote (the key, held until logout + a day +
+    2 x leeway, no logout time) stays readable: it refuses every token that
+    expires within it, until that token expires, and no token is refused and
+    then accepted."""
+    until = NOW + DAY + 120
+
+    async def main() -> None:
+        raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            await raw.zadd("edge:revoked", {sid_key(ISS, "sid-late"): until})
+        finally:
+            await raw.aclose()
+        for t in CHECKS:
+            worker = RedisStore(redis_server.url, clock=lambda t=t: t)
+            _, c = setup(tmp_path, worker, max_lifetime=DAY)
+            await worker.start()
+            try:
+                assert worker.healthy
+                signed_out = sid_token(NOW - 10, 20 * HOUR)
+                expected = REVOKED.reason if t < NOW + 20 * HOUR else "expired"
+                assert answers(c, signed_out, (t,)) == [expected]
+                assert answers(c, sid_token(NOW + HOUR, DAY), (t,)) == ["accepted"]
+            finally:
+                await worker.close()
+
+    asyncio.run(main())
+
+
 # -- whose sessions a logout covers ------------------------------------------------------------
 
 
@@ -206,13 +321,17 @@ def test_bare_nonce_entries_already_in_redis_are_still_enforced(
     tmp_path: Path,
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
-    """An entry an older edge wrote (the bare nonce) keeps its sessions
-    refused after the upgrade, until it expires; then they are accepted."""
+    """An entry an older edge wrote (the bare nonce, held for the longest
+    session_duration + 60 s, no logout time) keeps refusing, for any issuer,
+    every token of that nonce that expires within it, until the token
+    expires. A token that outlives it is not covered: accepted throughout,
+    never refused first and accepted later."""
+    until = NOW + OLD_HORIZON
 
     async def main() -> None:
         raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
         try:
-            await raw.zadd("edge:revoked", {"old-nonce": NOW + 600})
+            await raw.zadd("edge:revoked", {"old-nonce": until})
         finally:
             await raw.aclose()
         worker = RedisStore(redis_server.url, clock=lambda: NOW)
@@ -220,8 +339,14 @@ def test_bare_nonce_entries_already_in_redis_are_still_enforced(
         await worker.start()
         try:
             for iss in (ISS, ISS2):
-                assert verify_token(c, token(iss, "old-nonce", DAY), NOW) is REVOKED
-                assert accepted(c, token(iss, "old-nonce", DAY), NOW + 600)
+                short = token(iss, "old-nonce", 20 * HOUR)
+                assert answers(c, short, (NOW, NOW + 20 * HOUR - 20, NOW + 20 * HOUR + 60)) == [
+                    REVOKED.reason,
+                    REVOKED.reason,
+                    "expired",
+                ]
+                outliving = token(iss, "old-nonce", 20 * DAY)
+                assert answers(c, outliving, (NOW, until - 1, until)) == ["accepted"] * 3
             assert accepted(c, token(ISS, "new-nonce", DAY), NOW)
         finally:
             await worker.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -160,6 +161,46 @@ def test_prefixes_keep_deployments_apart(redis_server: RedisServer) -> None:  # 
             await b.revoke("marker", time.time() + HOUR)
             assert await eventually(lambda: b.revocations.is_revoked("marker", time.time()))
             assert not b.revocations.is_revoked("s1", time.time())
+
+    run_uvloop(main())
+
+
+def test_cutoffs_are_shared_merged_and_trimmed(redis_server: RedisServer) -> None:  # noqa: F811
+    """The latest iat a revocation covers travels with it (message and set),
+    the later cutoff wins, an entry without one (an older edge's) covers
+    every iat, and a trim removes a cutoff with its entry."""
+    clock = [time.time()]
+    a = store(redis_server, clock=lambda: clock[0])
+    b = store(redis_server, clock=lambda: clock[0])
+
+    def cutoffs(s: RedisStore) -> dict[str, float]:
+        return {key: cutoff for key, _, cutoff in s.revocations.items(clock[0])}
+
+    async def main() -> None:
+        now = clock[0]
+        async with started(a, b), raw_client(redis_server.url) as raw:
+            await a.revoke("s1", now + HOUR, cutoff=now - 100)
+            assert await eventually(lambda: cutoffs(b).get("s1") == now - 100)
+            await b.revoke("s1", now + HOUR, cutoff=now)  # logged out again: later tokens too
+            assert await eventually(lambda: cutoffs(a).get("s1") == now)
+            await a.revoke("s1", now + HOUR, cutoff=now - 50)  # an earlier cutoff changes nothing
+            assert await raw.hget("edge:revoked-cutoff", "s1") == repr(now)
+            # An older edge's entry and message: no cutoff, every iat.
+            await raw.zadd("edge:revoked", {"s2": now + HOUR})
+            await raw.publish("edge:revocations", f"{now + HOUR!r} s2")
+            assert await eventually(lambda: cutoffs(a).get("s2") == math.inf)
+            await b.revoke("s2", now + HOUR, cutoff=now)  # still every iat
+            assert await raw.hget("edge:revoked-cutoff", "s2") is None
+            async with started(late := store(redis_server, clock=lambda: clock[0])):
+                assert cutoffs(late) == {"s1": now, "s2": math.inf}
+            # Expired entries leave the set and the hash together.
+            await a.revoke("short", now + 1, cutoff=now)
+            await raw.hset("edge:revoked-cutoff", "orphan", now)  # an older edge trimmed its member
+            assert await raw.hget("edge:revoked-cutoff", "short") is not None
+            clock[0] = now + 2
+            await a._trim()
+            assert await raw.zscore("edge:revoked", "short") is None
+            assert await raw.hkeys("edge:revoked-cutoff") == ["s1"]
 
     run_uvloop(main())
 

@@ -896,7 +896,7 @@ def test_options_asterisk_answered_locally(edge: Edge) -> None:
     """`OPTIONS *` names no path, so no application: the edge answers it."""
     r = fetch(edge.port, build("OPTIONS", "*"))
     assert r.status == 404
-    assert r.body == b"not found: no application here\n"
+    assert r.body == b"not found: no application here\nrequest id: %s\n" % r.header(b"x-request-id")
 
 
 # -- WebSocket, SSE, access log --------------------------------------------------------------

@@ -143,6 +143,13 @@ def test_the_cross_origin_page_shows_what_the_edge_really_answers(demo: Demo) ->
         "x-debug is not in Access-Control-Allow-Headers (Content-Type)",
     ]
     assert re.findall(r'data-expect="(\w+)"', page.text) == ["allowed", "refused", "refused"]
+    # The edge's own explanation of each answer says what its 200 does not allow.
+    refused = "preflight: allowed (origin), but {} is not in {}: the browser refuses the call"
+    assert [c["decision"] for c in calls] == [
+        "preflight: allowed",
+        refused.format("method DELETE", "allowed_methods"),
+        refused.format("header x-debug", "allowed_headers"),
+    ]
     # No preflight reached the API: the edge answered them all.
     assert wait_for(lambda: len([r for r in demo.records() if r["method"] == "OPTIONS"]) >= 6, timeout=5)
     assert all(r["upstream_status"] is None for r in demo.records() if r["method"] == "OPTIONS")

@@ -464,7 +464,9 @@ def test_sums_never_go_down_when_a_worker_stalls_dies_or_is_replaced(monkeypatch
     assert scrape() == (8, 2, 8)
     a.count = 5
     assert scrape() == (10, 2, 10)
-    del live[0]  # slot 0's worker died, not yet replaced
+    a.supervisor.shutdown(socket.SHUT_RDWR)  # slot 0's worker died: its channel reads EOF
+    assert scrape() == (10, 1, 10)  # counters kept, its gauge gone, before it is reaped
+    del live[0]  # reaped, not yet replaced
     assert scrape() == (10, 1, 10)
     live.clear()
     assert scrape() == (10, 0, 10)
