@@ -83,16 +83,26 @@ class Exchange(Protocol):
     def upstream_batch(self, start: bool) -> None: ...
 
 
-class Target:
-    """A parsed upstream URL; what the pool keys on."""
+def target_key(url: str, ca_file: str | None, verify: bool) -> str:
+    """What makes a Target, and so what the pool keys targets and idle
+    connections on: the URL and, for https, the TLS settings (a connection
+    verified one way is never taken for a request configured another)."""
+    if not url.startswith("https:"):
+        return url
+    return f"{url} verify={verify} ca={ca_file or ''}"
 
-    __slots__ = ("base_path", "host", "host_header", "port", "scheme", "ssl", "url")
+
+class Target:
+    """A parsed upstream URL with its TLS settings; what the pool keys on (`key`)."""
+
+    __slots__ = ("base_path", "host", "host_header", "key", "port", "scheme", "ssl", "url")
 
     def __init__(self, url: str, ca_file: str | None = None, verify: bool = True) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"Expected an http:// or https:// URL with a host, got {url!r}")
         self.url = url
+        self.key = target_key(url, ca_file, verify)
         self.scheme = parts.scheme
         self.host = parts.hostname
         default = 443 if self.scheme == "https" else 80
@@ -347,24 +357,31 @@ class Pool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
-        self.idle: dict[str, list[UpstreamConnection]] = {}
+        self.idle: dict[str, list[UpstreamConnection]] = {}  # by Target.key
+        # The targets of the configuration in force, by Target.key (made
+        # once: a TLS context is costly); configure() starts over.
         self.targets: dict[str, Target] = {}
         # Shared by every connection of this loop (see the invariants).
         self.read_buffer = memoryview(bytearray(READ_SIZE))
 
     def configure(self, max_idle: int, idle_timeout: float, connect_timeout: float) -> None:
+        """A configuration is installed (at start and on every reload): its
+        settings, and new targets (so a CA file changed in place is read
+        again; idle connections stay, keyed by the settings they were made with)."""
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
+        self.targets = {}
 
     def target(self, url: str, ca_file: str | None = None, verify: bool = True) -> Target:
-        found = self.targets.get(url)
+        key = target_key(url, ca_file, verify)
+        found = self.targets.get(key)
         if found is None:
-            found = self.targets[url] = Target(url, ca_file, verify)
+            found = self.targets[key] = Target(url, ca_file, verify)
         return found
 
     def take(self, target: Target) -> UpstreamConnection | None:
-        idle = self.idle.get(target.url)
+        idle = self.idle.get(target.key)
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
@@ -401,7 +418,7 @@ class Pool:
         if not conn.reusable():
             conn.abort()
             return
-        idle = self.idle.setdefault(conn.target.url, [])
+        idle = self.idle.setdefault(conn.target.key, [])
         if len(idle) >= self.max_idle:
             conn.abort()
             return
@@ -411,7 +428,7 @@ class Pool:
         idle.append(conn)
 
     def _forget(self, conn: UpstreamConnection) -> None:
-        idle = self.idle.get(conn.target.url)
+        idle = self.idle.get(conn.target.key)
         if idle and conn in idle:
             idle.remove(conn)
 

@@ -15,6 +15,8 @@ its exchange, and when it may be reused.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from dataclasses import dataclass, field
 
 import h11
@@ -24,7 +26,7 @@ from hypothesis import strategies as st
 
 from edge.http.flow import READ_SIZE
 from edge.http.message import Headers, ResponseHead, chunk
-from edge.proxy.upstream import Target, UpstreamConnection, UpstreamError
+from edge.proxy.upstream import Pool, Target, UpstreamConnection, UpstreamError
 from edge.proxy.wire import END, MAX_HEAD, Event, ProtocolError, ResponseParser, request_head
 
 OK = b"HTTP/1.1 200 OK\r\n"
@@ -686,3 +688,56 @@ def test_request_head_shortcut_equals_the_general_path(headers: Headers, host_fi
     if host_first:
         headers = [(b"host", b"h"), *headers]
     assert request_head(b"GET", b"/p", headers) == reference_request_head(b"GET", b"/p", headers)
+
+
+# -- the pool's targets: keyed by everything that makes one ------------------------------------
+
+
+def test_a_target_is_keyed_by_its_tls_settings_too() -> None:
+    """A reload that turns verify_tls back on (or names another CA file)
+    must apply to an upstream already used: the pool's target for the same
+    URL with other TLS settings is another target, with its own context,
+    and a connection pooled under the old settings is never taken for it."""
+    loop = asyncio.new_event_loop()
+    try:
+        pool = Pool(loop, max_idle=8, idle_timeout=10.0, connect_timeout=1.0)
+        url = "https://upstream.test"
+        lax = pool.target(url, None, False)
+        strict = pool.target(url, None, True)
+        assert lax.ssl is not None and lax.ssl.verify_mode == ssl.CERT_NONE and not lax.ssl.check_hostname
+        assert (
+            strict.ssl is not None
+            and strict.ssl.verify_mode == ssl.CERT_REQUIRED
+            and strict.ssl.check_hostname
+        )
+        assert pool.target(url, None, True) is strict  # made once per settings
+        assert lax.key != strict.key
+        conn = UpstreamConnection(lax, lambda _: None, memoryview(bytearray(READ_SIZE)))
+        conn.connection_made(Transport())  # type: ignore[arg-type]
+        assert conn.attach(Recorder()) is None  # type: ignore[arg-type]
+        conn.send_request(b"GET", b"/", [(b"host", b"upstream.test")], chunked=False, upgrade=False)
+        conn.end_request()
+        conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")  # a clean exchange: reusable
+        pool.release(conn, 0.0)
+        assert pool.take(strict) is None
+        assert pool.take(lax) is conn
+        # Plain http has no TLS settings: one target, one idle list.
+        assert pool.target("http://upstream.test", None, False).key == pool.target("http://upstream.test").key
+    finally:
+        loop.close()
+
+
+def test_a_reload_makes_new_targets() -> None:
+    """configure (every reload) drops the targets made so far, so a CA file
+    changed in place is read again for new connections, and the table holds
+    only the targets of the configuration in force."""
+    loop = asyncio.new_event_loop()
+    try:
+        pool = Pool(loop, max_idle=8, idle_timeout=10.0, connect_timeout=1.0)
+        first = pool.target("https://upstream.test")
+        pool.configure(8, 10.0, 1.0)
+        again = pool.target("https://upstream.test")
+        assert again is not first and again.key == first.key
+        assert list(pool.targets) == [again.key]
+    finally:
+        loop.close()
