@@ -46,7 +46,6 @@ from edge.config.schema import (
     Issuer,
 )
 
-TEAM_LOGIN = "/cdn-cgi/access/login/{host}?kid={aud}&redirect_url={redirect_url}"
 # Edge endpoints must never be framed (clickjacking of the login page).
 NO_FRAMING: tuple[Header, ...] = (
     (b"x-frame-options", b"DENY"),
@@ -277,7 +276,7 @@ def compile_config(
         service_tokens=ServiceTokens(config.service_tokens),
         trusted=trusted,
         trusted_proxies=TrustedProxies(trusted),
-        login_url=config.login.url or (team_url + TEAM_LOGIN if team_url else DEFAULT_LOGIN_URL),
+        login_url=config.login.url or (team_url + DEFAULT_LOGIN_URL if team_url else DEFAULT_LOGIN_URL),
         responses=responses,
         endpoint_refused=responses.text(403, b"forbidden: no cross-site requests here\n", NO_FRAMING),
         endpoint_pending=responses.text(

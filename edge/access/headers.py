@@ -18,6 +18,10 @@ Header = tuple[bytes, bytes]
 Headers = list[Header]
 # The end of every line of a head (and of a chunk's size and data).
 CRLF = b"\r\n"
+# Optional whitespace around a field value (RFC 9110 5.6.3), and what joins
+# a field's name to its value on the wire.
+OWS = b" \t"
+FIELD_SEP = b": "
 
 # The cookie (and the cf-access-token header's value) carrying the user's
 # token (BEHAVIOUR.md section 3). The str form names it in Set-Cookie; the

@@ -16,12 +16,12 @@ everything but the inline style and icon, images from those logos' origins
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from html import escape
 from urllib.parse import urlsplit
 
+from edge.config.checks_team import PLACEHOLDER_RE as _PLACEHOLDER
 from edge.config.schema import TEMPLATE_CONTENT, Branding
 
 # One img-src directive (a second one would be ignored): the inline icon's
@@ -31,8 +31,6 @@ _CSP_REST = (
     b"; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'"
 )
 CSP = b"default-src 'none'; " + _IMG_SRC + _CSP_REST
-# As config.checks_team.PLACEHOLDER_RE, which checked every template at load.
-_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
 
 def csp(logo_urls: Iterable[str]) -> bytes:

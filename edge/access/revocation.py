@@ -178,6 +178,8 @@ class Revocations(_ExpiringKeys):
         del self._cutoff[key]
 
     def is_revoked(self, key: str, now: float) -> bool:
+        """Whether `key` is held at `now` (for any token): what the store
+        and its tests ask; the request path asks session_revoked."""
         return self._until.get(key, _NEVER) > now
 
     def session_revoked(
@@ -221,15 +223,6 @@ class OnceClaims(_ExpiringKeys):
         if until <= now or key in self._until:
             return False
         return self._hold(key, until)
-
-
-def format_message(key: str, until: float, cutoff: float = math.inf) -> str:
-    """A revocation as published to the other workers: "<until>,<cutoff> <key>",
-    or "<until> <key>" for an entry without a cutoff (as older edges wrote
-    every entry). edge/login/store.py's SHARE_SCRIPT writes the same."""
-    if math.isinf(cutoff):
-        return f"{until!r} {key}"
-    return f"{until!r},{cutoff!r} {key}"
 
 
 def parse_message(data: str) -> tuple[str, float, float] | None:

@@ -41,14 +41,13 @@ from jwt.types import Options
 
 from edge.access.cache import BoundedCache
 from edge.access.claims import Identity, Refusal, identity_from_claims
-from edge.access.headers import AUTH_COOKIE_BYTES
+from edge.access.headers import AUTH_COOKIE_BYTES, OWS
 from edge.access.keysets import KeySet
 
 _COOKIE_PREFIX = AUTH_COOKIE_BYTES + b"="
 _PREFIX_LENGTH = len(_COOKIE_PREFIX)
 # A value starting or ending with one of these needs trimming (rare).
 _UNUSUAL = frozenset({b" ", b"\t", b'"'})
-_OWS = b" \t"
 _SEMICOLON = ord(";")
 # The largest token considered: a request head is at most 16 KiB by default
 # (server.max_header_bytes), so anything larger cannot be a real cookie.
@@ -110,7 +109,7 @@ def _starts_pair(header: bytes, at: int) -> bool:
     """Whether position `at` begins a cookie pair (not the tail of another
     name like ``XCF_Authorization``)."""
     i = at - 1
-    while i >= 0 and header[i] in _OWS:
+    while i >= 0 and header[i] in OWS:
         i -= 1
     return i < 0 or header[i] == _SEMICOLON
 

@@ -40,7 +40,7 @@ import msgspec
 from edge.access.headers import REQUEST_ID, TrustedProxies
 from edge.access.request import Index, Request, is_upgrade
 from edge.access.responses import LocalResponse, Responses
-from edge.config.schema import Server
+from edge.config.schema import KIB, Server
 from edge.http import flow
 from edge.http.cycle import END, Cycle
 from edge.http.faults import FaultLog
@@ -73,7 +73,6 @@ from edge.http.request_id import new_id, request_id
 
 log = logging.getLogger("edge.protocol")
 
-KIB = 1024
 # A request answered early (404 before its body was read) keeps its connection
 # only if at most this much body is left to throw away; beyond that, closing is
 # cheaper than reading. nginx discards unread bodies in the same spirit.

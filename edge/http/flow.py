@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 
+from edge.config.schema import KIB
+
 PEER_WRITE = 1  # the transport we forward to is above its high-water mark
 PIPELINE = 2  # a request is being answered; the next one waits (client side)
 WAITING = 4  # the upstream connection is not ready yet (client side)
 OWN_WRITE = 8  # our writes to this same transport are backed up (it is not reading)
 
-KIB = 1024
-MIB = 1024 * KIB
 # Bytes taken from an upstream per read: all of a read may land in a slow
 # client's write buffer. Reads that grew to 256 KiB for a client keeping up
 # made a 1 GiB download cost 0.65-0.80 s of proxy CPU against 0.92-1.01 s,

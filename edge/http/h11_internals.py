@@ -93,7 +93,7 @@ from h11._writers import BodyWriter, ChunkedWriter, ContentLengthWriter, write_a
 
 from edge.access.cache import BoundedCache
 from edge.access.request import Index
-from edge.http.message import CRLF, LAST_CHUNK, TOKEN, Headers, ResponseHead
+from edge.http.message import CRLF, FIELD_SEP, LAST_CHUNK, TOKEN, Headers, ResponseHead
 from edge.http.message import DIGITS as _DIGITS
 from edge.http.message import OWS as _OWS
 
@@ -229,7 +229,6 @@ _REQUEST_SPECIAL = frozenset(
 
 _CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
 _CLOSE_LINE = b"Connection: close\r\n"
-_FIELD_SEP = b": "
 _NO_BODY_STATUS = (204, 304)
 # Stand-in Responses by framing. h11 events are never mutated, so one object
 # serves every response framed alike; Content-Length values make the key
@@ -380,7 +379,7 @@ def commit_head(conn: h11.Connection, head: ResponseHead, close: bool) -> bytes:
     return b"".join(
         (
             b"HTTP/1.1 %d %s\r\n" % (status, head.reason),
-            b"\r\n".join(map(_FIELD_SEP.join, fields)),
+            b"\r\n".join(map(FIELD_SEP.join, fields)),
             CRLF if fields else b"",
             _CHUNKED_LINE if chunked else b"",
             _CLOSE_LINE if close else b"",

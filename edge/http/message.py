@@ -8,6 +8,8 @@ import re
 from typing import NamedTuple
 
 from edge.access.headers import CRLF as CRLF
+from edge.access.headers import FIELD_SEP as FIELD_SEP
+from edge.access.headers import OWS as OWS
 from edge.access.headers import Headers as Headers  # the one header-pair type
 from edge.config import syntax
 
@@ -16,7 +18,6 @@ TOKEN = syntax.TOKEN.encode("ascii")
 # h11's CONTENT_LENGTH_MAX_DIGITS: a longer value is a hostile one.
 MAX_LENGTH_DIGITS = 20
 DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_LENGTH_DIGITS)
-OWS = b" \t"
 
 
 class ResponseHead(NamedTuple):

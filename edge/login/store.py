@@ -76,7 +76,8 @@ PUSH_BATCH = 500  # revocations per script call when writing them back
 # a write that reached the set but not the channel (a connection lost in
 # between) would look old to every later write-back, and the workers that
 # stayed connected would never hear of it. What is published is the entry as
-# merged here, in edge.access.revocation.format_message's format.
+# merged here, in the format edge.access.revocation.parse_message reads
+# ("<until>,<cutoff> <key>", or "<until> <key>" for no cutoff).
 # KEYS[1]: the set; KEYS[2]: the hash of cutoffs; ARGV[1]: the channel;
 # ARGV[2]: now; then (until, key, cutoff) triples, cutoff "" for none (any iat).
 SHARE_SCRIPT = """

@@ -57,8 +57,6 @@ class ForwardPlan(msgspec.Struct, frozen=True, gc=False):
     vary_origin: bool = False
     upgrade: bool = False
     expires: float | None = None  # epoch seconds: the authorising token's exp (tunnels)
-    app: str | None = None
-    reason: str = ""
 
 
 class Upstreams:

@@ -13,7 +13,6 @@ from edge.access.revocation import (
     Counters,
     OnceClaims,
     Revocations,
-    format_message,
     parse_message,
     revocation_cutoff,
     revoked_until,
@@ -25,12 +24,22 @@ from edge.access.revocation import (
 )
 
 
+def format_message(key: str, until: float, cutoff: float = math.inf) -> str:
+    """A revocation as published to the other workers: "<until>,<cutoff> <key>",
+    or "<until> <key>" for an entry without a cutoff (as older edges wrote
+    every entry). edge/login/store.py's SHARE_SCRIPT writes them; this is the
+    format written out, the spec parse_message is held to."""
+    if math.isinf(cutoff):
+        return f"{until!r} {key}"
+    return f"{until!r},{cutoff!r} {key}"
+
+
 def test_revoked_until_expiry() -> None:
     revoked = Revocations()
     assert revoked.revoke("s1", until=100.0)
-    assert revoked.is_revoked("s1", now=99.9)
-    assert not revoked.is_revoked("s1", now=100.0)  # expiry is exclusive: free from `until` on
-    assert not revoked.is_revoked("other", now=0.0)
+    assert revoked.session_revoked("s1", "", now=99.9)
+    assert not revoked.session_revoked("s1", "", now=100.0)  # expiry is exclusive: free from `until` on
+    assert not revoked.session_revoked("other", "", now=0.0)
 
 
 def test_revoke_again_only_extends() -> None:
@@ -38,9 +47,9 @@ def test_revoke_again_only_extends() -> None:
     assert revoked.revoke("s1", 100.0)
     assert not revoked.revoke("s1", 100.0)
     assert not revoked.revoke("s1", 50.0)  # never shortened
-    assert revoked.is_revoked("s1", 99.0)
+    assert revoked.session_revoked("s1", "", 99.0)
     assert revoked.revoke("s1", 200.0)
-    assert revoked.is_revoked("s1", 150.0)
+    assert revoked.session_revoked("s1", "", 150.0)
 
 
 def test_sweep_drops_expired_only() -> None:
@@ -50,7 +59,7 @@ def test_sweep_drops_expired_only() -> None:
     assert len(revoked) == 2
     revoked.sweep(now=20.0)
     assert len(revoked) == 1
-    assert revoked.is_revoked("new", 20.0)
+    assert revoked.session_revoked("new", "", 20.0)
     revoked.sweep(now=30.0)
     assert len(revoked) == 0
 
@@ -61,7 +70,7 @@ def test_sweep_keeps_an_extended_key() -> None:
     revoked.revoke("s1", 10.0)
     revoked.revoke("s1", 30.0)
     revoked.sweep(now=20.0)
-    assert revoked.is_revoked("s1", 20.0)
+    assert revoked.session_revoked("s1", "", 20.0)
     assert revoked.items(20.0) == [("s1", 30.0, math.inf)]
     revoked.sweep(now=31.0)
     assert len(revoked) == 0
