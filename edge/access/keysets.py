@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 # An unknown kid asks the shell for a JWKS refetch at most this often, so a
 # stream of forged kids cannot turn the edge into a load generator.
@@ -81,8 +82,11 @@ def _signature_key(jwk: Any) -> tuple[jwt.PyJWK | None, str]:
     return key, ""
 
 
-def _canonical(key: jwt.PyJWK) -> str:
-    return json.dumps(key._jwk_data, sort_keys=True)
+def _canonical(key: jwt.PyJWK) -> tuple[str | None, str, bytes]:
+    """What makes two keys the same key, through PyJWT's public API: kid,
+    algorithm and the public key's DER (a JWKS holds public keys only)."""
+    public = key.key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return key.key_id, key.algorithm_name, public
 
 
 class KeySet:

@@ -93,3 +93,22 @@ def test_every_algorithm_key_kind_parses() -> None:
     keys, notes = parse_jwks(default_jwks())
     assert notes == []
     assert {k: v.algorithm_name for k, v in keys.items()} == {KIDS[a]: a for a in KEYS}
+
+
+def test_a_refetch_keeps_identical_keys_and_replaces_changed_ones() -> None:
+    """Tokens verified under a key are cached by that key object: a refetch
+    that brings the same key (any kind, fields in any order) keeps the
+    object; a new key under the same kid, or the same key for another
+    algorithm, is a new object."""
+    ks = KeySet("https://idp/certs", remote=True)
+    ks.update(default_jwks(), NOW)
+    before = dict(ks.keys)
+    shuffled = [dict(reversed(list(public_jwk(KEYS[alg], KIDS[alg], use="sig").items()))) for alg in KEYS]
+    ks.update(jwks(*shuffled), NOW + 60)
+    assert all(ks.keys[kid] is key for kid, key in before.items())
+    ec_kid = KIDS["ES256"]
+    ks.update(jwks(public_jwk(OTHER_EC_KEY, ec_kid, use="sig")), NOW + 120)
+    assert ks.keys[ec_kid] is not before[ec_kid]
+    rsa_kid = KIDS["RS256"]
+    ks.update(jwks(public_jwk(KEYS["RS256"], rsa_kid, use="sig", alg="PS256")), NOW + 180)
+    assert ks.keys[rsa_kid] is not before[rsa_kid] and ks.keys[rsa_kid].algorithm_name == "PS256"
