@@ -7,7 +7,9 @@ Invariants:
   time and type checks on the claims are edge.access.claims's (against the
   caller's clock, and stricter than PyJWT's: no numeric strings).
 - A verified token is cached (a BoundedCache of CACHE_ENTRIES, keyed by the
-  token's bytes) until its ``exp`` (+ leeway): every hit re-checks that
+  token's bytes) until its ``exp`` (+ leeway): PyJWT's verification took 97
+  us (RS256) to 171 us (ES256) on the bench machine, and a whole decision
+  with a cached token takes 4.7 us (bench/micro_decide.py); every hit re-checks that
   deadline against the caller's `now`, and that the key that verified it is
   still the one its key set holds under that kid, so a key removed from the
   JWKS revokes its tokens at once. Revocation and policies (client IP...)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from edge.access.headers import STRIP_HEADERS, TrustedProxies
 from edge.access.request import build
+from edge.proxy import forwarding
 from edge.proxy.forwarding import (
     ForwardContext,
     hop_by_hop,
@@ -644,3 +645,27 @@ COOKIE_PARTS = st.sampled_from(
 def test_strip_cookie_equals_the_general_path(parts: list[bytes]) -> None:
     value = b"".join(parts)
     assert strip_cookie(value) == reference_strip_cookie(value, b"CF_Authorization")
+
+
+CONNECTION_TOKENS = st.sampled_from(
+    [b"keep-alive", b"close", b"Upgrade", b"x-trace", b"X-Trace", b"te", b"host", b"cookie", b""]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.lists(CONNECTION_TOKENS, max_size=3).map(b", ".join), max_size=3),
+    keep_upgrade=st.booleans(),
+    strip=st.frozensets(st.sampled_from([b"cf-access-client-secret", b"x-trace", b"cookie"])),
+    trusted=st.booleans(),
+)
+def test_cached_hop_and_drop_sets_are_the_built_ones(
+    values: list[bytes], keep_upgrade: bool, strip: frozenset[bytes], trusted: bool
+) -> None:
+    """forwarding's two caches (_HOP_SETS, _DROP_SETS) answer, first time
+    and every time after, what building the set afresh gives."""
+    for _ in range(2):
+        hop = forwarding.connection_hops(values, keep_upgrade)
+        built = forwarding._hop_set(values, keep_upgrade) if values or keep_upgrade else forwarding.HOP_BY_HOP
+        assert hop == built
+        assert forwarding._drop_set(hop, strip, trusted) == forwarding._build_drop_set(hop, strip, trusted)
