@@ -42,7 +42,7 @@ from edge.access.request import Index, Request, is_upgrade
 from edge.access.responses import LocalResponse, Responses
 from edge.config.schema import KIB, Server
 from edge.http import flow
-from edge.http.cycle import END, Cycle
+from edge.http.cycle import END, Client, Cycle
 from edge.http.faults import FaultLog
 from edge.http.flow import ReadGate
 from edge.http.h11_internals import (
@@ -230,9 +230,7 @@ class Dispatcher(Protocol):
     response, or a cycle that the connection makes current and then starts
     (starting may already finish it, calling back into the connection)."""
 
-    def __call__(
-        self, client: HttpProtocol, request: Request, entry: LogEntry, /
-    ) -> LocalResponse | Cycle: ...
+    def __call__(self, client: Client, request: Request, entry: LogEntry, /) -> LocalResponse | Cycle: ...
 
 
 class HttpProtocol(asyncio.Protocol):

@@ -50,7 +50,7 @@ from edge.config.load import derive, load, loads
 from edge.config.schema import TLS, Config
 from edge.config.syntax import ListenAddress
 from edge.http.connection import TUNNEL, HttpProtocol, LogEntry
-from edge.http.cycle import Cycle
+from edge.http.cycle import Client, Cycle
 from edge.http.faults import FaultLog
 from edge.login import keydir
 from edge.login.cycle import EndpointCycle
@@ -343,7 +343,7 @@ class ServerState:
         log.info("reloaded %s: %d application(s)", self.source, len(compiled.apps))
         return True
 
-    def dispatch(self, client: HttpProtocol, req: Request, entry: LogEntry) -> LocalResponse | Cycle:
+    def dispatch(self, client: Client, req: Request, entry: LogEntry) -> LocalResponse | Cycle:
         """What to do with a request whose head is complete and valid: a
         local response, or the cycle (not yet started) that answers it."""
         path = req.path
