@@ -17,6 +17,10 @@ from pathlib import Path
 import h11
 import pytest
 
+# Support modules whose helpers assert (moved out of test modules): pytest
+# rewrites their asserts too, so a failure shows the values compared.
+pytest.register_assert_rewrite("h11_reference", "login_site", "protocol_harness", "raw_client")
+
 ROOT = Path(__file__).resolve().parent.parent
 # The port of the first address; `(?=,|$)` skips the colons inside "[::1]".
 READY_RE = re.compile(r"(?:listening on|workers on) .*?:(\d+)(?=,|$)")

@@ -5,7 +5,9 @@ Structure the README's Layout section promises, checked from the source:
   between modules shows up as an ImportError in one of them);
 - imports between sub-packages flow one way, down the layers of LAYERS,
   with no cycle; a new upward import fails naming the file that makes it;
-- h11's private internals are used from edge/http/h11_internals.py alone.
+- h11's private internals are used from edge/http/h11_internals.py alone;
+- no test module imports another test module: what tests share lives in
+  tests/support/ (or conftest.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE = ROOT / "edge"
+TESTS = ROOT / "tests"
 
 # Sub-packages from the top of the request path down: each may import the
 # ones below it, never one above. login sits above proxy because it fetches
@@ -465,3 +468,82 @@ def test_the_stale_name_scan_finds_one(tmp_path: Path) -> None:
         'log = "edge.faults"  # a logger name in code is no prose\n'
     )
     assert stale_names([sample]) == ["sample.py:1: edge.decide", "sample.py:2: edge/store.py"]
+
+
+# -- the tests themselves ------------------------------------------------------------
+#
+# A test module importing another ties two collected files together (only
+# because pytest put the other's directory on sys.path: under
+# --import-mode=importlib the import fails). Whatever tests share belongs in
+# tests/support/ (on sys.path, see pyproject.toml), imported from there by
+# every module that needs it, the one it came from too.
+
+
+def is_test_module(name: str) -> bool:
+    """`name` (dotted) is a module named test_*."""
+    return name.rpartition(".")[2].startswith("test_")
+
+
+def imports_of_test_modules(source: str, where: str) -> list[str]:
+    """Where `source` (the file `where`) imports a test module: `import
+    test_x`, `from test_x import ...`, `from . import test_x`, `from
+    tests.http import test_x`, or importlib.import_module / __import__ of
+    such a name; anywhere in the file, a function body or TYPE_CHECKING too."""
+    found = []
+    for node in ast.walk(ast.parse(source, where)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            names = [module] if module else []
+            # A test module imported by name from its package (`tests` and
+            # its sub-packages, or a relative one); a function named test_*
+            # imported from a helper module is no module.
+            if node.level or module == "tests" or module.startswith("tests."):
+                names += [f"{module}.{alias.name}" if module else alias.name for alias in node.names]
+        elif (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func) in ("importlib.import_module", "import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            names = [node.args[0].value]
+        found += [
+            f"{where}:{getattr(node, 'lineno', 0)}: imports {name}" for name in names if is_test_module(name)
+        ]
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    found = [
+        use
+        for path in sorted(TESTS.rglob("*.py"))
+        for use in imports_of_test_modules(path.read_text(), str(path.relative_to(ROOT)))
+    ]
+    assert not found, (
+        "test modules imported by other modules (move what they share to tests/support/):\n"
+        + "\n".join(found)
+    )
+
+
+def test_the_test_import_scan_finds_each_way_in() -> None:
+    # One line each (line numbers are what the scan reports); the last four import no test module.
+    sample = "\n".join(
+        [
+            "import test_proxy",
+            "from test_malformed import exchange",
+            "import tests.http.test_protocol as protocol",
+            "from tests.http import test_fuzz",
+            "from . import test_flows",
+            'def f() -> None: importlib.import_module("test_upstream")',
+            "import upstream_server, testing, test",
+            "from conftest import write_config",
+            "from raw_client import exchange, test_like_name",
+            "from tests.support import raw_client",
+        ]
+    )
+    found = imports_of_test_modules(sample, "sample")
+    assert [int(use.split(":")[1]) for use in found] == [1, 2, 3, 4, 5, 6], found
+    assert found[3] == "sample:4: imports tests.http.test_fuzz"

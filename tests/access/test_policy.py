@@ -7,8 +7,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from test_lists import BIG, OFFICE
-from test_subject import TRUSTED
+from access_networks import BIG, OFFICE, TRUSTED
 
 from edge.access.claims import Identity
 from edge.access.groups import Catalog, GroupRule

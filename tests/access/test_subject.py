@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 
 import pytest
+from access_networks import TRUSTED
 
 from edge.access.subject import ServiceTokens, client_ip, parse_ip
 from edge.config.schema import ServiceToken
-
-TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 
 
 @pytest.mark.parametrize(

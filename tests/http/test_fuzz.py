@@ -17,7 +17,7 @@ import pytest
 from conftest import EdgeProcess, write_config
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_malformed import LIMITS, STATUS_LINE, exchange, health_ok, leaks_in
+from raw_client import LIMITS, STATUS_LINE, exchange, health_ok, leaks_in
 
 from edge.access.responses import ERROR_BODIES
 

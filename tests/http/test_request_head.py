@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import msgspec
 import pytest
-from test_protocol import CONFIG, DATE, FakeTransport, feed
+from protocol_harness import CONFIG, DATE, FakeTransport, feed
 
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse

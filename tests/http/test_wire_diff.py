@@ -6,8 +6,8 @@ may decline anything (None: h11 then parses the bytes), but a head it takes
 must be one h11 takes too, read into the same request (method, target,
 version, fields in order, names as sent and lower-cased, values) ending at the
 same byte, with h11's state machine left as its own parse would leave it
-(tests/http/test_h11_internals.py assert_agrees_with_h11 makes every one of those
-comparisons).
+(tests/support/h11_reference.py assert_agrees_with_h11 makes every one of
+those comparisons).
 
 Heads are generated from a grammar that mostly produces valid heads, each
 part drawn now and then from its edge cases (lower-case and odd methods, other
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from h11_reference import SPLICES, assert_agrees_with_h11, h11_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_h11_internals import SPLICES, assert_agrees_with_h11, h11_request
 
 EXAMPLES = 3000  # per run: under 10 s; the mix of outcomes is checked below
 

@@ -10,24 +10,23 @@ import asyncio
 import base64
 import dataclasses
 import os
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
 import msgspec
 import pytest
+from login_site import NOW, LoginSite
 
 from edge.access.actions import Endpoint
 from edge.access.claims import Identity
-from edge.access.compile import Compiled, compile_config
-from edge.access.decide import decide, verify_token
+from edge.access.decide import verify_token
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
 from edge.access.session import BINDING_COOKIE, CSRF_COOKIE, FLOW_COOKIE, HANDOFF_TTL, SealError
-from edge.config.load import loads
-from edge.config.schema import Config, DevProvider
+from edge.config.schema import DevProvider
 from edge.login import dev, handoff, logout, oidc_flow, signin
 from edge.login.context import Context, Target
 from edge.login.oidc import REFUSED, Claims, Flow, OidcError
@@ -43,10 +42,8 @@ from edge.login.sealed import (
     open_sealed,
     seal,
 )
-from edge.login.service import HANDLERS, LoginService, ensure_keys
-from edge.login.store import MemoryStore
+from edge.login.service import HANDLERS
 
-NOW = 1_700_000_000.0
 ALICE = "alice@example.com"
 PASSWORD = "correct horse"
 HASH = hash_password(PASSWORD, log2_n=4)  # cheap: the cost is not what is tested here
@@ -89,34 +86,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-class Site:
+class Site(LoginSite):
     """The login service of a config with a team, as a worker holds it."""
 
     def __init__(self, tmp_path: Path, config: str = CONFIG) -> None:
-        self.config: Config = loads(config.format(key_dir=tmp_path / "keys"))
-        ensure_keys(self.config)
-        self.store = MemoryStore(clock=lambda: NOW)
-        self.service = LoginService(self.config, self.store, b"edge")
-        self.c: Compiled = compile_config(
-            self.config, team_keys=self.service.verify_keys(), revoked=self.store.revocations
-        )
-
-    @property
-    def ctx(self) -> Context:
-        return self.service.context
-
-    def endpoint(
-        self, method: str, url: str, headers: Sequence[tuple[str, str]] = ()
-    ) -> tuple[Endpoint, Request]:
-        """What decide() hands the login service for this request."""
-        parts = urlsplit(url)
-        target = (parts.path + ("?" + parts.query if parts.query else "")).encode()
-        host = parts.netloc.encode()
-        fields = [(b"host", host), *((k.lower().encode(), v.encode()) for k, v in headers)]
-        req = build(method.encode(), host, target, fields, "127.0.0.1")
-        action = decide(self.c, req, NOW)
-        assert isinstance(action, Endpoint), action
-        return action, req
+        super().__init__(tmp_path, config)
 
     def target(self) -> Target:
         return Target(self.c.apps_by_aud["app-aud"], "app.localhost", APP_URL, BINDING)

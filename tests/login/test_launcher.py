@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import msgspec
 import pytest
-from test_flows import Site as FlowsSite
+from login_site import NOW, LoginSite
 
 from edge.access.actions import Endpoint
 from edge.access.claims import Identity
@@ -34,7 +34,6 @@ from edge.login.passwords import hash_password
 from edge.login.sealed import new_person
 from edge.login.service import get_identity
 
-NOW = 1_700_000_000.0
 ALICE, MALLORY = "alice@example.com", "mallory@example.com"
 PASSWORD = "correct horse"
 HASH = hash_password(PASSWORD, log2_n=4)  # cheap: the cost is not what is tested here
@@ -189,8 +188,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-class Site(FlowsSite):
-    """test_flows' login service, with this module's team and applications."""
+class Site(LoginSite):
+    """The login service, with this module's team and applications."""
 
     def __init__(self, tmp_path: Path) -> None:
         super().__init__(tmp_path, CONFIG)

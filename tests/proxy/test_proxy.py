@@ -20,7 +20,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ import pytest
 from conftest import EdgeProcess, open_app_toml, self_signed_cert, wait_for, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from procs import vm_kib
+from proxy_edge import build, closed_port, proxy_toml
 from required_tools import missing
 from upstream_server import MIB, Upstream, payload, payload_sha256
 
@@ -54,28 +56,6 @@ def rid(r: Resp) -> tuple[bytes, bytes]:
     it after X-Forwarded-*, before the framing fields)."""
     [value] = [v for k, v in r.headers if k == b"x-request-id"]
     return (b"x-request-id", value)
-
-
-def proxy_toml(upstream: str, **settings: float | str) -> str:
-    lines = ["[proxy]"]
-    lines += [f"{k} = {v}" for k, v in settings.items()]
-    return "\n".join(lines) + "\n" + open_app_toml(upstream)
-
-
-def build(
-    method: str,
-    target: str,
-    headers: Sequence[tuple[str, str]] = (),
-    body: bytes = b"",
-    host: str = "app.test",
-    version: str = "1.1",
-) -> bytes:
-    """A raw request; `host=""` sends none."""
-    lines = [f"{method} {target} HTTP/{version}"]
-    if host:
-        lines.append(f"Host: {host}")
-    lines += [f"{k}: {v}" for k, v in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def chunked(pieces: list[bytes], trailers: bytes = b"") -> bytes:
@@ -197,25 +177,10 @@ def forwarded(raw: bytes) -> tuple[h11.Request, bytes]:
     return request, b"".join(body)
 
 
-def vm_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"{key} not in /proc/{pid}/status")
-
-
 def assert_serving(port: int) -> None:
     """The edge still answers, on a fresh connection."""
     r = fetch(port, build("GET", "/cdn-cgi/edge/health"))
     assert r.status == 200
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # -- fixtures ------------------------------------------------------------------

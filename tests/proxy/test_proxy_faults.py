@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 from conftest import EdgeProcess, read_all, wait_for, write_config
-from test_proxy import build, closed_port, proxy_toml, vm_kib
-from test_upstream import HOST, Recorder, Transport
+from procs import vm_kib
+from proxy_edge import build, closed_port, proxy_toml
+from upstream_harness import HOST, Recorder, Transport
 from upstream_server import KIB, MIB, Upstream
 
 from edge.http.flow import READ_SIZE

@@ -24,7 +24,7 @@ import uvloop
 from conftest import EdgeProcess, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_proxy import proxy_toml
+from proxy_edge import proxy_toml
 from upstream_server import KIB, MIB
 
 from edge.http.flow import READ_SIZE

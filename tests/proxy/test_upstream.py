@@ -23,10 +23,11 @@ import h11
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from upstream_harness import HOST, Recorder, Transport
 
 from edge.http.flow import READ_SIZE
 from edge.http.message import Headers, ResponseHead, chunk
-from edge.proxy.upstream import Pool, Target, UpstreamConnection, UpstreamError
+from edge.proxy.upstream import Pool, Target, UpstreamConnection
 from edge.proxy.wire import END, MAX_HEAD, Event, ProtocolError, ResponseParser, request_head
 
 OK = b"HTTP/1.1 200 OK\r\n"
@@ -491,77 +492,6 @@ def test_chunk_framing() -> None:
 # -- an upstream connection driven by hand ---------------------------------------------
 
 
-class Transport:
-    """Just enough of asyncio.Transport for UpstreamConnection."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def writelines(self, pieces: tuple[bytes, ...]) -> None:
-        for piece in pieces:
-            self.written += piece
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def is_closing(self) -> bool:
-        return self.aborted
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-class Recorder:
-    """An Exchange that writes down what the connection reports."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, object]] = []
-        self.wholes = 0  # upstream_whole calls
-
-    def upstream_head(self, head: ResponseHead) -> None:
-        self.calls.append(("head", head.status))
-
-    def upstream_data(self, data: bytes) -> None:
-        self.calls.append(("data", data))
-
-    def upstream_end(self) -> None:
-        self.calls.append(("end", None))
-
-    def upstream_whole(self, head: ResponseHead, body: bytes) -> None:
-        # Written down as the three calls it stands for, so that every test
-        # here checks it gives what they would; `wholes` counts it.
-        self.wholes += 1
-        self.upstream_head(head)
-        if body:
-            self.upstream_data(body)
-        self.upstream_end()
-
-    def upstream_switch(self, head: ResponseHead) -> None:
-        self.calls.append(("switch", head.status))
-
-    def upstream_lost(self, error: UpstreamError) -> None:
-        self.calls.append(("lost", (error.status, str(error))))
-
-    def upstream_write_paused(self, paused: bool) -> None:
-        self.calls.append(("paused", paused))
-
-    def upstream_raw(self, data: bytes) -> None:
-        self.calls.append(("raw", data))
-
-    def upstream_batch(self, start: bool) -> None:
-        pass
-
-
 def connection() -> tuple[UpstreamConnection, Transport, Recorder]:
     conn = UpstreamConnection(Target("http://127.0.0.1:9"), lambda _: None, memoryview(bytearray(READ_SIZE)))
     transport = Transport()
@@ -569,9 +499,6 @@ def connection() -> tuple[UpstreamConnection, Transport, Recorder]:
     exchange = Recorder()
     conn.exchange = exchange
     return conn, transport, exchange
-
-
-HOST: Headers = [(b"host", b"app.test")]
 
 
 def test_connection_get_is_complete_with_its_head_and_reusable() -> None:

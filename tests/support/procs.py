@@ -1,5 +1,5 @@
-"""What a process tells: its children and TCP sockets (from /proc), the
-workers that say they are listening (from its log)."""
+"""What a process tells: its children, memory and TCP sockets (from /proc),
+the workers that say they are listening (from its log)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except OSError:
         return False
+
+
+def vm_kib(pid: int, key: str) -> int:
+    """A memory figure of /proc/<pid>/status in KiB: `key` "VmRSS", "VmHWM", ..."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{key} not in /proc/{pid}/status")
 
 
 def _socket_inodes(pid: int) -> set[str]:
