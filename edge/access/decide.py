@@ -163,7 +163,7 @@ def _preflight(c: Compiled, app: CompiledApp, req: Request, h: Index, trace: Tra
     if app.preflight_bypass:
         return _forward(app, "preflight: forwarded (options_preflight_bypass)")
     # A public path (a matching bypass policy) is not Access's to answer.
-    subject = Subject(req.client_ip, h.get(b"x-forwarded-for", ()), c.trusted, None, None, req.client_cert_cn)
+    subject = Subject.of(req, c.trusted)
     policy = app.policies.first_phase(subject, trace)
     if policy is not None:
         return _forward(app, f"{policy.reason} (preflight)", bypass=policy.bypass)
@@ -181,7 +181,7 @@ def _joined(h: Index, name: bytes) -> bytes | None:
 def _authorize(
     c: Compiled, app: CompiledApp, req: Request, h: Index, now: float, trace: Trace, binding: str
 ) -> Action:
-    subject = Subject(req.client_ip, h.get(b"x-forwarded-for", ()), c.trusted, None, None, req.client_cert_cn)
+    subject = Subject.of(req, c.trusted)
     policies = app.policies
     if policies.needs_service_token:
         subject.service_token = _service_token(c, h, trace)

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 # A field as it travels: (lower-cased name, value).
 Header = tuple[bytes, bytes]
 Headers = list[Header]
+# The proxy chain a client's request came through (believed only from
+# trusted peers: TrustedProxies, edge.access.subject.client_ip).
+X_FORWARDED_FOR = b"x-forwarded-for"
 # The end of every line of a head (and of a chunk's size and data).
 CRLF = b"\r\n"
 # Optional whitespace around a field value (RFC 9110 5.6.3), and what joins

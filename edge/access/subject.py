@@ -20,6 +20,8 @@ import ipaddress
 from collections.abc import Sequence
 
 from edge.access.claims import Identity
+from edge.access.headers import X_FORWARDED_FOR
+from edge.access.request import Request
 from edge.config.schema import ServiceToken
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -108,6 +110,12 @@ class Subject:
         self._trusted = trusted
         self._ip: IPAddress | None = None
         self._ip_done = False
+
+    @classmethod
+    def of(cls, req: Request, trusted: Sequence[IPNetwork], identity: Identity | None = None) -> Subject:
+        """What `req` presents: its peer, its X-Forwarded-For (believed from
+        `trusted` peers only), its client certificate's CN; and `identity`."""
+        return cls(req.client_ip, req.values(X_FORWARDED_FOR), trusted, None, identity, req.client_cert_cn)
 
     @property
     def ip(self) -> IPAddress | None:

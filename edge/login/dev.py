@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping
 
 from edge.access.compile import Compiled
+from edge.access.headers import X_FORWARDED_FOR
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.subject import client_ip
@@ -43,7 +44,7 @@ async def sign_in(
     now: float,
 ) -> LocalResponse:
     email = form.get("email", "").strip()
-    ip = client_ip(req.client_ip, req.values(b"x-forwarded-for"), c.trusted)
+    ip = client_ip(req.client_ip, req.values(X_FORWARDED_FOR), c.trusted)
     client = req.client_ip if ip is None else str(ip)
     if await ctx.store.count(f"signin:{client}", FAILURE_WINDOW) >= MAX_FAILURES:
         return ctx.login_page(429, req, target, "Too many failed attempts; wait a few minutes.", email)

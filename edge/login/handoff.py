@@ -112,9 +112,7 @@ def issue(
 ) -> LocalResponse:
     """Policies allow: a one-time code to the application's host."""
     assert ctx.sealer is not None
-    subject = Subject(
-        req.client_ip, req.values(b"x-forwarded-for"), c.trusted, identity=ident, client_cn=req.client_cert_cn
-    )
+    subject = Subject.of(req, c.trusted, ident)
     policy, _ = target.app.policies.second_phase(subject, None)
     if policy is None or policy.action == "deny":
         log.info("login: %s has no access to %s", ident.email, target.app.name)

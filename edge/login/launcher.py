@@ -40,9 +40,7 @@ async def launcher(
     if not isinstance(ident, Identity):
         # The team's own sign-in ends at "/" again (Context.signed_in).
         return ctx.redirect(f"{ENDPOINT_PATH}/login")
-    subject = Subject(
-        req.client_ip, req.values(b"x-forwarded-for"), c.trusted, identity=ident, client_cn=req.client_cert_cn
-    )
+    subject = Subject.of(req, c.trusted, ident)
     tiles = launcher_tiles(c.apps, subject, ctx.team_url)
     rid = req.request_id.decode("ascii")
     page = pages.launcher_page(ident.email, tiles, f"{ENDPOINT_PATH}/logout", ctx.look, rid)

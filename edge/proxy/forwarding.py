@@ -16,6 +16,7 @@ from edge.access.headers import (
     AUTH_COOKIE_BYTES,
     IDENTITY_HEADERS,
     REQUEST_ID,
+    X_FORWARDED_FOR,
     Header,
     Headers,
     TrustedProxies,
@@ -39,7 +40,7 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+FORWARDED_HEADERS = frozenset({X_FORWARDED_FOR, b"x-forwarded-proto", b"x-forwarded-host"})
 # WSGI/CGI, PHP and Rack turn `Cf_Access_Jwt_Assertion` and
 # `Cf-Access-Jwt-Assertion` into the same variable, so a client field whose
 # name has `_` could pass for one the edge sets. Such fields are dropped
@@ -170,7 +171,7 @@ def request_headers(
             value = strip_cookie(value)
             if not value:
                 continue
-        elif name == b"x-forwarded-for":
+        elif name == X_FORWARDED_FOR:
             prior_for.append(value)
             continue
         elif name in (b"x-forwarded-proto", b"x-forwarded-host"):
@@ -228,7 +229,7 @@ def _add_forwarded(
 ) -> None:
     peer = req.client_ip.encode("ascii", "replace")
     chain = [*prior_for, peer] if trusted else [peer]
-    out.append((b"x-forwarded-for", b", ".join(chain)))
+    out.append((X_FORWARDED_FOR, b", ".join(chain)))
     proto = _first(req, b"x-forwarded-proto") if trusted else None
     out.append((b"x-forwarded-proto", proto or ctx.scheme))
     fwd_host = (_first(req, b"x-forwarded-host") if trusted else None) or req.host
