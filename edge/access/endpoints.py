@@ -23,6 +23,13 @@ class EndpointKind(enum.Enum):
     LAUNCHER = "launcher"  # the team host's "/": the applications a signed-in user may open
 
 
+# Where they are served, and each one's path: built here, never spelled out.
+ENDPOINT_PATH = "/cdn-cgi/access"
+LOGIN_PATH = f"{ENDPOINT_PATH}/{EndpointKind.LOGIN.value}"
+CALLBACK_PATH = f"{ENDPOINT_PATH}/{EndpointKind.CALLBACK.value}"
+AUTHORIZED_PATH = f"{ENDPOINT_PATH}/{EndpointKind.AUTHORIZED.value}"
+LOGOUT_PATH = f"{ENDPOINT_PATH}/{EndpointKind.LOGOUT.value}"
+
 # What a protected host serves under /cdn-cgi/access/.
 APP_ENDPOINTS: dict[str, EndpointKind] = {
     k.value: k

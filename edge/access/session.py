@@ -31,6 +31,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edge.access.endpoints import AUTHORIZED_PATH
 from edge.access.headers import AUTH_COOKIE as AUTH_COOKIE  # the login service sets it
 from edge.access.headers import Header
 from edge.access.router import normalize_host
@@ -41,11 +42,10 @@ CSRF_COOKIE = "edge_csrf"  # double-submit base for the login forms (team host)
 # its value, so a code only works in the browser that started that login (a
 # code sent to someone else cannot sign them in as its owner).
 BINDING_COOKIE = "edge_login"
-BINDING_PATH = "/cdn-cgi/access/authorized"
+BINDING_PATH = AUTHORIZED_PATH  # the cookie is sent there only
 BINDING_TTL = 900  # seconds a user has to finish a login
 BINDING_BYTES = 18  # random bytes: 144 bits, 24 URL-safe characters
 _BINDING_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}\Z")
-ENDPOINT_PATH = "/cdn-cgi/access"
 HANDOFF_TTL = 60.0  # seconds a one-time code is good for ("about a minute")
 FLOW_TTL = 600.0  # seconds a user has at the identity provider
 NONCE_BYTES = 12  # AES-GCM nonce

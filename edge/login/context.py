@@ -22,12 +22,12 @@ import msgspec
 from edge.access.claims import Identity, Refusal
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import verify_token
+from edge.access.endpoints import ENDPOINT_PATH, LOGIN_PATH
 from edge.access.headers import ACCESS_TOKEN, Header
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import (
     CSRF_COOKIE,
-    ENDPOINT_PATH,
     Sealer,
     cookie_value,
     random_token,
@@ -186,7 +186,7 @@ class Context:
         # arrive without the cookie and always fail.
         action = target_text(req)
         if not action.startswith(f"{ENDPOINT_PATH}/"):
-            action = f"{ENDPOINT_PATH}/login"
+            action = LOGIN_PATH
         page = pages.login_page(
             app_name=None if target is None else target.app.name,
             action=action,

@@ -31,6 +31,7 @@ from edge.access.actions import Endpoint
 from edge.access.claims import Identity
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import verify_token
+from edge.access.endpoints import AUTHORIZED_PATH, LOGOUT_PATH
 from edge.access.headers import Header
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
@@ -40,7 +41,6 @@ from edge.access.session import (
     AUTH_COOKIE,
     BINDING_COOKIE,
     BINDING_PATH,
-    ENDPOINT_PATH,
     HANDOFF_TTL,
     SealError,
     clear_cookie,
@@ -137,7 +137,7 @@ def issue(
         binding=target.binding,
     )
     sealed = seal(ctx.sealer, HANDOFF, code, now + HANDOFF_TTL)
-    location = f"{origin_of(target.redirect_url)}{ENDPOINT_PATH}/authorized?code={sealed}"
+    location = f"{origin_of(target.redirect_url)}{AUTHORIZED_PATH}?code={sealed}"
     return ctx.redirect(location, extra)
 
 
@@ -148,7 +148,7 @@ def another_account(target: Target) -> str:
     fields = {"kid": target.app.aud, "redirect_url": target.redirect_url}
     if target.binding:
         fields["b"] = target.binding
-    return f"{ENDPOINT_PATH}/logout?{urlencode({**fields, **THEN_LOGIN})}"
+    return f"{LOGOUT_PATH}?{urlencode({**fields, **THEN_LOGIN})}"
 
 
 async def authorized(

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 from edge.access.actions import Endpoint
 from edge.access.claims import Identity
 from edge.access.compile import Compiled, CompiledApp
+from edge.access.endpoints import LOGIN_PATH, LOGOUT_PATH
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
-from edge.access.session import ENDPOINT_PATH
 from edge.access.subject import Subject
 from edge.config.syntax import DomainPattern
 from edge.login import pages
@@ -39,11 +39,11 @@ async def launcher(
     ident = ctx.team_identity(c, req, now)
     if not isinstance(ident, Identity):
         # The team's own sign-in ends at "/" again (Context.signed_in).
-        return ctx.redirect(f"{ENDPOINT_PATH}/login")
+        return ctx.redirect(LOGIN_PATH)
     subject = Subject.of(req, c.trusted, ident)
     tiles = launcher_tiles(c.apps, subject, ctx.team_url)
     rid = req.request_id.decode("ascii")
-    page = pages.launcher_page(ident.email, tiles, f"{ENDPOINT_PATH}/logout", ctx.look, rid)
+    page = pages.launcher_page(ident.email, tiles, LOGOUT_PATH, ctx.look, rid)
     return ctx.html(200, page)
 
 

@@ -32,10 +32,11 @@ from urllib.parse import quote, urlencode, urlsplit
 from edge.access.actions import Endpoint
 from edge.access.claims import Identity, Refusal
 from edge.access.compile import Compiled, CompiledApp
+from edge.access.endpoints import LOGIN_PATH, LOGOUT_PATH
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.revocation import revocation_cutoff, revoked_until, sign_in_label
-from edge.access.session import AUTH_COOKIE, ENDPOINT_PATH, clear_cookie, cross_site
+from edge.access.session import AUTH_COOKIE, clear_cookie, cross_site
 from edge.login import pages
 from edge.login.call import host_of, query_of, read_form
 from edge.login.context import Context, Target
@@ -73,7 +74,7 @@ def confirm(
     who = (ident.email or ident.sub) if isinstance(ident, Identity) else None
     query = f"?{req.query.decode('latin-1')}" if req.query else ""  # where the signed-out page leads
     page = pages.logout_page(
-        action=f"{ENDPOINT_PATH}/logout{query}",
+        action=f"{LOGOUT_PATH}{query}",
         csrf=csrf,
         who=who,
         error=error,
@@ -106,7 +107,7 @@ async def sign_out(
         if action.aud is not None:
             home = f"{req.scheme}://{req.host.decode('latin-1')}/"
             back = "?" + urlencode({"kid": action.aud, "redirect_url": home})
-        return ctx.redirect(f"{ctx.team_url}{ENDPOINT_PATH}/logout{back}", clear)
+        return ctx.redirect(f"{ctx.team_url}{LOGOUT_PATH}{back}", clear)
     target = _sign_in_target(c, action, req)
     if action.team and all(query_of(req).get(k) == v for k, v in THEN_LOGIN.items()):
         return ctx.redirect(_sign_in_form(target), clear)
@@ -143,7 +144,7 @@ def _sign_in_link(action: Endpoint, target: Target | None) -> tuple[str, str] | 
         # signed-out browser to its login URL.
         return ("/", "Sign in again") if action.aud is not None else None
     if target is None:
-        return (f"{ENDPOINT_PATH}/login", "Sign in")
+        return (LOGIN_PATH, "Sign in")
     # The application sends a signed-out browser to its sign-in form, with
     # a fresh login binding (a direct link to the form would carry none).
     return (target.redirect_url, f"Sign in to {target.app.name}")
@@ -153,11 +154,11 @@ def _sign_in_form(target: Target | None) -> str:
     """The team's sign-in form for `target` (the login link's own fields), or
     the team's own sign-in form: a path on this host, whatever the query said."""
     if target is None:
-        return f"{ENDPOINT_PATH}/login"
+        return LOGIN_PATH
     fields = {"kid": target.app.aud, "redirect_url": target.redirect_url}
     if target.binding:
         fields["b"] = target.binding
-    return f"{ENDPOINT_PATH}/login/{quote(target.host, safe='')}?{urlencode(fields)}"
+    return f"{LOGIN_PATH}/{quote(target.host, safe='')}?{urlencode(fields)}"
 
 
 def _revocation(c: Compiled, ident: Identity, now: float) -> tuple[float, float]:

@@ -22,12 +22,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from edge.access.actions import Endpoint
 from edge.access.compile import Compiled
+from edge.access.endpoints import CALLBACK_PATH, ENDPOINT_PATH, LOGIN_PATH
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import (
     BINDING_COOKIE,
     BINDING_PATH,
-    ENDPOINT_PATH,
     FLOW_COOKIE,
     FLOW_TTL,
     SealError,
@@ -47,7 +47,6 @@ from edge.login.sealed import FLOW, FlowState, SavedTarget, new_person, open_sea
 
 log = logging.getLogger("edge.login")
 
-CALLBACK = f"{ENDPOINT_PATH}/callback"
 # Bytes of a sealed OIDC flow cookie value: browsers keep a cookie's name and
 # value up to 4096 bytes, and Sealer.open takes no more than that either.
 FLOW_COOKIE_LIMIT = 4000
@@ -59,7 +58,7 @@ async def begin(
     assert ctx.sealer is not None
     client = ctx.oidc[provider.id][1]
     try:
-        url, flow = await client.begin(ctx.team_url + CALLBACK)
+        url, flow = await client.begin(ctx.team_url + CALLBACK_PATH)
     except OidcError as exc:
         log.warning("oidc %s: %s", provider.id, exc)
         return ctx.message(req, 502, "Sign-in unavailable", exc.public)
@@ -113,7 +112,7 @@ async def callback(
             page = pages.message_page(
                 "Sign-in refused" if status == 403 else "Sign-in failed",
                 exc.public,
-                link=(f"{ctx.team_url}{ENDPOINT_PATH}/login", "Try again"),
+                link=(ctx.team_url + LOGIN_PATH, "Try again"),
                 look=ctx.look,
                 request_id=req.request_id.decode("ascii"),
             )
@@ -124,7 +123,7 @@ async def callback(
             query.get("code", ""),
             query.get("state", ""),
             flow,
-            ctx.team_url + CALLBACK,
+            ctx.team_url + CALLBACK_PATH,
             now,
             returned_iss=query.get("iss"),
         )
@@ -133,7 +132,7 @@ async def callback(
         page = pages.message_page(
             "Sign-in failed",
             exc.public,
-            link=(f"{ENDPOINT_PATH}/login", "Start again"),
+            link=(LOGIN_PATH, "Start again"),
             look=ctx.look,
             request_id=req.request_id.decode("ascii"),
         )
@@ -160,7 +159,7 @@ def _start_again(ctx: Context, req: Request) -> bytes:
     return pages.message_page(
         "Sign-in expired",
         "This sign-in took too long or was started elsewhere; please start again.",
-        link=(f"{ctx.team_url}{ENDPOINT_PATH}/login", "Start again"),
+        link=(ctx.team_url + LOGIN_PATH, "Start again"),
         look=ctx.look,
         request_id=req.request_id.decode("ascii"),
     )

@@ -15,10 +15,11 @@ from urllib.parse import quote, urlsplit
 from edge.access.actions import Endpoint
 from edge.access.claims import Identity
 from edge.access.compile import Compiled
+from edge.access.endpoints import LOGIN_PATH
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.router import path_segments
-from edge.access.session import ENDPOINT_PATH, same_host_url, valid_binding
+from edge.access.session import same_host_url, valid_binding
 from edge.config.schema import OidcProvider
 from edge.login import dev, oidc_flow
 from edge.login.call import query_of, read_form
@@ -41,7 +42,7 @@ def _app_login(ctx: Context, action: Endpoint, req: Request) -> LocalResponse:
     if ctx.team is None:
         return ctx.no_login_service(req)
     query = req.query.decode("latin-1")
-    return ctx.redirect(f"{ctx.team_url}{ENDPOINT_PATH}/login/{quote(action.rest)}?{query}")
+    return ctx.redirect(f"{ctx.team_url}{LOGIN_PATH}/{quote(action.rest)}?{query}")
 
 
 def target_of(c: Compiled, host: str, req: Request) -> Target | str | None:
