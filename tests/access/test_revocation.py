@@ -267,7 +267,9 @@ def logouts(draw: st.DrawFn) -> tuple[float, float, float, float, float]:
     # The token presented at the logout was accepted then: iat <= now + leeway,
     # exp - iat <= max_lifetime, exp + leeway > now.
     iat = draw(st.floats(min_value=logout - lifetime, max_value=logout + leeway))
-    exp = draw(st.floats(min_value=max(iat, logout - leeway), max_value=iat + lifetime))
+    low = max(iat, logout - leeway)
+    # (iat + lifetime) can round below logout - leeway when iat is logout - lifetime.
+    exp = draw(st.floats(min_value=low, max_value=max(low, iat + lifetime)))
     again = draw(st.floats(min_value=logout, max_value=logout + 3 * lifetime))
     return logout, leeway, lifetime, exp + leeway, again
 
