@@ -32,7 +32,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.access.endpoints import AUTHORIZED_PATH
-from edge.access.headers import AUTH_COOKIE as AUTH_COOKIE  # the login service sets it
 from edge.access.headers import Header
 from edge.access.router import normalize_host
 

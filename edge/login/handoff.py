@@ -32,13 +32,12 @@ from edge.access.claims import Identity
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.decide import verify_token
 from edge.access.endpoints import AUTHORIZED_PATH, LOGOUT_PATH
-from edge.access.headers import Header
+from edge.access.headers import AUTH_COOKIE, Header
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.revocation import session_key
 from edge.access.router import path_segments
 from edge.access.session import (
-    AUTH_COOKIE,
     BINDING_COOKIE,
     BINDING_PATH,
     HANDOFF_TTL,

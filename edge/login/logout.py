@@ -33,10 +33,11 @@ from edge.access.actions import Endpoint
 from edge.access.claims import Identity, Refusal
 from edge.access.compile import Compiled, CompiledApp
 from edge.access.endpoints import LOGIN_PATH, LOGOUT_PATH
+from edge.access.headers import AUTH_COOKIE
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.revocation import revocation_cutoff, revoked_until, sign_in_label
-from edge.access.session import AUTH_COOKIE, clear_cookie, cross_site
+from edge.access.session import clear_cookie, cross_site
 from edge.login import pages
 from edge.login.call import host_of, query_of, read_form
 from edge.login.context import Context, Target
