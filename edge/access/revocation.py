@@ -45,6 +45,8 @@ import hashlib
 import heapq
 import math
 
+from edge.config.schema import MAX_LEEWAY
+
 _NEVER = -math.inf  # the expiry of a key that is not held: not after any `now`
 SESSION_PREFIX = "s:"
 # 18 bytes (144 bits) of SHA-256: no one finds another (issuer, nonce) with
@@ -107,8 +109,11 @@ def revoked_until(now: float, valid_until: float, max_lifetime: float, leeway: f
     siblings (other applications, the team session) are not known here, but
     the issuer grants none a lifetime (exp - iat) above `max_lifetime` and
     the logout covers none with an iat beyond now + leeway
-    (revocation_cutoff), so each is past by now + max_lifetime + 2 * leeway."""
-    return max(valid_until, now + max_lifetime + 2 * leeway + _ROUNDING)
+    (revocation_cutoff), so each expires by now + leeway + max_lifetime and
+    is accepted until that plus the leeway in force when it is presented:
+    at most MAX_LEEWAY, whatever a later reload sets (a hold sized with the
+    leeway of the logout let a raised leeway revive covered tokens)."""
+    return max(valid_until, now + leeway + max_lifetime + MAX_LEEWAY + _ROUNDING)
 
 
 def revocation_cutoff(now: float, leeway: float) -> float:

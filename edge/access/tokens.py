@@ -23,9 +23,10 @@ Invariants:
 - `Verifier.trusts` only peeks (no signature check, no cache): it tells
   whether a second value claims to be one of our tokens, so that a request
   carrying two identities is refused rather than half-forwarded. Every
-  piece of every Authorization value is asked (authorization_pieces), not
-  only a ``Bearer`` credential: what the edge overlooks there, an
-  application that splits the value otherwise would read.
+  JWS-shaped run anywhere in an Authorization value is asked
+  (embedded_tokens), not only a ``Bearer`` credential: what the edge
+  overlooks there, an application or JWT library that reads the value
+  otherwise would find.
 """
 
 from __future__ import annotations
@@ -85,8 +86,13 @@ AMBIGUOUS = Refusal("ambiguous: two different tokens", permanent=True, ambiguous
 # -- extraction --------------------------------------------------------------
 
 
-def cookie_tokens(cookie_headers: Sequence[bytes]) -> list[bytes]:
-    """Every non-empty CF_Authorization value in the Cookie headers.
+def cookie_tokens(cookie_headers: Sequence[bytes]) -> list[bytes] | None:
+    """Every non-empty CF_Authorization value in the Cookie headers; None
+    when one hides where a lenient cookie parser would still find it: after
+    whitespace or a comma inside another pair (``theme=dark
+    CF_Authorization=...``, which Python's SimpleCookie reads), or under a
+    name PHP turns into CF_Authorization (``CF.Authorization``, ``CF
+    Authorization``, ``CF[Authorization``). Such a request is ambiguous.
 
     A find() per header rather than splitting every pair: the request path
     pays for the one cookie it wants, not for all of them.
@@ -94,7 +100,9 @@ def cookie_tokens(cookie_headers: Sequence[bytes]) -> list[bytes]:
     found: list[bytes] = []
     for header in cookie_headers:
         at = header.find(_COOKIE_PREFIX)
+        seen = 0
         while at >= 0:
+            seen += 1
             if at == 0 or _starts_pair(header, at):
                 start = at + _PREFIX_LENGTH
                 end = header.find(b";", start)
@@ -103,8 +111,19 @@ def cookie_tokens(cookie_headers: Sequence[bytes]) -> list[bytes]:
                     value = value.strip().strip(b'"')
                 if value:
                     found.append(value)
+            elif header[at - 1] in _HIDING:
+                return None
             at = header.find(_COOKIE_PREFIX, at + 1)
+        if header.count(b"Authorization=") > seen and _PHP_NAME.search(header) is not None:
+            return None
     return found
+
+
+# What may stand before a CF_Authorization= that does not begin a pair, for
+# a lenient parser to read it as one all the same.
+_HIDING = frozenset(b" \t,")
+# Names PHP reads as CF_Authorization ('.', ' ' and '[' become '_').
+_PHP_NAME = re.compile(rb"CF[. \[]Authorization=")
 
 
 def _starts_pair(header: bytes, at: int) -> bool:
@@ -126,59 +145,96 @@ def extract_token(
     cf-access-token header, then ``Authorization: Bearer``.
 
     Two different values among the cookies and cf-access-token headers are
-    refused as ambiguous, and so is any piece of any ``Authorization`` value
-    (authorization_pieces: split as the most lenient application splits it,
-    whatever the scheme) that differs from the token chosen when `trusted`
-    (`Verifier.trusts`) calls it one of ours: the upstream would see a second
-    identity. Anything else in ``Authorization`` is the application's own
+    refused as ambiguous (and so is a cookie hidden inside another pair:
+    cookie_tokens), and so is any JWS-shaped run anywhere in any
+    ``Authorization`` value (embedded_tokens: however wrapped, whatever the
+    scheme) whose header and payload differ from the chosen token's when
+    `trusted` (`Verifier.trusts`) calls it one of ours: the upstream would
+    see a second identity. Anything else in ``Authorization`` is the application's own
     credential and never conflicts.
     """
-    candidates = cookie_tokens(cookies) if cookies else []
+    found = cookie_tokens(cookies) if cookies else []
+    if found is None:
+        return AMBIGUOUS
+    candidates = found
     for value in access_tokens:
         value = value.strip()
         if value:
             candidates.append(value)
-    bearers, pieces = authorization_pieces(authorizations) if authorizations else ([], [])
     if not candidates:
+        bearers = bearer_credentials(authorizations) if authorizations else []
         if not bearers:
             return NO_TOKEN
         candidates = bearers[:1]
     first = candidates[0]
     if len(candidates) > 1 and candidates.count(first) != len(candidates):
         return AMBIGUOUS
-    if any(piece != first and trusted(piece) for piece in pieces):
-        return AMBIGUOUS
+    if authorizations:
+        embedded = embedded_tokens(authorizations)
+        if embedded is None:
+            return AMBIGUOUS
+        mine = signing_input(first)
+        if any(other != mine and trusted(other + b".") for other in embedded):
+            return AMBIGUOUS
     return first
 
 
-# Where an application may cut an Authorization value: frameworks split on
-# any whitespace (not only one space) and on commas (a list of credentials).
+# Where an application may cut an Authorization value to find its Bearer
+# credential: on any whitespace and on commas (a list of credentials).
 _AUTH_SEPARATORS = re.compile(rb"[\s,]+")
-_QUOTE = b'"'
 
 
-def authorization_pieces(authorizations: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """The bearer credentials of the Authorization values (the piece after
-    each ``Bearer``, any case, anywhere in a value), and every piece an
-    application could read as a credential: each whitespace- or
-    comma-separated piece, without surrounding quotes, and the value of an
-    auth-param (``token="..."``). Never raises; bounded by the head size."""
+def bearer_credentials(authorizations: Sequence[bytes]) -> list[bytes]:
+    """The credential after each ``Bearer`` (any case, anywhere in a value)."""
     bearers: list[bytes] = []
-    pieces: list[bytes] = []
     for value in authorizations:
         parts = [part for part in _AUTH_SEPARATORS.split(value) if part]
-        for i, part in enumerate(parts):
-            if part.lower() == b"bearer" and i + 1 < len(parts):
-                bearers.append(parts[i + 1])
-            pieces.append(part)
-            bare = part.strip(_QUOTE)
-            if bare and bare != part:
-                pieces.append(bare)
-            _, equals, param = part.partition(b"=")
-            param = param.strip(_QUOTE)
-            if equals and param:
-                pieces.append(param)
-    return bearers, pieces
+        bearers.extend(parts[i + 1] for i in range(len(parts) - 1) if parts[i].lower() == b"bearer")
+    return bearers
+
+
+# A compact JWS's first two segments as a JWT library may read them out of
+# a longer value: base64 in either alphabet, padded or not, whatever
+# surrounds them (quotes, semicolons, an auth-param, bytes after the
+# signature, separators no split knows). Only header and payload matter:
+# they are what `trusts` reads and what a signature covers.
+_EMBEDDED = re.compile(rb"[A-Za-z0-9_+/-]+=*\.[A-Za-z0-9_+/-]+=*\.")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+# JWS-shaped runs looked at in one request's Authorization values; more is
+# refused unread (each costs two small decodes; a 16 KiB value of them took
+# 12.8 ms). No credential an application uses holds more than a few.
+MAX_EMBEDDED = 16
+
+
+def _segment(part: bytes) -> bytes:
+    return part.rstrip(b"=").translate(_TO_URLSAFE)
+
+
+def signing_input(token: bytes) -> bytes:
+    """A token's header and payload in base64url without padding: one token
+    however it is spelled (the signature aside, which a library checks)."""
+    head, _, rest = token.partition(b".")
+    return _segment(head) + b"." + _segment(rest.partition(b".")[0])
+
+
+def embedded_tokens(authorizations: Sequence[bytes]) -> set[bytes] | None:
+    """The signing input of every JWS-shaped run in the values (and, when
+    other base64 characters run into a header, of the run from its first
+    ``ey``, where a JSON object's base64 begins); None when there are more
+    than MAX_EMBEDDED. Never raises; linear in the values."""
+    found: set[bytes] = set()
+    runs = 0
+    for value in authorizations:
+        for match in _EMBEDDED.finditer(value):
+            runs += 1
+            if runs > MAX_EMBEDDED:
+                return None
+            head, _, payload = match.group()[:-1].partition(b".")
+            found.add(_segment(head) + b"." + _segment(payload))
+            start = head.find(b"ey", 1)
+            if start > 0:
+                found.add(_segment(head[start:]) + b"." + _segment(payload))
+    return found
 
 
 class _PeekHeader(msgspec.Struct, gc=False):

@@ -176,7 +176,8 @@ MaxAge = Annotated[int, Meta(ge=-1, le=86400)]
 # Clock skew tolerated on exp/nbf/iat. 60 s covers NTP-synced hosts with room
 # to spare; more would keep a just-expired session alive longer than needed.
 DEFAULT_LEEWAY = 60
-Leeway = Annotated[int, Meta(ge=0, le=600)]
+MAX_LEEWAY = 600  # seconds; a revocation's hold counts it (edge.access.revocation)
+Leeway = Annotated[int, Meta(ge=0, le=MAX_LEEWAY)]
 # Session length of the CF_Authorization cookie: 1 minute to 30 days.
 SessionDuration = Annotated[int, Meta(ge=60, le=30 * 86400)]
 # The longest lifetime (exp - iat, seconds) an issuer's tokens may claim; longer

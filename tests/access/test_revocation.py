@@ -193,7 +193,9 @@ def test_bare_nonce_entries_of_older_edges_are_still_enforced() -> None:
     [
         # A short token: its siblings may live the bound (+ 1 s, so that no
         # rounding in these sums leaves one of them outside the hold).
-        (1_000.0 + 600 + 60, 1_000.0 + 3600 + 120 + 1),
+        # The leeway may be raised to 600 by a reload after the logout: the
+        # hold counts it, so a token covered then is still covered after.
+        (1_000.0 + 600 + 60, 1_000.0 + 3600 + 60 + 600 + 1),
         (1_000.0 + 5000.0, 1_000.0 + 5000.0),  # longer than the bound (refused from now on anyway)
     ],
 )
@@ -378,3 +380,19 @@ def test_revoking_a_sid_leaves_the_same_sid_of_another_issuer_and_a_nonce_alone(
 )
 def test_sign_in_label_names_the_kind_and_a_prefix_only(nonce: str, sid: str, label: str) -> None:
     assert sign_in_label(nonce, sid, "s:AbCdEfGhIj") == label
+
+
+@pytest.mark.parametrize("new_leeway", [60.0, 180.0, 600.0])
+def test_a_leeway_raised_after_the_logout_revives_no_token(new_leeway: float) -> None:
+    """A logout at T with leeway 60 covers a token minted 10 s before it;
+    verified after a reload that raised the issuer's leeway (up to the
+    schema's 600), the token is accepted until exp + the new leeway: it is
+    still refused (found by a review: the hold counted the old leeway)."""
+    logout, lifetime = 10_000.0, 3600.0
+    iat = logout - 10
+    exp = iat + lifetime
+    revoked = Revocations()
+    key = session_key("https://a.example", "n")
+    until = revoked_until(logout, exp + 60.0, lifetime, 60.0)
+    revoked.revoke(key, until, revocation_cutoff(logout, 60.0))
+    assert revoked.session_revoked(key, "n", logout + 100, iat, exp + new_leeway)
