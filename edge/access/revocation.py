@@ -70,8 +70,12 @@ def sid_key(iss: str, sid: str) -> str:
 
 def token_key(iss: str, token: bytes) -> str:
     """The revocation key of one token that names no sign-in (no nonce, no
-    sid): a logout then refuses at least that token until it expires."""
-    return _key(f"{iss}\x00token\x00".encode("utf-8", "surrogatepass") + token)
+    sid): a logout then refuses at least that token until it expires. Keyed
+    by its header and payload, the bytes its signature covers, so no other
+    spelling of it (bytes after the signature, ECDSA's second signature)
+    is another token."""
+    signed = token.rpartition(b".")[0]
+    return _key(f"{iss}\x00signed\x00".encode("utf-8", "surrogatepass") + signed)
 
 
 def sign_in_key(iss: str, nonce: str, sid: str, token: bytes) -> str:
