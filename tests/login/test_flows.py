@@ -270,9 +270,10 @@ def test_dev_sign_in_counts_failures_then_throttles(site: Site) -> None:
 # -- handoff ------------------------------------------------------------------------------------
 
 
-def issued_code(site: Site) -> str:
-    """A code as the team host issues it to a signed-in user."""
-    r = handoff.start_session(
+def signed_in(site: Site) -> LocalResponse:
+    """The team host's answer to alice signing in: the team cookie and a
+    redirect carrying the application's one-time code."""
+    return handoff.start_session(
         site.ctx,
         site.c,
         new_person(ALICE, ["staff"], "dev"),
@@ -280,7 +281,15 @@ def issued_code(site: Site) -> str:
         build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
         NOW,
     )
+
+
+def code_of(r: LocalResponse) -> str:
     return parse_qs(urlsplit(location(r)).query)["code"][0]
+
+
+def issued_code(site: Site) -> str:
+    """A code as the team host issues it to a signed-in user."""
+    return code_of(signed_in(site))
 
 
 def exchange(
@@ -386,15 +395,8 @@ def test_a_code_issued_before_a_logout_signs_no_one_in_after_it(site: Site) -> N
     """A logout refuses the tokens issued up to it (revocation_cutoff); the
     edge never mints a later one for that sign-in, not even from a code
     issued just before the logout."""
-    r = handoff.start_session(
-        site.ctx,
-        site.c,
-        new_person(ALICE, ["staff"], "dev"),
-        site.target(),
-        build(b"GET", b"auth.localhost", b"/", [], "127.0.0.1"),
-        NOW,
-    )
-    code = parse_qs(urlsplit(location(r)).query)["code"][0]
+    r = signed_in(site)
+    code = code_of(r)
     token = cookie_value(cookies(r)["CF_Authorization"])
     action, req = site.endpoint(
         "GET",

@@ -204,48 +204,72 @@ SLOW_READ = 1 * KIB  # bytes a slow reader takes per turn
 RSS_LIMIT = 40 * MIB  # growth of the edge's peak RSS for all the slow readers together
 
 
+class HeldReaders:
+    """An edge before a download upstream, and the clients a test holds open
+    (closed, and the edge stopped, on exit); `growth` is its peak RSS growth
+    since the warm-up."""
+
+    def __init__(self, tmp_path: Path, upstream: Upstream, clients: int) -> None:
+        self.edge = start_edge(tmp_path, upstream.url, server=f"max_connections = {4 * clients}")
+        self.socks: list[socket.socket] = []
+        assert statuses(self.edge.port, build("GET", "/download?size=100000"), 20) == [200] * 20  # warm up
+        self.before = self.peak()
+        self.request = build("GET", f"/download?size={DOWNLOAD}")
+
+    def peak(self) -> int:
+        return vm_kib(self.edge.proc.pid, "VmHWM") * KIB
+
+    def growth(self) -> int:
+        return self.peak() - self.before
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+        self.edge.stop()
+
+
+@contextlib.contextmanager
+def held_readers(tmp_path: Path, clients: int) -> Iterator[HeldReaders]:
+    with Upstream() as upstream:
+        held = HeldReaders(tmp_path, upstream, clients)
+        try:
+            yield held
+        finally:
+            held.close()
+
+
 def test_slow_readers_cost_bounded_memory(tmp_path: Path) -> None:
     """200 clients with a tiny receive buffer ask for 16 MiB each; half read
     a little now and then, half not at all. The edge may hold about one
     read plus the write high-water mark per client, not the upstream's
     whole burst: its peak RSS grows by less than 40 MiB for all of them."""
-    with Upstream() as upstream:
-        edge = start_edge(tmp_path, upstream.url, server=f"max_connections = {4 * SLOW_CLIENTS}")
-        pid = edge.proc.pid
-        socks: list[socket.socket] = []
-        try:
-            assert statuses(edge.port, build("GET", "/download?size=100000"), 20) == [200] * 20  # warm up
-            before = vm_kib(pid, "VmHWM") * KIB
-            request = build("GET", f"/download?size={DOWNLOAD}")
-            for _ in range(SLOW_CLIENTS):
-                sock = socket.socket()
-                sock.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF
-                )  # before connect: it sets the window
-                sock.settimeout(DEADLINE)
-                sock.connect(("127.0.0.1", edge.port))
-                sock.sendall(request)
-                socks.append(sock)
-            first = [sock.recv(SLOW_READ) for sock in socks]  # every response has started
-            assert all(data.startswith(b"HTTP/1.1 200 ") for data in first)
-            for sock in socks:
-                sock.setblocking(False)
-            got = 0
-            end = time.monotonic() + HOLD
-            while time.monotonic() < end:
-                for sock in socks[::2]:
-                    with contextlib.suppress(BlockingIOError):
-                        got += len(sock.recv(SLOW_READ))
-                time.sleep(0.05)
-            growth = vm_kib(pid, "VmHWM") * KIB - before
-            assert got > 0  # the slow half did move
-            assert growth < RSS_LIMIT, (
-                f"edge peak RSS grew by {growth / MIB:.1f} MiB for {SLOW_CLIENTS} slow readers"
-            )
-        finally:
-            for sock in socks:
-                sock.close()
-            edge.stop()
+    with held_readers(tmp_path, SLOW_CLIENTS) as held:
+        socks = held.socks
+        for _ in range(SLOW_CLIENTS):
+            sock = socket.socket()
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF
+            )  # before connect: it sets the window
+            sock.settimeout(DEADLINE)
+            socks.append(sock)
+            sock.connect(("127.0.0.1", held.edge.port))
+            sock.sendall(held.request)
+        first = [sock.recv(SLOW_READ) for sock in socks]  # every response has started
+        assert all(data.startswith(b"HTTP/1.1 200 ") for data in first)
+        for sock in socks:
+            sock.setblocking(False)
+        got = 0
+        end = time.monotonic() + HOLD
+        while time.monotonic() < end:
+            for sock in socks[::2]:
+                with contextlib.suppress(BlockingIOError):
+                    got += len(sock.recv(SLOW_READ))
+            time.sleep(0.05)
+        growth = held.growth()
+        assert got > 0  # the slow half did move
+        assert growth < RSS_LIMIT, (
+            f"edge peak RSS grew by {growth / MIB:.1f} MiB for {SLOW_CLIENTS} slow readers"
+        )
 
 
 FAST_CLIENTS = 128
@@ -258,33 +282,22 @@ def test_readers_that_stall_after_a_fast_start_cost_bounded_memory(tmp_path: Pat
     all held open together: however fast a client was, it costs no more
     than one READ_SIZE read plus the write high-water mark (128 KiB), the
     README's bound. (That reads never grow is test_read_size's.)"""
-    with Upstream() as upstream:
-        edge = start_edge(tmp_path, upstream.url, server=f"max_connections = {4 * FAST_CLIENTS}")
-        pid = edge.proc.pid
-        socks: list[socket.socket] = []
-        try:
-            assert statuses(edge.port, build("GET", "/download?size=100000"), 20) == [200] * 20  # warm up
-            before = vm_kib(pid, "VmHWM") * KIB
-            request = build("GET", f"/download?size={DOWNLOAD}")
-            for _ in range(FAST_CLIENTS):
-                sock = socket.create_connection(("127.0.0.1", edge.port), timeout=DEADLINE)
-                socks.append(sock)
-                sock.sendall(request)
-                got = 0
-                while got < FAST_FIRST:
-                    data = sock.recv(1 * MIB)
-                    assert data, "the edge closed a fast reader"
-                    got += len(data)
-            time.sleep(0.5)  # the edge fills what each stopped client's socket does not take
-            growth = vm_kib(pid, "VmHWM") * KIB - before
-            assert growth < FAST_LIMIT, (
-                f"edge peak RSS grew by {growth / MIB:.1f} MiB for {FAST_CLIENTS} readers"
-                " stalled after a fast start"
-            )
-        finally:
-            for sock in socks:
-                sock.close()
-            edge.stop()
+    with held_readers(tmp_path, FAST_CLIENTS) as held:
+        for _ in range(FAST_CLIENTS):
+            sock = socket.create_connection(("127.0.0.1", held.edge.port), timeout=DEADLINE)
+            held.socks.append(sock)
+            sock.sendall(held.request)
+            got = 0
+            while got < FAST_FIRST:
+                data = sock.recv(1 * MIB)
+                assert data, "the edge closed a fast reader"
+                got += len(data)
+        time.sleep(0.5)  # the edge fills what each stopped client's socket does not take
+        growth = held.growth()
+        assert growth < FAST_LIMIT, (
+            f"edge peak RSS grew by {growth / MIB:.1f} MiB for {FAST_CLIENTS} readers"
+            " stalled after a fast start"
+        )
 
 
 # -- 3. logs under faults -------------------------------------------------------------------
