@@ -5,6 +5,9 @@ Invariants:
   being written and the client is not reading it, no further request is parsed
   (reading is paused), so a pipelining client cannot make us buffer without
   bound.
+- Strictness on top of h11 (what a proxy must refuse that h11 lets
+  through) is edge.http.strict's, as pure functions of a head's bytes and
+  parts; the connection decides when to ask.
 - Every failure of one connection ends in a small error response (when h11
   still lets us send one) or a close. Nothing raised here reaches the loop, and
   no traceback reaches a client.
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -37,8 +39,8 @@ from typing import Protocol, cast
 import h11
 import msgspec
 
-from edge.access.headers import REQUEST_ID, TrustedProxies
-from edge.access.request import Index, Request, is_upgrade
+from edge.access.headers import TrustedProxies
+from edge.access.request import Index, Request
 from edge.access.responses import LocalResponse, Responses
 from edge.config.schema import KIB, Server
 from edge.http import flow
@@ -68,8 +70,9 @@ from edge.http.h11_internals import (
     skip_blank_lines,
     take_body,
 )
-from edge.http.message import TOKEN, Headers, ResponseHead
-from edge.http.request_id import new_id, request_id
+from edge.http.message import Headers, ResponseHead
+from edge.http.request_id import new_id
+from edge.http.strict import head_refused, request_line_too_long, validate
 
 log = logging.getLogger("edge.protocol")
 
@@ -90,27 +93,6 @@ IDLE = 2  # keep-alive, nothing received yet: keepalive_timeout
 BUSY = 3  # a response is in progress; the client owes us nothing
 LINGER = 4  # closing: discarding whatever the client still sends
 TUNNEL = 5  # after a 101: raw bytes both ways; deadline = the token's expiry
-
-# uri-host [ ":" port ] (RFC 3986 3.2.2): a reg-name, or an IP literal in
-# brackets; empty is allowed (RFC 9112 3.2). No userinfo, no spaces, no
-# obs-text: the host routes the request and is forwarded upstream.
-_HOST_RE = re.compile(rb"(?:\[[-0-9A-Za-z:._~%]+\]|[-0-9A-Za-z._~!$&'()*+,;=%]*)(?::[0-9]*)?")
-# The end of a head (an empty line) or an obs-fold line (RFC 9112 5.2), which
-# h11 unfolds silently. A proxy refuses it, as nginx does: an upstream may
-# split the same bytes into different fields.
-_FOLD_OR_END = re.compile(rb"\n(?:[ \t]|\r?\n)")
-# A request line without a version: HTTP/0.9's simple request (RFC 1945 4.1),
-# which h11 would only refuse as malformed once a blank line followed.
-_VERSIONLESS_LINE = re.compile(TOKEN + rb" [\x21-\x7e]+\r?\n")
-# Control characters other than HTAB (RFC 9110 5.5); CR and LF are the line
-# structure. h11 accepts most of them in field values (h11 issue 57), and an
-# upstream may cut or fold a field at one: none is forwarded.
-_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# Content-Length field lines. h11 merges repeated or listed equal values into
-# one field, so how many the client sent is only in the bytes.
-_LENGTH_FIELD = re.compile(rb"\ncontent-length:([^\n]*)", re.IGNORECASE)
-# Only these are spoken; h11 takes any DIGIT.DIGIT (RFC 9112 2.3).
-_VERSIONS = (b"1.1", b"1.0")
 
 _SEND_OK = (h11.IDLE, h11.SEND_RESPONSE)
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[])
@@ -156,30 +138,6 @@ def verified_cn(transport: asyncio.BaseTransport) -> str | None:
         return None
     names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
     return names[0] if len(names) == 1 else ""
-
-
-def _authority_of(target: bytes) -> tuple[bytes, bytes] | None:
-    """Split an absolute-form target into (authority, path-and-query)."""
-    lower = target[:8].lower()
-    if lower.startswith(b"http://"):
-        rest = target[7:]
-    elif lower.startswith(b"https://"):
-        rest = target[8:]
-    else:
-        return None
-    slash = rest.find(b"/")
-    query = rest.find(b"?")
-    cut = min(i for i in (slash, query, len(rest)) if i >= 0)
-    path = rest[cut:] or b"/"
-    if path[:1] == b"?":
-        path = b"/" + path
-    return rest[:cut], path
-
-
-def _same_authority(a: bytes, b: bytes, secure: bool) -> bool:
-    default = b":443" if secure else b":80"
-    a, b = a.lower(), b.lower()
-    return a.removesuffix(default) == b.removesuffix(default)
 
 
 class Worker(Protocol):
@@ -474,46 +432,18 @@ class HttpProtocol(asyncio.Protocol):
 
     def _check_request_line(self) -> None:
         """Refuse with 414 a request line longer than the target limit allows,
-        before the whole head arrives (h11 only reports complete heads)."""
-        buffered = self.conn.trailing_data[0]
-        end = buffered.find(b"\n")
-        line = len(buffered) if end < 0 else end
-        # "OPTIONS " + target + " HTTP/1.1\r": 20 bytes of framing at most.
-        if line > self.limits.max_target_bytes + 20:
+        before the whole head arrives."""
+        too_long = request_line_too_long(head_bytes(self.conn), self.limits.max_target_bytes)
+        if too_long:
             self._send_error(414)
-        elif end >= 0:
+        elif too_long is None:
             self.since_head = 0  # the line is complete and fine; stop checking
 
     def _head_refused(self) -> int:
-        """An error status for the request head in h11's buffer that h11
-        would let through, else 0: a request line without a version (505),
-        an obs-fold line, which h11 unfolds silently, a control character, or
-        a Content-Length given twice or as a list (400). Reads h11's buffer in
-        place (h11_internals.head_bytes) and resumes where the last call
-        stopped, so a trickled head is scanned once; heads that
-        h11_internals.fast_request took never get here (it takes none of these)."""
-        data = head_bytes(self.conn)
-        if not self.scanned:
-            line = data.find(b"\n") + 1
-            if not line:
-                return 0
-            if _VERSIONLESS_LINE.fullmatch(data, 0, line) is not None:
-                return 505
-            self.scanned = line - 1  # the LF may start the head's end
-        found = _FOLD_OR_END.search(data, self.scanned)
-        if found is None:
-            self.scanned = max(self.scanned, len(data) - 2)
-            return 0
-        self.scanned = found.start()
-        if found.group()[1:2] in b" \t":
-            return 400
-        end = found.end()  # the head is complete: checked once, whole
-        if _CONTROL.search(data, 0, end) is not None:
-            return 400
-        lengths = _LENGTH_FIELD.findall(data, 0, end)
-        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
-            return 400  # RFC 9112 6.3: the strict reading of "5, 5"
-        return 0
+        """strict.head_refused for the head in h11's buffer, read in place
+        (h11_internals.head_bytes), resuming where the last call stopped."""
+        status, self.scanned = head_refused(head_bytes(self.conn), self.scanned)
+        return status
 
     def _on_request(self, event: h11.Request) -> None:
         """A head h11 parsed: its fields scanned and indexed as fast_request does."""
@@ -530,7 +460,7 @@ class HttpProtocol(asyncio.Protocol):
         self.since_head = 0
         self.scanned = 0
         started = time.time()
-        request = self._validate(method, target, version, headers, index, size, started)
+        request = validate(method, target, version, headers, index, size, started, self.limits, self)
         if isinstance(request, int):
             self.entry = LogEntry(_unparsed(method, target, self.client_ip, self.scheme, started))
             self._send_error(request)
@@ -558,66 +488,7 @@ class HttpProtocol(asyncio.Protocol):
             close = expects or length is None or length > DRAIN_LIMIT
         self._respond(action, close, request.method == b"HEAD")
 
-    def _validate(
-        self,
-        method: bytes,
-        target: bytes,
-        version: bytes,
-        headers: Headers,
-        index: Index,
-        size: int,
-        started: float,
-    ) -> Request | int:
-        """Strictness on top of h11: the Request, or an error status."""
-        if version not in _VERSIONS:
-            return 505
-        # Methods are case-sensitive tokens (RFC 9110 9.1): "connect" or
-        # "get" is a method of its own, forwarded as written.
-        if method == b"CONNECT":
-            return 405  # no tunnels, whatever the target's form
-        te = b"transfer-encoding" in index
-        cl = index.get(b"content-length")
-        if te and (cl or version == b"1.0"):
-            return 400  # request smuggling vectors (RFC 9112 6.1, 6.3)
-        if len(target) > self.limits.max_target_bytes:
-            return 414
-        if b"#" in target:
-            # A request target has no fragment (RFC 9112 3.2). Routed without
-            # it but forwarded with it, "/admin#x" would pass a path policy
-            # that the upstream's own parser then maps onto "/admin".
-            return 400
-        if size > self.limits.max_header_bytes:
-            return 431
-        # One Content-Length at most (_head_refused; fast_request takes no
-        # other), of digits (h11): its integer frames the body.
-        length = int(cl[0]) if cl else None
-        if length is not None and length > self.limits.max_body_bytes:
-            return 413
-        hosts = index.get(b"host")
-        host = hosts[0] if hosts else b""
-        if target[:1] != b"/":
-            split = _authority_of(target)
-            if split is not None:
-                if hosts and not _same_authority(split[0], host, target[4:5] in b"sS"):
-                    return 400
-                host, target = split
-            elif not (target == b"*" and method == b"OPTIONS"):
-                return 400
-        if _HOST_RE.fullmatch(host) is None:
-            return 400  # RFC 9112 3.2: a Host with an invalid value is a 400
-        # Most heads name no Connection: then nothing asks for an upgrade.
-        upgrade = b"connection" in index and is_upgrade(index)
-        path, _, query = target.partition(b"?")
-        # Most requests carry no X-Request-Id: then the id is generated
-        # without asking whether the peer is trusted.
-        given = index.get(REQUEST_ID)
-        rid = new_id() if given is None else request_id(given, self._trusted_peer())
-        return Request(
-            method, host, target, path, query, version, headers, index,
-            self.client_ip, self.scheme, length, te, upgrade, started, self.client_cn, rid,
-        )  # fmt: skip
-
-    def _trusted_peer(self) -> bool:
+    def trusts_peer(self) -> bool:
         """Whether the peer is a trusted proxy (its X-Request-Id may name the
         request): asked once per connection, and only when one is sent."""
         trusted = self.trusted_peer

@@ -16,8 +16,8 @@ import types
 
 import h11
 
-from edge.http.connection import _CONTROL, _LENGTH_FIELD
 from edge.http.h11_internals import FastRequest, commit_request, fast_request, scan_fields
+from edge.http.strict import CONTROL, LENGTH_FIELD
 
 H = b"Host: a\r\n"
 SPLICES = [b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b",", b"\x00", b"\x7f", b"\xff", b"\r\n ", H,
@@ -77,7 +77,7 @@ def assert_agrees_with_h11(data: bytes) -> FastRequest | None:
     scan_fields collects from h11's event (the connection reads one or the
     other, depending on which parser took the head). The reference is h11
     plus the edge's own refusals of what h11 lets through
-    (HttpProtocol._head_refused, which a head the fast parser took never
+    (strict.head_refused, which a head the fast parser took never
     meets): the fast parser takes no head that those would refuse."""
     ours, parsed = fast_conn(data)
     theirs, event, used = h11_request(data)
@@ -85,8 +85,8 @@ def assert_agrees_with_h11(data: bytes) -> FastRequest | None:
         return None
     assert event is not None, data
     head = data[: parsed.end]
-    assert _CONTROL.search(head) is None, data  # a control character: 400
-    lengths = _LENGTH_FIELD.findall(head)
+    assert CONTROL.search(head) is None, data  # a control character: 400
+    lengths = LENGTH_FIELD.findall(head)
     assert len(lengths) <= 1 and b"," not in b"".join(lengths), data  # repeated or listed: 400
     assert b"\n " not in head and b"\n\t" not in head, data  # obs-fold: 400
     mine = parsed.event
