@@ -18,9 +18,10 @@ from edge.access.headers import Headers
 from edge.access.lists import distinct_entries, entries
 from edge.access.request import Request, build
 from edge.access.responses import date_line
+from edge.access.revocation import revoked_until
 from edge.config.errors import key_path
 from edge.config.problem import every_rule
-from edge.config.schema import TEMPLATE_PAGES, App, Branding, Config, DevProvider, Rule
+from edge.config.schema import MAX_LEEWAY, TEMPLATE_PAGES, App, Branding, Config, DevProvider, Rule
 from edge.config.syntax import is_loopback_host
 from edge.login import keys as keylib
 
@@ -48,10 +49,8 @@ def apps_summary(compiled: Compiled) -> str:
     for issuer in config.issuers:
         source = issuer.jwks_file or issuer.jwks_url or "shared secret"
         lines.append(f"  issuer {issuer.iss}: {', '.join(issuer.algorithms)} via {source}")
-        lines.append(
-            f"    tokens:   up to {issuer.max_token_lifetime} s (max_token_lifetime); "
-            "a logout is kept that long"
-        )
+        lines.append(f"    tokens:   up to {issuer.max_token_lifetime} s (max_token_lifetime)")
+        lines.append(f"    logout:   {_logout_hold(issuer.max_token_lifetime, issuer.leeway)}")
     if config.service_tokens:
         lines.append(f"  service tokens: {', '.join(t.name for t in config.service_tokens)}")
     lines.extend(groups_and_lists_summary(config))
@@ -65,10 +64,9 @@ def apps_summary(compiled: Compiled) -> str:
         )
         lines.append(f"    providers: {providers}")
         if compiled.builtin is not None:
-            lines.append(
-                f"    tokens:    up to {compiled.builtin.max_lifetime:.0f} s (the longest session_duration); "
-                "a logout is kept that long"
-            )
+            builtin = compiled.builtin
+            lines.append(f"    tokens:    up to {builtin.max_lifetime:.0f} s (the longest session_duration)")
+            lines.append(f"    logout:    {_logout_hold(builtin.max_lifetime, builtin.leeway)}")
         lines.append(
             f"    store:     {team.store}" + (f" ({team.redis_url})" if team.store == "redis" else "")
         )
@@ -76,6 +74,16 @@ def apps_summary(compiled: Compiled) -> str:
             f"    pages:     {_branding_summary(team.branding)}; app launcher at {compiled.team_url}/"
         )
     return "\n".join(lines)
+
+
+def _logout_hold(max_lifetime: float, leeway: float) -> str:
+    """How long a logout's revocation is kept: the hold the logout itself
+    computes (revoked_until; the token presented cannot outlive it)."""
+    hold = revoked_until(0.0, 0.0, max_lifetime, leeway)
+    return (
+        f"a revocation is kept {hold:.0f} s (the lifetime above + leeway {leeway:.0f} s"
+        f" + {MAX_LEEWAY} s, the largest leeway a reload may set, + 1 s)"
+    )
 
 
 def _pages_summary(app: App) -> str:

@@ -429,6 +429,23 @@ def test_explain_follows_groups_and_lists_without_dumping_them() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("ident", "outcome", "fact"),
+    [
+        (BOB, "match", "provider sso listed"),
+        (ALICE, "include: no rule matched", "provider dev not listed"),
+        (identity(), "include: no rule matched", "provider (none in the token) not listed"),
+    ],
+)
+def test_explain_names_the_provider_login_method_saw(ident: Identity, outcome: str, fact: str) -> None:
+    """What `edge explain` prints for a login_method rule: the sign-in's
+    provider id, and whether the rule lists it."""
+    ps = catalog_policies(allow("sso", include=[{"login_method": ["sso", "okta"]}]))
+    trace: list[str] = []
+    ps.second_phase(subject(ident=ident), trace)
+    assert trace == [f'policy "sso" (allow): {outcome}', f"  include login_method: {fact}"]
+
+
 def test_policies_evaluate_a_subject_built_from_an_identity_alone() -> None:
     """As the app launcher does: no request, just who the user is."""
     ps = catalog_policies(allow(include=[{"group": ["oncall"]}]))

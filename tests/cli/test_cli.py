@@ -265,7 +265,10 @@ def test_check_summarises_the_team_without_creating_keys(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert "team auth.localhost: issuer http://auth.localhost:8443, ES256 keys in" in result.stdout
     assert "providers: dev (dev)" in result.stdout and "store:     memory" in result.stdout
-    assert "tokens:    up to 86400 s (the longest session_duration)" in result.stdout
+    assert "tokens:    up to 86400 s (the longest session_duration)\n" in result.stdout
+    # The built-in issuer's leeway is 60 s: 86400 + 60 + 600 + 1.
+    hold = "logout:    a revocation is kept 87061 s (the lifetime above + leeway 60 s + 600 s,"
+    assert hold in result.stdout
     assert result.stderr == ""
     assert not (tmp_path / "keys").exists()  # check never creates the key directory
 

@@ -69,10 +69,27 @@ def test_check_lists_apps_and_warns(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "    aud:      api-aud" in out
     assert "    cors:     1 origin(s); GET; any header; credentials" in out
     assert f"  issuer {ISS}: ES256, RS256, EdDSA via {tmp_path / 'jwks.json'}" in out
-    # The bound a logout's revocation relies on (the default: a day).
-    assert "    tokens:   up to 86400 s (max_token_lifetime); a logout is kept that long" in out
+    # The bound a logout's revocation relies on (the default: a day), and the
+    # hold it gets: T + L + M + 600 s + 1 s past the logout (86400 + 60 + 600 + 1).
+    assert "    tokens:   up to 86400 s (max_token_lifetime)\n" in out
+    assert (
+        "    logout:   a revocation is kept 87061 s (the lifetime above + leeway 60 s + 600 s, "
+        "the largest leeway a reload may set, + 1 s)\n"
+    ) in out
     assert "Authorization is allowed only implicitly" in err
     assert "same_site = 'none' needs a Secure cookie" in err
+
+
+def test_check_shows_the_hold_of_an_issuers_own_lifetime_and_leeway(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The two keys land in the [[issuers]] table write_config leaves open.
+    path = write_config(tmp_path, "leeway = 30\nmax_token_lifetime = 3600\n" + APP)
+    assert main(["check", "-c", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "    tokens:   up to 3600 s (max_token_lifetime)\n" in out
+    # 3600 + 30 + 600 + 1: the reload margin is the same whatever the leeway is now.
+    assert "    logout:   a revocation is kept 4231 s (the lifetime above + leeway 30 s + 600 s," in out
 
 
 def test_check_reports_jwks_problems_as_config_errors(

@@ -96,12 +96,7 @@ def identity(email: str, groups: Sequence[str] = ()) -> Identity:
 
 @pytest.fixture(scope="module")
 def compiled() -> Compiled:
-    team = (
-        f'[team]\nhost = "auth.localhost"\nurl = "{TEAM_URL}"\n[[team.providers]]\ntype = "dev"\nusers = []\n'
-    )
-    config = loads("[server]\n" + "".join(APPS))
-    del team
-    return compile_config(config)
+    return compile_config(loads("[server]\n" + "".join(APPS)))
 
 
 @pytest.mark.parametrize(

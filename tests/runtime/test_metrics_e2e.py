@@ -38,7 +38,8 @@ Factory = Callable[..., EdgeProcess]
 WAIT = 30.0  # seconds: the most an expected event may take on a loaded box
 OPEN = 6  # GETs to the open app (a bypass policy)
 UNKNOWN = 3  # GETs to a host no app covers
-TOTAL = OPEN + UNKNOWN + 5  # every request traffic() makes
+TOTAL = OPEN + UNKNOWN + 6  # every request traffic() makes
+REFUSED = "eve@elsewhere.test"  # a valid token the staff app's deny policy refuses
 SAMPLES = dict[tuple[str, Labels], float]
 
 
@@ -54,6 +55,7 @@ def start(factory: Factory, upstream: BodyCountingUpstream, workers: int) -> tup
     extra = (
         open_app_toml(upstream.url, domains=("app.test",))
         + allow_app_toml("staff", "staff.test", upstream.url)
+        + f'[[apps.policies]]\nname = "blocked"\naction = "deny"\ninclude = [{{ emails = ["{REFUSED}"] }}]\n'
         + f'\n[[issuers]]\niss = "{ISS}"\nsecret = "{HS_SECRET}"\nalgorithms = ["HS256"]\n'
         + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
     )
@@ -88,6 +90,8 @@ def traffic(edge: EdgeProcess) -> None:
     for _ in range(2):  # the second may be a cache hit (if the same worker takes it)
         assert request(edge.port, "staff.test", headers={"Cookie": f"CF_Authorization={token}"})[0] == 200
     assert request(edge.port, "staff.test", headers={"Accept": "application/json"})[0] == 401
+    refused = mint("HS256", exp=now + 3600, iat=now - 10, nbf=now - 10, aud=aud, email=REFUSED).decode()
+    assert request(edge.port, "staff.test", headers={"Cookie": f"CF_Authorization={refused}"})[0] == 403
     preflight = {"Origin": "https://web.test", "Access-Control-Request-Method": "PUT"}
     assert request(edge.port, "staff.test", method="OPTIONS", headers=preflight)[0] == 403
     assert request(edge.port, "app.test", "/cdn-cgi/edge/health")[0] == 200
@@ -102,12 +106,13 @@ def expected() -> dict[tuple[str, Labels], float]:
         requests("", "not_found", "4xx"): UNKNOWN,
         requests("staff", "forward", "2xx"): 2,
         requests("staff", "unauthorized", "4xx"): 1,
+        requests("staff", "deny", "4xx"): 1,
         requests("staff", "preflight", "4xx"): 1,
         requests("", "endpoint", "2xx"): 1,
         ("edge_request_duration_seconds_count", labels(app="open", kind="bypass")): OPEN,
         ("edge_upstream_response_head_seconds_count", labels(app="open")): OPEN,
         ("edge_upstream_response_head_seconds_count", labels(app="staff")): 2,
-        ("edge_token_verifications_total", labels(result="valid")): 2,
+        ("edge_token_verifications_total", labels(result="valid")): 3,
         ("edge_token_verifications_total", labels(result="invalid")): 0,
         ("edge_upstream_failures_total", labels(kind="connect_refused")): 0,
         ("edge_config_reloads_total", labels(result="ok")): 0,
@@ -146,7 +151,7 @@ def test_scrape_sums_known_traffic(
         assert got.get(key, 0) == value, (key, got.get(key))
     # Nothing else was counted: every request is in exactly one series.
     assert total(got, "edge_requests_total") == TOTAL
-    assert total(got, "edge_token_cache_hits_total") + total(got, "edge_token_cache_misses_total") == 2
+    assert total(got, "edge_token_cache_hits_total") + total(got, "edge_token_cache_misses_total") == 3
     if workers == 1:
         assert got[("edge_token_cache_hits_total", labels())] == 1
     # Per-process gauges, one per worker; the same configuration in each.
