@@ -40,7 +40,7 @@ from typing import Any
 
 import jwt
 import msgspec
-from jwt.types import Options
+from jwt.types import SigOptions
 
 from edge.access.cache import BoundedCache
 from edge.access.claims import Identity, Refusal, identity_from_claims
@@ -63,20 +63,43 @@ CACHE_ENTRIES = 10_000
 # only for alg "none" (refused later, with a clear reason).
 _JWS_RE = re.compile(rb"^[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]*={0,2}\Z")
 
-# PyJWT checks the signature, the issuer and the presence of the required
-# claims; the time claims are checked by edge.access.claims against the
-# caller's clock.
-_DECODE_OPTIONS: Options = {
-    "verify_signature": True,
-    "require": ["exp", "iat", "iss", "aud"],
-    "verify_aud": False,
-    "verify_exp": False,
-    "verify_nbf": False,
-    "verify_iat": False,
-    "verify_iss": True,
-    "enforce_minimum_key_length": True,
-}
-_PEEK_OPTIONS: Options = {"verify_signature": False}
+# PyJWS checks the signature, with the algorithms pinned per issuer; the
+# registered claims are checked here (_registered, as PyJWT's decode would
+# with these settings) and the time claims by edge.access.claims against the
+# caller's clock. Not jwt.decode: its claim checks read the wall clock even
+# with every time check off, and deciding reads no clock
+# (tests/access/test_decide_pure.py records every clock read).
+_JWS = jwt.PyJWS()
+_VERIFY: SigOptions = {"verify_signature": True, "enforce_minimum_key_length": True}
+_PEEK: SigOptions = {"verify_signature": False}
+_REQUIRED = ("exp", "iat", "iss", "aud")
+# Optional registered claims that, when present, must be strings.
+_STRING_CLAIMS = ("sub", "jti")
+
+
+def _payload(decoded: dict[str, Any]) -> dict[str, Any] | Refusal:
+    """The claims of a decoded JWS: its payload, a JSON object."""
+    try:
+        claims = json.loads(decoded["payload"])
+    except (ValueError, RecursionError) as exc:
+        return Refusal(f"malformed token: invalid payload: {exc}", permanent=True)
+    if not isinstance(claims, dict):
+        return Refusal("malformed token: the payload is not a JSON object", permanent=True)
+    return claims
+
+
+def _registered(claims: dict[str, Any], iss: str) -> Refusal | None:
+    """The checks of the registered claims besides the times: the required
+    ones present (not null), the issuer's own `iss`, `sub` and `jti` strings."""
+    for name in _REQUIRED:
+        if claims.get(name) is None:
+            return Refusal(f"missing claim {name}", permanent=True)
+    if claims["iss"] != iss:
+        return Refusal("wrong iss", permanent=True)
+    for name in _STRING_CLAIMS:
+        if name in claims and not isinstance(claims[name], str):
+            return Refusal(f"invalid token: {name} is not a string", permanent=True)
+    return None
 
 
 NO_TOKEN = Refusal("no token")
@@ -384,15 +407,16 @@ class Verifier:
         if len(token) > MAX_TOKEN_BYTES or _JWS_RE.match(token) is None:
             return self._fail(token, Refusal("malformed token", permanent=True))
         try:
-            peek = jwt.decode_complete(token, options=_PEEK_OPTIONS)
+            peek = _JWS.decode_complete(token, options=_PEEK)
         except jwt.PyJWTError as exc:
             return self._fail(token, Refusal(f"malformed token: {exc}", permanent=True))
-        header, claims = peek["header"], peek["payload"]
-        issuer = self.issuers.get(claims.get("iss")) if isinstance(claims.get("iss"), str) else None
+        header, claims = peek["header"], _payload(peek)
+        if isinstance(claims, Refusal):
+            return self._fail(token, claims)
+        iss = claims.get("iss")
+        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
-            return self._fail(
-                token, Refusal(f"unknown issuer {str(claims.get('iss'))[:100]!r}", permanent=True)
-            )
+            return self._fail(token, Refusal(f"unknown issuer {str(iss)[:100]!r}", permanent=True))
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in issuer.algorithms:
             return self._fail(
@@ -407,17 +431,17 @@ class Verifier:
         self, token: bytes, issuer: IssuerKeys, key: jwt.PyJWK | bytes, kid: Any, now: float
     ) -> Identity | Refusal:
         try:
-            claims = jwt.decode(
-                token, key, algorithms=sorted(issuer.algorithms), issuer=issuer.iss, options=_DECODE_OPTIONS
-            )
+            verified = _JWS.decode_complete(token, key, algorithms=sorted(issuer.algorithms), options=_VERIFY)
         except jwt.InvalidSignatureError:
             return self._fail(token, Refusal("bad signature", permanent=True))
-        except jwt.MissingRequiredClaimError as exc:
-            return self._fail(token, Refusal(f"missing claim {exc.claim}", permanent=True))
-        except jwt.InvalidIssuerError:
-            return self._fail(token, Refusal("wrong iss", permanent=True))
         except jwt.PyJWTError as exc:
             return self._fail(token, Refusal(f"invalid token: {exc}", permanent=True))
+        claims = _payload(verified)
+        if isinstance(claims, Refusal):
+            return self._fail(token, claims)
+        refused = _registered(claims, issuer.iss)
+        if refused is not None:
+            return self._fail(token, refused)
         result = identity_from_claims(token, claims, now, issuer.leeway)
         if isinstance(result, Refusal):
             return self._fail(token, result)

@@ -6,6 +6,10 @@ no I/O, so the same Compiled, request, `now` and binding give equal actions.
 from __future__ import annotations
 
 import ast
+import datetime
+import random
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +29,34 @@ from edge.login.passwords import hash_password
 ACCESS = Path(edge.access.__file__).parent
 # Modules that would let a decision depend on something other than its inputs.
 IMPURE = frozenset({"asyncio", "socket", "time", "random", "secrets", "os", "select", "selectors"})
-# The pure core: what decide() runs. compile.py reads JWKS files (pathlib) but
-# has no clock or randomness either.
-PURE_CORE = ("decide", "compile", "router", "cors", "policy", "tokens", "revocation", "cache", "headers")
+
+
+def access_imports(module: str) -> set[str]:
+    """The edge.access modules `module` imports, anywhere in it."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse((ACCESS / f"{module}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edge.access."):
+            found.add(node.module.removeprefix("edge.access."))
+    return found
+
+
+def closure(start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(access_imports(module))
+    return seen
+
+
+# The pure core: every module of edge.access that decide() can reach, and
+# compile.py, which reads JWKS files (pathlib) but has no clock or
+# randomness either. session.py serves the login service too, which draws
+# random values: test_decide_draws_no_randomness_from_session limits decide
+# to its pure helpers.
+PURE_CORE = tuple(sorted((closure("decide") | closure("compile")) - {"session"}))
 
 APPS = """
 [[apps]]
@@ -176,6 +205,84 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("module", PURE_CORE)
 def test_the_pure_core_imports_no_clock_randomness_or_io(module: str) -> None:
     assert imported_modules(ACCESS / f"{module}.py") & IMPURE == set()
+
+
+def test_the_pure_core_is_what_decide_runs() -> None:
+    """The list above follows decide's imports (a module added to the path
+    is checked without anyone remembering to list it)."""
+    assert {"decide", "tokens", "claims", "policy", "rules", "router", "cors", "request"} <= set(PURE_CORE)
+
+
+_CLOCKS = frozenset({"time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns",
+                     "process_time", "localtime", "gmtime", "ctime", "strftime"})  # fmt: skip
+_DATE_CLOCKS = frozenset({"now", "utcnow", "today"})
+
+
+def clock_or_dice(function: Callable[..., Any]) -> str | None:
+    """What `function` (a C function about to be called) reads, if it is a
+    clock or a source of randomness."""
+    name = getattr(function, "__name__", "")
+    owner = getattr(function, "__self__", None)
+    module = getattr(function, "__module__", None) or getattr(owner, "__name__", "")
+    if module == "time" and name in _CLOCKS:
+        return f"time.{name}"
+    if name in _DATE_CLOCKS and isinstance(owner, type) and issubclass(owner, datetime.date):
+        return f"{owner.__name__}.{name}"
+    if name in {"urandom", "getrandom"}:
+        return f"os.{name}"
+    if isinstance(owner, random.Random):
+        return f"random.{name}"
+    return None
+
+
+def test_decide_calls_no_clock_and_draws_no_randomness(tmp_path: Path) -> None:
+    """Not only imports: run decide over every kind of request, on a fresh
+    Compiled (every token verified, keys looked up) and a warm one, and
+    record every C function it calls. No clock is read and nothing random is
+    drawn, by edge's code or by a library it calls (PyJWT's claim checks
+    read the clock even with every time check off: tokens.py verifies the
+    signature through PyJWS and checks the claims itself)."""
+    c = compiled(tmp_path, APPS, team(tmp_path))
+    requests = [request(method, url, headers) for method, url, headers in REQUESTS]
+    seen: list[str] = []
+
+    def profile(frame: object, event: str, arg: Any) -> None:
+        if event == "c_call":
+            found = clock_or_dice(arg)
+            if found is not None:
+                seen.append(found)
+
+    for _ in range(2):  # cold caches, then warm
+        sys.setprofile(profile)
+        try:
+            for req in requests:
+                decide(c, req, NOW, binding="E" * 24)
+        finally:
+            sys.setprofile(None)
+    assert seen == []
+
+
+def test_the_clock_detector_sees_what_it_looks_for() -> None:
+    """The test above cannot pass by missing calls."""
+    import os
+    import time
+
+    seen: list[str] = []
+
+    def profile(frame: object, event: str, arg: Any) -> None:
+        if event == "c_call" and clock_or_dice(arg) is not None:
+            seen.append(str(clock_or_dice(arg)))
+
+    sys.setprofile(profile)
+    try:
+        time.time()
+        time.monotonic()
+        datetime.datetime.now(tz=datetime.timezone.utc)
+        os.urandom(1)
+        random.random()
+    finally:
+        sys.setprofile(None)
+    assert seen == ["time.time", "time.monotonic", "datetime.now", "os.urandom", "random.random"]
 
 
 def test_decide_draws_no_randomness_from_session() -> None:
