@@ -13,6 +13,7 @@ Structure the README's Layout section promises, checked from the source:
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import re
 import subprocess
@@ -50,6 +51,7 @@ TIMEOUT = 60.0  # s for all the fresh-interpreter imports together; they take a 
 PARALLEL = 4  # interpreters at once: the box has 2 cores and other tests run too
 
 
+@functools.cache
 def modules() -> list[tuple[str, Path]]:
     found = []
     for path in sorted(EDGE.rglob("*.py")):
@@ -68,11 +70,15 @@ def package_of(module: str) -> str:
     return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "edge"
 
 
-def imported(path: Path, module: str) -> set[str]:
-    """Every edge module `path` imports, wherever the import sits (module
-    level, TYPE_CHECKING, inside a function); relative imports resolved."""
+def imported(path: Path, module: str, source: str | None = None) -> set[str]:
+    """Every edge module `path` (or `source`, as if it were that file)
+    imports, wherever the import sits (module level, TYPE_CHECKING, inside a
+    function); relative imports resolved. `from edge.http import flow` imports
+    the package and, since flow is a module of it, that module too."""
+    known = {name for name, _ in modules()}
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    text = path.read_text() if source is None else source
+    for node in ast.walk(ast.parse(text, str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -84,8 +90,7 @@ def imported(path: Path, module: str) -> set[str]:
                 package = package[: len(package) - node.level + 1]
                 base = ".".join([*package, *([base] if base else [])])
             names.add(base)
-            # `from edge import http` names a sub-package, not the root.
-            names.update(f"{base}.{alias.name}" for alias in node.names if base == "edge")
+            names.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in known)
     return {n for n in names if n == "edge" or n.startswith("edge.")}
 
 
@@ -129,16 +134,37 @@ def test_no_import_cycle_between_packages() -> None:
     assert cycle is None, "import cycle between packages: " + " -> ".join(cycle or [])
 
 
+def module_graph(sources: dict[str, str] | None = None) -> dict[str, set[str]]:
+    """Module -> the edge modules it imports (`sources`: a module's text to
+    read instead of its file)."""
+    known = {module for module, _ in modules()}
+    given = sources or {}
+    return {
+        module: {
+            name for name in imported(path, module, given.get(module)) if name in known and name != module
+        }
+        for module, path in modules()
+    }
+
+
 def test_no_import_cycle_between_modules() -> None:
     """Inside a package too: TYPE_CHECKING and function-level imports count,
     since a cycle hidden there is still two modules that need each other."""
-    known = {module for module, _ in modules()}
-    graph = {
-        module: {name for name in imported(path, module) if name in known and name != module}
-        for module, path in modules()
-    }
-    cycle = _find_cycle(graph)
+    cycle = _find_cycle(module_graph())
     assert cycle is None, "import cycle between modules: " + " -> ".join(cycle or [])
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["from edge.http import connection", "from . import connection", "import edge.http.connection"],
+)
+def test_a_cycle_hidden_in_a_function_is_found_however_spelled(spelling: str) -> None:
+    """The graph above sees a module imported by name from its package
+    (connection imports flow as `from edge.http import flow`): flow.py
+    importing connection back, inside a function, is a cycle it reports."""
+    flow = (EDGE / "http" / "flow.py").read_text() + f"\n\ndef _late() -> None:\n    {spelling}\n"
+    cycle = _find_cycle(module_graph({"edge.http.flow": flow}))
+    assert cycle is not None and {"edge.http.flow", "edge.http.connection"} <= set(cycle)
 
 
 def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
