@@ -8,6 +8,7 @@ test_config*.py.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ import pytest
 from edge.config import checks_apps, checks_server, checks_team, schema
 from edge.config.checks import problems
 from edge.config.errors import ConfigError, key_path
-from edge.config.load import loads
+from edge.config.load import load, loads
 from edge.config.problem import Problem
 from edge.config.schema import (
     TLS,
@@ -40,6 +41,7 @@ from edge.config.schema import (
     Team,
 )
 from edge.config.syntax import DomainPattern, ListenAddress
+from edge.runtime.server import keep_restart_settings
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "edge" / "config"
 SHA = hashlib.sha256(b"x").hexdigest()
@@ -471,3 +473,71 @@ def test_group_rules_are_derived_at_load() -> None:
     for rule in (*group.include, *group.require, *group.exclude):
         assert "networks" in vars(rule)
     assert group.include[0].networks == (ipaddress.ip_network("198.51.100.0/24"),)
+
+
+def structs_in(value: object) -> Iterator[msgspec.Struct]:
+    """Every config struct reachable from `value`."""
+    if isinstance(value, msgspec.Struct):
+        yield value
+        for name in value.__struct_fields__:
+            yield from structs_in(getattr(value, name))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from structs_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from structs_in(item)
+
+
+def lazy_names(struct: msgspec.Struct) -> set[str]:
+    """The cached properties of a struct's class: values derived from it."""
+    return {
+        name
+        for klass in type(struct).__mro__
+        for name, member in vars(klass).items()
+        if isinstance(member, functools.cached_property)
+    }
+
+
+EVERY_DERIVED = (
+    '[server]\nlisten = ["127.0.0.1:8080"]\ntrusted_proxies = ["10.0.0.0/8"]\n[demo]\n'
+    '[metrics]\nlisten = "127.0.0.1:9301"\n'
+    '[team]\nhost = "auth.example.com"\n[[team.providers]]\ntype = "dev"\n'
+    f'[[team.providers.users]]\nemail = "a@example.com"\npassword = "{HASH}"\n'
+    '[[groups]]\nname = "office"\ninclude = [{ ip_ranges = ["198.51.100.0/24"] }]\n'
+    '[[apps]]\nname = "api"\ndomains = ["api.example.com"]\nupstream = "http://127.0.0.1:9"\n'
+    '[[apps.policies]]\nname = "p"\naction = "allow"\ninclude = [{ group = ["office"] }]\n'
+)
+
+
+@pytest.mark.parametrize("source", ["every table", "conf/edge.toml", "conf/team.toml"])
+def test_every_derived_value_is_computed_at_load(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only the ones named above: every cached property of every config
+    struct is in the instance when load returns (edge.config.load.derive), so
+    nothing parses, or reads a file, later: on the request path, or in a
+    frozen struct after it was handed out. A new derived value that derive()
+    forgets fails here."""
+    if source == "every table":
+        config = loads(EVERY_DERIVED)
+    else:
+        monkeypatch.chdir(Path(__file__).resolve().parents[2])
+        config = load(source)
+    checked = 0
+    for struct in structs_in(config):
+        lazy = lazy_names(struct)
+        missing = lazy - set(vars(struct)) if lazy else set()
+        assert not missing, f"{type(struct).__name__}: {sorted(missing)} not derived at load"
+        checked += len(lazy)
+    assert checked >= 8  # the walk reaches the structs that have some
+
+
+def test_a_reload_keeping_boot_settings_derives_the_copies() -> None:
+    """keep_restart_settings rebuilds structs with msgspec.structs.replace;
+    the copies start with an empty cache and must be derived again."""
+    boot = loads(EVERY_DERIVED)
+    new = loads(EVERY_DERIVED.replace("127.0.0.1:8080", "127.0.0.1:8081").replace("9301", "9302"))
+    kept, names = keep_restart_settings(boot, new)
+    assert {"server.listen", "metrics"} <= set(names)
+    for struct in structs_in(kept):
+        lazy = lazy_names(struct)
+        assert not lazy or not lazy - set(vars(struct)), type(struct).__name__
