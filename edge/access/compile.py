@@ -25,6 +25,7 @@ import msgspec
 from edge.access.actions import Preflight
 from edge.access.cache import BoundedCache
 from edge.access.cors import VARY_ORIGIN, CorsPolicy, refused_preflight
+from edge.access.endpoints import DEFAULT_LOGIN_URL
 from edge.access.groups import EMPTY_CATALOG, Catalog
 from edge.access.headers import Header, TrustedProxies
 from edge.access.keysets import JwksError, KeySet, parse_jwks
@@ -39,7 +40,6 @@ from edge.config.errors import ConfigError
 from edge.config.problem import KeyPath
 from edge.config.schema import (
     DEFAULT_LEEWAY,
-    DEFAULT_LOGIN_URL,
     SIGNING_ALGORITHMS,
     App,
     Config,

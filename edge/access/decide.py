@@ -34,7 +34,7 @@ from edge.access.actions import (
 from edge.access.claims import EXPIRED, Identity, Refusal
 from edge.access.compile import NO_STORE, Compiled, CompiledApp, PreflightKey
 from edge.access.cors import is_preflight
-from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS
+from edge.access.endpoints import ACCESS_SEGMENT, APP_ENDPOINTS, CDN_CGI_SEGMENT, TEAM_ENDPOINTS, EndpointKind
 from edge.access.headers import ACCESS_TOKEN, CLIENT_ID, CLIENT_SECRET, Header
 from edge.access.policy import Policies, Trace
 from edge.access.request import Index, Request
@@ -77,7 +77,7 @@ def decide(c: Compiled, req: Request, now: float, trace: Trace = None, *, bindin
     host = normalize_host(req.host)
     if host == c.team_host:
         return _team(c, req, h, segments)
-    if segments and segments[0] == b"cdn-cgi" and segments[1:2] == [b"access"]:
+    if segments and segments[0] == CDN_CGI_SEGMENT and segments[1:2] == [ACCESS_SEGMENT]:
         return _endpoint(c, req, h, host, segments)
     route = c.router.match(host, segments)
     if route is None:
@@ -132,8 +132,8 @@ def _team(c: Compiled, req: Request, h: Index, segments: list[bytes]) -> Action:
     if is_preflight(req.method, _one(h, b"origin"), _one(h, b"access-control-request-method")):
         return Preflight(c.endpoint_refused, None, "preflight: the team host allows no cross-site requests")
     if not segments or segments == [b""]:
-        name, rest = "launcher", ""
-    elif segments[0] == b"cdn-cgi" and segments[1:2] == [b"access"] and len(segments) > 2:
+        name, rest = EndpointKind.LAUNCHER.value, ""
+    elif segments[0] == CDN_CGI_SEGMENT and segments[1:2] == [ACCESS_SEGMENT] and len(segments) > 2:
         name, rest = segments[2].decode("latin-1"), b"/".join(segments[3:]).decode("latin-1")
     else:
         return NotFound(c.responses.not_found, None, "not found: team host")

@@ -25,10 +25,19 @@ class EndpointKind(enum.Enum):
 
 # Where they are served, and each one's path: built here, never spelled out.
 ENDPOINT_PATH = "/cdn-cgi/access"
+# ENDPOINT_PATH's two segments, as decide() matches a request's path segments.
+CDN_CGI_SEGMENT, ACCESS_SEGMENT = ENDPOINT_PATH.encode().lstrip(b"/").split(b"/")
 LOGIN_PATH = f"{ENDPOINT_PATH}/{EndpointKind.LOGIN.value}"
+GET_IDENTITY_PATH = f"{ENDPOINT_PATH}/{EndpointKind.GET_IDENTITY.value}"
 CALLBACK_PATH = f"{ENDPOINT_PATH}/{EndpointKind.CALLBACK.value}"
 AUTHORIZED_PATH = f"{ENDPOINT_PATH}/{EndpointKind.AUTHORIZED.value}"
 LOGOUT_PATH = f"{ENDPOINT_PATH}/{EndpointKind.LOGOUT.value}"
+# Where an unauthenticated navigation is sent when [login] url is unset.
+# Relative: the login service on the protected host itself (BEHAVIOUR.md
+# section 6), like Cloudflare's /cdn-cgi/access/login/<host>. Its placeholders
+# are config.schema.LOGIN_PLACEHOLDERS. (Here, not in config: config is the
+# layer below access and cannot read LOGIN_PATH.)
+DEFAULT_LOGIN_URL = f"{LOGIN_PATH}/{{host}}?kid={{aud}}&redirect_url={{redirect_url}}"
 
 # What a protected host serves under /cdn-cgi/access/.
 APP_ENDPOINTS: dict[str, EndpointKind] = {

@@ -186,11 +186,6 @@ class Revocations(_ExpiringKeys):
         super()._forget(key)
         del self._cutoff[key]
 
-    def is_revoked(self, key: str, now: float) -> bool:
-        """Whether `key` is held at `now` (for any token): what the store
-        and its tests ask; the request path asks session_revoked."""
-        return self._until.get(key, _NEVER) > now
-
     def session_revoked(
         self,
         session: str,

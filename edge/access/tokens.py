@@ -46,6 +46,7 @@ from edge.access.cache import BoundedCache
 from edge.access.claims import Identity, Refusal, identity_from_claims
 from edge.access.headers import AUTH_COOKIE_BYTES, OWS
 from edge.access.keysets import KeySet
+from edge.config.schema import KIB
 
 _COOKIE_PREFIX = AUTH_COOKIE_BYTES + b"="
 _PREFIX_LENGTH = len(_COOKIE_PREFIX)
@@ -54,7 +55,7 @@ _UNUSUAL = frozenset({b" ", b"\t", b'"'})
 _SEMICOLON = ord(";")
 # The largest token considered: a request head is at most 16 KiB by default
 # (server.max_header_bytes), so anything larger cannot be a real cookie.
-MAX_TOKEN_BYTES = 16 * 1024
+MAX_TOKEN_BYTES = 16 * KIB
 # Verified tokens and permanent failures, each: enough for every active user
 # of a large deployment, small enough (a few MiB) for each worker to hold.
 CACHE_ENTRIES = 10_000

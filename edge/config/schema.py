@@ -166,10 +166,7 @@ IDENTITY_SELECTORS = frozenset(
 SERVICE_SELECTORS = frozenset({"service_tokens", "any_service_token"})
 # Selectors that read the client certificate: they need [server.tls] client_ca.
 CERT_SELECTORS = frozenset({"valid_certificate", "common_name"})
-# Where an unauthenticated navigation is sent. Relative: the login service on
-# the protected host itself (BEHAVIOUR.md section 6), like Cloudflare's
-# /cdn-cgi/access/login/<host>.
-DEFAULT_LOGIN_URL = "/cdn-cgi/access/login/{host}?kid={aud}&redirect_url={redirect_url}"
+# The placeholders a [login] url may use (and edge.access.endpoints.DEFAULT_LOGIN_URL uses).
 LOGIN_PLACEHOLDERS = ("host", "aud", "redirect_url")
 # Cloudflare's own limits for Access-Control-Max-Age: -1 (no caching) to 24 h.
 MaxAge = Annotated[int, Meta(ge=-1, le=86400)]
@@ -333,7 +330,8 @@ class Login(Struct, frozen=True, forbid_unknown_fields=True):
     """Where unauthenticated users are sent."""
 
     # None: the team host's login page when [team] is set, else
-    # DEFAULT_LOGIN_URL (the protected host's own /cdn-cgi/access/login).
+    # edge.access.endpoints.DEFAULT_LOGIN_URL (the protected host's own
+    # /cdn-cgi/access/login).
     url: str | None = None
 
 

@@ -42,7 +42,7 @@ import msgspec
 from edge.access.headers import TrustedProxies
 from edge.access.request import Index, Request
 from edge.access.responses import LocalResponse, Responses
-from edge.config.schema import KIB, Server
+from edge.config.schema import KIB, MIB, Server
 from edge.http import flow
 from edge.http.cycle import END, Client, Cycle
 from edge.http.faults import FaultLog
@@ -84,7 +84,7 @@ DRAIN_LIMIT = 256 * KIB
 # (discarding) for a moment, so the client receives our response rather than a
 # reset caused by its unread upload ("lingering close", RFC 9112 9.6).
 LINGER_TIMEOUT = 2.0  # seconds
-LINGER_LIMIT = 1024 * KIB
+LINGER_LIMIT = MIB
 
 # Connection phases: which deadline is armed.
 HEAD = 0  # waiting for a complete request head: header_timeout, from its first byte

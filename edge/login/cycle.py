@@ -21,11 +21,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 from edge.access.responses import LocalResponse, Responses
+from edge.config.schema import KIB
 from edge.http.cycle import Client
 
 log = logging.getLogger("edge.login")
 
-MAX_FORM_BYTES = 16 * 1024  # a login form is a few hundred bytes
+MAX_FORM_BYTES = 16 * KIB  # a login form is a few hundred bytes
 # Seconds: covers a sign-in through an identity provider (discovery, token,
 # JWKS and one refetch: 4 calls of at most 5 s each).
 ENDPOINT_TIMEOUT = 25.0

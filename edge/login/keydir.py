@@ -160,6 +160,12 @@ def fingerprint(path: str | Path) -> tuple[int, int] | None:
     return _fingerprint_of(st)
 
 
+def verify_keys(ring: KeyRing) -> dict[str, jwt.PyJWK]:
+    """`ring`'s public keys, as the built-in issuer's key set holds them (by
+    kid): what a worker's compile and `edge check`/`edge explain` verify with."""
+    return parse_jwks(ring.jwks())[0]
+
+
 def secret(path: str | Path) -> bytes:
     """The directory's 32-byte secret: the same for every process using it."""
     root = Path(path)
@@ -450,7 +456,3 @@ class TeamKeys:
             return False
         self.ring = load(self.key_dir, overlap, now)
         return True
-
-    def verify_keys(self) -> dict[str, jwt.PyJWK]:
-        """The ring's public keys, as the built-in issuer's key set holds them."""
-        return parse_jwks(self.ring.jwks())[0]

@@ -56,11 +56,11 @@ from jwt.types import Options
 
 from edge.access.claims import Refusal, check_times
 from edge.access.keysets import JwksError, KeySet
+from edge.config.schema import KIB
 from edge.config.syntax import is_loopback_host
-from edge.proxy.fetch import FETCH_TIMEOUT, FetchError, Response, request
+from edge.proxy.fetch import FETCH_LIMIT, FETCH_TIMEOUT, FetchError, Response, request
 
-DOCUMENT_LIMIT = 256 * 1024  # bytes; discovery and token responses are a few KiB
-JWKS_LIMIT = 1024 * 1024  # bytes; a JWKS is a few KiB, rotated sets a few more
+DOCUMENT_LIMIT = 256 * KIB  # bytes; discovery and token responses are a few KiB
 JWKS_MAX_AGE = 3600.0  # seconds; a key the provider withdrew stops being trusted
 # Asymmetric algorithms only: the JWKS is public, so an HMAC "key" from it
 # would let anyone sign.
@@ -340,7 +340,7 @@ class OidcClient:
 
     async def _fetch_keys(self, d: Discovery, now: float) -> None:
         try:
-            response = await self._call("GET", d.jwks_uri, limit=JWKS_LIMIT)
+            response = await self._call("GET", d.jwks_uri, limit=FETCH_LIMIT)
         except OidcError as exc:
             self._keys.fetch_failed(now, str(exc))
             raise

@@ -13,6 +13,8 @@ import hashlib
 import hmac
 import os
 
+from edge.config.schema import GIB, KIB, MIB
+
 # N = 2^15, r = 8: 32 MiB and a few tens of milliseconds per check, the
 # parameters RFC 7914 section 2 suggests for interactive logins.
 LOG2_N = 15
@@ -23,8 +25,8 @@ HASH_BYTES = 32
 MAX_LOG2_N = 20  # refuse hashes that would cost seconds and a GiB per check
 # 128·r·N·p: the bytes one check uses (times p, which multiplies its time).
 # At most what N = 2^20, r = 8, p = 1 costs: a GiB, a few seconds.
-MAX_COST = 1 << 30
-MAX_PASSWORD_BYTES = 1024
+MAX_COST = GIB
+MAX_PASSWORD_BYTES = KIB
 
 
 def _b64(data: bytes) -> str:
@@ -39,7 +41,7 @@ def _scrypt(password: bytes, salt: bytes, log2_n: int, r: int, p: int, size: int
     n = 1 << log2_n
     # What OpenSSL allocates (128·r·(N+2) + 128·r·p) plus slack; it must stay
     # below 2^31 or hashlib raises, so the cost is bounded before we get here.
-    maxmem = 128 * r * (n + p + 2) + (1 << 20)
+    maxmem = 128 * r * (n + p + 2) + MIB
     return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=size)
 
 

@@ -53,7 +53,6 @@ from edge.access.claims import Identity, Refusal
 from edge.access.compile import Compiled, team_base_url
 from edge.access.endpoints import EndpointKind
 from edge.access.headers import Header
-from edge.access.keysets import parse_jwks
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
 from edge.access.session import Sealer
@@ -185,10 +184,7 @@ class LoginService:
 
     def verify_keys(self) -> dict[str, jwt.PyJWK]:
         """The ring's public keys, as the built-in issuer's key set holds them."""
-        if self.context.ring is None:
-            return {}
-        keys, _ = parse_jwks(self.context.ring.jwks())
-        return keys
+        return {} if self.context.ring is None else keydir.verify_keys(self.context.ring)
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -263,7 +259,7 @@ def existing_team_keys(config: Config, source: str) -> dict[str, jwt.PyJWK] | No
         ring = keydir.load(team.key_dir, team.key_overlap, time.time())
     except keydir.KeyDirError as exc:
         raise ConfigError.at(("team", "key_dir"), str(exc), source) from None
-    return parse_jwks(ring.jwks())[0]
+    return keydir.verify_keys(ring)
 
 
 def make_store(config: Config) -> Store:

@@ -25,9 +25,13 @@ from urllib.parse import SplitResult, urlsplit
 
 import h11
 
+from edge.config.schema import KIB, MIB
+
 FETCH_TIMEOUT = 5.0  # seconds for the whole exchange
-FETCH_LIMIT = 1024 * 1024  # bytes; a JWKS is a few KiB
-READ_SIZE = 65536  # bytes per read from the socket
+# bytes; a JWKS is a few KiB, a rotated set a few more (the limit of every
+# JWKS fetch: edge.login.oidc uses it too)
+FETCH_LIMIT = MIB
+READ_SIZE = 64 * KIB  # bytes per read from the socket
 
 # Request fields as the login service passes them: str pairs, not the
 # proxy's (bytes, bytes) Headers.

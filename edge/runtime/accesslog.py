@@ -14,7 +14,9 @@ from typing import IO
 
 import msgspec
 
-FLUSH_BYTES = 64 * 1024
+from edge.config.schema import KIB
+
+FLUSH_BYTES = 64 * KIB
 # Workers share stdout: a pipe write of at most PIPE_BUF bytes is atomic
 # (POSIX), so each write carries whole lines and never more than that, and
 # lines from different workers never interleave mid-line. (A file opened

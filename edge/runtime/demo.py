@@ -42,12 +42,18 @@ import h11
 from edge.access.actions import Forward
 from edge.access.compile import Compiled, compile_config
 from edge.access.decide import explain
+from edge.access.endpoints import GET_IDENTITY_PATH, LOGOUT_PATH
+from edge.access.headers import JWT_ASSERTION, USER_EMAIL
 from edge.access.request import build
-from edge.config.schema import Config
+from edge.access.responses import HEALTH_PATH
+from edge.config.schema import KIB, Config
 from edge.login.pages import ICON
 
-IDENTITY = ("cf-access-authenticated-user-email", "cf-access-jwt-assertion")
-MAX_HEAD = 16 * 1024
+# The identity headers the edge adds, as the demo's str-keyed headers name them.
+EMAIL_HEADER = USER_EMAIL.decode("latin-1")
+IDENTITY = (EMAIL_HEADER, JWT_ASSERTION.decode("latin-1"))
+MAX_HEAD = 16 * KIB
+READ_SIZE = 64 * KIB
 READ_TIMEOUT = 10.0  # seconds a client has to send its request
 EDGE_WAIT = 15.0  # seconds the banner waits for the edge to answer before printing anyway
 EDGE_POLL = 0.05  # seconds between two looks at the edge while it starts
@@ -110,7 +116,7 @@ def banner(config: Config) -> str:
         f"  3. open {u['web']}",
         "     a page on another origin calls the API with fetch() on load: for each call, the",
         "     browser's preflight, the edge's answer, and what the browser did (two are refused)",
-        f"  sign out: {u['app']}/cdn-cgi/access/logout",
+        f"  sign out: {u['app']}{LOGOUT_PATH}",
     ]
     if config.team is not None:
         lines.insert(-1, f"  your apps (the launcher): {u['team']}/")
@@ -280,7 +286,7 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> h
         if isinstance(event, h11.Request):
             return event
         if event is h11.NEED_DATA:
-            data = await reader.read(65536)
+            data = await reader.read(READ_SIZE)
             conn.receive_data(data)
             if not data:
                 raise ConnectionError("closed before a request")
@@ -300,7 +306,7 @@ def origin_handler(web_origin: str) -> Handler:
         path = request.target.decode("latin-1")
         if path.startswith("/api/"):
             doc = {
-                "email": headers.get("cf-access-authenticated-user-email"),
+                "email": headers.get(EMAIL_HEADER),
                 "method": request.method.decode(),
                 "path": path,
                 "identity_headers": {k: _short(headers[k]) for k in IDENTITY if k in headers},
@@ -312,7 +318,7 @@ def origin_handler(web_origin: str) -> Handler:
                     ("access-control-allow-credentials", "true"),
                 ]
             return 200, fields, json.dumps(doc, indent=2).encode() + b"\n"
-        email = headers.get("cf-access-authenticated-user-email", "")
+        email = headers.get(EMAIL_HEADER, "")
         return 200, [("content-type", "text/html; charset=utf-8")], _app_page(email, headers, web_origin)
 
     return handle
@@ -333,9 +339,9 @@ def _app_page(email: str, headers: dict[str, str], web_origin: str) -> bytes:
 <p>This page comes from the demo origin behind the edge. The edge checked your
 token and added these headers; the origin trusts them because only the edge can reach it.</p>
 <table>{rows}</table>
-<p><a href="/cdn-cgi/access/get-identity">Your identity as JSON</a> ·
+<p><a href="{GET_IDENTITY_PATH}">Your identity as JSON</a> ·
 <a href="{escape(web_origin)}/">A page on another origin calling this API</a> ·
-<a id="logout" href="/cdn-cgi/access/logout">Sign out</a></p>
+<a id="logout" href="{LOGOUT_PATH}">Sign out</a></p>
 </main>
 """.encode()
 
@@ -479,7 +485,7 @@ def _edge_serves(host: str, port: int) -> bool:
     listener's answer to plain text), comes from the edge itself."""
     try:
         with socket.create_connection((host, port), timeout=EDGE_POLL * 10) as sock:
-            sock.sendall(b"GET /cdn-cgi/edge/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            sock.sendall(b"GET " + HEALTH_PATH + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             sock.recv(1)
             return True
     except OSError:

@@ -40,7 +40,7 @@ import edge
 from edge.access.actions import Deny, Endpoint, Forward, NotFound, Preflight, Redirect, Reject, Unauthorized
 from edge.access.compile import Compiled
 from edge.access.tokens import Verifier
-from edge.config.schema import Config
+from edge.config.schema import KIB, Config
 from edge.http.connection import LogEntry
 from edge.http.faults import FaultLog
 from edge.login.store import MemoryStore, Store
@@ -164,8 +164,6 @@ BUCKET0 = STATUS_CLASSES
 SUM_AT = BUCKET0 + len(DURATION_BUCKETS) + 1
 PADDED_BUCKETS = (-math.inf,) * BUCKET0 + DURATION_BUCKETS
 RequestSlot = list[float]
-# What `count` appends per request to WorkerMetrics.pending.
-PENDING_FIELDS = 5  # app, kind, status, seconds, upstream_ms
 
 
 def _slots() -> list[RequestSlot]:
@@ -185,7 +183,8 @@ class WorkerMetrics:
     def __init__(self, started: float) -> None:
         self.started = started  # epoch seconds
         self.no_app = _slots()
-        # Requests recorded, not yet counted: PENDING_FIELDS values each. The
+        # Requests recorded, not yet counted: five values each (app, kind,
+        # status, seconds, upstream_ms; appended by `count`). The
         # request path only appends (a list's tail stays in cache, where
         # the counters, touched per request, cost misses: measured, that
         # was 4-7 % of a preflight's CPU under load); the sweep counts them
@@ -574,7 +573,7 @@ def _number(value: float) -> str:
 # -- the HTTP side --------------------------------------------------------------------
 
 METRICS_PATH = b"/metrics"
-MAX_HEAD_BYTES = 8192  # a scraper's request head is a few hundred bytes
+MAX_HEAD_BYTES = 8 * KIB  # a scraper's request head is a few hundred bytes
 SCRAPE_TIMEOUT = 5.0  # seconds a scraper has to send its request head
 
 

@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from edge.config.schema import KIB, MIB
 from edge.runtime import metrics
 
 log = logging.getLogger("edge.metrics")
@@ -52,7 +53,7 @@ WORKER_TIMEOUT = 2.0  # seconds the supervisor waits for a worker's snapshot (on
 ACCEPT_POLL = 0.5  # seconds; how often the supervisor's thread looks whether it should stop
 _REQUEST = struct.Struct("!I")
 _REPLY = struct.Struct("!II")
-MAX_SNAPSHOT = 64 * 1024 * 1024  # bytes; a snapshot is a few KiB per application
+MAX_SNAPSHOT = 64 * MIB  # bytes; a snapshot is a few KiB per application
 
 
 # -- one worker: its own loop serves ---------------------------------------------------
@@ -219,7 +220,7 @@ class SupervisorMetrics:
             if left <= 0:
                 return
             conn.settimeout(left)
-            chunk = conn.recv(4096)
+            chunk = conn.recv(4 * KIB)
             if not chunk or len(head) + len(chunk) > metrics.MAX_HEAD_BYTES:
                 return
             head += chunk
@@ -291,7 +292,7 @@ def _exactly(sock: socket.socket, size: int, *, whole: bool) -> bytes:
     parts: list[bytes] = []
     while size:
         try:
-            chunk = sock.recv(min(size, 1 << 20))
+            chunk = sock.recv(min(size, MIB))
         except TimeoutError:
             if whole or parts:
                 raise _CutShort from None

@@ -277,7 +277,7 @@ def test_the_clock_detector_sees_what_it_looks_for() -> None:
     try:
         time.time()
         time.monotonic()
-        datetime.datetime.now(tz=datetime.timezone.utc)
+        datetime.datetime.now(tz=datetime.UTC)
         os.urandom(1)
         random.random()
     finally:

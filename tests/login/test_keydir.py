@@ -259,6 +259,16 @@ def test_sign_verifies_with_the_published_jwks(root: Path, alg: str) -> None:
     assert "d" not in jwk and "key_ops" not in jwk
 
 
+def test_verify_keys_are_the_rings_public_keys_by_kid(root: Path, alg: str) -> None:
+    keydir.rotate(root, alg, OVERLAP, T1)
+    ring = keydir.load(root, OVERLAP, T1)
+    keys = keydir.verify_keys(ring)
+    assert list(keys) == [k.kid for k in ring.keys]  # the current key and the previous one
+    token = ring.sign({"sub": "alice", "aud": "app"})
+    claims = jwt.decode(token, keys[ring.current.kid], algorithms=[alg], audience="app")
+    assert claims["sub"] == "alice"
+
+
 def test_certs_has_cloudflares_shape_and_matches_the_jwks(root: Path, alg: str) -> None:
     keydir.rotate(root, alg, OVERLAP, T1)
     ring = keydir.load(root, OVERLAP, T1)

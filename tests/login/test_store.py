@@ -89,7 +89,7 @@ def test_memory_store() -> None:
         await memory.start()
         assert memory.healthy
         await memory.revoke("s1", until=1010.0)
-        assert memory.revocations.is_revoked("s1", 1005.0)
+        assert memory.revocations.session_revoked("s1", "", 1005.0)
         assert await memory.claim_once("code", until=1060.0)
         assert not await memory.claim_once("code", until=1060.0)
         clock[0] = 1060.0
@@ -125,12 +125,12 @@ def test_revocation_reaches_the_other_store(redis_server: RedisServer, run: Runn
             assert a.healthy and b.healthy
             until = time.time() + HOUR
             await a.revoke("s1", until)
-            assert a.revocations.is_revoked("s1", time.time())  # at once, locally
-            assert await eventually(lambda: b.revocations.is_revoked("s1", time.time()))
+            assert a.revocations.session_revoked("s1", "", time.time())  # at once, locally
+            assert await eventually(lambda: b.revocations.session_revoked("s1", "", time.time()))
             await b.revoke("s2", until)
-            assert await eventually(lambda: a.revocations.is_revoked("s2", time.time()))
+            assert await eventually(lambda: a.revocations.session_revoked("s2", "", time.time()))
             assert await raw.zscore("edge:revoked", "s1") == until
-            assert not b.revocations.is_revoked("never", time.time())
+            assert not b.revocations.session_revoked("never", "", time.time())
 
     run(main())
 
@@ -143,7 +143,7 @@ def test_new_store_starts_with_the_shared_revocations(redis_server: RedisServer)
             await a.revoke("s1", time.time() + HOUR)
             async with started(late):
                 assert late.healthy  # start() waited for the first sync
-                assert late.revocations.is_revoked("s1", time.time())
+                assert late.revocations.session_revoked("s1", "", time.time())
 
     run_uvloop(main())
 
@@ -159,8 +159,8 @@ def test_prefixes_keep_deployments_apart(redis_server: RedisServer) -> None:  # 
             assert await a.claim_once("code", time.time() + HOUR)
             assert await b.claim_once("code", time.time() + HOUR)
             await b.revoke("marker", time.time() + HOUR)
-            assert await eventually(lambda: b.revocations.is_revoked("marker", time.time()))
-            assert not b.revocations.is_revoked("s1", time.time())
+            assert await eventually(lambda: b.revocations.session_revoked("marker", "", time.time()))
+            assert not b.revocations.session_revoked("s1", "", time.time())
 
     run_uvloop(main())
 
@@ -213,7 +213,7 @@ def test_malformed_messages_are_ignored(redis_server: RedisServer) -> None:  # n
             for junk in ["", "nonsense", "nan s0", "12"]:
                 await raw.publish("edge:revocations", junk)
             await raw.publish("edge:revocations", f"{time.time() + HOUR!r} s1")
-            assert await eventually(lambda: b.revocations.is_revoked("s1", time.time()))
+            assert await eventually(lambda: b.revocations.session_revoked("s1", "", time.time()))
             assert b.healthy
 
     run_uvloop(main())
@@ -284,7 +284,7 @@ def test_outage_and_recovery(redis_server: RedisServer, caplog: pytest.LogCaptur
     async def main() -> None:
         async with started(a, b):
             await a.revoke("before", before)
-            assert await eventually(lambda: b.revocations.is_revoked("before", time.time()))
+            assert await eventually(lambda: b.revocations.session_revoked("before", "", time.time()))
 
             redis_server.stop()
             assert await eventually(lambda: not a.healthy and not b.healthy)
@@ -293,16 +293,18 @@ def test_outage_and_recovery(redis_server: RedisServer, caplog: pytest.LogCaptur
             bulk = [f"bulk{i}" for i in range(1200)]  # more than one write-back batch
             for key in bulk:
                 await a.revoke(key, during_a)
-            assert a.revocations.is_revoked("during-a", time.time())
-            assert a.revocations.is_revoked("before", time.time())  # kept through the outage
+            assert a.revocations.session_revoked("during-a", "", time.time())
+            assert a.revocations.session_revoked("before", "", time.time())  # kept through the outage
             with pytest.raises(StoreUnavailable):
                 await a.claim_once("code", time.time() + HOUR)
             await asyncio.sleep(1.5)  # several failed reconnects: still one warning each
 
             redis_server.start()  # empty, same port
-            assert await eventually(lambda: b.revocations.is_revoked("during-a", time.time()))
-            assert await eventually(lambda: a.revocations.is_revoked("during-b", time.time()))
-            assert await eventually(lambda: all(b.revocations.is_revoked(k, time.time()) for k in bulk))
+            assert await eventually(lambda: b.revocations.session_revoked("during-a", "", time.time()))
+            assert await eventually(lambda: a.revocations.session_revoked("during-b", "", time.time()))
+            assert await eventually(
+                lambda: all(b.revocations.session_revoked(k, "", time.time()) for k in bulk)
+            )
             assert await eventually(lambda: a.healthy and b.healthy)
             async with raw_client(redis_server.url) as raw:
                 assert await eventually_async(lambda: has(raw, "before", before))
@@ -330,7 +332,7 @@ def test_unreachable_at_start(caplog: pytest.LogCaptureFixture) -> None:
         async with started(nowhere):
             assert not nowhere.healthy
             await nowhere.revoke("s1", time.time() + HOUR)
-            assert nowhere.revocations.is_revoked("s1", time.time())
+            assert nowhere.revocations.session_revoked("s1", "", time.time())
             with pytest.raises(StoreUnavailable):
                 await nowhere.claim_once("code", time.time() + HOUR)
             # Counting goes on in this worker alone.
@@ -351,13 +353,13 @@ def test_hung_redis_does_not_hold_the_caller(redis_server: RedisServer) -> None:
             redis_server.pause()
             try:
                 await asyncio.wait_for(a.revoke("s1", time.time() + HOUR), CONVERGE)
-                assert a.revocations.is_revoked("s1", time.time())
+                assert a.revocations.session_revoked("s1", "", time.time())
                 with pytest.raises(StoreUnavailable):
                     await asyncio.wait_for(a.claim_once("code", time.time() + HOUR), CONVERGE)
             finally:
                 redis_server.resume()
             # The failed write is retried once Redis answers again.
-            assert await eventually(lambda: b.revocations.is_revoked("s1", time.time()))
+            assert await eventually(lambda: b.revocations.session_revoked("s1", "", time.time()))
 
     run_uvloop(main())
 
