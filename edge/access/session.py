@@ -228,7 +228,7 @@ def token_claims(
     iss: str,
     aud: str,
     kind: str,
-    person: Mapping[str, Any],
+    person: Person,
     now: float,
     lifetime: float,
 ) -> dict[str, Any]:
@@ -237,35 +237,49 @@ def token_claims(
         "iss": iss,
         "aud": [aud],
         "type": kind,
-        "sub": person["sub"],
-        "email": person["email"],
+        "sub": person.sub,
+        "email": person.email,
         "iat": int(now),
         "nbf": int(now),
         "exp": int(now + lifetime),
-        "identity_nonce": person["nonce"],
+        "identity_nonce": person.nonce,
     }
-    if person.get("groups"):
-        claims["groups"] = list(person["groups"])
+    if person.groups:
+        claims["groups"] = list(person.groups)
     # How the user signed in, for auth_method and login_method rules: the
     # provider's `amr` (RFC 8176) and its id, in an object as Cloudflare's
     # identity names it (`idp: {id, type}`).
-    if person.get("amr"):
-        claims["amr"] = list(person["amr"])
-    if person.get("idp"):
-        claims["idp"] = {"id": person["idp"]}
+    if person.amr:
+        claims["amr"] = list(person.amr)
+    if person.idp:
+        claims["idp"] = {"id": person.idp}
     return claims
 
 
-def person(
-    email: str, groups: Sequence[str], idp: str, sub: str = "", amr: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Who signed in, as the login steps carry it; `nonce` names the session
-    (logout revokes it, and with it every token of this sign-in)."""
-    return {
-        "email": email,
-        "groups": list(groups),
-        "idp": idp,
-        "sub": sub or hashlib.sha256(f"{idp}\x00{email.lower()}".encode()).hexdigest()[:32],
-        "nonce": random_token(18),
-        "amr": list(amr),
-    }
+class Person(msgspec.Struct, frozen=True):
+    """Who signed in, as the login steps carry it (sealed in a one-time code,
+    login.sealed) and as the edge's tokens name them (token_claims); `nonce`
+    names the session (logout revokes it, and with it every token of this
+    sign-in)."""
+
+    email: str
+    groups: list[str]
+    idp: str  # the provider's id ([[team.providers]] id)
+    sub: str
+    nonce: str
+    # The provider's authentication methods (the tokens' `amr`); a default,
+    # so a code sealed before this field existed still opens.
+    amr: list[str] = msgspec.field(default_factory=list)
+
+
+def new_person(email: str, groups: Sequence[str], idp: str, sub: str = "", amr: Sequence[str] = ()) -> Person:
+    """A new sign-in: its subject (the provider's, or one per account and
+    provider) and a fresh session nonce."""
+    return Person(
+        email=email,
+        groups=list(groups),
+        idp=idp,
+        sub=sub or hashlib.sha256(f"{idp}\x00{email.lower()}".encode()).hexdigest()[:32],
+        nonce=random_token(18),
+        amr=list(amr),
+    )

@@ -20,12 +20,12 @@ from edge.access.compile import Compiled
 from edge.access.headers import X_FORWARDED_FOR
 from edge.access.request import Request
 from edge.access.responses import LocalResponse
+from edge.access.session import new_person
 from edge.access.subject import client_ip
 from edge.config.schema import DevProvider
 from edge.login.context import Context, Target
 from edge.login.handoff import start_session
 from edge.login.passwords import DUMMY_HASH, verify_password
-from edge.login.sealed import new_person
 
 log = logging.getLogger("edge.login")
 

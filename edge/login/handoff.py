@@ -41,6 +41,7 @@ from edge.access.session import (
     BINDING_COOKIE,
     BINDING_PATH,
     HANDOFF_TTL,
+    Person,
     SealError,
     clear_cookie,
     cookie_value,
@@ -54,7 +55,7 @@ from edge.access.subject import Subject
 from edge.login import pages
 from edge.login.call import host_of, query_of
 from edge.login.context import Context, Target
-from edge.login.sealed import HANDOFF, HandoffCode, Person, open_sealed, seal
+from edge.login.sealed import HANDOFF, HandoffCode, open_sealed, seal
 from edge.login.store import StoreUnavailable
 
 log = logging.getLogger("edge.login")
@@ -86,7 +87,7 @@ def start_session(
     assert ctx.ring is not None and ctx.team is not None
     duration = ctx.team.session_duration
     claims = token_claims(
-        iss=ctx.team_url, aud=ctx.team.hostname, kind="org", person=who.claims(), now=now, lifetime=duration
+        iss=ctx.team_url, aud=ctx.team.hostname, kind="org", person=who, now=now, lifetime=duration
     )
     token = ctx.ring.sign(claims)
     cookie = set_cookie(AUTH_COOKIE, token, max_age=duration)
@@ -239,9 +240,7 @@ def _set_app_cookie(
 ) -> LocalResponse:
     assert ctx.ring is not None
     duration = app.config.session_duration
-    claims = token_claims(
-        iss=ctx.team_url, aud=app.aud, kind="app", person=who.claims(), now=now, lifetime=duration
-    )
+    claims = token_claims(iss=ctx.team_url, aud=app.aud, kind="app", person=who, now=now, lifetime=duration)
     token = ctx.ring.sign(claims)
     cookie = set_cookie(
         AUTH_COOKIE,

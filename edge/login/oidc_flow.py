@@ -33,6 +33,7 @@ from edge.access.session import (
     SealError,
     clear_cookie,
     cookie_value,
+    new_person,
     same_host_url,
     set_cookie,
     valid_binding,
@@ -43,7 +44,7 @@ from edge.login.call import query_of
 from edge.login.context import Context, Target
 from edge.login.handoff import start_session
 from edge.login.oidc import REFUSED, UNAVAILABLE, Flow, OidcError, callback_params
-from edge.login.sealed import FLOW, FlowState, SavedTarget, new_person, open_sealed, seal
+from edge.login.sealed import FLOW, FlowState, SavedTarget, open_sealed, seal
 
 log = logging.getLogger("edge.login")
 

@@ -15,39 +15,14 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
-from edge.access.session import Sealer, SealError
-from edge.access.session import person as new_person_dict
+from edge.access.session import Person, Sealer, SealError
 
 HANDOFF = "handoff"  # purpose (AEAD associated data) of a one-time code
 FLOW = "flow"  # purpose of the OIDC flow cookie
-
-
-class Person(msgspec.Struct, frozen=True):
-    """Who signed in, as the login steps carry it; `nonce` names the session
-    (logout revokes it, and with it every token of this sign-in)."""
-
-    email: str
-    groups: list[str]
-    idp: str
-    sub: str
-    nonce: str
-    # The provider's authentication methods (the tokens' `amr`); a default,
-    # so a code sealed before this field existed still opens.
-    amr: list[str] = msgspec.field(default_factory=list)
-
-    def claims(self) -> dict[str, Any]:
-        """The mapping session.token_claims reads."""
-        return msgspec.structs.asdict(self)
-
-
-def new_person(email: str, groups: Sequence[str], idp: str, sub: str = "", amr: Sequence[str] = ()) -> Person:
-    """A new sign-in (a fresh session nonce); see session.person."""
-    return msgspec.convert(new_person_dict(email, groups, idp, sub, amr), Person)
 
 
 class HandoffCode(msgspec.Struct, frozen=True):
@@ -56,7 +31,7 @@ class HandoffCode(msgspec.Struct, frozen=True):
     host: str = msgspec.field(name="h")  # the application host it may be used on
     aud: str = msgspec.field(name="a")  # the application
     redirect_url: str = msgspec.field(name="r")  # where the browser goes next, on `host`
-    person: Person = msgspec.field(name="p")
+    person: Person = msgspec.field(name="p")  # its fields keep their names (session.Person)
     jti: str = msgspec.field(name="j")  # the single-use key in the store
     # The login binding cookie's value on `host` ("" when the login has none).
     binding: str = msgspec.field(default="", name="b")

@@ -18,13 +18,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.access.session import (
     MAX_SEALED_BYTES,
+    Person,
     Sealer,
     SealError,
     clear_cookie,
     cookie_value,
     cross_site,
+    new_person,
     origin_of,
-    person,
     random_token,
     same_host_url,
     set_cookie,
@@ -279,7 +280,7 @@ def test_origin_of(url: str, origin: str) -> None:
 
 
 def test_token_claims() -> None:
-    who = {"email": "a@example.com", "groups": ["g2", "g1"], "sub": "s1", "nonce": "n1"}
+    who = Person(email="a@example.com", groups=["g2", "g1"], idp="", sub="s1", nonce="n1")
     claims = token_claims(
         iss="https://team.example", aud="aud1", kind="app", person=who, now=NOW + 0.7, lifetime=600
     )
@@ -296,20 +297,22 @@ def test_token_claims() -> None:
         "groups": ["g2", "g1"],
     }
     assert all(isinstance(claims[k], int) for k in ("iat", "nbf", "exp"))  # numbers, not strings
-    without = token_claims(iss="i", aud="a", kind="org", person={**who, "groups": []}, now=NOW, lifetime=60)
+    without = token_claims(
+        iss="i", aud="a", kind="org", person=msgspec.structs.replace(who, groups=[]), now=NOW, lifetime=60
+    )
     assert "groups" not in without
 
 
-def test_person() -> None:
-    one = person("Alice@Example.com", ["g"], "dev")
-    two = person("alice@example.com", [], "dev")
+def test_new_person() -> None:
+    one = new_person("Alice@Example.com", ["g"], "dev")
+    two = new_person("alice@example.com", [], "dev")
     # One subject per account (email case folded), per provider.
-    assert one["sub"] == two["sub"] and re.fullmatch(r"[0-9a-f]{32}", one["sub"])
-    assert person("alice@example.com", [], "sso")["sub"] != one["sub"]
-    assert person("a@example.com", [], "sso", sub="sso:123")["sub"] == "sso:123"
+    assert one.sub == two.sub and re.fullmatch(r"[0-9a-f]{32}", one.sub)
+    assert new_person("alice@example.com", [], "sso").sub != one.sub
+    assert new_person("a@example.com", [], "sso", sub="sso:123").sub == "sso:123"
     # Each sign-in is its own session: logout revokes one nonce, not the account.
-    assert one["nonce"] != two["nonce"] and len(one["nonce"]) >= 24
-    assert one["email"] == "Alice@Example.com" and one["groups"] == ["g"] and one["idp"] == "dev"
+    assert one.nonce != two.nonce and len(one.nonce) >= 24
+    assert one.email == "Alice@Example.com" and one.groups == ["g"] and one.idp == "dev"
 
 
 # -- pages ------------------------------------------------------------------------------------------

@@ -25,7 +25,15 @@ from edge.access.decide import verify_token
 from edge.access.endpoints import APP_ENDPOINTS, TEAM_ENDPOINTS, EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
-from edge.access.session import BINDING_COOKIE, CSRF_COOKIE, FLOW_COOKIE, HANDOFF_TTL, SealError
+from edge.access.session import (
+    BINDING_COOKIE,
+    CSRF_COOKIE,
+    FLOW_COOKIE,
+    HANDOFF_TTL,
+    Person,
+    SealError,
+    new_person,
+)
 from edge.config.schema import DevProvider
 from edge.login import dev, handoff, logout, oidc_flow, signin
 from edge.login.context import Context, Target
@@ -36,9 +44,7 @@ from edge.login.sealed import (
     HANDOFF,
     FlowState,
     HandoffCode,
-    Person,
     SavedTarget,
-    new_person,
     open_sealed,
     seal,
 )

@@ -23,7 +23,7 @@ from edge.access.compile import Compiled, DenyPage, compile_config
 from edge.access.endpoints import EndpointKind
 from edge.access.request import Request, build
 from edge.access.responses import LocalResponse
-from edge.access.session import CSRF_COOKIE, FLOW_COOKIE
+from edge.access.session import CSRF_COOKIE, FLOW_COOKIE, new_person
 from edge.access.subject import Subject
 from edge.config.load import loads
 from edge.login import handoff, pages, signin
@@ -31,7 +31,6 @@ from edge.login.context import Context, Target
 from edge.login.launcher import launcher, launcher_tiles
 from edge.login.oidc import Claims, Flow
 from edge.login.passwords import hash_password
-from edge.login.sealed import new_person
 from edge.login.service import get_identity
 
 ALICE, MALLORY = "alice@example.com", "mallory@example.com"

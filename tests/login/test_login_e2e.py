@@ -39,13 +39,14 @@ from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import jwt
+import msgspec
 import pytest
 from browserless import Browser, Reply
 from conftest import ROOT, EdgeProcess, free_port, wait_for, write_config
 from cryptography import x509
 from upstream_server import Upstream
 
-from edge.access.session import BINDING_COOKIE, HANDOFF_TTL, Sealer, person, random_token
+from edge.access.session import BINDING_COOKIE, HANDOFF_TTL, Sealer, new_person, random_token
 from edge.login import keydir
 from edge.login.passwords import hash_password
 
@@ -574,7 +575,7 @@ def sealed_code(team: Team, exp: float, host: str = "app.localhost") -> str:
         "h": host,
         "a": "app-aud",
         "r": team.url(host),
-        "p": person(ALICE, ["staff"], "dev"),
+        "p": msgspec.to_builtins(new_person(ALICE, ["staff"], "dev")),
         "j": random_token(16),
         "b": BINDING,
     }
@@ -603,7 +604,7 @@ def forged_codes(team: Team) -> dict[str, str]:
         "h": "app.localhost",
         "a": "app-aud",
         "r": team.url("app.localhost"),
-        "p": person(ALICE, [], "dev"),
+        "p": msgspec.to_builtins(new_person(ALICE, [], "dev")),
         "j": "x",
     }
     later = time.time() + HANDOFF_TTL
