@@ -159,7 +159,7 @@ def warnings(compiled: Compiled) -> list[str]:
     out: list[str] = []
     plain_http = config.server.tls is None and not config.server.trusted_proxies
     for i, app in enumerate(config.apps):
-        where = f'$.apps[{i}] ("{app.name}")'
+        where = f'{key_path(("apps", i))} ("{app.name}")'
         cors = app.cors
         if cors is not None and cors.allow_all_headers:
             out.append(
@@ -181,9 +181,9 @@ def warnings(compiled: Compiled) -> list[str]:
     metrics = config.metrics
     if metrics is not None and not is_loopback_host(metrics.address.host):
         out.append(
-            f"$.metrics.listen: metrics are served without authentication on {metrics.address.display()}: "
-            "anyone who reaches it reads the app names, issuers and traffic; keep it on loopback or "
-            "let a firewall admit only Prometheus"
+            f"{key_path(('metrics', 'listen'))}: metrics are served without authentication on "
+            f"{metrics.address.display()}: anyone who reaches it reads the app names, issuers and "
+            "traffic; keep it on loopback or let a firewall admit only Prometheus"
         )
     return out + _team_warnings(config, plain_http) + _login_method_warnings(config)
 
@@ -212,16 +212,16 @@ def _team_warnings(config: Config, plain_http: bool) -> list[str]:
     exposed = [a.display() for a in config.server.addresses if not is_loopback_host(a.host)]
     if exposed and any(isinstance(p, DevProvider) for p in team.providers):
         out.append(
-            f"$.team.providers: the dev provider is enabled and the edge listens on {', '.join(exposed)} "
-            "(not loopback): it is for trying the edge out, not for production"
+            f"{key_path(('team', 'providers'))}: the dev provider is enabled and the edge listens on "
+            f"{', '.join(exposed)} (not loopback): it is for trying the edge out, not for production"
         )
     hosts = [team.hostname, *(p.host for a in config.apps for p in a.patterns)]
     remote = sorted({h for h in hosts if not is_loopback_host(h.removeprefix("*."))})
     if plain_http and remote:
         out.append(
-            "$.team: the edge's cookies are Secure, and browsers keep Secure cookies over plain http only "
-            f"for localhost names; {', '.join(remote[:3])} need https ([server.tls], or a TLS proxy "
-            "listed in trusted_proxies)"
+            f"{key_path(('team',))}: the edge's cookies are Secure, and browsers keep Secure cookies "
+            f"over plain http only for localhost names; {', '.join(remote[:3])} need https "
+            "([server.tls], or a TLS proxy listed in trusted_proxies)"
         )
     return out
 
