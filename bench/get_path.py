@@ -107,11 +107,14 @@ class Exchange:
     def __init__(self, config_path: Path, token: str) -> None:
         config = load(str(config_path))
         self.state = state = ServerState(config, asyncio.get_running_loop(), source=str(config_path))
+        # No loop turn runs between the exchanges measured here: every write goes
+        # out at once (edge.http.flow.WriteBatch), as the batch sends it under load.
+        state.writes.loop = None
         self.client, self.upstream = MemoryTransport(), MemoryTransport()
         self.protocol = HttpProtocol(state, state.dispatch)
         self.protocol.connection_made(self.client)  # type: ignore[arg-type]
         target = state.pool.target(config.apps[0].upstream)
-        self.conn = UpstreamConnection(target, lambda _: None, state.pool.read_buffer)
+        self.conn = UpstreamConnection(target, lambda _: None, state.pool.read_buffer, state.writes)
         self.conn.connection_made(self.upstream)  # type: ignore[arg-type]
         state.pool.idle.setdefault(target.url, []).append(self.conn)
         self.request = b"GET /1k HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: CF_Authorization=%s\r\n\r\n" % (

@@ -46,7 +46,7 @@ from edge.config.schema import KIB, MIB, Server
 from edge.http import flow
 from edge.http.cycle import END, Client, Cycle
 from edge.http.faults import FaultLog
-from edge.http.flow import ReadGate
+from edge.http.flow import ReadGate, WriteBatch
 from edge.http.h11_internals import (
     BLANK_START,
     FastRequest,
@@ -171,6 +171,10 @@ class Worker(Protocol):
     def faults(self) -> FaultLog: ...
 
     @property
+    def writes(self) -> WriteBatch:
+        """Where every write of the worker's connections goes (flow.WriteBatch)."""
+
+    @property
     def responses(self) -> Responses:
         """The local error responses of the configuration in force."""
 
@@ -217,12 +221,14 @@ class HttpProtocol(asyncio.Protocol):
         "transport",
         "trusted_peer",
         "write_paused",
+        "writes",
     )
 
     def __init__(self, state: Worker, dispatch: Dispatcher) -> None:
         self.state = state
         self.dispatch = dispatch
         self.limits = state.limits
+        self.writes = state.writes
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -282,6 +288,7 @@ class HttpProtocol(asyncio.Protocol):
         if phase == LINGER:
             self.lingered += len(data)
             if self.lingered > LINGER_LIMIT:
+                self.writes.flush()
                 self.transport.abort()
             return
         if phase == TUNNEL:
@@ -532,7 +539,7 @@ class HttpProtocol(asyncio.Protocol):
         entry = self.entry
         rid = entry.request.request_id if entry is not None else new_id()
         data = response.render(self.state.date, close, head_only, rid)
-        self.transport.write(data)
+        self.writes.write(self.transport, data)
         if entry is not None:
             entry.status = response.status
             entry.bytes_out = len(data)
@@ -571,7 +578,7 @@ class HttpProtocol(asyncio.Protocol):
                 entry = self.entry = LogEntry(_unparsed(b"-", b"-", self.client_ip, self.scheme, time.time()))
             rid = entry.request.request_id if entry is not None else new_id()
             data = response.render(self.state.date, True, False, rid)
-            self.transport.write(data)
+            self.writes.write(self.transport, data)
             if entry is not None:
                 entry.status = status
                 entry.bytes_out = len(data)
@@ -589,6 +596,7 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if self.entry is not None:
             self._log_request()
+        self.writes.flush()  # what is queued leaves before the FIN (WriteBatch)
         if transport.can_write_eof():
             transport.write_eof()
             self.gate.reset()
@@ -600,6 +608,7 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = True
         if self.entry is not None:
             self._log_request()
+        self.writes.flush()
         self.transport.close()
 
     def abort(self) -> None:
@@ -608,6 +617,7 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = True
         if self.entry is not None:
             self._log_request()
+        self.writes.flush()
         self.transport.abort()
 
     def _log_request(self) -> None:
@@ -691,7 +701,7 @@ class HttpProtocol(asyncio.Protocol):
             if self.corked is not None:
                 self.corked.append(data)
             else:
-                self.transport.write(data)
+                self.writes.write(self.transport, data)
             if self.entry is not None:
                 self.entry.bytes_out += len(data)
 
@@ -702,7 +712,7 @@ class HttpProtocol(asyncio.Protocol):
     def uncork(self) -> None:
         parts, self.corked = self.corked, None
         if parts and not self.transport.is_closing():
-            self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+            self.writes.write(self.transport, parts[0] if len(parts) == 1 else b"".join(parts))
 
     def proxy_done(self, upstream_status: int, upstream_ms: float) -> None:
         """The upstream's response is complete on the client side."""
@@ -771,6 +781,7 @@ class HttpProtocol(asyncio.Protocol):
     def expire(self) -> None:
         phase = self.phase
         if phase == LINGER:
+            self.writes.flush()
             self.transport.abort()
         elif self.write_paused and phase != TUNNEL:
             self.abort()  # the client stopped reading what we send it

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Literal, Protocol, cast
 from urllib.parse import urlsplit
 
-from edge.http.flow import READ_SIZE, WRITE_HIGH_WATER, ReadGate
+from edge.http.flow import READ_SIZE, WRITE_HIGH_WATER, ReadGate, WriteBatch
 from edge.http.message import LAST_CHUNK, Headers, ResponseHead, chunk
 from edge.proxy.fetch import client_ssl_context
 from edge.proxy.wire import END, ProtocolError, ResponseParser, request_head
@@ -129,9 +129,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         target: Target,
         on_idle_close: Callable[[UpstreamConnection], None],
         read_buffer: memoryview,
+        writes: WriteBatch,
     ) -> None:
         self.target = target
         self.read_buffer = read_buffer  # READ_SIZE bytes, shared (see the invariants)
+        self.writes = writes  # the worker's (flow.WriteBatch): every write goes through it
         self.parser = ResponseParser()  # replaced by each request
         self.exchange: Exchange | None = None
         self.transport: asyncio.Transport | None = None
@@ -288,9 +290,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             return
         if self.chunked:
             # One writev, no copy of a (possibly large) piece.
-            transport.writelines(chunk(data))
+            self.writes.writelines(transport, chunk(data))
         else:
-            transport.write(data)
+            self.writes.write(transport, data)
 
     def end_request(self) -> None:
         if self.chunked:
@@ -303,7 +305,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         # raises on a write after it, and warns on writes before it).
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(data)
+            self.writes.write(transport, data)
 
     def start_tunnel(self) -> bytes:
         """After a 101: hand over raw bytes both ways; returns bytes that
@@ -319,6 +321,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def abort(self) -> None:
         self.closed = True
         if self.transport is not None:
+            self.writes.flush()
             self.transport.abort()
 
 
@@ -352,8 +355,10 @@ class Pool:
         max_idle: int,
         idle_timeout: float,
         connect_timeout: float,
+        writes: WriteBatch,
     ) -> None:
         self.loop = loop
+        self.writes = writes
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
@@ -393,7 +398,7 @@ class Pool:
         try:
             _, proto = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: UpstreamConnection(target, self._forget, self.read_buffer),
+                    lambda: UpstreamConnection(target, self._forget, self.read_buffer, self.writes),
                     target.host,
                     target.port,
                     ssl=target.ssl,

@@ -52,6 +52,7 @@ from edge.config.syntax import ListenAddress
 from edge.http.connection import TUNNEL, HttpProtocol, LogEntry
 from edge.http.cycle import Client, Cycle
 from edge.http.faults import FaultLog
+from edge.http.flow import WriteBatch
 from edge.login import keydir
 from edge.login.cycle import EndpointCycle
 from edge.login.service import LoginService, ensure_keys, existing_team_keys, make_store
@@ -263,7 +264,10 @@ class ServerState:
         self.draining = False
         self.access_log = AccessLog.open(config.server.access_log)
         proxy = config.proxy
-        self.pool = Pool(loop, proxy.max_idle, proxy.pool_idle_timeout, proxy.connect_timeout)
+        # Every write of this worker's connections, client and upstream, sent
+        # once per turn of the loop (flow.WriteBatch).
+        self.writes = WriteBatch(loop)
+        self.pool = Pool(loop, proxy.max_idle, proxy.pool_idle_timeout, proxy.connect_timeout, self.writes)
         self.tasks: set[asyncio.Task[None]] = set()
         self.faults = FaultLog()  # upstream failures and shed connections, rate-limited
         self.scheme = b"https" if config.server.tls is not None else b"http"
@@ -662,6 +666,7 @@ async def _drain(state: ServerState, servers: list[asyncio.Server], timeout: flo
     while state.connections and state.loop.time() < deadline:
         await asyncio.sleep(0.02)
         state.sweep()
+    state.writes.flush()  # before the aborts (flow.WriteBatch)
     for conn in list(state.connections):
         conn.transport.abort()
     state.pool.close()

@@ -72,6 +72,7 @@ def make_state(config: str = CONFIG) -> tuple[ServerState, asyncio.AbstractEvent
     loop = asyncio.new_event_loop()
     state = ServerState(loads(config), loop)
     state.date = DATE
+    state.writes.loop = None  # the loop never runs here: every write goes out at once (flow.WriteBatch)
     return state, loop
 
 
@@ -192,6 +193,32 @@ def test_wire(connect: Connect, case: Case, split: str) -> None:
     run_case(connect, case, split)
 
 
+@pytest.mark.parametrize("split", ["whole", "bytes"])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_wire_through_the_write_batch(state: ServerState, connect: Connect, case: Case, split: str) -> None:
+    """The same table with the worker's writes batched as in service
+    (flow.WriteBatch, flushed on the loop's next turn): nothing is written
+    while the bytes are handled, and once the loop turns, the same bytes and
+    the same closing calls, in the same order, as writing at once gives."""
+    loop = asyncio.new_event_loop()
+    try:
+        state.writes.loop = loop
+        protocol, transport = connect()
+        feed(protocol, case.sent, split)
+        if case.end == OPEN:
+            assert bytes(transport.written) == b""  # all of it waits for the loop's turn
+        loop.run_until_complete(asyncio.sleep(0))
+        assert bytes(transport.written) == case.expected
+        assert "write after close" not in transport.calls
+        if case.end == OPEN:
+            assert not transport.ended
+        else:
+            assert transport.calls[-1:] == ["write_eof"]  # the bytes went out before the FIN
+    finally:
+        state.writes.loop = None
+        loop.close()
+
+
 def run_case(connect: Connect, case: Case, split: str) -> None:
     protocol, transport = connect()
     feed(protocol, case.sent, split)
@@ -306,7 +333,7 @@ def test_body_timeout_while_forwarding_answers_408() -> None:
     state, loop = make_state(CONFIG + open_app_toml("http://127.0.0.1:9", domains=("example.test",)))
     try:
         target = state.pool.target("http://127.0.0.1:9")
-        upstream = UpstreamConnection(target, lambda conn: None, state.pool.read_buffer)
+        upstream = UpstreamConnection(target, lambda conn: None, state.pool.read_buffer, state.writes)
         up_transport = FakeTransport()
         upstream.connection_made(up_transport)  # type: ignore[arg-type]
         state.pool.idle[target.url] = [upstream]

@@ -33,6 +33,7 @@ class RecordingState(ServerState):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loads(CONFIG), loop)
         self.date = DATE
+        self.writes.loop = None  # the loop never runs here: writes go out at once (flow.WriteBatch)
         self.seen: list[tuple[Request, LogEntry]] = []
         self.logged: list[LogEntry] = []
 

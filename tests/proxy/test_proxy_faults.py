@@ -25,7 +25,7 @@ from proxy_edge import build, closed_port, proxy_toml
 from upstream_harness import HOST, Recorder, Transport
 from upstream_server import KIB, MIB, Upstream
 
-from edge.http.flow import READ_SIZE
+from edge.http.flow import READ_SIZE, WriteBatch
 from edge.proxy.upstream import Target, UpstreamConnection
 
 CLIENTS = 200  # concurrent requests per fault
@@ -127,7 +127,9 @@ def test_connection_lost_before_its_exchange_is_attached(exc: Exception | None, 
     """An upstream that closes right after accepting: connection_lost can
     come before the connecting task attaches its exchange. The exchange must
     still hear of it, and nothing may be written to the dead transport."""
-    conn = UpstreamConnection(Target("http://127.0.0.1:9"), lambda _: None, memoryview(bytearray(READ_SIZE)))
+    conn = UpstreamConnection(
+        Target("http://127.0.0.1:9"), lambda _: None, memoryview(bytearray(READ_SIZE)), WriteBatch(None)
+    )
     transport = ClosedTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     conn.eof_received()

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from proxy_edge import proxy_toml
 from upstream_server import KIB, MIB
 
-from edge.http.flow import READ_SIZE
+from edge.http.flow import READ_SIZE, WriteBatch
 from edge.http.message import ResponseHead
 from edge.proxy.upstream import Pool, UpstreamConnection, UpstreamError
 
@@ -131,7 +131,7 @@ async def serve_once(data: bytes, splits: list[int], close: bool) -> tuple[async
 async def fetch(framing: str, body: bytes, chunk: int, splits: list[int]) -> Collector:
     server, port = await serve_once(response(framing, body, chunk), splits, framing == "close")
     loop = asyncio.get_running_loop()
-    pool = Pool(loop, max_idle=0, idle_timeout=1.0, connect_timeout=DEADLINE)
+    pool = Pool(loop, max_idle=0, idle_timeout=1.0, connect_timeout=DEADLINE, writes=WriteBatch(loop))
     try:
         conn: UpstreamConnection = await pool.connect(pool.target(f"http://127.0.0.1:{port}"))
         exchange = Collector()

@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from upstream_harness import HOST, Recorder, Transport
 
-from edge.http.flow import READ_SIZE
+from edge.http.flow import READ_SIZE, WriteBatch
 from edge.http.message import Headers, ResponseHead, chunk
 from edge.proxy.upstream import Pool, Target, UpstreamConnection
 from edge.proxy.wire import END, MAX_HEAD, Event, ProtocolError, ResponseParser, request_head
@@ -493,7 +493,9 @@ def test_chunk_framing() -> None:
 
 
 def connection() -> tuple[UpstreamConnection, Transport, Recorder]:
-    conn = UpstreamConnection(Target("http://127.0.0.1:9"), lambda _: None, memoryview(bytearray(READ_SIZE)))
+    conn = UpstreamConnection(
+        Target("http://127.0.0.1:9"), lambda _: None, memoryview(bytearray(READ_SIZE)), WriteBatch(None)
+    )
     transport = Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     exchange = Recorder()
@@ -627,7 +629,7 @@ def test_a_target_is_keyed_by_its_tls_settings_too() -> None:
     and a connection pooled under the old settings is never taken for it."""
     loop = asyncio.new_event_loop()
     try:
-        pool = Pool(loop, max_idle=8, idle_timeout=10.0, connect_timeout=1.0)
+        pool = Pool(loop, max_idle=8, idle_timeout=10.0, connect_timeout=1.0, writes=WriteBatch(None))
         url = "https://upstream.test"
         lax = pool.target(url, None, False)
         strict = pool.target(url, None, True)
@@ -639,7 +641,7 @@ def test_a_target_is_keyed_by_its_tls_settings_too() -> None:
         )
         assert pool.target(url, None, True) is strict  # made once per settings
         assert lax.key != strict.key
-        conn = UpstreamConnection(lax, lambda _: None, memoryview(bytearray(READ_SIZE)))
+        conn = UpstreamConnection(lax, lambda _: None, memoryview(bytearray(READ_SIZE)), WriteBatch(None))
         conn.connection_made(Transport())  # type: ignore[arg-type]
         assert conn.attach(Recorder()) is None  # type: ignore[arg-type]
         conn.send_request(b"GET", b"/", [(b"host", b"upstream.test")], chunked=False, upgrade=False)
@@ -660,7 +662,7 @@ def test_a_reload_makes_new_targets() -> None:
     only the targets of the configuration in force."""
     loop = asyncio.new_event_loop()
     try:
-        pool = Pool(loop, max_idle=8, idle_timeout=10.0, connect_timeout=1.0)
+        pool = Pool(loop, max_idle=8, idle_timeout=10.0, connect_timeout=1.0, writes=WriteBatch(None))
         first = pool.target("https://upstream.test")
         pool.configure(8, 10.0, 1.0)
         again = pool.target("https://upstream.test")
