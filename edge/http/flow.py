@@ -78,7 +78,8 @@ class WriteBatch:
     one request's work and the next, each write finds its reader asleep
     again; written together after the round, one wake-up serves them all.
     The proxied GET (bench/proxy.py, same run): 17,317 req/s and 57.5 us of
-    CPU per request with the batch, 15,881 and 62.9 writing at once.
+    CPU per request with the batch, 15,881 and 62.9 writing at once; a
+    health answer (bench/load.py): 16.1 us of CPU, 28 to 33 before.
 
     Invariants, on which every caller relies:
     - the bytes for one transport leave in the order they were written;
