@@ -1,4 +1,5 @@
-"""Flow control: the one object allowed to pause and resume a transport's reading.
+"""Flow control: the one object allowed to pause and resume a transport's
+reading (ReadGate), and the one through which the worker writes (WriteBatch).
 
 A transport's reading can be held for several reasons at once (the other
 side's write buffer is full, a pipelined request waits its turn, the
