@@ -100,13 +100,14 @@ class WriteBatch:
       same bytes and calls per transport.
     """
 
-    __slots__ = ("loop", "pending", "size")
+    __slots__ = ("loop", "pending", "sent", "size")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.loop = loop
         self.size = 0  # bytes pending
         # (transport, bytes, or a tuple of pieces to send as one writev)
         self.pending: list[tuple[asyncio.WriteTransport, Bytes | tuple[Bytes, ...]]] = []
+        self.sent = 0  # how many of `pending` a flush in progress has sent
 
     def write(self, transport: asyncio.WriteTransport, data: Bytes) -> None:
         loop = self.loop
@@ -136,19 +137,25 @@ class WriteBatch:
 
     def flush(self) -> None:
         """Send everything queued, in order (a transport closed meanwhile
-        gets nothing). A write that raises (a bug: nothing queued should)
-        costs its own connection, never the writes queued for the others."""
-        while self.pending:
-            pending, self.pending = self.pending, []
-            self.size = 0
-            for transport, data in pending:
-                if transport.is_closing():
-                    continue
-                try:
-                    if isinstance(data, tuple):
-                        transport.writelines(data)
-                    else:
-                        transport.write(data)
-                except Exception:
-                    log.exception("internal error writing to a connection: aborted")
-                    transport.abort()
+        gets nothing). A write can call back into a protocol that writes or
+        closes again (pause_writing): a flush inside this one goes on from
+        where this one is, so the order holds across both, and what is
+        written meanwhile is sent by this same flush. A write that raises (a
+        bug: nothing queued should) costs its own connection, never the
+        writes queued for the others."""
+        pending = self.pending
+        while self.sent < len(pending):
+            transport, data = pending[self.sent]
+            self.sent += 1
+            if transport.is_closing():
+                continue
+            try:
+                if isinstance(data, tuple):
+                    transport.writelines(data)
+                else:
+                    transport.write(data)
+            except Exception:
+                log.exception("internal error writing to a connection: aborted")
+                transport.abort()
+        pending.clear()
+        self.sent = self.size = 0

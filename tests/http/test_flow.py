@@ -127,6 +127,29 @@ def test_writes_made_while_flushing_go_out_in_the_same_flush(loop: asyncio.Abstr
     assert (bytes(echo.data), bytes(a.data), bytes(b.data)) == (b"1", b"2", b"echo")
 
 
+def test_a_flush_inside_a_flush_keeps_the_order(loop: asyncio.AbstractEventLoop) -> None:
+    """A write whose callback writes again and flushes (a protocol closing
+    while the batch is being sent): the inner flush goes on from where the
+    outer one is, so nothing queued earlier is overtaken."""
+    batch = WriteBatch(loop)
+    b = Sink()
+
+    class Reenter(Sink):
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            if data == b"1":
+                batch.write(self, b"3")  # type: ignore[arg-type]
+                batch.flush()
+
+    a = Reenter()
+    batch.write(a, b"1")  # type: ignore[arg-type]
+    batch.write(b, b"x")  # type: ignore[arg-type]
+    batch.write(a, b"2")  # type: ignore[arg-type]
+    batch.flush()
+    assert (bytes(a.data), bytes(b.data)) == (b"123", b"x")
+    assert batch.pending == [] and batch.sent == 0 and batch.size == 0
+
+
 # A script: (transport index, op, size); op "write", "lines", "flush" (as a
 # caller does before closing), "turn" (the loop's turn).
 Step = tuple[int, str, int]
