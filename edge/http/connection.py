@@ -202,7 +202,6 @@ class HttpProtocol(asyncio.Protocol):
         "client_ip",
         "closing",
         "conn",
-        "corked",
         "cycle",
         "deadline",
         "dispatch",
@@ -254,7 +253,6 @@ class HttpProtocol(asyncio.Protocol):
         self.held = False
         self.entry: LogEntry | None = None
         self.cycle: Cycle | None = None
-        self.corked: list[bytes] | None = None
         self.drained = 0
         self.early = False
         self.lingered = 0
@@ -532,7 +530,6 @@ class HttpProtocol(asyncio.Protocol):
     # -- responding ----------------------------------------------------------
 
     def _respond(self, response: LocalResponse, close: bool, head_only: bool) -> None:
-        self.uncork()
         conn = self.conn
         commit_local(conn, response.event)
         close = close or self.closing or self.state.draining or conn.our_state is h11.MUST_CLOSE
@@ -566,8 +563,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.phase == LINGER or self.transport.is_closing():
             return
         # Responses leave in request order: an earlier one may still be
-        # corked (its end and this error come out of one upstream read).
-        self.uncork()
+        # queued (its end and this error come out of one upstream read); the
+        # worker's WriteBatch sends this one after it.
         cycle, self.cycle = self.cycle, None
         if cycle is not None:
             cycle.client_lost()
@@ -589,7 +586,6 @@ class HttpProtocol(asyncio.Protocol):
     def _linger(self) -> None:
         """Half-close after the last response and discard what the client
         still sends, so it reads our answer instead of a reset."""
-        self.uncork()
         self.closing = True
         self.phase = LINGER
         self.deadline = self.state.now + LINGER_TIMEOUT
@@ -604,7 +600,6 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
 
     def _close(self) -> None:
-        self.uncork()
         self.closing = True
         if self.entry is not None:
             self._log_request()
@@ -698,21 +693,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         if not self.transport.is_closing():
-            if self.corked is not None:
-                self.corked.append(data)
-            else:
-                self.writes.write(self.transport, data)
+            self.writes.write(self.transport, data)
             if self.entry is not None:
                 self.entry.bytes_out += len(data)
-
-    def cork(self) -> None:
-        if self.corked is None:
-            self.corked = []
-
-    def uncork(self) -> None:
-        parts, self.corked = self.corked, None
-        if parts and not self.transport.is_closing():
-            self.writes.write(self.transport, parts[0] if len(parts) == 1 else b"".join(parts))
 
     def proxy_done(self, upstream_status: int, upstream_ms: float) -> None:
         """The upstream's response is complete on the client side."""

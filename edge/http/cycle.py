@@ -81,11 +81,6 @@ class Client(Protocol):
     def send_raw(self, data: bytes) -> None:
         """Bytes written as they are (after a 101)."""
 
-    def cork(self) -> None:
-        """Collect writes until `uncork`, to send them as one."""
-
-    def uncork(self) -> None: ...
-
     def answer(self, response: LocalResponse) -> None:
         """The cycle's answer is a local response; the cycle is done."""
 

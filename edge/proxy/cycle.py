@@ -276,10 +276,6 @@ class ProxyCycle:
         if leftover:
             self.client.send_raw(leftover)
 
-    def upstream_batch(self, start: bool) -> None:
-        """Writes to the client made while one upstream read is processed go out as one."""
-        (self.client.cork if start else self.client.uncork)()
-
     def upstream_raw(self, data: bytes) -> None:
         self.client.send_raw(data)
 

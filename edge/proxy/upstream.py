@@ -80,7 +80,6 @@ class Exchange(Protocol):
     def upstream_lost(self, error: UpstreamError) -> None: ...
     def upstream_write_paused(self, paused: bool) -> None: ...
     def upstream_raw(self, data: bytes) -> None: ...
-    def upstream_batch(self, start: bool) -> None: ...
 
 
 def target_key(url: str, ca_file: str | None, verify: bool) -> str:
@@ -211,48 +210,38 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def _pump(self, exchange: Exchange) -> None:
         """Hand the parser's events to the exchange, in order, until it needs
-        more bytes, fails, or the exchange lets go of this connection; its
-        writes to the client made meanwhile go out as one. One loop, not a
-        call per event: three events make a small response, and one read
-        holding a whole response (the common case) is one event."""
-        batching = False
-        try:
-            while self.exchange is exchange:
-                try:
-                    # Read each time: an exchange that ends here may start
-                    # the next request on this connection, with a new parser.
-                    parser = self.parser
-                    event = parser.next_event()
-                except ProtocolError as exc:
-                    self._invalid(exchange, exc)
-                    return
-                if event is None:
-                    return
-                if type(event) is ResponseHead and event.status >= 200:
+        more bytes, fails, or the exchange lets go of this connection. One
+        loop, not a call per event: three events make a small response, and
+        one read holding a whole response (the common case) is one event.
+        The client writes they cause leave as one (flow.WriteBatch)."""
+        while self.exchange is exchange:
+            try:
+                # Read each time: an exchange that ends here may start the
+                # next request on this connection, with a new parser.
+                parser = self.parser
+                event = parser.next_event()
+            except ProtocolError as exc:
+                self._invalid(exchange, exc)
+                return
+            if event is None:
+                return
+            if type(event) is bytes:
+                exchange.upstream_data(event)
+            elif event is END:
+                exchange.upstream_end()
+            elif type(event) is ResponseHead:
+                if event.status >= 200:
                     # A small response usually arrives whole, in one read:
-                    # then it is passed on whole, as one write, and needs
-                    # no batch.
+                    # then it is passed on whole, in one call.
                     body = parser.whole_body()
                     if body is not None:
                         exchange.upstream_whole(event, body)
-                        continue
-                if not batching:
-                    exchange.upstream_batch(True)
-                    batching = True
-                if type(event) is bytes:
-                    exchange.upstream_data(event)
-                elif event is END:
-                    exchange.upstream_end()
-                elif type(event) is ResponseHead:
-                    if event.status >= 200:
+                    else:
                         exchange.upstream_head(event)
-                    elif event.status == 101:
-                        exchange.upstream_switch(event)
-                    # Other 1xx (100, 103) are consumed: the edge answers
-                    # 100-continue itself, and early hints are not relayed.
-        finally:
-            if batching:
-                exchange.upstream_batch(False)
+                elif event.status == 101:
+                    exchange.upstream_switch(event)
+                # Other 1xx (100, 103) are consumed: the edge answers
+                # 100-continue itself, and early hints are not relayed.
 
     def _invalid(self, exchange: Exchange, exc: ProtocolError) -> None:
         self.exchange = None

@@ -1216,7 +1216,7 @@ def test_bytes_after_the_last_request_are_ignored(
 
 def test_error_after_a_proxied_request_comes_after_its_answer(edge: Edge, upstream: Upstream) -> None:
     """The 400 of a pipelined malformed request leaves after the 200 of the
-    request before it, which was corked in the same upstream read."""
+    request before it, queued in the same turn of the loop."""
     with Client(edge.port) as c:
         c.send(build("GET", "/echo/first") + b"BAD\r\n\r\n")
         first = c.response()

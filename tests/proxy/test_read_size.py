@@ -93,9 +93,6 @@ class Collector:
     def upstream_raw(self, data: bytes) -> None:
         raise AssertionError("not a tunnel")
 
-    def upstream_batch(self, start: bool) -> None:
-        pass
-
 
 # The most writes serve_once makes for one response: a drawn split of one
 # byte under a body of megabytes would be millions of drained writes, far

@@ -52,6 +52,9 @@ class FakeTransport:
             self.fill_on_write = False
             self.protocol.pause_writing()
 
+    def writelines(self, pieces: list[bytes]) -> None:
+        self.write(b"".join(pieces))
+
     def close(self) -> None:
         self.calls.append("close")
         self.closing = True

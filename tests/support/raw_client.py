@@ -33,13 +33,15 @@ keepalive_timeout = 5.0
 READ_TIMEOUT = 5.0  # seconds without a byte before a connection counts as hung
 PROBE = b"GET /cdn-cgi/edge/health HTTP/1.1\r\nHost: probe.test\r\n\r\n"
 LEAKS = (b"Traceback", b'File "', b".py", b"h11", b"Error:", b"Exception")
-# Request ids are random base64url: one may spell "h11" by chance (it did).
-_REQUEST_ID_LINE = re.compile(rb"(?im)^x-request-id: [A-Za-z0-9_.~:-]*\r\n")
+# Request ids are random base64url: one may spell "h11" by chance (it did,
+# in a header and then in a plain-text error's body, which names it too).
+_REQUEST_ID = re.compile(rb"(?im)^(?:x-request-id: |request id: )[A-Za-z0-9_.~:-]*\r?\n")
 
 
 def leaks_in(raw: bytes) -> list[bytes]:
-    """The LEAKS in what the edge wrote, its request id lines left out."""
-    scrubbed = _REQUEST_ID_LINE.sub(b"", raw)
+    """The LEAKS in what the edge wrote, its request ids left out (the
+    header's, and the body's of a plain-text error: LocalResponse.tagged)."""
+    scrubbed = _REQUEST_ID.sub(b"", raw)
     return [leak for leak in LEAKS if leak in scrubbed]
 
 

@@ -76,8 +76,5 @@ class Recorder:
     def upstream_raw(self, data: bytes) -> None:
         self.calls.append(("raw", data))
 
-    def upstream_batch(self, start: bool) -> None:
-        pass
-
 
 HOST: Headers = [(b"host", b"app.test")]
